@@ -1,0 +1,203 @@
+//! Listing benchmark: starts the simulator in-process with N clusters (default 10,000) in one
+//! workspace, lists them with the client, and prints requests, wall time and the peak heap
+//! allocated by the listing, plus the process's VmHWM.
+//!
+//! `cargo run --release --bin bench-list [-- --clusters 10000 --iterations 3]`
+//!
+//! Heap accounting: a counting global allocator counts only allocations made on threads that
+//! are marked as "client" (the main thread, which runs the client on a current-thread tokio
+//! runtime, HTTP connection tasks included). The simulator runs on its own runtime and threads,
+//! so its allocations are not counted; VmHWM is process-wide and includes the simulator.
+
+use clap::Parser;
+use emr_ray_operator::emr::{ClientConfig, Credentials, EmrClient};
+use emr_ray_operator::sim::{
+    DEFAULT_ACCESS_KEY_ID, DEFAULT_ACCESS_KEY_SECRET, SimConfig, Simulator,
+};
+use std::alloc::{GlobalAlloc, Layout, System};
+use std::cell::Cell;
+use std::sync::atomic::{AtomicI64, Ordering};
+use std::time::{Duration, Instant};
+
+struct CountingAlloc;
+
+static CURRENT: AtomicI64 = AtomicI64::new(0);
+static PEAK: AtomicI64 = AtomicI64::new(0);
+static TOTAL: AtomicI64 = AtomicI64::new(0);
+
+thread_local! {
+    static COUNTED: Cell<bool> = const { Cell::new(false) };
+}
+
+fn counted() -> bool {
+    COUNTED.try_with(|c| c.get()).unwrap_or(false)
+}
+
+fn add(n: i64) {
+    let now = CURRENT.fetch_add(n, Ordering::Relaxed) + n;
+    PEAK.fetch_max(now, Ordering::Relaxed);
+    if n > 0 {
+        TOTAL.fetch_add(n, Ordering::Relaxed);
+    }
+}
+
+unsafe impl GlobalAlloc for CountingAlloc {
+    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        let p = unsafe { System.alloc(layout) };
+        if !p.is_null() && counted() {
+            add(layout.size() as i64);
+        }
+        p
+    }
+    unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
+        let p = unsafe { System.alloc_zeroed(layout) };
+        if !p.is_null() && counted() {
+            add(layout.size() as i64);
+        }
+        p
+    }
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+        unsafe { System.dealloc(ptr, layout) };
+        if counted() {
+            CURRENT.fetch_sub(layout.size() as i64, Ordering::Relaxed);
+        }
+    }
+    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
+        let p = unsafe { System.realloc(ptr, layout, new_size) };
+        if !p.is_null() && counted() {
+            add(new_size as i64 - layout.size() as i64);
+        }
+        p
+    }
+}
+
+#[global_allocator]
+static GLOBAL: CountingAlloc = CountingAlloc;
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "bench-list",
+    about = "Benchmark one ListRayCluster listing against the simulator"
+)]
+struct Args {
+    /// Clusters in the workspace.
+    #[arg(long, default_value_t = 10_000)]
+    clusters: usize,
+    /// Listings to run (the first one includes connection setup).
+    #[arg(long, default_value_t = 3)]
+    iterations: u32,
+    #[arg(long, default_value_t = 100)]
+    page_size: u32,
+    /// Client rate limit; high by default so the benchmark measures the client, not the limit.
+    #[arg(long, default_value_t = 1000.0)]
+    requests_per_second: f64,
+    /// Use the ROA HMAC-SHA1 signature instead of ACS3.
+    #[arg(long)]
+    roa: bool,
+}
+
+fn vm_status(field: &str) -> String {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with(field))
+                .map(|l| l[field.len()..].trim().to_string())
+        })
+        .unwrap_or_else(|| "n/a".into())
+}
+
+fn mib(b: i64) -> String {
+    format!("{:.2} MiB", b as f64 / (1024.0 * 1024.0))
+}
+
+fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    let ws = "w-bench0000001";
+
+    // Simulator on its own runtime and threads (not counted).
+    let sim_rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .thread_name("emr-sim")
+        .enable_all()
+        .build()?;
+    let sim = sim_rt.block_on(Simulator::start(SimConfig::with_default_fixture()))?;
+    let t = Instant::now();
+    sim.state.generate(ws, args.clusters, "bench");
+    println!(
+        "simulator: {} clusters generated in workspace {ws} in {:?}, listening on {}",
+        args.clusters,
+        t.elapsed(),
+        sim.base_url()
+    );
+
+    let client_rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let client = EmrClient::new(ClientConfig {
+        page_size: args.page_size,
+        requests_per_second: args.requests_per_second,
+        burst: args.requests_per_second.max(1.0) as u32,
+        signature: if args.roa {
+            emr_ray_operator::emr::SignatureVersion::RoaHmacSha1
+        } else {
+            emr_ray_operator::emr::SignatureVersion::Acs3HmacSha256
+        },
+        listing_timeout: Duration::from_secs(600),
+        ..ClientConfig::default()
+    })?;
+    let creds = Credentials::new(DEFAULT_ACCESS_KEY_ID, DEFAULT_ACCESS_KEY_SECRET);
+    let url = sim.base_url();
+    println!(
+        "client: pageSize={} rate limit={}/s signature={}",
+        args.page_size,
+        args.requests_per_second,
+        if args.roa {
+            "ROA HMAC-SHA1"
+        } else {
+            "ACS3-HMAC-SHA256"
+        }
+    );
+
+    for i in 1..=args.iterations {
+        sim.state.reset_stats();
+        COUNTED.with(|c| c.set(true));
+        let base = CURRENT.load(Ordering::Relaxed);
+        PEAK.store(base, Ordering::Relaxed);
+        let total0 = TOTAL.load(Ordering::Relaxed);
+        let t = Instant::now();
+        let listing = client_rt.block_on(client.list_ray_clusters(&url, ws, &creds));
+        let wall = t.elapsed();
+        let peak = PEAK.load(Ordering::Relaxed) - base;
+        let retained = CURRENT.load(Ordering::Relaxed) - base;
+        let total = TOTAL.load(Ordering::Relaxed) - total0;
+        let listing = listing?;
+        let n = listing.clusters.len();
+        drop(listing.clusters);
+        let after_drop = CURRENT.load(Ordering::Relaxed) - base;
+        COUNTED.with(|c| c.set(false));
+        let stats = sim.state.stats();
+        println!(
+            "listing {i}: clusters={n} pages={} requests={} (simulator saw {}) wall={:.1} ms \
+             peak_heap={} ({peak} B) retained_with_result={} after_drop={} allocated_total={}",
+            listing.pages,
+            listing.requests,
+            stats.requests,
+            wall.as_secs_f64() * 1000.0,
+            mib(peak),
+            mib(retained),
+            mib(after_drop),
+            mib(total),
+        );
+        if n != args.clusters {
+            anyhow::bail!("listed {n} clusters, expected {}", args.clusters);
+        }
+    }
+    println!(
+        "process: VmHWM={} VmRSS={} (process-wide, simulator included)",
+        vm_status("VmHWM:"),
+        vm_status("VmRSS:")
+    );
+    sim_rt.block_on(sim.shutdown());
+    Ok(())
+}

@@ -1,0 +1,1153 @@
+//! The reconciler: one `EmrWorkspace` in, read-only `EmrRayCluster` mirrors out.
+//!
+//! Each workspace is listed remotely every `syncInterval` (with jitter). The last complete listing
+//! is kept in memory, so a mirror deleted or edited on the Kubernetes side is repaired without a
+//! remote call. Only what differs is written, with server-side apply. A mirror is deleted (or
+//! marked gone) only after a complete, successful listing no longer contains it; a failed listing
+//! never deletes, blanks or downgrades a mirror.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use futures::StreamExt;
+use k8s_openapi::api::core::v1::Secret;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
+use kube::api::{Api, DeleteParams, Patch, PatchParams};
+use kube::core::PartialObjectMeta;
+use kube::runtime::controller::Action;
+use kube::runtime::events::{Event, EventType, Recorder};
+use kube::runtime::reflector::{ObjectRef, Store};
+use kube::{Resource, ResourceExt};
+use rand::Rng;
+use serde_json::json;
+use tracing::{debug, info, warn};
+
+use crate::crd::*;
+use crate::emr::{
+    CredentialResolver, CredentialSource, Credentials, EmrClient, EmrError, RayCluster, RrsaConfig,
+    SecretString,
+};
+use crate::metrics::{ClusterStateLabels, FailureLabels, Metrics, WorkspaceLabels};
+use crate::mirror::{self, Staleness};
+
+/// Concurrent Kubernetes writes per workspace sync.
+const WRITE_CONCURRENCY: usize = 16;
+/// Per-mirror events are skipped (and summarised on the workspace) above this many per sync.
+const MAX_MIRROR_EVENTS_PER_SYNC: usize = 20;
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("Kubernetes API error: {0}")]
+    Kube(#[from] kube::Error),
+    #[error("serialisation error: {0}")]
+    Json(#[from] serde_json::Error),
+}
+
+/// Everything the reconciler needs, shared by all workspaces.
+pub struct Context {
+    pub client: kube::Client,
+    pub emr: EmrClient,
+    pub credentials: CredentialResolver,
+    pub recorder: Recorder,
+    pub metrics: Arc<Metrics>,
+    pub mirrors: Store<EmrRayCluster>,
+    pub secrets: Store<PartialObjectMeta<Secret>>,
+    pub listing_timeout: Duration,
+    state: Mutex<HashMap<String, WorkspaceState>>,
+}
+
+impl Context {
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(
+        client: kube::Client,
+        emr: EmrClient,
+        credentials: CredentialResolver,
+        recorder: Recorder,
+        metrics: Arc<Metrics>,
+        mirrors: Store<EmrRayCluster>,
+        secrets: Store<PartialObjectMeta<Secret>>,
+        listing_timeout: Duration,
+    ) -> Self {
+        Context {
+            client,
+            emr,
+            credentials,
+            recorder,
+            metrics,
+            mirrors,
+            secrets,
+            listing_timeout,
+            state: Mutex::new(HashMap::new()),
+        }
+    }
+}
+
+/// What the operator remembers about a workspace between reconciles.
+#[derive(Clone, Default)]
+struct WorkspaceState {
+    uid: String,
+    /// The last complete listing, keyed by cluster ID.
+    listing: Option<Arc<BTreeMap<String, RayCluster>>>,
+    last_success: Option<String>,
+    /// When the next remote listing is due.
+    next_due: Option<Instant>,
+    /// Generation of the spec the last listing was made for.
+    synced_generation: Option<i64>,
+    /// resourceVersion of the credentials Secret used for the last listing.
+    secret_version: Option<String>,
+    failure: Option<SyncFailure>,
+    last_state: BTreeMap<String, String>,
+}
+
+fn key(ws: &EmrWorkspace) -> String {
+    format!("{}/{}", ws.namespace().unwrap_or_default(), ws.name_any())
+}
+
+/// Parses a Kubernetes-style duration (`90s`, `1m30s`, `1.5h`, `500ms`).
+pub fn parse_duration(s: &str) -> Option<Duration> {
+    let mut total = 0f64;
+    let mut rest = s.trim();
+    if rest.is_empty() {
+        return None;
+    }
+    while !rest.is_empty() {
+        let num_len = rest
+            .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+            .unwrap_or(rest.len());
+        let n: f64 = rest[..num_len].parse().ok()?;
+        rest = &rest[num_len..];
+        let unit_len = rest
+            .find(|c: char| c.is_ascii_digit() || c == '.')
+            .unwrap_or(rest.len());
+        let factor = match &rest[..unit_len] {
+            "ms" => 0.001,
+            "s" => 1.0,
+            "m" => 60.0,
+            "h" => 3600.0,
+            _ => return None,
+        };
+        total += n * factor;
+        rest = &rest[unit_len..];
+    }
+    Some(Duration::from_secs_f64(total))
+}
+
+fn jitter(d: Duration, fraction: f64) -> Duration {
+    let f = rand::rng().random_range(0.0..fraction.max(f64::MIN_POSITIVE));
+    d + d.mul_f64(f)
+}
+
+/// Sync failure before or outside the remote call.
+fn local_failure(reason: &str, message: String) -> EmrError {
+    EmrError {
+        kind: crate::emr::ErrorKind::Credentials,
+        code: Some(reason.to_string()),
+        message,
+        request_id: None,
+        http_status: None,
+        retry_after: None,
+    }
+}
+
+/// Reasons a person must act on: they are reported as `Stalled`.
+fn is_stalling(reason: &str) -> bool {
+    matches!(
+        reason,
+        "AuthenticationFailed"
+            | "PermissionDenied"
+            | "InvalidRequest"
+            | "WorkspaceNotFound"
+            | "InvalidEndpoint"
+            | "SecretNotFound"
+            | "SecretKeyMissing"
+            | "CredentialsUnavailable"
+            | "InvalidSpec"
+    )
+}
+
+pub async fn reconcile(ws: Arc<EmrWorkspace>, ctx: Arc<Context>) -> Result<Action, Error> {
+    ctx.metrics.reconciles.inc();
+    let k = key(&ws);
+    if ws.meta().deletion_timestamp.is_some() {
+        forget(&ctx, &ws, &k);
+        return Ok(Action::await_change());
+    }
+    let uid = ws.uid().unwrap_or_default();
+    let mut st = {
+        let mut map = ctx.state.lock().unwrap();
+        let entry = map.entry(k.clone()).or_default();
+        if entry.uid != uid {
+            *entry = WorkspaceState {
+                uid: uid.clone(),
+                ..Default::default()
+            };
+        }
+        entry.clone()
+    };
+    let generation = ws.meta().generation;
+    let Some(interval) = parse_duration(&ws.spec.sync_interval) else {
+        let failure = failure_from(
+            &st,
+            "InvalidSpec",
+            format!("syncInterval {:?} is not a duration", ws.spec.sync_interval),
+            None,
+            None,
+        );
+        st.failure = Some(failure);
+        write_workspace_status(&ws, &ctx, &st, false).await?;
+        store_state(&ctx, &k, st);
+        return Ok(Action::await_change());
+    };
+    let interval = interval.max(Duration::from_secs(10));
+
+    if ws.spec.suspend {
+        write_workspace_status(&ws, &ctx, &st, false).await?;
+        store_state(&ctx, &k, st);
+        return Ok(Action::await_change());
+    }
+
+    let secret_version = current_secret_version(&ws, &ctx);
+    let now = Instant::now();
+    let due = st.next_due.is_none_or(|d| now >= d)
+        || st.synced_generation != generation
+        || (ws.spec.credentials.secret_ref.is_some() && st.secret_version != secret_version);
+
+    if !due {
+        // Repair any drift on the Kubernetes side from the last listing; no remote call.
+        apply_mirrors(&ws, &ctx, &mut st).await?;
+        let wait = st.next_due.map(|d| d.saturating_duration_since(now));
+        store_state(&ctx, &k, st);
+        return Ok(wait.map_or(Action::await_change(), Action::requeue));
+    }
+
+    // A remote sync.
+    let labels = WorkspaceLabels {
+        namespace: ws.namespace().unwrap_or_default(),
+        workspace: ws.name_any(),
+    };
+    ctx.metrics.sync_attempts.get_or_create(&labels).inc();
+    let started = Instant::now();
+    st.synced_generation = generation;
+    st.secret_version = secret_version;
+    let result = list_remote(&ws, &ctx).await;
+    let requeue = match result {
+        Ok(clusters) => {
+            let map: BTreeMap<String, RayCluster> = clusters
+                .into_iter()
+                .map(|c| (c.cluster_id.clone(), c))
+                .collect();
+            let recovered = st.failure.take();
+            if let Some(prev) = recovered {
+                publish(
+                    &ctx,
+                    &ws.object_ref(&()),
+                    EventType::Normal,
+                    "SyncRecovered",
+                    format!(
+                        "listing succeeded again after {} failed attempt(s) ({})",
+                        prev.consecutive_failures, prev.reason
+                    ),
+                )
+                .await;
+            }
+            st.listing = Some(Arc::new(map));
+            st.last_success = Some(mirror::now_rfc3339());
+            ctx.metrics
+                .last_success
+                .get_or_create(&labels)
+                .set(jiff::Timestamp::now().as_millisecond() as f64 / 1000.0);
+            jitter(interval, 0.1)
+        }
+        Err(e) => {
+            let reason = e.reason().to_string();
+            ctx.metrics
+                .sync_failures
+                .get_or_create(&FailureLabels {
+                    namespace: labels.namespace.clone(),
+                    workspace: labels.workspace.clone(),
+                    reason: reason.clone(),
+                })
+                .inc();
+            let failure = failure_from(
+                &st,
+                &reason,
+                e.to_string(),
+                e.code.clone(),
+                e.request_id.clone(),
+            );
+            let changed = st.failure.as_ref().map(|f| f.reason.as_str()) != Some(reason.as_str());
+            if changed {
+                publish(
+                    &ctx,
+                    &ws.object_ref(&()),
+                    EventType::Warning,
+                    "SyncFailed",
+                    failure.message.clone(),
+                )
+                .await;
+            }
+            warn!(workspace = %k, reason = %reason, error = %e, "remote listing failed");
+            let n = failure.consecutive_failures.clamp(1, 16) as u32;
+            st.failure = Some(failure);
+            let backoff = Duration::from_secs(5)
+                .saturating_mul(2u32.saturating_pow(n - 1))
+                .min(interval);
+            let backoff = match e.retry_after {
+                Some(ra) => ra.max(Duration::from_secs(1)),
+                None => backoff,
+            };
+            jitter(backoff, 0.2)
+        }
+    };
+    st.next_due = Some(Instant::now() + requeue);
+    let applied = apply_mirrors(&ws, &ctx, &mut st).await;
+    ctx.metrics
+        .sync_duration
+        .get_or_create(&labels)
+        .observe(started.elapsed().as_secs_f64());
+    let status_result = write_workspace_status(&ws, &ctx, &st, true).await;
+    store_state(&ctx, &k, st);
+    applied?;
+    status_result?;
+    Ok(Action::requeue(requeue))
+}
+
+fn store_state(ctx: &Context, k: &str, st: WorkspaceState) {
+    ctx.state.lock().unwrap().insert(k.to_string(), st);
+}
+
+fn forget(ctx: &Context, ws: &EmrWorkspace, k: &str) {
+    ctx.state.lock().unwrap().remove(k);
+    let labels = WorkspaceLabels {
+        namespace: ws.namespace().unwrap_or_default(),
+        workspace: ws.name_any(),
+    };
+    ctx.metrics.last_success.remove(&labels);
+    ctx.metrics.workspace_clusters.remove(&labels);
+    ctx.metrics.workspace_ready.remove(&labels);
+}
+
+fn failure_from(
+    st: &WorkspaceState,
+    reason: &str,
+    message: String,
+    code: Option<String>,
+    request_id: Option<String>,
+) -> SyncFailure {
+    let (since, n) = match &st.failure {
+        Some(f) if f.reason == reason => (f.since.clone(), f.consecutive_failures + 1),
+        Some(f) => (mirror::now_rfc3339(), f.consecutive_failures + 1),
+        None => (mirror::now_rfc3339(), 1),
+    };
+    SyncFailure {
+        reason: reason.to_string(),
+        message,
+        code,
+        request_id,
+        since,
+        consecutive_failures: n,
+    }
+}
+
+fn current_secret_version(ws: &EmrWorkspace, ctx: &Context) -> Option<String> {
+    let sr = ws.spec.credentials.secret_ref.as_ref()?;
+    let ns = ws.namespace().unwrap_or_default();
+    ctx.secrets
+        .get(&ObjectRef::new(&sr.name).within(&ns))
+        .and_then(|s| s.resource_version())
+}
+
+/// Resolves credentials and the endpoint, then lists the workspace.
+async fn list_remote(ws: &EmrWorkspace, ctx: &Context) -> Result<Vec<RayCluster>, EmrError> {
+    let creds = resolve_credentials(ws, ctx).await?;
+    let endpoint = crate::emr::endpoint::resolve(
+        &ws.spec.region_id,
+        ws.spec.network == EndpointNetwork::Vpc,
+        ws.spec.endpoint.as_deref(),
+    )?;
+    let listing = tokio::time::timeout(
+        ctx.listing_timeout + Duration::from_secs(5),
+        ctx.emr
+            .list_ray_clusters(&endpoint, &ws.spec.workspace_id, &creds),
+    )
+    .await
+    .map_err(|_| EmrError {
+        kind: crate::emr::ErrorKind::Timeout,
+        code: None,
+        message: format!(
+            "listing did not finish within {}s",
+            ctx.listing_timeout.as_secs()
+        ),
+        request_id: None,
+        http_status: None,
+        retry_after: None,
+    })??;
+    debug!(workspace = %key(ws), clusters = listing.clusters.len(), requests = listing.requests, "listed");
+    Ok(listing.clusters)
+}
+
+async fn resolve_credentials(ws: &EmrWorkspace, ctx: &Context) -> Result<Credentials, EmrError> {
+    let c = &ws.spec.credentials;
+    if let Some(sr) = &c.secret_ref {
+        let ns = ws.namespace().unwrap_or_default();
+        let api: Api<Secret> = Api::namespaced(ctx.client.clone(), &ns);
+        let secret = match api.get_opt(&sr.name).await {
+            Ok(Some(s)) => s,
+            Ok(None) => {
+                return Err(local_failure(
+                    "SecretNotFound",
+                    format!("Secret {ns}/{} does not exist", sr.name),
+                ));
+            }
+            Err(kube::Error::Api(s)) if s.code == 403 => {
+                return Err(local_failure(
+                    "CredentialsUnavailable",
+                    format!(
+                        "the operator may not read Secret {ns}/{}: {}",
+                        sr.name, s.message
+                    ),
+                ));
+            }
+            Err(e) => {
+                return Err(local_failure(
+                    "CredentialsUnavailable",
+                    format!("reading Secret {ns}/{} failed: {e}", sr.name),
+                ));
+            }
+        };
+        let data = secret.data.unwrap_or_default();
+        let get = |k: &str| -> Option<String> {
+            data.get(k)
+                .and_then(|b| String::from_utf8(b.0.clone()).ok())
+                .map(|s| s.trim().to_string())
+                .filter(|s| !s.is_empty())
+        };
+        let id = get(sr.id_key()).ok_or_else(|| {
+            local_failure(
+                "SecretKeyMissing",
+                format!(
+                    "Secret {ns}/{} has no non-empty key {:?} (the AccessKey ID)",
+                    sr.name,
+                    sr.id_key()
+                ),
+            )
+        })?;
+        let secret_value = get(sr.secret_key()).ok_or_else(|| {
+            local_failure(
+                "SecretKeyMissing",
+                format!(
+                    "Secret {ns}/{} has no non-empty key {:?} (the AccessKey secret)",
+                    sr.name,
+                    sr.secret_key()
+                ),
+            )
+        })?;
+        let token = get(sr.token_key());
+        return Ok(Credentials {
+            access_key_id: id,
+            access_key_secret: SecretString::from(secret_value),
+            security_token: token.map(SecretString::from),
+        });
+    }
+    let source = if let Some(r) = &c.rrsa {
+        let mut cfg = RrsaConfig::from_env().unwrap_or_else(|_| RrsaConfig {
+            role_arn: String::new(),
+            oidc_provider_arn: String::new(),
+            token_file: Default::default(),
+            session_name: "emr-ray-operator".to_string(),
+            sts_endpoint: None,
+            duration_seconds: 3600,
+        });
+        if let Some(v) = &r.role_arn {
+            cfg.role_arn = v.clone();
+        }
+        if let Some(v) = &r.oidc_provider_arn {
+            cfg.oidc_provider_arn = v.clone();
+        }
+        if let Some(v) = &r.oidc_token_file_path {
+            cfg.token_file = v.into();
+        }
+        if let Some(v) = &r.session_name {
+            cfg.session_name = v.clone();
+        }
+        if cfg.role_arn.is_empty()
+            || cfg.oidc_provider_arn.is_empty()
+            || cfg.token_file.as_os_str().is_empty()
+        {
+            return Err(local_failure(
+                "CredentialsUnavailable",
+                "RRSA needs roleArn, oidcProviderArn and oidcTokenFilePath (in the spec or the operator's ALIBABA_CLOUD_* environment)".to_string(),
+            ));
+        }
+        CredentialSource::Rrsa(cfg)
+    } else {
+        CredentialSource::Environment
+    };
+    ctx.credentials.resolve(&source).await
+}
+
+/// Writes the mirrors so that they match the last listing; deletes (or marks gone) mirrors
+/// missing from it only when the latest attempt was a complete success.
+async fn apply_mirrors(
+    ws: &EmrWorkspace,
+    ctx: &Context,
+    st: &mut WorkspaceState,
+) -> Result<(), Error> {
+    let ns = ws.namespace().unwrap_or_default();
+    let ws_uid = ws.uid().unwrap_or_default();
+    let existing: HashMap<String, Arc<EmrRayCluster>> = ctx
+        .mirrors
+        .state()
+        .into_iter()
+        .filter(|m| m.namespace().as_deref() == Some(ns.as_str()))
+        .filter(|m| {
+            m.owner_references()
+                .iter()
+                .any(|o| o.uid == ws_uid && o.controller == Some(true))
+        })
+        .map(|m| (m.spec.cluster_id.clone(), m))
+        .collect();
+    let stale = st
+        .failure
+        .as_ref()
+        .map(|f| Staleness::from_failure(f, st.last_success.as_deref()));
+    let now = mirror::now_rfc3339();
+    let api: Api<EmrRayCluster> = Api::namespaced(ctx.client.clone(), &ns);
+    let owner = OwnerReference {
+        api_version: EmrWorkspace::api_version(&()).to_string(),
+        kind: EmrWorkspace::kind(&()).to_string(),
+        name: ws.name_any(),
+        uid: ws_uid.clone(),
+        controller: Some(true),
+        block_owner_deletion: Some(true),
+    };
+
+    let mut jobs: Vec<MirrorJob> = Vec::new();
+    if let Some(listing) = st.listing.clone() {
+        for (id, cluster) in listing.iter() {
+            let prev = existing.get(id).cloned();
+            let mut desired = mirror::remote_status(cluster);
+            let prev_status = prev.as_ref().and_then(|p| p.status.clone());
+            let prev_conds = prev_status
+                .as_ref()
+                .map(|s| s.conditions.clone())
+                .unwrap_or_default();
+            let generation = prev.as_ref().and_then(|p| p.meta().generation).or(Some(1));
+            desired.observed_generation = generation;
+            desired.conditions =
+                mirror::mirror_conditions(&desired, &prev_conds, generation, stale.as_ref(), &now);
+            jobs.push(MirrorJob {
+                name: mirror::mirror_name(id),
+                cluster_id: id.clone(),
+                prev,
+                desired: Some(desired),
+                delete: false,
+            });
+        }
+    }
+    // Mirrors that the last listing does not contain.
+    let complete_and_current = st.failure.is_none() && st.listing.is_some();
+    for (id, m) in &existing {
+        if st.listing.as_ref().is_some_and(|l| l.contains_key(id)) {
+            continue;
+        }
+        if complete_and_current {
+            if ws.spec.gone_cluster_policy == GoneClusterPolicy::Delete {
+                jobs.push(MirrorJob {
+                    name: m.name_any(),
+                    cluster_id: id.clone(),
+                    prev: Some(m.clone()),
+                    desired: None,
+                    delete: true,
+                });
+            } else {
+                let mut desired = m.status.clone().unwrap_or_default();
+                desired.gone = true;
+                let prev_conds = desired.conditions.clone();
+                desired.conditions = mirror::mirror_conditions(
+                    &desired,
+                    &prev_conds,
+                    m.meta().generation,
+                    None,
+                    &now,
+                );
+                jobs.push(MirrorJob {
+                    name: m.name_any(),
+                    cluster_id: id.clone(),
+                    prev: Some(m.clone()),
+                    desired: Some(desired),
+                    delete: false,
+                });
+            }
+        } else if let Some(s) = &stale {
+            // No trustworthy listing: keep the last known status, only say it is stale.
+            let mut desired = m.status.clone().unwrap_or_default();
+            let prev_conds = desired.conditions.clone();
+            desired.conditions = mirror::mirror_conditions(
+                &desired,
+                &prev_conds,
+                m.meta().generation,
+                Some(s),
+                &now,
+            );
+            jobs.push(MirrorJob {
+                name: m.name_any(),
+                cluster_id: id.clone(),
+                prev: Some(m.clone()),
+                desired: Some(desired),
+                delete: false,
+            });
+        }
+    }
+
+    // Metrics for the listing.
+    update_state_metrics(ws, ctx, st);
+
+    let events_budget =
+        jobs.iter().filter(|j| j.prev.is_none() || j.delete).count() <= MAX_MIRROR_EVENTS_PER_SYNC;
+    let spec = |cluster_id: &str| EmrRayClusterSpec {
+        workspace_ref: ws.name_any(),
+        workspace_id: ws.spec.workspace_id.clone(),
+        region_id: ws.spec.region_id.clone(),
+        cluster_id: cluster_id.to_string(),
+    };
+    let results: Vec<Result<Outcome, Error>> = futures::stream::iter(jobs)
+        .map(|job| {
+            let api = api.clone();
+            let owner = owner.clone();
+            let desired_spec = spec(&job.cluster_id);
+            async move { apply_one(ctx, &api, ws, owner, desired_spec, job, events_budget).await }
+        })
+        .buffer_unordered(WRITE_CONCURRENCY)
+        .collect()
+        .await;
+    let mut created = 0;
+    let mut deleted = 0;
+    let mut first_err = None;
+    for r in results {
+        match r {
+            Ok(Outcome::Created) => created += 1,
+            Ok(Outcome::Deleted) => deleted += 1,
+            Ok(_) => {}
+            Err(e) => {
+                warn!(workspace = %key(ws), error = %e, "writing a mirror failed");
+                first_err.get_or_insert(e);
+            }
+        }
+    }
+    if created + deleted > 0 && !events_budget {
+        publish(
+            ctx,
+            &ws.object_ref(&()),
+            EventType::Normal,
+            "MirrorsSynced",
+            format!("created {created} and deleted {deleted} EmrRayCluster mirrors"),
+        )
+        .await;
+    }
+    if created + deleted > 0 {
+        info!(workspace = %key(ws), created, deleted, "mirrors updated");
+    }
+    match first_err {
+        Some(e) => Err(e),
+        None => Ok(()),
+    }
+}
+
+struct MirrorJob {
+    name: String,
+    cluster_id: String,
+    prev: Option<Arc<EmrRayCluster>>,
+    desired: Option<EmrRayClusterStatus>,
+    delete: bool,
+}
+
+enum Outcome {
+    Unchanged,
+    Created,
+    Updated,
+    Deleted,
+}
+
+fn desired_labels(ws: &EmrWorkspace, cluster_id: &str) -> BTreeMap<String, String> {
+    BTreeMap::from([
+        (
+            LABEL_WORKSPACE.to_string(),
+            mirror::label_value(&ws.name_any()),
+        ),
+        (
+            LABEL_WORKSPACE_ID.to_string(),
+            mirror::label_value(&ws.spec.workspace_id),
+        ),
+        (
+            LABEL_CLUSTER_ID.to_string(),
+            mirror::label_value(cluster_id),
+        ),
+        (LABEL_MANAGED_BY.to_string(), MANAGED_BY.to_string()),
+    ])
+}
+
+async fn apply_one(
+    ctx: &Context,
+    api: &Api<EmrRayCluster>,
+    ws: &EmrWorkspace,
+    owner: OwnerReference,
+    spec: EmrRayClusterSpec,
+    job: MirrorJob,
+    events: bool,
+) -> Result<Outcome, Error> {
+    let pp = PatchParams::apply(FIELD_MANAGER).force();
+    if job.delete {
+        match api.delete(&job.name, &DeleteParams::background()).await {
+            Ok(_) => {}
+            Err(kube::Error::Api(s)) if s.code == 404 => return Ok(Outcome::Unchanged),
+            Err(e) => return Err(e.into()),
+        }
+        ctx.metrics.count_write("emrrayclusters", "delete");
+        remove_state_metric(ctx, ws, &job.cluster_id);
+        if events {
+            publish(
+                ctx,
+                &ws.object_ref(&()),
+                EventType::Normal,
+                "MirrorDeleted",
+                format!(
+                    "deleted EmrRayCluster {}: remote cluster {} is no longer listed",
+                    job.name, job.cluster_id
+                ),
+            )
+            .await;
+        }
+        return Ok(Outcome::Deleted);
+    }
+    let Some(desired) = job.desired else {
+        return Ok(Outcome::Unchanged);
+    };
+    let labels = desired_labels(ws, &job.cluster_id);
+    let meta_ok = job.prev.as_ref().is_some_and(|p| {
+        p.spec == spec
+            && labels.iter().all(|(k, v)| p.labels().get(k) == Some(v))
+            && p.annotations().get(ANNOTATION_CLUSTER_ID) == Some(&job.cluster_id)
+            && p.owner_references()
+                .iter()
+                .any(|o| o.uid == owner.uid && o.controller == Some(true))
+    });
+    let mut outcome = Outcome::Unchanged;
+    let mut object_ref = job.prev.as_ref().map(|p| p.object_ref(&()));
+    if !meta_ok {
+        let obj = json!({
+            "apiVersion": EmrRayCluster::api_version(&()),
+            "kind": EmrRayCluster::kind(&()),
+            "metadata": {
+                "name": job.name,
+                "labels": labels,
+                "annotations": { ANNOTATION_CLUSTER_ID: job.cluster_id },
+                "ownerReferences": [owner],
+            },
+            "spec": spec,
+        });
+        let res = api.patch(&job.name, &pp, &Patch::Apply(&obj)).await?;
+        ctx.metrics.count_write("emrrayclusters", "apply");
+        object_ref = Some(res.object_ref(&()));
+        outcome = if job.prev.is_none() {
+            Outcome::Created
+        } else {
+            Outcome::Updated
+        };
+    }
+    let prev_status = job.prev.as_ref().and_then(|p| p.status.as_ref());
+    // A freshly created object has no status yet; otherwise write only on a difference.
+    if !matches!(outcome, Outcome::Created) && prev_status == Some(&desired) {
+        return Ok(outcome);
+    }
+    let obj = json!({
+        "apiVersion": EmrRayCluster::api_version(&()),
+        "kind": EmrRayCluster::kind(&()),
+        "metadata": { "name": job.name },
+        "status": desired,
+    });
+    api.patch_status(&job.name, &pp, &Patch::Apply(&obj))
+        .await?;
+    ctx.metrics.count_write("emrrayclusters", "apply-status");
+
+    // Events.
+    if let Some(r) = &object_ref {
+        let old_state = prev_status.and_then(|s| s.state.clone());
+        if matches!(outcome, Outcome::Created) {
+            if events {
+                publish(
+                    ctx,
+                    r,
+                    EventType::Normal,
+                    "Created",
+                    format!(
+                        "mirroring remote Ray cluster {} ({})",
+                        job.cluster_id,
+                        desired.state.as_deref().unwrap_or("state unknown")
+                    ),
+                )
+                .await;
+            }
+        } else if old_state != desired.state {
+            let to = desired.state.clone().unwrap_or_else(|| "Unknown".into());
+            let kind = if to == "Error" {
+                EventType::Warning
+            } else {
+                EventType::Normal
+            };
+            let mut note = format!(
+                "state changed from {} to {to}",
+                old_state.as_deref().unwrap_or("Unknown")
+            );
+            if to == "Error"
+                && let Some(m) = desired.message.as_deref().filter(|m| !m.is_empty())
+            {
+                note.push_str(": ");
+                note.push_str(m);
+            }
+            publish(ctx, r, kind, "StateChanged", note).await;
+        } else if !prev_status.is_some_and(|p| p.gone) && desired.gone {
+            publish(
+                ctx,
+                r,
+                EventType::Warning,
+                "RemoteClusterGone",
+                "the remote Ray cluster is no longer listed; kept because goneClusterPolicy is Keep"
+                    .to_string(),
+            )
+            .await;
+        }
+    }
+    Ok(match outcome {
+        Outcome::Created => Outcome::Created,
+        _ => Outcome::Updated,
+    })
+}
+
+fn update_state_metrics(ws: &EmrWorkspace, ctx: &Context, st: &mut WorkspaceState) {
+    let Some(listing) = &st.listing else { return };
+    let ns = ws.namespace().unwrap_or_default();
+    let name = ws.name_any();
+    let mut current: BTreeMap<String, String> = BTreeMap::new();
+    for (id, c) in listing.iter() {
+        let state = c
+            .state
+            .as_ref()
+            .map(|s| s.as_str().to_string())
+            .unwrap_or_else(|| "Unknown".into());
+        current.insert(id.clone(), state);
+    }
+    // Drop the series of clusters that are gone or changed state.
+    for (id, old) in &st.last_state {
+        if current.get(id) != Some(old) {
+            for s in states_for(old) {
+                ctx.metrics.cluster_state.remove(&ClusterStateLabels {
+                    namespace: ns.clone(),
+                    workspace: name.clone(),
+                    cluster_id: id.clone(),
+                    name: mirror::mirror_name(id),
+                    state: s,
+                });
+            }
+        }
+    }
+    for (id, state) in &current {
+        if st.last_state.get(id) == Some(state) {
+            continue;
+        }
+        for s in states_for(state) {
+            ctx.metrics
+                .cluster_state
+                .get_or_create(&ClusterStateLabels {
+                    namespace: ns.clone(),
+                    workspace: name.clone(),
+                    cluster_id: id.clone(),
+                    name: mirror::mirror_name(id),
+                    state: s.clone(),
+                })
+                .set(i64::from(&s == state));
+        }
+    }
+    st.last_state = current;
+}
+
+/// The documented states plus the cluster's own when it is not one of them.
+fn states_for(state: &str) -> Vec<String> {
+    let mut v: Vec<String> = crate::emr::ClusterState::KNOWN
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+    if !v.iter().any(|s| s == state) {
+        v.push(state.to_string());
+    }
+    v
+}
+
+fn remove_state_metric(ctx: &Context, ws: &EmrWorkspace, cluster_id: &str) {
+    let ns = ws.namespace().unwrap_or_default();
+    let name = ws.name_any();
+    let mut map = ctx.state.lock().unwrap();
+    if let Some(st) = map.get_mut(&key(ws))
+        && let Some(old) = st.last_state.remove(cluster_id)
+    {
+        for s in states_for(&old) {
+            ctx.metrics.cluster_state.remove(&ClusterStateLabels {
+                namespace: ns.clone(),
+                workspace: name.clone(),
+                cluster_id: cluster_id.to_string(),
+                name: mirror::mirror_name(cluster_id),
+                state: s,
+            });
+        }
+    }
+}
+
+/// Builds and writes the workspace status (at most once per call, only when it differs).
+async fn write_workspace_status(
+    ws: &EmrWorkspace,
+    ctx: &Context,
+    st: &WorkspaceState,
+    attempted: bool,
+) -> Result<(), Error> {
+    let prev = ws.status.clone().unwrap_or_default();
+    let generation = ws.meta().generation;
+    let now = mirror::now_rfc3339();
+    let mut s = EmrWorkspaceStatus {
+        observed_generation: generation,
+        last_sync_attempt_time: if attempted {
+            Some(now.clone())
+        } else {
+            prev.last_sync_attempt_time.clone()
+        },
+        last_successful_sync_time: st
+            .last_success
+            .clone()
+            .or(prev.last_successful_sync_time.clone()),
+        endpoint: crate::emr::endpoint::resolve(
+            &ws.spec.region_id,
+            ws.spec.network == EndpointNetwork::Vpc,
+            ws.spec.endpoint.as_deref(),
+        )
+        .ok()
+        .map(|u| u.to_string()),
+        last_failure: st.failure.clone(),
+        ..Default::default()
+    };
+    if let Some(l) = &st.listing {
+        s.clusters = Some(l.len() as i64);
+        for c in l.values() {
+            let state = c
+                .state
+                .as_ref()
+                .map(|s| s.as_str().to_string())
+                .unwrap_or_else(|| "Unknown".into());
+            *s.clusters_by_state.entry(state).or_default() += 1;
+        }
+        s.ready_clusters = Some(s.clusters_by_state.get("Running").copied().unwrap_or(0));
+    } else {
+        s.clusters = prev.clusters;
+        s.ready_clusters = prev.ready_clusters;
+        s.clusters_by_state = prev.clusters_by_state.clone();
+    }
+    let c = &prev.conditions;
+    let mut conds = Vec::new();
+    if ws.spec.suspend {
+        conds.push(mirror::condition(
+            c,
+            "Ready",
+            false,
+            "Suspended",
+            "syncing is suspended (spec.suspend); mirrors are kept as they are".into(),
+            generation,
+            &now,
+        ));
+    } else if let Some(f) = &st.failure {
+        let mut msg = f.message.clone();
+        if st.listing.is_some() {
+            msg.push_str(&format!(
+                "; mirrors keep the data of the last successful listing ({})",
+                s.last_successful_sync_time.as_deref().unwrap_or("unknown")
+            ));
+        }
+        conds.push(mirror::condition(
+            c,
+            "Ready",
+            false,
+            &f.reason,
+            msg.clone(),
+            generation,
+            &now,
+        ));
+        if is_stalling(&f.reason) {
+            conds.push(mirror::condition(
+                c, "Stalled", true, &f.reason, msg, generation, &now,
+            ));
+        } else {
+            conds.push(mirror::condition(
+                c,
+                "Reconciling",
+                true,
+                "RetryingAfterError",
+                format!("retrying after {}: {}", f.reason, f.message),
+                generation,
+                &now,
+            ));
+        }
+    } else if st.listing.is_some() {
+        let n = s.clusters.unwrap_or(0);
+        conds.push(mirror::condition(
+            c,
+            "Ready",
+            true,
+            "Synced",
+            format!("{n} Ray cluster(s) mirrored"),
+            generation,
+            &now,
+        ));
+    } else {
+        conds.push(mirror::condition(
+            c,
+            "Ready",
+            false,
+            "Pending",
+            "waiting for the first listing".into(),
+            generation,
+            &now,
+        ));
+        conds.push(mirror::condition(
+            c,
+            "Reconciling",
+            true,
+            "Pending",
+            "waiting for the first listing".into(),
+            generation,
+            &now,
+        ));
+    }
+    s.conditions = conds;
+
+    let labels = WorkspaceLabels {
+        namespace: ws.namespace().unwrap_or_default(),
+        workspace: ws.name_any(),
+    };
+    ctx.metrics
+        .workspace_clusters
+        .get_or_create(&labels)
+        .set(s.clusters.unwrap_or(0));
+    ctx.metrics
+        .workspace_ready
+        .get_or_create(&labels)
+        .set(i64::from(
+            s.conditions
+                .iter()
+                .any(|c| c.type_ == "Ready" && c.status == "True"),
+        ));
+
+    if s == prev {
+        return Ok(());
+    }
+    let api: Api<EmrWorkspace> =
+        Api::namespaced(ctx.client.clone(), &ws.namespace().unwrap_or_default());
+    let obj = json!({
+        "apiVersion": EmrWorkspace::api_version(&()),
+        "kind": EmrWorkspace::kind(&()),
+        "metadata": { "name": ws.name_any() },
+        "status": s,
+    });
+    match api
+        .patch_status(
+            &ws.name_any(),
+            &PatchParams::apply(FIELD_MANAGER).force(),
+            &Patch::Apply(&obj),
+        )
+        .await
+    {
+        Ok(_) => {}
+        // The workspace was deleted meanwhile.
+        Err(kube::Error::Api(e)) if e.code == 404 => return Ok(()),
+        Err(e) => return Err(e.into()),
+    }
+    ctx.metrics.count_write("emrworkspaces", "apply-status");
+    Ok(())
+}
+
+async fn publish(
+    ctx: &Context,
+    reference: &k8s_openapi::api::core::v1::ObjectReference,
+    type_: EventType,
+    reason: &str,
+    note: String,
+) {
+    let ev = Event {
+        type_,
+        reason: reason.to_string(),
+        note: Some(truncate(&note, 1024)),
+        action: "Sync".to_string(),
+        secondary: None,
+    };
+    if let Err(e) = ctx.recorder.publish(&ev, reference).await {
+        debug!(error = %e, "publishing an event failed");
+    }
+}
+
+fn truncate(s: &str, max: usize) -> String {
+    if s.len() <= max {
+        return s.to_string();
+    }
+    let mut end = max;
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}…", &s[..end])
+}
+
+pub fn error_policy(_ws: Arc<EmrWorkspace>, err: &Error, _ctx: Arc<Context>) -> Action {
+    warn!(error = %err, "reconcile failed; retrying");
+    Action::requeue(jitter(Duration::from_secs(5), 0.5))
+}
+
+/// Workspaces (by reference) that use a given Secret, for the Secret watch.
+pub fn workspaces_using_secret(
+    store: &Store<EmrWorkspace>,
+    secret_ns: &str,
+    secret_name: &str,
+) -> Vec<ObjectRef<EmrWorkspace>> {
+    store
+        .state()
+        .iter()
+        .filter(|ws| ws.namespace().as_deref() == Some(secret_ns))
+        .filter(|ws| {
+            ws.spec
+                .credentials
+                .secret_ref
+                .as_ref()
+                .is_some_and(|s| s.name == secret_name)
+        })
+        .map(|ws| ObjectRef::from_obj(ws.as_ref()))
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("60s"), Some(Duration::from_secs(60)));
+        assert_eq!(parse_duration("1m30s"), Some(Duration::from_secs(90)));
+        assert_eq!(parse_duration("1.5h"), Some(Duration::from_secs(5400)));
+        assert_eq!(parse_duration("500ms"), Some(Duration::from_millis(500)));
+        assert_eq!(parse_duration("10"), None);
+        assert_eq!(parse_duration(""), None);
+        assert_eq!(parse_duration("5d"), None);
+    }
+
+    #[test]
+    fn stalling_reasons() {
+        assert!(is_stalling("AuthenticationFailed"));
+        assert!(is_stalling("SecretNotFound"));
+        assert!(!is_stalling("Throttled"));
+        assert!(!is_stalling("RemoteUnavailable"));
+    }
+}

@@ -1,0 +1,474 @@
+//! The two custom resources: `EmrWorkspace` (written by users) and `EmrRayCluster` (read-only
+//! mirrors written by the operator). The YAML in `crds/` is generated from these types
+//! (`emr-ray-operator crdgen`) and checked by a test.
+
+use std::collections::BTreeMap;
+
+use kube::{CustomResource, CustomResourceExt, KubeSchema};
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+pub const GROUP: &str = "emr.aliyun.io";
+pub const VERSION: &str = "v1alpha1";
+/// Field manager used for every server-side apply of the operator.
+pub const FIELD_MANAGER: &str = "emr-ray-operator";
+/// Label on every mirror: name of the owning `EmrWorkspace`.
+pub const LABEL_WORKSPACE: &str = "emr.aliyun.io/workspace";
+/// Label on every mirror: remote workspace ID.
+pub const LABEL_WORKSPACE_ID: &str = "emr.aliyun.io/workspace-id";
+/// Label on every mirror: remote cluster ID (sanitised to a label value).
+pub const LABEL_CLUSTER_ID: &str = "emr.aliyun.io/cluster-id";
+/// Annotation on every mirror: the exact remote cluster ID.
+pub const ANNOTATION_CLUSTER_ID: &str = "emr.aliyun.io/cluster-id";
+/// Label that marks objects managed by this operator.
+pub const LABEL_MANAGED_BY: &str = "app.kubernetes.io/managed-by";
+pub const MANAGED_BY: &str = "emr-ray-operator";
+
+/// Default and minimum sync intervals.
+pub const DEFAULT_SYNC_INTERVAL: &str = "60s";
+
+fn default_sync_interval() -> String {
+    DEFAULT_SYNC_INTERVAL.to_string()
+}
+
+/// An EMR Serverless Spark workspace whose Ray clusters are mirrored into this namespace.
+#[derive(CustomResource, KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[kube(
+    group = "emr.aliyun.io",
+    version = "v1alpha1",
+    kind = "EmrWorkspace",
+    plural = "emrworkspaces",
+    shortname = "emrws",
+    category = "emr",
+    namespaced,
+    status = "EmrWorkspaceStatus",
+    printcolumn(name = "Workspace", type_ = "string", json_path = ".spec.workspaceId"),
+    printcolumn(name = "Region", type_ = "string", json_path = ".spec.regionId"),
+    printcolumn(name = "Clusters", type_ = "integer", json_path = ".status.clusters"),
+    printcolumn(
+        name = "Ready",
+        type_ = "string",
+        json_path = ".status.conditions[?(@.type==\"Ready\")].status"
+    ),
+    printcolumn(
+        name = "Reason",
+        type_ = "string",
+        priority = "1",
+        json_path = ".status.conditions[?(@.type==\"Ready\")].reason"
+    ),
+    printcolumn(
+        name = "Last Sync",
+        type_ = "date",
+        json_path = ".status.lastSuccessfulSyncTime"
+    ),
+    printcolumn(
+        name = "Age",
+        type_ = "date",
+        json_path = ".metadata.creationTimestamp"
+    )
+)]
+#[serde(rename_all = "camelCase")]
+pub struct EmrWorkspaceSpec {
+    /// Alibaba Cloud region of the workspace, e.g. `cn-hangzhou`. Chooses the endpoint.
+    #[schemars(
+        length(min = 1, max = 64),
+        regex(pattern = r"^[a-z0-9]+(-[a-z0-9]+)*$")
+    )]
+    pub region_id: String,
+    /// EMR Serverless Spark workspace ID, e.g. `w-d2d82aa09155`.
+    #[schemars(
+        length(min = 1, max = 128),
+        regex(pattern = r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+    )]
+    pub workspace_id: String,
+    /// Explicit API endpoint URL (`https://...`), for VPC endpoints, proxies or the simulator.
+    /// When empty, the endpoint is derived from `regionId` and `network`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 2048))]
+    #[x_kube(validation = Rule::new("self.matches('^https?://[^/?#\\\\s]+(/[^?#\\\\s]*)?$')").message("endpoint must be an http:// or https:// URL without query or fragment, e.g. https://emr-serverless-spark-vpc.cn-hangzhou.aliyuncs.com"))]
+    pub endpoint: Option<String>,
+    /// Which derived endpoint to use when `endpoint` is empty: `Public` (default) or `VPC`.
+    #[serde(default)]
+    pub network: EndpointNetwork,
+    /// Where the access key comes from. Exactly one of `secretRef`, `rrsa` or `environment`.
+    pub credentials: WorkspaceCredentials,
+    /// How often the remote API is listed, as a duration (`30s`, `5m`, `1h`). Default 60s,
+    /// minimum 10s.
+    #[serde(default = "default_sync_interval")]
+    #[schemars(regex(pattern = r"^([0-9]+(\.[0-9]+)?(ms|s|m|h))+$"))]
+    #[x_kube(validation = Rule::new("duration(self) >= duration('10s')").message("syncInterval must be at least 10s"))]
+    #[x_kube(validation = Rule::new("duration(self) <= duration('24h')").message("syncInterval must be at most 24h"))]
+    pub sync_interval: String,
+    /// Stop polling the remote API. Mirrors are kept as they are.
+    #[serde(default)]
+    pub suspend: bool,
+    /// What happens to a mirror whose remote cluster is gone from a complete listing:
+    /// `Delete` (default) removes it, `Keep` keeps it with `status.gone: true`.
+    #[serde(default)]
+    pub gone_cluster_policy: GoneClusterPolicy,
+}
+
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, JsonSchema)]
+pub enum EndpointNetwork {
+    #[default]
+    Public,
+    #[serde(rename = "VPC")]
+    Vpc,
+}
+
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, JsonSchema)]
+pub enum GoneClusterPolicy {
+    #[default]
+    Delete,
+    Keep,
+}
+
+/// Credentials for the EMR OpenAPI. Exactly one source must be set.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+#[x_kube(validation = Rule::new("[has(self.secretRef), has(self.rrsa), has(self.environment)].filter(x, x).size() == 1").message("credentials: set exactly one of secretRef, rrsa or environment"))]
+pub struct WorkspaceCredentials {
+    /// A Secret in the workspace's namespace holding an AccessKey (and optionally an STS token).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub secret_ref: Option<SecretCredentials>,
+    /// RAM Roles for Service Accounts (ACK RRSA): `AssumeRoleWithOIDC` with the operator's
+    /// projected service-account token. Fields left empty come from the operator's environment
+    /// (`ALIBABA_CLOUD_ROLE_ARN`, `ALIBABA_CLOUD_OIDC_PROVIDER_ARN`, `ALIBABA_CLOUD_OIDC_TOKEN_FILE`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rrsa: Option<RrsaCredentials>,
+    /// Use the operator's own environment (`ALIBABA_CLOUD_ACCESS_KEY_ID`, ...).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub environment: Option<EnvironmentCredentials>,
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct SecretCredentials {
+    /// Name of the Secret (same namespace as the workspace).
+    #[schemars(length(min = 1, max = 253))]
+    pub name: String,
+    /// Key of the AccessKey ID. Default `accessKeyId`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub access_key_id_key: Option<String>,
+    /// Key of the AccessKey secret. Default `accessKeySecret`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub access_key_secret_key: Option<String>,
+    /// Key of an optional STS security token. Default `securityToken` (used when present).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub security_token_key: Option<String>,
+}
+
+impl SecretCredentials {
+    pub fn id_key(&self) -> &str {
+        self.access_key_id_key.as_deref().unwrap_or("accessKeyId")
+    }
+    pub fn secret_key(&self) -> &str {
+        self.access_key_secret_key
+            .as_deref()
+            .unwrap_or("accessKeySecret")
+    }
+    pub fn token_key(&self) -> &str {
+        self.security_token_key
+            .as_deref()
+            .unwrap_or("securityToken")
+    }
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct RrsaCredentials {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub role_arn: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub oidc_provider_arn: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub oidc_token_file_path: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub session_name: Option<String>,
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+pub struct EnvironmentCredentials {}
+
+/// A kstatus-compatible condition.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Condition {
+    #[serde(rename = "type")]
+    pub type_: String,
+    /// `True`, `False` or `Unknown`.
+    pub status: String,
+    pub reason: String,
+    #[serde(default)]
+    pub message: String,
+    /// RFC 3339.
+    pub last_transition_time: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+}
+
+/// Details of the last failed sync, for people and alerts. Never holds secrets.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct SyncFailure {
+    /// Machine-readable reason, e.g. `Throttled`, `AuthenticationFailed`, `SecretNotFound`.
+    pub reason: String,
+    /// Human-readable message.
+    pub message: String,
+    /// Error code returned by the remote API, e.g. `SignatureDoesNotMatch`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub code: Option<String>,
+    /// Request ID returned by the remote API; give it to Alibaba Cloud support.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub request_id: Option<String>,
+    /// When this failure reason was first seen (RFC 3339).
+    pub since: String,
+    /// Consecutive failed syncs.
+    pub consecutive_failures: i64,
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct EmrWorkspaceStatus {
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub conditions: Vec<Condition>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+    /// Last time a remote listing was attempted (RFC 3339).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_sync_attempt_time: Option<String>,
+    /// Last time a complete remote listing succeeded (RFC 3339).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_successful_sync_time: Option<String>,
+    /// Remote clusters in the last complete listing.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub clusters: Option<i64>,
+    /// Clusters in `Running` state in the last complete listing.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ready_clusters: Option<i64>,
+    /// Clusters per remote state in the last complete listing.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub clusters_by_state: BTreeMap<String, i64>,
+    /// The endpoint that was called.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub endpoint: Option<String>,
+    /// Set while syncs fail; cleared by the next successful sync.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_failure: Option<SyncFailure>,
+}
+
+/// A read-only mirror of one Ray cluster of an EMR Serverless Spark workspace.
+#[derive(CustomResource, KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[kube(
+    group = "emr.aliyun.io",
+    version = "v1alpha1",
+    kind = "EmrRayCluster",
+    plural = "emrrayclusters",
+    shortname = "emrray",
+    shortname = "emrrc",
+    category = "emr",
+    namespaced,
+    status = "EmrRayClusterStatus",
+    selectable = ".spec.clusterId",
+    selectable = ".spec.workspaceRef",
+    printcolumn(
+        name = "Display Name",
+        type_ = "string",
+        json_path = ".status.displayName"
+    ),
+    printcolumn(name = "State", type_ = "string", json_path = ".status.state"),
+    printcolumn(
+        name = "Version",
+        type_ = "string",
+        json_path = ".status.releaseVersion"
+    ),
+    printcolumn(
+        name = "Desired Workers",
+        type_ = "integer",
+        json_path = ".status.desiredWorkerReplicas"
+    ),
+    printcolumn(name = "CPUs", type_ = "string", json_path = ".status.desiredCPU"),
+    printcolumn(name = "Memory", type_ = "string", json_path = ".status.desiredMemory"),
+    printcolumn(name = "Workspace", type_ = "string", json_path = ".spec.workspaceRef"),
+    printcolumn(
+        name = "Cluster ID",
+        type_ = "string",
+        priority = "1",
+        json_path = ".spec.clusterId"
+    ),
+    printcolumn(
+        name = "Age",
+        type_ = "date",
+        json_path = ".metadata.creationTimestamp"
+    )
+)]
+#[x_kube(validation = Rule::new("self == oldSelf").message("spec of an EmrRayCluster is immutable: it names the mirrored remote cluster"))]
+#[serde(rename_all = "camelCase")]
+pub struct EmrRayClusterSpec {
+    /// Name of the `EmrWorkspace` (same namespace) this mirror belongs to.
+    pub workspace_ref: String,
+    /// Remote workspace ID.
+    pub workspace_id: String,
+    /// Region of the workspace.
+    pub region_id: String,
+    /// Remote Ray cluster ID (exact, as returned by the API).
+    pub cluster_id: String,
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct EmrRayClusterStatus {
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub conditions: Vec<Condition>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+    /// Remote state: `Starting`, `Running`, `Stopping`, `Stopped`, `Error` (other values are
+    /// kept as returned).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub state: Option<String>,
+    /// The remote cluster's name.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub display_name: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub description: Option<String>,
+    /// Ray engine version, e.g. `ray-1.0.0 (Ray 2.47.1, Python 3.12)`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub release_version: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub network_service_name: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub endpoints: Option<RayEndpoints>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub head_spec: Option<RayHeadSpec>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub worker_groups: Vec<RayWorkerGroup>,
+    /// Sum of `replica` over worker groups.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub desired_worker_replicas: Option<i64>,
+    /// Total CPU cores of head and workers at their desired replicas.
+    #[serde(
+        default,
+        rename = "desiredCPU",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub desired_cpu: Option<String>,
+    /// Total memory of head and workers at their desired replicas (Gi).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub desired_memory: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub creator: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub creator_name: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub modifier: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub modifier_name: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub user_id: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub instance_id: Option<String>,
+    /// Whether the remote configuration has been modified.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub modified: Option<bool>,
+    /// Remote message (e.g. the error of a failed cluster).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
+    /// RFC 3339.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub create_time: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub start_time: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub modified_time: Option<String>,
+    /// True when the remote cluster is no longer listed (with `goneClusterPolicy: Keep`).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub gone: bool,
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct RayEndpoints {
+    /// Ray client / job submission endpoint (`ray://...`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub grpc: Option<String>,
+    /// Ray dashboard URL with its access token removed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dashboard: Option<String>,
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct RayHeadSpec {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub queue_name: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cpu: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub memory: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub replicas: Option<i64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gpu_spec: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub enable_auto_scaling: Option<bool>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub idle_timeout_seconds: Option<i64>,
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct RayWorkerGroup {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub group_name: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub worker_type: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub replicas: Option<i64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub min_replicas: Option<i64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_replicas: Option<i64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub queue_name: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cpu: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub memory: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gpu_spec: Option<String>,
+}
+
+/// The CRDs as YAML documents, in a stable order (`crds/` is generated from this).
+pub fn crd_yamls() -> Vec<(&'static str, String)> {
+    vec![
+        (
+            "emr.aliyun.io_emrworkspaces.yaml",
+            serde_yaml::to_string(&EmrWorkspace::crd()).expect("CRD serialises"),
+        ),
+        (
+            "emr.aliyun.io_emrrayclusters.yaml",
+            serde_yaml::to_string(&EmrRayCluster::crd()).expect("CRD serialises"),
+        ),
+    ]
+}
+
+/// Installs (server-side applies) both CRDs and waits until they are established.
+pub async fn install_crds(client: &kube::Client) -> Result<(), kube::Error> {
+    use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+    use kube::api::{Api, Patch, PatchParams};
+    use kube::runtime::wait::{await_condition, conditions};
+
+    let api: Api<CustomResourceDefinition> = Api::all(client.clone());
+    for crd in [EmrWorkspace::crd(), EmrRayCluster::crd()] {
+        let name = crd.metadata.name.clone().unwrap_or_default();
+        api.patch(
+            &name,
+            &PatchParams::apply(FIELD_MANAGER).force(),
+            &Patch::Apply(&crd),
+        )
+        .await?;
+        let established = await_condition(api.clone(), &name, conditions::is_crd_established());
+        let _ = tokio::time::timeout(std::time::Duration::from_secs(30), established).await;
+    }
+    Ok(())
+}

@@ -1,0 +1,185 @@
+//! `emr-ray-operator demo`: the operator's main job on an embedded default. It needs a
+//! Kubernetes API (the local control plane from `tests/control-plane/kcp.sh up`, via
+//! KUBECONFIG); it starts the EMR simulator in-process with the reference's example cluster plus a
+//! few generated ones, installs the CRDs, creates an example workspace and credentials Secret,
+//! runs the operator and prints `kubectl get emrworkspaces,emrrayclusters`.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use k8s_openapi::api::core::v1::{Namespace, Secret};
+use kube::api::{Api, Patch, PatchParams};
+use serde_json::json;
+use tokio_util::sync::CancellationToken;
+use tracing::info;
+
+use crate::crd::{self, EmrWorkspace, FIELD_MANAGER};
+use crate::operator::{self, OperatorConfig};
+use crate::sim::{SimConfig, Simulator};
+
+#[derive(clap::Args, Debug)]
+pub struct DemoArgs {
+    /// Namespace for the example workspace.
+    #[arg(long, default_value = "emr-demo")]
+    pub namespace: String,
+    /// Extra generated clusters besides the reference's example.
+    #[arg(long, default_value_t = 4)]
+    pub extra_clusters: usize,
+    /// Exit after the first complete sync instead of running until Ctrl-C.
+    #[arg(long)]
+    pub once: bool,
+    /// Address of the simulator.
+    #[arg(long, default_value = "127.0.0.1:0")]
+    pub sim_listen: SocketAddr,
+    /// Address of the operator's /metrics endpoint.
+    #[arg(long, default_value = "127.0.0.1:0")]
+    pub metrics_addr: SocketAddr,
+    /// kubectl to show the result with.
+    #[arg(long, env = "KUBECTL", default_value = "kubectl")]
+    pub kubectl: String,
+}
+
+pub async fn run(args: DemoArgs, shutdown: CancellationToken) -> anyhow::Result<()> {
+    let client = kube::Client::try_default()
+        .await
+        .context("no Kubernetes API: start the local control plane first (tests/control-plane/kcp.sh up) and export KUBECONFIG")?;
+
+    let mut sim_cfg = SimConfig::with_default_fixture();
+    sim_cfg.listen = args.sim_listen;
+    let (key_id, key_secret) = sim_cfg.access_keys[0].clone();
+    let ws_id = sim_cfg
+        .workspaces
+        .keys()
+        .next()
+        .cloned()
+        .unwrap_or_else(|| "w-d2d82aa09155".into());
+    let sim = Simulator::start(sim_cfg).await?;
+    if args.extra_clusters > 0 {
+        sim.state.generate(&ws_id, args.extra_clusters, "ray-demo");
+    }
+    let sim_url = sim.base_url();
+    println!("EMR simulator listening on {sim_url} (admin API under {sim_url}admin/)");
+
+    crd::install_crds(&client)
+        .await
+        .context("installing CRDs")?;
+    println!("CRDs installed: emrworkspaces.emr.aliyun.io, emrrayclusters.emr.aliyun.io");
+
+    let ns = args.namespace.clone();
+    let pp = PatchParams::apply(FIELD_MANAGER).force();
+    Api::<Namespace>::all(client.clone())
+        .patch(
+            &ns,
+            &pp,
+            &Patch::Apply(
+                json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": ns}}),
+            ),
+        )
+        .await?;
+    Api::<Secret>::namespaced(client.clone(), &ns)
+        .patch(
+            "emr-credentials",
+            &pp,
+            &Patch::Apply(json!({
+                "apiVersion": "v1", "kind": "Secret",
+                "metadata": {"name": "emr-credentials"},
+                "stringData": {"accessKeyId": key_id, "accessKeySecret": key_secret},
+            })),
+        )
+        .await?;
+    let workspaces: Api<EmrWorkspace> = Api::namespaced(client.clone(), &ns);
+    workspaces
+        .patch(
+            "demo",
+            &pp,
+            &Patch::Apply(json!({
+                "apiVersion": "emr.aliyun.io/v1alpha1", "kind": "EmrWorkspace",
+                "metadata": {"name": "demo"},
+                "spec": {
+                    "regionId": "cn-hangzhou",
+                    "workspaceId": ws_id,
+                    "endpoint": sim_url.as_str().trim_end_matches('/'),
+                    "credentials": {"secretRef": {"name": "emr-credentials"}},
+                    "syncInterval": "10s",
+                },
+            })),
+        )
+        .await?;
+    println!("EmrWorkspace {ns}/demo created for workspace {ws_id}");
+
+    let op_token = shutdown.child_token();
+    let cfg = OperatorConfig {
+        namespaces: vec![ns.clone()],
+        concurrency: 4,
+        metrics_addr: Some(args.metrics_addr),
+        leader_election: None,
+        identity: "demo".into(),
+        requests_per_second: 10.0,
+        burst: 20,
+        request_timeout: Duration::from_secs(10),
+        listing_timeout: Duration::from_secs(60),
+    };
+    let op = tokio::spawn(operator::run(
+        client.clone(),
+        cfg,
+        Default::default(),
+        op_token.clone(),
+    ));
+
+    let expected = sim.state.clusters(&ws_id).len() as i64;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let ws = workspaces.get("demo").await?;
+        let st = ws.status.unwrap_or_default();
+        let ready = st
+            .conditions
+            .iter()
+            .any(|c| c.type_ == "Ready" && c.status == "True");
+        if ready && st.clusters == Some(expected) {
+            break;
+        }
+        if tokio::time::Instant::now() > deadline {
+            anyhow::bail!("the workspace did not become Ready within 60s: {:?}", st);
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    // Wait until every mirror has its status.
+    let mirrors: Api<crd::EmrRayCluster> = Api::namespaced(client.clone(), &ns);
+    loop {
+        let list = mirrors.list(&Default::default()).await?;
+        if list.items.len() as i64 == expected && list.items.iter().all(|m| m.status.is_some()) {
+            break;
+        }
+        if tokio::time::Instant::now() > deadline {
+            anyhow::bail!("mirrors did not appear within 60s");
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    println!("\n$ kubectl get emrworkspaces,emrrayclusters -n {ns}");
+    let out = tokio::process::Command::new(&args.kubectl)
+        .args(["get", "emrworkspaces,emrrayclusters", "-n", &ns])
+        .output()
+        .await;
+    match out {
+        Ok(o) => {
+            print!("{}", String::from_utf8_lossy(&o.stdout));
+            eprint!("{}", String::from_utf8_lossy(&o.stderr));
+        }
+        Err(e) => println!("(could not run {}: {e})", args.kubectl),
+    }
+    if args.once {
+        info!("demo done (--once)");
+    } else {
+        println!(
+            "\nThe operator keeps running (Ctrl-C stops it). Try:\n  \
+             curl -X PUT {sim_url}admin/workspaces/{ws_id}/clusters/ray-uiulpgow9xljimm1/state -d '{{\"state\":\"Stopped\"}}'\n  \
+             kubectl get emrrayclusters -n {ns} -w"
+        );
+        shutdown.cancelled().await;
+    }
+    op_token.cancel();
+    op.await??;
+    sim.shutdown().await;
+    Ok(())
+}

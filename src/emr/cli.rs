@@ -1,0 +1,341 @@
+//! The `list` subcommand: lists the Ray clusters of a workspace, like `kubectl get`.
+
+use super::client::{ClientConfig, EmrClient, SignatureVersion};
+use super::credentials::{
+    CredentialResolver, CredentialSource, Credentials, ENV_ROLE_ARN, RrsaConfig, SecretString,
+};
+use super::error::{EmrError, ErrorKind};
+use super::model::RayCluster;
+use anyhow::Context as _;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum OutputFormat {
+    Table,
+    Wide,
+    Json,
+    Yaml,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum SignatureArg {
+    /// ACS3-HMAC-SHA256 (default)
+    Acs3,
+    /// ROA HMAC-SHA1
+    Roa,
+}
+
+/// List the Ray clusters of an EMR Serverless Spark workspace.
+///
+/// Credentials: by default the ALIBABA_CLOUD_ACCESS_KEY_ID / ALIBABA_CLOUD_ACCESS_KEY_SECRET /
+/// ALIBABA_CLOUD_SECURITY_TOKEN environment variables; RRSA (ALIBABA_CLOUD_ROLE_ARN,
+/// ALIBABA_CLOUD_OIDC_PROVIDER_ARN, ALIBABA_CLOUD_OIDC_TOKEN_FILE) when ALIBABA_CLOUD_ROLE_ARN
+/// is set; or a Kubernetes Secret with --secret NAMESPACE/NAME (current kubeconfig).
+#[derive(clap::Args, Debug, Clone)]
+pub struct ListArgs {
+    /// Region, e.g. cn-hangzhou.
+    #[arg(long)]
+    pub region: String,
+    /// Workspace ID, e.g. w-d2d82aa09155.
+    #[arg(long)]
+    pub workspace: String,
+    /// Explicit endpoint URL (overrides --region/--vpc), e.g. http://127.0.0.1:8480.
+    #[arg(long, value_name = "URL")]
+    pub endpoint: Option<String>,
+    /// Use the VPC endpoint.
+    #[arg(long)]
+    pub vpc: bool,
+    #[arg(short = 'o', long, value_enum, default_value = "table")]
+    pub output: OutputFormat,
+    #[arg(long, value_enum, default_value = "acs3")]
+    pub signature: SignatureArg,
+    /// Read credentials from this Kubernetes Secret.
+    #[arg(long, value_name = "NAMESPACE/NAME")]
+    pub secret: Option<String>,
+    #[arg(long, default_value = "AccessKeyId", requires = "secret")]
+    pub access_key_id_key: String,
+    #[arg(long, default_value = "AccessKeySecret", requires = "secret")]
+    pub access_key_secret_key: String,
+    /// Optional key holding an STS security token.
+    #[arg(long, default_value = "SecurityToken", requires = "secret")]
+    pub security_token_key: String,
+}
+
+pub async fn run(args: ListArgs) -> anyhow::Result<()> {
+    let endpoint = super::endpoint::resolve(&args.region, args.vpc, args.endpoint.as_deref())?;
+    let source = credential_source(&args).await?;
+    let creds = CredentialResolver::default().resolve(&source).await?;
+    let client = EmrClient::new(ClientConfig {
+        signature: match args.signature {
+            SignatureArg::Acs3 => SignatureVersion::Acs3HmacSha256,
+            SignatureArg::Roa => SignatureVersion::RoaHmacSha1,
+        },
+        ..ClientConfig::default()
+    })?;
+    let listing = client
+        .list_ray_clusters(&endpoint, &args.workspace, &creds)
+        .await
+        .with_context(|| format!("listing Ray clusters of workspace {}", args.workspace))?;
+    let now_ms = jiff::Timestamp::now().as_millisecond();
+    let out = match args.output {
+        OutputFormat::Table => render_table(&listing.clusters, false, now_ms),
+        OutputFormat::Wide => render_table(&listing.clusters, true, now_ms),
+        OutputFormat::Json => {
+            let mut s = serde_json::to_string_pretty(&redacted(&listing.clusters))?;
+            s.push('\n');
+            s
+        }
+        OutputFormat::Yaml => serde_yaml::to_string(&redacted(&listing.clusters))?,
+    };
+    print!("{out}");
+    Ok(())
+}
+
+async fn credential_source(args: &ListArgs) -> anyhow::Result<CredentialSource> {
+    if let Some(secret) = &args.secret {
+        return Ok(CredentialSource::Static(
+            secret_credentials(args, secret).await?,
+        ));
+    }
+    if std::env::var(ENV_ROLE_ARN).is_ok_and(|v| !v.trim().is_empty()) {
+        return Ok(CredentialSource::Rrsa(RrsaConfig::from_env()?));
+    }
+    Ok(CredentialSource::Environment)
+}
+
+async fn secret_credentials(args: &ListArgs, reference: &str) -> anyhow::Result<Credentials> {
+    use k8s_openapi::api::core::v1::Secret;
+    let (ns, name) = reference
+        .split_once('/')
+        .filter(|(n, s)| !n.is_empty() && !s.is_empty())
+        .ok_or_else(|| anyhow::anyhow!("--secret must be NAMESPACE/NAME, got {reference:?}"))?;
+    let client = kube::Client::try_default()
+        .await
+        .context("connecting to Kubernetes with the current kubeconfig")?;
+    let secret = kube::Api::<Secret>::namespaced(client, ns)
+        .get(name)
+        .await
+        .with_context(|| format!("reading Secret {ns}/{name}"))?;
+    let data = secret.data.unwrap_or_default();
+    let get = |key: &str| -> Option<String> {
+        data.get(key)
+            .map(|b| String::from_utf8_lossy(&b.0).trim().to_string())
+            .filter(|s| !s.is_empty())
+    };
+    let missing = |key: &str| {
+        EmrError::new(
+            ErrorKind::Credentials,
+            format!("Secret {ns}/{name} has no key {key:?}"),
+        )
+    };
+    Ok(Credentials {
+        access_key_id: get(&args.access_key_id_key)
+            .ok_or_else(|| missing(&args.access_key_id_key))?,
+        access_key_secret: SecretString::from(
+            get(&args.access_key_secret_key).ok_or_else(|| missing(&args.access_key_secret_key))?,
+        ),
+        security_token: get(&args.security_token_key).map(SecretString::from),
+    })
+}
+
+/// Removes the `token` query parameter (the dashboard access token) from a URL.
+pub fn redact_dashboard_url(raw: &str) -> String {
+    match url::Url::parse(raw) {
+        Ok(mut u) => {
+            let kept: Vec<(String, String)> = u
+                .query_pairs()
+                .filter(|(k, _)| !k.eq_ignore_ascii_case("token"))
+                .map(|(k, v)| (k.into_owned(), v.into_owned()))
+                .collect();
+            if kept.is_empty() {
+                u.set_query(None);
+            } else {
+                u.query_pairs_mut().clear().extend_pairs(kept);
+            }
+            u.to_string()
+        }
+        // Not a URL: keep only what precedes any query.
+        Err(_) => raw.split('?').next().unwrap_or_default().to_string(),
+    }
+}
+
+/// Clusters with their dashboard token stripped.
+pub fn redacted(clusters: &[RayCluster]) -> Vec<RayCluster> {
+    clusters
+        .iter()
+        .cloned()
+        .map(|mut c| {
+            c.dashboard_url = c.dashboard_url.as_deref().map(redact_dashboard_url);
+            c
+        })
+        .collect()
+}
+
+/// kubectl-style age: `45s`, `12m`, `5h`, `3d`, `2y`.
+pub fn format_age(create_ms: Option<i64>, now_ms: i64) -> String {
+    let Some(created) = create_ms else {
+        return "<unknown>".into();
+    };
+    let secs = ((now_ms - created) / 1000).max(0);
+    match secs {
+        s if s < 120 => format!("{s}s"),
+        s if s < 3600 * 2 => format!("{}m", s / 60),
+        s if s < 86400 * 2 => format!("{}h", s / 3600),
+        s if s < 86400 * 365 * 2 => format!("{}d", s / 86400),
+        s => format!("{}y", s / (86400 * 365)),
+    }
+}
+
+fn parse_quantity(s: Option<&str>, suffix: &str) -> Option<f64> {
+    let s = s?.trim();
+    s.strip_suffix(suffix).unwrap_or(s).trim().parse().ok()
+}
+
+fn fmt_num(v: f64) -> String {
+    if v.fract() == 0.0 {
+        format!("{}", v as i64)
+    } else {
+        format!("{v:.1}")
+    }
+}
+
+/// Totals over head and workers: `(cpu, memory Gi)`; `None` when a value is unparsable.
+fn totals(c: &RayCluster) -> (Option<f64>, Option<f64>) {
+    let mut cpu = Some(0.0);
+    let mut mem = Some(0.0);
+    let mut add = |c_: Option<&str>, m: Option<&str>, replica: Option<i64>| {
+        let r = replica.unwrap_or(1) as f64;
+        cpu = cpu.zip(parse_quantity(c_, "")).map(|(a, b)| a + b * r);
+        mem = mem.zip(parse_quantity(m, "Gi")).map(|(a, b)| a + b * r);
+    };
+    if let Some(h) = &c.head_spec {
+        add(h.cpu.as_deref(), h.memory.as_deref(), h.replica);
+    }
+    for w in c.worker_spec.iter().flatten() {
+        add(w.cpu.as_deref(), w.memory.as_deref(), w.replica);
+    }
+    (cpu, mem)
+}
+
+fn workers(c: &RayCluster) -> i64 {
+    c.worker_spec
+        .iter()
+        .flatten()
+        .map(|w| w.replica.unwrap_or(0))
+        .sum()
+}
+
+/// Renders the kubectl-like table.
+pub fn render_table(clusters: &[RayCluster], wide: bool, now_ms: i64) -> String {
+    let mut header = vec!["NAME", "DISPLAY-NAME", "STATE", "VERSION", "WORKERS", "AGE"];
+    if wide {
+        header.extend(["ENDPOINT", "CPU", "MEMORY", "CREATOR"]);
+    }
+    let dash = || "-".to_string();
+    let mut rows: Vec<Vec<String>> = vec![header.iter().map(|s| s.to_string()).collect()];
+    for c in clusters {
+        let mut row = vec![
+            c.cluster_id.clone(),
+            c.name.clone().unwrap_or_else(dash),
+            c.state.as_ref().map(|s| s.to_string()).unwrap_or_else(dash),
+            c.display_release_version.clone().unwrap_or_else(dash),
+            workers(c).to_string(),
+            format_age(c.create_time, now_ms),
+        ];
+        if wide {
+            let (cpu, mem) = totals(c);
+            row.push(c.grpc_endpoint.clone().unwrap_or_else(dash));
+            row.push(cpu.map(fmt_num).unwrap_or_else(dash));
+            row.push(
+                mem.map(|m| format!("{}Gi", fmt_num(m)))
+                    .unwrap_or_else(dash),
+            );
+            row.push(
+                c.creator_name
+                    .clone()
+                    .or_else(|| c.creator.clone())
+                    .unwrap_or_else(dash),
+            );
+        }
+        rows.push(row);
+    }
+    if clusters.is_empty() {
+        return "No Ray clusters found.\n".to_string();
+    }
+    let cols = rows[0].len();
+    let widths: Vec<usize> = (0..cols)
+        .map(|i| rows.iter().map(|r| r[i].chars().count()).max().unwrap_or(0))
+        .collect();
+    let mut out = String::new();
+    for r in rows {
+        let line: Vec<String> = r
+            .iter()
+            .enumerate()
+            .map(|(i, v)| {
+                if i + 1 == cols {
+                    v.clone()
+                } else {
+                    format!("{v:<w$}", w = widths[i])
+                }
+            })
+            .collect();
+        out.push_str(line.join("   ").trim_end());
+        out.push('\n');
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn example() -> RayCluster {
+        let page: super::super::model::ListRayClusterResponse =
+            serde_json::from_str(include_str!("../../tests/data/reference-example.json")).unwrap();
+        page.ray_clusters.unwrap().remove(0)
+    }
+
+    #[test]
+    fn redaction() {
+        assert_eq!(
+            redact_dashboard_url(
+                "https://emr-spark-ray-gateway-cn-hangzhou.aliyuncs.com?token=xxxxxxxxx"
+            ),
+            "https://emr-spark-ray-gateway-cn-hangzhou.aliyuncs.com/"
+        );
+        assert_eq!(
+            redact_dashboard_url("https://h/p?a=1&Token=s3cr3t&b=2"),
+            "https://h/p?a=1&b=2"
+        );
+        assert_eq!(redact_dashboard_url("not a url?token=x"), "not a url");
+        let json = serde_json::to_string(&redacted(&[example()])).unwrap();
+        assert!(!json.contains("xxxxxxxxx"));
+        assert!(json.contains("grpcEndpoint"));
+    }
+
+    #[test]
+    fn table() {
+        let c = example();
+        let now = c.create_time.unwrap() + 3 * 86400 * 1000;
+        let t = render_table(std::slice::from_ref(&c), false, now);
+        let lines: Vec<&str> = t.lines().collect();
+        assert!(lines[0].starts_with("NAME"));
+        assert!(lines[1].starts_with("ray-uiulpgow9xljimm1"));
+        assert!(lines[1].contains("Running"));
+        assert!(lines[1].ends_with("3d"));
+        let w = render_table(&[c], true, now);
+        assert!(w.contains("CREATOR"));
+        assert!(w.contains("6"), "2 + 2*2 cpus: {w}");
+        assert!(w.contains("24Gi"), "{w}");
+        assert!(w.contains("Alice"));
+        assert!(!w.contains("token"));
+        assert_eq!(render_table(&[], false, 0), "No Ray clusters found.\n");
+    }
+
+    #[test]
+    fn ages() {
+        assert_eq!(format_age(Some(0), 45_000), "45s");
+        assert_eq!(format_age(Some(0), 600_000), "10m");
+        assert_eq!(format_age(Some(0), 5 * 3600_000), "5h");
+        assert_eq!(format_age(None, 0), "<unknown>");
+    }
+}

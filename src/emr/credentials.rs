@@ -1,0 +1,406 @@
+//! Access-key credentials: static, from the SDK's environment variables, or RRSA (OIDC role for
+//! service accounts on ACK) through STS `AssumeRoleWithOIDC`.
+
+use super::error::{EmrError, ErrorKind};
+use serde::Deserialize;
+use std::collections::HashMap;
+use std::fmt;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+/// A secret that never shows in `Debug` / `Display` output.
+#[derive(Clone, PartialEq, Eq)]
+pub struct SecretString(Arc<str>);
+
+impl SecretString {
+    pub fn new(s: impl Into<String>) -> Self {
+        SecretString(Arc::from(s.into()))
+    }
+    /// The secret itself: only for signing.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl From<String> for SecretString {
+    fn from(s: String) -> Self {
+        SecretString::new(s)
+    }
+}
+
+impl From<&str> for SecretString {
+    fn from(s: &str) -> Self {
+        SecretString::new(s)
+    }
+}
+
+impl fmt::Debug for SecretString {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("***")
+    }
+}
+
+impl fmt::Display for SecretString {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("***")
+    }
+}
+
+/// An access key, optionally with an STS security token.
+#[derive(Clone, Debug)]
+pub struct Credentials {
+    pub access_key_id: String,
+    pub access_key_secret: SecretString,
+    pub security_token: Option<SecretString>,
+}
+
+pub const ENV_ACCESS_KEY_ID: &str = "ALIBABA_CLOUD_ACCESS_KEY_ID";
+pub const ENV_ACCESS_KEY_SECRET: &str = "ALIBABA_CLOUD_ACCESS_KEY_SECRET";
+pub const ENV_SECURITY_TOKEN: &str = "ALIBABA_CLOUD_SECURITY_TOKEN";
+pub const ENV_ROLE_ARN: &str = "ALIBABA_CLOUD_ROLE_ARN";
+pub const ENV_OIDC_PROVIDER_ARN: &str = "ALIBABA_CLOUD_OIDC_PROVIDER_ARN";
+pub const ENV_OIDC_TOKEN_FILE: &str = "ALIBABA_CLOUD_OIDC_TOKEN_FILE";
+pub const ENV_ROLE_SESSION_NAME: &str = "ALIBABA_CLOUD_ROLE_SESSION_NAME";
+pub const ENV_STS_REGION: &str = "ALIBABA_CLOUD_STS_REGION";
+pub const ENV_STS_ENDPOINT: &str = "ALIBABA_CLOUD_STS_ENDPOINT";
+pub const ENV_VPC_ENDPOINT_ENABLED: &str = "ALIBABA_CLOUD_VPC_ENDPOINT_ENABLED";
+
+fn env_nonempty(name: &str) -> Option<String> {
+    std::env::var(name)
+        .ok()
+        .map(|v| v.trim().to_string())
+        .filter(|v| !v.is_empty())
+}
+
+impl Credentials {
+    pub fn new(id: impl Into<String>, secret: impl Into<String>) -> Self {
+        Credentials {
+            access_key_id: id.into(),
+            access_key_secret: SecretString::new(secret.into()),
+            security_token: None,
+        }
+    }
+
+    pub fn with_security_token(mut self, token: impl Into<String>) -> Self {
+        self.security_token = Some(SecretString::new(token.into()));
+        self
+    }
+
+    /// `ALIBABA_CLOUD_ACCESS_KEY_ID`, `ALIBABA_CLOUD_ACCESS_KEY_SECRET`, optional
+    /// `ALIBABA_CLOUD_SECURITY_TOKEN`.
+    pub fn from_env() -> Result<Self, EmrError> {
+        let id = env_nonempty(ENV_ACCESS_KEY_ID);
+        let secret = env_nonempty(ENV_ACCESS_KEY_SECRET);
+        match (id, secret) {
+            (Some(id), Some(secret)) => Ok(Credentials {
+                access_key_id: id,
+                access_key_secret: secret.into(),
+                security_token: env_nonempty(ENV_SECURITY_TOKEN).map(SecretString::from),
+            }),
+            _ => Err(EmrError::new(
+                ErrorKind::Credentials,
+                format!(
+                    "environment variables {ENV_ACCESS_KEY_ID} and {ENV_ACCESS_KEY_SECRET} must both be set"
+                ),
+            )),
+        }
+    }
+}
+
+/// RRSA settings (what ACK injects into pods of an RRSA-enabled service account).
+#[derive(Clone, Debug)]
+pub struct RrsaConfig {
+    pub role_arn: String,
+    pub oidc_provider_arn: String,
+    pub token_file: PathBuf,
+    pub session_name: String,
+    /// `None`: `https://sts.aliyuncs.com`.
+    pub sts_endpoint: Option<url::Url>,
+    /// Default 3600, minimum 900.
+    pub duration_seconds: u32,
+}
+
+impl RrsaConfig {
+    /// `ALIBABA_CLOUD_ROLE_ARN`, `ALIBABA_CLOUD_OIDC_PROVIDER_ARN`,
+    /// `ALIBABA_CLOUD_OIDC_TOKEN_FILE` (required); `ALIBABA_CLOUD_ROLE_SESSION_NAME` (default
+    /// `emr-ray-operator`); endpoint from `ALIBABA_CLOUD_STS_ENDPOINT`, else
+    /// `sts[-vpc].<ALIBABA_CLOUD_STS_REGION>.aliyuncs.com` (VPC when
+    /// `ALIBABA_CLOUD_VPC_ENDPOINT_ENABLED=true`), else `sts.aliyuncs.com`.
+    pub fn from_env() -> Result<Self, EmrError> {
+        let missing = |n: &str| {
+            EmrError::new(
+                ErrorKind::Credentials,
+                format!("RRSA: environment variable {n} is not set"),
+            )
+        };
+        let role_arn = env_nonempty(ENV_ROLE_ARN).ok_or_else(|| missing(ENV_ROLE_ARN))?;
+        let oidc_provider_arn =
+            env_nonempty(ENV_OIDC_PROVIDER_ARN).ok_or_else(|| missing(ENV_OIDC_PROVIDER_ARN))?;
+        let token_file =
+            env_nonempty(ENV_OIDC_TOKEN_FILE).ok_or_else(|| missing(ENV_OIDC_TOKEN_FILE))?;
+        let sts_endpoint = if let Some(e) = env_nonempty(ENV_STS_ENDPOINT) {
+            let e = if e.contains("://") {
+                e
+            } else {
+                format!("https://{e}")
+            };
+            Some(url::Url::parse(&e).map_err(|err| {
+                EmrError::new(
+                    ErrorKind::Config,
+                    format!("invalid {ENV_STS_ENDPOINT}: {err}"),
+                )
+            })?)
+        } else if let Some(region) = env_nonempty(ENV_STS_REGION) {
+            let vpc = env_nonempty(ENV_VPC_ENDPOINT_ENABLED)
+                .is_some_and(|v| v.eq_ignore_ascii_case("true"));
+            let host = if vpc { "sts-vpc" } else { "sts" };
+            if !super::endpoint::valid_region(&region) {
+                return Err(EmrError::new(
+                    ErrorKind::Config,
+                    format!("invalid {ENV_STS_REGION} {region:?}"),
+                ));
+            }
+            Some(
+                url::Url::parse(&format!("https://{host}.{region}.aliyuncs.com/"))
+                    .map_err(|e| EmrError::new(ErrorKind::Config, e.to_string()))?,
+            )
+        } else {
+            None
+        };
+        Ok(RrsaConfig {
+            role_arn,
+            oidc_provider_arn,
+            token_file: PathBuf::from(token_file),
+            session_name: env_nonempty(ENV_ROLE_SESSION_NAME)
+                .unwrap_or_else(|| "emr-ray-operator".to_string()),
+            sts_endpoint,
+            duration_seconds: 3600,
+        })
+    }
+}
+
+/// Where credentials come from.
+#[derive(Clone, Debug)]
+pub enum CredentialSource {
+    Static(Credentials),
+    /// The SDK's environment variables, read at each resolution.
+    Environment,
+    Rrsa(RrsaConfig),
+}
+
+/// Credentials are refreshed when this much validity or less remains (as the official SDK).
+pub const REFRESH_MARGIN: Duration = Duration::from_secs(180);
+
+#[derive(Clone)]
+struct Cached {
+    creds: Credentials,
+    expiration: jiff::Timestamp,
+}
+
+/// Resolves a [`CredentialSource`]; RRSA credentials are cached per role/provider/token file
+/// and refreshed when 180 s or less remain.
+#[derive(Clone, Default)]
+pub struct CredentialResolver {
+    cache: Arc<Mutex<HashMap<String, Cached>>>,
+    // Serialises STS calls so that concurrent reconciles do not all call STS at once.
+    refresh: Arc<tokio::sync::Mutex<()>>,
+    http: Arc<std::sync::OnceLock<reqwest::Client>>,
+}
+
+impl fmt::Debug for CredentialResolver {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("CredentialResolver").finish_non_exhaustive()
+    }
+}
+
+#[derive(Deserialize)]
+struct StsResponse {
+    #[serde(rename = "RequestId")]
+    request_id: Option<String>,
+    #[serde(rename = "Credentials")]
+    credentials: Option<StsCredentials>,
+}
+
+#[derive(Deserialize)]
+struct StsCredentials {
+    #[serde(rename = "AccessKeyId")]
+    access_key_id: String,
+    #[serde(rename = "AccessKeySecret")]
+    access_key_secret: String,
+    #[serde(rename = "SecurityToken")]
+    security_token: String,
+    #[serde(rename = "Expiration")]
+    expiration: String,
+}
+
+impl CredentialResolver {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    pub async fn resolve(&self, src: &CredentialSource) -> Result<Credentials, EmrError> {
+        match src {
+            CredentialSource::Static(c) => Ok(c.clone()),
+            CredentialSource::Environment => Credentials::from_env(),
+            CredentialSource::Rrsa(cfg) => self.resolve_rrsa(cfg).await,
+        }
+    }
+
+    fn cache_key(cfg: &RrsaConfig) -> String {
+        format!(
+            "{}|{}|{}|{}|{}",
+            cfg.role_arn,
+            cfg.oidc_provider_arn,
+            cfg.token_file.display(),
+            cfg.session_name,
+            cfg.sts_endpoint.as_ref().map(|u| u.as_str()).unwrap_or("")
+        )
+    }
+
+    fn cached(&self, key: &str) -> Option<Credentials> {
+        let cache = self.cache.lock().unwrap_or_else(|e| e.into_inner());
+        let c = cache.get(key)?;
+        let margin = jiff::SignedDuration::try_from(REFRESH_MARGIN).unwrap_or_default();
+        let remaining = c.expiration.duration_since(jiff::Timestamp::now());
+        (remaining > margin).then(|| c.creds.clone())
+    }
+
+    async fn resolve_rrsa(&self, cfg: &RrsaConfig) -> Result<Credentials, EmrError> {
+        let key = Self::cache_key(cfg);
+        if let Some(c) = self.cached(&key) {
+            return Ok(c);
+        }
+        let _guard = self.refresh.lock().await;
+        if let Some(c) = self.cached(&key) {
+            return Ok(c);
+        }
+        let fresh = self.assume_role_with_oidc(cfg).await?;
+        self.cache
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(key, fresh.clone());
+        Ok(fresh.creds)
+    }
+
+    async fn assume_role_with_oidc(&self, cfg: &RrsaConfig) -> Result<Cached, EmrError> {
+        let cred_err = |m: String| EmrError::new(ErrorKind::Credentials, m);
+        let token = tokio::fs::read_to_string(&cfg.token_file)
+            .await
+            .map_err(|e| {
+                cred_err(format!(
+                    "RRSA: cannot read OIDC token file {}: {e}",
+                    cfg.token_file.display()
+                ))
+            })?;
+        let token = token.trim();
+        if token.is_empty() {
+            return Err(cred_err(format!(
+                "RRSA: OIDC token file {} is empty",
+                cfg.token_file.display()
+            )));
+        }
+        let mut url = cfg
+            .sts_endpoint
+            .clone()
+            .unwrap_or_else(|| url::Url::parse("https://sts.aliyuncs.com/").expect("static url"));
+        let timestamp = jiff::Timestamp::now()
+            .strftime("%Y-%m-%dT%H:%M:%SZ")
+            .to_string();
+        url.query_pairs_mut()
+            .append_pair("Version", "2015-04-01")
+            .append_pair("Action", "AssumeRoleWithOIDC")
+            .append_pair("Format", "JSON")
+            .append_pair("Timestamp", &timestamp);
+        let duration = cfg.duration_seconds.max(900).to_string();
+        let form: Vec<(&str, &str)> = vec![
+            ("RoleArn", cfg.role_arn.as_str()),
+            ("OIDCProviderArn", cfg.oidc_provider_arn.as_str()),
+            ("OIDCToken", token),
+            ("RoleSessionName", cfg.session_name.as_str()),
+            ("DurationSeconds", duration.as_str()),
+        ];
+        let body = form
+            .iter()
+            .map(|(k, v)| {
+                format!(
+                    "{}={}",
+                    super::sign::rfc3986_encode(k),
+                    super::sign::rfc3986_encode(v)
+                )
+            })
+            .collect::<Vec<_>>()
+            .join("&");
+        let http = self.http.get_or_init(|| {
+            reqwest::Client::builder()
+                .timeout(Duration::from_secs(10))
+                .build()
+                .unwrap_or_default()
+        });
+        let resp = http
+            .post(url)
+            .header("content-type", "application/x-www-form-urlencoded")
+            .header("accept", "application/json")
+            .body(body)
+            .send()
+            .await
+            .map_err(|e| {
+                cred_err(format!(
+                    "RRSA: AssumeRoleWithOIDC request failed: {}",
+                    e.without_url()
+                ))
+            })?;
+        let status = resp.status().as_u16();
+        let bytes = resp.bytes().await.map_err(|e| {
+            cred_err(format!(
+                "RRSA: reading AssumeRoleWithOIDC response: {}",
+                e.without_url()
+            ))
+        })?;
+        if !(200..300).contains(&status) {
+            let remote = EmrError::from_response(status, &bytes, None, None);
+            let mut e = cred_err(format!(
+                "RRSA: AssumeRoleWithOIDC failed: {}",
+                remote.message
+            ));
+            e.code = remote.code;
+            e.request_id = remote.request_id;
+            e.http_status = Some(status);
+            return Err(e);
+        }
+        let parsed: StsResponse = serde_json::from_slice(&bytes)
+            .map_err(|e| cred_err(format!("RRSA: malformed AssumeRoleWithOIDC response: {e}")))?;
+        let c = parsed.credentials.ok_or_else(|| {
+            cred_err("RRSA: AssumeRoleWithOIDC response has no Credentials".to_string())
+                .with_request_id(parsed.request_id.clone())
+        })?;
+        let expiration: jiff::Timestamp = c
+            .expiration
+            .parse()
+            .map_err(|e| cred_err(format!("RRSA: invalid Expiration {:?}: {e}", c.expiration)))?;
+        Ok(Cached {
+            creds: Credentials {
+                access_key_id: c.access_key_id,
+                access_key_secret: c.access_key_secret.into(),
+                security_token: Some(c.security_token.into()),
+            },
+            expiration,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn secrets_are_redacted() {
+        let c = Credentials::new("LTAIid", "topsecret").with_security_token("tok3n");
+        let dbg = format!("{c:?}");
+        assert!(dbg.contains("LTAIid"));
+        assert!(!dbg.contains("topsecret"));
+        assert!(!dbg.contains("tok3n"));
+        assert_eq!(c.access_key_secret.to_string(), "***");
+        assert_eq!(c.access_key_secret.expose(), "topsecret");
+    }
+}

@@ -1,0 +1,27 @@
+//! EMR Serverless Spark OpenAPI client.
+//!
+//! * [`sign`]: pure canonicalization / signing (ACS3-HMAC-SHA256 and ROA HMAC-SHA1), shared with
+//!   the simulator's verifier;
+//! * [`client`]: `ListRayCluster` with paging, retries, timeouts and a client-side rate limit;
+//! * [`credentials`]: static, environment and RRSA credentials;
+//! * [`endpoint`]: endpoint resolution; [`cli`]: the `list` subcommand.
+
+pub mod cli;
+pub mod client;
+pub mod credentials;
+pub mod endpoint;
+pub mod error;
+pub mod model;
+pub mod sign;
+
+pub use client::{ClientConfig, EmrClient, Listing, RequestOutcome, SignatureVersion};
+pub use credentials::{
+    CredentialResolver, CredentialSource, Credentials, RrsaConfig, SecretString,
+};
+pub use error::{EmrError, ErrorKind};
+pub use model::*;
+
+/// Product API version.
+pub const API_VERSION: &str = "2023-08-08";
+/// Action name of the listing.
+pub const ACTION_LIST_RAY_CLUSTER: &str = "ListRayCluster";

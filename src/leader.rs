@@ -1,0 +1,176 @@
+//! Lease-based leader election (coordination.k8s.io/v1), so that two replicas never both write.
+//!
+//! The algorithm is client-go's: the holder renews `renewTime` every `renew_every`; another
+//! candidate takes the lease over only when `renewTime + leaseDurationSeconds` has passed. Every
+//! write is guarded by `resourceVersion`, so two candidates cannot both win. A leader that cannot
+//! renew within its lease duration steps down before anyone else can take over.
+
+use std::time::Duration;
+
+use k8s_openapi::api::coordination::v1::{Lease, LeaseSpec};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{MicroTime, ObjectMeta};
+use kube::api::{Api, PostParams};
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+use tracing::{info, warn};
+
+#[derive(Clone, Debug)]
+pub struct LeaseConfig {
+    pub namespace: String,
+    pub name: String,
+    pub identity: String,
+    pub lease_duration: Duration,
+    pub renew_every: Duration,
+}
+
+pub struct LeaderElector {
+    api: Api<Lease>,
+    cfg: LeaseConfig,
+}
+
+fn now() -> MicroTime {
+    MicroTime(jiff::Timestamp::now())
+}
+
+impl LeaderElector {
+    pub fn new(client: kube::Client, cfg: LeaseConfig) -> Self {
+        LeaderElector {
+            api: Api::namespaced(client, &cfg.namespace),
+            cfg,
+        }
+    }
+
+    /// Tries once to acquire or renew the lease. `Ok(true)` when we hold it afterwards.
+    pub async fn try_acquire_or_renew(&self) -> Result<bool, kube::Error> {
+        let duration_secs = self.cfg.lease_duration.as_secs().max(1) as i32;
+        let existing = self.api.get_opt(&self.cfg.name).await?;
+        let Some(mut lease) = existing else {
+            let lease = Lease {
+                metadata: ObjectMeta {
+                    name: Some(self.cfg.name.clone()),
+                    namespace: Some(self.cfg.namespace.clone()),
+                    ..Default::default()
+                },
+                spec: Some(LeaseSpec {
+                    holder_identity: Some(self.cfg.identity.clone()),
+                    lease_duration_seconds: Some(duration_secs),
+                    acquire_time: Some(now()),
+                    renew_time: Some(now()),
+                    lease_transitions: Some(0),
+                    ..Default::default()
+                }),
+            };
+            return match self.api.create(&PostParams::default(), &lease).await {
+                Ok(_) => Ok(true),
+                Err(kube::Error::Api(e)) if e.code == 409 => Ok(false),
+                Err(e) => Err(e),
+            };
+        };
+        let spec = lease.spec.clone().unwrap_or_default();
+        let holder = spec.holder_identity.clone().unwrap_or_default();
+        let ours = holder == self.cfg.identity;
+        if !ours && !holder.is_empty() {
+            let expired = match (&spec.renew_time, spec.lease_duration_seconds) {
+                (Some(t), Some(d)) => {
+                    let until = t.0 + jiff::SignedDuration::from_secs(i64::from(d));
+                    jiff::Timestamp::now() > until
+                }
+                _ => true,
+            };
+            if !expired {
+                return Ok(false);
+            }
+        }
+        let mut new_spec = spec.clone();
+        new_spec.holder_identity = Some(self.cfg.identity.clone());
+        new_spec.lease_duration_seconds = Some(duration_secs);
+        new_spec.renew_time = Some(now());
+        if !ours {
+            new_spec.acquire_time = Some(now());
+            new_spec.lease_transitions = Some(spec.lease_transitions.unwrap_or(0) + 1);
+        }
+        lease.spec = Some(new_spec);
+        match self
+            .api
+            .replace(&self.cfg.name, &PostParams::default(), &lease)
+            .await
+        {
+            Ok(_) => Ok(true),
+            Err(kube::Error::Api(e)) if e.code == 409 => Ok(false),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Gives the lease up (on graceful shutdown) so that a standby takes over at once.
+    pub async fn release(&self) {
+        let Ok(Some(mut lease)) = self.api.get_opt(&self.cfg.name).await else {
+            return;
+        };
+        let Some(spec) = lease.spec.as_mut() else {
+            return;
+        };
+        if spec.holder_identity.as_deref() != Some(self.cfg.identity.as_str()) {
+            return;
+        }
+        spec.holder_identity = None;
+        spec.renew_time = Some(now());
+        spec.lease_duration_seconds = Some(1);
+        match self
+            .api
+            .replace(&self.cfg.name, &PostParams::default(), &lease)
+            .await
+        {
+            Ok(_) => info!(lease = %self.cfg.name, "released the leader lease"),
+            Err(e) => warn!(error = %e, "releasing the leader lease failed"),
+        }
+    }
+
+    /// Runs the election until `shutdown`, then releases the lease if held. The returned channel is `true` while we lead.
+    /// Leadership is dropped (channel set to `false`) when renewal has failed for longer than
+    /// the lease duration minus one renew period.
+    pub fn run(
+        self,
+        shutdown: CancellationToken,
+    ) -> (watch::Receiver<bool>, tokio::task::JoinHandle<()>) {
+        let (tx, rx) = watch::channel(false);
+        let handle = tokio::spawn(async move {
+            let mut last_renewed: Option<tokio::time::Instant> = None;
+            loop {
+                let leading = *tx.borrow();
+                match self.try_acquire_or_renew().await {
+                    Ok(true) => {
+                        last_renewed = Some(tokio::time::Instant::now());
+                        if !leading {
+                            info!(identity = %self.cfg.identity, lease = %self.cfg.name, "became leader");
+                            let _ = tx.send(true);
+                        }
+                    }
+                    Ok(false) => {
+                        if leading {
+                            warn!("lost the leader lease to another replica");
+                            let _ = tx.send(false);
+                        }
+                        last_renewed = None;
+                    }
+                    Err(e) => {
+                        warn!(error = %e, "leader election request failed");
+                        let deadline = self.cfg.lease_duration.saturating_sub(self.cfg.renew_every);
+                        if leading && last_renewed.is_none_or(|t| t.elapsed() > deadline) {
+                            warn!("could not renew the leader lease in time; stepping down");
+                            let _ = tx.send(false);
+                        }
+                    }
+                }
+                tokio::select! {
+                    _ = shutdown.cancelled() => break,
+                    _ = tokio::time::sleep(self.cfg.renew_every) => {}
+                }
+            }
+            if *tx.borrow() {
+                let _ = tx.send(false);
+                self.release().await;
+            }
+        });
+        (rx, handle)
+    }
+}

@@ -1,0 +1,155 @@
+//! Prometheus metrics served on `/metrics`.
+
+use std::sync::atomic::AtomicU64;
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::Histogram;
+use prometheus_client::registry::Registry;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct WorkspaceLabels {
+    pub namespace: String,
+    pub workspace: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ClusterStateLabels {
+    pub namespace: String,
+    pub workspace: String,
+    pub cluster_id: String,
+    pub name: String,
+    pub state: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct FailureLabels {
+    pub namespace: String,
+    pub workspace: String,
+    pub reason: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct CodeLabels {
+    pub code: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct WriteLabels {
+    pub resource: String,
+    pub operation: String,
+}
+
+pub struct Metrics {
+    pub registry: Registry,
+    /// 1 for the cluster's current state, 0 for the other documented states.
+    pub cluster_state: Family<ClusterStateLabels, Gauge>,
+    pub sync_attempts: Family<WorkspaceLabels, Counter>,
+    pub sync_failures: Family<FailureLabels, Counter>,
+    pub sync_duration: Family<WorkspaceLabels, Histogram>,
+    pub remote_requests: Family<CodeLabels, Counter>,
+    pub last_success: Family<WorkspaceLabels, Gauge<f64, AtomicU64>>,
+    pub workspace_clusters: Family<WorkspaceLabels, Gauge>,
+    pub workspace_ready: Family<WorkspaceLabels, Gauge>,
+    pub kube_writes: Family<WriteLabels, Counter>,
+    pub reconciles: Counter,
+    pub is_leader: Gauge,
+}
+
+fn duration_histogram() -> Histogram {
+    Histogram::new([
+        0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0,
+    ])
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        let mut registry = Registry::with_prefix("emr_ray_operator");
+        let m = Metrics {
+            cluster_state: Family::default(),
+            sync_attempts: Family::default(),
+            sync_failures: Family::default(),
+            sync_duration: Family::new_with_constructor(duration_histogram),
+            remote_requests: Family::default(),
+            last_success: Family::default(),
+            workspace_clusters: Family::default(),
+            workspace_ready: Family::default(),
+            kube_writes: Family::default(),
+            reconciles: Counter::default(),
+            is_leader: Gauge::default(),
+            registry: Registry::default(),
+        };
+        registry.register(
+            "cluster_state",
+            "State of each mirrored Ray cluster: 1 for its current state, 0 for the others",
+            m.cluster_state.clone(),
+        );
+        registry.register(
+            "sync_attempts",
+            "Remote listings attempted per workspace",
+            m.sync_attempts.clone(),
+        );
+        registry.register(
+            "sync_failures",
+            "Failed remote listings per workspace and reason",
+            m.sync_failures.clone(),
+        );
+        registry.register(
+            "sync_duration_seconds",
+            "Duration of a workspace sync (remote listing and Kubernetes writes)",
+            m.sync_duration.clone(),
+        );
+        registry.register(
+            "remote_requests",
+            "HTTP requests to the EMR OpenAPI by result code",
+            m.remote_requests.clone(),
+        );
+        registry.register(
+            "last_successful_sync_timestamp_seconds",
+            "Unix time of the last complete, successful listing per workspace",
+            m.last_success.clone(),
+        );
+        registry.register(
+            "workspace_clusters",
+            "Ray clusters in the last complete listing per workspace",
+            m.workspace_clusters.clone(),
+        );
+        registry.register(
+            "workspace_ready",
+            "1 when the workspace's Ready condition is True",
+            m.workspace_ready.clone(),
+        );
+        registry.register(
+            "kube_writes",
+            "Write requests sent to the Kubernetes API by resource and operation",
+            m.kube_writes.clone(),
+        );
+        registry.register("reconciles", "Reconciliations run", m.reconciles.clone());
+        registry.register(
+            "leader",
+            "1 while this replica holds the leader lease",
+            m.is_leader.clone(),
+        );
+        Metrics { registry, ..m }
+    }
+}
+
+impl Metrics {
+    pub fn encode(&self) -> String {
+        let mut out = String::new();
+        prometheus_client::encoding::text::encode(&mut out, &self.registry)
+            .expect("encoding metrics into a String cannot fail");
+        out
+    }
+
+    pub fn count_write(&self, resource: &str, operation: &str) {
+        self.kube_writes
+            .get_or_create(&WriteLabels {
+                resource: resource.to_string(),
+                operation: operation.to_string(),
+            })
+            .inc();
+    }
+}

@@ -1,0 +1,487 @@
+//! Pure functions that turn a remote Ray cluster into the desired `EmrRayCluster` mirror:
+//! its name, labels and status, and the kstatus conditions. No I/O here.
+
+use sha2::{Digest, Sha256};
+
+use crate::crd::{
+    Condition, EmrRayClusterStatus, RayEndpoints, RayHeadSpec, RayWorkerGroup, SyncFailure,
+};
+use crate::emr::{ClusterState, RayCluster};
+
+/// Kubernetes object names are at most 253 characters; we stay within a DNS label (63) so the
+/// name can also be used as a label value.
+const MAX_NAME: usize = 63;
+
+/// A valid, stable DNS-1123 name for a remote cluster ID. IDs that are already valid names are
+/// used as they are (`ray-uiulpgow9xljimm1`); anything else is lower-cased and cleaned, and gets a
+/// short hash of the exact ID appended so that two IDs never map to the same name.
+pub fn mirror_name(cluster_id: &str) -> String {
+    if is_dns_label(cluster_id) {
+        return cluster_id.to_string();
+    }
+    let mut cleaned = String::with_capacity(cluster_id.len());
+    for ch in cluster_id.chars() {
+        let c = ch.to_ascii_lowercase();
+        if c.is_ascii_lowercase() || c.is_ascii_digit() {
+            cleaned.push(c);
+        } else if !cleaned.ends_with('-') {
+            cleaned.push('-');
+        }
+    }
+    let hash = hex::encode(&Sha256::digest(cluster_id.as_bytes())[..5]);
+    let keep = MAX_NAME - hash.len() - 1;
+    let mut base: String = cleaned.trim_matches('-').chars().take(keep).collect();
+    while base.ends_with('-') {
+        base.pop();
+    }
+    if base.is_empty() {
+        format!("ray-{hash}")
+    } else {
+        format!("{base}-{hash}")
+    }
+}
+
+/// A label value for a cluster ID (the exact ID is kept in an annotation and in the spec).
+pub fn label_value(value: &str) -> String {
+    if value.len() <= 63
+        && value
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+        && value
+            .chars()
+            .next()
+            .is_none_or(|c| c.is_ascii_alphanumeric())
+        && value
+            .chars()
+            .last()
+            .is_none_or(|c| c.is_ascii_alphanumeric())
+    {
+        value.to_string()
+    } else {
+        mirror_name(value)
+    }
+}
+
+fn is_dns_label(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= MAX_NAME
+        && s.chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
+        && !s.starts_with('-')
+        && !s.ends_with('-')
+}
+
+/// The dashboard URL without its access token (and without any other credential-like query
+/// parameter). Unparseable URLs are dropped rather than copied.
+pub fn redact_dashboard_url(raw: &str) -> Option<String> {
+    let mut url = url::Url::parse(raw).ok()?;
+    let _ = url.set_password(None);
+    let _ = url.set_username("");
+    let kept: Vec<(String, String)> = url
+        .query_pairs()
+        .filter(|(k, _)| {
+            let k = k.to_ascii_lowercase();
+            !(k.contains("token")
+                || k.contains("secret")
+                || k.contains("signature")
+                || k.contains("password")
+                || k.contains("key"))
+        })
+        .map(|(k, v)| (k.into_owned(), v.into_owned()))
+        .collect();
+    if kept.is_empty() {
+        url.set_query(None);
+    } else {
+        url.query_pairs_mut().clear().extend_pairs(kept);
+    }
+    Some(url.to_string())
+}
+
+/// RFC 3339 from epoch milliseconds.
+pub fn rfc3339_millis(ms: i64) -> Option<String> {
+    jiff::Timestamp::from_millisecond(ms)
+        .ok()
+        .map(|t| t.strftime("%Y-%m-%dT%H:%M:%SZ").to_string())
+}
+
+pub fn now_rfc3339() -> String {
+    jiff::Timestamp::now()
+        .strftime("%Y-%m-%dT%H:%M:%SZ")
+        .to_string()
+}
+
+/// CPU cores as a number ("2", "0.5", "500m").
+fn parse_cpu(s: &str) -> Option<f64> {
+    let s = s.trim();
+    if let Some(m) = s.strip_suffix('m') {
+        return m.parse::<f64>().ok().map(|v| v / 1000.0);
+    }
+    s.parse::<f64>().ok()
+}
+
+/// Memory in GiB ("8Gi", "8", "512Mi", "1Ti"; the reference's unit is Gi).
+fn parse_memory_gi(s: &str) -> Option<f64> {
+    let s = s.trim();
+    let units = [
+        ("Ki", 1.0 / (1024.0 * 1024.0)),
+        ("Mi", 1.0 / 1024.0),
+        ("Gi", 1.0),
+        ("Ti", 1024.0),
+        ("G", 1.0),
+        ("M", 1.0 / 1024.0),
+    ];
+    for (suffix, factor) in units {
+        if let Some(n) = s.strip_suffix(suffix) {
+            return n.trim().parse::<f64>().ok().map(|v| v * factor);
+        }
+    }
+    s.parse::<f64>().ok()
+}
+
+fn fmt_number(v: f64) -> String {
+    if (v - v.round()).abs() < 1e-9 {
+        format!("{}", v.round() as i64)
+    } else {
+        let s = format!("{v:.3}");
+        s.trim_end_matches('0').trim_end_matches('.').to_string()
+    }
+}
+
+/// The status fields that come from the remote cluster (everything but conditions).
+pub fn remote_status(c: &RayCluster) -> EmrRayClusterStatus {
+    let head = c.head_spec.as_ref();
+    let workers = c.worker_spec.clone().unwrap_or_default();
+    let desired_workers: i64 = workers.iter().filter_map(|w| w.replica).sum();
+
+    // Totals are computed only when every contributing value is known.
+    let mut cpu = Some(0.0);
+    let mut mem = Some(0.0);
+    let mut add = |c: Option<&String>, m: Option<&String>, replicas: i64| {
+        cpu = match (cpu, c.and_then(|c| parse_cpu(c))) {
+            (Some(t), Some(v)) => Some(t + v * replicas as f64),
+            _ => None,
+        };
+        mem = match (mem, m.and_then(|m| parse_memory_gi(m))) {
+            (Some(t), Some(v)) => Some(t + v * replicas as f64),
+            _ => None,
+        };
+    };
+    if let Some(h) = head {
+        add(h.cpu.as_ref(), h.memory.as_ref(), h.replica.unwrap_or(1));
+    }
+    for w in &workers {
+        add(w.cpu.as_ref(), w.memory.as_ref(), w.replica.unwrap_or(0));
+    }
+    let has_resources = head.is_some() || !workers.is_empty();
+
+    let endpoints = RayEndpoints {
+        grpc: c.grpc_endpoint.clone().filter(|s| !s.is_empty()),
+        dashboard: c.dashboard_url.as_deref().and_then(redact_dashboard_url),
+    };
+    EmrRayClusterStatus {
+        conditions: Vec::new(),
+        observed_generation: None,
+        state: c.state.as_ref().map(|s| s.as_str().to_string()),
+        display_name: c.name.clone(),
+        description: c.description.clone(),
+        release_version: c.display_release_version.clone(),
+        network_service_name: c.network_service_name.clone(),
+        endpoints: (endpoints != RayEndpoints::default()).then_some(endpoints),
+        head_spec: head.map(|h| RayHeadSpec {
+            queue_name: h.queue_name.clone(),
+            cpu: h.cpu.clone(),
+            memory: h.memory.clone(),
+            replicas: h.replica,
+            gpu_spec: h.gpu_spec.clone(),
+            enable_auto_scaling: h.enable_auto_scaling,
+            idle_timeout_seconds: h.idle_timeout_seconds,
+        }),
+        worker_groups: workers
+            .iter()
+            .map(|w| RayWorkerGroup {
+                group_name: w.group_name.clone(),
+                worker_type: w.worker_type.clone(),
+                replicas: w.replica,
+                min_replicas: w.min_replica,
+                max_replicas: w.max_replica,
+                queue_name: w.queue_name.clone(),
+                cpu: w.cpu.clone(),
+                memory: w.memory.clone(),
+                gpu_spec: w.gpu_spec.clone(),
+            })
+            .collect(),
+        desired_worker_replicas: c.worker_spec.as_ref().map(|_| desired_workers),
+        desired_cpu: cpu.filter(|_| has_resources).map(fmt_number),
+        desired_memory: mem
+            .filter(|_| has_resources)
+            .map(|m| format!("{}Gi", fmt_number(m))),
+        creator: c.creator.clone(),
+        creator_name: c.creator_name.clone(),
+        modifier: c.modifier.clone(),
+        modifier_name: c.modifier_name.clone(),
+        user_id: c.user_id.clone(),
+        instance_id: c.instance_id.clone(),
+        modified: c.modified,
+        message: c.message.clone(),
+        create_time: c.create_time.and_then(rfc3339_millis),
+        start_time: c.start_time.and_then(rfc3339_millis),
+        modified_time: c.modified_time.and_then(rfc3339_millis),
+        gone: false,
+    }
+}
+
+/// Builds a condition, keeping `lastTransitionTime` from `previous` when the status is the same.
+pub fn condition(
+    previous: &[Condition],
+    type_: &str,
+    status: bool,
+    reason: &str,
+    message: String,
+    generation: Option<i64>,
+    now: &str,
+) -> Condition {
+    let status = if status { "True" } else { "False" };
+    let last_transition_time = previous
+        .iter()
+        .find(|c| c.type_ == type_ && c.status == status)
+        .map(|c| c.last_transition_time.clone())
+        .unwrap_or_else(|| now.to_string());
+    Condition {
+        type_: type_.to_string(),
+        status: status.to_string(),
+        reason: reason.to_string(),
+        message,
+        last_transition_time,
+        observed_generation: generation,
+    }
+}
+
+/// Why the data in a mirror may be out of date.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Staleness {
+    pub reason: String,
+    pub message: String,
+}
+
+impl Staleness {
+    /// A message that stays the same across retries of the same failure, so that a failing
+    /// workspace does not rewrite its mirrors on every retry.
+    pub fn from_failure(f: &SyncFailure, last_success: Option<&str>) -> Self {
+        let code = f
+            .code
+            .as_deref()
+            .map(|c| format!(" ({c})"))
+            .unwrap_or_default();
+        let since = last_success
+            .map(|t| format!("status is from the last successful listing at {t}"))
+            .unwrap_or_else(|| "status is from before the operator started".to_string());
+        Staleness {
+            reason: f.reason.clone(),
+            message: format!("listing the workspace failed: {}{code}; {since}", f.reason),
+        }
+    }
+}
+
+/// The kstatus conditions of a mirror: `Ready` (True only when Running), `Reconciling` (only
+/// while Starting/Stopping), `Stalled` (only on Error, with the remote message), and `Synced`
+/// (False while the data may be stale).
+pub fn mirror_conditions(
+    status: &EmrRayClusterStatus,
+    previous: &[Condition],
+    generation: Option<i64>,
+    stale: Option<&Staleness>,
+    now: &str,
+) -> Vec<Condition> {
+    let state = status.state.as_deref().map(ClusterState::from);
+    let state_name = status
+        .state
+        .clone()
+        .unwrap_or_else(|| "Unknown".to_string());
+    let mut out = Vec::with_capacity(4);
+    let (ready, reason, message) = if status.gone {
+        (
+            false,
+            "RemoteClusterGone".to_string(),
+            "the remote Ray cluster is no longer listed by its workspace".to_string(),
+        )
+    } else {
+        match &state {
+            Some(ClusterState::Running) => (
+                true,
+                "Running".to_string(),
+                "Ray cluster is Running".to_string(),
+            ),
+            Some(ClusterState::Other(_)) | None => (
+                false,
+                "UnknownState".to_string(),
+                format!("Ray cluster reports state {state_name:?}"),
+            ),
+            Some(s) => (false, s.as_str().to_string(), format!("Ray cluster is {s}")),
+        }
+    };
+    out.push(condition(
+        previous, "Ready", ready, &reason, message, generation, now,
+    ));
+    if !status.gone {
+        if let Some(s @ (ClusterState::Starting | ClusterState::Stopping)) = &state {
+            out.push(condition(
+                previous,
+                "Reconciling",
+                true,
+                s.as_str(),
+                format!("Ray cluster is {s}"),
+                generation,
+                now,
+            ));
+        }
+        if let Some(ClusterState::Error) = &state {
+            let msg = status
+                .message
+                .clone()
+                .filter(|m| !m.is_empty())
+                .unwrap_or_else(|| "the remote cluster is in Error state".to_string());
+            out.push(condition(
+                previous,
+                "Stalled",
+                true,
+                "ClusterError",
+                msg,
+                generation,
+                now,
+            ));
+        }
+    }
+    let synced = match stale {
+        None => condition(
+            previous,
+            "Synced",
+            true,
+            "ListingSucceeded",
+            "status mirrors the last complete remote listing".to_string(),
+            generation,
+            now,
+        ),
+        Some(s) => condition(
+            previous,
+            "Synced",
+            false,
+            &s.reason,
+            s.message.clone(),
+            generation,
+            now,
+        ),
+    };
+    out.push(synced);
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::emr::model::ListRayClusterResponse;
+
+    fn example() -> RayCluster {
+        let page: ListRayClusterResponse =
+            serde_json::from_str(include_str!("../tests/data/reference-example.json")).unwrap();
+        page.ray_clusters.unwrap().remove(0)
+    }
+
+    #[test]
+    fn names_are_stable_valid_and_distinct() {
+        assert_eq!(mirror_name("ray-uiulpgow9xljimm1"), "ray-uiulpgow9xljimm1");
+        let a = mirror_name("Ray_Cluster.1");
+        let b = mirror_name("ray-cluster-1-");
+        assert_ne!(a, b);
+        assert!(is_dns_label(&a), "{a}");
+        assert!(is_dns_label(&b), "{b}");
+        assert_eq!(a, mirror_name("Ray_Cluster.1"));
+        let long = "x".repeat(300);
+        assert!(is_dns_label(&mirror_name(&long)));
+        assert!(is_dns_label(&mirror_name("___")));
+        assert!(is_dns_label(&mirror_name("集群")));
+    }
+
+    #[test]
+    fn dashboard_token_is_removed() {
+        let u = redact_dashboard_url(
+            "https://emr-spark-ray-gateway-cn-hangzhou.aliyuncs.com?token=xxxxxxxxx",
+        )
+        .unwrap();
+        assert!(!u.contains("token"), "{u}");
+        assert!(!u.contains("xxxxxxxxx"), "{u}");
+        let u = redact_dashboard_url("https://h/x?a=1&Token=s3cr3t&b=2").unwrap();
+        assert_eq!(u, "https://h/x?a=1&b=2");
+        assert_eq!(redact_dashboard_url("not a url"), None);
+    }
+
+    #[test]
+    fn reference_example_maps_every_field() {
+        let s = remote_status(&example());
+        assert_eq!(s.state.as_deref(), Some("Running"));
+        assert_eq!(s.display_name.as_deref(), Some("testRayCluster"));
+        assert_eq!(s.desired_worker_replicas, Some(2));
+        // head 2 cpu + 2 workers * 2 cpu; 8Gi + 2 * 8Gi.
+        assert_eq!(s.desired_cpu.as_deref(), Some("6"));
+        assert_eq!(s.desired_memory.as_deref(), Some("24Gi"));
+        assert_eq!(s.create_time.as_deref(), Some("2024-08-15T11:44:39Z"));
+        let e = s.endpoints.unwrap();
+        assert!(e.grpc.unwrap().starts_with("ray://"));
+        assert_eq!(
+            e.dashboard.as_deref(),
+            Some("https://emr-spark-ray-gateway-cn-hangzhou.aliyuncs.com/")
+        );
+        assert_eq!(
+            s.head_spec.unwrap().gpu_spec.as_deref(),
+            Some("ecs.gn6i-c4g1.xlarge")
+        );
+        assert_eq!(s.worker_groups[0].max_replicas, Some(10));
+        assert_eq!(s.creator_name.as_deref(), Some("Alice"));
+        assert_eq!(
+            s.instance_id.as_deref(),
+            Some("ray-uiulpgow9xljimm1-xxxxxxx")
+        );
+    }
+
+    #[test]
+    fn missing_fields_are_tolerated() {
+        let s = remote_status(&RayCluster {
+            cluster_id: "c".into(),
+            ..Default::default()
+        });
+        assert_eq!(s.state, None);
+        assert_eq!(s.desired_cpu, None);
+        let conds = mirror_conditions(&s, &[], Some(1), None, "t");
+        assert_eq!(conds[0].reason, "UnknownState");
+    }
+
+    #[test]
+    fn conditions_follow_state_and_keep_transition_times() {
+        let mut s = remote_status(&example());
+        let c1 = mirror_conditions(&s, &[], Some(1), None, "t1");
+        assert_eq!(c1[0].status, "True");
+        assert_eq!(c1.len(), 2);
+        let c2 = mirror_conditions(&s, &c1, Some(1), None, "t2");
+        assert_eq!(c1, c2, "unchanged state keeps conditions byte-identical");
+        s.state = Some("Error".into());
+        s.message = Some("quota exceeded".into());
+        let c3 = mirror_conditions(&s, &c2, Some(1), None, "t3");
+        let stalled = c3.iter().find(|c| c.type_ == "Stalled").unwrap();
+        assert_eq!(stalled.message, "quota exceeded");
+        assert_eq!(c3[0].last_transition_time, "t3");
+        s.state = Some("Starting".into());
+        let c4 = mirror_conditions(&s, &c3, Some(1), None, "t4");
+        assert!(
+            c4.iter()
+                .any(|c| c.type_ == "Reconciling" && c.status == "True")
+        );
+        assert!(!c4.iter().any(|c| c.type_ == "Stalled"));
+    }
+
+    #[test]
+    fn quantities() {
+        assert_eq!(parse_cpu("500m"), Some(0.5));
+        assert_eq!(parse_memory_gi("512Mi"), Some(0.5));
+        assert_eq!(fmt_number(1.5), "1.5");
+        assert_eq!(fmt_number(4.0), "4");
+    }
+}

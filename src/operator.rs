@@ -1,0 +1,359 @@
+//! Wiring: controllers per watched namespace, the HTTP endpoints (`/metrics`, `/healthz`,
+//! `/readyz`), leader election and graceful shutdown.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use axum::Router;
+use axum::extract::State;
+use axum::http::{StatusCode, header};
+use axum::response::IntoResponse;
+use axum::routing::get;
+use futures::StreamExt;
+use k8s_openapi::api::core::v1::Secret;
+use kube::api::Api;
+use kube::core::PartialObjectMeta;
+use kube::runtime::events::{Recorder, Reporter};
+use kube::runtime::reflector::{self, reflector};
+use kube::runtime::{Controller, WatchStreamExt, controller, watcher};
+use tokio_util::sync::CancellationToken;
+use tracing::{error, info, warn};
+
+use crate::controller::{Context, error_policy, reconcile, workspaces_using_secret};
+use crate::crd::{EmrRayCluster, EmrWorkspace, LABEL_MANAGED_BY, MANAGED_BY};
+use crate::emr::{ClientConfig, CredentialResolver, EmrClient};
+use crate::leader::{LeaderElector, LeaseConfig};
+use crate::metrics::{CodeLabels, Metrics};
+
+#[derive(Clone, Debug)]
+pub struct OperatorConfig {
+    /// Namespaces to watch; empty means all namespaces.
+    pub namespaces: Vec<String>,
+    pub concurrency: u16,
+    pub metrics_addr: Option<SocketAddr>,
+    pub leader_election: Option<LeaseConfig>,
+    pub identity: String,
+    pub requests_per_second: f64,
+    pub burst: u32,
+    pub request_timeout: Duration,
+    pub listing_timeout: Duration,
+}
+
+struct Health {
+    metrics: Arc<Metrics>,
+    ready: AtomicBool,
+    leader: AtomicBool,
+}
+
+async fn metrics_handler(State(h): State<Arc<Health>>) -> impl IntoResponse {
+    (
+        [(
+            header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
+        h.metrics.encode(),
+    )
+}
+
+async fn healthz() -> &'static str {
+    "ok"
+}
+
+async fn readyz(State(h): State<Arc<Health>>) -> impl IntoResponse {
+    let leader = h.leader.load(Ordering::Relaxed);
+    if h.ready.load(Ordering::Relaxed) {
+        (
+            StatusCode::OK,
+            if leader {
+                "ok (leader)"
+            } else {
+                "ok (standby)"
+            },
+        )
+    } else {
+        (StatusCode::SERVICE_UNAVAILABLE, "not ready")
+    }
+}
+
+/// Serves the HTTP endpoints until `shutdown`. Returns the bound address.
+pub async fn serve_http(
+    addr: SocketAddr,
+    metrics: Arc<Metrics>,
+    ready: Arc<AtomicBool>,
+    leader: Arc<AtomicBool>,
+    shutdown: CancellationToken,
+) -> anyhow::Result<(SocketAddr, tokio::task::JoinHandle<()>)> {
+    let listener = tokio::net::TcpListener::bind(addr).await?;
+    let bound = listener.local_addr()?;
+    let health = Arc::new(Health {
+        metrics,
+        ready: AtomicBool::new(false),
+        leader: AtomicBool::new(false),
+    });
+    let h2 = health.clone();
+    // Mirror the shared flags into the handler state.
+    tokio::spawn({
+        let shutdown = shutdown.clone();
+        async move {
+            loop {
+                h2.ready
+                    .store(ready.load(Ordering::Relaxed), Ordering::Relaxed);
+                h2.leader
+                    .store(leader.load(Ordering::Relaxed), Ordering::Relaxed);
+                tokio::select! {
+                    _ = shutdown.cancelled() => break,
+                    _ = tokio::time::sleep(Duration::from_millis(200)) => {}
+                }
+            }
+        }
+    });
+    let app = Router::new()
+        .route("/metrics", get(metrics_handler))
+        .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
+        .with_state(health);
+    let handle = tokio::spawn(async move {
+        if let Err(e) = axum::serve(listener, app)
+            .with_graceful_shutdown(shutdown.cancelled_owned())
+            .await
+        {
+            error!(error = %e, "HTTP server failed");
+        }
+    });
+    info!(%bound, "serving /metrics, /healthz and /readyz");
+    Ok((bound, handle))
+}
+
+/// Runs the operator until `shutdown` is cancelled.
+/// `metrics` is the registry this replica reports into (shared so that embedding programs, such
+/// as tests and benchmarks, can read it).
+pub async fn run(
+    client: kube::Client,
+    cfg: OperatorConfig,
+    metrics: Arc<Metrics>,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
+    let observer_metrics = metrics.clone();
+    let emr = EmrClient::new(ClientConfig {
+        request_timeout: cfg.request_timeout,
+        listing_timeout: cfg.listing_timeout,
+        requests_per_second: cfg.requests_per_second,
+        burst: cfg.burst,
+        observer: Some(Arc::new(move |o: &crate::emr::RequestOutcome| {
+            observer_metrics
+                .remote_requests
+                .get_or_create(&CodeLabels {
+                    code: o.code.clone(),
+                })
+                .inc();
+        })),
+        ..ClientConfig::default()
+    })?;
+    let ready = Arc::new(AtomicBool::new(false));
+    let leader_flag = Arc::new(AtomicBool::new(false));
+    let http = match cfg.metrics_addr {
+        Some(addr) => Some(
+            serve_http(
+                addr,
+                metrics.clone(),
+                ready.clone(),
+                leader_flag.clone(),
+                shutdown.clone(),
+            )
+            .await?
+            .1,
+        ),
+        None => None,
+    };
+    let shared = Shared {
+        client: client.clone(),
+        emr,
+        credentials: CredentialResolver::default(),
+        recorder: Recorder::new(
+            client.clone(),
+            Reporter {
+                controller: "emr-ray-operator".into(),
+                instance: Some(cfg.identity.clone()),
+            },
+        ),
+        metrics: metrics.clone(),
+        cfg: cfg.clone(),
+    };
+
+    match cfg.leader_election.clone() {
+        None => {
+            leader_flag.store(true, Ordering::Relaxed);
+            metrics.is_leader.set(1);
+            run_controllers(&shared, ready.clone(), shutdown.clone()).await;
+        }
+        Some(lease) => {
+            let release = CancellationToken::new();
+            let elector = LeaderElector::new(client.clone(), lease);
+            let (mut rx, elector_task) = elector.run(release.clone());
+            // A standby replica is ready: it can take over at any moment.
+            ready.store(true, Ordering::Relaxed);
+            loop {
+                // Wait to lead (or shut down).
+                while !*rx.borrow() {
+                    tokio::select! {
+                        _ = shutdown.cancelled() => break,
+                        changed = rx.changed() => if changed.is_err() { break },
+                    }
+                }
+                if shutdown.is_cancelled() || !*rx.borrow() {
+                    break;
+                }
+                leader_flag.store(true, Ordering::Relaxed);
+                metrics.is_leader.set(1);
+                let term = shutdown.child_token();
+                let lost = {
+                    let term = term.clone();
+                    let mut rx = rx.clone();
+                    tokio::spawn(async move {
+                        while *rx.borrow() {
+                            if rx.changed().await.is_err() {
+                                break;
+                            }
+                        }
+                        term.cancel();
+                    })
+                };
+                run_controllers(&shared, Arc::new(AtomicBool::new(false)), term.clone()).await;
+                lost.abort();
+                leader_flag.store(false, Ordering::Relaxed);
+                metrics.is_leader.set(0);
+                if shutdown.is_cancelled() {
+                    break;
+                }
+                warn!("leadership lost; controllers stopped, waiting to lead again");
+            }
+            // Controllers have stopped writing: give the lease up for a fast takeover.
+            release.cancel();
+            let _ = elector_task.await;
+        }
+    }
+    if let Some(h) = http {
+        shutdown.cancel();
+        let _ = h.await;
+    }
+    info!("operator stopped");
+    Ok(())
+}
+
+#[derive(Clone)]
+struct Shared {
+    client: kube::Client,
+    emr: EmrClient,
+    credentials: CredentialResolver,
+    recorder: Recorder,
+    metrics: Arc<Metrics>,
+    cfg: OperatorConfig,
+}
+
+/// Runs one controller per watched namespace (or one for all) until `token` is cancelled.
+async fn run_controllers(shared: &Shared, ready: Arc<AtomicBool>, token: CancellationToken) {
+    let scopes: Vec<Option<String>> = if shared.cfg.namespaces.is_empty() {
+        vec![None]
+    } else {
+        shared.cfg.namespaces.iter().cloned().map(Some).collect()
+    };
+    let n = scopes.len();
+    let readiness = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let runs = scopes.into_iter().map(|ns| {
+        let shared = shared.clone();
+        let token = token.clone();
+        let ready = ready.clone();
+        let readiness = readiness.clone();
+        async move {
+            run_controller(&shared, ns.as_deref(), token, move || {
+                if readiness.fetch_add(1, Ordering::SeqCst) + 1 == n {
+                    ready.store(true, Ordering::Relaxed);
+                }
+            })
+            .await
+        }
+    });
+    futures::future::join_all(runs).await;
+}
+
+fn api<K>(client: &kube::Client, ns: Option<&str>) -> Api<K>
+where
+    K: kube::Resource<Scope = k8s_openapi::NamespaceResourceScope>,
+    <K as kube::Resource>::DynamicType: Default,
+{
+    match ns {
+        Some(ns) => Api::namespaced(client.clone(), ns),
+        None => Api::all(client.clone()),
+    }
+}
+
+async fn run_controller(
+    shared: &Shared,
+    ns: Option<&str>,
+    token: CancellationToken,
+    on_ready: impl FnOnce() + Send + 'static,
+) {
+    let client = &shared.client;
+    let workspaces: Api<EmrWorkspace> = api(client, ns);
+    let mirrors_api: Api<EmrRayCluster> = api(client, ns);
+    let secrets_api: Api<PartialObjectMeta<Secret>> = api(client, ns);
+
+    let (mirrors, mirror_writer) = reflector::store();
+    let mirror_stream = reflector(
+        mirror_writer,
+        watcher(
+            mirrors_api,
+            watcher::Config::default().labels(&format!("{LABEL_MANAGED_BY}={MANAGED_BY}")),
+        ),
+    )
+    .default_backoff()
+    .touched_objects();
+    // Only Secret metadata is watched: secret values are read when a sync needs them.
+    let (secrets, secret_writer) = reflector::store();
+    let secret_stream = reflector(
+        secret_writer,
+        watcher(secrets_api, watcher::Config::default()),
+    )
+    .default_backoff()
+    .touched_objects();
+
+    let ctx = Arc::new(Context::new(
+        client.clone(),
+        shared.emr.clone(),
+        shared.credentials.clone(),
+        shared.recorder.clone(),
+        shared.metrics.clone(),
+        mirrors.clone(),
+        secrets.clone(),
+        shared.cfg.listing_timeout,
+    ));
+    let ctrl = Controller::new(workspaces, watcher::Config::default());
+    let ws_store = ctrl.store();
+    let ws_store_ready = ws_store.clone();
+    let (m2, s2) = (mirrors.clone(), secrets.clone());
+    tokio::spawn(async move {
+        let _ = ws_store_ready.wait_until_ready().await;
+        let _ = m2.wait_until_ready().await;
+        let _ = s2.wait_until_ready().await;
+        on_ready();
+    });
+    info!(namespace = ns.unwrap_or("<all>"), "starting controller");
+    ctrl.with_config(controller::Config::default().concurrency(shared.cfg.concurrency))
+        .owns_stream(mirror_stream)
+        .watches_stream(secret_stream, move |secret| {
+            let ns = secret.metadata.namespace.clone().unwrap_or_default();
+            let name = secret.metadata.name.clone().unwrap_or_default();
+            workspaces_using_secret(&ws_store, &ns, &name)
+        })
+        .graceful_shutdown_on(token.cancelled_owned())
+        .run(reconcile, error_policy, ctx)
+        .for_each(|res| async move {
+            if let Err(e) = res {
+                tracing::debug!(error = %e, "reconcile error");
+            }
+        })
+        .await;
+    info!(namespace = ns.unwrap_or("<all>"), "controller stopped");
+}

@@ -1,0 +1,502 @@
+//! Shared helpers for integration tests that need a real Kubernetes control plane.
+//!
+//! Use from an integration test file with `mod common;`.
+//!
+//! # Which control plane
+//!
+//! One control plane per test process:
+//!
+//! * If `EMR_TEST_KUBECONFIG` is set, that kubeconfig is used (the Makefile/CI start
+//!   one with `tests/control-plane/kcp.sh up` and export
+//!   `EMR_TEST_KUBECONFIG=.cache/kcp/admin.kubeconfig`).
+//! * Otherwise the first test that needs it runs `tests/control-plane/kcp.sh build-kcp`
+//!   (cached; a cold build takes 10-25 minutes) and spawns
+//!   `.cache/bin/kcp up --exit-on-stdin-close`. The child's stdin pipe is kept open in a
+//!   process-global, so the control plane lives exactly as long as the test binary: when
+//!   the test process exits, stdin reaches EOF and `kcp` shuts itself down and removes its
+//!   temporary data. Its log goes to `$TMPDIR/emr-kcp-<pid>.log`.
+//!
+//! Every `#[tokio::test]` has its own runtime, so nothing here keeps a [`kube::Client`]
+//! in a global: call [`client`] in each test.
+//!
+//! # Namespaces
+//!
+//! Each test should create its own namespace with [`TestNamespace::new`] and call
+//! [`TestNamespace::cleanup`] at its end (a failed test leaves its namespace behind,
+//! labelled `emr-ray-operator-test=true`, which helps debugging; when the control
+//! plane is per-process it disappears with it anyway).
+#![allow(dead_code)]
+
+use std::{
+    future::Future,
+    io::{BufRead, BufReader},
+    path::{Path, PathBuf},
+    process::{Child, Command, Stdio},
+    sync::{Mutex, OnceLock, mpsc},
+    time::Duration,
+};
+
+use k8s_openapi::{
+    api::{
+        authentication::v1::{TokenRequest, TokenRequestSpec},
+        core::v1::{Namespace, ServiceAccount},
+    },
+    apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition,
+};
+use kube::{
+    Api, Client, Config,
+    api::{DeleteParams, GetParams, ObjectMeta, Patch, PatchParams, PostParams},
+    config::{KubeConfigOptions, Kubeconfig},
+};
+
+/// Field manager used by the test helpers for server-side apply.
+pub const FIELD_MANAGER: &str = "emr-ray-operator-tests";
+/// Label put on every namespace created by [`TestNamespace::new`].
+pub const TEST_NAMESPACE_LABEL: &str = "emr-ray-operator-test";
+
+const READY_TIMEOUT: Duration = Duration::from_secs(240);
+
+struct ControlPlane {
+    kubeconfig: PathBuf,
+    /// The `kcp up` child when this process started it. Never dropped (it lives in a
+    /// static), so its stdin stays open until the process exits.
+    _child: Option<Mutex<Child>>,
+}
+
+static CONTROL_PLANE: OnceLock<ControlPlane> = OnceLock::new();
+
+/// Root of the repository (the crate's manifest dir).
+pub fn repo_root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// `<repo>/.cache/bin`, where `kcp.sh build` puts `kcp`, `kubectl` and `helm`.
+pub fn bin_dir() -> PathBuf {
+    repo_root().join(".cache").join("bin")
+}
+
+fn control_plane() -> &'static ControlPlane {
+    CONTROL_PLANE.get_or_init(|| {
+        if let Some(kc) = std::env::var_os("EMR_TEST_KUBECONFIG").filter(|v| !v.is_empty()) {
+            let kubeconfig = PathBuf::from(kc);
+            assert!(
+                kubeconfig.is_file(),
+                "EMR_TEST_KUBECONFIG={} does not exist (start one with tests/control-plane/kcp.sh up)",
+                kubeconfig.display()
+            );
+            return ControlPlane {
+                kubeconfig,
+                _child: None,
+            };
+        }
+        start_control_plane()
+    })
+}
+
+fn run_kcp_sh(target: &str) {
+    let script = repo_root().join("tests/control-plane/kcp.sh");
+    let status = Command::new("bash")
+        .arg(&script)
+        .arg(target)
+        .status()
+        .unwrap_or_else(|e| panic!("running {} {target}: {e}", script.display()));
+    assert!(
+        status.success(),
+        "{} {target} failed: {status}",
+        script.display()
+    );
+}
+
+fn start_control_plane() -> ControlPlane {
+    // Cheap when the binary is up to date (only compares mtimes).
+    run_kcp_sh("build-kcp");
+    let kcp = bin_dir().join("kcp");
+    let log_path = std::env::temp_dir().join(format!("emr-kcp-{}.log", std::process::id()));
+    let log = std::fs::File::create(&log_path)
+        .unwrap_or_else(|e| panic!("creating {}: {e}", log_path.display()));
+    let mut child = Command::new(&kcp)
+        .args(["up", "--exit-on-stdin-close"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::from(log))
+        .spawn()
+        .unwrap_or_else(|e| panic!("spawning {}: {e}", kcp.display()));
+    let stdout = child.stdout.take().expect("piped stdout");
+    let (tx, rx) = mpsc::channel::<String>();
+    std::thread::spawn(move || {
+        let mut tx = Some(tx);
+        for line in BufReader::new(stdout).lines() {
+            let Ok(line) = line else { break };
+            if line.starts_with("KCP_READY ")
+                && let Some(tx) = tx.take()
+            {
+                let _ = tx.send(line);
+            }
+            // keep draining so kcp can never block on a full pipe
+        }
+    });
+    let line = match rx.recv_timeout(READY_TIMEOUT) {
+        Ok(line) => line,
+        Err(e) => {
+            let _ = child.kill();
+            let _ = child.wait();
+            let log = std::fs::read_to_string(&log_path).unwrap_or_default();
+            let tail: Vec<&str> = log.lines().rev().take(60).collect();
+            let tail: Vec<&str> = tail.into_iter().rev().collect();
+            panic!(
+                "control plane did not become ready ({e:?}); log {}:\n{}",
+                log_path.display(),
+                tail.join("\n")
+            );
+        }
+    };
+    let kubeconfig = line
+        .split_whitespace()
+        .find_map(|kv| kv.strip_prefix("kubeconfig="))
+        .unwrap_or_else(|| panic!("malformed ready line: {line}"));
+    ControlPlane {
+        kubeconfig: PathBuf::from(kubeconfig),
+        _child: Some(Mutex::new(child)),
+    }
+}
+
+/// Path of the admin kubeconfig of the test control plane (starting it if needed).
+///
+/// Blocks while the control plane starts; from async code prefer [`client`].
+pub fn kubeconfig_path() -> PathBuf {
+    control_plane().kubeconfig.clone()
+}
+
+async fn kubeconfig_path_async() -> PathBuf {
+    tokio::task::spawn_blocking(kubeconfig_path)
+        .await
+        .expect("starting the control plane panicked")
+}
+
+async fn client_from_kubeconfig(kubeconfig: Kubeconfig) -> Client {
+    let config = Config::from_custom_kubeconfig(kubeconfig, &KubeConfigOptions::default())
+        .await
+        .expect("building kube config");
+    Client::try_from(config).expect("building kube client")
+}
+
+/// A fresh admin (`system:masters`) client for the test control plane.
+pub async fn client() -> Client {
+    let path = kubeconfig_path_async().await;
+    let kc = Kubeconfig::read_from(&path)
+        .unwrap_or_else(|e| panic!("reading kubeconfig {}: {e}", path.display()));
+    client_from_kubeconfig(kc).await
+}
+
+fn tool(name: &str) -> Command {
+    let kubeconfig = kubeconfig_path();
+    let mut cmd = Command::new(bin_dir().join(name));
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    let mut paths = vec![bin_dir()];
+    paths.extend(std::env::split_paths(&path));
+    cmd.env("KUBECONFIG", kubeconfig)
+        .env("PATH", std::env::join_paths(paths).expect("PATH"));
+    cmd
+}
+
+/// `kubectl` (the `kcp` multi-call binary) with `KUBECONFIG` set to the test control plane.
+pub fn kubectl() -> Command {
+    tool("kubectl")
+}
+
+/// Pinned `helm` from `.cache/bin` (built on demand) with `KUBECONFIG` set.
+pub fn helm() -> Command {
+    if !bin_dir().join("helm").is_file() {
+        run_kcp_sh("build");
+    }
+    tool("helm")
+}
+
+/// Poll `f` every 250ms until it returns `Some`, panicking with `what` after `timeout`.
+pub async fn wait_for<F, Fut, T>(timeout: Duration, what: &str, mut f: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Option<T>>,
+{
+    let deadline = tokio::time::Instant::now() + timeout;
+    loop {
+        if let Some(v) = f().await {
+            return v;
+        }
+        if tokio::time::Instant::now() >= deadline {
+            panic!("timed out after {timeout:?} waiting for {what}");
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+}
+
+/// A namespace owned by one test.
+pub struct TestNamespace {
+    pub name: String,
+    pub client: Client,
+}
+
+impl TestNamespace {
+    /// Creates a uniquely named namespace `<prefix>-<random>` labelled
+    /// `emr-ray-operator-test=true`. Call [`TestNamespace::cleanup`] at the end of the test.
+    pub async fn new(prefix: &str) -> TestNamespace {
+        let client = client().await;
+        let mut p: String = prefix
+            .to_ascii_lowercase()
+            .chars()
+            .map(|c| if c.is_ascii_alphanumeric() { c } else { '-' })
+            .collect();
+        p.truncate(40);
+        let p = p.trim_matches('-');
+        let p = if p.is_empty() { "test" } else { p };
+        let suffix = uuid::Uuid::new_v4().simple().to_string();
+        let name = format!("{p}-{}", &suffix[..8]);
+        let ns = Namespace {
+            metadata: ObjectMeta {
+                name: Some(name.clone()),
+                labels: Some([(TEST_NAMESPACE_LABEL.to_string(), "true".to_string())].into()),
+                ..Default::default()
+            },
+            ..Default::default()
+        };
+        Api::<Namespace>::all(client.clone())
+            .create(&PostParams::default(), &ns)
+            .await
+            .unwrap_or_else(|e| panic!("creating namespace {name}: {e}"));
+        TestNamespace { name, client }
+    }
+
+    /// Deletes the namespace (the namespace controller then removes its contents).
+    pub async fn cleanup(self) {
+        match Api::<Namespace>::all(self.client.clone())
+            .delete(&self.name, &DeleteParams::background())
+            .await
+        {
+            Ok(_) => {}
+            Err(kube::Error::Api(s)) if s.code == 404 => {}
+            Err(e) => panic!("deleting namespace {}: {e}", self.name),
+        }
+    }
+}
+
+/// Server-side applies one CRD (field manager [`FIELD_MANAGER`], forced) and waits until
+/// it is Established. Idempotent and safe to call concurrently.
+pub async fn apply_crd(client: &Client, crd: &serde_json::Value) -> CustomResourceDefinition {
+    let name = crd["metadata"]["name"]
+        .as_str()
+        .expect("CRD without metadata.name")
+        .to_string();
+    let api = Api::<CustomResourceDefinition>::all(client.clone());
+    api.patch(
+        &name,
+        &PatchParams::apply(FIELD_MANAGER).force(),
+        &Patch::Apply(crd),
+    )
+    .await
+    .unwrap_or_else(|e| panic!("applying CRD {name}: {e}"));
+    wait_crd_established(client, &name).await
+}
+
+/// Waits (up to 60s) until the CRD `name` has condition Established=True.
+pub async fn wait_crd_established(client: &Client, name: &str) -> CustomResourceDefinition {
+    let api = Api::<CustomResourceDefinition>::all(client.clone());
+    wait_for(
+        Duration::from_secs(60),
+        &format!("CRD {name} to be Established"),
+        || async {
+            let crd = api.get_opt(name).await.ok()??;
+            let established = crd
+                .status
+                .as_ref()?
+                .conditions
+                .as_ref()?
+                .iter()
+                .any(|c| c.type_ == "Established" && c.status == "True");
+            established.then_some(crd)
+        },
+    )
+    .await
+}
+
+/// Reads every YAML document in `dir/*.yaml` (sorted by file name).
+pub fn read_yaml_documents(dir: &Path) -> Vec<serde_json::Value> {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return Vec::new();
+    };
+    let mut files: Vec<PathBuf> = entries
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.extension().is_some_and(|e| e == "yaml" || e == "yml"))
+        .collect();
+    files.sort();
+    let mut docs = Vec::new();
+    for file in files {
+        let text = std::fs::read_to_string(&file)
+            .unwrap_or_else(|e| panic!("reading {}: {e}", file.display()));
+        for doc in serde_yaml::Deserializer::from_str(&text) {
+            let v: serde_json::Value = serde::Deserialize::deserialize(doc)
+                .unwrap_or_else(|e| panic!("parsing {}: {e}", file.display()));
+            if !v.is_null() {
+                docs.push(v);
+            }
+        }
+    }
+    docs
+}
+
+/// Applies every CustomResourceDefinition in `<repo>/crds/*.yaml` and waits until each
+/// is Established. Does nothing if there are none. Idempotent, safe to call concurrently.
+pub async fn install_crds(client: &Client) {
+    for doc in read_yaml_documents(&repo_root().join("crds")) {
+        if doc["kind"] == "CustomResourceDefinition" {
+            apply_crd(client, &doc).await;
+        }
+    }
+}
+
+/// Raw Prometheus text of the apiserver's `/metrics`.
+pub async fn apiserver_metrics(client: &Client) -> String {
+    let req = kube::core::Request::new("")
+        .get("metrics", &GetParams::default())
+        .expect("building /metrics request");
+    client
+        .request_text(req)
+        .await
+        .expect("GET /metrics from the apiserver")
+}
+
+/// Parses the labels of one Prometheus sample line `name{a="x",b="y"} value`.
+fn parse_labels(s: &str) -> Vec<(String, String)> {
+    let mut out = Vec::new();
+    let mut rest = s;
+    while let Some(eq) = rest.find('=') {
+        let key = rest[..eq].trim_start_matches([',', ' ']).to_string();
+        let after = &rest[eq + 1..];
+        let Some(after) = after.strip_prefix('"') else {
+            break;
+        };
+        let mut value = String::new();
+        let mut chars = after.char_indices();
+        let mut end = after.len();
+        while let Some((i, c)) = chars.next() {
+            match c {
+                '\\' => {
+                    if let Some((_, n)) = chars.next() {
+                        value.push(match n {
+                            'n' => '\n',
+                            other => other,
+                        });
+                    }
+                }
+                '"' => {
+                    end = i + 1;
+                    break;
+                }
+                c => value.push(c),
+            }
+        }
+        out.push((key, value));
+        rest = &after[end..];
+    }
+    out
+}
+
+/// Sum of `apiserver_request_total` over all samples whose `verb` and `resource` labels
+/// match (all codes, scopes, subresources such as `status`, versions).
+///
+/// Verbs are the apiserver's: `GET`, `LIST`, `WATCH`, `POST`, `PUT`, `PATCH`, `DELETE`,
+/// `DELETECOLLECTION`, and `APPLY` for server-side-apply patches. `resource` is the plural
+/// (e.g. `emrrayclusters`).
+pub fn count_requests(metrics: &str, verb: &str, resource: &str) -> f64 {
+    let mut total = 0.0;
+    for line in metrics.lines() {
+        let Some(rest) = line.strip_prefix("apiserver_request_total{") else {
+            continue;
+        };
+        let Some(close) = rest.rfind('}') else {
+            continue;
+        };
+        let labels = parse_labels(&rest[..close]);
+        let get = |k: &str| labels.iter().find(|(n, _)| n == k).map(|(_, v)| v.as_str());
+        if get("verb").is_some_and(|v| v.eq_ignore_ascii_case(verb))
+            && get("resource") == Some(resource)
+        {
+            if let Ok(v) = rest[close + 1..].trim().parse::<f64>() {
+                total += v;
+            }
+        }
+    }
+    total
+}
+
+/// Sum of write requests (`POST`, `PUT`, `PATCH`, `APPLY`, `DELETE`, `DELETECOLLECTION`)
+/// to `resource`, see [`count_requests`].
+pub fn count_write_requests(metrics: &str, resource: &str) -> f64 {
+    [
+        "POST",
+        "PUT",
+        "PATCH",
+        "APPLY",
+        "DELETE",
+        "DELETECOLLECTION",
+    ]
+    .iter()
+    .map(|v| count_requests(metrics, v, resource))
+    .sum()
+}
+
+/// A client authenticated as ServiceAccount `ns/sa_name` (which must exist), using a
+/// one-hour token from the TokenRequest API and the cluster CA/server of the admin
+/// kubeconfig.
+pub async fn service_account_client(client: &Client, ns: &str, sa_name: &str) -> Client {
+    let sas = Api::<ServiceAccount>::namespaced(client.clone(), ns);
+    let tr = TokenRequest {
+        spec: TokenRequestSpec {
+            audiences: vec![],
+            expiration_seconds: Some(3600),
+            ..Default::default()
+        },
+        ..Default::default()
+    };
+    let tr: TokenRequest = sas
+        .create_subresource("token", sa_name, &PostParams::default(), &tr)
+        .await
+        .unwrap_or_else(|e| panic!("TokenRequest for {ns}/{sa_name}: {e}"));
+    let token = tr.status.expect("TokenRequest without status").token;
+
+    let path = kubeconfig_path_async().await;
+    let admin: serde_yaml::Value = serde_yaml::from_str(
+        &std::fs::read_to_string(&path)
+            .unwrap_or_else(|e| panic!("reading {}: {e}", path.display())),
+    )
+    .expect("parsing admin kubeconfig");
+    let current = admin["current-context"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    let contexts = admin["contexts"].as_sequence().cloned().unwrap_or_default();
+    let cluster_name = contexts
+        .iter()
+        .find(|c| c["name"].as_str() == Some(current.as_str()))
+        .or(contexts.first())
+        .and_then(|c| c["context"]["cluster"].as_str().map(str::to_string))
+        .expect("admin kubeconfig has no context");
+    let cluster = admin["clusters"]
+        .as_sequence()
+        .and_then(|cs| {
+            cs.iter()
+                .find(|c| c["name"].as_str() == Some(cluster_name.as_str()))
+        })
+        .map(|c| c["cluster"].clone())
+        .expect("admin kubeconfig has no cluster");
+    let kc = serde_json::json!({
+        "apiVersion": "v1",
+        "kind": "Config",
+        "clusters": [{ "name": "cluster", "cluster": cluster }],
+        "users": [{ "name": "sa", "user": { "token": token } }],
+        "contexts": [{ "name": "sa", "context": { "cluster": "cluster", "user": "sa", "namespace": ns } }],
+        "current-context": "sa",
+    });
+    let kc = Kubeconfig::from_yaml(&serde_json::to_string(&kc).expect("serialize kubeconfig"))
+        .expect("building service account kubeconfig");
+    client_from_kubeconfig(kc).await
+}

@@ -1,0 +1,765 @@
+//! End-to-end tests of the operator against the real control plane and the EMR simulator.
+
+mod common;
+mod support;
+
+use std::time::Duration;
+
+use emr_ray_operator::emr::{ClusterState, RayCluster};
+use emr_ray_operator::sim::Faults;
+use k8s_openapi::api::events::v1::Event as KubeEvent;
+use kube::ResourceExt;
+use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams};
+use serde_json::json;
+use support::*;
+
+/// One sync interval plus jitter and slack.
+const ONE_INTERVAL: Duration = Duration::from_secs(25);
+
+async fn events_for(env: &Env, name: &str) -> Vec<KubeEvent> {
+    Api::<KubeEvent>::namespaced(env.client.clone(), &env.ns.name)
+        .list(&ListParams::default())
+        .await
+        .unwrap()
+        .items
+        .into_iter()
+        .filter(|e| e.regarding.as_ref().and_then(|r| r.name.as_deref()) == Some(name))
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reference_example_is_mirrored_with_every_field() {
+    let mut env = Env::new("e2e-example").await;
+    env.create_workspace("prod", json!({})).await;
+    env.start();
+    let st = env
+        .wait_ready("prod", "True", Some("Synced"), Duration::from_secs(60))
+        .await;
+    assert_eq!(st.clusters, Some(1));
+    assert_eq!(st.ready_clusters, Some(1));
+    assert_eq!(st.clusters_by_state.get("Running"), Some(&1));
+    assert!(st.last_successful_sync_time.is_some());
+    assert!(st.observed_generation.is_some());
+    assert!(st.last_failure.is_none());
+
+    let m = env
+        .wait_mirror(EXAMPLE_CLUSTER, ONE_INTERVAL, "example mirror", |_| true)
+        .await;
+    let ws = env.workspaces().get("prod").await.unwrap();
+    // Identity, labels and controller owner reference.
+    assert_eq!(m.spec.cluster_id, EXAMPLE_CLUSTER);
+    assert_eq!(m.spec.workspace_id, WS);
+    assert_eq!(m.spec.workspace_ref, "prod");
+    assert_eq!(m.spec.region_id, "cn-hangzhou");
+    assert_eq!(
+        m.labels()
+            .get("emr.aliyun.io/workspace")
+            .map(String::as_str),
+        Some("prod")
+    );
+    assert_eq!(
+        m.labels()
+            .get("emr.aliyun.io/cluster-id")
+            .map(String::as_str),
+        Some(EXAMPLE_CLUSTER)
+    );
+    let owner = &m.owner_references()[0];
+    assert_eq!(owner.uid, ws.uid().unwrap());
+    assert_eq!(owner.controller, Some(true));
+    // Every field of the reference.
+    let s = m.status.clone().unwrap();
+    assert_eq!(s.state.as_deref(), Some("Running"));
+    assert_eq!(s.display_name.as_deref(), Some("testRayCluster"));
+    assert_eq!(s.description.as_deref(), Some("Ray Cluster for dev."));
+    assert_eq!(
+        s.release_version.as_deref(),
+        Some("ray-1.0.0 (Ray 2.47.1, Python 3.12)")
+    );
+    assert_eq!(s.network_service_name.as_deref(), Some("vpc"));
+    let ep = s.endpoints.clone().unwrap();
+    assert_eq!(
+        ep.grpc.as_deref(),
+        Some("ray://emr-spark-ray-gateway-cn-hanghzou-internal.emr.aliyuncs.com:80")
+    );
+    let dash = ep.dashboard.unwrap();
+    assert!(dash.starts_with("https://emr-spark-ray-gateway-cn-hangzhou.aliyuncs.com"));
+    assert!(
+        !dash.contains("token"),
+        "dashboard token must be removed: {dash}"
+    );
+    let h = s.head_spec.clone().unwrap();
+    assert_eq!(h.queue_name.as_deref(), Some("root_queue"));
+    assert_eq!(h.cpu.as_deref(), Some("2"));
+    assert_eq!(h.memory.as_deref(), Some("8Gi"));
+    assert_eq!(h.replicas, Some(1));
+    assert_eq!(h.gpu_spec.as_deref(), Some("ecs.gn6i-c4g1.xlarge"));
+    assert_eq!(h.enable_auto_scaling, Some(false));
+    assert_eq!(h.idle_timeout_seconds, Some(60));
+    let w = &s.worker_groups[0];
+    assert_eq!(w.group_name.as_deref(), Some("Group1"));
+    assert_eq!(w.worker_type.as_deref(), Some("CPU"));
+    assert_eq!(w.replicas, Some(2));
+    assert_eq!(w.min_replicas, Some(1));
+    assert_eq!(w.max_replicas, Some(10));
+    assert_eq!(w.queue_name.as_deref(), Some("root_queue"));
+    assert_eq!(w.gpu_spec.as_deref(), Some("ecs.gn6i-c4g1.xlarge"));
+    assert_eq!(s.desired_worker_replicas, Some(2));
+    assert_eq!(s.desired_cpu.as_deref(), Some("6"));
+    assert_eq!(s.desired_memory.as_deref(), Some("24Gi"));
+    assert_eq!(s.creator.as_deref(), Some("202077646755123991"));
+    assert_eq!(s.creator_name.as_deref(), Some("Alice"));
+    assert_eq!(s.modifier.as_deref(), Some("202077646755123991"));
+    assert_eq!(s.modifier_name.as_deref(), Some("Alice"));
+    assert_eq!(s.user_id.as_deref(), Some("1234567890"));
+    assert_eq!(
+        s.instance_id.as_deref(),
+        Some("ray-uiulpgow9xljimm1-xxxxxxx")
+    );
+    assert_eq!(s.modified, Some(false));
+    assert_eq!(s.message.as_deref(), Some("ok"));
+    assert_eq!(s.create_time.as_deref(), Some("2024-08-15T11:44:39Z"));
+    assert_eq!(s.start_time.as_deref(), Some("2024-08-15T11:44:39Z"));
+    assert_eq!(s.modified_time.as_deref(), Some("2024-08-15T11:44:39Z"));
+    assert_eq!(s.observed_generation, m.metadata.generation);
+    let ready = condition(&s.conditions, "Ready").unwrap();
+    assert_eq!(
+        (ready.status.as_str(), ready.reason.as_str()),
+        ("True", "Running")
+    );
+    assert!(condition(&s.conditions, "Stalled").is_none());
+    assert!(condition(&s.conditions, "Reconciling").is_none());
+    // No secret anywhere in the mirror.
+    let all = serde_json::to_string(&m).unwrap();
+    assert!(
+        !all.contains("xxxxxxxxx") && !all.contains("sim-secret"),
+        "{all}"
+    );
+
+    // kubectl columns like KubeRay's.
+    let out = common::kubectl()
+        .args(["get", "emrrayclusters", "-n", &env.ns.name])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let header = text.lines().next().unwrap();
+    for col in [
+        "NAME",
+        "DISPLAY NAME",
+        "STATE",
+        "VERSION",
+        "DESIRED WORKERS",
+        "CPUS",
+        "MEMORY",
+        "WORKSPACE",
+        "AGE",
+    ] {
+        assert!(header.contains(col), "column {col} missing in {header:?}");
+    }
+    let row = text.lines().nth(1).unwrap();
+    for v in [EXAMPLE_CLUSTER, "testRayCluster", "Running", "24Gi", "prod"] {
+        assert!(row.contains(v), "{v} missing in {row:?}");
+    }
+    let out = common::kubectl()
+        .args(["get", "emrworkspaces", "-n", &env.ns.name])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    let header = text.lines().next().unwrap();
+    for col in [
+        "WORKSPACE",
+        "REGION",
+        "CLUSTERS",
+        "READY",
+        "LAST SYNC",
+        "AGE",
+    ] {
+        assert!(header.contains(col), "column {col} missing in {header:?}");
+    }
+    assert!(text.lines().nth(1).unwrap().contains(WS));
+    // Category `emr` lists both kinds.
+    let out = common::kubectl()
+        .args(["get", "emr", "-n", &env.ns.name, "-o", "name"])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("emrworkspace.emr.aliyun.io/prod"), "{text}");
+    assert!(
+        text.contains(&format!("emrraycluster.emr.aliyun.io/{EXAMPLE_CLUSTER}")),
+        "{text}"
+    );
+    env.teardown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn state_changes_reach_the_mirror_with_events() {
+    let mut env = Env::new("e2e-state").await;
+    env.create_workspace("ws", json!({})).await;
+    env.start();
+    env.wait_mirror(EXAMPLE_CLUSTER, Duration::from_secs(60), "mirror", |_| true)
+        .await;
+
+    assert!(
+        env.sim
+            .state
+            .set_state(WS, EXAMPLE_CLUSTER, ClusterState::Stopping)
+    );
+    let m = env
+        .wait_mirror(EXAMPLE_CLUSTER, ONE_INTERVAL, "Stopping", |m| {
+            m.status.as_ref().unwrap().state.as_deref() == Some("Stopping")
+        })
+        .await;
+    let s = m.status.unwrap();
+    assert_eq!(condition(&s.conditions, "Ready").unwrap().status, "False");
+    assert_eq!(
+        condition(&s.conditions, "Reconciling").unwrap().status,
+        "True"
+    );
+
+    // Error: Warning event and Stalled with the remote message.
+    let mut c: RayCluster = env.sim.state.clusters(WS).remove(0);
+    c.state = Some(ClusterState::Error);
+    c.message = Some("insufficient quota in root_queue".into());
+    env.sim.state.upsert_cluster(WS, c);
+    let m = env
+        .wait_mirror(EXAMPLE_CLUSTER, ONE_INTERVAL, "Error", |m| {
+            m.status.as_ref().unwrap().state.as_deref() == Some("Error")
+        })
+        .await;
+    let s = m.status.unwrap();
+    let stalled = condition(&s.conditions, "Stalled").unwrap();
+    assert_eq!(stalled.status, "True");
+    assert_eq!(stalled.message, "insufficient quota in root_queue");
+    assert!(condition(&s.conditions, "Reconciling").is_none());
+
+    let evs = common::wait_for(Duration::from_secs(10), "StateChanged events", || async {
+        let evs = events_for(&env, EXAMPLE_CLUSTER).await;
+        (evs.iter()
+            .filter(|e| e.reason.as_deref() == Some("StateChanged"))
+            .count()
+            >= 2)
+            .then_some(evs)
+    })
+    .await;
+    let warning = evs
+        .iter()
+        .find(|e| {
+            e.type_.as_deref() == Some("Warning") && e.reason.as_deref() == Some("StateChanged")
+        })
+        .expect("a Warning event for the Error state");
+    assert!(warning.note.as_deref().unwrap().contains("to Error"));
+    assert!(
+        warning
+            .note
+            .as_deref()
+            .unwrap()
+            .contains("insufficient quota")
+    );
+    assert!(evs.iter().any(|e| e.reason.as_deref() == Some("Created")));
+    env.teardown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn removed_remote_cluster_is_deleted_or_kept_as_gone() {
+    let mut env = Env::new("e2e-removed").await;
+    let extra = env.sim.state.generate(WS, 2, "ray-extra");
+    let kept = env.sim.state.generate("w-keep", 2, "ray-keep");
+    env.create_workspace("del", json!({})).await;
+    env.create_workspace(
+        "keep",
+        json!({"workspaceId": "w-keep", "goneClusterPolicy": "Keep"}),
+    )
+    .await;
+    env.start();
+    common::wait_for(Duration::from_secs(60), "5 mirrors", || async {
+        (env.mirror_list().await.len() == 5).then_some(())
+    })
+    .await;
+
+    assert!(env.sim.state.remove_cluster(WS, &extra[0]));
+    assert!(env.sim.state.remove_cluster("w-keep", &kept[0]));
+    let gone_name = emr_ray_operator::mirror::mirror_name(&extra[0]);
+    common::wait_for(ONE_INTERVAL, "deleted mirror", || async {
+        env.mirrors()
+            .get_opt(&gone_name)
+            .await
+            .unwrap()
+            .is_none()
+            .then_some(())
+    })
+    .await;
+    let m = env
+        .wait_mirror(&kept[0], ONE_INTERVAL, "mirror marked gone", |m| {
+            m.status.as_ref().unwrap().gone
+        })
+        .await;
+    let ready = condition(&m.status.as_ref().unwrap().conditions, "Ready").unwrap();
+    assert_eq!(
+        (ready.status.as_str(), ready.reason.as_str()),
+        ("False", "RemoteClusterGone")
+    );
+    assert_eq!(env.mirror_list().await.len(), 4);
+    let evs = events_for(&env, "del").await;
+    assert!(
+        evs.iter()
+            .any(|e| e.reason.as_deref() == Some("MirrorDeleted")),
+        "{evs:?}"
+    );
+    env.teardown().await;
+}
+
+/// Every failing listing keeps every mirror as it was (no delete, no blanking), says why on
+/// the workspace and on the mirrors, and recovers when the fault clears.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failed_listings_never_delete_or_change_mirrors() {
+    let mut env = Env::new("e2e-faults").await;
+    let extra = env.sim.state.generate(WS, 3, "ray-f");
+    env.create_workspace("ws", json!({})).await;
+    env.start();
+    env.wait_ready("ws", "True", None, Duration::from_secs(60))
+        .await;
+    common::wait_for(ONE_INTERVAL, "4 mirrors", || async {
+        let l = env.mirror_list().await;
+        (l.len() == 4 && l.iter().all(|m| m.status.is_some())).then_some(())
+    })
+    .await;
+    let before: Vec<serde_json::Value> = {
+        let mut l = env.mirror_list().await;
+        l.sort_by_key(|m| m.name_any());
+        l.iter().map(data_of).collect()
+    };
+
+    type Setup = Box<dyn Fn(&Env) -> futures::future::BoxFuture<'_, ()> + Send + Sync>;
+    let faults: Vec<(&str, &str, Setup)> = vec![
+        (
+            "5xx",
+            "RemoteUnavailable",
+            Box::new(|e: &Env| {
+                Box::pin(async move {
+                    e.sim.state.set_faults(Faults {
+                        server_error_rate: 1.0,
+                        ..Default::default()
+                    });
+                })
+            }),
+        ),
+        (
+            "throttling",
+            "Throttled",
+            Box::new(|e: &Env| {
+                Box::pin(async move {
+                    e.sim.state.set_faults(Faults {
+                        throttle_rate: 1.0,
+                        throttle_retry_after_secs: 1,
+                        ..Default::default()
+                    });
+                })
+            }),
+        ),
+        (
+            "timeout",
+            "Timeout",
+            Box::new(|e: &Env| {
+                Box::pin(async move {
+                    e.sim.state.set_faults(Faults {
+                        latency_ms: 3000,
+                        ..Default::default()
+                    });
+                })
+            }),
+        ),
+        (
+            "malformed",
+            "MalformedResponse",
+            Box::new(|e: &Env| {
+                Box::pin(async move {
+                    e.sim.state.set_faults(Faults {
+                        malformed_body_rate: 1.0,
+                        ..Default::default()
+                    });
+                })
+            }),
+        ),
+        (
+            "truncated",
+            "MalformedResponse",
+            Box::new(|e: &Env| {
+                Box::pin(async move {
+                    e.sim.state.set_faults(Faults {
+                        truncated_body_rate: 1.0,
+                        ..Default::default()
+                    });
+                })
+            }),
+        ),
+        (
+            "bad signature",
+            "AuthenticationFailed",
+            Box::new(|e: &Env| {
+                Box::pin(async move {
+                    e.put_secret(
+                        "emr-credentials",
+                        emr_ray_operator::sim::DEFAULT_ACCESS_KEY_ID,
+                        "wrong-secret",
+                    )
+                    .await;
+                })
+            }),
+        ),
+    ];
+    for (name, reason, setup) in faults {
+        // The remote side also loses a cluster: a failing listing must not delete its mirror.
+        let removed = env
+            .sim
+            .state
+            .clusters(WS)
+            .into_iter()
+            .find(|c| c.cluster_id == extra[0]);
+        env.sim.state.remove_cluster(WS, &extra[0]);
+        setup(&env).await;
+        let st = env
+            .wait_ready("ws", "False", Some(reason), Duration::from_secs(40))
+            .await;
+        let f = st
+            .last_failure
+            .clone()
+            .unwrap_or_else(|| panic!("{name}: lastFailure missing"));
+        assert_eq!(f.reason, reason, "{name}");
+        if reason == "AuthenticationFailed" {
+            assert_eq!(f.code.as_deref(), Some("SignatureDoesNotMatch"));
+            assert!(f.request_id.is_some(), "{name}: request id kept");
+            assert_eq!(condition(&st.conditions, "Stalled").unwrap().status, "True");
+        } else {
+            assert_eq!(
+                condition(&st.conditions, "Reconciling").unwrap().status,
+                "True",
+                "{name}"
+            );
+        }
+        // Mirrors: all still there, data unchanged, Synced=False with the reason.
+        common::wait_for(Duration::from_secs(15), "mirrors marked stale", || async {
+            let l = env.mirror_list().await;
+            l.iter()
+                .all(|m| {
+                    condition(&m.status.as_ref().unwrap().conditions, "Synced")
+                        .is_some_and(|c| c.status == "False" && c.reason == reason)
+                })
+                .then_some(())
+        })
+        .await;
+        let mut l = env.mirror_list().await;
+        l.sort_by_key(|m| m.name_any());
+        assert_eq!(l.len(), 4, "{name}: no mirror lost");
+        let now: Vec<serde_json::Value> = l.iter().map(data_of).collect();
+        assert_eq!(now, before, "{name}: mirror data unchanged");
+        let text = serde_json::to_string(&l).unwrap();
+        assert!(!text.contains("wrong-secret") && !text.contains("sim-secret"));
+        let ws_text = serde_json::to_string(&st).unwrap();
+        assert!(!ws_text.contains("wrong-secret") && !ws_text.contains("sim-secret"));
+
+        // Recovery.
+        env.sim.state.set_faults(Faults::default());
+        env.put_secret(
+            "emr-credentials",
+            emr_ray_operator::sim::DEFAULT_ACCESS_KEY_ID,
+            emr_ray_operator::sim::DEFAULT_ACCESS_KEY_SECRET,
+        )
+        .await;
+        if let Some(c) = removed {
+            env.sim.state.upsert_cluster(WS, c);
+        }
+        let st = env
+            .wait_ready("ws", "True", Some("Synced"), ONE_INTERVAL)
+            .await;
+        assert!(st.last_failure.is_none(), "{name}: failure cleared");
+        common::wait_for(Duration::from_secs(15), "mirrors synced again", || async {
+            let l = env.mirror_list().await;
+            (l.len() == 4
+                && l.iter().all(|m| {
+                    condition(&m.status.as_ref().unwrap().conditions, "Synced")
+                        .is_some_and(|c| c.status == "True")
+                }))
+            .then_some(())
+        })
+        .await;
+    }
+    env.teardown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deleting_the_workspace_garbage_collects_its_mirrors() {
+    let mut env = Env::new("e2e-gc").await;
+    env.sim.state.generate(WS, 2, "ray-gc");
+    env.create_workspace("ws", json!({})).await;
+    env.start();
+    common::wait_for(Duration::from_secs(60), "3 mirrors", || async {
+        (env.mirror_list().await.len() == 3).then_some(())
+    })
+    .await;
+    env.workspaces()
+        .delete("ws", &DeleteParams::background())
+        .await
+        .unwrap();
+    common::wait_for(
+        Duration::from_secs(60),
+        "mirrors garbage-collected",
+        || async { env.mirror_list().await.is_empty().then_some(()) },
+    )
+    .await;
+    env.teardown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hand_deleted_or_edited_mirror_is_repaired_without_a_remote_call() {
+    let mut env = Env::new("e2e-repair").await;
+    env.create_workspace("ws", json!({"syncInterval": "10m"}))
+        .await;
+    env.start();
+    let m = env
+        .wait_mirror(EXAMPLE_CLUSTER, Duration::from_secs(60), "mirror", |_| true)
+        .await;
+    let requests = env.sim.state.stats().requests;
+    env.mirrors()
+        .delete(&m.name_any(), &DeleteParams::default())
+        .await
+        .unwrap();
+    let again = env
+        .wait_mirror(
+            EXAMPLE_CLUSTER,
+            Duration::from_secs(20),
+            "recreated mirror",
+            |n| n.uid() != m.uid(),
+        )
+        .await;
+    assert_eq!(data_of(&again)["state"], "Running");
+    // A hand edit of the status (as an admin) is reverted.
+    env.mirrors()
+        .patch_status(
+            &m.name_any(),
+            &PatchParams::apply("someone").force(),
+            &Patch::Apply(json!({
+                "apiVersion": "emr.aliyun.io/v1alpha1", "kind": "EmrRayCluster",
+                "metadata": {"name": m.name_any()}, "status": {"state": "Stopped"},
+            })),
+        )
+        .await
+        .unwrap();
+    env.wait_mirror(
+        EXAMPLE_CLUSTER,
+        Duration::from_secs(20),
+        "reverted edit",
+        |n| n.status.as_ref().unwrap().state.as_deref() == Some("Running"),
+    )
+    .await;
+    assert_eq!(
+        env.sim.state.stats().requests,
+        requests,
+        "no extra remote call"
+    );
+    env.teardown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn credential_problems_give_clear_conditions() {
+    let mut env = Env::new("e2e-creds").await;
+    env.create_workspace(
+        "missing",
+        json!({"credentials": {"secretRef": {"name": "nope"}}}),
+    )
+    .await;
+    env.put_secret("bad", "LTAI5tUnknownKey", "whatever").await;
+    env.create_workspace(
+        "unknown-key",
+        json!({"credentials": {"secretRef": {"name": "bad"}}}),
+    )
+    .await;
+    env.create_workspace(
+        "wrong-key-name",
+        json!({"credentials": {"secretRef": {"name": "emr-credentials", "accessKeyIdKey": "id"}}}),
+    )
+    .await;
+    env.start();
+    let st = env
+        .wait_ready(
+            "missing",
+            "False",
+            Some("SecretNotFound"),
+            Duration::from_secs(60),
+        )
+        .await;
+    assert!(condition(&st.conditions, "Stalled").is_some_and(|c| c.status == "True"));
+    assert!(
+        condition(&st.conditions, "Ready")
+            .unwrap()
+            .message
+            .contains("nope")
+    );
+    let st = env
+        .wait_ready(
+            "unknown-key",
+            "False",
+            Some("AuthenticationFailed"),
+            Duration::from_secs(60),
+        )
+        .await;
+    assert_eq!(
+        st.last_failure.unwrap().code.as_deref(),
+        Some("InvalidAccessKeyId.NotFound")
+    );
+    let st = env
+        .wait_ready(
+            "wrong-key-name",
+            "False",
+            Some("SecretKeyMissing"),
+            Duration::from_secs(60),
+        )
+        .await;
+    assert!(
+        condition(&st.conditions, "Ready")
+            .unwrap()
+            .message
+            .contains("\"id\"")
+    );
+
+    // Creating the missing Secret fixes the workspace at once (the Secret is watched).
+    env.put_secret(
+        "nope",
+        emr_ray_operator::sim::DEFAULT_ACCESS_KEY_ID,
+        emr_ray_operator::sim::DEFAULT_ACCESS_KEY_SECRET,
+    )
+    .await;
+    env.wait_ready("missing", "True", Some("Synced"), Duration::from_secs(20))
+        .await;
+    env.teardown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn invalid_specs_are_rejected_at_admission() {
+    let env = Env::new("e2e-admission").await;
+    let cases = [
+        (
+            json!({"syncInterval": "5s"}),
+            "syncInterval must be at least 10s",
+        ),
+        (json!({"syncInterval": "soon"}), "spec.syncInterval"),
+        (json!({"regionId": "CN Hangzhou"}), "spec.regionId"),
+        (
+            json!({"endpoint": "ftp://x"}),
+            "endpoint must be an http:// or https:// URL",
+        ),
+        (
+            json!({"credentials": {}}),
+            "set exactly one of secretRef, rrsa or environment",
+        ),
+        (
+            json!({"credentials": {"secretRef": {"name": "a"}, "environment": {}}}),
+            "set exactly one of secretRef, rrsa or environment",
+        ),
+        (
+            json!({"goneClusterPolicy": "Forget"}),
+            "spec.goneClusterPolicy",
+        ),
+    ];
+    for (i, (extra, msg)) in cases.iter().enumerate() {
+        let mut spec = json!({
+            "regionId": "cn-hangzhou", "workspaceId": WS,
+            "credentials": {"secretRef": {"name": "emr-credentials"}},
+        });
+        for (k, v) in extra.as_object().unwrap() {
+            spec[k] = v.clone();
+        }
+        let name = format!("bad-{i}");
+        let err = env
+            .workspaces()
+            .patch(
+                &name,
+                &PatchParams::apply("tests"),
+                &Patch::Apply(json!({
+                    "apiVersion": "emr.aliyun.io/v1alpha1", "kind": "EmrWorkspace",
+                    "metadata": {"name": name}, "spec": spec,
+                })),
+            )
+            .await
+            .expect_err("invalid spec must be rejected");
+        let text = err.to_string();
+        assert!(
+            text.contains(msg),
+            "case {extra}: {text:?} should contain {msg:?}"
+        );
+    }
+    env.teardown().await;
+}
+
+/// Two operator replicas: only the leader writes; when it stops, the other takes over.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn only_the_leader_writes_and_the_standby_takes_over() {
+    let env = Env::new("e2e-leader").await;
+    env.create_workspace("ws", json!({})).await;
+    let lease = |id: &str| {
+        let mut cfg = operator_config(&env.ns.name);
+        cfg.identity = id.to_string();
+        cfg.leader_election = Some(emr_ray_operator::leader::LeaseConfig {
+            namespace: env.ns.name.clone(),
+            name: "emr-ray-operator-leader".into(),
+            identity: id.to_string(),
+            lease_duration: Duration::from_secs(6),
+            renew_every: Duration::from_secs(2),
+        });
+        cfg
+    };
+    let a = start_operator(&env.client, lease("replica-a"));
+    common::wait_for(Duration::from_secs(20), "replica-a leads", || async {
+        let l = Api::<k8s_openapi::api::coordination::v1::Lease>::namespaced(
+            env.client.clone(),
+            &env.ns.name,
+        )
+        .get_opt("emr-ray-operator-leader")
+        .await
+        .unwrap()?;
+        (l.spec?.holder_identity.as_deref() == Some("replica-a")).then_some(())
+    })
+    .await;
+    let b = start_operator(&env.client, lease("replica-b"));
+    env.wait_mirror(EXAMPLE_CLUSTER, Duration::from_secs(60), "mirror", |_| true)
+        .await;
+    env.sim
+        .state
+        .set_state(WS, EXAMPLE_CLUSTER, ClusterState::Stopped);
+    env.wait_mirror(EXAMPLE_CLUSTER, ONE_INTERVAL, "Stopped via leader", |m| {
+        m.status.as_ref().unwrap().state.as_deref() == Some("Stopped")
+    })
+    .await;
+    assert!(a.writes() > 0, "the leader wrote");
+    assert_eq!(b.writes(), 0, "the standby never writes");
+
+    // The leader stops (graceful: releases the lease); the standby takes over.
+    a.stop().await;
+    env.sim
+        .state
+        .set_state(WS, EXAMPLE_CLUSTER, ClusterState::Running);
+    env.wait_mirror(
+        EXAMPLE_CLUSTER,
+        Duration::from_secs(40),
+        "Running via new leader",
+        |m| m.status.as_ref().unwrap().state.as_deref() == Some("Running"),
+    )
+    .await;
+    assert!(b.writes() > 0, "the new leader writes");
+    let lease = Api::<k8s_openapi::api::coordination::v1::Lease>::namespaced(
+        env.client.clone(),
+        &env.ns.name,
+    )
+    .get("emr-ray-operator-leader")
+    .await
+    .unwrap();
+    assert_eq!(
+        lease.spec.unwrap().holder_identity.as_deref(),
+        Some("replica-b")
+    );
+    b.stop().await;
+    env.teardown().await;
+}

@@ -1,0 +1,74 @@
+//! A steady state with no remote change causes no writes to mirrors, counted by the API
+//! server's own `apiserver_request_total` (this binary holds this one test only, so no other
+//! test writes mirrors meanwhile) and by the operator's metrics.
+
+mod common;
+mod support;
+
+use std::time::Duration;
+
+use kube::ResourceExt;
+use serde_json::json;
+use support::*;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn steady_state_writes_no_mirror() {
+    let mut env = Env::new("e2e-steady").await;
+    env.sim.state.generate(WS, 24, "ray-steady");
+    env.create_workspace("ws", json!({})).await;
+    env.start();
+    env.wait_ready("ws", "True", Some("Synced"), Duration::from_secs(60))
+        .await;
+    common::wait_for(
+        Duration::from_secs(30),
+        "25 mirrors with status",
+        || async {
+            let l = env.mirror_list().await;
+            (l.len() == 25 && l.iter().all(|m| m.status.is_some())).then_some(())
+        },
+    )
+    .await;
+    // Let the first sync's writes settle.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let versions: Vec<(String, String)> = env
+        .mirror_list()
+        .await
+        .iter()
+        .map(|m| (m.name_any(), m.resource_version().unwrap()))
+        .collect();
+    let before = common::count_write_requests(
+        &common::apiserver_metrics(&env.client).await,
+        "emrrayclusters",
+    );
+    let syncs_before = env.sim.state.stats().requests;
+    let op_writes_before = env.operators[0].writes();
+
+    // Three sync intervals with no remote change.
+    tokio::time::sleep(Duration::from_secs(35)).await;
+
+    let after = common::count_write_requests(
+        &common::apiserver_metrics(&env.client).await,
+        "emrrayclusters",
+    );
+    let syncs = env.sim.state.stats().requests - syncs_before;
+    assert!(
+        syncs >= 2,
+        "the workspace kept syncing ({syncs} remote requests)"
+    );
+    assert_eq!(
+        after - before,
+        0.0,
+        "API server saw writes to emrrayclusters in steady state"
+    );
+    let ws_writes = env.operators[0].writes() - op_writes_before;
+    // Only the workspace status (at most once per sync) was written.
+    assert!(ws_writes <= syncs, "{ws_writes} writes for {syncs} syncs");
+    let now: Vec<(String, String)> = env
+        .mirror_list()
+        .await
+        .iter()
+        .map(|m| (m.name_any(), m.resource_version().unwrap()))
+        .collect();
+    assert_eq!(now, versions, "no mirror changed resourceVersion");
+    env.teardown().await;
+}

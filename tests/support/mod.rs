@@ -1,0 +1,251 @@
+//! Operator test environment shared by the end-to-end test files: a test namespace on the real
+//! control plane, the EMR simulator on a loopback port, and the operator running in-process.
+#![allow(dead_code)]
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use emr_ray_operator::crd::{EmrRayCluster, EmrWorkspace, EmrWorkspaceStatus};
+use emr_ray_operator::metrics::Metrics;
+use emr_ray_operator::operator::{self, OperatorConfig};
+use emr_ray_operator::sim::{
+    DEFAULT_ACCESS_KEY_ID, DEFAULT_ACCESS_KEY_SECRET, DEFAULT_WORKSPACE, SimConfig, SimHandle,
+    Simulator,
+};
+use k8s_openapi::api::core::v1::Secret;
+use kube::api::{Api, ListParams, Patch, PatchParams};
+use serde_json::json;
+use tokio_util::sync::CancellationToken;
+
+use crate::common::{self, TestNamespace};
+
+pub const WS: &str = DEFAULT_WORKSPACE;
+pub const EXAMPLE_CLUSTER: &str = "ray-uiulpgow9xljimm1";
+
+pub struct Env {
+    pub ns: TestNamespace,
+    pub client: kube::Client,
+    pub sim: SimHandle,
+    pub operators: Vec<Operator>,
+}
+
+pub struct Operator {
+    pub token: CancellationToken,
+    pub metrics: Arc<Metrics>,
+    pub task: tokio::task::JoinHandle<anyhow::Result<()>>,
+}
+
+impl Operator {
+    pub async fn stop(self) {
+        self.token.cancel();
+        let _ = tokio::time::timeout(Duration::from_secs(30), self.task).await;
+    }
+
+    /// Kubernetes writes this replica made (from its own metrics).
+    pub fn writes(&self) -> u64 {
+        let text = self.metrics.encode();
+        text.lines()
+            .filter(|l| l.starts_with("emr_ray_operator_kube_writes_total{"))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum::<f64>() as u64
+    }
+}
+
+pub fn operator_config(ns: &str) -> OperatorConfig {
+    OperatorConfig {
+        namespaces: vec![ns.to_string()],
+        concurrency: 4,
+        metrics_addr: None,
+        leader_election: None,
+        identity: "test".into(),
+        requests_per_second: 50.0,
+        burst: 50,
+        request_timeout: Duration::from_secs(2),
+        listing_timeout: Duration::from_secs(20),
+    }
+}
+
+pub fn start_operator(client: &kube::Client, cfg: OperatorConfig) -> Operator {
+    let token = CancellationToken::new();
+    let metrics = Arc::new(Metrics::default());
+    let task = tokio::spawn(operator::run(
+        client.clone(),
+        cfg,
+        metrics.clone(),
+        token.clone(),
+    ));
+    Operator {
+        token,
+        metrics,
+        task,
+    }
+}
+
+impl Env {
+    /// Namespace + CRDs + simulator (reference example) + credentials Secret; no operator yet.
+    pub async fn new(prefix: &str) -> Env {
+        let ns = TestNamespace::new(prefix).await;
+        let client = ns.client.clone();
+        common::install_crds(&client).await;
+        let sim = Simulator::start(SimConfig::with_default_fixture())
+            .await
+            .expect("simulator starts");
+        let env = Env {
+            ns,
+            client,
+            sim,
+            operators: Vec::new(),
+        };
+        env.put_secret(
+            "emr-credentials",
+            DEFAULT_ACCESS_KEY_ID,
+            DEFAULT_ACCESS_KEY_SECRET,
+        )
+        .await;
+        env
+    }
+
+    pub fn start(&mut self) {
+        let op = start_operator(&self.client, operator_config(&self.ns.name));
+        self.operators.push(op);
+    }
+
+    pub async fn put_secret(&self, name: &str, id: &str, secret: &str) {
+        Api::<Secret>::namespaced(self.client.clone(), &self.ns.name)
+            .patch(
+                name,
+                &PatchParams::apply("tests").force(),
+                &Patch::Apply(json!({
+                    "apiVersion": "v1", "kind": "Secret", "metadata": {"name": name},
+                    "stringData": {"accessKeyId": id, "accessKeySecret": secret},
+                })),
+            )
+            .await
+            .expect("secret applied");
+    }
+
+    pub fn endpoint(&self) -> String {
+        self.sim
+            .base_url()
+            .as_str()
+            .trim_end_matches('/')
+            .to_string()
+    }
+
+    /// Creates an EmrWorkspace for the simulator's default workspace; `extra` is merged into
+    /// the spec.
+    pub async fn create_workspace(&self, name: &str, extra: serde_json::Value) {
+        let mut spec = json!({
+            "regionId": "cn-hangzhou",
+            "workspaceId": WS,
+            "endpoint": self.endpoint(),
+            "credentials": {"secretRef": {"name": "emr-credentials"}},
+            "syncInterval": "10s",
+        });
+        if let (Some(s), Some(e)) = (spec.as_object_mut(), extra.as_object()) {
+            for (k, v) in e {
+                s.insert(k.clone(), v.clone());
+            }
+        }
+        self.workspaces()
+            .patch(
+                name,
+                &PatchParams::apply("tests").force(),
+                &Patch::Apply(json!({
+                    "apiVersion": "emr.aliyun.io/v1alpha1", "kind": "EmrWorkspace",
+                    "metadata": {"name": name}, "spec": spec,
+                })),
+            )
+            .await
+            .expect("workspace applied");
+    }
+
+    pub fn workspaces(&self) -> Api<EmrWorkspace> {
+        Api::namespaced(self.client.clone(), &self.ns.name)
+    }
+
+    pub fn mirrors(&self) -> Api<EmrRayCluster> {
+        Api::namespaced(self.client.clone(), &self.ns.name)
+    }
+
+    pub async fn mirror_list(&self) -> Vec<EmrRayCluster> {
+        self.mirrors()
+            .list(&ListParams::default())
+            .await
+            .expect("list mirrors")
+            .items
+    }
+
+    pub async fn status(&self, name: &str) -> EmrWorkspaceStatus {
+        self.workspaces()
+            .get(name)
+            .await
+            .expect("get workspace")
+            .status
+            .unwrap_or_default()
+    }
+
+    /// Waits until the workspace's Ready condition has `status` (and `reason`, if given).
+    pub async fn wait_ready(
+        &self,
+        name: &str,
+        status: &str,
+        reason: Option<&str>,
+        timeout: Duration,
+    ) -> EmrWorkspaceStatus {
+        let what = format!("workspace {name} Ready={status} reason={reason:?}");
+        common::wait_for(timeout, &what, || async {
+            let st = self.status(name).await;
+            let ok = st.conditions.iter().any(|c| {
+                c.type_ == "Ready" && c.status == status && reason.is_none_or(|r| c.reason == r)
+            });
+            ok.then_some(st)
+        })
+        .await
+    }
+
+    /// Waits until the mirror of `cluster_id` exists and satisfies `pred`.
+    pub async fn wait_mirror<F>(
+        &self,
+        cluster_id: &str,
+        timeout: Duration,
+        what: &str,
+        pred: F,
+    ) -> EmrRayCluster
+    where
+        F: Fn(&EmrRayCluster) -> bool,
+    {
+        let name = emr_ray_operator::mirror::mirror_name(cluster_id);
+        common::wait_for(timeout, what, || async {
+            match self.mirrors().get_opt(&name).await.expect("get mirror") {
+                Some(m) if m.status.is_some() && pred(&m) => Some(m),
+                _ => None,
+            }
+        })
+        .await
+    }
+
+    pub async fn teardown(self) {
+        for op in self.operators {
+            op.stop().await;
+        }
+        self.sim.shutdown().await;
+        self.ns.cleanup().await;
+    }
+}
+
+/// The mirror's status without the `Synced` condition (which says whether data is current).
+pub fn data_of(m: &EmrRayCluster) -> serde_json::Value {
+    let mut s = serde_json::to_value(m.status.clone().unwrap_or_default()).unwrap();
+    if let Some(conds) = s.get_mut("conditions").and_then(|c| c.as_array_mut()) {
+        conds.retain(|c| c["type"] != "Synced");
+    }
+    s
+}
+
+pub fn condition<'a>(
+    conds: &'a [emr_ray_operator::crd::Condition],
+    type_: &str,
+) -> Option<&'a emr_ray_operator::crd::Condition> {
+    conds.iter().find(|c| c.type_ == type_)
+}
