@@ -138,15 +138,58 @@ fn jitter(d: Duration, fraction: f64) -> Duration {
     d + d.mul_f64(f)
 }
 
-/// Sync failure before or outside the remote call.
-fn local_failure(reason: &str, message: String) -> EmrError {
-    EmrError {
-        kind: crate::emr::ErrorKind::Credentials,
-        code: Some(reason.to_string()),
-        message,
-        request_id: None,
-        http_status: None,
-        retry_after: None,
+/// Why a sync failed: before the remote call (credentials, configuration) or in it.
+#[derive(Debug)]
+enum SyncError {
+    Local {
+        reason: &'static str,
+        message: String,
+    },
+    Remote(EmrError),
+}
+
+impl SyncError {
+    fn local(reason: &'static str, message: String) -> Self {
+        SyncError::Local { reason, message }
+    }
+    fn reason(&self) -> &'static str {
+        match self {
+            SyncError::Local { reason, .. } => reason,
+            SyncError::Remote(e) => e.reason(),
+        }
+    }
+    fn code(&self) -> Option<String> {
+        match self {
+            SyncError::Local { .. } => None,
+            SyncError::Remote(e) => e.code.clone(),
+        }
+    }
+    fn request_id(&self) -> Option<String> {
+        match self {
+            SyncError::Local { .. } => None,
+            SyncError::Remote(e) => e.request_id.clone(),
+        }
+    }
+    fn retry_after(&self) -> Option<Duration> {
+        match self {
+            SyncError::Local { .. } => None,
+            SyncError::Remote(e) => e.retry_after,
+        }
+    }
+}
+
+impl std::fmt::Display for SyncError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            SyncError::Local { message, .. } => f.write_str(message),
+            SyncError::Remote(e) => e.fmt(f),
+        }
+    }
+}
+
+impl From<EmrError> for SyncError {
+    fn from(e: EmrError) -> Self {
+        SyncError::Remote(e)
     }
 }
 
@@ -269,13 +312,7 @@ pub async fn reconcile(ws: Arc<EmrWorkspace>, ctx: Arc<Context>) -> Result<Actio
                     reason: reason.clone(),
                 })
                 .inc();
-            let failure = failure_from(
-                &st,
-                &reason,
-                e.to_string(),
-                e.code.clone(),
-                e.request_id.clone(),
-            );
+            let failure = failure_from(&st, &reason, e.to_string(), e.code(), e.request_id());
             let changed = st.failure.as_ref().map(|f| f.reason.as_str()) != Some(reason.as_str());
             if changed {
                 publish(
@@ -293,7 +330,7 @@ pub async fn reconcile(ws: Arc<EmrWorkspace>, ctx: Arc<Context>) -> Result<Actio
             let backoff = Duration::from_secs(5)
                 .saturating_mul(2u32.saturating_pow(n - 1))
                 .min(interval);
-            let backoff = match e.retry_after {
+            let backoff = match e.retry_after() {
                 Some(ra) => ra.max(Duration::from_secs(1)),
                 None => backoff,
             };
@@ -359,7 +396,7 @@ fn current_secret_version(ws: &EmrWorkspace, ctx: &Context) -> Option<String> {
 }
 
 /// Resolves credentials and the endpoint, then lists the workspace.
-async fn list_remote(ws: &EmrWorkspace, ctx: &Context) -> Result<Vec<RayCluster>, EmrError> {
+async fn list_remote(ws: &EmrWorkspace, ctx: &Context) -> Result<Vec<RayCluster>, SyncError> {
     let creds = resolve_credentials(ws, ctx).await?;
     let endpoint = crate::emr::endpoint::resolve(
         &ws.spec.region_id,
@@ -387,7 +424,7 @@ async fn list_remote(ws: &EmrWorkspace, ctx: &Context) -> Result<Vec<RayCluster>
     Ok(listing.clusters)
 }
 
-async fn resolve_credentials(ws: &EmrWorkspace, ctx: &Context) -> Result<Credentials, EmrError> {
+async fn resolve_credentials(ws: &EmrWorkspace, ctx: &Context) -> Result<Credentials, SyncError> {
     let c = &ws.spec.credentials;
     if let Some(sr) = &c.secret_ref {
         let ns = ws.namespace().unwrap_or_default();
@@ -395,13 +432,13 @@ async fn resolve_credentials(ws: &EmrWorkspace, ctx: &Context) -> Result<Credent
         let secret = match api.get_opt(&sr.name).await {
             Ok(Some(s)) => s,
             Ok(None) => {
-                return Err(local_failure(
+                return Err(SyncError::local(
                     "SecretNotFound",
                     format!("Secret {ns}/{} does not exist", sr.name),
                 ));
             }
             Err(kube::Error::Api(s)) if s.code == 403 => {
-                return Err(local_failure(
+                return Err(SyncError::local(
                     "CredentialsUnavailable",
                     format!(
                         "the operator may not read Secret {ns}/{}: {}",
@@ -410,7 +447,7 @@ async fn resolve_credentials(ws: &EmrWorkspace, ctx: &Context) -> Result<Credent
                 ));
             }
             Err(e) => {
-                return Err(local_failure(
+                return Err(SyncError::local(
                     "CredentialsUnavailable",
                     format!("reading Secret {ns}/{} failed: {e}", sr.name),
                 ));
@@ -424,7 +461,7 @@ async fn resolve_credentials(ws: &EmrWorkspace, ctx: &Context) -> Result<Credent
                 .filter(|s| !s.is_empty())
         };
         let id = get(sr.id_key()).ok_or_else(|| {
-            local_failure(
+            SyncError::local(
                 "SecretKeyMissing",
                 format!(
                     "Secret {ns}/{} has no non-empty key {:?} (the AccessKey ID)",
@@ -434,7 +471,7 @@ async fn resolve_credentials(ws: &EmrWorkspace, ctx: &Context) -> Result<Credent
             )
         })?;
         let secret_value = get(sr.secret_key()).ok_or_else(|| {
-            local_failure(
+            SyncError::local(
                 "SecretKeyMissing",
                 format!(
                     "Secret {ns}/{} has no non-empty key {:?} (the AccessKey secret)",
@@ -475,7 +512,7 @@ async fn resolve_credentials(ws: &EmrWorkspace, ctx: &Context) -> Result<Credent
             || cfg.oidc_provider_arn.is_empty()
             || cfg.token_file.as_os_str().is_empty()
         {
-            return Err(local_failure(
+            return Err(SyncError::local(
                 "CredentialsUnavailable",
                 "RRSA needs roleArn, oidcProviderArn and oidcTokenFilePath (in the spec or the operator's ALIBABA_CLOUD_* environment)".to_string(),
             ));
@@ -484,7 +521,7 @@ async fn resolve_credentials(ws: &EmrWorkspace, ctx: &Context) -> Result<Credent
     } else {
         CredentialSource::Environment
     };
-    ctx.credentials.resolve(&source).await
+    Ok(ctx.credentials.resolve(&source).await?)
 }
 
 /// Writes the mirrors so that they match the last listing; deletes (or marks gone) mirrors

@@ -498,7 +498,7 @@ async fn apiserver_metrics_count_write_requests() {
     }
     api.patch(
         "m0",
-        &PatchParams::apply("metrics-test"),
+        &PatchParams::apply("metrics-test").force(),
         &Patch::Apply(json!({
             "apiVersion": format!("{GROUP}/v1"), "kind": "Widget",
             "metadata": { "name": "m0" }, "spec": { "size": 2 }

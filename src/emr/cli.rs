@@ -331,11 +331,61 @@ mod tests {
         assert_eq!(render_table(&[], false, 0), "No Ray clusters found.\n");
     }
 
+    #[derive(clap::Parser, Debug)]
+    struct Wrapper {
+        #[command(flatten)]
+        list: ListArgs,
+    }
+
+    #[test]
+    fn args_parse() {
+        use clap::Parser as _;
+        let w = Wrapper::try_parse_from(["x", "--region", "cn-hangzhou", "--workspace", "w-1"])
+            .unwrap();
+        assert_eq!(w.list.output, OutputFormat::Table);
+        assert_eq!(w.list.signature, SignatureArg::Acs3);
+        assert!(w.list.secret.is_none());
+        let w = Wrapper::try_parse_from([
+            "x",
+            "--region",
+            "cn-hangzhou",
+            "--workspace",
+            "w-1",
+            "-o",
+            "wide",
+            "--signature",
+            "roa",
+            "--secret",
+            "ns/creds",
+            "--access-key-id-key",
+            "id",
+        ])
+        .unwrap();
+        assert_eq!(w.list.output, OutputFormat::Wide);
+        assert_eq!(w.list.signature, SignatureArg::Roa);
+        assert_eq!(w.list.access_key_id_key, "id");
+        assert_eq!(w.list.access_key_secret_key, "AccessKeySecret");
+        assert!(
+            Wrapper::try_parse_from([
+                "x",
+                "--region",
+                "r",
+                "--workspace",
+                "w",
+                "--access-key-id-key",
+                "id"
+            ])
+            .is_err(),
+            "key flags need --secret"
+        );
+        assert!(Wrapper::try_parse_from(["x", "--workspace", "w"]).is_err());
+    }
+
     #[test]
     fn ages() {
         assert_eq!(format_age(Some(0), 45_000), "45s");
         assert_eq!(format_age(Some(0), 600_000), "10m");
-        assert_eq!(format_age(Some(0), 5 * 3600_000), "5h");
+        assert_eq!(format_age(Some(0), 5 * 3_600_000), "5h");
         assert_eq!(format_age(None, 0), "<unknown>");
     }
 }

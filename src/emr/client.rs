@@ -54,8 +54,11 @@ pub struct ClientConfig {
     pub signature: SignatureVersion,
     pub user_agent: String,
     /// Called once per HTTP attempt.
-    pub observer: Option<Arc<dyn Fn(&RequestOutcome) + Send + Sync>>,
+    pub observer: Option<Observer>,
 }
+
+/// Callback invoked once per HTTP attempt (e.g. to feed Prometheus metrics).
+pub type Observer = Arc<dyn Fn(&RequestOutcome) + Send + Sync>;
 
 impl Default for ClientConfig {
     fn default() -> Self {

@@ -14,7 +14,7 @@
 //!   `.cache/bin/kcp up --exit-on-stdin-close`. The child's stdin pipe is kept open in a
 //!   process-global, so the control plane lives exactly as long as the test binary: when
 //!   the test process exits, stdin reaches EOF and `kcp` shuts itself down and removes its
-//!   temporary data. Its log goes to `$TMPDIR/emr-kcp-<pid>.log`.
+//!   temporary data. Its log goes to `target/tmp/kcp-<pid>.log` (`CARGO_TARGET_TMPDIR`).
 //!
 //! Every `#[tokio::test]` has its own runtime, so nothing here keeps a [`kube::Client`]
 //! in a global: call [`client`] in each test.
@@ -111,7 +111,8 @@ fn start_control_plane() -> ControlPlane {
     // Cheap when the binary is up to date (only compares mtimes).
     run_kcp_sh("build-kcp");
     let kcp = bin_dir().join("kcp");
-    let log_path = std::env::temp_dir().join(format!("emr-kcp-{}.log", std::process::id()));
+    let log_path =
+        PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(format!("kcp-{}.log", std::process::id()));
     let log = std::fs::File::create(&log_path)
         .unwrap_or_else(|e| panic!("creating {}: {e}", log_path.display()));
     let mut child = Command::new(&kcp)

@@ -21,18 +21,27 @@ LOGFILE="$STATE/kcp.log"
 ENVFILE="$STATE/env"
 # Pinned helm: v3.19.x is built against the Kubernetes 1.34 libraries.
 HELM_VERSION="${HELM_VERSION:-v3.19.0}"
+# Version stamped into kcp (what `kubectl version` and /version report).
+K8S_VERSION="v1.34.4"
 
 log() { echo "kcp.sh: $*" >&2; }
 
 build_kcp() {
   mkdir -p "$BIN"
   local out="$BIN/kcp"
-  if [[ -x "$out" && "$out" -nt "$SCRIPT_DIR/main.go" && "$out" -nt "$SCRIPT_DIR/go.mod" && "$out" -nt "$SCRIPT_DIR/go.sum" ]]; then
+  if [[ -x "$out" && "$out" -nt "$SCRIPT_DIR/main.go" && "$out" -nt "$SCRIPT_DIR/go.mod" &&
+    "$out" -nt "$SCRIPT_DIR/go.sum" && "$out" -nt "$SCRIPT_DIR/kcp.sh" ]]; then
     log "kcp is up to date ($out)"
   else
     log "building kcp (Kubernetes 1.34 apiserver+controller-manager+kubectl; 10-25 min cold on 2 cores)..."
     local start=$SECONDS
-    (cd "$SCRIPT_DIR" && go build -trimpath -ldflags="-s -w" -o "$out.tmp" .)
+    local ld="-s -w" minor="${K8S_VERSION#v1.}" pkg
+    minor="${minor%%.*}"
+    for pkg in k8s.io/component-base/version k8s.io/client-go/pkg/version; do
+      ld+=" -X $pkg.gitVersion=$K8S_VERSION -X $pkg.gitMajor=1 -X $pkg.gitMinor=$minor"
+      ld+=" -X $pkg.gitTreeState=clean -X $pkg.buildDate=1970-01-01T00:00:00Z"
+    done
+    (cd "$SCRIPT_DIR" && go build -trimpath -ldflags="$ld" -o "$out.tmp" .)
     mv -f "$out.tmp" "$out"
     log "built kcp in $((SECONDS - start))s"
   fi
@@ -40,13 +49,18 @@ build_kcp() {
 }
 
 build_helm() {
-  if [[ -x "$BIN/helm" ]] && "$BIN/helm" version --short 2>/dev/null | grep -q "^${HELM_VERSION}+"; then
+  if [[ -x "$BIN/helm" ]] && "$BIN/helm" version --short 2>/dev/null | grep -qx "${HELM_VERSION}"; then
     log "helm ${HELM_VERSION} is present"
     return 0
   fi
   log "installing helm ${HELM_VERSION} with go install..."
   local start=$SECONDS
-  GOBIN="$BIN" GOFLAGS=-trimpath go install -ldflags="-s -w" "helm.sh/helm/v3/cmd/helm@${HELM_VERSION}"
+  # Same version stamping as helm's Makefile (helm v3.19 uses the Kubernetes 1.34 libraries).
+  local ld="-s -w -X helm.sh/helm/v3/internal/version.version=${HELM_VERSION}"
+  ld+=" -X helm.sh/helm/v3/internal/version.gitTreeState=clean"
+  ld+=" -X helm.sh/helm/v3/pkg/lint/rules.k8sVersionMajor=1 -X helm.sh/helm/v3/pkg/lint/rules.k8sVersionMinor=34"
+  ld+=" -X helm.sh/helm/v3/pkg/chartutil.k8sVersionMajor=1 -X helm.sh/helm/v3/pkg/chartutil.k8sVersionMinor=34"
+  GOBIN="$BIN" GOFLAGS=-trimpath go install -ldflags="$ld" "helm.sh/helm/v3/cmd/helm@${HELM_VERSION}"
   log "installed helm in $((SECONDS - start))s"
 }
 

@@ -1,0 +1,94 @@
+{{/* Chart name. */}}
+{{- define "emr-ray-operator.name" -}}
+{{- default .Chart.Name .Values.nameOverride | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
+{{/* Fully qualified app name. */}}
+{{- define "emr-ray-operator.fullname" -}}
+{{- if .Values.fullnameOverride }}
+{{- .Values.fullnameOverride | trunc 63 | trimSuffix "-" }}
+{{- else }}
+{{- $name := default .Chart.Name .Values.nameOverride }}
+{{- if contains $name .Release.Name }}
+{{- .Release.Name | trunc 63 | trimSuffix "-" }}
+{{- else }}
+{{- printf "%s-%s" .Release.Name $name | trunc 63 | trimSuffix "-" }}
+{{- end }}
+{{- end }}
+{{- end }}
+
+{{- define "emr-ray-operator.chart" -}}
+{{- printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
+{{- define "emr-ray-operator.selectorLabels" -}}
+app.kubernetes.io/name: {{ include "emr-ray-operator.name" . }}
+app.kubernetes.io/instance: {{ .Release.Name }}
+{{- end }}
+
+{{- define "emr-ray-operator.labels" -}}
+helm.sh/chart: {{ include "emr-ray-operator.chart" . }}
+{{ include "emr-ray-operator.selectorLabels" . }}
+app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
+app.kubernetes.io/managed-by: {{ .Release.Service }}
+app.kubernetes.io/component: operator
+{{- end }}
+
+{{- define "emr-ray-operator.serviceAccountName" -}}
+{{- if .Values.serviceAccount.create }}
+{{- default (include "emr-ray-operator.fullname" .) .Values.serviceAccount.name }}
+{{- else }}
+{{- required "serviceAccount.name is required when serviceAccount.create is false" .Values.serviceAccount.name }}
+{{- end }}
+{{- end }}
+
+{{/* The user name the API server sees for the operator. */}}
+{{- define "emr-ray-operator.operatorUser" -}}
+{{- printf "system:serviceaccount:%s:%s" .Release.Namespace (include "emr-ray-operator.serviceAccountName" .) }}
+{{- end }}
+
+{{- define "emr-ray-operator.leaseName" -}}
+{{- default (printf "%s-leader" (include "emr-ray-operator.fullname" .)) .Values.leaderElection.leaseName }}
+{{- end }}
+
+{{- define "emr-ray-operator.image" -}}
+{{- printf "%s:%s" .Values.image.repository (default .Chart.AppVersion .Values.image.tag) }}
+{{- end }}
+
+{{/* Name of cluster-scoped objects: unique per release name and namespace. */}}
+{{- define "emr-ray-operator.clusterName" -}}
+{{- printf "%s-%s" (include "emr-ray-operator.fullname" .) .Release.Namespace | trunc 200 | trimSuffix "-" }}
+{{- end }}
+
+{{/*
+RBAC rules for the watched scope: exactly what the operator calls.
+- EmrWorkspace: list/watch (controller), patch status (server-side apply), update finalizers
+  (only needed where OwnerReferencesPermissionEnforcement checks blockOwnerDeletion).
+- EmrRayCluster: list/watch (label-filtered reflector), create+patch (server-side apply creates
+  and updates), delete (gone clusters, deleted workspaces); patch status.
+- Secrets: list/watch (metadata only), get (read credentials when syncing).
+- Events (events.k8s.io/v1): create, patch (series).
+*/}}
+{{- define "emr-ray-operator.rules" -}}
+- apiGroups: ["emr.aliyun.io"]
+  resources: ["emrworkspaces"]
+  verbs: ["list", "watch"]
+- apiGroups: ["emr.aliyun.io"]
+  resources: ["emrworkspaces/status"]
+  verbs: ["patch"]
+- apiGroups: ["emr.aliyun.io"]
+  resources: ["emrworkspaces/finalizers"]
+  verbs: ["update"]
+- apiGroups: ["emr.aliyun.io"]
+  resources: ["emrrayclusters"]
+  verbs: ["list", "watch", "create", "patch", "delete"]
+- apiGroups: ["emr.aliyun.io"]
+  resources: ["emrrayclusters/status"]
+  verbs: ["patch"]
+- apiGroups: [""]
+  resources: ["secrets"]
+  verbs: ["get", "list", "watch"]
+- apiGroups: ["events.k8s.io"]
+  resources: ["events"]
+  verbs: ["patch"]
+{{- end }}

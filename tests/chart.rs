@@ -1,0 +1,797 @@
+//! The Helm chart `charts/emr-ray-operator`: CRD copies, lint, rendering with several value
+//! sets, and, against the real control plane, installation, read-only enforcement of mirrors
+//! (ValidatingAdmissionPolicy) and the operator running with exactly the chart's RBAC.
+
+mod common;
+mod support;
+
+use std::path::PathBuf;
+use std::process::Command;
+use std::sync::Arc;
+use std::time::Duration;
+
+use emr_ray_operator::crd::EmrRayCluster;
+use emr_ray_operator::leader::LeaseConfig;
+use emr_ray_operator::metrics::Metrics;
+use emr_ray_operator::operator::OperatorConfig;
+use k8s_openapi::api::admissionregistration::v1::{
+    ValidatingAdmissionPolicy, ValidatingAdmissionPolicyBinding,
+};
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::coordination::v1::Lease;
+use k8s_openapi::api::core::v1::{Service, ServiceAccount};
+use k8s_openapi::api::events::v1::Event as KubeEvent;
+use k8s_openapi::api::rbac::v1::{Role, RoleBinding};
+use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
+use serde_json::{Value, json};
+use support::*;
+use tokio_util::sync::CancellationToken;
+
+const CHART: &str = "charts/emr-ray-operator";
+/// Release name; the chart's fullname and ServiceAccount name are then `emr-ray-operator`.
+const RELEASE: &str = "emr-ray-operator";
+const SA: &str = "emr-ray-operator";
+const DENIED: &str = "EmrRayCluster objects are read-only mirrors written by emr-ray-operator";
+
+fn repo() -> PathBuf {
+    common::repo_root()
+}
+
+fn yaml_docs(text: &str) -> Vec<Value> {
+    serde_yaml::Deserializer::from_str(text)
+        .map(|d| {
+            serde::Deserialize::deserialize(d)
+                .unwrap_or_else(|e| panic!("rendered YAML does not parse: {e}\n{text}"))
+        })
+        .filter(|v: &Value| !v.is_null())
+        .collect()
+}
+
+// ---------------------------------------------------------------------------------------------
+// Offline: CRDs, lint, template
+// ---------------------------------------------------------------------------------------------
+
+#[test]
+fn crds_are_generated_and_copied_into_the_chart() {
+    let generated = emr_ray_operator::crd::crd_yamls();
+    let list = |dir: PathBuf| {
+        let mut v: Vec<String> = std::fs::read_dir(&dir)
+            .unwrap_or_else(|e| panic!("{}: {e}", dir.display()))
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        v.sort();
+        v
+    };
+    let mut names: Vec<String> = generated.iter().map(|(n, _)| n.to_string()).collect();
+    names.sort();
+    assert_eq!(
+        list(repo().join("crds")),
+        names,
+        "crds/ holds exactly the generated CRDs"
+    );
+    assert_eq!(
+        list(repo().join(CHART).join("crds")),
+        names,
+        "the chart's crds/ holds exactly the generated CRDs"
+    );
+    for (name, yaml) in generated {
+        let repo_file = std::fs::read(repo().join("crds").join(name)).unwrap();
+        assert!(
+            repo_file == yaml.as_bytes(),
+            "crds/{name} is not what crdgen generates: run `cargo run -- crdgen --out-dir crds`"
+        );
+        let chart_file = std::fs::read(repo().join(CHART).join("crds").join(name)).unwrap();
+        assert!(
+            chart_file == repo_file,
+            "{CHART}/crds/{name} differs from crds/{name}: cp crds/*.yaml {CHART}/crds/"
+        );
+    }
+}
+
+/// `.cache/bin/helm` without a kubeconfig (lint and template need no cluster).
+fn offline_helm() -> Command {
+    let bin = common::bin_dir().join("helm");
+    if !bin.is_file() {
+        let status = Command::new("bash")
+            .arg(repo().join("tests/control-plane/kcp.sh"))
+            .arg("build")
+            .status()
+            .expect("running kcp.sh build");
+        assert!(status.success(), "kcp.sh build failed");
+    }
+    let mut cmd = Command::new(bin);
+    cmd.current_dir(repo()).env("KUBECONFIG", "/dev/null");
+    cmd
+}
+
+fn run(mut cmd: Command) -> String {
+    let out = cmd
+        .output()
+        .unwrap_or_else(|e| panic!("running {cmd:?}: {e}"));
+    assert!(
+        out.status.success(),
+        "{cmd:?} failed:\n{}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap()
+}
+
+const VALUE_SETS: &[&[&str]] = &[
+    &[],
+    &["watchNamespaces={team-a,team-b}"],
+    &["replicas=2"],
+    &[
+        "metrics.serviceMonitor.enabled=true",
+        "prometheusRule.enabled=true",
+    ],
+    &[
+        "readOnlyMirrors.enabled=false",
+        "leaderElection.enabled=false",
+    ],
+    &[
+        "replicas=3",
+        "watchNamespaces={team-a}",
+        "metrics.serviceMonitor.enabled=true",
+        "prometheusRule.enabled=true",
+        "readOnlyMirrors.extraAllowedUsers={alice}",
+        "readOnlyMirrors.extraAllowedGroups={system:masters}",
+        "env.ALIBABA_CLOUD_ROLE_ARN=acs:ram::1:role/emr",
+        "extraEnv[0].name=ALIBABA_CLOUD_OIDC_TOKEN_FILE",
+        "extraEnv[0].value=/var/run/secrets/tokens/oidc-token",
+        "podAnnotations.a=b",
+        "nodeSelector.kubernetes\\.io/os=linux",
+        "tolerations[0].operator=Exists",
+        "logFormat=text",
+        "logLevel=debug",
+    ],
+];
+
+#[test]
+fn helm_lint_passes() {
+    for set in VALUE_SETS {
+        let mut cmd = offline_helm();
+        cmd.args(["lint", "--strict", CHART]);
+        for s in *set {
+            cmd.args(["--set", s]);
+        }
+        let out = run(cmd);
+        assert!(out.contains("0 chart(s) failed"), "{out}");
+    }
+}
+
+fn template(set: &[&str]) -> Vec<Value> {
+    let mut cmd = offline_helm();
+    cmd.args([
+        "template",
+        RELEASE,
+        CHART,
+        "--namespace",
+        "emr-system",
+        "--kube-version",
+        "1.34.0",
+    ]);
+    for s in set {
+        cmd.args(["--set", s]);
+    }
+    yaml_docs(&run(cmd))
+}
+
+fn find<'a>(docs: &'a [Value], kind: &str, name: &str) -> Option<&'a Value> {
+    docs.iter()
+        .find(|d| d["kind"] == kind && d["metadata"]["name"] == name)
+}
+
+fn kinds(docs: &[Value], kind: &str) -> Vec<Value> {
+    docs.iter().filter(|d| d["kind"] == kind).cloned().collect()
+}
+
+/// The operator's rules: (apiGroup, resource) -> sorted verbs.
+fn rules_of(role: &Value) -> Vec<(String, String, Vec<String>)> {
+    let mut out = Vec::new();
+    for r in role["rules"].as_array().unwrap() {
+        for g in r["apiGroups"].as_array().unwrap() {
+            for res in r["resources"].as_array().unwrap() {
+                let mut verbs: Vec<String> = r["verbs"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .map(|v| v.as_str().unwrap().to_string())
+                    .collect();
+                verbs.sort();
+                out.push((
+                    g.as_str().unwrap().to_string(),
+                    res.as_str().unwrap().to_string(),
+                    verbs,
+                ));
+            }
+        }
+    }
+    out.sort();
+    out
+}
+
+fn expected_rules() -> Vec<(String, String, Vec<String>)> {
+    let v = |g: &str, r: &str, verbs: &[&str]| {
+        let mut verbs: Vec<String> = verbs.iter().map(|s| s.to_string()).collect();
+        verbs.sort();
+        (g.to_string(), r.to_string(), verbs)
+    };
+    let mut out = vec![
+        v("emr.aliyun.io", "emrworkspaces", &["list", "watch"]),
+        v("emr.aliyun.io", "emrworkspaces/status", &["patch"]),
+        v("emr.aliyun.io", "emrworkspaces/finalizers", &["update"]),
+        v(
+            "emr.aliyun.io",
+            "emrrayclusters",
+            &["list", "watch", "create", "patch", "delete"],
+        ),
+        v("emr.aliyun.io", "emrrayclusters/status", &["patch"]),
+        v("", "secrets", &["get", "list", "watch"]),
+        v("events.k8s.io", "events", &["create", "patch"]),
+    ];
+    out.sort();
+    out
+}
+
+fn env_of(deploy: &Value) -> Vec<(String, Value)> {
+    deploy["spec"]["template"]["spec"]["containers"][0]["env"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| (e["name"].as_str().unwrap().to_string(), e.clone()))
+        .collect()
+}
+
+fn env_value(deploy: &Value, name: &str) -> Option<String> {
+    env_of(deploy)
+        .into_iter()
+        .find(|(n, _)| n == name)
+        .and_then(|(_, e)| e["value"].as_str().map(str::to_string))
+}
+
+#[test]
+fn helm_template_renders_every_value_set() {
+    for set in VALUE_SETS {
+        let docs = template(set);
+        assert!(
+            docs.iter()
+                .all(|d| d["kind"].is_string() && d["apiVersion"].is_string())
+        );
+        let deploy = find(&docs, "Deployment", "emr-ray-operator").expect("Deployment");
+        assert!(find(&docs, "ServiceAccount", SA).is_some());
+        assert!(find(&docs, "Service", "emr-ray-operator-metrics").is_some());
+        let replicas = deploy["spec"]["replicas"].as_i64().unwrap();
+        assert_eq!(
+            kinds(&docs, "PodDisruptionBudget").len(),
+            usize::from(replicas > 1),
+            "PDB only with replicas > 1 ({set:?})"
+        );
+        let monitoring = set.contains(&"prometheusRule.enabled=true");
+        assert_eq!(
+            kinds(&docs, "PrometheusRule").len(),
+            usize::from(monitoring)
+        );
+        assert_eq!(
+            kinds(&docs, "ServiceMonitor").len(),
+            usize::from(monitoring)
+        );
+        let ro = !set.contains(&"readOnlyMirrors.enabled=false");
+        assert_eq!(
+            kinds(&docs, "ValidatingAdmissionPolicy").len(),
+            usize::from(ro)
+        );
+        assert_eq!(
+            kinds(&docs, "ValidatingAdmissionPolicyBinding").len(),
+            usize::from(ro)
+        );
+        let le = !set.contains(&"leaderElection.enabled=false");
+        assert_eq!(
+            find(&docs, "Role", "emr-ray-operator-leader-election").is_some(),
+            le
+        );
+        assert_eq!(
+            env_value(deploy, "LEADER_ELECTION").unwrap(),
+            le.to_string()
+        );
+
+        // RBAC: ClusterRole for all namespaces, else one Role per watched namespace.
+        let watched: Vec<&str> = set
+            .iter()
+            .find_map(|s| s.strip_prefix("watchNamespaces={"))
+            .map(|s| s.trim_end_matches('}').split(',').collect())
+            .unwrap_or_default();
+        let operator_cluster_role = find(&docs, "ClusterRole", "emr-ray-operator-emr-system");
+        if watched.is_empty() {
+            let cr = operator_cluster_role.expect("operator ClusterRole");
+            assert_eq!(rules_of(cr), expected_rules());
+            let crb = find(&docs, "ClusterRoleBinding", "emr-ray-operator-emr-system").unwrap();
+            assert_eq!(crb["subjects"][0]["name"], SA);
+            assert_eq!(crb["subjects"][0]["namespace"], "emr-system");
+        } else {
+            assert!(operator_cluster_role.is_none());
+            assert!(kinds(&docs, "ClusterRoleBinding").is_empty());
+            for ns in &watched {
+                let role = docs
+                    .iter()
+                    .find(|d| {
+                        d["kind"] == "Role"
+                            && d["metadata"]["namespace"] == *ns
+                            && d["metadata"]["name"] == "emr-ray-operator"
+                    })
+                    .unwrap_or_else(|| panic!("no Role in {ns}"));
+                assert_eq!(rules_of(role), expected_rules());
+                assert!(docs.iter().any(|d| d["kind"] == "RoleBinding"
+                    && d["metadata"]["namespace"] == *ns
+                    && d["subjects"][0]["name"] == SA
+                    && d["subjects"][0]["namespace"] == "emr-system"));
+            }
+            assert_eq!(
+                env_value(deploy, "WATCH_NAMESPACES").unwrap(),
+                watched.join(",")
+            );
+        }
+        // The aggregated user roles never let users create or change mirrors.
+        for cr in kinds(&docs, "ClusterRole") {
+            for (g, r, verbs) in rules_of(&cr) {
+                if g == "emr.aliyun.io"
+                    && r.starts_with("emrrayclusters")
+                    && cr != *operator_cluster_role.unwrap_or(&Value::Null)
+                {
+                    assert!(
+                        verbs
+                            .iter()
+                            .all(|v| ["get", "list", "watch", "delete"].contains(&v.as_str())),
+                        "{} grants {verbs:?} on {r}",
+                        cr["metadata"]["name"]
+                    );
+                }
+            }
+        }
+
+        // Read-only policy.
+        if ro {
+            let vap = &kinds(&docs, "ValidatingAdmissionPolicy")[0];
+            let text = serde_json::to_string(vap).unwrap();
+            assert!(text.contains("system:serviceaccount:emr-system:emr-ray-operator"));
+            assert!(text.contains(DENIED));
+            let rules = &vap["spec"]["matchConstraints"]["resourceRules"][0];
+            assert_eq!(rules["operations"], json!(["CREATE", "UPDATE"]));
+            assert_eq!(
+                rules["resources"],
+                json!(["emrrayclusters", "emrrayclusters/status"])
+            );
+            let binding = &kinds(&docs, "ValidatingAdmissionPolicyBinding")[0];
+            assert_eq!(binding["spec"]["policyName"], vap["metadata"]["name"]);
+            assert_eq!(binding["spec"]["validationActions"], json!(["Deny"]));
+            assert_eq!(
+                binding["spec"]["matchResources"]["resourceRules"][0]["resources"],
+                json!(["emrrayclusters", "emrrayclusters/status"])
+            );
+            let sel = &binding["spec"]["matchResources"]["namespaceSelector"];
+            if watched.is_empty() {
+                assert!(sel.is_null(), "all namespaces: {sel}");
+            } else {
+                assert_eq!(sel["matchExpressions"][0]["values"], json!(watched));
+            }
+        }
+
+        // Hardened pod.
+        let pod = &deploy["spec"]["template"]["spec"];
+        let c = &pod["containers"][0];
+        assert_eq!(pod["serviceAccountName"], SA);
+        assert_eq!(pod["securityContext"]["runAsNonRoot"], true);
+        assert_eq!(
+            pod["securityContext"]["seccompProfile"]["type"],
+            "RuntimeDefault"
+        );
+        assert_eq!(c["securityContext"]["readOnlyRootFilesystem"], true);
+        assert_eq!(c["securityContext"]["allowPrivilegeEscalation"], false);
+        assert_eq!(c["securityContext"]["capabilities"]["drop"], json!(["ALL"]));
+        assert_eq!(c["args"], json!(["run"]));
+        assert_eq!(c["livenessProbe"]["httpGet"]["path"], "/healthz");
+        assert_eq!(c["readinessProbe"]["httpGet"]["path"], "/readyz");
+        assert_eq!(c["ports"][0]["containerPort"], 8080);
+        let env = env_of(deploy);
+        let field = |n: &str| {
+            env.iter()
+                .find(|(k, _)| k == n)
+                .map(|(_, e)| e["valueFrom"]["fieldRef"]["fieldPath"].clone())
+        };
+        assert_eq!(field("POD_NAME"), Some(json!("metadata.name")));
+        assert_eq!(field("POD_NAMESPACE"), Some(json!("metadata.namespace")));
+        assert_eq!(
+            env_value(deploy, "LEADER_ELECTION_NAMESPACE").as_deref(),
+            Some("emr-system")
+        );
+        // Every variable the chart sets is one the binary reads (or an Alibaba Cloud one).
+        let help = run_help();
+        let main_rs = include_str!("../src/main.rs");
+        for (name, _) in &env {
+            assert!(
+                name.starts_with("ALIBABA_CLOUD_")
+                    || help.contains(&format!("[env: {name}="))
+                    || main_rs.contains(&format!("std::env::var(\"{name}\")")),
+                "the chart sets {name}, which `emr-ray-operator run` does not read"
+            );
+        }
+    }
+}
+
+fn run_help() -> String {
+    let out = Command::new(env!("CARGO_BIN_EXE_emr-ray-operator"))
+        .args(["run", "--help"])
+        .output()
+        .expect("emr-ray-operator run --help");
+    assert!(out.status.success());
+    String::from_utf8(out.stdout).unwrap()
+}
+
+// ---------------------------------------------------------------------------------------------
+// Against the real control plane
+// ---------------------------------------------------------------------------------------------
+
+/// `helm install` into `ns`, watching `ns` only (so the read-only policy binding applies to
+/// this namespace alone and never to other tests' namespaces). CRDs are installed by
+/// `common::install_crds` (shared, never deleted).
+fn helm_install(ns: &str) {
+    let mut cmd = common::helm();
+    cmd.current_dir(repo()).args([
+        "install",
+        RELEASE,
+        CHART,
+        "--namespace",
+        ns,
+        "--skip-crds",
+        "--set",
+        &format!("watchNamespaces={{{ns}}}"),
+    ]);
+    run(cmd);
+}
+
+fn helm_uninstall(ns: &str) {
+    let mut cmd = common::helm();
+    cmd.args(["uninstall", RELEASE, "--namespace", ns]);
+    run(cmd);
+}
+
+fn mirror_obj(name: &str) -> Value {
+    json!({
+        "apiVersion": "emr.aliyun.io/v1alpha1",
+        "kind": "EmrRayCluster",
+        "metadata": {"name": name, "labels": {"app.kubernetes.io/managed-by": "someone-else"}},
+        "spec": {"workspaceRef": "prod", "workspaceId": "w-1", "regionId": "cn-hangzhou",
+                 "clusterId": name},
+    })
+}
+
+fn is_policy_denial(e: &kube::Error) -> bool {
+    matches!(e, kube::Error::Api(s) if s.code == 403 && s.message.contains(DENIED))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn helm_install_enforces_read_only_mirrors() {
+    let ns = common::TestNamespace::new("chart-readonly").await;
+    let admin = ns.client.clone();
+    common::install_crds(&admin).await;
+    let name = ns.name.clone();
+    tokio::task::spawn_blocking({
+        let n = name.clone();
+        move || helm_install(&n)
+    })
+    .await
+    .unwrap();
+
+    // The chart's objects exist (no kubelet here: pods never run, so no --wait).
+    Api::<Deployment>::namespaced(admin.clone(), &name)
+        .get(RELEASE)
+        .await
+        .expect("Deployment");
+    Api::<ServiceAccount>::namespaced(admin.clone(), &name)
+        .get(SA)
+        .await
+        .expect("ServiceAccount");
+    Api::<Service>::namespaced(admin.clone(), &name)
+        .get("emr-ray-operator-metrics")
+        .await
+        .expect("metrics Service");
+    Api::<Role>::namespaced(admin.clone(), &name)
+        .get(RELEASE)
+        .await
+        .expect("operator Role");
+    Api::<RoleBinding>::namespaced(admin.clone(), &name)
+        .get("emr-ray-operator-leader-election")
+        .await
+        .expect("leader-election RoleBinding");
+    let policy_name = format!("emr-ray-operator-{name}-read-only-mirrors");
+    Api::<ValidatingAdmissionPolicy>::all(admin.clone())
+        .get(&policy_name)
+        .await
+        .expect("ValidatingAdmissionPolicy");
+    Api::<ValidatingAdmissionPolicyBinding>::all(admin.clone())
+        .get(&policy_name)
+        .await
+        .expect("ValidatingAdmissionPolicyBinding");
+
+    // An ordinary user who RBAC allows to write mirrors.
+    Api::<ServiceAccount>::namespaced(admin.clone(), &name)
+        .create(
+            &PostParams::default(),
+            &serde_json::from_value(json!({"metadata": {"name": "someone"}})).unwrap(),
+        )
+        .await
+        .unwrap();
+    Api::<Role>::namespaced(admin.clone(), &name)
+        .create(
+            &PostParams::default(),
+            &serde_json::from_value(json!({
+                "metadata": {"name": "mirror-writer"},
+                "rules": [{"apiGroups": ["emr.aliyun.io"],
+                           "resources": ["emrrayclusters", "emrrayclusters/status"],
+                           "verbs": ["get", "list", "create", "update", "patch", "delete"]}],
+            }))
+            .unwrap(),
+        )
+        .await
+        .unwrap();
+    Api::<RoleBinding>::namespaced(admin.clone(), &name)
+        .create(
+            &PostParams::default(),
+            &serde_json::from_value(json!({
+                "metadata": {"name": "mirror-writer"},
+                "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": "mirror-writer"},
+                "subjects": [{"kind": "ServiceAccount", "name": "someone", "namespace": name}],
+            }))
+            .unwrap(),
+        )
+        .await
+        .unwrap();
+    let user = common::service_account_client(&admin, &name, "someone").await;
+    let operator = common::service_account_client(&admin, &name, SA).await;
+    let user_api: Api<EmrRayCluster> = Api::namespaced(user.clone(), &name);
+    let op_api: Api<EmrRayCluster> = Api::namespaced(operator.clone(), &name);
+    let admin_api: Api<EmrRayCluster> = Api::namespaced(admin.clone(), &name);
+
+    // The user is denied creating a mirror (the binding takes a few seconds to take effect).
+    let mut attempt = 0u32;
+    let denial = common::wait_for(
+        Duration::from_secs(60),
+        "the read-only policy to deny the user's create",
+        || {
+            attempt += 1;
+            let n = format!("user-made-{attempt}");
+            let (user_api, admin_api) = (user_api.clone(), admin_api.clone());
+            async move {
+                match user_api
+                    .create(
+                        &PostParams::default(),
+                        &serde_json::from_value(mirror_obj(&n)).unwrap(),
+                    )
+                    .await
+                {
+                    Err(e) if is_policy_denial(&e) => Some(e),
+                    Err(e) => panic!("unexpected error creating {n} as a user: {e}"),
+                    Ok(_) => {
+                        // Not enforced yet: clean up and retry.
+                        let _ = admin_api.delete(&n, &DeleteParams::default()).await;
+                        None
+                    }
+                }
+            }
+        },
+    )
+    .await;
+    let kube::Error::Api(status) = &denial else {
+        unreachable!()
+    };
+    assert!(
+        status
+            .message
+            .contains("change the remote Ray cluster or its EmrWorkspace instead"),
+        "{}",
+        status.message
+    );
+    // The user is also denied a server-side apply.
+    let err = user_api
+        .patch(
+            "user-applied",
+            &PatchParams::apply("someone"),
+            &Patch::Apply(mirror_obj("user-applied")),
+        )
+        .await
+        .expect_err("user apply is denied");
+    assert!(is_policy_denial(&err), "{err}");
+
+    // The operator's ServiceAccount may create a mirror and its status.
+    let pp = PatchParams::apply("emr-ray-operator").force();
+    op_api
+        .patch("op-made", &pp, &Patch::Apply(mirror_obj("op-made")))
+        .await
+        .expect("the operator's ServiceAccount creates a mirror");
+    op_api
+        .patch_status(
+            "op-made",
+            &pp,
+            &Patch::Apply(json!({
+                "apiVersion": "emr.aliyun.io/v1alpha1", "kind": "EmrRayCluster",
+                "metadata": {"name": "op-made"},
+                "status": {"state": "Running", "displayName": "made by the operator"},
+            })),
+        )
+        .await
+        .expect("the operator's ServiceAccount writes the status");
+
+    // The user may neither update the mirror nor its status...
+    let err = user_api
+        .patch(
+            "op-made",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"metadata": {"labels": {"tampered": "true"}}})),
+        )
+        .await
+        .expect_err("user update is denied");
+    assert!(is_policy_denial(&err), "{err}");
+    let err = user_api
+        .patch_status(
+            "op-made",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"status": {"state": "Error"}})),
+        )
+        .await
+        .expect_err("user status update is denied");
+    assert!(is_policy_denial(&err), "{err}");
+    let m = admin_api.get("op-made").await.unwrap();
+    assert_eq!(m.status.unwrap().state.as_deref(), Some("Running"));
+    assert!(
+        !m.metadata
+            .labels
+            .unwrap_or_default()
+            .contains_key("tampered")
+    );
+
+    // ...but may delete it (the operator recreates it if the remote cluster still exists).
+    user_api
+        .delete("op-made", &DeleteParams::default())
+        .await
+        .expect("user delete is allowed");
+
+    tokio::task::spawn_blocking({
+        let n = name.clone();
+        move || helm_uninstall(&n)
+    })
+    .await
+    .unwrap();
+    assert!(
+        Api::<ValidatingAdmissionPolicy>::all(admin.clone())
+            .get_opt(&policy_name)
+            .await
+            .unwrap()
+            .is_none(),
+        "helm uninstall removes the policy"
+    );
+    ns.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn operator_runs_with_exactly_the_chart_rbac() {
+    let mut env = Env::new("chart-rbac").await;
+    let ns = env.ns.name.clone();
+    tokio::task::spawn_blocking({
+        let n = ns.clone();
+        move || helm_install(&n)
+    })
+    .await
+    .unwrap();
+    let sa_client = common::service_account_client(&env.client, &ns, SA).await;
+
+    // Configured like the chart's Deployment: watch the release namespace, lease there.
+    let lease_name = "emr-ray-operator-leader";
+    let cfg = OperatorConfig {
+        namespaces: vec![ns.clone()],
+        concurrency: 4,
+        metrics_addr: None,
+        leader_election: Some(LeaseConfig {
+            namespace: ns.clone(),
+            name: lease_name.into(),
+            identity: "chart-test-0".into(),
+            lease_duration: Duration::from_secs(15),
+            renew_every: Duration::from_secs(5),
+        }),
+        identity: "chart-test-0".into(),
+        requests_per_second: 50.0,
+        burst: 50,
+        request_timeout: Duration::from_secs(2),
+        listing_timeout: Duration::from_secs(20),
+    };
+    env.create_workspace("prod", json!({})).await;
+    let token = CancellationToken::new();
+    let metrics = Arc::new(Metrics::default());
+    let task = tokio::spawn(emr_ray_operator::operator::run(
+        sa_client.clone(),
+        cfg,
+        metrics.clone(),
+        token.clone(),
+    ));
+    env.operators.push(Operator {
+        token,
+        metrics,
+        task,
+    });
+
+    let st = env
+        .wait_ready("prod", "True", Some("Synced"), Duration::from_secs(90))
+        .await;
+    assert_eq!(st.clusters, Some(1));
+    let m = env
+        .wait_mirror(
+            EXAMPLE_CLUSTER,
+            Duration::from_secs(30),
+            "example mirror",
+            |m| m.status.as_ref().and_then(|s| s.state.as_deref()) == Some("Running"),
+        )
+        .await;
+    assert_eq!(m.spec.cluster_id, EXAMPLE_CLUSTER);
+
+    // The lease was taken in the release namespace.
+    let lease = Api::<Lease>::namespaced(env.client.clone(), &ns)
+        .get(lease_name)
+        .await
+        .expect("leader Lease");
+    assert_eq!(
+        lease.spec.unwrap().holder_identity.as_deref(),
+        Some("chart-test-0")
+    );
+
+    // Events were recorded (events.k8s.io create).
+    let events: Api<KubeEvent> = Api::namespaced(env.client.clone(), &ns);
+    common::wait_for(
+        Duration::from_secs(30),
+        "an event from the operator",
+        || {
+            let events = events.clone();
+            async move {
+                let list = events.list(&ListParams::default()).await.ok()?;
+                list.items
+                    .iter()
+                    .any(|e| e.reporting_controller.as_deref() == Some("emr-ray-operator"))
+                    .then_some(())
+            }
+        },
+    )
+    .await;
+
+    // A mirror deleted by someone is recreated by the operator (delete + create allowed).
+    let name = m.metadata.name.clone().unwrap();
+    let uid = m.metadata.uid.clone();
+    env.mirrors()
+        .delete(&name, &DeleteParams::default())
+        .await
+        .unwrap();
+    env.wait_mirror(
+        EXAMPLE_CLUSTER,
+        Duration::from_secs(40),
+        "recreated mirror",
+        |m2| {
+            m2.metadata.uid != uid
+                && m2.status.as_ref().and_then(|s| s.state.as_deref()) == Some("Running")
+        },
+    )
+    .await;
+
+    // The operator reports no failed sync.
+    let text = env.operators[0].metrics.encode();
+    assert!(
+        !text
+            .lines()
+            .any(|l| l.starts_with("emr_ray_operator_sync_failures_total{")),
+        "sync failures recorded:\n{text}"
+    );
+
+    tokio::task::spawn_blocking({
+        let n = ns.clone();
+        move || helm_uninstall(&n)
+    })
+    .await
+    .unwrap();
+    env.teardown().await;
+}
