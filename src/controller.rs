@@ -55,6 +55,23 @@ pub struct Context {
     pub secrets: Store<PartialObjectMeta<Secret>>,
     pub listing_timeout: Duration,
     state: Mutex<HashMap<String, WorkspaceState>>,
+    /// Mirrors as our own last writes returned them, until the watch-fed store catches up.
+    written: Mutex<HashMap<String, Written>>,
+}
+
+/// The result of one of our writes to a mirror (`None`: we deleted it).
+struct Written {
+    obj: Option<Arc<EmrRayCluster>>,
+    at: Instant,
+}
+
+/// How long our own writes override the store (which lags behind them by a watch event).
+const WRITTEN_TTL: Duration = Duration::from_secs(10);
+
+fn resource_version(m: &EmrRayCluster) -> u64 {
+    m.resource_version()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0)
 }
 
 impl Context {
@@ -79,7 +96,59 @@ impl Context {
             secrets,
             listing_timeout,
             state: Mutex::new(HashMap::new()),
+            written: Mutex::new(HashMap::new()),
         }
+    }
+
+    fn record_write(&self, ns: &str, name: &str, obj: Option<EmrRayCluster>) {
+        let mut w = self.written.lock().unwrap();
+        let now = Instant::now();
+        w.retain(|_, e| now.duration_since(e.at) < WRITTEN_TTL);
+        w.insert(
+            format!("{ns}/{name}"),
+            Written {
+                obj: obj.map(Arc::new),
+                at: now,
+            },
+        );
+    }
+
+    /// The mirrors of a namespace as the store has them, corrected by our own recent writes
+    /// that the store has not seen yet.
+    fn current_mirrors(&self, ns: &str) -> HashMap<String, Arc<EmrRayCluster>> {
+        let mut by_name: HashMap<String, Arc<EmrRayCluster>> = self
+            .mirrors
+            .state()
+            .into_iter()
+            .filter(|m| m.namespace().as_deref() == Some(ns))
+            .map(|m| (m.name_any(), m))
+            .collect();
+        let prefix = format!("{ns}/");
+        let now = Instant::now();
+        let mut written = self.written.lock().unwrap();
+        written.retain(|k, e| {
+            if now.duration_since(e.at) >= WRITTEN_TTL {
+                return false;
+            }
+            let Some(name) = k.strip_prefix(&prefix) else {
+                return true;
+            };
+            match &e.obj {
+                Some(ours) => match by_name.get(name) {
+                    // The store has caught up with our write (or gone past it).
+                    Some(theirs) if resource_version(theirs) >= resource_version(ours) => false,
+                    _ => {
+                        by_name.insert(name.to_string(), ours.clone());
+                        true
+                    }
+                },
+                None => {
+                    by_name.remove(name);
+                    true
+                }
+            }
+        });
+        by_name
     }
 }
 
@@ -211,6 +280,12 @@ fn is_stalling(reason: &str) -> bool {
 
 pub async fn reconcile(ws: Arc<EmrWorkspace>, ctx: Arc<Context>) -> Result<Action, Error> {
     ctx.metrics.reconciles.inc();
+    // Decisions need the mirror and Secret caches: wait for their first complete list.
+    let _ = tokio::time::timeout(Duration::from_secs(30), async {
+        let _ = ctx.mirrors.wait_until_ready().await;
+        let _ = ctx.secrets.wait_until_ready().await;
+    })
+    .await;
     let k = key(&ws);
     if ws.meta().deletion_timestamp.is_some() {
         forget(&ctx, &ws, &k);
@@ -534,10 +609,8 @@ async fn apply_mirrors(
     let ns = ws.namespace().unwrap_or_default();
     let ws_uid = ws.uid().unwrap_or_default();
     let existing: HashMap<String, Arc<EmrRayCluster>> = ctx
-        .mirrors
-        .state()
-        .into_iter()
-        .filter(|m| m.namespace().as_deref() == Some(ns.as_str()))
+        .current_mirrors(&ns)
+        .into_values()
         .filter(|m| {
             m.owner_references()
                 .iter()
@@ -742,6 +815,7 @@ async fn apply_one(
             Err(e) => return Err(e.into()),
         }
         ctx.metrics.count_write("emrrayclusters", "delete");
+        ctx.record_write(&ws.namespace().unwrap_or_default(), &job.name, None);
         remove_state_metric(ctx, ws, &job.cluster_id);
         if events {
             publish(
@@ -786,6 +860,11 @@ async fn apply_one(
         });
         let res = api.patch(&job.name, &pp, &Patch::Apply(&obj)).await?;
         ctx.metrics.count_write("emrrayclusters", "apply");
+        ctx.record_write(
+            &ws.namespace().unwrap_or_default(),
+            &job.name,
+            Some(res.clone()),
+        );
         object_ref = Some(res.object_ref(&()));
         outcome = if job.prev.is_none() {
             Outcome::Created

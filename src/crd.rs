@@ -32,6 +32,8 @@ fn default_sync_interval() -> String {
 }
 
 /// An EMR Serverless Spark workspace whose Ray clusters are mirrored into this namespace.
+// kube-derive's repeated `printcolumn(...)` attributes are not duplicates.
+#[allow(clippy::duplicated_attributes)]
 #[derive(CustomResource, KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
 #[kube(
     group = "emr.aliyun.io",
@@ -258,6 +260,7 @@ pub struct EmrWorkspaceStatus {
 }
 
 /// A read-only mirror of one Ray cluster of an EMR Serverless Spark workspace.
+#[allow(clippy::duplicated_attributes)]
 #[derive(CustomResource, KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
 #[kube(
     group = "emr.aliyun.io",

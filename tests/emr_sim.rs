@@ -590,6 +590,8 @@ async fn emr_sim_binary() {
             "127.0.0.1:0",
             "--access-key",
             "AKbin:SKbin",
+            "--access-key",
+            "STS.bin:SKsts:CAIStok",
             "--fixture",
         ])
         .arg(&fixture)
@@ -617,5 +619,12 @@ async fn emr_sim_binary() {
         .await
         .unwrap();
     assert_eq!(listing.clusters.len(), 2);
+    let sts = Credentials::new("STS.bin", "SKsts").with_security_token("CAIStok");
+    let listing = EmrClient::new(ClientConfig::default())
+        .unwrap()
+        .list_ray_clusters(&url::Url::parse(url).unwrap(), "w-bin", &sts)
+        .await
+        .unwrap();
+    assert_eq!(listing.clusters[1].cluster_id, "ray-b");
     child.kill().await.unwrap();
 }

@@ -23,8 +23,9 @@ struct Args {
     /// `{"workspaces":{"w-..":[...]}}`. Default: the reference's example.
     #[arg(long)]
     fixture: Option<PathBuf>,
-    /// Accepted access key as ID:SECRET (repeatable). Default: LTAI5tSimulatorKey:sim-secret-please-change.
-    #[arg(long = "access-key", value_name = "ID:SECRET")]
+    /// Accepted access key as ID:SECRET, or ID:SECRET:SECURITY_TOKEN for STS credentials
+    /// (repeatable). Default: LTAI5tSimulatorKey:sim-secret-please-change.
+    #[arg(long = "access-key", value_name = "ID:SECRET[:TOKEN]")]
     access_keys: Vec<String>,
 }
 
@@ -45,17 +46,23 @@ async fn main() -> anyhow::Result<()> {
         cfg.workspaces = parse_fixture(&text)
             .map_err(|e| anyhow::anyhow!("parsing fixture {}: {e}", path.display()))?;
     }
+    let mut sts_keys = Vec::new();
     if !args.access_keys.is_empty() {
-        cfg.access_keys = args
-            .access_keys
-            .iter()
-            .map(|k| {
-                k.split_once(':')
-                    .filter(|(id, s)| !id.is_empty() && !s.is_empty())
-                    .map(|(id, s)| (id.to_string(), s.to_string()))
-                    .ok_or_else(|| anyhow::anyhow!("--access-key must be ID:SECRET"))
-            })
-            .collect::<anyhow::Result<_>>()?;
+        cfg.access_keys.clear();
+        for k in &args.access_keys {
+            let parts: Vec<&str> = k.splitn(3, ':').collect();
+            match parts.as_slice() {
+                [id, secret] if !id.is_empty() && !secret.is_empty() => {
+                    cfg.access_keys.push((id.to_string(), secret.to_string()))
+                }
+                [id, secret, token]
+                    if !id.is_empty() && !secret.is_empty() && !token.is_empty() =>
+                {
+                    sts_keys.push((id.to_string(), secret.to_string(), token.to_string()))
+                }
+                _ => anyhow::bail!("--access-key must be ID:SECRET or ID:SECRET:TOKEN"),
+            }
+        }
     } else {
         cfg.access_keys = vec![(
             DEFAULT_ACCESS_KEY_ID.to_string(),
@@ -64,6 +71,9 @@ async fn main() -> anyhow::Result<()> {
     }
     let workspaces = cfg.workspaces.len();
     let handle = Simulator::start(cfg).await?;
+    for (id, secret, token) in &sts_keys {
+        handle.state.add_sts_credentials(id, secret, token, None);
+    }
     println!("EMR_SIM_READY url={}", handle.base_url());
     std::io::stdout().flush()?;
     tracing::info!(addr = %handle.addr, workspaces, "emr-sim listening");

@@ -97,27 +97,36 @@ pub fn parse_fixture(text: &str) -> anyhow::Result<BTreeMap<String, Vec<RayClust
     Ok(BTreeMap::from([(DEFAULT_WORKSPACE.to_string(), clusters)]))
 }
 
-/// Fault injection settings.
+/// Fault injection settings. JSON (admin API) uses camelCase names; snake_case is accepted too.
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
 #[serde(default, rename_all = "camelCase")]
 pub struct Faults {
     /// Fraction of requests answered 500 `InternalError` / 503 `ServiceUnavailable`.
+    #[serde(alias = "server_error_rate")]
     pub server_error_rate: f64,
     /// Fraction of requests answered 400 `Throttling.User`.
+    #[serde(alias = "throttle_rate")]
     pub throttle_rate: f64,
     /// Sent as `x-acs-retry-after` on throttling when > 0.
+    #[serde(alias = "throttle_retry_after_secs")]
     pub throttle_retry_after_secs: u64,
     /// The next N (authenticated) requests are throttled.
+    #[serde(alias = "throttle_next")]
     pub throttle_next: u32,
     /// Added before answering any API request.
+    #[serde(alias = "latency_ms")]
     pub latency_ms: u64,
     /// Fraction of 200s whose JSON body is cut in half.
+    #[serde(alias = "truncated_body_rate")]
     pub truncated_body_rate: f64,
     /// Fraction of 200s whose body is not the documented JSON.
+    #[serde(alias = "malformed_body_rate")]
     pub malformed_body_rate: f64,
     /// Every page after the first returns page 1 again.
+    #[serde(alias = "repeat_page")]
     pub repeat_page: bool,
     /// After page 1, return an empty page although more exist.
+    #[serde(alias = "end_early")]
     pub end_early: bool,
 }
 
@@ -947,6 +956,15 @@ mod tests {
         let w = parse_fixture(r#"{"workspaces":{"w-a":[{"clusterId":"c1"}],"w-b":[]}}"#).unwrap();
         assert_eq!(w.len(), 2);
         assert!(parse_fixture(r#"{"requestId":"x"}"#).is_err());
+    }
+
+    #[test]
+    fn faults_accept_both_casings() {
+        let f: Faults =
+            serde_json::from_str(r#"{"throttle_next":2,"latencyMs":5,"endEarly":true}"#).unwrap();
+        assert_eq!((f.throttle_next, f.latency_ms, f.end_early), (2, 5, true));
+        let v = serde_json::to_value(&f).unwrap();
+        assert_eq!(v["throttleNext"], 2);
     }
 
     #[test]

@@ -41,8 +41,8 @@ build_kcp() {
       ld+=" -X $pkg.gitVersion=$K8S_VERSION -X $pkg.gitMajor=1 -X $pkg.gitMinor=$minor"
       ld+=" -X $pkg.gitTreeState=clean -X $pkg.buildDate=1970-01-01T00:00:00Z"
     done
-    (cd "$SCRIPT_DIR" && go build -trimpath -ldflags="$ld" -o "$out.tmp" .)
-    mv -f "$out.tmp" "$out"
+    (cd "$SCRIPT_DIR" && go build -trimpath -ldflags="$ld" -o "$out.tmp.$$" .)
+    mv -f "$out.tmp.$$" "$out"
     log "built kcp in $((SECONDS - start))s"
   fi
   ln -sfn kcp "$BIN/kubectl"

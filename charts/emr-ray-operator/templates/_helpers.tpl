@@ -90,5 +90,5 @@ RBAC rules for the watched scope: exactly what the operator calls.
   verbs: ["get", "list", "watch"]
 - apiGroups: ["events.k8s.io"]
   resources: ["events"]
-  verbs: ["patch"]
+  verbs: ["create", "patch"]
 {{- end }}
