@@ -35,5 +35,9 @@ test: lint
 	  $(CARGO) test --all-targets -- --test-threads=8; \
 	  status=$$?; $(KCP) down; exit $$status
 
-bench:
-	$(CARGO) run --release --bin bench-list
+# Scale benchmark (100 workspaces x 100 clusters against the local control plane), then the
+# single-listing benchmark of the EMR client (10,000 clusters in one workspace).
+bench: control-plane
+	$(CARGO) build --release --bin emr-ray-operator --bin bench --bin bench-list
+	source .cache/kcp/env && ./target/release/bench $(BENCH_ARGS)
+	./target/release/bench-list

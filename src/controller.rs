@@ -66,7 +66,7 @@ struct Written {
 }
 
 /// How long our own writes override the store (which lags behind them by a watch event).
-const WRITTEN_TTL: Duration = Duration::from_secs(10);
+const WRITTEN_TTL: Duration = Duration::from_secs(30);
 
 fn resource_version(m: &EmrRayCluster) -> u64 {
     m.resource_version()
@@ -348,13 +348,9 @@ pub async fn reconcile(ws: Arc<EmrWorkspace>, ctx: Arc<Context>) -> Result<Actio
     let started = Instant::now();
     st.synced_generation = generation;
     st.secret_version = secret_version;
-    let result = list_remote(&ws, &ctx).await;
+    let result = list_confirmed(&ws, &ctx, st.listing.as_deref()).await;
     let requeue = match result {
-        Ok(clusters) => {
-            let map: BTreeMap<String, RayCluster> = clusters
-                .into_iter()
-                .map(|c| (c.cluster_id.clone(), c))
-                .collect();
+        Ok(map) => {
             let recovered = st.failure.take();
             if let Some(prev) = recovered {
                 publish(
@@ -468,6 +464,36 @@ fn current_secret_version(ws: &EmrWorkspace, ctx: &Context) -> Option<String> {
     ctx.secrets
         .get(&ObjectRef::new(&sr.name).within(&ns))
         .and_then(|s| s.resource_version())
+}
+
+fn by_id(clusters: Vec<RayCluster>) -> BTreeMap<String, RayCluster> {
+    clusters
+        .into_iter()
+        .map(|c| (c.cluster_id.clone(), c))
+        .collect()
+}
+
+/// Lists the workspace. The API has no total count, so a listing cut short by an empty page
+/// right after a full page looks complete. When a listing ends exactly on a page boundary and
+/// would drop clusters that the previous listing had, it is confirmed by a second listing, and
+/// only clusters missing from both are treated as gone.
+async fn list_confirmed(
+    ws: &EmrWorkspace,
+    ctx: &Context,
+    previous: Option<&BTreeMap<String, RayCluster>>,
+) -> Result<BTreeMap<String, RayCluster>, SyncError> {
+    let first = by_id(list_remote(ws, ctx).await?);
+    let page = ctx.emr.config().page_size.max(1) as usize;
+    let drops = previous.is_some_and(|p| p.keys().any(|id| !first.contains_key(id)));
+    if !drops || first.len() % page != 0 {
+        return Ok(first);
+    }
+    debug!(workspace = %key(ws), clusters = first.len(), "listing ended on a page boundary and drops clusters; confirming");
+    let mut second = by_id(list_remote(ws, ctx).await?);
+    for (id, c) in first {
+        second.entry(id).or_insert(c);
+    }
+    Ok(second)
 }
 
 /// Resolves credentials and the endpoint, then lists the workspace.

@@ -482,6 +482,13 @@ func writePKI(dir string) (*pkiFiles, error) {
 		adminCert: filepath.Join(dir, "admin.crt"), adminKey: filepath.Join(dir, "admin.key"),
 		saKey: filepath.Join(dir, "sa.key"), saPub: filepath.Join(dir, "sa.pub"),
 	}
+	// A data dir kept from an earlier run (--keep) already holds the PKI: reuse it, so
+	// that a restarted control plane (same --data-dir and --port) keeps its CA, serving
+	// certificate, admin credentials and ServiceAccount keys, and existing clients and
+	// kubeconfigs keep working.
+	if ok, err := loadPKI(p); ok || err != nil {
+		return p, err
+	}
 	now := time.Now().Add(-time.Hour)
 	notAfter := now.Add(10 * 365 * 24 * time.Hour)
 
@@ -574,6 +581,32 @@ func writePKI(dir string) (*pkiFiles, error) {
 		return nil, err
 	}
 	return p, nil
+}
+
+// loadPKI reads the PKI of an earlier run when every file of it exists. It returns
+// false (and no error) when none or only some of the files exist: then a fresh PKI is
+// generated.
+func loadPKI(p *pkiFiles) (bool, error) {
+	for _, f := range []string{p.caCert, p.caKey, p.serverCert, p.serverKey, p.adminCert, p.adminKey, p.saKey, p.saPub} {
+		if _, err := os.Stat(f); err != nil {
+			return false, nil
+		}
+	}
+	var err error
+	if p.caPEM, err = os.ReadFile(p.caCert); err != nil {
+		return false, err
+	}
+	if p.adminCertPEM, err = os.ReadFile(p.adminCert); err != nil {
+		return false, err
+	}
+	if p.adminKeyPEM, err = os.ReadFile(p.adminKey); err != nil {
+		return false, err
+	}
+	if _, err := tls.X509KeyPair(p.adminCertPEM, p.adminKeyPEM); err != nil {
+		return false, fmt.Errorf("existing admin certificate in %s: %w", filepath.Dir(p.adminCert), err)
+	}
+	logf("reusing the certificates and keys in %s", filepath.Dir(p.caCert))
+	return true, nil
 }
 
 func writeECKey(path string, k *ecdsa.PrivateKey) error {

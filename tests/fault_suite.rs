@@ -1,0 +1,1408 @@
+//! Fault-injection suite: the operator against the real control plane and the EMR simulator,
+//! with remote faults, an API-server restart, a killed operator process, odd remote data and a
+//! leader failover. Every scenario ends by checking that no mirror was lost or corrupted.
+//!
+//! `fault_suite` runs the scenarios in two concurrent lanes (one per core) and prints
+//! `fault suite: N faults injected, M mirrors checked, L mirrors lost` once at the end, then
+//! fails if any scenario failed or any mirror was lost. Faults counted: every fault the
+//! simulator injected (`SimStats::faults_injected`) plus one per infrastructure fault (API
+//! server restart, operator SIGKILL, leader stop). Mirrors checked: every comparison of one
+//! expected mirror with what the API server holds, at each decisive check.
+//!
+//! `FAULT_SUITE_ONLY=remote-faults,odd-data,...` runs a subset (names in `LANE_A`/`LANE_B`).
+//!
+//! `end_early_listing_keeps_every_mirror` is `#[ignore]`d: it reproduces a known operator bug
+//! (an empty page after a full page is taken as the end of the listing, and the mirrors of
+//! the clusters on the unseen pages are deleted). Run it with
+//! `cargo test --test fault_suite -- --ignored --nocapture`.
+
+mod common;
+mod support;
+
+use std::collections::BTreeMap;
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, ChildStdin, Command, Stdio};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use emr_ray_operator::crd::{ANNOTATION_CLUSTER_ID, EmrRayCluster, EmrRayClusterStatus};
+use emr_ray_operator::emr::{ClusterState, HeadSpec, RayCluster, WorkerSpec};
+use emr_ray_operator::mirror::{mirror_name, remote_status};
+use emr_ray_operator::sim::{
+    DEFAULT_ACCESS_KEY_ID, DEFAULT_ACCESS_KEY_SECRET, Faults, SimConfig, Simulator,
+};
+use futures::FutureExt;
+use futures::future::BoxFuture;
+use k8s_openapi::api::coordination::v1::Lease;
+use k8s_openapi::api::core::v1::Namespace;
+use kube::ResourceExt;
+use kube::api::{Api, ObjectMeta, PostParams};
+use serde_json::{Value, json};
+use support::*;
+
+// ------------------------------------------------------------------ suite-wide counters
+
+static FAULTS_INJECTED: AtomicU64 = AtomicU64::new(0);
+static MIRRORS_CHECKED: AtomicU64 = AtomicU64::new(0);
+static MIRRORS_LOST: AtomicU64 = AtomicU64::new(0);
+
+fn add_faults(n: u64) {
+    FAULTS_INJECTED.fetch_add(n, Ordering::SeqCst);
+}
+
+fn summary_line() -> String {
+    format!(
+        "fault suite: {} faults injected, {} mirrors checked, {} mirrors lost",
+        FAULTS_INJECTED.load(Ordering::SeqCst),
+        MIRRORS_CHECKED.load(Ordering::SeqCst),
+        MIRRORS_LOST.load(Ordering::SeqCst)
+    )
+}
+
+// ------------------------------------------------------------------ checks
+
+/// What a comparison of mirrors with what they should be found.
+#[derive(Default, Debug)]
+struct Report {
+    checked: u64,
+    /// Expected mirrors that do not exist.
+    lost: Vec<String>,
+    /// Everything else that is wrong (data, names, duplicates, conditions).
+    problems: Vec<String>,
+}
+
+impl Report {
+    fn ok(&self) -> bool {
+        self.lost.is_empty() && self.problems.is_empty()
+    }
+
+    fn merge(&mut self, o: Report) {
+        self.checked += o.checked;
+        self.lost.extend(o.lost);
+        self.problems.extend(o.problems);
+    }
+
+    fn describe(&self) -> String {
+        let first = |v: &[String]| v.iter().take(8).cloned().collect::<Vec<_>>().join("; ");
+        format!(
+            "{} checked, {} lost [{}], {} other problems [{}]",
+            self.checked,
+            self.lost.len(),
+            first(&self.lost),
+            self.problems.len(),
+            first(&self.problems)
+        )
+    }
+}
+
+/// Adds a decisive check to the suite's counters.
+fn record(r: &Report) {
+    MIRRORS_CHECKED.fetch_add(r.checked, Ordering::SeqCst);
+    MIRRORS_LOST.fetch_add(r.lost.len() as u64, Ordering::SeqCst);
+}
+
+fn assert_ok(label: &str, r: Report) {
+    record(&r);
+    assert!(r.ok(), "{label}: {}", r.describe());
+}
+
+/// The part of a mirror's status that comes from the remote cluster (no conditions, no
+/// observedGeneration).
+fn remote_part(s: Option<&EmrRayClusterStatus>) -> Value {
+    let mut s = s.cloned().unwrap_or_default();
+    s.conditions.clear();
+    s.observed_generation = None;
+    serde_json::to_value(s).expect("status serializes")
+}
+
+fn expected(c: &RayCluster) -> Value {
+    remote_part(Some(&remote_status(c)))
+}
+
+/// Top-level keys whose values differ (for readable failures; values can be 1 MB).
+fn diff_keys(a: &Value, b: &Value) -> Vec<String> {
+    let empty = serde_json::Map::new();
+    let (a, b) = (
+        a.as_object().unwrap_or(&empty),
+        b.as_object().unwrap_or(&empty),
+    );
+    let mut keys: Vec<String> = a
+        .keys()
+        .chain(b.keys())
+        .filter(|k| a.get(*k) != b.get(*k))
+        .cloned()
+        .collect();
+    keys.sort();
+    keys.dedup();
+    keys
+}
+
+fn synced_of(m: &EmrRayCluster) -> Option<(String, String)> {
+    let st = m.status.as_ref()?;
+    condition(&st.conditions, "Synced").map(|c| (c.status.clone(), c.reason.clone()))
+}
+
+/// Mirrors of workspace `ws_ref` against the simulator's clusters: exactly one mirror per
+/// cluster, with the expected name, the remote data and `Synced=True`; no extra mirrors.
+fn compare_with_truth(mirrors: &[EmrRayCluster], ws_ref: &str, truth: &[RayCluster]) -> Report {
+    let mut r = Report::default();
+    let mut by_id: BTreeMap<&str, Vec<&EmrRayCluster>> = BTreeMap::new();
+    for m in mirrors.iter().filter(|m| m.spec.workspace_ref == ws_ref) {
+        by_id.entry(m.spec.cluster_id.as_str()).or_default().push(m);
+    }
+    for c in truth {
+        r.checked += 1;
+        let id = c.cluster_id.as_str();
+        let found = by_id.remove(id).unwrap_or_default();
+        match found.as_slice() {
+            [] => r.lost.push(format!("{ws_ref}/{id}")),
+            [m] => {
+                if m.name_any() != mirror_name(id) {
+                    r.problems
+                        .push(format!("{ws_ref}/{id}: mirror named {}", m.name_any()));
+                }
+                if m.status.is_none() {
+                    r.problems.push(format!("{ws_ref}/{id}: no status"));
+                    continue;
+                }
+                let got = remote_part(m.status.as_ref());
+                let want = expected(c);
+                if got != want {
+                    r.problems.push(format!(
+                        "{ws_ref}/{id}: data differs in {:?}",
+                        diff_keys(&got, &want)
+                    ));
+                }
+                match synced_of(m) {
+                    Some((s, _)) if s == "True" => {}
+                    other => r
+                        .problems
+                        .push(format!("{ws_ref}/{id}: Synced is {other:?}")),
+                }
+            }
+            many => r.problems.push(format!(
+                "{ws_ref}/{id}: {} mirrors ({:?})",
+                many.len(),
+                many.iter().map(|m| m.name_any()).collect::<Vec<_>>()
+            )),
+        }
+    }
+    for (id, ms) in by_id {
+        r.problems.push(format!(
+            "{ws_ref}/{id}: {} mirror(s) of a cluster the workspace does not have",
+            ms.len()
+        ));
+    }
+    r
+}
+
+/// Mirror name -> its data (`support::data_of`: the status without the `Synced` condition).
+type Snapshot = BTreeMap<String, Value>;
+
+fn snapshot(mirrors: &[EmrRayCluster]) -> Snapshot {
+    mirrors.iter().map(|m| (m.name_any(), data_of(m))).collect()
+}
+
+/// Every mirror of `before` still exists with the same data.
+fn compare_with_snapshot(mirrors: &[EmrRayCluster], before: &Snapshot) -> Report {
+    let now: BTreeMap<String, &EmrRayCluster> = mirrors.iter().map(|m| (m.name_any(), m)).collect();
+    let mut r = Report::default();
+    for (name, data) in before {
+        r.checked += 1;
+        match now.get(name) {
+            None => r.lost.push(name.clone()),
+            Some(m) => {
+                let d = data_of(m);
+                if &d != data {
+                    r.problems
+                        .push(format!("{name}: data changed in {:?}", diff_keys(&d, data)));
+                }
+            }
+        }
+    }
+    r
+}
+
+fn ready_of(st: &emr_ray_operator::crd::EmrWorkspaceStatus) -> (String, String) {
+    condition(&st.conditions, "Ready")
+        .map(|c| (c.status.clone(), c.reason.clone()))
+        .unwrap_or_default()
+}
+
+/// Waits until every workspace `(name, remote id)` is Ready=True/Synced with the right cluster
+/// count and its mirrors match the simulator exactly (see [`compare_with_truth`]). While
+/// waiting, every Ready condition seen must be one of `allowed` (when given): conditions must
+/// stay truthful during a fault. On timeout the missing mirrors count as lost.
+async fn converge(
+    env: &Env,
+    wss: &[(&str, &str)],
+    timeout: Duration,
+    label: &str,
+    allowed: Option<&[(&str, &str)]>,
+) {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let mirrors = env.mirror_list().await;
+        let mut r = Report::default();
+        for (name, id) in wss {
+            let truth = env.sim.state.clusters(id);
+            r.merge(compare_with_truth(&mirrors, name, &truth));
+            let st = env.status(name).await;
+            let ready = ready_of(&st);
+            if let Some(allowed) = allowed {
+                assert!(
+                    allowed
+                        .iter()
+                        .any(|(s, re)| ready.0 == *s && ready.1 == *re),
+                    "{label}: workspace {name} has Ready={ready:?}, expected one of {allowed:?}; status {st:?}"
+                );
+            }
+            if ready != ("True".to_string(), "Synced".to_string()) {
+                r.problems
+                    .push(format!("workspace {name}: Ready={ready:?}"));
+            } else if st.clusters != Some(truth.len() as i64) {
+                r.problems.push(format!(
+                    "workspace {name}: status.clusters={:?}, remote has {}",
+                    st.clusters,
+                    truth.len()
+                ));
+            }
+        }
+        if r.ok() {
+            record(&r);
+            return;
+        }
+        if Instant::now() > deadline {
+            assert_ok(&format!("{label} (timed out after {timeout:?})"), r);
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}
+
+/// Writes to `emrrayclusters` in a Prometheus text exposition of the operator's metrics.
+fn mirror_writes_in(metrics_text: &str) -> u64 {
+    metrics_text
+        .lines()
+        .filter(|l| {
+            l.starts_with("emr_ray_operator_kube_writes_total{")
+                && l.contains("resource=\"emrrayclusters\"")
+        })
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum::<f64>() as u64
+}
+
+fn mirror_writes(op: &Operator) -> u64 {
+    mirror_writes_in(&op.metrics.encode())
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .expect("bind a free port")
+        .local_addr()
+        .expect("local addr")
+        .port()
+}
+
+fn log_path(name: &str) -> PathBuf {
+    PathBuf::from(env!("CARGO_TARGET_TMPDIR"))
+        .join(format!("fault-suite-{}-{name}.log", std::process::id()))
+}
+
+// ------------------------------------------------------------------ the suite
+
+type Scenario = (&'static str, fn() -> BoxFuture<'static, ()>);
+
+/// The longest scenario gets a lane of its own; the others share the second lane.
+const LANE_A: &[Scenario] = &[("remote-faults", || remote_faults().boxed())];
+const LANE_B: &[Scenario] = &[
+    ("odd-data", || odd_remote_data().boxed()),
+    ("operator-kill", || operator_killed_mid_sync().boxed()),
+    ("apiserver-restart", || apiserver_restart_mid_sync().boxed()),
+    ("leader-failover", || leader_failover_with_faults().boxed()),
+];
+
+fn panic_text(e: tokio::task::JoinError) -> String {
+    if !e.is_panic() {
+        return e.to_string();
+    }
+    let p = e.into_panic();
+    p.downcast_ref::<String>()
+        .cloned()
+        .or_else(|| p.downcast_ref::<&str>().map(|s| s.to_string()))
+        .unwrap_or_else(|| "panic".into())
+}
+
+async fn run_lane(lane: &'static [Scenario]) -> Vec<(&'static str, Duration, Result<(), String>)> {
+    let only = std::env::var("FAULT_SUITE_ONLY").unwrap_or_default();
+    let mut out = Vec::new();
+    for (name, scenario) in lane {
+        if !only.is_empty() && !only.split(',').any(|o| o.trim() == *name) {
+            continue;
+        }
+        let t = Instant::now();
+        // Its own task, so that a failing scenario does not stop the others.
+        let r = tokio::spawn(scenario()).await.map_err(panic_text);
+        println!(
+            "fault suite: scenario {name}: {} in {:.1}s",
+            if r.is_ok() { "ok" } else { "FAILED" },
+            t.elapsed().as_secs_f64()
+        );
+        out.push((*name, t.elapsed(), r));
+    }
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fault_suite() {
+    let t = Instant::now();
+    let (a, b) = tokio::join!(
+        tokio::spawn(run_lane(LANE_A)),
+        tokio::spawn(run_lane(LANE_B))
+    );
+    let results: Vec<_> = a.unwrap().into_iter().chain(b.unwrap()).collect();
+    println!(
+        "fault suite: {} scenarios in {:.1}s",
+        results.len(),
+        t.elapsed().as_secs_f64()
+    );
+    println!("{}", summary_line());
+    let failed: Vec<String> = results
+        .iter()
+        .filter_map(|(n, _, r)| r.as_ref().err().map(|e| format!("{n}: {e}")))
+        .collect();
+    assert!(
+        failed.is_empty(),
+        "failed scenarios:\n{}",
+        failed.join("\n")
+    );
+    assert_eq!(MIRRORS_LOST.load(Ordering::SeqCst), 0, "mirrors lost");
+}
+
+// ------------------------------------------------------------------ 1. remote faults
+
+const RPS: f64 = 2.0;
+const BURST: u32 = 2;
+
+/// Five workspaces (150, 101, 101, 20 and 60 clusters: 8 pages per round, more than the rate
+/// limit allows in a second) on one simulator; each fault in turn, then recovery.
+async fn remote_faults() {
+    const WSS: [(&str, &str, usize); 5] = [
+        ("ws-a", WS, 149),
+        ("ws-b", "w-fault-b", 101),
+        ("ws-c", "w-fault-c", 101),
+        ("ws-d", "w-fault-d", 20),
+        ("ws-e", "w-fault-e", 60),
+    ];
+    let mut env = Env::new("fault-remote").await;
+    for (name, id, n) in WSS {
+        env.sim.state.generate(id, n, name);
+        env.create_workspace(name, json!({ "workspaceId": id }))
+            .await;
+    }
+    let wss: Vec<(&str, &str)> = WSS.iter().map(|(n, i, _)| (*n, *i)).collect();
+    let mut cfg = operator_config(&env.ns.name);
+    cfg.requests_per_second = RPS;
+    cfg.burst = BURST;
+    cfg.listing_timeout = Duration::from_secs(30);
+    env.operators.push(start_operator(&env.client, cfg));
+    converge(&env, &wss, Duration::from_secs(120), "initial sync", None).await;
+
+    // --- 30% 5xx: the client's retries make most listings succeed; whatever the outcome,
+    // the data must be right and Ready must say either Synced or RemoteUnavailable.
+    let f0 = env.sim.state.stats().faults_injected;
+    let changed: Vec<String> = env
+        .sim
+        .state
+        .clusters(WS)
+        .iter()
+        .skip(1)
+        .take(5)
+        .map(|c| c.cluster_id.clone())
+        .collect();
+    for id in &changed {
+        assert!(env.sim.state.set_state(WS, id, ClusterState::Stopped));
+    }
+    let mut c = env.sim.state.clusters("w-fault-c").remove(3);
+    c.description = Some("changed while the remote API fails 30% of the time".into());
+    env.sim.state.upsert_cluster("w-fault-c", c);
+    env.sim.state.set_faults(Faults {
+        server_error_rate: 0.3,
+        ..Default::default()
+    });
+    let allowed = [("True", "Synced"), ("False", "RemoteUnavailable")];
+    let deadline = Instant::now() + Duration::from_secs(90);
+    loop {
+        // Converged with the new data, and the fault has really been exercised.
+        converge(
+            &env,
+            &wss,
+            Duration::from_secs(60),
+            "30% 5xx",
+            Some(&allowed),
+        )
+        .await;
+        if env.sim.state.stats().faults_injected >= f0 + 3 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "30% 5xx: fewer than 3 faults injected"
+        );
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+    env.sim.state.set_faults(Faults::default());
+    converge(&env, &wss, Duration::from_secs(40), "after 30% 5xx", None).await;
+    let before = snapshot(&env.mirror_list().await);
+    assert_eq!(before.len(), 432);
+
+    // --- a short throttling burst (3 requests, retry-after 1s) is absorbed by the retries:
+    // Ready never leaves True.
+    let f0 = env.sim.state.stats().faults_injected;
+    env.sim.state.set_faults(Faults {
+        throttle_next: 3,
+        throttle_retry_after_secs: 1,
+        ..Default::default()
+    });
+    let t = Instant::now();
+    let mut consumed_at = None;
+    loop {
+        for (name, _) in &wss {
+            let st = env.status(name).await;
+            assert_eq!(
+                ready_of(&st),
+                ("True".to_string(), "Synced".to_string()),
+                "short throttling burst: workspace {name} {st:?}"
+            );
+        }
+        if consumed_at.is_none() && env.sim.state.stats().faults_injected >= f0 + 3 {
+            consumed_at = Some(Instant::now());
+        }
+        // The throttled listings finish within ~3 retry-after seconds of the last throttle.
+        if consumed_at.is_some_and(|c| c.elapsed() > Duration::from_secs(6)) {
+            break;
+        }
+        assert!(
+            t.elapsed() < Duration::from_secs(45),
+            "the throttling burst was not consumed"
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    assert_eq!(env.sim.state.stats().faults_injected, f0 + 3);
+    converge(
+        &env,
+        &wss,
+        Duration::from_secs(30),
+        "after throttling burst",
+        None,
+    )
+    .await;
+    assert_ok(
+        "after throttling burst",
+        compare_with_snapshot(&env.mirror_list().await, &before),
+    );
+
+    // --- persistent faults: Ready=False with the right reason on every workspace, mirrors
+    // kept with their data and Synced=False, recovery when the fault clears.
+    let persistent: [(&str, Faults, &str, Option<&str>); 4] = [
+        (
+            "throttling (retry-after 1s)",
+            Faults {
+                throttle_next: 1_000_000,
+                throttle_retry_after_secs: 1,
+                ..Default::default()
+            },
+            "Throttled",
+            Some("Throttling.User"),
+        ),
+        (
+            "truncated bodies",
+            Faults {
+                truncated_body_rate: 1.0,
+                ..Default::default()
+            },
+            "MalformedResponse",
+            None,
+        ),
+        (
+            "malformed bodies",
+            Faults {
+                malformed_body_rate: 1.0,
+                ..Default::default()
+            },
+            "MalformedResponse",
+            None,
+        ),
+        (
+            // Last: the simulator counts a request only after the latency, so requests sent
+            // during the fault are counted late; the rate check is made before it clears.
+            "latency 3s > request timeout 2s",
+            Faults {
+                latency_ms: 3000,
+                ..Default::default()
+            },
+            "Timeout",
+            None,
+        ),
+    ];
+    for (label, faults, reason, code) in persistent {
+        let t = Instant::now();
+        // The remote side also loses a cluster: a failing listing must not delete its mirror.
+        let removed = env.sim.state.clusters("w-fault-d").remove(0);
+        assert!(
+            env.sim
+                .state
+                .remove_cluster("w-fault-d", &removed.cluster_id)
+        );
+        env.sim.state.set_faults(faults);
+        for (name, _) in &wss {
+            let st = env
+                .wait_ready(name, "False", Some(reason), Duration::from_secs(90))
+                .await;
+            let f = st
+                .last_failure
+                .clone()
+                .unwrap_or_else(|| panic!("{label}: {name} has no lastFailure"));
+            assert_eq!(f.reason, reason, "{label}: {name}");
+            if let Some(code) = code {
+                assert_eq!(f.code.as_deref(), Some(code), "{label}: {name}");
+            }
+            assert_eq!(
+                condition(&st.conditions, "Reconciling").map(|c| c.status.as_str()),
+                Some("True"),
+                "{label}: {name} is Reconciling"
+            );
+            assert!(
+                condition(&st.conditions, "Stalled").is_none(),
+                "{label}: a retryable fault is not Stalled: {st:?}"
+            );
+        }
+        common::wait_for(
+            Duration::from_secs(30),
+            &format!("{label}: every mirror Synced=False/{reason}"),
+            || async {
+                env.mirror_list()
+                    .await
+                    .iter()
+                    .all(|m| synced_of(m) == Some(("False".into(), reason.into())))
+                    .then_some(())
+            },
+        )
+        .await;
+        assert_ok(
+            &format!("{label}: during the fault"),
+            compare_with_snapshot(&env.mirror_list().await, &before),
+        );
+        if reason == "Timeout" {
+            let st = env.sim.state.stats();
+            assert!(
+                st.max_requests_in_any_second <= (BURST as f64 + RPS) as u64 + 2,
+                "remote request rate above the limit ({RPS}/s, burst {BURST}): {st:?}"
+            );
+            println!(
+                "fault suite: remote faults: {} requests, at most {} in one second (limit {RPS}/s, burst {BURST})",
+                st.requests, st.max_requests_in_any_second
+            );
+        }
+
+        env.sim.state.set_faults(Faults::default());
+        env.sim.state.upsert_cluster("w-fault-d", removed);
+        converge(
+            &env,
+            &wss,
+            Duration::from_secs(60),
+            &format!("{label}: recovery"),
+            None,
+        )
+        .await;
+        for (name, _) in &wss {
+            assert!(
+                env.status(name).await.last_failure.is_none(),
+                "{label}: {name} lastFailure cleared"
+            );
+        }
+        assert_ok(
+            &format!("{label}: after recovery"),
+            compare_with_snapshot(&env.mirror_list().await, &before),
+        );
+        println!(
+            "fault suite: remote faults: {label} ok in {:.1}s",
+            t.elapsed().as_secs_f64()
+        );
+    }
+    add_faults(env.sim.state.stats().faults_injected);
+    env.teardown().await;
+}
+
+// ------------------------------------------------------------------ 2. API server restart
+
+/// A control plane of our own: `kcp up --data-dir D --port P --keep`, restartable.
+struct Kcp {
+    child: Option<Child>,
+    stdin: Option<ChildStdin>,
+    kubeconfig: PathBuf,
+    log: PathBuf,
+}
+
+impl Kcp {
+    /// Starts `kcp up` and waits for `KCP_READY` (blocking).
+    fn start(data_dir: &Path, port: u16, log: &Path) -> Kcp {
+        let kcp = common::bin_dir().join("kcp");
+        let log_file = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(log)
+            .expect("open kcp log");
+        let mut child = Command::new(&kcp)
+            .arg("up")
+            .arg("--data-dir")
+            .arg(data_dir)
+            .args([
+                "--port",
+                &port.to_string(),
+                "--keep",
+                "--exit-on-stdin-close",
+            ])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::from(log_file))
+            .spawn()
+            .unwrap_or_else(|e| panic!("spawning {}: {e}", kcp.display()));
+        let stdout = child.stdout.take().expect("piped stdout");
+        let (tx, rx) = std::sync::mpsc::channel::<String>();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines() {
+                let Ok(line) = line else { break };
+                if line.starts_with("KCP_READY ") {
+                    let _ = tx.send(line);
+                }
+            }
+        });
+        let line = match rx.recv_timeout(Duration::from_secs(180)) {
+            Ok(l) => l,
+            Err(e) => {
+                let _ = child.kill();
+                let _ = child.wait();
+                panic!(
+                    "kcp did not become ready ({e:?}):\n{}",
+                    std::fs::read_to_string(log).unwrap_or_default()
+                );
+            }
+        };
+        let kubeconfig = line
+            .split_whitespace()
+            .find_map(|kv| kv.strip_prefix("kubeconfig="))
+            .map(PathBuf::from)
+            .unwrap_or_else(|| panic!("malformed ready line {line}"));
+        Kcp {
+            stdin: child.stdin.take(),
+            child: Some(child),
+            kubeconfig,
+            log: log.to_path_buf(),
+        }
+    }
+
+    /// SIGTERM and wait for the exit (blocking).
+    fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = Command::new("kill")
+                .args(["-TERM", &child.id().to_string()])
+                .status();
+            let t = Instant::now();
+            while child.try_wait().ok().flatten().is_none() {
+                if t.elapsed() > Duration::from_secs(60) {
+                    let _ = child.kill();
+                    let _ = child.wait();
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        }
+        self.stdin.take();
+    }
+}
+
+impl Drop for Kcp {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+async fn client_for(kubeconfig: &Path) -> kube::Client {
+    let kc = kube::config::Kubeconfig::read_from(kubeconfig).expect("read kubeconfig");
+    let cfg = kube::Config::from_custom_kubeconfig(kc, &Default::default())
+        .await
+        .expect("kube config");
+    kube::Client::try_from(cfg).expect("kube client")
+}
+
+/// Like `Env::new`, on any control plane.
+async fn env_on(client: kube::Client, prefix: &str) -> Env {
+    let name = format!(
+        "{prefix}-{}",
+        &uuid::Uuid::new_v4().simple().to_string()[..8]
+    );
+    Api::<Namespace>::all(client.clone())
+        .create(
+            &PostParams::default(),
+            &Namespace {
+                metadata: ObjectMeta {
+                    name: Some(name.clone()),
+                    ..Default::default()
+                },
+                ..Default::default()
+            },
+        )
+        .await
+        .expect("create namespace");
+    common::install_crds(&client).await;
+    let sim = Simulator::start(SimConfig::with_default_fixture())
+        .await
+        .expect("simulator starts");
+    let env = Env {
+        ns: common::TestNamespace {
+            name,
+            client: client.clone(),
+        },
+        client,
+        sim,
+        operators: Vec::new(),
+    };
+    env.put_secret(
+        "emr-credentials",
+        DEFAULT_ACCESS_KEY_ID,
+        DEFAULT_ACCESS_KEY_SECRET,
+    )
+    .await;
+    env
+}
+
+/// The API server (with etcd and the controller manager) is stopped while the operator's
+/// first sync of 300 clusters is writing mirrors, and started again on the same data and
+/// port. The same operator converges without a restart.
+async fn apiserver_restart_mid_sync() {
+    tokio::task::spawn_blocking(|| {
+        let status = Command::new("bash")
+            .arg(common::repo_root().join("tests/control-plane/kcp.sh"))
+            .arg("build-kcp")
+            .status()
+            .expect("kcp.sh build-kcp");
+        assert!(status.success(), "kcp.sh build-kcp failed");
+    })
+    .await
+    .unwrap();
+    let dir = tempfile::Builder::new()
+        .prefix("fault-kcp-")
+        .tempdir_in(env!("CARGO_TARGET_TMPDIR"))
+        .expect("temp dir");
+    let data = dir.path().join("data");
+    let log = dir.path().join("kcp.log");
+    let port = free_port();
+    let mut kcp = {
+        let (data, log) = (data.clone(), log.clone());
+        tokio::task::spawn_blocking(move || Kcp::start(&data, port, &log))
+            .await
+            .unwrap()
+    };
+    let client = client_for(&kcp.kubeconfig).await;
+    let mut env = env_on(client, "fault-restart").await;
+    env.sim.state.generate(WS, 299, "restart");
+    let truth_len = env.sim.state.clusters(WS).len();
+    assert_eq!(truth_len, 300);
+    env.create_workspace("ws", json!({})).await;
+    env.start();
+
+    // Stop the control plane as soon as the first sync has written a few mirrors.
+    common::wait_for(
+        Duration::from_secs(60),
+        "the first mirror writes",
+        || async { (mirror_writes(&env.operators[0]) >= 40).then_some(()) },
+    )
+    .await;
+    let t = Instant::now();
+    kcp = tokio::task::spawn_blocking(move || {
+        kcp.stop();
+        kcp
+    })
+    .await
+    .unwrap();
+    let writes_at_stop = mirror_writes(&env.operators[0]);
+    add_faults(1);
+    println!(
+        "fault suite: apiserver restart: stopped after {writes_at_stop} mirror writes (in {:.1}s)",
+        t.elapsed().as_secs_f64()
+    );
+    assert!(
+        writes_at_stop < 2 * truth_len as u64,
+        "the control plane went down only after the first sync had written every mirror \
+         ({writes_at_stop} writes): the restart did not interrupt the sync"
+    );
+    // Down for a few seconds while the operator keeps trying.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let t = Instant::now();
+    kcp = {
+        let (data, log) = (data.clone(), kcp.log.clone());
+        let old = kcp.kubeconfig.clone();
+        let k = tokio::task::spawn_blocking(move || Kcp::start(&data, port, &log))
+            .await
+            .unwrap();
+        assert_eq!(k.kubeconfig, old);
+        k
+    };
+    println!(
+        "fault suite: apiserver restart: control plane back after {:.1}s",
+        t.elapsed().as_secs_f64()
+    );
+
+    converge(
+        &env,
+        &[("ws", WS)],
+        Duration::from_secs(120),
+        "apiserver restart: convergence",
+        None,
+    )
+    .await;
+    assert!(
+        !env.operators[0].task.is_finished(),
+        "the operator stopped after the API server restart"
+    );
+    // Its caches follow the API server again: a further sync writes no mirror.
+    let w0 = mirror_writes(&env.operators[0]);
+    let before = snapshot(&env.mirror_list().await);
+    let r0 = env.sim.state.stats().requests;
+    common::wait_for(Duration::from_secs(30), "one more sync", || async {
+        // 300 clusters: 3 full pages and an empty one.
+        (env.sim.state.stats().requests >= r0 + 4).then_some(())
+    })
+    .await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(
+        mirror_writes(&env.operators[0]),
+        w0,
+        "mirror writes after convergence"
+    );
+    assert_ok(
+        "apiserver restart: after one more sync",
+        compare_with_snapshot(&env.mirror_list().await, &before),
+    );
+    env.teardown().await;
+    tokio::task::spawn_blocking(move || drop(kcp))
+        .await
+        .unwrap();
+    drop(dir);
+}
+
+// ------------------------------------------------------------------ 3. operator SIGKILL
+
+/// The operator binary as a child process; killed on drop.
+struct OperatorProcess {
+    child: Child,
+    metrics: String,
+}
+
+impl OperatorProcess {
+    fn start(ns: &str, kubeconfig: &Path, log: &Path) -> OperatorProcess {
+        let port = free_port();
+        let log_file = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(log)
+            .expect("operator log");
+        let child = Command::new(env!("CARGO_BIN_EXE_emr-ray-operator"))
+            .args([
+                "run",
+                "--namespaces",
+                ns,
+                "--leader-election=false",
+                "--metrics-addr",
+                &format!("127.0.0.1:{port}"),
+            ])
+            .env("KUBECONFIG", kubeconfig)
+            .env("RUST_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::from(log_file))
+            .spawn()
+            .expect("spawn the operator");
+        OperatorProcess {
+            child,
+            metrics: format!("http://127.0.0.1:{port}/metrics"),
+        }
+    }
+
+    async fn mirror_writes(&self) -> Option<u64> {
+        let resp = reqwest::get(&self.metrics).await.ok()?;
+        Some(mirror_writes_in(&resp.text().await.ok()?))
+    }
+
+    fn kill(&mut self) {
+        let _ = self.child.kill(); // SIGKILL
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for OperatorProcess {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// The operator process is SIGKILLed while its first sync of 500 clusters is writing mirrors,
+/// then started again: it converges without duplicates or lost mirrors and writes only what
+/// is missing.
+async fn operator_killed_mid_sync() {
+    let env = Env::new("fault-kill").await;
+    env.sim.state.generate(WS, 499, "kill");
+    let truth = env.sim.state.clusters(WS);
+    assert_eq!(truth.len(), 500);
+    env.create_workspace("ws", json!({})).await;
+    let kubeconfig = tokio::task::spawn_blocking(common::kubeconfig_path)
+        .await
+        .unwrap();
+    let log = log_path("operator");
+    let mut first = OperatorProcess::start(&env.ns.name, &kubeconfig, &log);
+    common::wait_for(
+        Duration::from_secs(60),
+        "the first operator's mirror writes",
+        || async {
+            first
+                .mirror_writes()
+                .await
+                .filter(|w| *w >= 200)
+                .map(|_| ())
+        },
+    )
+    .await;
+    first.kill();
+    add_faults(1);
+    // Requests already sent may still land: let the API server finish them.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let at_kill = env.mirror_list().await;
+    let complete = compare_with_truth(&at_kill, "ws", &truth);
+    let done = truth.len() - complete.lost.len() - complete.problems.len();
+    let needed = truth.len() - done;
+    println!(
+        "fault suite: operator kill: {} mirrors existed at the kill, {done} complete, {needed} to write",
+        at_kill.len()
+    );
+    assert!(
+        needed > 0 && done > 0,
+        "the kill did not land in the middle of the sync ({done} of {} complete)",
+        truth.len()
+    );
+
+    let second = OperatorProcess::start(&env.ns.name, &kubeconfig, &log);
+    converge(
+        &env,
+        &[("ws", WS)],
+        Duration::from_secs(90),
+        "operator kill: convergence",
+        None,
+    )
+    .await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let writes = second
+        .mirror_writes()
+        .await
+        .expect("restarted operator metrics");
+    println!(
+        "fault suite: operator kill: the restarted operator made {writes} mirror writes for {needed} incomplete mirrors"
+    );
+    assert!(
+        writes <= 2 * needed as u64 + 5,
+        "write storm: {writes} mirror writes for {needed} incomplete mirrors"
+    );
+    // A further sync adds no mirror writes.
+    let before = snapshot(&env.mirror_list().await);
+    let r0 = env.sim.state.stats().requests;
+    common::wait_for(Duration::from_secs(30), "one more sync", || async {
+        // 500 clusters: 5 full pages and an empty one.
+        (env.sim.state.stats().requests >= r0 + 6).then_some(())
+    })
+    .await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(
+        second.mirror_writes().await,
+        Some(writes),
+        "mirror writes after convergence"
+    );
+    assert_ok(
+        "operator kill: after one more sync",
+        compare_with_snapshot(&env.mirror_list().await, &before),
+    );
+    drop(second);
+    env.teardown().await;
+}
+
+// ------------------------------------------------------------------ 4. odd remote data
+
+fn is_dns_label(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 63
+        && s.chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
+        && !s.starts_with('-')
+        && !s.ends_with('-')
+}
+
+fn is_label_value(s: &str) -> bool {
+    s.len() <= 63
+        && s.chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+        && s.chars().next().is_none_or(|c| c.is_ascii_alphanumeric())
+        && s.chars().last().is_none_or(|c| c.is_ascii_alphanumeric())
+}
+
+/// Unknown states, missing fields, empty worker groups, huge strings and cluster IDs that are
+/// not Kubernetes names are mirrored without failing the workspace.
+async fn odd_remote_data() {
+    let mut env = Env::new("fault-odd").await;
+    let running = Some(ClusterState::Running);
+    let odd = vec![
+        RayCluster {
+            cluster_id: "ray-hibernating".into(),
+            name: Some("sleepy".into()),
+            state: Some(ClusterState::Other("Hibernating".into())),
+            ..Default::default()
+        },
+        RayCluster {
+            cluster_id: "ray-empty-state".into(),
+            state: Some(ClusterState::Other(String::new())),
+            ..Default::default()
+        },
+        RayCluster {
+            cluster_id: "ray-only-id".into(),
+            ..Default::default()
+        },
+        RayCluster {
+            cluster_id: "ray-no-workers".into(),
+            state: running.clone(),
+            head_spec: Some(HeadSpec {
+                cpu: Some("2".into()),
+                memory: Some("8Gi".into()),
+                replica: Some(1),
+                ..Default::default()
+            }),
+            worker_spec: Some(vec![]),
+            ..Default::default()
+        },
+        RayCluster {
+            cluster_id: "ray-empty-worker".into(),
+            state: running.clone(),
+            worker_spec: Some(vec![WorkerSpec::default()]),
+            ..Default::default()
+        },
+        RayCluster {
+            cluster_id: "ray-long-name".into(),
+            name: Some("n".repeat(10 * 1024)),
+            state: running.clone(),
+            ..Default::default()
+        },
+        RayCluster {
+            cluster_id: "ray-huge-description".into(),
+            description: Some("d".repeat(1 << 20)),
+            state: running.clone(),
+            ..Default::default()
+        },
+        // IDs that are not DNS-1123 names, each next to a valid ID it could collide with.
+        RayCluster {
+            cluster_id: "Ray_Cluster.01".into(),
+            state: running.clone(),
+            ..Default::default()
+        },
+        RayCluster {
+            cluster_id: "ray-cluster-01".into(),
+            state: running.clone(),
+            ..Default::default()
+        },
+        RayCluster {
+            cluster_id: "UPPER".into(),
+            state: running.clone(),
+            ..Default::default()
+        },
+        RayCluster {
+            cluster_id: "upper".into(),
+            state: running.clone(),
+            ..Default::default()
+        },
+        RayCluster {
+            cluster_id: "a".repeat(300),
+            state: running.clone(),
+            ..Default::default()
+        },
+        RayCluster {
+            cluster_id: "集群-ünïcode-🚀".into(),
+            name: Some("名字 ✓".into()),
+            state: running.clone(),
+            ..Default::default()
+        },
+        RayCluster {
+            cluster_id: "---".into(),
+            state: running,
+            ..Default::default()
+        },
+    ];
+    for c in &odd {
+        env.sim.state.upsert_cluster(WS, c.clone());
+    }
+    env.sim.state.generate(WS, 5, "normal");
+    let truth = env.sim.state.clusters(WS);
+    env.create_workspace("odd", json!({})).await;
+    env.start();
+    converge(
+        &env,
+        &[("odd", WS)],
+        Duration::from_secs(90),
+        "odd data",
+        None,
+    )
+    .await;
+    let st = env.status("odd").await;
+    assert_eq!(st.clusters_by_state.get("Hibernating"), Some(&1), "{st:?}");
+
+    let mirrors = env.mirror_list().await;
+    assert_eq!(mirrors.len(), truth.len());
+    let mut names = std::collections::BTreeSet::new();
+    for m in &mirrors {
+        let id = &m.spec.cluster_id;
+        let name = m.name_any();
+        assert!(is_dns_label(&name), "{id:?}: invalid name {name:?}");
+        assert!(names.insert(name.clone()), "two mirrors named {name}");
+        assert_eq!(
+            m.annotations().get(ANNOTATION_CLUSTER_ID),
+            Some(id),
+            "{name}: the exact ID is kept"
+        );
+        for (k, v) in m.labels() {
+            assert!(is_label_value(v), "{name}: label {k}={v:?} is not valid");
+        }
+        let s = m.status.as_ref().unwrap();
+        let ready = condition(&s.conditions, "Ready").unwrap();
+        let known = matches!(
+            s.state.as_deref(),
+            Some("Starting" | "Running" | "Stopping" | "Stopped" | "Error")
+        );
+        if !known {
+            assert_eq!(
+                (ready.status.as_str(), ready.reason.as_str()),
+                ("False", "UnknownState"),
+                "{name}"
+            );
+        }
+    }
+    let huge = env
+        .mirrors()
+        .get(&mirror_name("ray-huge-description"))
+        .await
+        .unwrap();
+    assert_eq!(
+        huge.status.unwrap().description.map(|d| d.len()),
+        Some(1 << 20)
+    );
+
+    // Nothing flaps: a further sync rewrites no mirror.
+    let before = snapshot(&mirrors);
+    let w0 = mirror_writes(&env.operators[0]);
+    let r0 = env.sim.state.stats().requests;
+    common::wait_for(Duration::from_secs(30), "one more sync", || async {
+        (env.sim.state.stats().requests > r0).then_some(())
+    })
+    .await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(
+        mirror_writes(&env.operators[0]),
+        w0,
+        "mirror writes on an unchanged listing"
+    );
+    assert_ok(
+        "odd data: after one more sync",
+        compare_with_snapshot(&env.mirror_list().await, &before),
+    );
+    env.wait_ready("odd", "True", Some("Synced"), Duration::from_secs(5))
+        .await;
+    env.teardown().await;
+}
+
+// ------------------------------------------------------------------ 5. leader failover
+
+/// Two replicas with leader election and 30% 5xx: the leader stops, the standby takes over,
+/// no mirror is lost, and the data is right once the fault clears.
+async fn leader_failover_with_faults() {
+    let env = Env::new("fault-leader").await;
+    env.sim.state.generate(WS, 149, "lead");
+    env.create_workspace("ws", json!({})).await;
+    env.sim.state.set_faults(Faults {
+        server_error_rate: 0.3,
+        ..Default::default()
+    });
+    let lease_cfg = |id: &str| {
+        let mut cfg = operator_config(&env.ns.name);
+        cfg.identity = id.to_string();
+        cfg.leader_election = Some(emr_ray_operator::leader::LeaseConfig {
+            namespace: env.ns.name.clone(),
+            name: "emr-ray-operator-leader".into(),
+            identity: id.to_string(),
+            lease_duration: Duration::from_secs(6),
+            renew_every: Duration::from_secs(2),
+        });
+        cfg
+    };
+    let leases = Api::<Lease>::namespaced(env.client.clone(), &env.ns.name);
+    let holder = || async {
+        leases
+            .get_opt("emr-ray-operator-leader")
+            .await
+            .ok()
+            .flatten()
+            .and_then(|l| l.spec?.holder_identity)
+    };
+    let a = start_operator(&env.client, lease_cfg("replica-a"));
+    common::wait_for(Duration::from_secs(30), "replica-a leads", || async {
+        (holder().await.as_deref() == Some("replica-a")).then_some(())
+    })
+    .await;
+    let b = start_operator(&env.client, lease_cfg("replica-b"));
+    let allowed = [("True", "Synced"), ("False", "RemoteUnavailable")];
+    converge(
+        &env,
+        &[("ws", WS)],
+        Duration::from_secs(90),
+        "leader failover: first sync under 30% 5xx",
+        Some(&allowed),
+    )
+    .await;
+    assert_eq!(b.writes(), 0, "the standby never writes");
+    let names: Vec<String> = env
+        .mirror_list()
+        .await
+        .iter()
+        .map(|m| m.name_any())
+        .collect();
+    assert_eq!(names.len(), 150);
+
+    // Remote changes the new leader has to bring in.
+    let changed: Vec<String> = env
+        .sim
+        .state
+        .clusters(WS)
+        .iter()
+        .skip(10)
+        .take(5)
+        .map(|c| c.cluster_id.clone())
+        .collect();
+    for id in &changed {
+        assert!(env.sim.state.set_state(WS, id, ClusterState::Stopping));
+    }
+    let a_metrics = a.metrics.clone();
+    a.stop().await;
+    add_faults(1);
+    let a_writes = mirror_writes_in(&a_metrics.encode());
+    // Until the new leader has written the changes, poll that no mirror disappears.
+    let t = Instant::now();
+    loop {
+        let mirrors = env.mirror_list().await;
+        let now: std::collections::BTreeSet<String> =
+            mirrors.iter().map(|m| m.name_any()).collect();
+        let missing: Vec<&String> = names.iter().filter(|n| !now.contains(*n)).collect();
+        if !missing.is_empty() {
+            MIRRORS_LOST.fetch_add(missing.len() as u64, Ordering::SeqCst);
+            panic!("leader failover: mirrors disappeared: {missing:?}");
+        }
+        let done = changed.iter().all(|id| {
+            mirrors.iter().any(|m| {
+                &m.spec.cluster_id == id
+                    && m.status.as_ref().and_then(|s| s.state.as_deref()) == Some("Stopping")
+            })
+        });
+        if done && holder().await.as_deref() == Some("replica-b") && b.writes() > 0 {
+            break;
+        }
+        assert!(
+            t.elapsed() < Duration::from_secs(60),
+            "the standby did not take over (holder {:?}, b wrote {})",
+            holder().await,
+            b.writes()
+        );
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    println!(
+        "fault suite: leader failover: replica-b took over and wrote the changes in {:.1}s",
+        t.elapsed().as_secs_f64()
+    );
+    assert_eq!(
+        mirror_writes_in(&a_metrics.encode()),
+        a_writes,
+        "the stopped leader wrote"
+    );
+    env.sim.state.set_faults(Faults::default());
+    converge(
+        &env,
+        &[("ws", WS)],
+        Duration::from_secs(60),
+        "leader failover: after the fault",
+        None,
+    )
+    .await;
+    assert_eq!(holder().await.as_deref(), Some("replica-b"));
+    add_faults(env.sim.state.stats().faults_injected);
+    b.stop().await;
+    env.teardown().await;
+}
+
+// ------------------------------------------------------------------ known bug: end_early
+
+/// `end_early` with 150 clusters: page 2 comes back empty after a full page 1. The API has no
+/// total count, so the client takes this for a complete listing of 100 clusters
+/// (`src/emr/client.rs` documents the limitation) — and the operator then deletes the 50
+/// mirrors of page 2. This test asserts what the suite requires (no mirror lost) and
+/// therefore fails until the operator stops deleting on such listings.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "known operator bug: an empty page after a full page deletes the mirrors of the unseen pages"]
+async fn end_early_listing_keeps_every_mirror() {
+    let mut env = Env::new("fault-early").await;
+    env.sim.state.generate(WS, 149, "early");
+    env.create_workspace("ws", json!({})).await;
+    env.start();
+    converge(
+        &env,
+        &[("ws", WS)],
+        Duration::from_secs(90),
+        "end early: initial sync",
+        None,
+    )
+    .await;
+    let before = snapshot(&env.mirror_list().await);
+    assert_eq!(before.len(), 150);
+    let f0 = env.sim.state.stats().faults_injected;
+    env.sim.state.set_faults(Faults {
+        end_early: true,
+        ..Default::default()
+    });
+    // Two listings ended early: the first one's mirror writes are done.
+    common::wait_for(Duration::from_secs(40), "two short listings", || async {
+        (env.sim.state.stats().faults_injected >= f0 + 2).then_some(())
+    })
+    .await;
+    let during = compare_with_snapshot(&env.mirror_list().await, &before);
+    let st = env.status("ws").await;
+    env.sim.state.set_faults(Faults::default());
+    add_faults(env.sim.state.stats().faults_injected);
+    record(&during);
+    println!(
+        "fault suite: end early: workspace Ready={:?} clusters={:?}; mirrors: {}",
+        ready_of(&st),
+        st.clusters,
+        during.describe()
+    );
+    println!("{}", summary_line());
+    assert!(during.ok(), "end early: {}", during.describe());
+    converge(
+        &env,
+        &[("ws", WS)],
+        Duration::from_secs(60),
+        "end early: recovery",
+        None,
+    )
+    .await;
+    env.teardown().await;
+}
