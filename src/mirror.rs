@@ -72,9 +72,11 @@ fn is_dns_label(s: &str) -> bool {
 }
 
 /// The dashboard URL without its access token (and without any other credential-like query
-/// parameter). Unparseable URLs are dropped rather than copied.
-pub fn redact_dashboard_url(raw: &str) -> Option<String> {
-    let mut url = url::Url::parse(raw).ok()?;
+/// parameter or user info). Text that is not a URL keeps only what precedes its query.
+pub fn redact_dashboard_url(raw: &str) -> String {
+    let Ok(mut url) = url::Url::parse(raw) else {
+        return raw.split('?').next().unwrap_or_default().to_string();
+    };
     let _ = url.set_password(None);
     let _ = url.set_username("");
     let kept: Vec<(String, String)> = url
@@ -94,7 +96,7 @@ pub fn redact_dashboard_url(raw: &str) -> Option<String> {
     } else {
         url.query_pairs_mut().clear().extend_pairs(kept);
     }
-    Some(url.to_string())
+    url.to_string()
 }
 
 /// RFC 3339 from epoch milliseconds.
@@ -176,7 +178,11 @@ pub fn remote_status(c: &RayCluster) -> EmrRayClusterStatus {
 
     let endpoints = RayEndpoints {
         grpc: c.grpc_endpoint.clone().filter(|s| !s.is_empty()),
-        dashboard: c.dashboard_url.as_deref().and_then(redact_dashboard_url),
+        dashboard: c
+            .dashboard_url
+            .as_deref()
+            .filter(|u| !u.is_empty())
+            .map(redact_dashboard_url),
     };
     EmrRayClusterStatus {
         conditions: Vec::new(),
@@ -405,13 +411,16 @@ mod tests {
     fn dashboard_token_is_removed() {
         let u = redact_dashboard_url(
             "https://emr-spark-ray-gateway-cn-hangzhou.aliyuncs.com?token=xxxxxxxxx",
-        )
-        .unwrap();
+        );
         assert!(!u.contains("token"), "{u}");
         assert!(!u.contains("xxxxxxxxx"), "{u}");
-        let u = redact_dashboard_url("https://h/x?a=1&Token=s3cr3t&b=2").unwrap();
+        let u = redact_dashboard_url("https://h/x?a=1&Token=s3cr3t&b=2");
         assert_eq!(u, "https://h/x?a=1&b=2");
-        assert_eq!(redact_dashboard_url("not a url"), None);
+        assert_eq!(redact_dashboard_url("not a url?token=x"), "not a url");
+        assert_eq!(
+            redact_dashboard_url("https://u:p@h/?api_key=v"),
+            "https://h/"
+        );
     }
 
     #[test]

@@ -137,26 +137,7 @@ async fn secret_credentials(args: &ListArgs, reference: &str) -> anyhow::Result<
     })
 }
 
-/// Removes the `token` query parameter (the dashboard access token) from a URL.
-pub fn redact_dashboard_url(raw: &str) -> String {
-    match url::Url::parse(raw) {
-        Ok(mut u) => {
-            let kept: Vec<(String, String)> = u
-                .query_pairs()
-                .filter(|(k, _)| !k.eq_ignore_ascii_case("token"))
-                .map(|(k, v)| (k.into_owned(), v.into_owned()))
-                .collect();
-            if kept.is_empty() {
-                u.set_query(None);
-            } else {
-                u.query_pairs_mut().clear().extend_pairs(kept);
-            }
-            u.to_string()
-        }
-        // Not a URL: keep only what precedes any query.
-        Err(_) => raw.split('?').next().unwrap_or_default().to_string(),
-    }
-}
+pub use crate::mirror::redact_dashboard_url;
 
 /// Clusters with their dashboard token stripped.
 pub fn redacted(clusters: &[RayCluster]) -> Vec<RayCluster> {
