@@ -282,13 +282,13 @@ pub async fn reconcile(ws: Arc<EmrWorkspace>, ctx: Arc<Context>) -> Result<Actio
     ctx.metrics.reconciles.inc();
     // Decisions need the mirror and Secret caches: wait for their first complete list.
     let _ = tokio::time::timeout(Duration::from_secs(30), async {
-        let _ = ctx.mirrors.wait_until_ready().await;
-        let _ = ctx.secrets.wait_until_ready().await;
+        wait_ready(&ctx.mirrors).await;
+        wait_ready(&ctx.secrets).await;
     })
     .await;
     let k = key(&ws);
     if ws.meta().deletion_timestamp.is_some() {
-        forget(&ctx, &ws, &k);
+        forget_key(&ctx, &k);
         return Ok(Action::await_change());
     }
     let uid = ws.uid().unwrap_or_default();
@@ -425,15 +425,64 @@ fn store_state(ctx: &Context, k: &str, st: WorkspaceState) {
     ctx.state.lock().unwrap().insert(k.to_string(), st);
 }
 
-fn forget(ctx: &Context, ws: &EmrWorkspace, k: &str) {
-    ctx.state.lock().unwrap().remove(k);
+/// Drops what is remembered about a workspace, and its metric series.
+fn forget_key(ctx: &Context, k: &str) {
+    let Some(st) = ctx.state.lock().unwrap().remove(k) else {
+        return;
+    };
+    let (namespace, workspace) = k.split_once('/').unwrap_or(("", k));
     let labels = WorkspaceLabels {
-        namespace: ws.namespace().unwrap_or_default(),
-        workspace: ws.name_any(),
+        namespace: namespace.to_string(),
+        workspace: workspace.to_string(),
     };
     ctx.metrics.last_success.remove(&labels);
     ctx.metrics.workspace_clusters.remove(&labels);
     ctx.metrics.workspace_ready.remove(&labels);
+    ctx.metrics.sync_attempts.remove(&labels);
+    ctx.metrics.sync_duration.remove(&labels);
+    for (id, old) in &st.last_state {
+        for s in states_for(old) {
+            ctx.metrics.cluster_state.remove(&ClusterStateLabels {
+                namespace: labels.namespace.clone(),
+                workspace: labels.workspace.clone(),
+                cluster_id: id.clone(),
+                name: mirror::mirror_name(id),
+                state: s,
+            });
+        }
+    }
+}
+
+/// Waits until a reflector store has its first complete list. Polls, rather than relying on
+/// `Store::wait_until_ready`'s wake-up alone, which was seen to hang here when awaited before
+/// the store became ready (kube-runtime 5.0).
+pub async fn wait_ready<K>(store: &Store<K>)
+where
+    K: kube::Resource + Clone + 'static,
+    K::DynamicType: Eq + std::hash::Hash + Clone,
+{
+    while tokio::time::timeout(Duration::from_millis(100), store.wait_until_ready())
+        .await
+        .is_err()
+    {}
+}
+
+/// Forgets workspaces that no longer exist (deleted workspaces are not reconciled again).
+pub fn prune_deleted(ctx: &Context, workspaces: &Store<EmrWorkspace>) {
+    let live: std::collections::HashSet<String> =
+        workspaces.state().iter().map(|ws| key(ws)).collect();
+    let gone: Vec<String> = ctx
+        .state
+        .lock()
+        .unwrap()
+        .keys()
+        .filter(|k| !live.contains(*k))
+        .cloned()
+        .collect();
+    for k in gone {
+        debug!(workspace = %k, "workspace deleted; forgetting it");
+        forget_key(ctx, &k);
+    }
 }
 
 fn failure_from(
@@ -909,9 +958,14 @@ async fn apply_one(
         "metadata": { "name": job.name },
         "status": desired,
     });
-    api.patch_status(&job.name, &pp, &Patch::Apply(&obj))
+    let res = api
+        .patch_status(&job.name, &pp, &Patch::Apply(&obj))
         .await?;
     ctx.metrics.count_write("emrrayclusters", "apply-status");
+    // Like the apply above: until the watch delivers this status, a reconcile must not take
+    // the store's older object for the current one and write the status again (with a new
+    // lastTransitionTime).
+    ctx.record_write(&ws.namespace().unwrap_or_default(), &job.name, Some(res));
 
     // Events.
     if let Some(r) = &object_ref {

@@ -329,15 +329,28 @@ async fn run_controller(
         secrets.clone(),
         shared.cfg.listing_timeout,
     ));
-    let ctrl = Controller::new(workspaces, watcher::Config::default());
-    let ws_store = ctrl.store();
+    // Our own reflector for workspaces, so that its readiness can be awaited.
+    let (ws_store, ws_writer) = reflector::store();
+    let ws_stream = reflector(ws_writer, watcher(workspaces, watcher::Config::default()))
+        .default_backoff()
+        .applied_objects();
+    let ctrl = Controller::for_stream(ws_stream, ws_store.clone());
     let ws_store_ready = ws_store.clone();
     let (m2, s2) = (mirrors.clone(), secrets.clone());
+    let (prune_ctx, prune_token) = (ctx.clone(), token.clone());
     tokio::spawn(async move {
-        let _ = ws_store_ready.wait_until_ready().await;
-        let _ = m2.wait_until_ready().await;
-        let _ = s2.wait_until_ready().await;
+        crate::controller::wait_ready(&ws_store_ready).await;
+        crate::controller::wait_ready(&m2).await;
+        crate::controller::wait_ready(&s2).await;
         on_ready();
+        // Deleted workspaces are not reconciled again: forget them (and their metric series).
+        loop {
+            tokio::select! {
+                _ = prune_token.cancelled() => break,
+                _ = tokio::time::sleep(Duration::from_secs(15)) => {}
+            }
+            crate::controller::prune_deleted(&prune_ctx, &ws_store_ready);
+        }
     });
     info!(namespace = ns.unwrap_or("<all>"), "starting controller");
     ctrl.with_config(controller::Config::default().concurrency(shared.cfg.concurrency))

@@ -500,6 +500,11 @@ async fn deleting_the_workspace_garbage_collects_its_mirrors() {
         (env.mirror_list().await.len() == 3).then_some(())
     })
     .await;
+    let series = |text: &str| {
+        text.contains("emr_ray_operator_cluster_state{")
+            || text.contains("emr_ray_operator_workspace_clusters{")
+    };
+    assert!(series(&env.operators[0].metrics.encode()));
     env.workspaces()
         .delete("ws", &DeleteParams::background())
         .await
@@ -508,6 +513,13 @@ async fn deleting_the_workspace_garbage_collects_its_mirrors() {
         Duration::from_secs(60),
         "mirrors garbage-collected",
         || async { env.mirror_list().await.is_empty().then_some(()) },
+    )
+    .await;
+    // Its metric series go too (deleted workspaces are forgotten by the operator).
+    common::wait_for(
+        Duration::from_secs(40),
+        "metric series of the deleted workspace removed",
+        || async { (!series(&env.operators[0].metrics.encode())).then_some(()) },
     )
     .await;
     env.teardown().await;
