@@ -54,6 +54,7 @@ pub struct Context {
     pub mirrors: Store<EmrRayCluster>,
     pub secrets: Store<PartialObjectMeta<Secret>>,
     pub listing_timeout: Duration,
+    pub default_interval: Duration,
     state: Mutex<HashMap<String, WorkspaceState>>,
     /// Mirrors as our own last writes returned them, until the watch-fed store catches up.
     written: Mutex<HashMap<String, Written>>,
@@ -85,6 +86,7 @@ impl Context {
         mirrors: Store<EmrRayCluster>,
         secrets: Store<PartialObjectMeta<Secret>>,
         listing_timeout: Duration,
+        default_interval: Duration,
     ) -> Self {
         Context {
             client,
@@ -95,6 +97,7 @@ impl Context {
             mirrors,
             secrets,
             listing_timeout,
+            default_interval,
             state: Mutex::new(HashMap::new()),
             written: Mutex::new(HashMap::new()),
         }
@@ -167,6 +170,37 @@ struct WorkspaceState {
     secret_version: Option<String>,
     failure: Option<SyncFailure>,
     last_state: BTreeMap<String, String>,
+    /// The last listing ended on a full page followed by an empty one: it may be cut short, so
+    /// mirrors missing from it are kept (marked) rather than deleted.
+    listing_on_boundary: bool,
+}
+
+/// The shortest sync interval honoured, whatever the spec or flags say.
+pub const MIN_SYNC_INTERVAL: Duration = Duration::from_secs(10);
+
+/// `spec.syncInterval`, or the operator's default when it is not set.
+fn effective_interval(ws: &EmrWorkspace, ctx: &Context) -> Option<Duration> {
+    match ws.spec.sync_interval.as_deref() {
+        Some(s) if !s.trim().is_empty() => parse_duration(s),
+        _ => Some(ctx.default_interval),
+    }
+}
+
+/// Formats a whole-second duration the way users write them (`90s` → `1m30s`).
+fn format_duration(d: Duration) -> String {
+    let secs = d.as_secs();
+    let (h, m, s) = (secs / 3600, secs % 3600 / 60, secs % 60);
+    let mut out = String::new();
+    if h > 0 {
+        out.push_str(&format!("{h}h"));
+    }
+    if m > 0 {
+        out.push_str(&format!("{m}m"));
+    }
+    if s > 0 || out.is_empty() {
+        out.push_str(&format!("{s}s"));
+    }
+    out
 }
 
 fn key(ws: &EmrWorkspace) -> String {
@@ -304,7 +338,7 @@ pub async fn reconcile(ws: Arc<EmrWorkspace>, ctx: Arc<Context>) -> Result<Actio
         entry.clone()
     };
     let generation = ws.meta().generation;
-    let Some(interval) = parse_duration(&ws.spec.sync_interval) else {
+    let Some(interval) = effective_interval(&ws, &ctx) else {
         let failure = failure_from(
             &st,
             "InvalidSpec",
@@ -317,7 +351,7 @@ pub async fn reconcile(ws: Arc<EmrWorkspace>, ctx: Arc<Context>) -> Result<Actio
         store_state(&ctx, &k, st);
         return Ok(Action::await_change());
     };
-    let interval = interval.max(Duration::from_secs(10));
+    let interval = interval.max(MIN_SYNC_INTERVAL);
 
     if ws.spec.suspend {
         write_workspace_status(&ws, &ctx, &st, false).await?;
@@ -348,9 +382,10 @@ pub async fn reconcile(ws: Arc<EmrWorkspace>, ctx: Arc<Context>) -> Result<Actio
     let started = Instant::now();
     st.synced_generation = generation;
     st.secret_version = secret_version;
-    let result = list_confirmed(&ws, &ctx, st.listing.as_deref()).await;
+    let result = list_checked(&ws, &ctx).await;
     let requeue = match result {
-        Ok(map) => {
+        Ok((map, on_boundary)) => {
+            st.listing_on_boundary = on_boundary;
             let recovered = st.failure.take();
             if let Some(prev) = recovered {
                 publish(
@@ -522,27 +557,17 @@ fn by_id(clusters: Vec<RayCluster>) -> BTreeMap<String, RayCluster> {
         .collect()
 }
 
-/// Lists the workspace. The API has no total count, so a listing cut short by an empty page
-/// right after a full page looks complete. When a listing ends exactly on a page boundary and
-/// would drop clusters that the previous listing had, it is confirmed by a second listing, and
-/// only clusters missing from both are treated as gone.
-async fn list_confirmed(
+/// Lists the workspace, and says whether the listing ended exactly on a page boundary (a full
+/// page followed by an empty one). The API has no total count, so such a listing cannot be told
+/// apart from one that a faulty server cut short: removals seen in it are not trusted.
+async fn list_checked(
     ws: &EmrWorkspace,
     ctx: &Context,
-    previous: Option<&BTreeMap<String, RayCluster>>,
-) -> Result<BTreeMap<String, RayCluster>, SyncError> {
-    let first = by_id(list_remote(ws, ctx).await?);
+) -> Result<(BTreeMap<String, RayCluster>, bool), SyncError> {
+    let clusters = list_remote(ws, ctx).await?;
     let page = ctx.emr.config().page_size.max(1) as usize;
-    let drops = previous.is_some_and(|p| p.keys().any(|id| !first.contains_key(id)));
-    if !drops || first.len() % page != 0 {
-        return Ok(first);
-    }
-    debug!(workspace = %key(ws), clusters = first.len(), "listing ended on a page boundary and drops clusters; confirming");
-    let mut second = by_id(list_remote(ws, ctx).await?);
-    for (id, c) in first {
-        second.entry(id).or_insert(c);
-    }
-    Ok(second)
+    let on_boundary = !clusters.is_empty() && clusters.len() % page == 0;
+    Ok((by_id(clusters), on_boundary))
 }
 
 /// Resolves credentials and the endpoint, then lists the workspace.
@@ -737,7 +762,31 @@ async fn apply_mirrors(
         if st.listing.as_ref().is_some_and(|l| l.contains_key(id)) {
             continue;
         }
-        if complete_and_current {
+        if complete_and_current && st.listing_on_boundary {
+            let unconfirmed = Staleness {
+                reason: "RemovalUnconfirmed".to_string(),
+                message: "not in the last listing, which ended exactly on a page boundary and may \
+                          have been cut short; kept until a listing that ends on a short page \
+                          confirms the removal"
+                    .to_string(),
+            };
+            let mut desired = m.status.clone().unwrap_or_default();
+            let prev_conds = desired.conditions.clone();
+            desired.conditions = mirror::mirror_conditions(
+                &desired,
+                &prev_conds,
+                m.meta().generation,
+                Some(&unconfirmed),
+                &now,
+            );
+            jobs.push(MirrorJob {
+                name: m.name_any(),
+                cluster_id: id.clone(),
+                prev: Some(m.clone()),
+                desired: Some(desired),
+                delete: false,
+            });
+        } else if complete_and_current {
             if ws.spec.gone_cluster_policy == GoneClusterPolicy::Delete {
                 jobs.push(MirrorJob {
                     name: m.name_any(),
@@ -1128,6 +1177,8 @@ async fn write_workspace_status(
         .ok()
         .map(|u| u.to_string()),
         last_failure: st.failure.clone(),
+        sync_interval: effective_interval(ws, ctx)
+            .map(|d| format_duration(d.max(MIN_SYNC_INTERVAL))),
         ..Default::default()
     };
     if let Some(l) = &st.listing {
@@ -1337,6 +1388,14 @@ mod tests {
         assert_eq!(parse_duration("10"), None);
         assert_eq!(parse_duration(""), None);
         assert_eq!(parse_duration("5d"), None);
+    }
+
+    #[test]
+    fn formats_durations() {
+        assert_eq!(format_duration(Duration::from_secs(60)), "1m");
+        assert_eq!(format_duration(Duration::from_secs(90)), "1m30s");
+        assert_eq!(format_duration(Duration::from_secs(10)), "10s");
+        assert_eq!(format_duration(Duration::from_secs(3600)), "1h");
     }
 
     #[test]

@@ -24,12 +24,9 @@ pub const ANNOTATION_CLUSTER_ID: &str = "emr.aliyun.io/cluster-id";
 pub const LABEL_MANAGED_BY: &str = "app.kubernetes.io/managed-by";
 pub const MANAGED_BY: &str = "emr-ray-operator";
 
-/// Default and minimum sync intervals.
+/// Sync interval of a workspace that does not set one, unless the operator is told otherwise
+/// (`--default-sync-interval`).
 pub const DEFAULT_SYNC_INTERVAL: &str = "60s";
-
-fn default_sync_interval() -> String {
-    DEFAULT_SYNC_INTERVAL.to_string()
-}
 
 /// An EMR Serverless Spark workspace whose Ray clusters are mirrored into this namespace.
 // kube-derive's repeated `printcolumn(...)` attributes are not duplicates.
@@ -94,13 +91,14 @@ pub struct EmrWorkspaceSpec {
     pub network: EndpointNetwork,
     /// Where the access key comes from. Exactly one of `secretRef`, `rrsa` or `environment`.
     pub credentials: WorkspaceCredentials,
-    /// How often the remote API is listed, as a duration (`30s`, `5m`, `1h`). Default 60s,
-    /// minimum 10s.
-    #[serde(default = "default_sync_interval")]
+    /// How often the remote API is listed, as a duration (`30s`, `5m`, `1h`); minimum 10s.
+    /// Empty: the operator's default (`--default-sync-interval`, 60s unless configured);
+    /// `status.syncInterval` shows the interval in effect.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(regex(pattern = r"^([0-9]+(\.[0-9]+)?(ms|s|m|h))+$"))]
     #[x_kube(validation = Rule::new("duration(self) >= duration('10s')").message("syncInterval must be at least 10s"))]
     #[x_kube(validation = Rule::new("duration(self) <= duration('24h')").message("syncInterval must be at most 24h"))]
-    pub sync_interval: String,
+    pub sync_interval: Option<String>,
     /// Stop polling the remote API. Mirrors are kept as they are.
     #[serde(default)]
     pub suspend: bool,
@@ -251,6 +249,9 @@ pub struct EmrWorkspaceStatus {
     /// Clusters per remote state in the last complete listing.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub clusters_by_state: BTreeMap<String, i64>,
+    /// The sync interval in effect (`spec.syncInterval` or the operator's default).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sync_interval: Option<String>,
     /// The endpoint that was called.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub endpoint: Option<String>,

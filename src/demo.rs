@@ -119,6 +119,7 @@ pub async fn run(args: DemoArgs, shutdown: CancellationToken) -> anyhow::Result<
         burst: 20,
         request_timeout: Duration::from_secs(10),
         listing_timeout: Duration::from_secs(60),
+        default_sync_interval: Duration::from_secs(60),
     };
     let op = tokio::spawn(operator::run(
         client.clone(),

@@ -73,6 +73,9 @@ struct RunArgs {
     /// Timeout of one remote HTTP request, in seconds.
     #[arg(long, env = "EMR_REQUEST_TIMEOUT_SECONDS", default_value_t = 10)]
     request_timeout_seconds: u64,
+    /// Sync interval of workspaces that do not set `spec.syncInterval` (minimum 10s).
+    #[arg(long, env = "DEFAULT_SYNC_INTERVAL", default_value = "60s", value_parser = parse_interval)]
+    default_sync_interval: Duration,
     /// Timeout of a whole workspace listing (all pages and retries), in seconds.
     #[arg(long, env = "EMR_LISTING_TIMEOUT_SECONDS", default_value_t = 120)]
     listing_timeout_seconds: u64,
@@ -98,6 +101,15 @@ struct RunArgs {
     /// This replica's identity (default: POD_NAME, else hostname and a random suffix).
     #[arg(long, env = "POD_NAME")]
     identity: Option<String>,
+}
+
+fn parse_interval(s: &str) -> Result<Duration, String> {
+    let d = emr_ray_operator::controller::parse_duration(s)
+        .ok_or_else(|| format!("{s:?} is not a duration like 60s, 5m or 1h"))?;
+    if d < emr_ray_operator::controller::MIN_SYNC_INTERVAL {
+        return Err("must be at least 10s".into());
+    }
+    Ok(d)
 }
 
 fn init_tracing(format: LogFormat, level: &str) {
@@ -176,6 +188,7 @@ async fn main() -> anyhow::Result<()> {
                 burst: a.burst.max(1),
                 request_timeout: Duration::from_secs(a.request_timeout_seconds.max(1)),
                 listing_timeout: Duration::from_secs(a.listing_timeout_seconds.max(1)),
+                default_sync_interval: a.default_sync_interval,
             };
             info!(
                 ?cfg,

@@ -39,6 +39,8 @@ pub struct OperatorConfig {
     pub burst: u32,
     pub request_timeout: Duration,
     pub listing_timeout: Duration,
+    /// Sync interval of workspaces that do not set `spec.syncInterval`.
+    pub default_sync_interval: Duration,
 }
 
 struct Health {
@@ -328,6 +330,7 @@ async fn run_controller(
         mirrors.clone(),
         secrets.clone(),
         shared.cfg.listing_timeout,
+        shared.cfg.default_sync_interval,
     ));
     // Our own reflector for workspaces, so that its readiness can be awaited.
     let (ws_store, ws_writer) = reflector::store();

@@ -702,6 +702,7 @@ async fn operator_runs_with_exactly_the_chart_rbac() {
         burst: 50,
         request_timeout: Duration::from_secs(2),
         listing_timeout: Duration::from_secs(20),
+        default_sync_interval: Duration::from_secs(60),
     };
     env.create_workspace("prod", json!({})).await;
     let token = CancellationToken::new();

@@ -41,6 +41,7 @@ async fn reference_example_is_mirrored_with_every_field() {
     assert!(st.last_successful_sync_time.is_some());
     assert!(st.observed_generation.is_some());
     assert!(st.last_failure.is_none());
+    assert_eq!(st.sync_interval.as_deref(), Some("10s"));
 
     let m = env
         .wait_mirror(EXAMPLE_CLUSTER, ONE_INTERVAL, "example mirror", |_| true)
@@ -181,6 +182,29 @@ async fn reference_example_is_mirrored_with_every_field() {
         assert!(header.contains(col), "column {col} missing in {header:?}");
     }
     assert!(text.lines().nth(1).unwrap().contains(WS));
+    // A workspace without syncInterval uses the operator's default (60s here), shown in status.
+    env.sim.state.ensure_workspace("w-empty");
+    env.workspaces()
+        .patch(
+            "defaulted",
+            &PatchParams::apply("tests"),
+            &Patch::Apply(json!({
+                "apiVersion": "emr.aliyun.io/v1alpha1", "kind": "EmrWorkspace",
+                "metadata": {"name": "defaulted"},
+                "spec": {"regionId": "cn-hangzhou", "workspaceId": "w-empty",
+                         "endpoint": env.endpoint(),
+                         "credentials": {"secretRef": {"name": "emr-credentials"}}},
+            })),
+        )
+        .await
+        .unwrap();
+    let st = env
+        .wait_ready("defaulted", "True", Some("Synced"), Duration::from_secs(30))
+        .await;
+    assert_eq!(st.sync_interval.as_deref(), Some("1m"));
+    assert_eq!(st.clusters, Some(0));
+    let ws = env.workspaces().get("defaulted").await.unwrap();
+    assert_eq!(ws.spec.sync_interval, None);
     // Category `emr` lists both kinds.
     let out = common::kubectl()
         .args(["get", "emr", "-n", &env.ns.name, "-o", "name"])

@@ -62,6 +62,7 @@ pub fn operator_config(ns: &str) -> OperatorConfig {
         burst: 50,
         request_timeout: Duration::from_secs(2),
         listing_timeout: Duration::from_secs(20),
+        default_sync_interval: Duration::from_secs(60),
     }
 }
 
