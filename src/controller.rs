@@ -52,6 +52,10 @@ pub struct Context {
     pub recorder: Recorder,
     pub metrics: Arc<Metrics>,
     pub mirrors: Store<EmrRayCluster>,
+    /// Which workspaces' mirrors changed since they were last looked up in `mirrors`.
+    pub mirror_changes: Arc<MirrorChanges>,
+    /// Per workspace UID: its mirrors as last looked up, reused while nothing changed.
+    mirror_cache: Mutex<HashMap<String, Arc<MirrorsByName>>>,
     pub secrets: Store<PartialObjectMeta<Secret>>,
     pub listing_timeout: Duration,
     pub default_interval: Duration,
@@ -84,6 +88,7 @@ impl Context {
         recorder: Recorder,
         metrics: Arc<Metrics>,
         mirrors: Store<EmrRayCluster>,
+        mirror_changes: Arc<MirrorChanges>,
         secrets: Store<PartialObjectMeta<Secret>>,
         listing_timeout: Duration,
         default_interval: Duration,
@@ -95,6 +100,8 @@ impl Context {
             recorder,
             metrics,
             mirrors,
+            mirror_changes,
+            mirror_cache: Mutex::new(HashMap::new()),
             secrets,
             listing_timeout,
             default_interval,
@@ -116,16 +123,42 @@ impl Context {
         );
     }
 
-    /// The mirrors of a namespace as the store has them, corrected by our own recent writes
-    /// that the store has not seen yet.
-    fn current_mirrors(&self, ns: &str) -> HashMap<String, Arc<EmrRayCluster>> {
-        let mut by_name: HashMap<String, Arc<EmrRayCluster>> = self
-            .mirrors
-            .state()
-            .into_iter()
-            .filter(|m| m.namespace().as_deref() == Some(ns))
-            .map(|m| (m.name_any(), m))
-            .collect();
+    /// The mirrors a workspace controls (keyed by cluster ID) as the store has them, corrected
+    /// by our own recent writes that the store has not seen yet. The store is scanned only when
+    /// the watch reported a change to one of the workspace's mirrors (or restarted): a steady
+    /// state costs no scan of all mirrors per reconcile.
+    fn current_mirrors(&self, ns: &str, owner_uid: &str) -> HashMap<String, Arc<EmrRayCluster>> {
+        let owned = |m: &EmrRayCluster| {
+            m.metadata.namespace.as_deref() == Some(ns)
+                && m.metadata.owner_references.as_ref().is_some_and(|refs| {
+                    refs.iter()
+                        .any(|o| o.uid == owner_uid && o.controller == Some(true))
+                })
+        };
+        let cached = if self.mirror_changes.take(owner_uid) {
+            None
+        } else {
+            self.mirror_cache.lock().unwrap().get(owner_uid).cloned()
+        };
+        let base = match cached {
+            Some(c) => c,
+            None => {
+                let scanned: HashMap<String, Arc<EmrRayCluster>> = self
+                    .mirrors
+                    .state()
+                    .into_iter()
+                    .filter(|m| owned(m))
+                    .map(|m| (m.name_any(), m))
+                    .collect();
+                let scanned = Arc::new(scanned);
+                self.mirror_cache
+                    .lock()
+                    .unwrap()
+                    .insert(owner_uid.to_string(), scanned.clone());
+                scanned
+            }
+        };
+        let mut by_name: HashMap<String, Arc<EmrRayCluster>> = (*base).clone();
         let prefix = format!("{ns}/");
         let now = Instant::now();
         let mut written = self.written.lock().unwrap();
@@ -137,7 +170,7 @@ impl Context {
                 return true;
             };
             match &e.obj {
-                Some(ours) => match by_name.get(name) {
+                Some(ours) if owned(ours) => match by_name.get(name) {
                     // The store has caught up with our write (or gone past it).
                     Some(theirs) if resource_version(theirs) >= resource_version(ours) => false,
                     _ => {
@@ -145,6 +178,7 @@ impl Context {
                         true
                     }
                 },
+                Some(_) => true,
                 None => {
                     by_name.remove(name);
                     true
@@ -152,6 +186,52 @@ impl Context {
             }
         });
         by_name
+            .into_values()
+            .map(|m| (m.spec.cluster_id.clone(), m))
+            .collect()
+    }
+}
+
+/// A workspace's mirrors by object name.
+type MirrorsByName = HashMap<String, Arc<EmrRayCluster>>;
+
+/// Mirror changes seen by the watch, per owning workspace UID, so that the reconciler rescans
+/// the mirror store only for workspaces whose mirrors changed.
+#[derive(Default)]
+pub struct MirrorChanges {
+    changed: Mutex<std::collections::HashSet<String>>,
+    /// Set when the watch (re)lists: every workspace must rescan.
+    all: std::sync::atomic::AtomicBool,
+    /// Workspaces that have scanned since the last relist.
+    scanned_since_relist: Mutex<std::collections::HashSet<String>>,
+}
+
+impl MirrorChanges {
+    /// Records a watch event for this mirror.
+    pub fn touched(&self, m: &EmrRayCluster) {
+        let mut changed = self.changed.lock().unwrap();
+        for o in m.metadata.owner_references.iter().flatten() {
+            changed.insert(o.uid.clone());
+        }
+    }
+
+    /// Records that the watch started a new complete list.
+    pub fn relisted(&self) {
+        self.all.store(true, std::sync::atomic::Ordering::SeqCst);
+        self.scanned_since_relist.lock().unwrap().clear();
+    }
+
+    /// Whether the workspace must rescan; clears its mark (before the scan, so that an event
+    /// arriving during the scan marks it again).
+    fn take(&self, owner_uid: &str) -> bool {
+        let marked = self.changed.lock().unwrap().remove(owner_uid);
+        let relisted = self.all.load(std::sync::atomic::Ordering::SeqCst)
+            && self
+                .scanned_since_relist
+                .lock()
+                .unwrap()
+                .insert(owner_uid.to_string());
+        marked || relisted
     }
 }
 
@@ -708,16 +788,7 @@ async fn apply_mirrors(
 ) -> Result<(), Error> {
     let ns = ws.namespace().unwrap_or_default();
     let ws_uid = ws.uid().unwrap_or_default();
-    let existing: HashMap<String, Arc<EmrRayCluster>> = ctx
-        .current_mirrors(&ns)
-        .into_values()
-        .filter(|m| {
-            m.owner_references()
-                .iter()
-                .any(|o| o.uid == ws_uid && o.controller == Some(true))
-        })
-        .map(|m| (m.spec.cluster_id.clone(), m))
-        .collect();
+    let existing = ctx.current_mirrors(&ns, &ws_uid);
     let stale = st
         .failure
         .as_ref()
@@ -758,34 +829,34 @@ async fn apply_mirrors(
     }
     // Mirrors that the last listing does not contain.
     let complete_and_current = st.failure.is_none() && st.listing.is_some();
+    let unconfirmed = Staleness {
+        reason: "RemovalUnconfirmed".to_string(),
+        message: "not in the last listing, which ended exactly on a page boundary and may have \
+                  been cut short; kept until a listing that ends on a short page confirms the \
+                  removal"
+            .to_string(),
+    };
+    // Keeps a mirror's last known data, with conditions saying whether it is gone or stale.
+    let keep = |m: &Arc<EmrRayCluster>, id: &str, gone: bool, staleness: Option<&Staleness>| {
+        let mut desired = m.status.clone().unwrap_or_default();
+        desired.gone = desired.gone || gone;
+        let prev_conds = desired.conditions.clone();
+        desired.conditions =
+            mirror::mirror_conditions(&desired, &prev_conds, m.meta().generation, staleness, &now);
+        MirrorJob {
+            name: m.name_any(),
+            cluster_id: id.to_string(),
+            prev: Some(m.clone()),
+            desired: Some(desired),
+            delete: false,
+        }
+    };
     for (id, m) in &existing {
         if st.listing.as_ref().is_some_and(|l| l.contains_key(id)) {
             continue;
         }
         if complete_and_current && st.listing_on_boundary {
-            let unconfirmed = Staleness {
-                reason: "RemovalUnconfirmed".to_string(),
-                message: "not in the last listing, which ended exactly on a page boundary and may \
-                          have been cut short; kept until a listing that ends on a short page \
-                          confirms the removal"
-                    .to_string(),
-            };
-            let mut desired = m.status.clone().unwrap_or_default();
-            let prev_conds = desired.conditions.clone();
-            desired.conditions = mirror::mirror_conditions(
-                &desired,
-                &prev_conds,
-                m.meta().generation,
-                Some(&unconfirmed),
-                &now,
-            );
-            jobs.push(MirrorJob {
-                name: m.name_any(),
-                cluster_id: id.clone(),
-                prev: Some(m.clone()),
-                desired: Some(desired),
-                delete: false,
-            });
+            jobs.push(keep(m, id, false, Some(&unconfirmed)));
         } else if complete_and_current {
             if ws.spec.gone_cluster_policy == GoneClusterPolicy::Delete {
                 jobs.push(MirrorJob {
@@ -796,42 +867,11 @@ async fn apply_mirrors(
                     delete: true,
                 });
             } else {
-                let mut desired = m.status.clone().unwrap_or_default();
-                desired.gone = true;
-                let prev_conds = desired.conditions.clone();
-                desired.conditions = mirror::mirror_conditions(
-                    &desired,
-                    &prev_conds,
-                    m.meta().generation,
-                    None,
-                    &now,
-                );
-                jobs.push(MirrorJob {
-                    name: m.name_any(),
-                    cluster_id: id.clone(),
-                    prev: Some(m.clone()),
-                    desired: Some(desired),
-                    delete: false,
-                });
+                jobs.push(keep(m, id, true, None));
             }
         } else if let Some(s) = &stale {
             // No trustworthy listing: keep the last known status, only say it is stale.
-            let mut desired = m.status.clone().unwrap_or_default();
-            let prev_conds = desired.conditions.clone();
-            desired.conditions = mirror::mirror_conditions(
-                &desired,
-                &prev_conds,
-                m.meta().generation,
-                Some(s),
-                &now,
-            );
-            jobs.push(MirrorJob {
-                name: m.name_any(),
-                cluster_id: id.clone(),
-                prev: Some(m.clone()),
-                desired: Some(desired),
-                delete: false,
-            });
+            jobs.push(keep(m, id, false, Some(s)));
         }
     }
 

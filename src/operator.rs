@@ -303,6 +303,8 @@ async fn run_controller(
     let secrets_api: Api<PartialObjectMeta<Secret>> = api(client, ns);
 
     let (mirrors, mirror_writer) = reflector::store();
+    let changes = Arc::new(crate::controller::MirrorChanges::default());
+    let changes_in_stream = changes.clone();
     let mirror_stream = reflector(
         mirror_writer,
         watcher(
@@ -311,6 +313,13 @@ async fn run_controller(
         ),
     )
     .default_backoff()
+    .inspect(move |ev| match ev {
+        Ok(watcher::Event::Apply(m) | watcher::Event::Delete(m) | watcher::Event::InitApply(m)) => {
+            changes_in_stream.touched(m)
+        }
+        Ok(watcher::Event::Init | watcher::Event::InitDone) => changes_in_stream.relisted(),
+        Err(_) => {}
+    })
     .touched_objects();
     // Only Secret metadata is watched: secret values are read when a sync needs them.
     let (secrets, secret_writer) = reflector::store();
@@ -328,6 +337,7 @@ async fn run_controller(
         shared.recorder.clone(),
         shared.metrics.clone(),
         mirrors.clone(),
+        changes,
         secrets.clone(),
         shared.cfg.listing_timeout,
         shared.cfg.default_sync_interval,

@@ -1369,7 +1369,7 @@ async fn leader_failover_with_faults() {
         a_writes,
         "the stopped leader wrote"
     );
-    // The new leader keeps syncing under the fault until it has met some 5xx itself.
+    // The new leader keeps syncing under the fault until it has met a 5xx itself.
     let t = Instant::now();
     loop {
         converge(
@@ -1380,12 +1380,14 @@ async fn leader_failover_with_faults() {
             Some(&allowed[..2]),
         )
         .await;
-        if env.sim.state.stats().faults_injected >= faults_at_stop + 2 {
+        if env.sim.state.stats().faults_injected > faults_at_stop {
             break;
         }
+        // 30% of requests fail: ~9 syncs a minute at two or more requests each make a fault
+        // all but certain (P(none in 3 minutes) < 1e-5).
         assert!(
-            t.elapsed() < Duration::from_secs(90),
-            "leader failover: the new leader met fewer than 2 faults"
+            t.elapsed() < Duration::from_secs(180),
+            "leader failover: the new leader met no fault"
         );
         tokio::time::sleep(Duration::from_secs(1)).await;
     }
