@@ -875,6 +875,47 @@ async fn apply_mirrors(
         }
     }
 
+    // A name held by a mirror of another workspace (two EmrWorkspaces of one namespace listing
+    // the same remote clusters): leave it alone instead of failing the apply on every retry.
+    let mut conflicts = Vec::new();
+    jobs.retain(|j| {
+        if j.prev.is_some() {
+            return true;
+        }
+        let other = ctx
+            .mirrors
+            .get(&ObjectRef::new(&j.name).within(&ns))
+            .filter(|m| {
+                m.owner_references()
+                    .iter()
+                    .any(|o| o.controller == Some(true) && o.uid != ws_uid)
+            });
+        match other {
+            Some(m) => {
+                conflicts.push(format!("{} (owned by {})", j.name, m.spec.workspace_ref));
+                false
+            }
+            None => true,
+        }
+    });
+    if !conflicts.is_empty() {
+        conflicts.sort();
+        warn!(workspace = %key(ws), ?conflicts, "mirror names held by another workspace");
+        publish(
+            ctx,
+            &ws.object_ref(&()),
+            EventType::Warning,
+            "MirrorNameConflict",
+            format!(
+                "{} cluster(s) are already mirrored by another EmrWorkspace in this namespace \
+                 (the same remote workspace twice?): {}",
+                conflicts.len(),
+                conflicts.join(", ")
+            ),
+        )
+        .await;
+    }
+
     // Metrics for the listing.
     update_state_metrics(ws, ctx, st);
 

@@ -799,3 +799,31 @@ async fn only_the_leader_writes_and_the_standby_takes_over() {
     b.stop().await;
     env.teardown().await;
 }
+
+/// Two EmrWorkspaces of one namespace listing the same remote workspace: the first one's
+/// mirrors stay its own, the second one reports the conflict instead of fighting over them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_workspaces_for_one_remote_workspace_do_not_fight() {
+    let mut env = Env::new("e2e-conflict").await;
+    env.create_workspace("first", json!({})).await;
+    env.start();
+    env.wait_mirror(EXAMPLE_CLUSTER, Duration::from_secs(60), "mirror", |_| true)
+        .await;
+    env.create_workspace("second", json!({})).await;
+    common::wait_for(
+        Duration::from_secs(30),
+        "MirrorNameConflict event",
+        || async {
+            events_for(&env, "second")
+                .await
+                .into_iter()
+                .find(|e| e.reason.as_deref() == Some("MirrorNameConflict"))
+        },
+    )
+    .await;
+    let m = env.mirrors().get(EXAMPLE_CLUSTER).await.unwrap();
+    assert_eq!(m.owner_references().len(), 1);
+    assert_eq!(m.owner_references()[0].name, "first");
+    assert_eq!(m.spec.workspace_ref, "first");
+    env.teardown().await;
+}
