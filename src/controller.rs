@@ -110,7 +110,10 @@ impl Context {
         }
     }
 
-    fn record_write(&self, ns: &str, name: &str, obj: Option<EmrRayCluster>) {
+    fn record_write(&self, ns: &str, name: &str, mut obj: Option<EmrRayCluster>) {
+        if let Some(o) = obj.as_mut() {
+            o.metadata.managed_fields = None;
+        }
         let mut w = self.written.lock().unwrap();
         let now = Instant::now();
         w.retain(|_, e| now.duration_since(e.at) < WRITTEN_TTL);

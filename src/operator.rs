@@ -305,12 +305,15 @@ async fn run_controller(
     let (mirrors, mirror_writer) = reflector::store();
     let changes = Arc::new(crate::controller::MirrorChanges::default());
     let changes_in_stream = changes.clone();
+    // managedFields are dropped before caching: they are most of a mirror's size in memory and
+    // nothing here reads them.
     let mirror_stream = reflector(
         mirror_writer,
         watcher(
             mirrors_api,
             watcher::Config::default().labels(&format!("{LABEL_MANAGED_BY}={MANAGED_BY}")),
-        ),
+        )
+        .modify(|m: &mut EmrRayCluster| m.metadata.managed_fields = None),
     )
     .default_backoff()
     .inspect(move |ev| match ev {
