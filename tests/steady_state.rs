@@ -11,6 +11,16 @@ use kube::ResourceExt;
 use serde_json::json;
 use support::*;
 
+/// Writes to `emrrayclusters` of the kinds the operator sends (create, update, patch, apply,
+/// delete). DELETECOLLECTION is left out: only the namespace controller sends it, once per
+/// resource type for every namespace it cleans up, mirrors or not.
+fn mirror_writes(metrics: &str) -> f64 {
+    ["POST", "PUT", "PATCH", "APPLY", "DELETE"]
+        .iter()
+        .map(|v| common::count_requests(metrics, v, "emrrayclusters"))
+        .sum()
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn steady_state_writes_no_mirror() {
     let mut env = Env::new("e2e-steady").await;
@@ -53,20 +63,22 @@ async fn steady_state_writes_no_mirror() {
         .iter()
         .map(|m| (m.name_any(), m.resource_version().unwrap()))
         .collect();
-    let before = common::count_write_requests(
-        &common::apiserver_metrics(&env.client).await,
-        "emrrayclusters",
-    );
+    let before = mirror_writes(&common::apiserver_metrics(&env.client).await);
     let syncs_before = env.sim.state.stats().requests;
     let op_writes_before = env.operators[0].writes();
+    let own_mirror_writes = |text: String| -> f64 {
+        text.lines()
+            .filter(|l| l.starts_with("emr_ray_operator_kube_writes_total{"))
+            .filter(|l| l.contains("resource=\"emrrayclusters\""))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum()
+    };
+    let op_mirror_writes_before = own_mirror_writes(env.operators[0].metrics.encode());
 
     // Three sync intervals with no remote change.
     tokio::time::sleep(Duration::from_secs(35)).await;
 
-    let after = common::count_write_requests(
-        &common::apiserver_metrics(&env.client).await,
-        "emrrayclusters",
-    );
+    let after = mirror_writes(&common::apiserver_metrics(&env.client).await);
     let syncs = env.sim.state.stats().requests - syncs_before;
     assert!(
         syncs >= 2,
@@ -76,6 +88,11 @@ async fn steady_state_writes_no_mirror() {
         after - before,
         0.0,
         "API server saw writes to emrrayclusters in steady state"
+    );
+    assert_eq!(
+        own_mirror_writes(env.operators[0].metrics.encode()) - op_mirror_writes_before,
+        0.0,
+        "the operator wrote mirrors in steady state"
     );
     let ws_writes = env.operators[0].writes() - op_writes_before;
     // Only the workspace status (at most once per sync) was written.
