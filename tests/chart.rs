@@ -90,15 +90,7 @@ fn crds_are_generated_and_copied_into_the_chart() {
 
 /// `.cache/bin/helm` without a kubeconfig (lint and template need no cluster).
 fn offline_helm() -> Command {
-    let bin = common::bin_dir().join("helm");
-    if !bin.is_file() {
-        let status = Command::new("bash")
-            .arg(repo().join("tests/control-plane/kcp.sh"))
-            .arg("build")
-            .status()
-            .expect("running kcp.sh build");
-        assert!(status.success(), "kcp.sh build failed");
-    }
+    let bin = common::helm_path();
     let mut cmd = Command::new(bin);
     cmd.current_dir(repo()).env("KUBECONFIG", "/dev/null");
     cmd

@@ -207,10 +207,17 @@ pub fn kubectl() -> Command {
 
 /// Pinned `helm` from `.cache/bin` (built on demand) with `KUBECONFIG` set.
 pub fn helm() -> Command {
-    if !bin_dir().join("helm").is_file() {
+    helm_path();
+    tool("helm")
+}
+
+/// Path of the pinned `helm` in `.cache/bin`, built on demand. Needs no control plane.
+pub fn helm_path() -> PathBuf {
+    let bin = bin_dir().join("helm");
+    if !bin.is_file() {
         run_kcp_sh("build");
     }
-    tool("helm")
+    bin
 }
 
 /// Poll `f` every 250ms until it returns `Some`, panicking with `what` after `timeout`.
