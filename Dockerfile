@@ -38,7 +38,7 @@ RUN --mount=type=cache,target=/usr/local/cargo/registry \
     --mount=type=cache,target=/src/target,sharing=locked \
     set -eux; \
     target="$(cat /rust-target)"; \
-    cargo build --release --locked --target "$target" --bin emr-ray-operator; \
+    cargo build --release --locked --no-default-features --target "$target" --bin emr-ray-operator; \
     mkdir -p /out; \
     cp "target/$target/release/emr-ray-operator" /out/emr-ray-operator
 

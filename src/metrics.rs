@@ -37,6 +37,19 @@ pub struct CodeLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RefusalLabels {
+    pub resource: String,
+    /// A [`WriteRefusal`](crate::api::WriteRefusal): a fixed set.
+    pub reason: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ErrorLabels {
+    /// A variant of the reconciler's error type: a fixed set.
+    pub error: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct WriteLabels {
     pub resource: String,
     pub operation: String,
@@ -54,6 +67,8 @@ pub struct Metrics {
     pub workspace_clusters: Family<WorkspaceLabels, Gauge>,
     pub workspace_ready: Family<WorkspaceLabels, Gauge>,
     pub kube_writes: Family<WriteLabels, Counter>,
+    pub kube_write_refusals: Family<RefusalLabels, Counter>,
+    pub reconcile_errors: Family<ErrorLabels, Counter>,
     pub reconciles: Counter,
     pub is_leader: Gauge,
 }
@@ -77,6 +92,8 @@ impl Default for Metrics {
             workspace_clusters: Family::default(),
             workspace_ready: Family::default(),
             kube_writes: Family::default(),
+            kube_write_refusals: Family::default(),
+            reconcile_errors: Family::default(),
             reconciles: Counter::default(),
             is_leader: Gauge::default(),
             registry: Registry::default(),
@@ -126,6 +143,16 @@ impl Default for Metrics {
             "Write requests sent to the Kubernetes API by resource and operation",
             m.kube_writes.clone(),
         );
+        registry.register(
+            "kube_write_refusals",
+            "Write requests the Kubernetes API server refused, by resource and reason",
+            m.kube_write_refusals.clone(),
+        );
+        registry.register(
+            "reconcile_errors",
+            "Reconciliations that failed, by error",
+            m.reconcile_errors.clone(),
+        );
         registry.register("reconciles", "Reconciliations run", m.reconciles.clone());
         registry.register(
             "leader",
@@ -142,6 +169,23 @@ impl Metrics {
         prometheus_client::encoding::text::encode(&mut out, &self.registry)
             .expect("encoding metrics into a String cannot fail");
         out
+    }
+
+    pub fn count_refusal(&self, resource: &str, refusal: crate::api::WriteRefusal) {
+        self.kube_write_refusals
+            .get_or_create(&RefusalLabels {
+                resource: resource.to_string(),
+                reason: refusal.metric_label().to_string(),
+            })
+            .inc();
+    }
+
+    pub fn count_reconcile_error(&self, label: &str) {
+        self.reconcile_errors
+            .get_or_create(&ErrorLabels {
+                error: label.to_string(),
+            })
+            .inc();
     }
 
     pub fn count_write(&self, resource: &str, operation: &str) {

@@ -28,9 +28,9 @@ use kube::{Resource, ResourceExt};
 use rand::seq::SliceRandom;
 use serde_json::json;
 
-use emr_ray_operator::crd::{self, EmrRayCluster, EmrWorkspace};
+use emr_ray_operator::api::{self as crd, EmrRayCluster, EmrWorkspace};
 use emr_ray_operator::emr::{ClientConfig, ClusterState, Credentials, EmrClient};
-use emr_ray_operator::mirror;
+use emr_ray_operator::controller::mirror;
 use emr_ray_operator::sim::{
     DEFAULT_ACCESS_KEY_ID, DEFAULT_ACCESS_KEY_SECRET, SimConfig, Simulator,
 };
@@ -397,7 +397,7 @@ async fn main() -> anyhow::Result<()> {
                                     "regionId": ws.spec.region_id,"clusterId": c.cluster_id}});
                         let _ = api.patch(&name, &pp, &Patch::Apply(&obj)).await;
                         let mut st = mirror::remote_status(&c);
-                        st.conditions = mirror::mirror_conditions(&st, &[], Some(1), None, &mirror::now_rfc3339());
+                        st.conditions = mirror::mirror_conditions(&st, &[], Some(1), None, &emr_ray_operator::time::now_rfc3339());
                         let obj = json!({"apiVersion":"emr.aliyun.io/v1alpha1","kind":"EmrRayCluster",
                             "metadata":{"name": name},"status": st});
                         let _ = api.patch_status(&name, &pp, &Patch::Apply(&obj)).await;

@@ -53,6 +53,8 @@ pub struct ClientConfig {
     pub burst: u32,
     pub signature: SignatureVersion,
     pub user_agent: String,
+    /// Largest response body read per page; a larger one fails the listing.
+    pub max_body_bytes: usize,
     /// Called once per HTTP attempt.
     pub observer: Option<Observer>,
 }
@@ -72,6 +74,7 @@ impl Default for ClientConfig {
             burst: 20,
             signature: SignatureVersion::Acs3HmacSha256,
             user_agent: format!("emr-ray-operator/{}", env!("CARGO_PKG_VERSION")),
+            max_body_bytes: 8 * 1024 * 1024,
             observer: None,
         }
     }
@@ -89,6 +92,7 @@ impl fmt::Debug for ClientConfig {
             .field("burst", &self.burst)
             .field("signature", &self.signature)
             .field("user_agent", &self.user_agent)
+            .field("max_body_bytes", &self.max_body_bytes)
             .field("observer", &self.observer.is_some())
             .finish()
     }
@@ -165,13 +169,17 @@ impl EmrClient {
             return Err(bad("timeouts must be positive"));
         }
         let burst = NonZeroU32::new(cfg.burst).ok_or_else(|| bad("burst must be at least 1"))?;
-        let period = Duration::from_secs_f64(1.0 / cfg.requests_per_second);
+        let period = Duration::try_from_secs_f64(1.0 / cfg.requests_per_second)
+            .map_err(|_| bad("requests_per_second is too low"))?;
         let quota = Quota::with_period(period)
             .ok_or_else(|| bad("requests_per_second is too high"))?
             .allow_burst(burst);
         let http = reqwest::Client::builder()
             .user_agent(cfg.user_agent.clone())
             .connect_timeout(cfg.request_timeout)
+            // A redirect would resend the signed request (and any STS token) to another host;
+            // a 3xx is a failed listing instead.
+            .redirect(reqwest::redirect::Policy::none())
             .pool_idle_timeout(Duration::from_secs(60))
             .build()
             .map_err(|e| bad(&format!("cannot build HTTP client: {e}")))?;
@@ -208,7 +216,9 @@ impl EmrClient {
             ));
         }
         let timeout = self.inner.cfg.listing_timeout;
-        let deadline = Instant::now() + timeout;
+        let Some(deadline) = Instant::now().checked_add(timeout) else {
+            return Err(EmrError::new(ErrorKind::Config, "listing timeout is too long"));
+        };
         let mut listing = Listing::default();
         match tokio::time::timeout_at(
             deadline,
@@ -355,7 +365,7 @@ impl EmrClient {
                 (ErrorKind::Throttled, None) => Duration::from_millis(500) + backoff_delay(attempt),
                 _ => backoff_delay(attempt),
             };
-            if Instant::now() + delay >= deadline {
+            if Instant::now().checked_add(delay).is_none_or(|t| t >= deadline) {
                 // Waiting would overrun the listing deadline: report the real cause now.
                 return Err(err);
             }
@@ -421,8 +431,8 @@ impl EmrClient {
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.trim().parse::<u64>().ok())
             .filter(|s| *s > 0)
-            .map(Duration::from_secs);
-        let body = resp.bytes().await.map_err(transport_error)?;
+            .map(|s| Duration::from_secs(s.min(MAX_RETRY_AFTER.as_secs())));
+        let body = read_body(resp, cfg.max_body_bytes).await?;
         if !(200..300).contains(&status) {
             let e = EmrError::from_response(status, &body, header_request_id, retry_after);
             let code = e.code.clone().unwrap_or_else(|| status.to_string());
@@ -451,6 +461,38 @@ impl EmrClient {
             )),
         }
     }
+}
+
+/// The longest `x-acs-retry-after` honoured; longer values are capped (never overflow).
+pub const MAX_RETRY_AFTER: Duration = Duration::from_secs(300);
+
+/// Reads a response body, failing (as a malformed answer) once it exceeds `max` bytes.
+async fn read_body(
+    mut resp: reqwest::Response,
+    max: usize,
+) -> Result<Vec<u8>, (EmrError, String)> {
+    if resp.content_length().is_some_and(|n| n > max as u64) {
+        return Err(body_too_large(resp.status().as_u16(), max));
+    }
+    let mut body = Vec::new();
+    while let Some(chunk) = resp.chunk().await.map_err(transport_error)? {
+        if body.len() + chunk.len() > max {
+            return Err(body_too_large(resp.status().as_u16(), max));
+        }
+        body.extend_from_slice(&chunk);
+    }
+    Ok(body)
+}
+
+fn body_too_large(status: u16, max: usize) -> (EmrError, String) {
+    (
+        EmrError::new(
+            ErrorKind::Malformed,
+            format!("response body is larger than the limit of {max} bytes"),
+        )
+        .with_status(status),
+        "malformed".to_string(),
+    )
 }
 
 fn transport_error(e: reqwest::Error) -> (EmrError, String) {
@@ -516,9 +558,7 @@ pub fn signed_headers(
         SignatureVersion::Acs3HmacSha256 => {
             h.push((
                 "x-acs-date".into(),
-                jiff::Timestamp::now()
-                    .strftime("%Y-%m-%dT%H:%M:%SZ")
-                    .to_string(),
+                crate::time::now_rfc3339(),
             ));
             h.push(("x-acs-content-sha256".into(), sign::EMPTY_SHA256.into()));
             let names = sign::acs3_default_signed_names(&h);

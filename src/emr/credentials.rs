@@ -304,9 +304,7 @@ impl CredentialResolver {
             .sts_endpoint
             .clone()
             .unwrap_or_else(|| url::Url::parse("https://sts.aliyuncs.com/").expect("static url"));
-        let timestamp = jiff::Timestamp::now()
-            .strftime("%Y-%m-%dT%H:%M:%SZ")
-            .to_string();
+        let timestamp = crate::time::now_rfc3339();
         url.query_pairs_mut()
             .append_pair("Version", "2015-04-01")
             .append_pair("Action", "AssumeRoleWithOIDC")

@@ -83,7 +83,7 @@ mod tests {
             "-x",
         ] {
             let e = resolve(bad, false, None).unwrap_err();
-            assert_eq!(e.reason(), "InvalidEndpoint", "{bad}");
+            assert_eq!(e.kind, ErrorKind::Config, "{bad}");
         }
         for bad in ["ftp://x", "not a url", "http://u:p@h/", "https://h/?a=b"] {
             assert!(resolve("cn-hangzhou", false, Some(bad)).is_err(), "{bad}");

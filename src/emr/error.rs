@@ -72,23 +72,6 @@ impl EmrError {
         self
     }
 
-    /// CamelCase reason for Kubernetes conditions and metric labels.
-    pub fn reason(&self) -> &'static str {
-        match self.kind {
-            ErrorKind::Auth => "AuthenticationFailed",
-            ErrorKind::Permission => "PermissionDenied",
-            ErrorKind::Throttled => "Throttled",
-            ErrorKind::Transient => "RemoteUnavailable",
-            ErrorKind::Timeout => "Timeout",
-            ErrorKind::InvalidRequest => "InvalidRequest",
-            ErrorKind::NotFound => "WorkspaceNotFound",
-            ErrorKind::Malformed => "MalformedResponse",
-            ErrorKind::Incomplete => "IncompleteListing",
-            ErrorKind::Credentials => "CredentialsUnavailable",
-            ErrorKind::Config => "InvalidEndpoint",
-        }
-    }
-
     /// Whether the same call, repeated later unchanged, may succeed (throttling, 5xx, network,
     /// timeouts, malformed bodies, inconsistent listings). Authentication, permission, invalid
     /// request, not-found, credential and configuration errors need a change first.
@@ -116,14 +99,18 @@ impl EmrError {
             None => (None, None, header_request_id),
         };
         let kind = classify(status, code.as_deref());
-        let message = message.unwrap_or_else(|| {
-            let snippet: String = String::from_utf8_lossy(body).chars().take(200).collect();
-            if snippet.trim().is_empty() {
-                format!("HTTP {status} without an error body")
-            } else {
-                format!("HTTP {status}: {}", snippet.trim())
+        // Only the documented `Code`/`Message` are copied (cleaned and capped): never a raw
+        // body, which a hostile or misconfigured endpoint controls.
+        let code = code.map(|c| clean_text(&c, MAX_CODE_CHARS));
+        let message = match message.map(|m| clean_text(&m, MAX_MESSAGE_CHARS)) {
+            Some(m) if !m.is_empty() => m,
+            _ if (300..400).contains(&status) => {
+                format!("HTTP {status}: the endpoint answered with a redirect, which is not followed")
             }
-        });
+            _ if body.is_empty() => format!("HTTP {status} without an error body"),
+            _ => format!("HTTP {status} with a body that is not the documented error JSON"),
+        };
+        let request_id = request_id.map(|r| clean_text(&r, MAX_CODE_CHARS));
         EmrError {
             kind,
             code,
@@ -137,6 +124,41 @@ impl EmrError {
             },
         }
     }
+}
+
+/// Longest remote error message kept (characters).
+pub const MAX_MESSAGE_CHARS: usize = 256;
+/// Longest remote error code or request ID kept (characters).
+pub const MAX_CODE_CHARS: usize = 64;
+
+/// `s` without control characters, with runs of whitespace collapsed, cut to `max` characters
+/// (with `…` when cut).
+pub fn clean_text(s: &str, max: usize) -> String {
+    let mut out = String::new();
+    let mut n = 0;
+    let mut space = false;
+    for c in s.trim().chars() {
+        if c.is_whitespace() || c.is_control() {
+            space = true;
+            continue;
+        }
+        if space && !out.is_empty() {
+            if n + 1 >= max {
+                out.push('…');
+                return out;
+            }
+            out.push(' ');
+            n += 1;
+        }
+        space = false;
+        if n >= max {
+            out.push('…');
+            return out;
+        }
+        out.push(c);
+        n += 1;
+    }
+    out
 }
 
 /// Error body `{"RequestId","HostId","Code","Message","Recommend"}`, also lower-case variants.
@@ -186,6 +208,7 @@ pub fn classify(status: u16, code: Option<&str>) -> ErrorKind {
         }
     }
     match status {
+        300..=399 => ErrorKind::Config,
         429 => ErrorKind::Throttled,
         500..=599 => ErrorKind::Transient,
         403 => ErrorKind::Permission,
@@ -197,8 +220,10 @@ pub fn classify(status: u16, code: Option<&str>) -> ErrorKind {
 
 impl fmt::Display for EmrError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let code = self.code.as_deref().unwrap_or(self.reason());
-        write!(f, "{code}: {}", self.message)?;
+        match &self.code {
+            Some(code) => write!(f, "{code}: {}", self.message)?,
+            None => f.write_str(&self.message)?,
+        }
         if let Some(id) = &self.request_id {
             write!(f, " (request id {id})")?;
         }
@@ -247,7 +272,7 @@ mod tests {
             None,
         );
         assert_eq!(e.kind, ErrorKind::Auth);
-        assert_eq!(e.reason(), "AuthenticationFailed");
+        assert_eq!(e.kind, ErrorKind::Auth);
         assert!(!e.is_retryable());
         assert_eq!(e.to_string(), "SignatureDoesNotMatch: bad (request id R1)");
         let e = EmrError::from_response(
@@ -263,6 +288,25 @@ mod tests {
         let e = EmrError::from_response(502, b"<html>bad gateway</html>", Some("H".into()), None);
         assert_eq!(e.kind, ErrorKind::Transient);
         assert_eq!(e.request_id.as_deref(), Some("H"));
-        assert!(e.to_string().starts_with("RemoteUnavailable: HTTP 502"));
+        assert_eq!(
+            e.to_string(),
+            "HTTP 502 with a body that is not the documented error JSON (request id H)"
+        );
+        assert!(!e.to_string().contains("bad gateway"), "raw bodies are never copied");
+        let long = format!(r#"{{"Code":"X\n{}","Message":"{}"}}"#, "c".repeat(500), "m".repeat(5000));
+        let e = EmrError::from_response(400, long.as_bytes(), None, None);
+        assert!(e.message.chars().count() <= MAX_MESSAGE_CHARS + 1);
+        assert!(e.code.unwrap().chars().count() <= MAX_CODE_CHARS + 1);
+        let e = EmrError::from_response(302, b"", None, None);
+        assert_eq!(e.kind, ErrorKind::Config);
+        assert!(e.message.contains("redirect"), "{}", e.message);
+    }
+
+    #[test]
+    fn clean_text_caps_and_strips_controls() {
+        assert_eq!(clean_text("  a\n\tb\x1b[31m  c ", 100), "a b [31m c");
+        assert_eq!(clean_text("abcdef", 3), "abc…");
+        assert_eq!(clean_text("ab cdef", 3), "ab…");
+        assert_eq!(clean_text("", 3), "");
     }
 }

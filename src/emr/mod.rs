@@ -4,14 +4,17 @@
 //!   the simulator's verifier;
 //! * [`client`]: `ListRayCluster` with paging, retries, timeouts and a client-side rate limit;
 //! * [`credentials`]: static, environment and RRSA credentials;
-//! * [`endpoint`]: endpoint resolution; [`cli`]: the `list` subcommand.
+//! * [`endpoint`]: endpoint resolution; [`redact`]: endpoints without tokens;
+//! * [`error`]: classified errors; [`model`]: the response types.
+//!
+//! This layer knows nothing of Kubernetes or of the command line.
 
-pub mod cli;
 pub mod client;
 pub mod credentials;
 pub mod endpoint;
 pub mod error;
 pub mod model;
+pub mod redact;
 pub mod sign;
 
 pub use client::{ClientConfig, EmrClient, Listing, RequestOutcome, SignatureVersion};

@@ -183,3 +183,146 @@ mod tests {
         assert_eq!(c.name, None);
     }
 }
+
+/// What a cluster asks for at its desired replicas: the one place that sums them (the mirrors'
+/// `desiredWorkerReplicas`/`desiredCPU`/`desiredMemory` and the `list` command's columns).
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct DesiredResources {
+    /// Sum of the worker groups' `replica` (`None` without `workerSpec`).
+    pub workers: Option<i64>,
+    /// CPU cores of head and workers (`None` when a value is missing or unparsable).
+    pub cpu: Option<f64>,
+    /// Memory in GiB of head and workers (`None` when a value is missing or unparsable).
+    pub memory_gi: Option<f64>,
+}
+
+impl RayCluster {
+    /// Totals over the head (1 replica unless stated) and the worker groups (0 unless stated).
+    /// Remote numbers are untrusted: sums saturate, negative replicas count as 0.
+    pub fn desired_resources(&self) -> DesiredResources {
+        let workers = self.worker_spec.as_deref().unwrap_or_default();
+        let mut cpu = Some(0.0);
+        let mut mem = Some(0.0);
+        let mut add = |c: Option<&str>, m: Option<&str>, replicas: i64| {
+            let r = replicas.max(0) as f64;
+            cpu = cpu.zip(c.and_then(parse_cpu)).map(|(t, v)| t + v * r);
+            mem = mem.zip(m.and_then(parse_memory_gi)).map(|(t, v)| t + v * r);
+        };
+        if let Some(h) = &self.head_spec {
+            add(h.cpu.as_deref(), h.memory.as_deref(), h.replica.unwrap_or(1));
+        }
+        for w in workers {
+            add(w.cpu.as_deref(), w.memory.as_deref(), w.replica.unwrap_or(0));
+        }
+        let has_resources = self.head_spec.is_some() || !workers.is_empty();
+        let finite = |v: f64| v.is_finite().then_some(v);
+        DesiredResources {
+            workers: self.worker_spec.as_ref().map(|ws| {
+                ws.iter()
+                    .filter_map(|w| w.replica)
+                    .fold(0i64, |a, r| a.saturating_add(r.max(0)))
+            }),
+            cpu: cpu.filter(|_| has_resources).and_then(finite),
+            memory_gi: mem.filter(|_| has_resources).and_then(finite),
+        }
+    }
+}
+
+/// CPU cores as a number (`2`, `0.5`, `500m`).
+pub fn parse_cpu(s: &str) -> Option<f64> {
+    let s = s.trim();
+    let v = match s.strip_suffix('m') {
+        Some(m) => m.trim().parse::<f64>().ok()? / 1000.0,
+        None => s.parse::<f64>().ok()?,
+    };
+    (v.is_finite() && v >= 0.0).then_some(v)
+}
+
+/// Memory in GiB (`8Gi`, `8`, `512Mi`, `1Ti`, `8G`; the reference's unit is Gi).
+pub fn parse_memory_gi(s: &str) -> Option<f64> {
+    let s = s.trim();
+    let units = [
+        ("Ki", 1.0 / (1024.0 * 1024.0)),
+        ("Mi", 1.0 / 1024.0),
+        ("Gi", 1.0),
+        ("Ti", 1024.0),
+        ("G", 1.0),
+        ("M", 1.0 / 1024.0),
+    ];
+    let (n, factor) = units
+        .iter()
+        .find_map(|(suffix, f)| s.strip_suffix(suffix).map(|n| (n, *f)))
+        .unwrap_or((s, 1.0));
+    let v = n.trim().parse::<f64>().ok()? * factor;
+    (v.is_finite() && v >= 0.0).then_some(v)
+}
+
+/// A number as people write it: `4`, `1.5`, `0.125` (at most three decimals).
+pub fn format_quantity(v: f64) -> String {
+    if (v - v.round()).abs() < 1e-9 && v.abs() < 9e15 {
+        format!("{}", v.round() as i64)
+    } else {
+        let s = format!("{v:.3}");
+        s.trim_end_matches('0').trim_end_matches('.').to_string()
+    }
+}
+
+#[cfg(test)]
+mod resource_tests {
+    use super::*;
+
+    #[test]
+    fn quantities() {
+        assert_eq!(parse_cpu("500m"), Some(0.5));
+        assert_eq!(parse_cpu("-1"), None);
+        assert_eq!(parse_memory_gi("512Mi"), Some(0.5));
+        assert_eq!(parse_memory_gi("8Gi"), Some(8.0));
+        assert_eq!(parse_memory_gi("1e400"), None);
+        assert_eq!(format_quantity(1.5), "1.5");
+        assert_eq!(format_quantity(4.0), "4");
+    }
+
+    #[test]
+    fn totals_default_head_to_one_and_workers_to_zero() {
+        let c = RayCluster {
+            head_spec: Some(HeadSpec {
+                cpu: Some("2".into()),
+                memory: Some("8Gi".into()),
+                ..Default::default()
+            }),
+            worker_spec: Some(vec![
+                WorkerSpec {
+                    cpu: Some("500m".into()),
+                    memory: Some("512Mi".into()),
+                    replica: Some(2),
+                    ..Default::default()
+                },
+                WorkerSpec {
+                    cpu: Some("4".into()),
+                    memory: Some("4Gi".into()),
+                    ..Default::default()
+                },
+            ]),
+            ..Default::default()
+        };
+        let r = c.desired_resources();
+        assert_eq!(r.workers, Some(2));
+        assert_eq!(r.cpu, Some(3.0));
+        assert_eq!(r.memory_gi, Some(9.0));
+        let hostile = RayCluster {
+            worker_spec: Some(vec![
+                WorkerSpec {
+                    replica: Some(i64::MAX),
+                    ..Default::default()
+                },
+                WorkerSpec {
+                    replica: Some(i64::MAX),
+                    ..Default::default()
+                },
+            ]),
+            ..Default::default()
+        };
+        assert_eq!(hostile.desired_resources().workers, Some(i64::MAX));
+        assert_eq!(RayCluster::default().desired_resources(), DesiredResources::default());
+    }
+}

@@ -790,9 +790,7 @@ fn sts_assume_role_with_oidc(st: &SimState, body: &[u8], host: &str, request_id:
     let token = format!("CAIS{}", rand_str(&mut rng, 120));
     let expiration = SystemTime::now() + Duration::from_secs(duration);
     st.add_sts_credentials(&id, &secret, &token, Some(expiration));
-    let exp = jiff::Timestamp::try_from(expiration)
-        .map(|t| t.strftime("%Y-%m-%dT%H:%M:%SZ").to_string())
-        .unwrap_or_default();
+    let exp = crate::time::rfc3339_system(expiration).unwrap_or_default();
     let session = form
         .get("RoleSessionName")
         .cloned()

@@ -3,10 +3,12 @@
 
 use sha2::{Digest, Sha256};
 
-use crate::crd::{
-    Condition, EmrRayClusterStatus, RayEndpoints, RayHeadSpec, RayWorkerGroup, SyncFailure,
-};
+use crate::api::conditions::{ConditionSet, READY, RECONCILING, STALLED, SYNCED};
+use crate::api::{Condition, Reason, EmrRayClusterStatus, RayEndpoints, RayHeadSpec, RayWorkerGroup};
+use crate::emr::model::format_quantity;
+use crate::emr::redact::redact_endpoint;
 use crate::emr::{ClusterState, RayCluster};
+use crate::time::rfc3339_millis;
 
 /// Kubernetes object names are at most 253 characters; we stay within a DNS label (63) so the
 /// name can also be used as a label value.
@@ -71,118 +73,22 @@ fn is_dns_label(s: &str) -> bool {
         && !s.ends_with('-')
 }
 
-/// The dashboard URL without its access token (and without any other credential-like query
-/// parameter or user info). Text that is not a URL keeps only what precedes its query.
-pub fn redact_dashboard_url(raw: &str) -> String {
-    let Ok(mut url) = url::Url::parse(raw) else {
-        return raw.split('?').next().unwrap_or_default().to_string();
-    };
-    let _ = url.set_password(None);
-    let _ = url.set_username("");
-    let kept: Vec<(String, String)> = url
-        .query_pairs()
-        .filter(|(k, _)| {
-            let k = k.to_ascii_lowercase();
-            !(k.contains("token")
-                || k.contains("secret")
-                || k.contains("signature")
-                || k.contains("password")
-                || k.contains("key"))
-        })
-        .map(|(k, v)| (k.into_owned(), v.into_owned()))
-        .collect();
-    if kept.is_empty() {
-        url.set_query(None);
-    } else {
-        url.query_pairs_mut().clear().extend_pairs(kept);
-    }
-    url.to_string()
-}
-
-/// RFC 3339 from epoch milliseconds.
-pub fn rfc3339_millis(ms: i64) -> Option<String> {
-    jiff::Timestamp::from_millisecond(ms)
-        .ok()
-        .map(|t| t.strftime("%Y-%m-%dT%H:%M:%SZ").to_string())
-}
-
-pub fn now_rfc3339() -> String {
-    jiff::Timestamp::now()
-        .strftime("%Y-%m-%dT%H:%M:%SZ")
-        .to_string()
-}
-
-/// CPU cores as a number ("2", "0.5", "500m").
-fn parse_cpu(s: &str) -> Option<f64> {
-    let s = s.trim();
-    if let Some(m) = s.strip_suffix('m') {
-        return m.parse::<f64>().ok().map(|v| v / 1000.0);
-    }
-    s.parse::<f64>().ok()
-}
-
-/// Memory in GiB ("8Gi", "8", "512Mi", "1Ti"; the reference's unit is Gi).
-fn parse_memory_gi(s: &str) -> Option<f64> {
-    let s = s.trim();
-    let units = [
-        ("Ki", 1.0 / (1024.0 * 1024.0)),
-        ("Mi", 1.0 / 1024.0),
-        ("Gi", 1.0),
-        ("Ti", 1024.0),
-        ("G", 1.0),
-        ("M", 1.0 / 1024.0),
-    ];
-    for (suffix, factor) in units {
-        if let Some(n) = s.strip_suffix(suffix) {
-            return n.trim().parse::<f64>().ok().map(|v| v * factor);
-        }
-    }
-    s.parse::<f64>().ok()
-}
-
-fn fmt_number(v: f64) -> String {
-    if (v - v.round()).abs() < 1e-9 {
-        format!("{}", v.round() as i64)
-    } else {
-        let s = format!("{v:.3}");
-        s.trim_end_matches('0').trim_end_matches('.').to_string()
-    }
-}
-
 /// The status fields that come from the remote cluster (everything but conditions).
 pub fn remote_status(c: &RayCluster) -> EmrRayClusterStatus {
     let head = c.head_spec.as_ref();
-    let workers = c.worker_spec.clone().unwrap_or_default();
-    let desired_workers: i64 = workers.iter().filter_map(|w| w.replica).sum();
-
-    // Totals are computed only when every contributing value is known.
-    let mut cpu = Some(0.0);
-    let mut mem = Some(0.0);
-    let mut add = |c: Option<&String>, m: Option<&String>, replicas: i64| {
-        cpu = match (cpu, c.and_then(|c| parse_cpu(c))) {
-            (Some(t), Some(v)) => Some(t + v * replicas as f64),
-            _ => None,
-        };
-        mem = match (mem, m.and_then(|m| parse_memory_gi(m))) {
-            (Some(t), Some(v)) => Some(t + v * replicas as f64),
-            _ => None,
-        };
-    };
-    if let Some(h) = head {
-        add(h.cpu.as_ref(), h.memory.as_ref(), h.replica.unwrap_or(1));
-    }
-    for w in &workers {
-        add(w.cpu.as_ref(), w.memory.as_ref(), w.replica.unwrap_or(0));
-    }
-    let has_resources = head.is_some() || !workers.is_empty();
-
+    let workers = c.worker_spec.as_deref().unwrap_or_default();
+    let totals = c.desired_resources();
     let endpoints = RayEndpoints {
-        grpc: c.grpc_endpoint.clone().filter(|s| !s.is_empty()),
+        grpc: c
+            .grpc_endpoint
+            .as_deref()
+            .filter(|s| !s.is_empty())
+            .map(redact_endpoint),
         dashboard: c
             .dashboard_url
             .as_deref()
             .filter(|u| !u.is_empty())
-            .map(redact_dashboard_url),
+            .map(redact_endpoint),
     };
     EmrRayClusterStatus {
         conditions: Vec::new(),
@@ -216,11 +122,9 @@ pub fn remote_status(c: &RayCluster) -> EmrRayClusterStatus {
                 gpu_spec: w.gpu_spec.clone(),
             })
             .collect(),
-        desired_worker_replicas: c.worker_spec.as_ref().map(|_| desired_workers),
-        desired_cpu: cpu.filter(|_| has_resources).map(fmt_number),
-        desired_memory: mem
-            .filter(|_| has_resources)
-            .map(|m| format!("{}Gi", fmt_number(m))),
+        desired_worker_replicas: totals.workers,
+        desired_cpu: totals.cpu.map(format_quantity),
+        desired_memory: totals.memory_gi.map(|m| format!("{}Gi", format_quantity(m))),
         creator: c.creator.clone(),
         creator_name: c.creator_name.clone(),
         modifier: c.modifier.clone(),
@@ -236,54 +140,35 @@ pub fn remote_status(c: &RayCluster) -> EmrRayClusterStatus {
     }
 }
 
-/// Builds a condition, keeping `lastTransitionTime` from `previous` when the status is the same.
-pub fn condition(
-    previous: &[Condition],
-    type_: &str,
-    status: bool,
-    reason: &str,
-    message: String,
-    generation: Option<i64>,
-    now: &str,
-) -> Condition {
-    let status = if status { "True" } else { "False" };
-    let last_transition_time = previous
-        .iter()
-        .find(|c| c.type_ == type_ && c.status == status)
-        .map(|c| c.last_transition_time.clone())
-        .unwrap_or_else(|| now.to_string());
-    Condition {
-        type_: type_.to_string(),
-        status: status.to_string(),
-        reason: reason.to_string(),
-        message,
-        last_transition_time,
-        observed_generation: generation,
-    }
-}
-
 /// Why the data in a mirror may be out of date.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Staleness {
-    pub reason: String,
+    pub reason: Reason,
     pub message: String,
 }
 
 impl Staleness {
     /// A message that stays the same across retries of the same failure, so that a failing
     /// workspace does not rewrite its mirrors on every retry.
-    pub fn from_failure(f: &SyncFailure, last_success: Option<&str>) -> Self {
-        let code = f
-            .code
-            .as_deref()
-            .map(|c| format!(" ({c})"))
-            .unwrap_or_default();
+    pub fn from_failure(reason: Reason, code: Option<&str>, last_success: Option<&str>) -> Self {
+        let code = code.map(|c| format!(" ({c})")).unwrap_or_default();
         let since = last_success
             .map(|t| format!("status is from the last successful listing at {t}"))
             .unwrap_or_else(|| "status is from before the operator started".to_string());
         Staleness {
-            reason: f.reason.clone(),
-            message: format!("listing the workspace failed: {}{code}; {since}", f.reason),
+            reason,
+            message: format!("listing the workspace failed: {reason}{code}; {since}"),
+        }
+    }
+
+    /// A mirror missing from a listing that ended exactly on a page boundary.
+    pub fn removal_unconfirmed() -> Self {
+        Staleness {
+            reason: Reason::RemovalUnconfirmed,
+            message: "not in the last listing, which ended exactly on a page boundary and may \
+                      have been cut short; kept until a listing that ends on a short page \
+                      confirms the removal"
+                .to_string(),
         }
     }
 }
@@ -299,46 +184,32 @@ pub fn mirror_conditions(
     now: &str,
 ) -> Vec<Condition> {
     let state = status.state.as_deref().map(ClusterState::from);
-    let state_name = status
-        .state
-        .clone()
-        .unwrap_or_else(|| "Unknown".to_string());
-    let mut out = Vec::with_capacity(4);
-    let (ready, reason, message) = if status.gone {
-        (
+    let mut out = ConditionSet::new(previous, generation, now);
+    if status.gone {
+        out.set(
+            READY,
             false,
-            "RemoteClusterGone".to_string(),
+            "RemoteClusterGone",
             "the remote Ray cluster is no longer listed by its workspace".to_string(),
-        )
+        );
     } else {
         match &state {
-            Some(ClusterState::Running) => (
-                true,
-                "Running".to_string(),
-                "Ray cluster is Running".to_string(),
-            ),
-            Some(ClusterState::Other(_)) | None => (
+            Some(ClusterState::Running) => {
+                out.set(READY, true, "Running", "Ray cluster is Running".to_string())
+            }
+            Some(ClusterState::Other(_)) | None => out.set(
+                READY,
                 false,
-                "UnknownState".to_string(),
-                format!("Ray cluster reports state {state_name:?}"),
+                "UnknownState",
+                format!(
+                    "Ray cluster reports state {:?}",
+                    status.state.as_deref().unwrap_or("Unknown")
+                ),
             ),
-            Some(s) => (false, s.as_str().to_string(), format!("Ray cluster is {s}")),
-        }
-    };
-    out.push(condition(
-        previous, "Ready", ready, &reason, message, generation, now,
-    ));
-    if !status.gone {
+            Some(s) => out.set(READY, false, s.as_str(), format!("Ray cluster is {s}")),
+        };
         if let Some(s @ (ClusterState::Starting | ClusterState::Stopping)) = &state {
-            out.push(condition(
-                previous,
-                "Reconciling",
-                true,
-                s.as_str(),
-                format!("Ray cluster is {s}"),
-                generation,
-                now,
-            ));
+            out.set(RECONCILING, true, s.as_str(), format!("Ray cluster is {s}"));
         }
         if let Some(ClusterState::Error) = &state {
             let msg = status
@@ -346,39 +217,19 @@ pub fn mirror_conditions(
                 .clone()
                 .filter(|m| !m.is_empty())
                 .unwrap_or_else(|| "the remote cluster is in Error state".to_string());
-            out.push(condition(
-                previous,
-                "Stalled",
-                true,
-                "ClusterError",
-                msg,
-                generation,
-                now,
-            ));
+            out.set(STALLED, true, "ClusterError", msg);
         }
     }
-    let synced = match stale {
-        None => condition(
-            previous,
-            "Synced",
+    match stale {
+        None => out.set(
+            SYNCED,
             true,
             "ListingSucceeded",
             "status mirrors the last complete remote listing".to_string(),
-            generation,
-            now,
         ),
-        Some(s) => condition(
-            previous,
-            "Synced",
-            false,
-            &s.reason,
-            s.message.clone(),
-            generation,
-            now,
-        ),
+        Some(s) => out.set(SYNCED, false, s.reason.as_str(), s.message.clone()),
     };
-    out.push(synced);
-    out
+    out.build()
 }
 
 #[cfg(test)]
@@ -388,7 +239,7 @@ mod tests {
 
     fn example() -> RayCluster {
         let page: ListRayClusterResponse =
-            serde_json::from_str(include_str!("../tests/data/reference-example.json")).unwrap();
+            serde_json::from_str(include_str!("../../tests/data/reference-example.json")).unwrap();
         page.ray_clusters.unwrap().remove(0)
     }
 
@@ -405,22 +256,6 @@ mod tests {
         assert!(is_dns_label(&mirror_name(&long)));
         assert!(is_dns_label(&mirror_name("___")));
         assert!(is_dns_label(&mirror_name("集群")));
-    }
-
-    #[test]
-    fn dashboard_token_is_removed() {
-        let u = redact_dashboard_url(
-            "https://emr-spark-ray-gateway-cn-hangzhou.aliyuncs.com?token=xxxxxxxxx",
-        );
-        assert!(!u.contains("token"), "{u}");
-        assert!(!u.contains("xxxxxxxxx"), "{u}");
-        let u = redact_dashboard_url("https://h/x?a=1&Token=s3cr3t&b=2");
-        assert_eq!(u, "https://h/x?a=1&b=2");
-        assert_eq!(redact_dashboard_url("not a url?token=x"), "not a url");
-        assert_eq!(
-            redact_dashboard_url("https://u:p@h/?api_key=v"),
-            "https://h/"
-        );
     }
 
     #[test]
@@ -484,13 +319,5 @@ mod tests {
                 .any(|c| c.type_ == "Reconciling" && c.status == "True")
         );
         assert!(!c4.iter().any(|c| c.type_ == "Stalled"));
-    }
-
-    #[test]
-    fn quantities() {
-        assert_eq!(parse_cpu("500m"), Some(0.5));
-        assert_eq!(parse_memory_gi("512Mi"), Some(0.5));
-        assert_eq!(fmt_number(1.5), "1.5");
-        assert_eq!(fmt_number(4.0), "4");
     }
 }

@@ -14,7 +14,7 @@ use serde_json::json;
 use tokio_util::sync::CancellationToken;
 use tracing::info;
 
-use crate::crd::{self, EmrWorkspace, FIELD_MANAGER};
+use crate::api::{self as crd, EmrWorkspace, FIELD_MANAGER};
 use crate::operator::{self, OperatorConfig};
 use crate::sim::{SimConfig, Simulator};
 
@@ -113,13 +113,8 @@ pub async fn run(args: DemoArgs, shutdown: CancellationToken) -> anyhow::Result<
         namespaces: vec![ns.clone()],
         concurrency: 4,
         metrics_addr: Some(args.metrics_addr),
-        leader_election: None,
-        identity: "demo".into(),
-        requests_per_second: 10.0,
-        burst: 20,
-        request_timeout: Duration::from_secs(10),
         listing_timeout: Duration::from_secs(60),
-        default_sync_interval: Duration::from_secs(60),
+        ..OperatorConfig::embedded("demo")
     };
     let op = tokio::spawn(operator::run(
         client.clone(),

@@ -1,6 +1,8 @@
 //! Wiring: controllers per watched namespace, the HTTP endpoints (`/metrics`, `/healthz`,
 //! `/readyz`), leader election and graceful shutdown.
 
+pub mod leader;
+
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -21,11 +23,13 @@ use kube::runtime::{Controller, WatchStreamExt, controller, watcher};
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
 
-use crate::controller::{Context, error_policy, reconcile, workspaces_using_secret};
-use crate::crd::{EmrRayCluster, EmrWorkspace, LABEL_MANAGED_BY, MANAGED_BY};
+use crate::api::{EmrRayCluster, EmrWorkspace, Interval, LABEL_MANAGED_BY, MANAGED_BY};
+use crate::controller::apply::WriteLimiter;
+use crate::controller::state::{MirrorCache, MirrorChanges};
+use crate::controller::{Context, Settings, error_policy, reconcile, workspaces_using_secret};
 use crate::emr::{ClientConfig, CredentialResolver, EmrClient};
-use crate::leader::{LeaderElector, LeaseConfig};
 use crate::metrics::{CodeLabels, Metrics};
+use leader::{LeaderElector, LeaseConfig};
 
 #[derive(Clone, Debug)]
 pub struct OperatorConfig {
@@ -40,7 +44,34 @@ pub struct OperatorConfig {
     pub request_timeout: Duration,
     pub listing_timeout: Duration,
     /// Sync interval of workspaces that do not set `spec.syncInterval`.
-    pub default_sync_interval: Duration,
+    pub default_sync_interval: Interval,
+    /// Kubernetes write requests per second (and burst), across all workspaces.
+    pub kube_writes_per_second: u32,
+    pub kube_write_burst: u32,
+    /// Longest per-workspace backoff after the API server refused mirror writes.
+    pub write_backoff_cap: Duration,
+}
+
+impl OperatorConfig {
+    /// Defaults for embedding the operator (tests, benchmarks, the demo): every namespace, no
+    /// HTTP endpoints, no leader election.
+    pub fn embedded(identity: &str) -> Self {
+        OperatorConfig {
+            namespaces: Vec::new(),
+            concurrency: 8,
+            metrics_addr: None,
+            leader_election: None,
+            identity: identity.to_string(),
+            requests_per_second: 10.0,
+            burst: 20,
+            request_timeout: Duration::from_secs(10),
+            listing_timeout: Duration::from_secs(120),
+            default_sync_interval: Interval::from_secs(60),
+            kube_writes_per_second: 200,
+            kube_write_burst: 400,
+            write_backoff_cap: Duration::from_secs(300),
+        }
+    }
 }
 
 struct Health {
@@ -181,6 +212,7 @@ pub async fn run(
             },
         ),
         metrics: metrics.clone(),
+        write_limiter: WriteLimiter::new(cfg.kube_writes_per_second, cfg.kube_write_burst),
         cfg: cfg.clone(),
     };
 
@@ -251,6 +283,7 @@ struct Shared {
     credentials: CredentialResolver,
     recorder: Recorder,
     metrics: Arc<Metrics>,
+    write_limiter: WriteLimiter,
     cfg: OperatorConfig,
 }
 
@@ -303,7 +336,7 @@ async fn run_controller(
     let secrets_api: Api<PartialObjectMeta<Secret>> = api(client, ns);
 
     let (mirrors, mirror_writer) = reflector::store();
-    let changes = Arc::new(crate::controller::MirrorChanges::default());
+    let changes = Arc::new(MirrorChanges::default());
     let changes_in_stream = changes.clone();
     // managedFields are dropped before caching: they are most of a mirror's size in memory and
     // nothing here reads them.
@@ -339,11 +372,15 @@ async fn run_controller(
         shared.credentials.clone(),
         shared.recorder.clone(),
         shared.metrics.clone(),
-        mirrors.clone(),
-        changes,
+        MirrorCache::new(mirrors.clone(), changes),
         secrets.clone(),
-        shared.cfg.listing_timeout,
-        shared.cfg.default_sync_interval,
+        Settings {
+            listing_timeout: shared.cfg.listing_timeout,
+            default_interval: shared.cfg.default_sync_interval,
+            write_backoff_cap: shared.cfg.write_backoff_cap,
+        },
+        shared.write_limiter.clone(),
+        token.clone(),
     ));
     // Our own reflector for workspaces, so that its readiness can be awaited.
     let (ws_store, ws_writer) = reflector::store();

@@ -8,6 +8,8 @@ use kube::{CustomResource, CustomResourceExt, KubeSchema};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
+use super::duration::{DurationError, Interval};
+
 pub const GROUP: &str = "emr.aliyun.io";
 pub const VERSION: &str = "v1alpha1";
 /// Field manager used for every server-side apply of the operator.
@@ -27,6 +29,10 @@ pub const MANAGED_BY: &str = "emr-ray-operator";
 /// Sync interval of a workspace that does not set one, unless the operator is told otherwise
 /// (`--default-sync-interval`).
 pub const DEFAULT_SYNC_INTERVAL: &str = "60s";
+/// Default Secret keys of `credentials.secretRef` (the `list --secret` command uses the same).
+pub const DEFAULT_ACCESS_KEY_ID_KEY: &str = "accessKeyId";
+pub const DEFAULT_ACCESS_KEY_SECRET_KEY: &str = "accessKeySecret";
+pub const DEFAULT_SECURITY_TOKEN_KEY: &str = "securityToken";
 
 /// An EMR Serverless Spark workspace whose Ray clusters are mirrored into this namespace.
 // kube-derive's repeated `printcolumn(...)` attributes are not duplicates.
@@ -160,17 +166,30 @@ pub struct SecretCredentials {
 
 impl SecretCredentials {
     pub fn id_key(&self) -> &str {
-        self.access_key_id_key.as_deref().unwrap_or("accessKeyId")
+        self.access_key_id_key
+            .as_deref()
+            .unwrap_or(DEFAULT_ACCESS_KEY_ID_KEY)
     }
     pub fn secret_key(&self) -> &str {
         self.access_key_secret_key
             .as_deref()
-            .unwrap_or("accessKeySecret")
+            .unwrap_or(DEFAULT_ACCESS_KEY_SECRET_KEY)
     }
     pub fn token_key(&self) -> &str {
         self.security_token_key
             .as_deref()
-            .unwrap_or("securityToken")
+            .unwrap_or(DEFAULT_SECURITY_TOKEN_KEY)
+    }
+}
+
+impl EmrWorkspaceSpec {
+    /// `syncInterval` as an [`Interval`]: `Ok(None)` when unset (the operator's default
+    /// applies); an error when it does not parse (admission normally prevents that).
+    pub fn sync_interval(&self) -> Result<Option<Interval>, DurationError> {
+        match self.sync_interval.as_deref().map(str::trim) {
+            None | Some("") => Ok(None),
+            Some(s) => s.parse().map(Some),
+        }
     }
 }
 
@@ -258,6 +277,29 @@ pub struct EmrWorkspaceStatus {
     /// Set while syncs fail; cleared by the next successful sync.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_failure: Option<SyncFailure>,
+    /// Set while the Kubernetes API server refuses mirror writes; cleared when every mirror is
+    /// written as desired.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_write_failure: Option<WriteFailure>,
+}
+
+/// Mirror writes the Kubernetes API server refused, for people and alerts.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct WriteFailure {
+    /// Why the first write was refused: `Forbidden`, `Invalid`, `TooLarge`, `Conflict`,
+    /// `Throttled`, `ServerError`, `Unavailable` or `Other`.
+    pub reason: String,
+    /// The API server's message for the first refused write, with the mirror it concerns.
+    pub message: String,
+    /// Mirrors the workspace should have.
+    pub mirrors: i64,
+    /// Mirrors not written as desired (refused, or not attempted after a refusal).
+    pub failed: i64,
+    /// When writes started failing (RFC 3339).
+    pub since: String,
+    /// Consecutive write passes with a refusal.
+    pub consecutive_failures: i64,
 }
 
 /// A read-only mirror of one Ray cluster of an EMR Serverless Spark workspace.

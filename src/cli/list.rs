@@ -1,12 +1,17 @@
 //! The `list` subcommand: lists the Ray clusters of a workspace, like `kubectl get`.
 
-use super::client::{ClientConfig, EmrClient, SignatureVersion};
-use super::credentials::{
-    CredentialResolver, CredentialSource, Credentials, ENV_ROLE_ARN, RrsaConfig, SecretString,
-};
-use super::error::{EmrError, ErrorKind};
-use super::model::RayCluster;
 use anyhow::Context as _;
+
+use crate::api::{
+    DEFAULT_ACCESS_KEY_ID_KEY, DEFAULT_ACCESS_KEY_SECRET_KEY, DEFAULT_SECURITY_TOKEN_KEY,
+    SecretCredentials,
+};
+use crate::emr::credentials::ENV_ROLE_ARN;
+use crate::emr::model::{RayCluster, format_quantity};
+use crate::emr::redact::redact_cluster;
+use crate::emr::{
+    ClientConfig, CredentialResolver, CredentialSource, EmrClient, RrsaConfig, SignatureVersion,
+};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
 pub enum OutputFormat {
@@ -51,17 +56,20 @@ pub struct ListArgs {
     /// Read credentials from this Kubernetes Secret.
     #[arg(long, value_name = "NAMESPACE/NAME")]
     pub secret: Option<String>,
-    #[arg(long, default_value = "AccessKeyId", requires = "secret")]
+    /// Key of the AccessKey ID in the Secret (as `secretRef.accessKeyIdKey`).
+    #[arg(long, default_value = DEFAULT_ACCESS_KEY_ID_KEY, requires = "secret")]
     pub access_key_id_key: String,
-    #[arg(long, default_value = "AccessKeySecret", requires = "secret")]
+    /// Key of the AccessKey secret (as `secretRef.accessKeySecretKey`).
+    #[arg(long, default_value = DEFAULT_ACCESS_KEY_SECRET_KEY, requires = "secret")]
     pub access_key_secret_key: String,
-    /// Optional key holding an STS security token.
-    #[arg(long, default_value = "SecurityToken", requires = "secret")]
+    /// Optional key holding an STS security token (as `secretRef.securityTokenKey`).
+    #[arg(long, default_value = DEFAULT_SECURITY_TOKEN_KEY, requires = "secret")]
     pub security_token_key: String,
 }
 
 pub async fn run(args: ListArgs) -> anyhow::Result<()> {
-    let endpoint = super::endpoint::resolve(&args.region, args.vpc, args.endpoint.as_deref())?;
+    let endpoint =
+        crate::emr::endpoint::resolve(&args.region, args.vpc, args.endpoint.as_deref())?;
     let source = credential_source(&args).await?;
     let creds = CredentialResolver::default().resolve(&source).await?;
     let client = EmrClient::new(ClientConfig {
@@ -102,8 +110,10 @@ async fn credential_source(args: &ListArgs) -> anyhow::Result<CredentialSource> 
     Ok(CredentialSource::Environment)
 }
 
-async fn secret_credentials(args: &ListArgs, reference: &str) -> anyhow::Result<Credentials> {
-    use k8s_openapi::api::core::v1::Secret;
+async fn secret_credentials(
+    args: &ListArgs,
+    reference: &str,
+) -> anyhow::Result<crate::emr::Credentials> {
     let (ns, name) = reference
         .split_once('/')
         .filter(|(n, s)| !n.is_empty() && !s.is_empty())
@@ -111,44 +121,18 @@ async fn secret_credentials(args: &ListArgs, reference: &str) -> anyhow::Result<
     let client = kube::Client::try_default()
         .await
         .context("connecting to Kubernetes with the current kubeconfig")?;
-    let secret = kube::Api::<Secret>::namespaced(client, ns)
-        .get(name)
-        .await
-        .with_context(|| format!("reading Secret {ns}/{name}"))?;
-    let data = secret.data.unwrap_or_default();
-    let get = |key: &str| -> Option<String> {
-        data.get(key)
-            .map(|b| String::from_utf8_lossy(&b.0).trim().to_string())
-            .filter(|s| !s.is_empty())
+    let keys = SecretCredentials {
+        name: name.to_string(),
+        access_key_id_key: Some(args.access_key_id_key.clone()),
+        access_key_secret_key: Some(args.access_key_secret_key.clone()),
+        security_token_key: Some(args.security_token_key.clone()),
     };
-    let missing = |key: &str| {
-        EmrError::new(
-            ErrorKind::Credentials,
-            format!("Secret {ns}/{name} has no key {key:?}"),
-        )
-    };
-    Ok(Credentials {
-        access_key_id: get(&args.access_key_id_key)
-            .ok_or_else(|| missing(&args.access_key_id_key))?,
-        access_key_secret: SecretString::from(
-            get(&args.access_key_secret_key).ok_or_else(|| missing(&args.access_key_secret_key))?,
-        ),
-        security_token: get(&args.security_token_key).map(SecretString::from),
-    })
+    Ok(crate::controller::credentials::from_secret(&client, ns, &keys).await?)
 }
 
-pub use crate::mirror::redact_dashboard_url;
-
-/// Clusters with their dashboard token stripped.
+/// Clusters with their endpoints redacted.
 pub fn redacted(clusters: &[RayCluster]) -> Vec<RayCluster> {
-    clusters
-        .iter()
-        .cloned()
-        .map(|mut c| {
-            c.dashboard_url = c.dashboard_url.as_deref().map(redact_dashboard_url);
-            c
-        })
-        .collect()
+    clusters.iter().cloned().map(redact_cluster).collect()
 }
 
 /// kubectl-style age: `45s`, `12m`, `5h`, `3d`, `2y`.
@@ -166,45 +150,6 @@ pub fn format_age(create_ms: Option<i64>, now_ms: i64) -> String {
     }
 }
 
-fn parse_quantity(s: Option<&str>, suffix: &str) -> Option<f64> {
-    let s = s?.trim();
-    s.strip_suffix(suffix).unwrap_or(s).trim().parse().ok()
-}
-
-fn fmt_num(v: f64) -> String {
-    if v.fract() == 0.0 {
-        format!("{}", v as i64)
-    } else {
-        format!("{v:.1}")
-    }
-}
-
-/// Totals over head and workers: `(cpu, memory Gi)`; `None` when a value is unparsable.
-fn totals(c: &RayCluster) -> (Option<f64>, Option<f64>) {
-    let mut cpu = Some(0.0);
-    let mut mem = Some(0.0);
-    let mut add = |c_: Option<&str>, m: Option<&str>, replica: Option<i64>| {
-        let r = replica.unwrap_or(1) as f64;
-        cpu = cpu.zip(parse_quantity(c_, "")).map(|(a, b)| a + b * r);
-        mem = mem.zip(parse_quantity(m, "Gi")).map(|(a, b)| a + b * r);
-    };
-    if let Some(h) = &c.head_spec {
-        add(h.cpu.as_deref(), h.memory.as_deref(), h.replica);
-    }
-    for w in c.worker_spec.iter().flatten() {
-        add(w.cpu.as_deref(), w.memory.as_deref(), w.replica);
-    }
-    (cpu, mem)
-}
-
-fn workers(c: &RayCluster) -> i64 {
-    c.worker_spec
-        .iter()
-        .flatten()
-        .map(|w| w.replica.unwrap_or(0))
-        .sum()
-}
-
 /// Renders the kubectl-like table.
 pub fn render_table(clusters: &[RayCluster], wide: bool, now_ms: i64) -> String {
     let mut header = vec!["NAME", "DISPLAY-NAME", "STATE", "VERSION", "WORKERS", "AGE"];
@@ -219,15 +164,22 @@ pub fn render_table(clusters: &[RayCluster], wide: bool, now_ms: i64) -> String 
             c.name.clone().unwrap_or_else(dash),
             c.state.as_ref().map(|s| s.to_string()).unwrap_or_else(dash),
             c.display_release_version.clone().unwrap_or_else(dash),
-            workers(c).to_string(),
+            c.desired_resources().workers.unwrap_or(0).to_string(),
             format_age(c.create_time, now_ms),
         ];
         if wide {
-            let (cpu, mem) = totals(c);
-            row.push(c.grpc_endpoint.clone().unwrap_or_else(dash));
-            row.push(cpu.map(fmt_num).unwrap_or_else(dash));
+            let totals = c.desired_resources();
             row.push(
-                mem.map(|m| format!("{}Gi", fmt_num(m)))
+                c.grpc_endpoint
+                    .as_deref()
+                    .map(crate::emr::redact::redact_endpoint)
+                    .unwrap_or_else(dash),
+            );
+            row.push(totals.cpu.map(format_quantity).unwrap_or_else(dash));
+            row.push(
+                totals
+                    .memory_gi
+                    .map(|m| format!("{}Gi", format_quantity(m)))
                     .unwrap_or_else(dash),
             );
             row.push(
@@ -270,24 +222,13 @@ mod tests {
     use super::*;
 
     fn example() -> RayCluster {
-        let page: super::super::model::ListRayClusterResponse =
+        let page: crate::emr::model::ListRayClusterResponse =
             serde_json::from_str(include_str!("../../tests/data/reference-example.json")).unwrap();
         page.ray_clusters.unwrap().remove(0)
     }
 
     #[test]
     fn redaction() {
-        assert_eq!(
-            redact_dashboard_url(
-                "https://emr-spark-ray-gateway-cn-hangzhou.aliyuncs.com?token=xxxxxxxxx"
-            ),
-            "https://emr-spark-ray-gateway-cn-hangzhou.aliyuncs.com/"
-        );
-        assert_eq!(
-            redact_dashboard_url("https://h/p?a=1&Token=s3cr3t&b=2"),
-            "https://h/p?a=1&b=2"
-        );
-        assert_eq!(redact_dashboard_url("not a url?token=x"), "not a url");
         let json = serde_json::to_string(&redacted(&[example()])).unwrap();
         assert!(!json.contains("xxxxxxxxx"));
         assert!(json.contains("grpcEndpoint"));
@@ -345,7 +286,7 @@ mod tests {
         assert_eq!(w.list.output, OutputFormat::Wide);
         assert_eq!(w.list.signature, SignatureArg::Roa);
         assert_eq!(w.list.access_key_id_key, "id");
-        assert_eq!(w.list.access_key_secret_key, "AccessKeySecret");
+        assert_eq!(w.list.access_key_secret_key, "accessKeySecret");
         assert!(
             Wrapper::try_parse_from([
                 "x",

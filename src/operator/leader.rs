@@ -1,9 +1,12 @@
 //! Lease-based leader election (coordination.k8s.io/v1), so that two replicas never both write.
 //!
-//! The algorithm is client-go's: the holder renews `renewTime` every `renew_every`; another
-//! candidate takes the lease over only when `renewTime + leaseDurationSeconds` has passed. Every
+//! The algorithm is client-go's: the holder renews the lease every `renew_every`; another
+//! candidate takes it over only when the lease record has not changed for `leaseDurationSeconds`
+//! **as measured on the candidate's own monotonic clock** since it first saw that record (the
+//! holder's `renewTime` is another machine's wall clock and is never compared with ours). Every
 //! write is guarded by `resourceVersion`, so two candidates cannot both win. A leader that cannot
-//! renew within its lease duration steps down before anyone else can take over.
+//! renew within its lease duration minus one renew period steps down — and the operator cancels
+//! its in-flight reconciles — before anyone else can take over.
 
 use std::time::Duration;
 
@@ -26,6 +29,8 @@ pub struct LeaseConfig {
 pub struct LeaderElector {
     api: Api<Lease>,
     cfg: LeaseConfig,
+    /// The other holder's lease record as last seen, and when (our clock) it was first seen.
+    observed: Option<(String, tokio::time::Instant)>,
 }
 
 fn now() -> MicroTime {
@@ -37,11 +42,12 @@ impl LeaderElector {
         LeaderElector {
             api: Api::namespaced(client, &cfg.namespace),
             cfg,
+            observed: None,
         }
     }
 
     /// Tries once to acquire or renew the lease. `Ok(true)` when we hold it afterwards.
-    pub async fn try_acquire_or_renew(&self) -> Result<bool, kube::Error> {
+    pub async fn try_acquire_or_renew(&mut self) -> Result<bool, kube::Error> {
         let duration_secs = self.cfg.lease_duration.as_secs().max(1) as i32;
         let existing = self.api.get_opt(&self.cfg.name).await?;
         let Some(mut lease) = existing else {
@@ -70,14 +76,25 @@ impl LeaderElector {
         let holder = spec.holder_identity.clone().unwrap_or_default();
         let ours = holder == self.cfg.identity;
         if !ours && !holder.is_empty() {
-            let expired = match (&spec.renew_time, spec.lease_duration_seconds) {
-                (Some(t), Some(d)) => {
-                    let until = t.0 + jiff::SignedDuration::from_secs(i64::from(d));
-                    jiff::Timestamp::now() > until
+            // The record changes whenever its holder renews; expiry is measured from when we
+            // first saw the current record, on our own clock.
+            let record = format!(
+                "{holder}|{:?}|{}",
+                spec.renew_time.as_ref().map(|t| t.0),
+                lease.metadata.resource_version.as_deref().unwrap_or_default()
+            );
+            let now = tokio::time::Instant::now();
+            let seen_at = match &self.observed {
+                Some((r, at)) if *r == record => *at,
+                _ => {
+                    self.observed = Some((record, now));
+                    now
                 }
-                _ => true,
             };
-            if !expired {
+            let duration = std::time::Duration::from_secs(
+                spec.lease_duration_seconds.unwrap_or(duration_secs).max(1) as u64,
+            );
+            if now.duration_since(seen_at) < duration {
                 return Ok(false);
             }
         }
@@ -129,7 +146,7 @@ impl LeaderElector {
     /// Leadership is dropped (channel set to `false`) when renewal has failed for longer than
     /// the lease duration minus one renew period.
     pub fn run(
-        self,
+        mut self,
         shutdown: CancellationToken,
     ) -> (watch::Receiver<bool>, tokio::task::JoinHandle<()>) {
         let (tx, rx) = watch::channel(false);

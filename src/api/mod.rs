@@ -1,0 +1,12 @@
+//! The operator's API: the two custom resources ([`crd`]), their conditions, the reasons they
+//! report, and the duration type of their specs. Pure data; no I/O.
+
+pub mod conditions;
+pub mod crd;
+pub mod duration;
+pub mod reason;
+
+pub use conditions::{ConditionSet, condition};
+pub use crd::*;
+pub use duration::{DurationError, Interval};
+pub use reason::{Reason, WriteRefusal};

@@ -1,0 +1,264 @@
+//! The one list of reasons the operator reports, with what each one means: the condition
+//! reason string, whether a person must act (`Stalled`) or the operator retries by itself
+//! (`Reconciling`), and the metric label. Nothing else matches reasons by hand.
+
+use crate::emr::ErrorKind;
+
+macro_rules! reasons {
+    ($( $(#[$doc:meta])* $name:ident => $stalls:expr ),* $(,)?) => {
+        /// Why a workspace (or a mirror) is in the state it is in.
+        #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+        pub enum Reason {
+            $( $(#[$doc])* $name, )*
+        }
+
+        impl Reason {
+            /// Every reason, in declaration order.
+            pub const ALL: &'static [Reason] = &[$(Reason::$name),*];
+
+            /// The CamelCase string of conditions, Events and metric labels.
+            pub const fn as_str(self) -> &'static str {
+                match self {
+                    $( Reason::$name => stringify!($name), )*
+                }
+            }
+
+            /// A person must change something before a retry can succeed: reported as
+            /// `Stalled=True` rather than `Reconciling=True`.
+            pub const fn is_stalling(self) -> bool {
+                match self {
+                    $( Reason::$name => $stalls, )*
+                }
+            }
+        }
+    };
+}
+
+reasons! {
+    /// Every mirror matches the last complete listing.
+    Synced => false,
+    /// No listing has completed yet.
+    Pending => false,
+    /// The `Reconciling` reason while a retryable failure is retried.
+    RetryingAfterError => false,
+    /// `spec.suspend` is set.
+    Suspended => false,
+    /// The remote API rejected the access key, signature, token or timestamp.
+    AuthenticationFailed => true,
+    /// The access key may not list the workspace's Ray clusters.
+    PermissionDenied => true,
+    /// The remote API throttled us.
+    Throttled => false,
+    /// 5xx or a network error.
+    RemoteUnavailable => false,
+    /// A request or the whole listing took too long.
+    Timeout => false,
+    /// The remote API rejected the request as invalid.
+    InvalidRequest => true,
+    /// The remote workspace does not exist.
+    WorkspaceNotFound => true,
+    /// A 200 whose body is not the documented JSON.
+    MalformedResponse => false,
+    /// The listing could not be completed consistently.
+    IncompleteListing => false,
+    /// Credentials could not be obtained (environment, RRSA, STS, or an unreadable Secret).
+    CredentialsUnavailable => true,
+    /// The endpoint or region is not usable.
+    InvalidEndpoint => true,
+    /// The credentials Secret does not exist.
+    SecretNotFound => true,
+    /// The credentials Secret lacks a key.
+    SecretKeyMissing => true,
+    /// The spec cannot be acted on (e.g. an unparsable `syncInterval`).
+    InvalidSpec => true,
+    /// The API server refused mirror writes. Whether it stalls depends on the refusal:
+    /// see [`WriteRefusal::is_permanent`].
+    MirrorWriteFailed => false,
+    /// A mirror missing from a listing that ended on a page boundary (kept, not deleted).
+    RemovalUnconfirmed => false,
+    /// A mirror name is held by another workspace's mirror.
+    MirrorNameConflict => true,
+}
+
+impl Reason {
+    /// The metric label of this reason (a fixed set: the reasons themselves).
+    pub const fn metric_label(self) -> &'static str {
+        self.as_str()
+    }
+}
+
+impl std::fmt::Display for Reason {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl From<ErrorKind> for Reason {
+    fn from(kind: ErrorKind) -> Self {
+        match kind {
+            ErrorKind::Auth => Reason::AuthenticationFailed,
+            ErrorKind::Permission => Reason::PermissionDenied,
+            ErrorKind::Throttled => Reason::Throttled,
+            ErrorKind::Transient => Reason::RemoteUnavailable,
+            ErrorKind::Timeout => Reason::Timeout,
+            ErrorKind::InvalidRequest => Reason::InvalidRequest,
+            ErrorKind::NotFound => Reason::WorkspaceNotFound,
+            ErrorKind::Malformed => Reason::MalformedResponse,
+            ErrorKind::Incomplete => Reason::IncompleteListing,
+            ErrorKind::Credentials => Reason::CredentialsUnavailable,
+            ErrorKind::Config => Reason::InvalidEndpoint,
+        }
+    }
+}
+
+macro_rules! refusals {
+    ($( $(#[$doc:meta])* $name:ident => $permanent:expr ),* $(,)?) => {
+        /// Why the Kubernetes API server refused one of our writes: a fixed set (metric label).
+        #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+        pub enum WriteRefusal {
+            $( $(#[$doc])* $name, )*
+        }
+
+        impl WriteRefusal {
+            pub const ALL: &'static [WriteRefusal] = &[$(WriteRefusal::$name),*];
+
+            pub const fn as_str(self) -> &'static str {
+                match self {
+                    $( WriteRefusal::$name => stringify!($name), )*
+                }
+            }
+
+            /// Repeating the same write unchanged will fail again until a person acts
+            /// (RBAC, a policy, a quota, an invalid or oversized object).
+            pub const fn is_permanent(self) -> bool {
+                match self {
+                    $( WriteRefusal::$name => $permanent, )*
+                }
+            }
+        }
+    };
+}
+
+refusals! {
+    /// 401/403: RBAC, or an admission policy or webhook that denies.
+    Forbidden => true,
+    /// 400/422: the object is invalid (schema, CEL rule, admission policy).
+    Invalid => true,
+    /// 413, or the object is over the API server's size limit.
+    TooLarge => true,
+    /// 409: a conflict (another writer); retried.
+    Conflict => false,
+    /// 429: the API server throttled us; retried after its `Retry-After`.
+    Throttled => false,
+    /// 5xx.
+    ServerError => false,
+    /// The request timed out or the connection failed.
+    Unavailable => false,
+    /// Anything else.
+    Other => false,
+}
+
+impl WriteRefusal {
+    pub const fn metric_label(self) -> &'static str {
+        self.as_str()
+    }
+
+    /// Classifies a refusal from its HTTP status and the API server's reason and message.
+    pub fn classify(code: u16, reason: &str, message: &str) -> Self {
+        let too_large = reason == "RequestEntityTooLarge"
+            || message.contains("request is too large")
+            || message.contains("Too long: must have at most")
+            || message.contains("exceeds the maximum");
+        match code {
+            _ if too_large => WriteRefusal::TooLarge,
+            413 => WriteRefusal::TooLarge,
+            401 | 403 => WriteRefusal::Forbidden,
+            400 | 422 => WriteRefusal::Invalid,
+            409 => WriteRefusal::Conflict,
+            429 => WriteRefusal::Throttled,
+            500..=599 => WriteRefusal::ServerError,
+            _ => WriteRefusal::Other,
+        }
+    }
+}
+
+impl std::fmt::Display for WriteRefusal {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stalling_reasons_need_a_person() {
+        for r in [
+            Reason::AuthenticationFailed,
+            Reason::SecretNotFound,
+            Reason::SecretKeyMissing,
+            Reason::InvalidSpec,
+            Reason::WorkspaceNotFound,
+        ] {
+            assert!(r.is_stalling(), "{r}");
+        }
+        for r in [
+            Reason::Throttled,
+            Reason::RemoteUnavailable,
+            Reason::Timeout,
+            Reason::MalformedResponse,
+            Reason::IncompleteListing,
+            Reason::Synced,
+        ] {
+            assert!(!r.is_stalling(), "{r}");
+        }
+    }
+
+    #[test]
+    fn every_error_kind_has_a_reason_and_retryable_ones_do_not_stall() {
+        let kinds = [
+            ErrorKind::Auth,
+            ErrorKind::Permission,
+            ErrorKind::Throttled,
+            ErrorKind::Transient,
+            ErrorKind::Timeout,
+            ErrorKind::InvalidRequest,
+            ErrorKind::NotFound,
+            ErrorKind::Malformed,
+            ErrorKind::Incomplete,
+            ErrorKind::Credentials,
+            ErrorKind::Config,
+        ];
+        for k in kinds {
+            let r = Reason::from(k);
+            let e = crate::emr::EmrError::new(k, "x");
+            assert_eq!(e.is_retryable(), !r.is_stalling(), "{k:?} → {r}");
+        }
+    }
+
+    #[test]
+    fn names_are_unique_camel_case() {
+        let mut seen = std::collections::BTreeSet::new();
+        for r in Reason::ALL {
+            assert!(seen.insert(r.as_str()));
+            assert!(r.as_str().chars().next().unwrap().is_ascii_uppercase());
+        }
+    }
+
+    #[test]
+    fn write_refusals() {
+        assert_eq!(WriteRefusal::classify(403, "Forbidden", ""), WriteRefusal::Forbidden);
+        assert_eq!(WriteRefusal::classify(422, "Invalid", ""), WriteRefusal::Invalid);
+        assert_eq!(
+            WriteRefusal::classify(500, "InternalError", "etcdserver: request is too large"),
+            WriteRefusal::TooLarge
+        );
+        assert_eq!(WriteRefusal::classify(413, "", ""), WriteRefusal::TooLarge);
+        assert_eq!(WriteRefusal::classify(429, "TooManyRequests", ""), WriteRefusal::Throttled);
+        assert_eq!(WriteRefusal::classify(503, "", ""), WriteRefusal::ServerError);
+        assert_eq!(WriteRefusal::classify(409, "Conflict", ""), WriteRefusal::Conflict);
+        assert!(WriteRefusal::Forbidden.is_permanent());
+        assert!(!WriteRefusal::Throttled.is_permanent());
+    }
+}

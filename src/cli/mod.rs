@@ -1,0 +1,237 @@
+//! The command line: `run` (the operator), `list` (check credentials), `crdgen`, and `demo`
+//! (the operator on the local control plane with the EMR simulator; with the `sim` feature).
+
+#[cfg(feature = "sim")]
+pub mod demo;
+pub mod list;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use clap::{Parser, Subcommand, ValueEnum};
+use tokio_util::sync::CancellationToken;
+use tracing::info;
+
+use crate::api::{self, Interval};
+use crate::operator::leader::LeaseConfig;
+use crate::operator::{self, OperatorConfig};
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "emr-ray-operator",
+    version,
+    about = "Mirrors Alibaba Cloud EMR Serverless Spark Ray clusters as read-only Kubernetes resources"
+)]
+struct Cli {
+    /// Log format.
+    #[arg(long, global = true, env = "LOG_FORMAT", default_value = "text")]
+    log_format: LogFormat,
+    /// Log filter (tracing EnvFilter syntax), e.g. `info` or `emr_ray_operator=debug`.
+    #[arg(long, global = true, env = "RUST_LOG", default_value = "info")]
+    log_level: String,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Clone, Copy, Debug, ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Run the operator (the container's command).
+    Run(RunArgs),
+    /// List the Ray clusters of a workspace, to check credentials before installing.
+    List(list::ListArgs),
+    /// Print the CRDs as YAML, or write them into a directory.
+    Crdgen {
+        /// Write one file per CRD into this directory instead of printing.
+        #[arg(long)]
+        out_dir: Option<PathBuf>,
+    },
+    /// Demo on the local control plane: starts the EMR simulator and the operator, creates an
+    /// example workspace and shows the mirrored clusters.
+    #[cfg(feature = "sim")]
+    Demo(demo::DemoArgs),
+}
+
+#[derive(clap::Args, Debug)]
+struct RunArgs {
+    /// Namespaces to watch (comma-separated); empty watches all namespaces.
+    #[arg(
+        long,
+        env = "WATCH_NAMESPACES",
+        value_delimiter = ',',
+        default_value = ""
+    )]
+    namespaces: Vec<String>,
+    /// Workspaces reconciled at once.
+    #[arg(long, env = "CONCURRENCY", default_value_t = 8)]
+    concurrency: u16,
+    /// Remote API requests per second, shared by all workspaces.
+    #[arg(long, env = "EMR_REQUESTS_PER_SECOND", default_value_t = 10.0)]
+    requests_per_second: f64,
+    /// Remote API request burst.
+    #[arg(long, env = "EMR_REQUEST_BURST", default_value_t = 20)]
+    burst: u32,
+    /// Timeout of one remote HTTP request, in seconds.
+    #[arg(long, env = "EMR_REQUEST_TIMEOUT_SECONDS", default_value_t = 10)]
+    request_timeout_seconds: u64,
+    /// Sync interval of workspaces that do not set `spec.syncInterval` (minimum 10s).
+    #[arg(long, env = "DEFAULT_SYNC_INTERVAL", default_value = "60s", value_parser = parse_sync_interval)]
+    default_sync_interval: Interval,
+    /// Kubernetes write requests per second, across all workspaces.
+    #[arg(long, env = "KUBE_WRITES_PER_SECOND", default_value_t = 200)]
+    kube_writes_per_second: u32,
+    /// Kubernetes write request burst.
+    #[arg(long, env = "KUBE_WRITE_BURST", default_value_t = 400)]
+    kube_write_burst: u32,
+    /// Longest per-workspace backoff after the API server refused mirror writes.
+    #[arg(long, env = "WRITE_BACKOFF_MAX", default_value = "5m", value_parser = parse_interval)]
+    write_backoff_max: Interval,
+    /// Timeout of a whole workspace listing (all pages and retries), in seconds.
+    #[arg(long, env = "EMR_LISTING_TIMEOUT_SECONDS", default_value_t = 120)]
+    listing_timeout_seconds: u64,
+    /// Address of the /metrics, /healthz and /readyz endpoints.
+    #[arg(long, env = "METRICS_ADDR", default_value = "0.0.0.0:8080")]
+    metrics_addr: SocketAddr,
+    /// Lease-based leader election (disable only when running a single replica).
+    #[arg(long, env = "LEADER_ELECTION", default_value_t = true, action = clap::ArgAction::Set)]
+    leader_election: bool,
+    /// Namespace of the leader-election Lease (default: the pod's namespace).
+    #[arg(long, env = "LEADER_ELECTION_NAMESPACE")]
+    leader_election_namespace: Option<String>,
+    #[arg(
+        long,
+        env = "LEADER_ELECTION_LEASE_NAME",
+        default_value = "emr-ray-operator-leader"
+    )]
+    lease_name: String,
+    #[arg(long, env = "LEADER_ELECTION_LEASE_SECONDS", default_value_t = 15)]
+    lease_seconds: u64,
+    #[arg(long, env = "LEADER_ELECTION_RENEW_SECONDS", default_value_t = 5)]
+    renew_seconds: u64,
+    /// This replica's identity (default: POD_NAME, else hostname and a random suffix).
+    #[arg(long, env = "POD_NAME")]
+    identity: Option<String>,
+}
+
+fn parse_sync_interval(s: &str) -> Result<Interval, String> {
+    Interval::parse_at_least(s, Interval::MIN_SYNC).map_err(|e| e.to_string())
+}
+
+fn parse_interval(s: &str) -> Result<Interval, String> {
+    Interval::parse_at_least(s, Interval::from_secs(1)).map_err(|e| e.to_string())
+}
+
+fn init_tracing(format: LogFormat, level: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_new(level)
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Json => builder.json().flatten_event(true).init(),
+        LogFormat::Text => builder.init(),
+    }
+}
+
+/// Cancels the token on SIGTERM or SIGINT.
+pub fn shutdown_on_signals() -> CancellationToken {
+    let token = CancellationToken::new();
+    let t = token.clone();
+    tokio::spawn(async move {
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+            .expect("installing a SIGTERM handler");
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => info!("SIGINT received, shutting down"),
+            _ = term.recv() => info!("SIGTERM received, shutting down"),
+        }
+        t.cancel();
+    });
+    token
+}
+
+fn default_identity() -> String {
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|s| s.trim().to_string())
+        .unwrap_or_else(|_| "emr-ray-operator".into());
+    format!("{host}-{}", &uuid::Uuid::new_v4().simple().to_string()[..8])
+}
+
+fn pod_namespace() -> Option<String> {
+    std::env::var("POD_NAMESPACE").ok().or_else(|| {
+        std::fs::read_to_string("/var/run/secrets/kubernetes.io/serviceaccount/namespace")
+            .ok()
+            .map(|s| s.trim().to_string())
+    })
+}
+
+/// The `emr-ray-operator` binary.
+pub async fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    init_tracing(cli.log_format, &cli.log_level);
+    match cli.command {
+        Command::Run(a) => run(a).await,
+        Command::List(a) => list::run(a).await,
+        Command::Crdgen { out_dir } => {
+            for (name, yaml) in api::crd_yamls() {
+                match &out_dir {
+                    Some(dir) => {
+                        std::fs::create_dir_all(dir)?;
+                        std::fs::write(dir.join(name), &yaml)?;
+                    }
+                    None => print!("---\n{yaml}"),
+                }
+            }
+            Ok(())
+        }
+        #[cfg(feature = "sim")]
+        Command::Demo(a) => demo::run(a, shutdown_on_signals()).await,
+    }
+}
+
+async fn run(a: RunArgs) -> anyhow::Result<()> {
+            let client = kube::Client::try_default()
+                .await
+                .context("connecting to the Kubernetes API (in-cluster config or KUBECONFIG)")?;
+            let identity = a.identity.clone().unwrap_or_else(default_identity);
+            let leader_election = a.leader_election.then(|| LeaseConfig {
+                namespace: a
+                    .leader_election_namespace
+                    .clone()
+                    .or_else(pod_namespace)
+                    .unwrap_or_else(|| "default".into()),
+                name: a.lease_name.clone(),
+                identity: identity.clone(),
+                lease_duration: Duration::from_secs(a.lease_seconds.max(2)),
+                renew_every: Duration::from_secs(
+                    a.renew_seconds.clamp(1, a.lease_seconds.max(2) - 1),
+                ),
+            });
+            let cfg = OperatorConfig {
+                namespaces: a.namespaces.into_iter().filter(|n| !n.is_empty()).collect(),
+                concurrency: a.concurrency.max(1),
+                metrics_addr: Some(a.metrics_addr),
+                leader_election,
+                identity,
+                requests_per_second: a.requests_per_second,
+                burst: a.burst.max(1),
+                request_timeout: Duration::from_secs(a.request_timeout_seconds.max(1)),
+                listing_timeout: Duration::from_secs(a.listing_timeout_seconds.max(1)),
+                default_sync_interval: a.default_sync_interval,
+                kube_writes_per_second: a.kube_writes_per_second.max(1),
+                kube_write_burst: a.kube_write_burst.max(1),
+                write_backoff_cap: a.write_backoff_max.as_duration(),
+            };
+            info!(
+                ?cfg,
+                "starting emr-ray-operator {}",
+                env!("CARGO_PKG_VERSION")
+            );
+            operator::run(client, cfg, Default::default(), shutdown_on_signals()).await
+}

@@ -1,0 +1,515 @@
+//! Carries out a [`Plan`]: server-side applies and deletes, the Events they announce, and the
+//! write metrics. Decides nothing beyond how to react to a refused write:
+//!
+//! * a refusal that needs a person (forbidden, invalid, too large) stops the rest of the pass —
+//!   one refused write is enough to know; the next pass comes after the workspace's backoff and
+//!   starts with a single probe write;
+//! * every write waits for the operator-wide write budget ([`WriteLimiter`]);
+//! * a mirror whose status the API server refuses as invalid or too large keeps its last data and
+//!   says so in its own `Synced` condition, when that small write is accepted.
+
+use std::collections::HashSet;
+use std::num::NonZeroU32;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use futures::StreamExt;
+use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
+use k8s_openapi::api::core::v1::ObjectReference;
+use kube::api::{Api, DeleteParams, Patch, PatchParams};
+use kube::runtime::events::{Event, EventType, Recorder};
+use kube::{Resource, ResourceExt};
+use serde::Serialize;
+use serde_json::json;
+use tracing::{debug, info, warn};
+
+use super::plan::{Action, MirrorEvent, Owner, Plan, Write};
+use super::state::MirrorCache;
+use crate::api::conditions::{ConditionSet, SYNCED};
+use crate::api::{
+    ANNOTATION_CLUSTER_ID, EmrRayCluster, EmrRayClusterStatus, FIELD_MANAGER, Reason,
+    WriteRefusal,
+};
+use crate::metrics::Metrics;
+
+/// Concurrent Kubernetes writes per workspace sync.
+pub const WRITE_CONCURRENCY: usize = 16;
+/// Longest `Retry-After` of the API server honoured.
+const MAX_RETRY_AFTER: Duration = Duration::from_secs(300);
+
+/// The operator-wide bound on Kubernetes write requests per second.
+#[derive(Clone)]
+pub struct WriteLimiter(Arc<DefaultDirectRateLimiter>);
+
+impl WriteLimiter {
+    /// `per_second` writes per second with bursts of `burst` (both at least 1).
+    pub fn new(per_second: u32, burst: u32) -> Self {
+        let rate = NonZeroU32::new(per_second.max(1)).unwrap_or(NonZeroU32::MIN);
+        let burst = NonZeroU32::new(burst.max(1)).unwrap_or(NonZeroU32::MIN);
+        WriteLimiter(Arc::new(RateLimiter::direct(
+            Quota::per_second(rate).allow_burst(burst),
+        )))
+    }
+
+    pub async fn wait(&self) {
+        self.0.until_ready().await;
+    }
+}
+
+/// The server-side-apply body of `K` named `name` with `fields` (metadata besides the name,
+/// spec, or status) — the one place such bodies are built.
+pub fn ssa_body<K: Resource<DynamicType = ()>>(name: &str, fields: serde_json::Value) -> serde_json::Value {
+    let mut body = json!({
+        "apiVersion": K::api_version(&()),
+        "kind": K::kind(&()),
+        "metadata": { "name": name },
+    });
+    if let (Some(b), serde_json::Value::Object(f)) = (body.as_object_mut(), fields) {
+        for (k, v) in f {
+            match (k.as_str(), v) {
+                ("metadata", serde_json::Value::Object(m)) => {
+                    if let Some(meta) = b.get_mut("metadata").and_then(|v| v.as_object_mut()) {
+                        meta.extend(m);
+                    }
+                }
+                (_, v) => {
+                    b.insert(k, v);
+                }
+            }
+        }
+    }
+    body
+}
+
+/// Server-side applies `fields` of `K` (`status: true`: through the status subresource).
+pub async fn apply_ssa<K>(
+    api: &Api<K>,
+    name: &str,
+    fields: serde_json::Value,
+    status: bool,
+) -> Result<K, kube::Error>
+where
+    K: Resource<DynamicType = ()> + Clone + serde::de::DeserializeOwned + Serialize + std::fmt::Debug,
+{
+    let pp = PatchParams::apply(FIELD_MANAGER).force();
+    let body = ssa_body::<K>(name, fields);
+    if status {
+        api.patch_status(name, &pp, &Patch::Apply(&body)).await
+    } else {
+        api.patch(name, &pp, &Patch::Apply(&body)).await
+    }
+}
+
+/// A write the API server refused.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Refused {
+    pub refusal: WriteRefusal,
+    pub message: String,
+    pub retry_after: Option<Duration>,
+}
+
+impl Refused {
+    pub fn from_error(e: &kube::Error) -> Self {
+        match e {
+            kube::Error::Api(s) => Refused {
+                refusal: WriteRefusal::classify(s.code, &s.reason, &s.message),
+                message: crate::emr::error::clean_text(&s.message, 512),
+                retry_after: s
+                    .details
+                    .as_ref()
+                    .map(|d| d.retry_after_seconds)
+                    .filter(|s| *s > 0)
+                    .map(|s| Duration::from_secs(u64::from(s)).min(MAX_RETRY_AFTER)),
+            },
+            kube::Error::HyperError(_) | kube::Error::Service(_) => Refused {
+                refusal: WriteRefusal::Unavailable,
+                message: crate::emr::error::clean_text(&e.to_string(), 512),
+                retry_after: None,
+            },
+            other => Refused {
+                refusal: WriteRefusal::Other,
+                message: crate::emr::error::clean_text(&other.to_string(), 512),
+                retry_after: None,
+            },
+        }
+    }
+}
+
+/// What one action came to.
+#[derive(Debug)]
+enum Outcome {
+    Unchanged,
+    Created,
+    Updated,
+    Deleted,
+    Refused { name: String, refused: Refused },
+    /// Not attempted: an earlier refusal in this pass needs a person.
+    Skipped { name: String },
+}
+
+/// What a write pass came to.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct WriteReport {
+    /// Mirrors the workspace should have.
+    pub mirrors: usize,
+    pub created: usize,
+    pub deleted: usize,
+    /// Actions refused or not attempted.
+    pub failed: usize,
+    /// The first refusal (permanent ones first), with the mirror it concerns.
+    pub first: Option<Refused>,
+    /// Mirrors whose write was refused or skipped.
+    pub refused: HashSet<String>,
+}
+
+/// What [`apply_plan`] writes with.
+pub struct Writer<'a> {
+    pub api: Api<EmrRayCluster>,
+    pub owner: &'a Owner,
+    pub workspace: ObjectReference,
+    pub cache: &'a MirrorCache,
+    pub recorder: &'a Recorder,
+    pub metrics: &'a Metrics,
+    pub limiter: &'a WriteLimiter,
+    pub now: &'a str,
+}
+
+/// Performs the plan's actions. `probe`: the previous pass was refused, so one write goes alone
+/// first and the rest only if it is not refused for good.
+pub async fn apply_plan(w: &Writer<'_>, plan: Plan, probe: bool) -> WriteReport {
+    let stop = AtomicBool::new(false);
+    let summarize = plan.summarize_events;
+    let mut actions = plan.actions.into_iter();
+    let mut outcomes = Vec::new();
+    if probe && let Some(first) = actions.next() {
+        outcomes.push(run_action(w, first, &stop, summarize).await);
+    }
+    let rest: Vec<Outcome> = futures::stream::iter(actions)
+        .map(|a| run_action(w, a, &stop, summarize))
+        .buffer_unordered(WRITE_CONCURRENCY)
+        .collect()
+        .await;
+    outcomes.extend(rest);
+
+    let mut report = WriteReport {
+        mirrors: plan.mirrors,
+        ..Default::default()
+    };
+    for o in outcomes {
+        match o {
+            Outcome::Unchanged | Outcome::Updated => {}
+            Outcome::Created => report.created += 1,
+            Outcome::Deleted => report.deleted += 1,
+            Outcome::Refused { name, refused } => {
+                report.failed += 1;
+                report.refused.insert(name);
+                let better = report.first.as_ref().is_none_or(|f| {
+                    refused.refusal.is_permanent() && !f.refusal.is_permanent()
+                });
+                if better {
+                    report.first = Some(refused);
+                }
+            }
+            Outcome::Skipped { name } => {
+                report.failed += 1;
+                report.refused.insert(name);
+            }
+        }
+    }
+    if plan.summarize_events && report.created + report.deleted > 0 {
+        publish(
+            w.recorder,
+            &w.workspace,
+            EventType::Normal,
+            "MirrorsSynced",
+            format!(
+                "created {} and deleted {} EmrRayCluster mirrors",
+                report.created, report.deleted
+            ),
+        )
+        .await;
+    }
+    if report.created + report.deleted > 0 {
+        info!(
+            workspace = %w.workspace.name.as_deref().unwrap_or_default(),
+            created = report.created, deleted = report.deleted, "mirrors updated"
+        );
+    }
+    report
+}
+
+async fn run_action(w: &Writer<'_>, a: Action, stop: &AtomicBool, summarize: bool) -> Outcome {
+    if stop.load(Ordering::SeqCst) {
+        return Outcome::Skipped { name: a.name };
+    }
+    let name = a.name.clone();
+    match write_action(w, a, summarize).await {
+        Ok(o) => o,
+        Err(refused) => {
+            w.metrics.count_refusal("emrrayclusters", refused.refusal);
+            if refused.refusal.is_permanent() {
+                stop.store(true, Ordering::SeqCst);
+            }
+            warn!(
+                mirror = %name, refusal = %refused.refusal, message = %refused.message,
+                "the API server refused a mirror write"
+            );
+            Outcome::Refused {
+                refused: Refused {
+                    message: format!("EmrRayCluster {name}: {}", refused.message),
+                    ..refused
+                },
+                name,
+            }
+        }
+    }
+}
+
+/// One action's writes; `Err` when the API server refused one.
+async fn write_action(w: &Writer<'_>, a: Action, summarize: bool) -> Result<Outcome, Refused> {
+    let ns = &w.owner.namespace;
+    let refused = |e: kube::Error| Refused::from_error(&e);
+    let status = match a.write {
+        Write::Delete => {
+            w.limiter.wait().await;
+            match w.api.delete(&a.name, &DeleteParams::background()).await {
+                Ok(_) => {}
+                Err(kube::Error::Api(s)) if s.code == 404 => return Ok(Outcome::Unchanged),
+                Err(e) => return Err(refused(e)),
+            }
+            w.metrics.count_write("emrrayclusters", "delete");
+            w.cache.record_write(ns, &a.name, a.prev.as_deref(), None);
+            if let Some(ev) = &a.event {
+                announce(w, &a.name, &a.cluster_id, None, ev, summarize).await;
+            }
+            return Ok(Outcome::Deleted);
+        }
+        Write::Apply(status) => {
+            let fields = json!({
+                "metadata": {
+                    "labels": w.owner.labels(&a.cluster_id),
+                    "annotations": { ANNOTATION_CLUSTER_ID: a.cluster_id },
+                    "ownerReferences": [w.owner.reference()],
+                },
+                "spec": w.owner.spec(&a.cluster_id),
+            });
+            w.limiter.wait().await;
+            let res = apply_ssa(&w.api, &a.name, fields, false)
+                .await
+                .map_err(refused)?;
+            w.metrics.count_write("emrrayclusters", "apply");
+            w.cache
+                .record_write(ns, &a.name, a.prev.as_deref(), Some(res.clone()));
+            // A freshly created object has no status yet; otherwise write only on a difference.
+            let prev_status = a.prev.as_ref().and_then(|p| p.status.as_ref());
+            if a.prev.is_some() && prev_status == Some(&status) {
+                return Ok(Outcome::Updated);
+            }
+            status
+        }
+        Write::Status(status) => status,
+    };
+    w.limiter.wait().await;
+    let fields = json!({ "status": &status });
+    let res = match apply_ssa(&w.api, &a.name, fields, true).await {
+        Ok(res) => res,
+        Err(e) => {
+            let r = refused(e);
+            if let Some(prev) = &a.prev {
+                mark_unwritable(w, prev, &r).await;
+            }
+            return Err(r);
+        }
+    };
+    w.metrics.count_write("emrrayclusters", "apply-status");
+    // Until the watch delivers this status, a reconcile must not take the store's older object
+    // for the current one and write the status again.
+    w.cache
+        .record_write(ns, &a.name, a.prev.as_deref(), Some(res.clone()));
+    if let Some(ev) = &a.event {
+        let r = res.object_ref(&());
+        announce(w, &a.name, &a.cluster_id, Some(&r), ev, summarize).await;
+    }
+    Ok(if a.prev.is_none() {
+        Outcome::Created
+    } else {
+        Outcome::Updated
+    })
+}
+
+/// The mirror keeps its last data and says, in its `Synced` condition, that its status could
+/// not be written (only for refusals of this object's content, and once).
+async fn mark_unwritable(w: &Writer<'_>, prev: &EmrRayCluster, r: &Refused) {
+    if !matches!(r.refusal, WriteRefusal::Invalid | WriteRefusal::TooLarge) {
+        return;
+    }
+    let mut status: EmrRayClusterStatus = prev.status.clone().unwrap_or_default();
+    let already = status
+        .conditions
+        .iter()
+        .any(|c| c.type_ == SYNCED && c.reason == Reason::MirrorWriteFailed.as_str());
+    if already {
+        return;
+    }
+    let message = format!(
+        "the API server refused this mirror's new status ({}): {}",
+        r.refusal, r.message
+    );
+    let mut conds: Vec<_> = status
+        .conditions
+        .iter()
+        .filter(|c| c.type_ != SYNCED)
+        .cloned()
+        .collect();
+    let mut synced = ConditionSet::new(&status.conditions, prev.meta().generation, w.now);
+    synced.set(SYNCED, false, Reason::MirrorWriteFailed.as_str(), message);
+    conds.extend(synced.build());
+    status.conditions = conds;
+    w.limiter.wait().await;
+    match apply_ssa(&w.api, &prev.name_any(), json!({ "status": status }), true).await {
+        Ok(res) => {
+            w.metrics.count_write("emrrayclusters", "apply-status");
+            w.cache
+                .record_write(&w.owner.namespace, &prev.name_any(), Some(prev), Some(res));
+        }
+        Err(e) => debug!(error = %e, "marking a mirror as unwritable failed too"),
+    }
+}
+
+/// Publishes the Event of a successful mirror write.
+async fn announce(
+    w: &Writer<'_>,
+    name: &str,
+    cluster_id: &str,
+    mirror: Option<&ObjectReference>,
+    ev: &MirrorEvent,
+    summarize: bool,
+) {
+    let target = mirror.unwrap_or(&w.workspace);
+    let (kind, reason, note) = match ev {
+        MirrorEvent::Created { .. } | MirrorEvent::Deleted if summarize => return,
+        MirrorEvent::Created { state } => (
+            EventType::Normal,
+            "Created",
+            format!(
+                "mirroring remote Ray cluster {cluster_id} ({})",
+                state.as_deref().unwrap_or("state unknown")
+            ),
+        ),
+        MirrorEvent::Deleted => (
+            EventType::Normal,
+            "MirrorDeleted",
+            format!("deleted EmrRayCluster {name}: remote cluster {cluster_id} is no longer listed"),
+        ),
+        MirrorEvent::StateChanged { from, to, message } => {
+            let to = to.as_deref().unwrap_or("Unknown");
+            let mut note = format!(
+                "state changed from {} to {to}",
+                from.as_deref().unwrap_or("Unknown")
+            );
+            if to == "Error"
+                && let Some(m) = message.as_deref().filter(|m| !m.is_empty())
+            {
+                note.push_str(": ");
+                note.push_str(m);
+            }
+            let kind = if to == "Error" {
+                EventType::Warning
+            } else {
+                EventType::Normal
+            };
+            (kind, "StateChanged", note)
+        }
+        MirrorEvent::Gone => (
+            EventType::Warning,
+            "RemoteClusterGone",
+            "the remote Ray cluster is no longer listed; kept because goneClusterPolicy is Keep"
+                .to_string(),
+        ),
+    };
+    publish(w.recorder, target, kind, reason, note).await;
+}
+
+/// Publishes an Event (notes are capped; failures to publish are only logged).
+pub async fn publish(
+    recorder: &Recorder,
+    reference: &ObjectReference,
+    type_: EventType,
+    reason: &str,
+    note: String,
+) {
+    let ev = Event {
+        type_,
+        reason: reason.to_string(),
+        note: Some(truncate(&note, 1024)),
+        action: "Sync".to_string(),
+        secondary: None,
+    };
+    if let Err(e) = recorder.publish(&ev, reference).await {
+        debug!(error = %e, "publishing an event failed");
+    }
+}
+
+fn truncate(s: &str, max: usize) -> String {
+    if s.len() <= max {
+        return s.to_string();
+    }
+    let mut end = max;
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}…", &s[..end])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::api::EmrWorkspace;
+
+    #[test]
+    fn ssa_bodies_carry_kind_name_and_fields() {
+        let b = ssa_body::<EmrWorkspace>("ws", json!({"status": {"clusters": 1}}));
+        assert_eq!(b["apiVersion"], "emr.aliyun.io/v1alpha1");
+        assert_eq!(b["kind"], "EmrWorkspace");
+        assert_eq!(b["metadata"]["name"], "ws");
+        assert_eq!(b["status"]["clusters"], 1);
+        let b = ssa_body::<EmrRayCluster>("m", json!({"metadata": {"labels": {"a": "b"}}, "spec": {}}));
+        assert_eq!(b["metadata"]["name"], "m");
+        assert_eq!(b["metadata"]["labels"]["a"], "b");
+    }
+
+    #[test]
+    fn refusals_from_api_errors() {
+        let status = |code: u16, reason: &str, retry: u32| {
+            kube::Error::Api(Box::new(kube::core::Status {
+                code,
+                reason: reason.into(),
+                message: "denied\nby policy".into(),
+                details: Some(kube::core::response::StatusDetails {
+                    name: String::new(),
+                    group: String::new(),
+                    kind: String::new(),
+                    uid: String::new(),
+                    causes: Vec::new(),
+                    retry_after_seconds: retry,
+                }),
+                ..kube::core::Status::failure("x", reason)
+            }))
+        };
+        let r = Refused::from_error(&status(403, "Forbidden", 0));
+        assert_eq!(r.refusal, WriteRefusal::Forbidden);
+        assert_eq!(r.message, "denied by policy");
+        let r = Refused::from_error(&status(429, "TooManyRequests", 7));
+        assert_eq!(r.refusal, WriteRefusal::Throttled);
+        assert_eq!(r.retry_after, Some(Duration::from_secs(7)));
+        let r = Refused::from_error(&status(429, "TooManyRequests", u32::MAX));
+        assert_eq!(r.retry_after, Some(MAX_RETRY_AFTER));
+    }
+
+    #[test]
+    fn truncation_respects_char_boundaries() {
+        assert_eq!(truncate("abc", 5), "abc");
+        assert_eq!(truncate("ééé", 3), "é…");
+    }
+}

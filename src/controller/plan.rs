@@ -1,0 +1,321 @@
+//! The pure decision of a sync: from the last complete listing, the mirrors that exist, the
+//! workspace's policy and whether the data is stale, the list of writes that make the mirrors
+//! right. Nothing here performs I/O; [`super::apply`] carries the actions out.
+//!
+//! The rules users rely on, each a row of the table tests below:
+//! * a listed cluster gets a mirror, written only where it differs;
+//! * a mirror missing from the listing is deleted (`goneClusterPolicy: Delete`) or kept with
+//!   `gone: true` (`Keep`) **only** when the latest listing attempt succeeded;
+//! * after a failed attempt, nothing is deleted or blanked: mirrors keep their data and say
+//!   `Synced=False` with the failure's reason;
+//! * a listing that ended exactly on a page boundary never removes anything
+//!   (`RemovalUnconfirmed`);
+//! * a name held by another workspace's mirror is left alone (`MirrorNameConflict`).
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::Arc;
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
+use kube::{Resource, ResourceExt};
+
+use super::mirror::{self, Staleness};
+use super::state::Listing;
+use crate::api::{
+    ANNOTATION_CLUSTER_ID, EmrRayCluster, EmrRayClusterSpec, EmrRayClusterStatus, EmrWorkspace,
+    GoneClusterPolicy, LABEL_CLUSTER_ID, LABEL_MANAGED_BY, LABEL_WORKSPACE, LABEL_WORKSPACE_ID,
+    MANAGED_BY,
+};
+
+/// Per-mirror Events are replaced by one summary above this many creations and deletions.
+pub const MAX_MIRROR_EVENTS_PER_SYNC: usize = 20;
+
+/// Who owns the mirrors: the parts of an `EmrWorkspace` that shape them.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Owner {
+    pub namespace: String,
+    pub name: String,
+    pub uid: String,
+    pub workspace_id: String,
+    pub region_id: String,
+    pub policy: GoneClusterPolicy,
+}
+
+impl Owner {
+    pub fn of(ws: &EmrWorkspace) -> Self {
+        Owner {
+            namespace: ws.namespace().unwrap_or_default(),
+            name: ws.name_any(),
+            uid: ws.uid().unwrap_or_default(),
+            workspace_id: ws.spec.workspace_id.clone(),
+            region_id: ws.spec.region_id.clone(),
+            policy: ws.spec.gone_cluster_policy,
+        }
+    }
+
+    /// The controller owner reference every mirror carries (deleting the workspace
+    /// garbage-collects its mirrors).
+    pub fn reference(&self) -> OwnerReference {
+        OwnerReference {
+            api_version: EmrWorkspace::api_version(&()).to_string(),
+            kind: EmrWorkspace::kind(&()).to_string(),
+            name: self.name.clone(),
+            uid: self.uid.clone(),
+            controller: Some(true),
+            block_owner_deletion: Some(true),
+        }
+    }
+
+    pub fn spec(&self, cluster_id: &str) -> EmrRayClusterSpec {
+        EmrRayClusterSpec {
+            workspace_ref: self.name.clone(),
+            workspace_id: self.workspace_id.clone(),
+            region_id: self.region_id.clone(),
+            cluster_id: cluster_id.to_string(),
+        }
+    }
+
+    pub fn labels(&self, cluster_id: &str) -> BTreeMap<String, String> {
+        BTreeMap::from([
+            (LABEL_WORKSPACE.to_string(), mirror::label_value(&self.name)),
+            (
+                LABEL_WORKSPACE_ID.to_string(),
+                mirror::label_value(&self.workspace_id),
+            ),
+            (
+                LABEL_CLUSTER_ID.to_string(),
+                mirror::label_value(cluster_id),
+            ),
+            (LABEL_MANAGED_BY.to_string(), MANAGED_BY.to_string()),
+        ])
+    }
+
+    /// Whether `m` already has the metadata and spec this owner gives it.
+    fn metadata_matches(&self, m: &EmrRayCluster, cluster_id: &str) -> bool {
+        m.spec == self.spec(cluster_id)
+            && self
+                .labels(cluster_id)
+                .iter()
+                .all(|(k, v)| m.labels().get(k) == Some(v))
+            && m.annotations().get(ANNOTATION_CLUSTER_ID).map(String::as_str) == Some(cluster_id)
+            && m.owner_references()
+                .iter()
+                .any(|o| o.uid == self.uid && o.controller == Some(true))
+    }
+}
+
+/// What to write for one mirror.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Write {
+    /// Server-side apply of metadata and spec (creation or repair), then of the status.
+    Apply(EmrRayClusterStatus),
+    /// Only the status differs.
+    Status(EmrRayClusterStatus),
+    Delete,
+}
+
+/// The Event to publish once a write succeeded.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum MirrorEvent {
+    Created { state: Option<String> },
+    StateChanged {
+        from: Option<String>,
+        to: Option<String>,
+        message: Option<String>,
+    },
+    Gone,
+    Deleted,
+}
+
+/// One mirror's write.
+#[derive(Clone, Debug)]
+pub struct Action {
+    pub name: String,
+    pub cluster_id: String,
+    /// The mirror as it is now (`None`: it is created).
+    pub prev: Option<Arc<EmrRayCluster>>,
+    pub write: Write,
+    pub event: Option<MirrorEvent>,
+}
+
+/// A mirror name held by another workspace's mirror.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Conflict {
+    pub name: String,
+    pub owner: String,
+}
+
+/// The writes of one sync and what they add up to.
+#[derive(Clone, Debug, Default)]
+pub struct Plan {
+    pub actions: Vec<Action>,
+    pub conflicts: Vec<Conflict>,
+    /// Mirrors the workspace has once every action succeeded.
+    pub mirrors: usize,
+    /// Creations and deletions are summarised in one Event instead of one each.
+    pub summarize_events: bool,
+}
+
+/// Everything [`plan`] decides from.
+pub struct Input<'a> {
+    pub owner: &'a Owner,
+    /// The last complete listing (`None`: none yet).
+    pub listing: Option<&'a Listing>,
+    /// The latest listing attempt succeeded (so removals may be trusted).
+    pub listing_is_current: bool,
+    /// Why the data may be out of date (the latest attempt failed).
+    pub stale: Option<&'a Staleness>,
+    /// The workspace's mirrors by cluster ID.
+    pub existing: &'a HashMap<String, Arc<EmrRayCluster>>,
+    /// The workspace reference of another workspace's mirror holding a name, if any.
+    pub held_elsewhere: &'a dyn Fn(&str) -> Option<String>,
+    /// Mirrors whose last write was refused: planned last.
+    pub refused: &'a HashSet<String>,
+    pub now: &'a str,
+}
+
+/// Decides the writes of one sync. Pure.
+pub fn plan(input: &Input<'_>) -> Plan {
+    let mut out = Plan::default();
+    let unconfirmed = Staleness::removal_unconfirmed();
+    if let Some(listing) = input.listing {
+        for (id, cluster) in &listing.clusters {
+            out.mirrors += 1;
+            let prev = input.existing.get(id).cloned();
+            let mut desired = mirror::remote_status(cluster);
+            let generation = prev.as_ref().and_then(|p| p.meta().generation).or(Some(1));
+            let prev_conds = prev
+                .as_ref()
+                .and_then(|p| p.status.as_ref())
+                .map(|s| s.conditions.as_slice())
+                .unwrap_or_default();
+            desired.observed_generation = generation;
+            desired.conditions =
+                mirror::mirror_conditions(&desired, prev_conds, generation, input.stale, input.now);
+            let name = prev
+                .as_ref()
+                .map(|p| p.name_any())
+                .unwrap_or_else(|| mirror::mirror_name(id));
+            if prev.is_none()
+                && let Some(owner) = (input.held_elsewhere)(&name)
+            {
+                out.mirrors -= 1;
+                out.conflicts.push(Conflict { name, owner });
+                continue;
+            }
+            out.actions
+                .extend(write_for(input.owner, name, id, prev, desired));
+        }
+    }
+    for (id, m) in input.existing {
+        if input.listing.is_some_and(|l| l.clusters.contains_key(id)) {
+            continue;
+        }
+        let removal = if !input.listing_is_current {
+            None
+        } else if input.listing.is_some_and(|l| l.on_page_boundary) {
+            Some(false)
+        } else {
+            Some(true)
+        };
+        match removal {
+            // Complete, current listing: the cluster is gone.
+            Some(true) if input.owner.policy == GoneClusterPolicy::Delete => {
+                out.actions.push(Action {
+                    name: m.name_any(),
+                    cluster_id: id.clone(),
+                    prev: Some(m.clone()),
+                    write: Write::Delete,
+                    event: Some(MirrorEvent::Deleted),
+                });
+            }
+            Some(true) => {
+                out.mirrors += 1;
+                out.actions.extend(keep(input.owner, m, id, true, None, input.now));
+            }
+            // Ended on a page boundary: may have been cut short.
+            Some(false) => {
+                out.mirrors += 1;
+                out.actions
+                    .extend(keep(input.owner, m, id, false, Some(&unconfirmed), input.now));
+            }
+            // No trustworthy listing: keep the last known data, only say it is stale.
+            None => {
+                out.mirrors += 1;
+                out.actions
+                    .extend(keep(input.owner, m, id, false, input.stale, input.now));
+            }
+        }
+    }
+    let churn = out
+        .actions
+        .iter()
+        .filter(|a| a.prev.is_none() || a.write == Write::Delete)
+        .count();
+    out.summarize_events = churn > MAX_MIRROR_EVENTS_PER_SYNC;
+    // Stable order: by name, with mirrors whose last write was refused last.
+    out.actions
+        .sort_by(|a, b| {
+            (input.refused.contains(&a.name), &a.name).cmp(&(input.refused.contains(&b.name), &b.name))
+        });
+    out.conflicts.sort_by(|a, b| a.name.cmp(&b.name));
+    out
+}
+
+/// Keeps a mirror's last known data, with conditions saying whether it is gone or stale.
+fn keep(
+    owner: &Owner,
+    m: &Arc<EmrRayCluster>,
+    id: &str,
+    gone: bool,
+    stale: Option<&Staleness>,
+    now: &str,
+) -> Option<Action> {
+    let mut desired = m.status.clone().unwrap_or_default();
+    desired.gone = desired.gone || gone;
+    let prev_conds = std::mem::take(&mut desired.conditions);
+    desired.conditions =
+        mirror::mirror_conditions(&desired, &prev_conds, m.meta().generation, stale, now);
+    write_for(owner, m.name_any(), id, Some(m.clone()), desired)
+}
+
+/// The write (if any) that turns `prev` into a mirror with `desired` status.
+fn write_for(
+    owner: &Owner,
+    name: String,
+    id: &str,
+    prev: Option<Arc<EmrRayCluster>>,
+    desired: EmrRayClusterStatus,
+) -> Option<Action> {
+    let prev_status = prev.as_ref().and_then(|p| p.status.as_ref());
+    let meta_ok = prev
+        .as_ref()
+        .is_some_and(|p| owner.metadata_matches(p, id));
+    let status_ok = prev_status == Some(&desired);
+    let event = match prev_status {
+        None if prev.is_none() => Some(MirrorEvent::Created {
+            state: desired.state.clone(),
+        }),
+        Some(p) if p.state != desired.state => Some(MirrorEvent::StateChanged {
+            from: p.state.clone(),
+            to: desired.state.clone(),
+            message: desired.message.clone(),
+        }),
+        Some(p) if !p.gone && desired.gone => Some(MirrorEvent::Gone),
+        _ => None,
+    };
+    let write = match (meta_ok, status_ok) {
+        (true, true) => return None,
+        (false, _) => Write::Apply(desired),
+        (true, false) => Write::Status(desired),
+    };
+    Some(Action {
+        name,
+        cluster_id: id.to_string(),
+        prev,
+        write,
+        event,
+    })
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,371 @@
+//! Table tests of [`plan`]: one row per rule of the README's gone/keep and condition tables.
+
+use super::*;
+use crate::api::Reason;
+use crate::emr::{ClusterState, RayCluster};
+
+const NOW: &str = "2026-01-01T00:00:00Z";
+
+fn owner(policy: GoneClusterPolicy) -> Owner {
+    Owner {
+        namespace: "ns".into(),
+        name: "ws".into(),
+        uid: "uid-1".into(),
+        workspace_id: "w-1".into(),
+        region_id: "cn-hangzhou".into(),
+        policy,
+    }
+}
+
+fn cluster(id: &str, state: ClusterState) -> RayCluster {
+    RayCluster {
+        cluster_id: id.into(),
+        name: Some(format!("name-{id}")),
+        state: Some(state),
+        ..Default::default()
+    }
+}
+
+/// The mirror the operator would have written for `c` (as the plan writes it).
+fn mirrored(o: &Owner, c: &RayCluster) -> Arc<EmrRayCluster> {
+    let mut m = EmrRayCluster::new(&mirror::mirror_name(&c.cluster_id), o.spec(&c.cluster_id));
+    m.metadata.namespace = Some(o.namespace.clone());
+    m.metadata.labels = Some(o.labels(&c.cluster_id));
+    m.metadata.annotations = Some(BTreeMap::from([(
+        ANNOTATION_CLUSTER_ID.to_string(),
+        c.cluster_id.clone(),
+    )]));
+    m.metadata.owner_references = Some(vec![o.reference()]);
+    m.metadata.generation = Some(1);
+    let mut st = mirror::remote_status(c);
+    st.observed_generation = Some(1);
+    st.conditions = mirror::mirror_conditions(&st, &[], Some(1), None, NOW);
+    m.status = Some(st);
+    Arc::new(m)
+}
+
+/// What happened to each cluster ID, as a compact word.
+fn outcome(p: &Plan, id: &str) -> &'static str {
+    match p.actions.iter().find(|a| a.cluster_id == id) {
+        None if p.conflicts.iter().any(|c| c.name == mirror::mirror_name(id)) => "conflict",
+        None => "unchanged",
+        Some(a) => match &a.write {
+            Write::Delete => "delete",
+            Write::Apply(_) if a.prev.is_none() => "create",
+            Write::Apply(_) => "repair",
+            Write::Status(s) if s.gone => "mark-gone",
+            Write::Status(s) => {
+                let synced = s.conditions.iter().find(|c| c.type_ == "Synced").unwrap();
+                if synced.status == "False" {
+                    match synced.reason.as_str() {
+                        "RemovalUnconfirmed" => "mark-unconfirmed",
+                        _ => "mark-stale",
+                    }
+                } else {
+                    "update"
+                }
+            }
+        },
+    }
+}
+
+struct Case {
+    what: &'static str,
+    policy: GoneClusterPolicy,
+    /// `None`: no complete listing yet.
+    listed: Option<Vec<RayCluster>>,
+    on_boundary: bool,
+    /// The latest attempt failed with this reason.
+    failed: Option<Reason>,
+    existing: Vec<RayCluster>,
+    /// Names held by another workspace.
+    foreign: &'static [&'static str],
+    expect: &'static [(&'static str, &'static str)],
+    mirrors: usize,
+}
+
+fn run(case: &Case) -> Plan {
+    let o = owner(case.policy);
+    let listing = case.listed.clone().map(|l| {
+        let mut listing = Listing::new(l, 100);
+        listing.on_page_boundary = case.on_boundary;
+        listing
+    });
+    let existing: HashMap<String, Arc<EmrRayCluster>> = case
+        .existing
+        .iter()
+        .map(|c| (c.cluster_id.clone(), mirrored(&o, c)))
+        .collect();
+    let stale = case
+        .failed
+        .map(|r| Staleness::from_failure(r, None, Some("2025-12-31T23:59:00Z")));
+    let foreign = case.foreign;
+    let held = move |name: &str| foreign.contains(&name).then(|| "other".to_string());
+    plan(&Input {
+        owner: &o,
+        listing: listing.as_ref(),
+        listing_is_current: case.failed.is_none() && listing.is_some(),
+        stale: stale.as_ref(),
+        existing: &existing,
+        held_elsewhere: &held,
+        refused: &HashSet::new(),
+        now: NOW,
+    })
+}
+
+#[test]
+fn gone_keep_stale_boundary_and_conflict_rules() {
+    use ClusterState::*;
+    use GoneClusterPolicy::*;
+    let a = || cluster("ray-a", Running);
+    let b = || cluster("ray-b", Running);
+    let b_err = || cluster("ray-b", Error);
+    let cases = [
+        Case {
+            what: "listed and new: created",
+            policy: Delete,
+            listed: Some(vec![a()]),
+            on_boundary: false,
+            failed: None,
+            existing: vec![],
+            foreign: &[],
+            expect: &[("ray-a", "create")],
+            mirrors: 1,
+        },
+        Case {
+            what: "listed and unchanged: no write",
+            policy: Delete,
+            listed: Some(vec![a()]),
+            on_boundary: false,
+            failed: None,
+            existing: vec![a()],
+            foreign: &[],
+            expect: &[("ray-a", "unchanged")],
+            mirrors: 1,
+        },
+        Case {
+            what: "listed with a new state: status only",
+            policy: Delete,
+            listed: Some(vec![a(), b_err()]),
+            on_boundary: false,
+            failed: None,
+            existing: vec![a(), b()],
+            foreign: &[],
+            expect: &[("ray-a", "unchanged"), ("ray-b", "update")],
+            mirrors: 2,
+        },
+        Case {
+            what: "gone from a complete listing, policy Delete: deleted",
+            policy: Delete,
+            listed: Some(vec![a()]),
+            on_boundary: false,
+            failed: None,
+            existing: vec![a(), b()],
+            foreign: &[],
+            expect: &[("ray-a", "unchanged"), ("ray-b", "delete")],
+            mirrors: 1,
+        },
+        Case {
+            what: "gone from a complete listing, policy Keep: kept, gone",
+            policy: Keep,
+            listed: Some(vec![a()]),
+            on_boundary: false,
+            failed: None,
+            existing: vec![a(), b()],
+            foreign: &[],
+            expect: &[("ray-a", "unchanged"), ("ray-b", "mark-gone")],
+            mirrors: 2,
+        },
+        Case {
+            what: "everything gone from an empty complete listing: deleted",
+            policy: Delete,
+            listed: Some(vec![]),
+            on_boundary: false,
+            failed: None,
+            existing: vec![a(), b()],
+            foreign: &[],
+            expect: &[("ray-a", "delete"), ("ray-b", "delete")],
+            mirrors: 0,
+        },
+        Case {
+            what: "listing ended on a page boundary: removal unconfirmed, kept",
+            policy: Delete,
+            listed: Some(vec![a()]),
+            on_boundary: true,
+            failed: None,
+            existing: vec![a(), b()],
+            foreign: &[],
+            expect: &[("ray-a", "unchanged"), ("ray-b", "mark-unconfirmed")],
+            mirrors: 2,
+        },
+        Case {
+            what: "page boundary with policy Keep: not marked gone either",
+            policy: Keep,
+            listed: Some(vec![a()]),
+            on_boundary: true,
+            failed: None,
+            existing: vec![a(), b()],
+            foreign: &[],
+            expect: &[("ray-b", "mark-unconfirmed")],
+            mirrors: 2,
+        },
+        Case {
+            what: "latest attempt failed: listed mirrors kept, marked stale, nothing deleted",
+            policy: Delete,
+            listed: Some(vec![a()]),
+            on_boundary: false,
+            failed: Some(Reason::RemoteUnavailable),
+            existing: vec![a(), b()],
+            foreign: &[],
+            expect: &[("ray-a", "mark-stale"), ("ray-b", "mark-stale")],
+            mirrors: 2,
+        },
+        Case {
+            what: "failed before any listing: existing mirrors kept, marked stale",
+            policy: Delete,
+            listed: None,
+            on_boundary: false,
+            failed: Some(Reason::AuthenticationFailed),
+            existing: vec![a(), b()],
+            foreign: &[],
+            expect: &[("ray-a", "mark-stale"), ("ray-b", "mark-stale")],
+            mirrors: 2,
+        },
+        Case {
+            what: "no listing yet and no failure: nothing touched",
+            policy: Delete,
+            listed: None,
+            on_boundary: false,
+            failed: None,
+            existing: vec![a()],
+            foreign: &[],
+            expect: &[("ray-a", "unchanged")],
+            mirrors: 1,
+        },
+        Case {
+            what: "name held by another workspace's mirror: left alone, reported",
+            policy: Delete,
+            listed: Some(vec![a(), b()]),
+            on_boundary: false,
+            failed: None,
+            existing: vec![],
+            foreign: &["ray-b"],
+            expect: &[("ray-a", "create"), ("ray-b", "conflict")],
+            mirrors: 1,
+        },
+    ];
+    for case in &cases {
+        let p = run(case);
+        for (id, want) in case.expect {
+            assert_eq!(outcome(&p, id), *want, "{}: {id}", case.what);
+        }
+        assert_eq!(p.mirrors, case.mirrors, "{}: mirrors", case.what);
+        assert!(
+            case.failed.is_none() || p.actions.iter().all(|a| a.write != Write::Delete),
+            "{}: a failed listing never deletes",
+            case.what
+        );
+    }
+}
+
+#[test]
+fn stale_marks_carry_the_failure_reason_and_keep_the_data() {
+    let a = cluster("ray-a", ClusterState::Running);
+    let p = run(&Case {
+        what: "throttled",
+        policy: GoneClusterPolicy::Delete,
+        listed: Some(vec![a.clone()]),
+        on_boundary: false,
+        failed: Some(Reason::Throttled),
+        existing: vec![a],
+        foreign: &[],
+        expect: &[],
+        mirrors: 1,
+    });
+    let Write::Status(s) = &p.actions[0].write else {
+        panic!("{:?}", p.actions[0].write)
+    };
+    let synced = s.conditions.iter().find(|c| c.type_ == "Synced").unwrap();
+    assert_eq!((synced.status.as_str(), synced.reason.as_str()), ("False", "Throttled"));
+    assert_eq!(s.state.as_deref(), Some("Running"));
+    assert_eq!(s.display_name.as_deref(), Some("name-ray-a"));
+}
+
+#[test]
+fn events_follow_the_writes() {
+    use ClusterState::*;
+    let p = run(&Case {
+        what: "events",
+        policy: GoneClusterPolicy::Keep,
+        listed: Some(vec![cluster("ray-a", Error), cluster("ray-c", Running)]),
+        on_boundary: false,
+        failed: None,
+        existing: vec![cluster("ray-a", Running), cluster("ray-b", Running)],
+        foreign: &[],
+        expect: &[],
+        mirrors: 3,
+    });
+    let ev = |id: &str| p.actions.iter().find(|a| a.cluster_id == id).unwrap().event.clone();
+    assert_eq!(
+        ev("ray-a"),
+        Some(MirrorEvent::StateChanged {
+            from: Some("Running".into()),
+            to: Some("Error".into()),
+            message: None
+        })
+    );
+    assert_eq!(ev("ray-b"), Some(MirrorEvent::Gone));
+    assert_eq!(
+        ev("ray-c"),
+        Some(MirrorEvent::Created {
+            state: Some("Running".into())
+        })
+    );
+    assert!(!p.summarize_events);
+}
+
+#[test]
+fn many_creations_are_summarised_and_refused_mirrors_go_last() {
+    let listed: Vec<RayCluster> = (0..30)
+        .map(|i| cluster(&format!("ray-{i:02}"), ClusterState::Running))
+        .collect();
+    let o = owner(GoneClusterPolicy::Delete);
+    let listing = Listing::new(listed, 100);
+    let refused = HashSet::from(["ray-00".to_string()]);
+    let p = plan(&Input {
+        owner: &o,
+        listing: Some(&listing),
+        listing_is_current: true,
+        stale: None,
+        existing: &HashMap::new(),
+        held_elsewhere: &|_| None,
+        refused: &refused,
+        now: NOW,
+    });
+    assert!(p.summarize_events);
+    assert_eq!(p.actions.len(), 30);
+    assert_eq!(p.actions[0].name, "ray-01");
+    assert_eq!(p.actions[29].name, "ray-00");
+}
+
+#[test]
+fn metadata_drift_is_repaired() {
+    let a = cluster("ray-a", ClusterState::Running);
+    let o = owner(GoneClusterPolicy::Delete);
+    let mut m = (*mirrored(&o, &a)).clone();
+    m.metadata.labels.as_mut().unwrap().remove(LABEL_WORKSPACE);
+    let existing = HashMap::from([("ray-a".to_string(), Arc::new(m))]);
+    let listing = Listing::new(vec![a], 100);
+    let p = plan(&Input {
+        owner: &o,
+        listing: Some(&listing),
+        listing_is_current: true,
+        stale: None,
+        existing: &existing,
+        held_elsewhere: &|_| None,
+        refused: &HashSet::new(),
+        now: NOW,
+    });
+    assert_eq!(outcome(&p, "ray-a"), "repair");
+    assert_eq!(p.actions[0].event, None, "a repair is not a state change");
+}

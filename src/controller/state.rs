@@ -1,0 +1,525 @@
+//! What the operator remembers between reconciles, as types with their invariants:
+//!
+//! * [`WorkspaceStates`]: per workspace, the last complete listing, the schedule, the failure
+//!   being reported and the write backoff;
+//! * [`MirrorCache`]: a workspace's mirrors as the watch-fed store has them, rescanned only when
+//!   the watch reported a change, and overlaid with our own writes until the store catches up.
+//!
+//! `resourceVersion`s are opaque: they are only ever compared for equality.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use kube::ResourceExt;
+use kube::runtime::reflector::Store;
+
+use crate::api::{EmrRayCluster, Reason, SyncFailure, WriteFailure, WriteRefusal};
+use crate::emr::RayCluster;
+
+/// Locks a mutex, recovering the data if a panicking thread poisoned it: every value guarded
+/// here is valid after any partial update (maps of independent entries).
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// A complete, successful listing of one workspace.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Listing {
+    /// Clusters by ID.
+    pub clusters: BTreeMap<String, RayCluster>,
+    /// The listing ended on a full page followed by an empty one. The API has no total count, so
+    /// it cannot be told apart from a listing a faulty server cut short: removals seen in it
+    /// are not trusted.
+    pub on_page_boundary: bool,
+}
+
+impl Listing {
+    pub fn new(clusters: Vec<RayCluster>, page_size: usize) -> Self {
+        let on_page_boundary = !clusters.is_empty() && clusters.len() % page_size.max(1) == 0;
+        Listing {
+            clusters: clusters
+                .into_iter()
+                .map(|c| (c.cluster_id.clone(), c))
+                .collect(),
+            on_page_boundary,
+        }
+    }
+}
+
+/// A sync failure as remembered (the status shows it as [`SyncFailure`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Failure {
+    pub reason: Reason,
+    pub message: String,
+    pub code: Option<String>,
+    pub request_id: Option<String>,
+    /// RFC 3339: when this reason was first seen.
+    pub since: String,
+    pub consecutive: i64,
+}
+
+impl Failure {
+    /// The next failure after `previous` (same reason: same `since`).
+    pub fn next(
+        previous: Option<&Failure>,
+        reason: Reason,
+        message: String,
+        code: Option<String>,
+        request_id: Option<String>,
+        now: &str,
+    ) -> Self {
+        let (since, consecutive) = match previous {
+            Some(f) if f.reason == reason => (f.since.clone(), f.consecutive.saturating_add(1)),
+            Some(f) => (now.to_string(), f.consecutive.saturating_add(1)),
+            None => (now.to_string(), 1),
+        };
+        Failure {
+            reason,
+            message,
+            code,
+            request_id,
+            since,
+            consecutive,
+        }
+    }
+
+    pub fn to_status(&self) -> SyncFailure {
+        SyncFailure {
+            reason: self.reason.to_string(),
+            message: self.message.clone(),
+            code: self.code.clone(),
+            request_id: self.request_id.clone(),
+            since: self.since.clone(),
+            consecutive_failures: self.consecutive,
+        }
+    }
+}
+
+/// Refused mirror writes of the last write pass, and when to try again.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct WriteTrouble {
+    pub refusal: WriteRefusal,
+    /// The first refusal, with the mirror it concerns.
+    pub message: String,
+    pub mirrors: usize,
+    pub failed: usize,
+    pub since: String,
+    pub consecutive: u32,
+    /// No mirror write before this (per-workspace backoff).
+    pub retry_at: Instant,
+    /// Mirrors whose last write was refused: tried last, so that others are not held up.
+    pub refused: HashSet<String>,
+}
+
+impl WriteTrouble {
+    /// Whether the refusal needs a person (RBAC, policy, invalid or oversized object).
+    pub fn is_permanent(&self) -> bool {
+        self.refusal.is_permanent()
+    }
+
+    pub fn to_status(&self) -> WriteFailure {
+        WriteFailure {
+            reason: self.refusal.to_string(),
+            message: self.message.clone(),
+            mirrors: self.mirrors as i64,
+            failed: self.failed as i64,
+            since: self.since.clone(),
+            consecutive_failures: i64::from(self.consecutive),
+        }
+    }
+
+    /// Backoff after the `n`-th consecutive failed write pass: 5 s doubling up to `cap`, or the
+    /// API server's `Retry-After` when it asked for longer.
+    pub fn backoff(n: u32, cap: Duration, retry_after: Option<Duration>) -> Duration {
+        let exp = Duration::from_secs(5).saturating_mul(1u32 << n.saturating_sub(1).min(16));
+        exp.min(cap).max(retry_after.unwrap_or_default().min(cap))
+    }
+}
+
+/// What the operator remembers about one workspace between reconciles.
+#[derive(Clone, Debug, Default)]
+pub struct WorkspaceState {
+    /// The workspace object this state belongs to; a new UID (deleted and re-created) resets it.
+    pub uid: String,
+    /// The last complete listing.
+    pub listing: Option<Arc<Listing>>,
+    /// RFC 3339 time of the last complete listing.
+    pub last_success: Option<String>,
+    /// When the next remote listing is due.
+    pub next_due: Option<Instant>,
+    /// Generation of the spec the last listing was made for.
+    pub synced_generation: Option<i64>,
+    /// resourceVersion of the credentials Secret used for the last listing.
+    pub secret_version: Option<String>,
+    /// The failure of the latest listing attempt, `None` after a success.
+    pub failure: Option<Failure>,
+    /// Refused mirror writes of the latest write pass, `None` once every write succeeded.
+    pub write_trouble: Option<WriteTrouble>,
+    /// The state of each listed cluster, as exported in the `cluster_state` metric.
+    pub exported_states: BTreeMap<String, String>,
+}
+
+impl WorkspaceState {
+    /// The latest attempt succeeded and its listing is complete: removals may be trusted
+    /// (unless it ended on a page boundary).
+    pub fn listing_is_current(&self) -> bool {
+        self.failure.is_none() && self.listing.is_some()
+    }
+
+    /// Mirror writes may be sent now (not backing off after refusals).
+    pub fn may_write(&self, now: Instant) -> bool {
+        self.write_trouble.as_ref().is_none_or(|t| now >= t.retry_at)
+    }
+
+    /// When the operator must look at the workspace again: the next listing, or the end of the
+    /// write backoff if that comes first.
+    pub fn next_wakeup(&self) -> Option<Instant> {
+        let retry = self.write_trouble.as_ref().map(|t| t.retry_at);
+        match (self.next_due, retry) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    }
+}
+
+/// Every workspace's [`WorkspaceState`], by `namespace/name`.
+#[derive(Default)]
+pub struct WorkspaceStates(Mutex<HashMap<String, WorkspaceState>>);
+
+impl WorkspaceStates {
+    /// The state of `key`, reset when the workspace's UID changed.
+    pub fn get(&self, key: &str, uid: &str) -> WorkspaceState {
+        let mut map = lock(&self.0);
+        let entry = map.entry(key.to_string()).or_default();
+        if entry.uid != uid {
+            *entry = WorkspaceState {
+                uid: uid.to_string(),
+                ..Default::default()
+            };
+        }
+        entry.clone()
+    }
+
+    pub fn put(&self, key: &str, st: WorkspaceState) {
+        lock(&self.0).insert(key.to_string(), st);
+    }
+
+    pub fn remove(&self, key: &str) -> Option<WorkspaceState> {
+        lock(&self.0).remove(key)
+    }
+
+    pub fn keys(&self) -> Vec<String> {
+        lock(&self.0).keys().cloned().collect()
+    }
+}
+
+/// A workspace's mirrors by object name.
+pub type MirrorsByName = HashMap<String, Arc<EmrRayCluster>>;
+
+/// Our own write of a mirror, overriding the store until the store has seen it.
+///
+/// Invariant: the store has not caught up while the object it holds is absent (for a create) or
+/// still has one of `stale_versions` (the version before our writes, and the versions our
+/// earlier writes in the same chain produced). Any other version is our write or newer.
+#[derive(Clone, Debug)]
+struct Written {
+    /// The object our last write returned (`None`: we deleted it).
+    obj: Option<Arc<EmrRayCluster>>,
+    stale_versions: Vec<String>,
+    /// The store had no such object before our writes.
+    created: bool,
+    at: Instant,
+}
+
+/// How long our own writes may override the store (a safety net: the watch normally catches up
+/// within milliseconds).
+const WRITTEN_TTL: Duration = Duration::from_secs(30);
+
+/// Mirror changes seen by the watch, per owning workspace UID.
+#[derive(Default)]
+pub struct MirrorChanges {
+    changed: Mutex<HashSet<String>>,
+    /// Set when the watch (re)lists: every workspace must rescan.
+    relisted: AtomicBool,
+    /// Workspaces that have rescanned since the last relist.
+    scanned_since_relist: Mutex<HashSet<String>>,
+}
+
+impl MirrorChanges {
+    /// Records a watch event for this mirror.
+    pub fn touched(&self, m: &EmrRayCluster) {
+        let mut changed = lock(&self.changed);
+        for o in m.metadata.owner_references.iter().flatten() {
+            changed.insert(o.uid.clone());
+        }
+    }
+
+    /// Records that the watch started a new complete list.
+    pub fn relisted(&self) {
+        self.relisted.store(true, Ordering::SeqCst);
+        lock(&self.scanned_since_relist).clear();
+    }
+
+    /// Whether the workspace must rescan; clears its mark (before the scan, so that an event
+    /// arriving during the scan marks it again).
+    fn take(&self, owner_uid: &str) -> bool {
+        let marked = lock(&self.changed).remove(owner_uid);
+        let relisted = self.relisted.load(Ordering::SeqCst)
+            && lock(&self.scanned_since_relist).insert(owner_uid.to_string());
+        marked || relisted
+    }
+}
+
+/// A workspace's mirrors as the watch-fed store has them, corrected by our own recent writes.
+/// The store is scanned only for workspaces whose mirrors the watch reported changed (or after
+/// a relist): a steady state costs no scan of all mirrors per reconcile.
+pub struct MirrorCache {
+    store: Store<EmrRayCluster>,
+    changes: Arc<MirrorChanges>,
+    by_owner: Mutex<HashMap<String, Arc<MirrorsByName>>>,
+    written: Mutex<HashMap<String, Written>>,
+}
+
+impl MirrorCache {
+    pub fn new(store: Store<EmrRayCluster>, changes: Arc<MirrorChanges>) -> Self {
+        MirrorCache {
+            store,
+            changes,
+            by_owner: Mutex::new(HashMap::new()),
+            written: Mutex::new(HashMap::new()),
+        }
+    }
+
+    pub fn store(&self) -> &Store<EmrRayCluster> {
+        &self.store
+    }
+
+    /// The mirror named `name` in `ns` as the store has it (whoever owns it).
+    pub fn get(&self, ns: &str, name: &str) -> Option<Arc<EmrRayCluster>> {
+        self.store
+            .get(&kube::runtime::reflector::ObjectRef::new(name).within(ns))
+    }
+
+    /// Records the result of one of our writes (`obj: None` for a delete). `before` is the
+    /// object the write was planned against.
+    pub fn record_write(
+        &self,
+        ns: &str,
+        name: &str,
+        before: Option<&EmrRayCluster>,
+        obj: Option<EmrRayCluster>,
+    ) {
+        let key = format!("{ns}/{name}");
+        let now = Instant::now();
+        let mut written = lock(&self.written);
+        written.retain(|_, e| now.duration_since(e.at) < WRITTEN_TTL);
+        let prior = written.remove(&key);
+        let (mut stale_versions, created) = match prior {
+            Some(p) => {
+                let mut v = p.stale_versions;
+                if let Some(rv) = p.obj.as_deref().and_then(|o| o.resource_version()) {
+                    v.push(rv);
+                }
+                (v, p.created)
+            }
+            None => (
+                before.and_then(|b| b.resource_version()).into_iter().collect(),
+                before.is_none(),
+            ),
+        };
+        stale_versions.dedup();
+        let obj = obj.map(|mut o| {
+            o.metadata.managed_fields = None;
+            Arc::new(o)
+        });
+        written.insert(
+            key,
+            Written {
+                obj,
+                stale_versions,
+                created,
+                at: now,
+            },
+        );
+    }
+
+    /// The mirrors controlled by workspace `owner_uid` in `ns`, keyed by cluster ID.
+    pub fn current(&self, ns: &str, owner_uid: &str) -> HashMap<String, Arc<EmrRayCluster>> {
+        let owned = |m: &EmrRayCluster| {
+            m.metadata.namespace.as_deref() == Some(ns)
+                && m.owner_references()
+                    .iter()
+                    .any(|o| o.uid == owner_uid && o.controller == Some(true))
+        };
+        let cached = if self.changes.take(owner_uid) {
+            None
+        } else {
+            lock(&self.by_owner).get(owner_uid).cloned()
+        };
+        let base = match cached {
+            Some(c) => c,
+            None => {
+                let scanned: MirrorsByName = self
+                    .store
+                    .state()
+                    .into_iter()
+                    .filter(|m| owned(m))
+                    .map(|m| (m.name_any(), m))
+                    .collect();
+                let scanned = Arc::new(scanned);
+                lock(&self.by_owner).insert(owner_uid.to_string(), scanned.clone());
+                scanned
+            }
+        };
+        let mut by_name: MirrorsByName = (*base).clone();
+        let prefix = format!("{ns}/");
+        let now = Instant::now();
+        lock(&self.written).retain(|k, e| {
+            if now.duration_since(e.at) >= WRITTEN_TTL {
+                return false;
+            }
+            let Some(name) = k.strip_prefix(&prefix) else {
+                return true;
+            };
+            let in_store = self.get(ns, name);
+            if !caught_up(e, in_store.as_deref()) {
+                match &e.obj {
+                    Some(ours) if owned(ours) => {
+                        by_name.insert(name.to_string(), ours.clone());
+                    }
+                    Some(_) => {}
+                    None => {
+                        by_name.remove(name);
+                    }
+                }
+                true
+            } else {
+                false
+            }
+        });
+        by_name
+            .into_values()
+            .map(|m| (m.spec.cluster_id.clone(), m))
+            .collect()
+    }
+
+    /// Forgets the cached scan of a deleted workspace.
+    pub fn forget_owner(&self, owner_uid: &str) {
+        lock(&self.by_owner).remove(owner_uid);
+    }
+}
+
+/// Whether the store has seen our write (see [`Written`]'s invariant).
+fn caught_up(w: &Written, in_store: Option<&EmrRayCluster>) -> bool {
+    match (in_store, &w.obj) {
+        // Deleted by us and gone from the store.
+        (None, None) => true,
+        // Created by us and not in the store yet.
+        (None, Some(_)) => !w.created,
+        (Some(s), _) => {
+            let rv = s.resource_version();
+            !w.stale_versions.iter().any(|v| Some(v) == rv.as_ref())
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::api::EmrRayClusterSpec;
+
+    fn mirror(name: &str, rv: &str) -> EmrRayCluster {
+        let mut m = EmrRayCluster::new(
+            name,
+            EmrRayClusterSpec {
+                workspace_ref: "ws".into(),
+                workspace_id: "w".into(),
+                region_id: "r".into(),
+                cluster_id: name.into(),
+            },
+        );
+        m.metadata.resource_version = Some(rv.into());
+        m
+    }
+
+    fn written(obj: Option<&str>, stale: &[&str], created: bool) -> Written {
+        Written {
+            obj: obj.map(|rv| Arc::new(mirror("m", rv))),
+            stale_versions: stale.iter().map(|s| s.to_string()).collect(),
+            created,
+            at: Instant::now(),
+        }
+    }
+
+    #[test]
+    fn overlay_holds_until_the_store_shows_another_version() {
+        // Updated from version "a" (our writes produced "b" then "c").
+        let w = written(Some("c"), &["a", "b"], false);
+        assert!(!caught_up(&w, Some(&mirror("m", "a"))));
+        assert!(!caught_up(&w, Some(&mirror("m", "b"))), "first of two writes seen");
+        assert!(caught_up(&w, Some(&mirror("m", "c"))));
+        // Versions are opaque: a "smaller" string is as new as any other.
+        assert!(caught_up(&w, Some(&mirror("m", "0"))));
+        // Created by us: absent from the store means not caught up.
+        let w = written(Some("x"), &[], true);
+        assert!(!caught_up(&w, None));
+        assert!(caught_up(&w, Some(&mirror("m", "x"))));
+        // Deleted by us.
+        let w = written(None, &["a"], false);
+        assert!(!caught_up(&w, Some(&mirror("m", "a"))));
+        assert!(caught_up(&w, None));
+    }
+
+    #[test]
+    fn listing_flags_page_boundaries() {
+        let c = |id: &str| RayCluster {
+            cluster_id: id.into(),
+            ..Default::default()
+        };
+        assert!(!Listing::new(vec![], 2).on_page_boundary);
+        assert!(!Listing::new(vec![c("a")], 2).on_page_boundary);
+        assert!(Listing::new(vec![c("a"), c("b")], 2).on_page_boundary);
+        assert_eq!(Listing::new(vec![c("a"), c("b")], 2).clusters.len(), 2);
+    }
+
+    #[test]
+    fn failures_count_and_keep_their_start() {
+        let f1 = Failure::next(None, Reason::Throttled, "m".into(), None, None, "t1");
+        let f2 = Failure::next(Some(&f1), Reason::Throttled, "m".into(), None, None, "t2");
+        assert_eq!((f2.since.as_str(), f2.consecutive), ("t1", 2));
+        let f3 = Failure::next(Some(&f2), Reason::Timeout, "m".into(), None, None, "t3");
+        assert_eq!((f3.since.as_str(), f3.consecutive), ("t3", 3));
+        assert_eq!(f3.to_status().reason, "Timeout");
+    }
+
+    #[test]
+    fn write_backoff_grows_is_capped_and_honours_retry_after() {
+        let cap = Duration::from_secs(300);
+        assert_eq!(WriteTrouble::backoff(1, cap, None), Duration::from_secs(5));
+        assert_eq!(WriteTrouble::backoff(2, cap, None), Duration::from_secs(10));
+        assert_eq!(WriteTrouble::backoff(7, cap, None), Duration::from_secs(300));
+        assert_eq!(WriteTrouble::backoff(u32::MAX, cap, None), cap);
+        assert_eq!(
+            WriteTrouble::backoff(1, cap, Some(Duration::from_secs(42))),
+            Duration::from_secs(42)
+        );
+        assert_eq!(
+            WriteTrouble::backoff(1, cap, Some(Duration::from_secs(u64::MAX))),
+            cap
+        );
+    }
+
+    #[test]
+    fn states_reset_on_a_new_uid() {
+        let s = WorkspaceStates::default();
+        let mut st = s.get("ns/a", "u1");
+        st.last_success = Some("t".into());
+        s.put("ns/a", st);
+        assert_eq!(s.get("ns/a", "u1").last_success.as_deref(), Some("t"));
+        assert_eq!(s.get("ns/a", "u2").last_success, None);
+        assert!(s.remove("ns/a").is_some());
+        assert!(s.keys().is_empty());
+    }
+}

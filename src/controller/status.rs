@@ -1,0 +1,301 @@
+//! The pure decision of a workspace's status: counts from the last listing, the failure being
+//! reported, the write refusals, and the kstatus conditions. `Ready=True` only when the last
+//! listing succeeded **and** every mirror it implies was written.
+
+use crate::api::conditions::{ConditionSet, READY, RECONCILING};
+use crate::api::{EmrWorkspaceStatus, Reason};
+
+use super::state::WorkspaceState;
+
+/// Everything [`workspace_status`] decides from.
+pub struct Input<'a> {
+    pub prev: &'a EmrWorkspaceStatus,
+    pub generation: Option<i64>,
+    pub suspended: bool,
+    pub state: &'a WorkspaceState,
+    /// A remote listing was attempted in this reconcile.
+    pub attempted: bool,
+    /// The sync interval in effect, as shown (`None` when the spec's does not parse).
+    pub interval: Option<String>,
+    /// The endpoint that is called (`None` when it cannot be resolved).
+    pub endpoint: Option<String>,
+    pub now: &'a str,
+}
+
+/// The workspace's status. Pure.
+pub fn workspace_status(i: &Input<'_>) -> EmrWorkspaceStatus {
+    let st = i.state;
+    let mut s = EmrWorkspaceStatus {
+        observed_generation: i.generation,
+        last_sync_attempt_time: if i.attempted {
+            Some(i.now.to_string())
+        } else {
+            i.prev.last_sync_attempt_time.clone()
+        },
+        last_successful_sync_time: st
+            .last_success
+            .clone()
+            .or_else(|| i.prev.last_successful_sync_time.clone()),
+        endpoint: i.endpoint.clone(),
+        last_failure: st.failure.as_ref().map(|f| f.to_status()),
+        last_write_failure: st.write_trouble.as_ref().map(|t| t.to_status()),
+        sync_interval: i.interval.clone(),
+        ..Default::default()
+    };
+    match &st.listing {
+        Some(l) => {
+            s.clusters = Some(l.clusters.len() as i64);
+            for c in l.clusters.values() {
+                let state = c.state.as_ref().map_or("Unknown", |s| s.as_str());
+                *s.clusters_by_state.entry(state.to_string()).or_default() += 1;
+            }
+            s.ready_clusters = Some(s.clusters_by_state.get("Running").copied().unwrap_or(0));
+        }
+        None => {
+            s.clusters = i.prev.clusters;
+            s.ready_clusters = i.prev.ready_clusters;
+            s.clusters_by_state = i.prev.clusters_by_state.clone();
+        }
+    }
+    let mut c = ConditionSet::new(&i.prev.conditions, i.generation, i.now);
+    if i.suspended {
+        c.set(
+            READY,
+            false,
+            Reason::Suspended.as_str(),
+            "syncing is suspended (spec.suspend); mirrors are kept as they are".into(),
+        );
+    } else if let Some(f) = &st.failure {
+        let mut msg = f.message.clone();
+        if st.listing.is_some() {
+            msg.push_str(&format!(
+                "; mirrors keep the data of the last successful listing ({})",
+                s.last_successful_sync_time.as_deref().unwrap_or("unknown")
+            ));
+        }
+        c.failing(f.reason, f.reason.is_stalling(), msg);
+    } else if let Some(t) = &st.write_trouble {
+        let written = t.mirrors.saturating_sub(t.failed);
+        let msg = format!(
+            "{written} of {} mirrors written; first refusal ({}): {}",
+            t.mirrors, t.refusal, t.message
+        );
+        c.failing(Reason::MirrorWriteFailed, t.is_permanent(), msg);
+    } else if st.listing.is_some() {
+        let n = s.clusters.unwrap_or(0);
+        c.set(
+            READY,
+            true,
+            Reason::Synced.as_str(),
+            format!("{n} Ray cluster(s) mirrored"),
+        );
+    } else {
+        let msg = "waiting for the first listing".to_string();
+        c.set(READY, false, Reason::Pending.as_str(), msg.clone());
+        c.set(RECONCILING, true, Reason::Pending.as_str(), msg);
+    }
+    s.conditions = c.build();
+    s
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashSet;
+    use std::sync::Arc;
+    use std::time::Instant;
+
+    use super::*;
+    use crate::api::WriteRefusal;
+    use crate::api::conditions::{STALLED, is_true};
+    use crate::controller::state::{Failure, Listing, WriteTrouble};
+    use crate::emr::{ClusterState, RayCluster};
+
+    const NOW: &str = "2026-01-01T00:00:00Z";
+
+    fn listed(n: usize) -> Option<Arc<Listing>> {
+        let clusters = (0..n)
+            .map(|i| RayCluster {
+                cluster_id: format!("c{i}"),
+                state: Some(if i == 0 {
+                    ClusterState::Error
+                } else {
+                    ClusterState::Running
+                }),
+                ..Default::default()
+            })
+            .collect();
+        Some(Arc::new(Listing::new(clusters, 100)))
+    }
+
+    fn failure(reason: Reason) -> Option<Failure> {
+        Some(Failure::next(None, reason, "boom".into(), Some("Code".into()), None, NOW))
+    }
+
+    fn trouble(refusal: WriteRefusal) -> Option<WriteTrouble> {
+        Some(WriteTrouble {
+            refusal,
+            message: "EmrRayCluster c1: denied".into(),
+            mirrors: 500,
+            failed: 500,
+            since: NOW.into(),
+            consecutive: 3,
+            retry_at: Instant::now(),
+            refused: HashSet::new(),
+        })
+    }
+
+    fn status(st: WorkspaceState, suspended: bool) -> EmrWorkspaceStatus {
+        workspace_status(&Input {
+            prev: &EmrWorkspaceStatus::default(),
+            generation: Some(2),
+            suspended,
+            state: &st,
+            attempted: true,
+            interval: Some("1m".into()),
+            endpoint: None,
+            now: NOW,
+        })
+    }
+
+    fn ready(s: &EmrWorkspaceStatus) -> (String, String) {
+        let c = s.conditions.iter().find(|c| c.type_ == READY).unwrap();
+        (c.status.clone(), c.reason.clone())
+    }
+
+    /// `(what, state, suspended) → (Ready, reason, Stalled, Reconciling)`: the README's table.
+    #[test]
+    fn condition_reasons() {
+        let rows: Vec<(&str, WorkspaceState, bool, (&str, &str, bool, bool))> = vec![
+            (
+                "listed, all written",
+                WorkspaceState {
+                    listing: listed(3),
+                    ..Default::default()
+                },
+                false,
+                ("True", "Synced", false, false),
+            ),
+            (
+                "nothing yet",
+                WorkspaceState::default(),
+                false,
+                ("False", "Pending", false, true),
+            ),
+            (
+                "suspended",
+                WorkspaceState {
+                    listing: listed(3),
+                    failure: failure(Reason::Throttled),
+                    ..Default::default()
+                },
+                true,
+                ("False", "Suspended", false, false),
+            ),
+            (
+                "transient failure",
+                WorkspaceState {
+                    listing: listed(3),
+                    failure: failure(Reason::Throttled),
+                    ..Default::default()
+                },
+                false,
+                ("False", "Throttled", false, true),
+            ),
+            (
+                "failure a person must fix",
+                WorkspaceState {
+                    failure: failure(Reason::SecretNotFound),
+                    ..Default::default()
+                },
+                false,
+                ("False", "SecretNotFound", true, false),
+            ),
+            (
+                "writes refused by RBAC or policy",
+                WorkspaceState {
+                    listing: listed(3),
+                    write_trouble: trouble(WriteRefusal::Forbidden),
+                    ..Default::default()
+                },
+                false,
+                ("False", "MirrorWriteFailed", true, false),
+            ),
+            (
+                "writes throttled by the API server",
+                WorkspaceState {
+                    listing: listed(3),
+                    write_trouble: trouble(WriteRefusal::Throttled),
+                    ..Default::default()
+                },
+                false,
+                ("False", "MirrorWriteFailed", false, true),
+            ),
+            (
+                "listing failure wins over write refusals",
+                WorkspaceState {
+                    listing: listed(3),
+                    failure: failure(Reason::AuthenticationFailed),
+                    write_trouble: trouble(WriteRefusal::Forbidden),
+                    ..Default::default()
+                },
+                false,
+                ("False", "AuthenticationFailed", true, false),
+            ),
+        ];
+        for (what, st, suspended, (r, reason, stalled, reconciling)) in rows {
+            let s = status(st, suspended);
+            assert_eq!(ready(&s), (r.to_string(), reason.to_string()), "{what}");
+            assert_eq!(is_true(&s.conditions, STALLED), stalled, "{what}: Stalled");
+            assert_eq!(is_true(&s.conditions, RECONCILING), reconciling, "{what}: Reconciling");
+            assert!(s.conditions.iter().all(|c| c.observed_generation == Some(2)));
+        }
+    }
+
+    #[test]
+    fn counts_and_write_failure_details() {
+        let s = status(
+            WorkspaceState {
+                listing: listed(500),
+                write_trouble: trouble(WriteRefusal::Forbidden).map(|mut t| {
+                    t.failed = 88;
+                    t
+                }),
+                ..Default::default()
+            },
+            false,
+        );
+        assert_eq!(s.clusters, Some(500));
+        assert_eq!(s.ready_clusters, Some(499));
+        assert_eq!(s.clusters_by_state.get("Error"), Some(&1));
+        let msg = &s.conditions[0].message;
+        assert!(msg.starts_with("412 of 500 mirrors written; first refusal (Forbidden)"), "{msg}");
+        let wf = s.last_write_failure.unwrap();
+        assert_eq!((wf.reason.as_str(), wf.mirrors, wf.failed), ("Forbidden", 500, 88));
+    }
+
+    #[test]
+    fn counts_survive_a_restart_without_a_listing() {
+        let prev = EmrWorkspaceStatus {
+            clusters: Some(7),
+            last_successful_sync_time: Some("t0".into()),
+            ..Default::default()
+        };
+        let st = WorkspaceState {
+            failure: failure(Reason::Timeout),
+            ..Default::default()
+        };
+        let s = workspace_status(&Input {
+            prev: &prev,
+            generation: Some(1),
+            suspended: false,
+            state: &st,
+            attempted: false,
+            interval: None,
+            endpoint: None,
+            now: NOW,
+        });
+        assert_eq!(s.clusters, Some(7));
+        assert_eq!(s.last_successful_sync_time.as_deref(), Some("t0"));
+        assert_eq!(s.last_sync_attempt_time, None);
+    }
+}
