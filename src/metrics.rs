@@ -115,7 +115,7 @@ impl Default for Metrics {
         );
         registry.register(
             "sync_duration_seconds",
-            "Duration of a workspace sync (remote listing and Kubernetes writes)",
+            "Duration of a workspace sync (remote listing, mirror writes and status write); its count is the number of syncs completed",
             m.sync_duration.clone(),
         );
         registry.register(

@@ -69,7 +69,9 @@ impl FromStr for Interval {
         let mut total: u128 = 0;
         let mut rest = s;
         while !rest.is_empty() {
-            let int_len = rest.find(|c: char| !c.is_ascii_digit()).unwrap_or(rest.len());
+            let int_len = rest
+                .find(|c: char| !c.is_ascii_digit())
+                .unwrap_or(rest.len());
             let (int_part, after) = rest.split_at(int_len);
             let (frac_part, after) = match after.strip_prefix('.') {
                 Some(f) => {
@@ -175,11 +177,19 @@ mod tests {
 
     #[test]
     fn rejects_without_panicking() {
-        for bad in ["", "10", "5d", "s", "1..5s", "-5s", "1e3s", "1ms2", "h1", "."] {
+        for bad in [
+            "", "10", "5d", "s", "1..5s", "-5s", "1e3s", "1ms2", "h1", ".",
+        ] {
             assert!(p(bad).is_err(), "{bad:?}");
         }
-        assert!(matches!(p("99999999999999999999999h"), Err(DurationError::TooLong(_))));
-        assert!(matches!(p("18446744073709551615s"), Err(DurationError::TooLong(_))));
+        assert!(matches!(
+            p("99999999999999999999999h"),
+            Err(DurationError::TooLong(_))
+        ));
+        assert!(matches!(
+            p("18446744073709551615s"),
+            Err(DurationError::TooLong(_))
+        ));
         assert!(matches!(p("9000h"), Err(DurationError::TooLong(_))));
         assert!(p(&"1".repeat(10_000)).is_err());
         assert!(p(&format!("1.{}s", "9".repeat(10_000))).is_ok());
@@ -199,7 +209,13 @@ mod tests {
 
     #[test]
     fn displays_canonically() {
-        for (secs, text) in [(60, "1m"), (90, "1m30s"), (10, "10s"), (3600, "1h"), (0, "0s")] {
+        for (secs, text) in [
+            (60, "1m"),
+            (90, "1m30s"),
+            (10, "10s"),
+            (3600, "1h"),
+            (0, "0s"),
+        ] {
             assert_eq!(Interval::from_secs(secs).to_string(), text);
         }
         assert_eq!("1.5s".parse::<Interval>().unwrap().to_string(), "1s500ms");

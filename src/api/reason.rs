@@ -248,16 +248,31 @@ mod tests {
 
     #[test]
     fn write_refusals() {
-        assert_eq!(WriteRefusal::classify(403, "Forbidden", ""), WriteRefusal::Forbidden);
-        assert_eq!(WriteRefusal::classify(422, "Invalid", ""), WriteRefusal::Invalid);
+        assert_eq!(
+            WriteRefusal::classify(403, "Forbidden", ""),
+            WriteRefusal::Forbidden
+        );
+        assert_eq!(
+            WriteRefusal::classify(422, "Invalid", ""),
+            WriteRefusal::Invalid
+        );
         assert_eq!(
             WriteRefusal::classify(500, "InternalError", "etcdserver: request is too large"),
             WriteRefusal::TooLarge
         );
         assert_eq!(WriteRefusal::classify(413, "", ""), WriteRefusal::TooLarge);
-        assert_eq!(WriteRefusal::classify(429, "TooManyRequests", ""), WriteRefusal::Throttled);
-        assert_eq!(WriteRefusal::classify(503, "", ""), WriteRefusal::ServerError);
-        assert_eq!(WriteRefusal::classify(409, "Conflict", ""), WriteRefusal::Conflict);
+        assert_eq!(
+            WriteRefusal::classify(429, "TooManyRequests", ""),
+            WriteRefusal::Throttled
+        );
+        assert_eq!(
+            WriteRefusal::classify(503, "", ""),
+            WriteRefusal::ServerError
+        );
+        assert_eq!(
+            WriteRefusal::classify(409, "Conflict", ""),
+            WriteRefusal::Conflict
+        );
         assert!(WriteRefusal::Forbidden.is_permanent());
         assert!(!WriteRefusal::Throttled.is_permanent());
     }

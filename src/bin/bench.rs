@@ -29,8 +29,8 @@ use rand::seq::SliceRandom;
 use serde_json::json;
 
 use emr_ray_operator::api::{self as crd, EmrRayCluster, EmrWorkspace};
-use emr_ray_operator::emr::{ClientConfig, ClusterState, Credentials, EmrClient};
 use emr_ray_operator::controller::mirror;
+use emr_ray_operator::emr::{ClientConfig, ClusterState, Credentials, EmrClient};
 use emr_ray_operator::sim::{
     DEFAULT_ACCESS_KEY_ID, DEFAULT_ACCESS_KEY_SECRET, SimConfig, Simulator,
 };

@@ -68,8 +68,7 @@ pub struct ListArgs {
 }
 
 pub async fn run(args: ListArgs) -> anyhow::Result<()> {
-    let endpoint =
-        crate::emr::endpoint::resolve(&args.region, args.vpc, args.endpoint.as_deref())?;
+    let endpoint = crate::emr::endpoint::resolve(&args.region, args.vpc, args.endpoint.as_deref())?;
     let source = credential_source(&args).await?;
     let creds = CredentialResolver::default().resolve(&source).await?;
     let client = EmrClient::new(ClientConfig {

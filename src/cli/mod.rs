@@ -196,42 +196,40 @@ pub async fn main() -> anyhow::Result<()> {
 }
 
 async fn run(a: RunArgs) -> anyhow::Result<()> {
-            let client = kube::Client::try_default()
-                .await
-                .context("connecting to the Kubernetes API (in-cluster config or KUBECONFIG)")?;
-            let identity = a.identity.clone().unwrap_or_else(default_identity);
-            let leader_election = a.leader_election.then(|| LeaseConfig {
-                namespace: a
-                    .leader_election_namespace
-                    .clone()
-                    .or_else(pod_namespace)
-                    .unwrap_or_else(|| "default".into()),
-                name: a.lease_name.clone(),
-                identity: identity.clone(),
-                lease_duration: Duration::from_secs(a.lease_seconds.max(2)),
-                renew_every: Duration::from_secs(
-                    a.renew_seconds.clamp(1, a.lease_seconds.max(2) - 1),
-                ),
-            });
-            let cfg = OperatorConfig {
-                namespaces: a.namespaces.into_iter().filter(|n| !n.is_empty()).collect(),
-                concurrency: a.concurrency.max(1),
-                metrics_addr: Some(a.metrics_addr),
-                leader_election,
-                identity,
-                requests_per_second: a.requests_per_second,
-                burst: a.burst.max(1),
-                request_timeout: Duration::from_secs(a.request_timeout_seconds.max(1)),
-                listing_timeout: Duration::from_secs(a.listing_timeout_seconds.max(1)),
-                default_sync_interval: a.default_sync_interval,
-                kube_writes_per_second: a.kube_writes_per_second.max(1),
-                kube_write_burst: a.kube_write_burst.max(1),
-                write_backoff_cap: a.write_backoff_max.as_duration(),
-            };
-            info!(
-                ?cfg,
-                "starting emr-ray-operator {}",
-                env!("CARGO_PKG_VERSION")
-            );
-            operator::run(client, cfg, Default::default(), shutdown_on_signals()).await
+    let client = kube::Client::try_default()
+        .await
+        .context("connecting to the Kubernetes API (in-cluster config or KUBECONFIG)")?;
+    let identity = a.identity.clone().unwrap_or_else(default_identity);
+    let leader_election = a.leader_election.then(|| LeaseConfig {
+        namespace: a
+            .leader_election_namespace
+            .clone()
+            .or_else(pod_namespace)
+            .unwrap_or_else(|| "default".into()),
+        name: a.lease_name.clone(),
+        identity: identity.clone(),
+        lease_duration: Duration::from_secs(a.lease_seconds.max(2)),
+        renew_every: Duration::from_secs(a.renew_seconds.clamp(1, a.lease_seconds.max(2) - 1)),
+    });
+    let cfg = OperatorConfig {
+        namespaces: a.namespaces.into_iter().filter(|n| !n.is_empty()).collect(),
+        concurrency: a.concurrency.max(1),
+        metrics_addr: Some(a.metrics_addr),
+        leader_election,
+        identity,
+        requests_per_second: a.requests_per_second,
+        burst: a.burst.max(1),
+        request_timeout: Duration::from_secs(a.request_timeout_seconds.max(1)),
+        listing_timeout: Duration::from_secs(a.listing_timeout_seconds.max(1)),
+        default_sync_interval: a.default_sync_interval,
+        kube_writes_per_second: a.kube_writes_per_second.max(1),
+        kube_write_burst: a.kube_write_burst.max(1),
+        write_backoff_cap: a.write_backoff_max.as_duration(),
+    };
+    info!(
+        ?cfg,
+        "starting emr-ray-operator {}",
+        env!("CARGO_PKG_VERSION")
+    );
+    operator::run(client, cfg, Default::default(), shutdown_on_signals()).await
 }

@@ -28,8 +28,7 @@ use super::plan::{Action, MirrorEvent, Owner, Plan, Write};
 use super::state::MirrorCache;
 use crate::api::conditions::{ConditionSet, SYNCED};
 use crate::api::{
-    ANNOTATION_CLUSTER_ID, EmrRayCluster, EmrRayClusterStatus, FIELD_MANAGER, Reason,
-    WriteRefusal,
+    ANNOTATION_CLUSTER_ID, EmrRayCluster, EmrRayClusterStatus, FIELD_MANAGER, Reason, WriteRefusal,
 };
 use crate::metrics::Metrics;
 
@@ -59,7 +58,10 @@ impl WriteLimiter {
 
 /// The server-side-apply body of `K` named `name` with `fields` (metadata besides the name,
 /// spec, or status) — the one place such bodies are built.
-pub fn ssa_body<K: Resource<DynamicType = ()>>(name: &str, fields: serde_json::Value) -> serde_json::Value {
+pub fn ssa_body<K: Resource<DynamicType = ()>>(
+    name: &str,
+    fields: serde_json::Value,
+) -> serde_json::Value {
     let mut body = json!({
         "apiVersion": K::api_version(&()),
         "kind": K::kind(&()),
@@ -90,7 +92,11 @@ pub async fn apply_ssa<K>(
     status: bool,
 ) -> Result<K, kube::Error>
 where
-    K: Resource<DynamicType = ()> + Clone + serde::de::DeserializeOwned + Serialize + std::fmt::Debug,
+    K: Resource<DynamicType = ()>
+        + Clone
+        + serde::de::DeserializeOwned
+        + Serialize
+        + std::fmt::Debug,
 {
     let pp = PatchParams::apply(FIELD_MANAGER).force();
     let body = ssa_body::<K>(name, fields);
@@ -143,9 +149,14 @@ enum Outcome {
     Created,
     Updated,
     Deleted,
-    Refused { name: String, refused: Refused },
+    Refused {
+        name: String,
+        refused: Refused,
+    },
     /// Not attempted: an earlier refusal in this pass needs a person.
-    Skipped { name: String },
+    Skipped {
+        name: String,
+    },
 }
 
 /// What a write pass came to.
@@ -204,9 +215,10 @@ pub async fn apply_plan(w: &Writer<'_>, plan: Plan, probe: bool) -> WriteReport 
             Outcome::Refused { name, refused } => {
                 report.failed += 1;
                 report.refused.insert(name);
-                let better = report.first.as_ref().is_none_or(|f| {
-                    refused.refusal.is_permanent() && !f.refusal.is_permanent()
-                });
+                let better = report
+                    .first
+                    .as_ref()
+                    .is_none_or(|f| refused.refusal.is_permanent() && !f.refusal.is_permanent());
                 if better {
                     report.first = Some(refused);
                 }
@@ -400,7 +412,9 @@ async fn announce(
         MirrorEvent::Deleted => (
             EventType::Normal,
             "MirrorDeleted",
-            format!("deleted EmrRayCluster {name}: remote cluster {cluster_id} is no longer listed"),
+            format!(
+                "deleted EmrRayCluster {name}: remote cluster {cluster_id} is no longer listed"
+            ),
         ),
         MirrorEvent::StateChanged { from, to, message } => {
             let to = to.as_deref().unwrap_or("Unknown");
@@ -474,7 +488,8 @@ mod tests {
         assert_eq!(b["kind"], "EmrWorkspace");
         assert_eq!(b["metadata"]["name"], "ws");
         assert_eq!(b["status"]["clusters"], 1);
-        let b = ssa_body::<EmrRayCluster>("m", json!({"metadata": {"labels": {"a": "b"}}, "spec": {}}));
+        let b =
+            ssa_body::<EmrRayCluster>("m", json!({"metadata": {"labels": {"a": "b"}}, "spec": {}}));
         assert_eq!(b["metadata"]["name"], "m");
         assert_eq!(b["metadata"]["labels"]["a"], "b");
     }

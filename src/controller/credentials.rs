@@ -31,8 +31,8 @@ pub fn from_secret_data(
         )
     };
     let id = get(keys.id_key()).ok_or_else(|| missing(keys.id_key(), "the AccessKey ID"))?;
-    let secret_value = get(keys.secret_key())
-        .ok_or_else(|| missing(keys.secret_key(), "the AccessKey secret"))?;
+    let secret_value =
+        get(keys.secret_key()).ok_or_else(|| missing(keys.secret_key(), "the AccessKey secret"))?;
     Ok(Credentials {
         access_key_id: id,
         access_key_secret: SecretString::from(secret_value),

@@ -4,7 +4,9 @@
 use sha2::{Digest, Sha256};
 
 use crate::api::conditions::{ConditionSet, READY, RECONCILING, STALLED, SYNCED};
-use crate::api::{Condition, Reason, EmrRayClusterStatus, RayEndpoints, RayHeadSpec, RayWorkerGroup};
+use crate::api::{
+    Condition, EmrRayClusterStatus, RayEndpoints, RayHeadSpec, RayWorkerGroup, Reason,
+};
 use crate::emr::model::format_quantity;
 use crate::emr::redact::redact_endpoint;
 use crate::emr::{ClusterState, RayCluster};
@@ -124,7 +126,9 @@ pub fn remote_status(c: &RayCluster) -> EmrRayClusterStatus {
             .collect(),
         desired_worker_replicas: totals.workers,
         desired_cpu: totals.cpu.map(format_quantity),
-        desired_memory: totals.memory_gi.map(|m| format!("{}Gi", format_quantity(m))),
+        desired_memory: totals
+            .memory_gi
+            .map(|m| format!("{}Gi", format_quantity(m))),
         creator: c.creator.clone(),
         creator_name: c.creator_name.clone(),
         modifier: c.modifier.clone(),

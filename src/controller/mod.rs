@@ -154,10 +154,7 @@ fn labels(ws: &EmrWorkspace) -> WorkspaceLabels {
 }
 
 /// `spec.syncInterval` (at least [`Interval::MIN_SYNC`]), or the operator's default.
-pub fn effective_interval(
-    ws: &EmrWorkspace,
-    default: Interval,
-) -> Result<Interval, DurationError> {
+pub fn effective_interval(ws: &EmrWorkspace, default: Interval) -> Result<Interval, DurationError> {
     Ok(ws
         .spec
         .sync_interval()?
@@ -195,10 +192,18 @@ async fn reconcile_workspace(ws: Arc<EmrWorkspace>, ctx: Arc<Context>) -> Result
     }
     let uid = ws.uid().unwrap_or_default();
     let mut st = ctx.states.get(&k, &uid);
+    let started = Instant::now();
     let result = sync(&ws, &ctx, &mut st).await;
     ctx.states.put(&k, st.clone());
     let attempted = result?;
     let status = write_status(&ws, &ctx, &st, attempted).await;
+    if attempted {
+        // A sync is listing, mirror writes and status write: its end is observable here.
+        ctx.metrics
+            .sync_duration
+            .get_or_create(&labels(&ws))
+            .observe(started.elapsed().as_secs_f64());
+    }
     if status.is_ok() {
         ctx.errors
             .lock()
@@ -208,8 +213,17 @@ async fn reconcile_workspace(ws: Arc<EmrWorkspace>, ctx: Arc<Context>) -> Result
     status?;
     let now = Instant::now();
     Ok(match st.next_wakeup() {
-        Some(t) if !ws.spec.suspend && st.failure.as_ref().is_none_or(|f| f.reason != Reason::InvalidSpec) => {
-            Action::requeue(t.saturating_duration_since(now).max(Duration::from_millis(100)))
+        Some(t)
+            if !ws.spec.suspend
+                && st
+                    .failure
+                    .as_ref()
+                    .is_none_or(|f| f.reason != Reason::InvalidSpec) =>
+        {
+            Action::requeue(
+                t.saturating_duration_since(now)
+                    .max(Duration::from_millis(100)),
+            )
         }
         _ => Action::await_change(),
     })
@@ -234,7 +248,11 @@ async fn sync(ws: &EmrWorkspace, ctx: &Context, st: &mut WorkspaceState) -> Resu
             return Ok(false);
         }
     };
-    if st.failure.as_ref().is_some_and(|f| f.reason == Reason::InvalidSpec) {
+    if st
+        .failure
+        .as_ref()
+        .is_some_and(|f| f.reason == Reason::InvalidSpec)
+    {
         st.failure = None;
     }
     if ws.spec.suspend {
@@ -252,16 +270,23 @@ async fn sync(ws: &EmrWorkspace, ctx: &Context, st: &mut WorkspaceState) -> Resu
     }
     update_state_metrics(ws, ctx, st);
     if st.may_write(Instant::now()) {
-        write_mirrors(ws, ctx, st).await;
+        // Refused writes are retried at least once an interval, so that a fixed cause is
+        // repaired within one interval.
+        let cap = ctx.settings.write_backoff_cap.min(interval.as_duration());
+        write_mirrors(ws, ctx, st, cap).await;
     }
     Ok(due)
 }
 
 /// One remote listing: updates the listing or the failure, and schedules the next one.
-async fn list_remote(ws: &EmrWorkspace, ctx: &Context, st: &mut WorkspaceState, interval: Interval) {
+async fn list_remote(
+    ws: &EmrWorkspace,
+    ctx: &Context,
+    st: &mut WorkspaceState,
+    interval: Interval,
+) {
     let labels = labels(ws);
     ctx.metrics.sync_attempts.get_or_create(&labels).inc();
-    let started = Instant::now();
     let next = match list_workspace(ws, ctx).await {
         Ok(listing) => {
             if let Some(prev) = st.failure.take() {
@@ -327,10 +352,6 @@ async fn list_remote(ws: &EmrWorkspace, ctx: &Context, st: &mut WorkspaceState, 
         }
     };
     st.next_due = Instant::now().checked_add(next);
-    ctx.metrics
-        .sync_duration
-        .get_or_create(&labels)
-        .observe(started.elapsed().as_secs_f64());
 }
 
 /// Resolves credentials and the endpoint, then lists the workspace.
@@ -341,7 +362,10 @@ async fn list_workspace(ws: &EmrWorkspace, ctx: &Context) -> Result<Listing, Syn
         ws.spec.network == EndpointNetwork::Vpc,
         ws.spec.endpoint.as_deref(),
     )?;
-    let timeout = ctx.settings.listing_timeout.saturating_add(Duration::from_secs(5));
+    let timeout = ctx
+        .settings
+        .listing_timeout
+        .saturating_add(Duration::from_secs(5));
     let listing = tokio::time::timeout(
         timeout,
         ctx.emr
@@ -363,12 +387,18 @@ async fn list_workspace(ws: &EmrWorkspace, ctx: &Context) -> Result<Listing, Syn
 }
 
 /// Plans and performs the mirror writes, and records what the API server refused.
-async fn write_mirrors(ws: &EmrWorkspace, ctx: &Context, st: &mut WorkspaceState) {
+async fn write_mirrors(
+    ws: &EmrWorkspace,
+    ctx: &Context,
+    st: &mut WorkspaceState,
+    backoff_cap: Duration,
+) {
     let owner = plan::Owner::of(ws);
     let existing = ctx.mirrors.current(&owner.namespace, &owner.uid);
-    let stale = st.failure.as_ref().map(|f| {
-        Staleness::from_failure(f.reason, f.code.as_deref(), st.last_success.as_deref())
-    });
+    let stale = st
+        .failure
+        .as_ref()
+        .map(|f| Staleness::from_failure(f.reason, f.code.as_deref(), st.last_success.as_deref()));
     let held_elsewhere = |name: &str| {
         ctx.mirrors
             .get(&owner.namespace, name)
@@ -434,12 +464,7 @@ async fn write_mirrors(ws: &EmrWorkspace, ctx: &Context, st: &mut WorkspaceState
     let probe = st.write_trouble.is_some();
     let report = apply::apply_plan(&writer, plan, probe).await;
     let before = st.write_trouble.as_ref().map(|t| t.refusal);
-    st.write_trouble = next_write_trouble(
-        st.write_trouble.take(),
-        report,
-        &now,
-        ctx.settings.write_backoff_cap,
-    );
+    st.write_trouble = next_write_trouble(st.write_trouble.take(), report, &now, backoff_cap);
     match (&st.write_trouble, before) {
         (Some(t), prev) if prev != Some(t.refusal) => {
             publish(
@@ -571,9 +596,7 @@ fn update_state_metrics(ws: &EmrWorkspace, ctx: &Context, st: &mut WorkspaceStat
     for (id, old) in &st.exported_states {
         if current.get(id) != Some(old) {
             for s in states_for(old) {
-                ctx.metrics
-                    .cluster_state
-                    .remove(&cluster_labels(&l, id, s));
+                ctx.metrics.cluster_state.remove(&cluster_labels(&l, id, s));
             }
         }
     }
@@ -715,8 +738,8 @@ pub fn workspaces_using_secret(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use apply::Refused;
     use crate::api::WriteRefusal;
+    use apply::Refused;
 
     fn report(refusal: Option<WriteRefusal>) -> WriteReport {
         WriteReport {
@@ -735,10 +758,11 @@ mod tests {
     fn write_trouble_grows_and_clears() {
         let cap = Duration::from_secs(300);
         assert_eq!(next_write_trouble(None, report(None), "t0", cap), None);
-        let t1 = next_write_trouble(None, report(Some(WriteRefusal::Forbidden)), "t1", cap).unwrap();
+        let t1 =
+            next_write_trouble(None, report(Some(WriteRefusal::Forbidden)), "t1", cap).unwrap();
         assert_eq!((t1.consecutive, t1.since.as_str()), (1, "t1"));
-        let t2 = next_write_trouble(Some(t1), report(Some(WriteRefusal::Forbidden)), "t2", cap)
-            .unwrap();
+        let t2 =
+            next_write_trouble(Some(t1), report(Some(WriteRefusal::Forbidden)), "t2", cap).unwrap();
         assert_eq!((t2.consecutive, t2.since.as_str()), (2, "t1"));
         assert!(t2.retry_at > Instant::now() + Duration::from_secs(9));
         assert_eq!(next_write_trouble(Some(t2), report(None), "t3", cap), None);

@@ -96,7 +96,10 @@ impl Owner {
                 .labels(cluster_id)
                 .iter()
                 .all(|(k, v)| m.labels().get(k) == Some(v))
-            && m.annotations().get(ANNOTATION_CLUSTER_ID).map(String::as_str) == Some(cluster_id)
+            && m.annotations()
+                .get(ANNOTATION_CLUSTER_ID)
+                .map(String::as_str)
+                == Some(cluster_id)
             && m.owner_references()
                 .iter()
                 .any(|o| o.uid == self.uid && o.controller == Some(true))
@@ -116,7 +119,9 @@ pub enum Write {
 /// The Event to publish once a write succeeded.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum MirrorEvent {
-    Created { state: Option<String> },
+    Created {
+        state: Option<String>,
+    },
     StateChanged {
         from: Option<String>,
         to: Option<String>,
@@ -230,13 +235,20 @@ pub fn plan(input: &Input<'_>) -> Plan {
             }
             Some(true) => {
                 out.mirrors += 1;
-                out.actions.extend(keep(input.owner, m, id, true, None, input.now));
+                out.actions
+                    .extend(keep(input.owner, m, id, true, None, input.now));
             }
             // Ended on a page boundary: may have been cut short.
             Some(false) => {
                 out.mirrors += 1;
-                out.actions
-                    .extend(keep(input.owner, m, id, false, Some(&unconfirmed), input.now));
+                out.actions.extend(keep(
+                    input.owner,
+                    m,
+                    id,
+                    false,
+                    Some(&unconfirmed),
+                    input.now,
+                ));
             }
             // No trustworthy listing: keep the last known data, only say it is stale.
             None => {
@@ -253,10 +265,9 @@ pub fn plan(input: &Input<'_>) -> Plan {
         .count();
     out.summarize_events = churn > MAX_MIRROR_EVENTS_PER_SYNC;
     // Stable order: by name, with mirrors whose last write was refused last.
-    out.actions
-        .sort_by(|a, b| {
-            (input.refused.contains(&a.name), &a.name).cmp(&(input.refused.contains(&b.name), &b.name))
-        });
+    out.actions.sort_by(|a, b| {
+        (input.refused.contains(&a.name), &a.name).cmp(&(input.refused.contains(&b.name), &b.name))
+    });
     out.conflicts.sort_by(|a, b| a.name.cmp(&b.name));
     out
 }
@@ -287,9 +298,7 @@ fn write_for(
     desired: EmrRayClusterStatus,
 ) -> Option<Action> {
     let prev_status = prev.as_ref().and_then(|p| p.status.as_ref());
-    let meta_ok = prev
-        .as_ref()
-        .is_some_and(|p| owner.metadata_matches(p, id));
+    let meta_ok = prev.as_ref().is_some_and(|p| owner.metadata_matches(p, id));
     let status_ok = prev_status == Some(&desired);
     let event = match prev_status {
         None if prev.is_none() => Some(MirrorEvent::Created {

@@ -170,7 +170,9 @@ impl WorkspaceState {
 
     /// Mirror writes may be sent now (not backing off after refusals).
     pub fn may_write(&self, now: Instant) -> bool {
-        self.write_trouble.as_ref().is_none_or(|t| now >= t.retry_at)
+        self.write_trouble
+            .as_ref()
+            .is_none_or(|t| now >= t.retry_at)
     }
 
     /// When the operator must look at the workspace again: the next listing, or the end of the
@@ -325,7 +327,10 @@ impl MirrorCache {
                 (v, p.created)
             }
             None => (
-                before.and_then(|b| b.resource_version()).into_iter().collect(),
+                before
+                    .and_then(|b| b.resource_version())
+                    .into_iter()
+                    .collect(),
                 before.is_none(),
             ),
         };
@@ -458,7 +463,10 @@ mod tests {
         // Updated from version "a" (our writes produced "b" then "c").
         let w = written(Some("c"), &["a", "b"], false);
         assert!(!caught_up(&w, Some(&mirror("m", "a"))));
-        assert!(!caught_up(&w, Some(&mirror("m", "b"))), "first of two writes seen");
+        assert!(
+            !caught_up(&w, Some(&mirror("m", "b"))),
+            "first of two writes seen"
+        );
         assert!(caught_up(&w, Some(&mirror("m", "c"))));
         // Versions are opaque: a "smaller" string is as new as any other.
         assert!(caught_up(&w, Some(&mirror("m", "0"))));
@@ -499,7 +507,10 @@ mod tests {
         let cap = Duration::from_secs(300);
         assert_eq!(WriteTrouble::backoff(1, cap, None), Duration::from_secs(5));
         assert_eq!(WriteTrouble::backoff(2, cap, None), Duration::from_secs(10));
-        assert_eq!(WriteTrouble::backoff(7, cap, None), Duration::from_secs(300));
+        assert_eq!(
+            WriteTrouble::backoff(7, cap, None),
+            Duration::from_secs(300)
+        );
         assert_eq!(WriteTrouble::backoff(u32::MAX, cap, None), cap);
         assert_eq!(
             WriteTrouble::backoff(1, cap, Some(Duration::from_secs(42))),

@@ -128,7 +128,14 @@ mod tests {
     }
 
     fn failure(reason: Reason) -> Option<Failure> {
-        Some(Failure::next(None, reason, "boom".into(), Some("Code".into()), None, NOW))
+        Some(Failure::next(
+            None,
+            reason,
+            "boom".into(),
+            Some("Code".into()),
+            None,
+            NOW,
+        ))
     }
 
     fn trouble(refusal: WriteRefusal) -> Option<WriteTrouble> {
@@ -246,8 +253,16 @@ mod tests {
             let s = status(st, suspended);
             assert_eq!(ready(&s), (r.to_string(), reason.to_string()), "{what}");
             assert_eq!(is_true(&s.conditions, STALLED), stalled, "{what}: Stalled");
-            assert_eq!(is_true(&s.conditions, RECONCILING), reconciling, "{what}: Reconciling");
-            assert!(s.conditions.iter().all(|c| c.observed_generation == Some(2)));
+            assert_eq!(
+                is_true(&s.conditions, RECONCILING),
+                reconciling,
+                "{what}: Reconciling"
+            );
+            assert!(
+                s.conditions
+                    .iter()
+                    .all(|c| c.observed_generation == Some(2))
+            );
         }
     }
 
@@ -268,9 +283,15 @@ mod tests {
         assert_eq!(s.ready_clusters, Some(499));
         assert_eq!(s.clusters_by_state.get("Error"), Some(&1));
         let msg = &s.conditions[0].message;
-        assert!(msg.starts_with("412 of 500 mirrors written; first refusal (Forbidden)"), "{msg}");
+        assert!(
+            msg.starts_with("412 of 500 mirrors written; first refusal (Forbidden)"),
+            "{msg}"
+        );
         let wf = s.last_write_failure.unwrap();
-        assert_eq!((wf.reason.as_str(), wf.mirrors, wf.failed), ("Forbidden", 500, 88));
+        assert_eq!(
+            (wf.reason.as_str(), wf.mirrors, wf.failed),
+            ("Forbidden", 500, 88)
+        );
     }
 
     #[test]

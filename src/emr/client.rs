@@ -217,7 +217,10 @@ impl EmrClient {
         }
         let timeout = self.inner.cfg.listing_timeout;
         let Some(deadline) = Instant::now().checked_add(timeout) else {
-            return Err(EmrError::new(ErrorKind::Config, "listing timeout is too long"));
+            return Err(EmrError::new(
+                ErrorKind::Config,
+                "listing timeout is too long",
+            ));
         };
         let mut listing = Listing::default();
         match tokio::time::timeout_at(
@@ -365,7 +368,10 @@ impl EmrClient {
                 (ErrorKind::Throttled, None) => Duration::from_millis(500) + backoff_delay(attempt),
                 _ => backoff_delay(attempt),
             };
-            if Instant::now().checked_add(delay).is_none_or(|t| t >= deadline) {
+            if Instant::now()
+                .checked_add(delay)
+                .is_none_or(|t| t >= deadline)
+            {
                 // Waiting would overrun the listing deadline: report the real cause now.
                 return Err(err);
             }
@@ -467,10 +473,7 @@ impl EmrClient {
 pub const MAX_RETRY_AFTER: Duration = Duration::from_secs(300);
 
 /// Reads a response body, failing (as a malformed answer) once it exceeds `max` bytes.
-async fn read_body(
-    mut resp: reqwest::Response,
-    max: usize,
-) -> Result<Vec<u8>, (EmrError, String)> {
+async fn read_body(mut resp: reqwest::Response, max: usize) -> Result<Vec<u8>, (EmrError, String)> {
     if resp.content_length().is_some_and(|n| n > max as u64) {
         return Err(body_too_large(resp.status().as_u16(), max));
     }
@@ -556,10 +559,7 @@ pub fn signed_headers(
     let query = sign::parse_query(url.query().unwrap_or(""));
     match version {
         SignatureVersion::Acs3HmacSha256 => {
-            h.push((
-                "x-acs-date".into(),
-                crate::time::now_rfc3339(),
-            ));
+            h.push(("x-acs-date".into(), crate::time::now_rfc3339()));
             h.push(("x-acs-content-sha256".into(), sign::EMPTY_SHA256.into()));
             let names = sign::acs3_default_signed_names(&h);
             let signed = sign::acs3_sign(

@@ -105,7 +105,9 @@ impl EmrError {
         let message = match message.map(|m| clean_text(&m, MAX_MESSAGE_CHARS)) {
             Some(m) if !m.is_empty() => m,
             _ if (300..400).contains(&status) => {
-                format!("HTTP {status}: the endpoint answered with a redirect, which is not followed")
+                format!(
+                    "HTTP {status}: the endpoint answered with a redirect, which is not followed"
+                )
             }
             _ if body.is_empty() => format!("HTTP {status} without an error body"),
             _ => format!("HTTP {status} with a body that is not the documented error JSON"),
@@ -292,8 +294,15 @@ mod tests {
             e.to_string(),
             "HTTP 502 with a body that is not the documented error JSON (request id H)"
         );
-        assert!(!e.to_string().contains("bad gateway"), "raw bodies are never copied");
-        let long = format!(r#"{{"Code":"X\n{}","Message":"{}"}}"#, "c".repeat(500), "m".repeat(5000));
+        assert!(
+            !e.to_string().contains("bad gateway"),
+            "raw bodies are never copied"
+        );
+        let long = format!(
+            r#"{{"Code":"X\n{}","Message":"{}"}}"#,
+            "c".repeat(500),
+            "m".repeat(5000)
+        );
         let e = EmrError::from_response(400, long.as_bytes(), None, None);
         assert!(e.message.chars().count() <= MAX_MESSAGE_CHARS + 1);
         assert!(e.code.unwrap().chars().count() <= MAX_CODE_CHARS + 1);

@@ -209,10 +209,18 @@ impl RayCluster {
             mem = mem.zip(m.and_then(parse_memory_gi)).map(|(t, v)| t + v * r);
         };
         if let Some(h) = &self.head_spec {
-            add(h.cpu.as_deref(), h.memory.as_deref(), h.replica.unwrap_or(1));
+            add(
+                h.cpu.as_deref(),
+                h.memory.as_deref(),
+                h.replica.unwrap_or(1),
+            );
         }
         for w in workers {
-            add(w.cpu.as_deref(), w.memory.as_deref(), w.replica.unwrap_or(0));
+            add(
+                w.cpu.as_deref(),
+                w.memory.as_deref(),
+                w.replica.unwrap_or(0),
+            );
         }
         let has_resources = self.head_spec.is_some() || !workers.is_empty();
         let finite = |v: f64| v.is_finite().then_some(v);
@@ -323,6 +331,9 @@ mod resource_tests {
             ..Default::default()
         };
         assert_eq!(hostile.desired_resources().workers, Some(i64::MAX));
-        assert_eq!(RayCluster::default().desired_resources(), DesiredResources::default());
+        assert_eq!(
+            RayCluster::default().desired_resources(),
+            DesiredResources::default()
+        );
     }
 }

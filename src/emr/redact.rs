@@ -49,7 +49,10 @@ mod tests {
             ("https://h/x?a=1&t=s3cr3t&b=2", "https://h/x"),
             ("https://h/x#access_token=s3cr3t", "https://h/x"),
             ("https://u:p@h:8443/dash?jwt=1", "https://h:8443/dash"),
-            ("ray://u:p@head.internal:10001?auth=1", "ray://head.internal:10001"),
+            (
+                "ray://u:p@head.internal:10001?auth=1",
+                "ray://head.internal:10001",
+            ),
             (
                 "ray://emr-spark-ray-gateway-cn-hanghzou-internal.emr.aliyuncs.com:80",
                 "ray://emr-spark-ray-gateway-cn-hanghzou-internal.emr.aliyuncs.com:80",

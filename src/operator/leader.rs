@@ -81,7 +81,11 @@ impl LeaderElector {
             let record = format!(
                 "{holder}|{:?}|{}",
                 spec.renew_time.as_ref().map(|t| t.0),
-                lease.metadata.resource_version.as_deref().unwrap_or_default()
+                lease
+                    .metadata
+                    .resource_version
+                    .as_deref()
+                    .unwrap_or_default()
             );
             let now = tokio::time::Instant::now();
             let seen_at = match &self.observed {

@@ -31,7 +31,7 @@ use std::{
     future::Future,
     io::{BufRead, BufReader},
     path::{Path, PathBuf},
-    process::{Child, Command, Stdio},
+    process::{Child, ChildStdin, Command, Stdio},
     sync::{Mutex, OnceLock, mpsc},
     time::Duration,
 };
@@ -60,7 +60,7 @@ struct ControlPlane {
     kubeconfig: PathBuf,
     /// The `kcp up` child when this process started it. Never dropped (it lives in a
     /// static), so its stdin stays open until the process exits.
-    _child: Option<Mutex<Child>>,
+    _kcp: Option<Mutex<Kcp>>,
 }
 
 static CONTROL_PLANE: OnceLock<ControlPlane> = OnceLock::new();
@@ -86,7 +86,7 @@ fn control_plane() -> &'static ControlPlane {
             );
             return ControlPlane {
                 kubeconfig,
-                _child: None,
+                _kcp: None,
             };
         }
         start_control_plane()
@@ -110,55 +110,121 @@ fn run_kcp_sh(target: &str) {
 fn start_control_plane() -> ControlPlane {
     // Cheap when the binary is up to date (only compares mtimes).
     run_kcp_sh("build-kcp");
-    let kcp = bin_dir().join("kcp");
     let log_path =
         PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(format!("kcp-{}.log", std::process::id()));
-    let log = std::fs::File::create(&log_path)
-        .unwrap_or_else(|e| panic!("creating {}: {e}", log_path.display()));
-    let mut child = Command::new(&kcp)
-        .args(["up", "--exit-on-stdin-close"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::from(log))
-        .spawn()
-        .unwrap_or_else(|e| panic!("spawning {}: {e}", kcp.display()));
-    let stdout = child.stdout.take().expect("piped stdout");
-    let (tx, rx) = mpsc::channel::<String>();
-    std::thread::spawn(move || {
-        let mut tx = Some(tx);
-        for line in BufReader::new(stdout).lines() {
-            let Ok(line) = line else { break };
-            if line.starts_with("KCP_READY ")
-                && let Some(tx) = tx.take()
-            {
-                let _ = tx.send(line);
-            }
-            // keep draining so kcp can never block on a full pipe
-        }
-    });
-    let line = match rx.recv_timeout(READY_TIMEOUT) {
-        Ok(line) => line,
-        Err(e) => {
-            let _ = child.kill();
-            let _ = child.wait();
-            let log = std::fs::read_to_string(&log_path).unwrap_or_default();
-            let tail: Vec<&str> = log.lines().rev().take(60).collect();
-            let tail: Vec<&str> = tail.into_iter().rev().collect();
-            panic!(
-                "control plane did not become ready ({e:?}); log {}:\n{}",
-                log_path.display(),
-                tail.join("\n")
-            );
-        }
-    };
-    let kubeconfig = line
-        .split_whitespace()
-        .find_map(|kv| kv.strip_prefix("kubeconfig="))
-        .unwrap_or_else(|| panic!("malformed ready line: {line}"));
+    let kcp = Kcp::spawn(&["up"], &log_path);
     ControlPlane {
-        kubeconfig: PathBuf::from(kubeconfig),
-        _child: Some(Mutex::new(child)),
+        kubeconfig: kcp.kubeconfig.clone(),
+        _kcp: Some(Mutex::new(kcp)),
     }
+}
+
+/// A control plane this process runs (`kcp up --exit-on-stdin-close …`): it stops when stopped,
+/// dropped, or when the process exits (its stdin closes).
+pub struct Kcp {
+    child: Option<Child>,
+    stdin: Option<ChildStdin>,
+    pub kubeconfig: PathBuf,
+    pub log: PathBuf,
+}
+
+impl Kcp {
+    /// `kcp up --data-dir D --port P --keep`: restartable on the same data and port (blocking).
+    pub fn start(data_dir: &Path, port: u16, log: &Path) -> Kcp {
+        let data = data_dir.to_string_lossy().into_owned();
+        let port = port.to_string();
+        Kcp::spawn(&["up", "--data-dir", &data, "--port", &port, "--keep"], log)
+    }
+
+    /// Runs `kcp ARGS --exit-on-stdin-close` and waits for its `KCP_READY` line (blocking).
+    fn spawn(args: &[&str], log: &Path) -> Kcp {
+        let kcp = bin_dir().join("kcp");
+        let log_file = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(log)
+            .unwrap_or_else(|e| panic!("opening {}: {e}", log.display()));
+        let mut child = Command::new(&kcp)
+            .args(args)
+            .arg("--exit-on-stdin-close")
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::from(log_file))
+            .spawn()
+            .unwrap_or_else(|e| panic!("spawning {}: {e}", kcp.display()));
+        let stdout = child.stdout.take().expect("piped stdout");
+        let (tx, rx) = mpsc::channel::<String>();
+        std::thread::spawn(move || {
+            let mut tx = Some(tx);
+            for line in BufReader::new(stdout).lines() {
+                let Ok(line) = line else { break };
+                if line.starts_with("KCP_READY ")
+                    && let Some(tx) = tx.take()
+                {
+                    let _ = tx.send(line);
+                }
+                // keep draining so kcp can never block on a full pipe
+            }
+        });
+        let line = match rx.recv_timeout(READY_TIMEOUT) {
+            Ok(line) => line,
+            Err(e) => {
+                let _ = child.kill();
+                let _ = child.wait();
+                let text = std::fs::read_to_string(log).unwrap_or_default();
+                let tail: Vec<&str> = text.lines().rev().take(60).collect();
+                let tail: Vec<&str> = tail.into_iter().rev().collect();
+                panic!(
+                    "control plane did not become ready ({e:?}); log {}:\n{}",
+                    log.display(),
+                    tail.join("\n")
+                );
+            }
+        };
+        let kubeconfig = line
+            .split_whitespace()
+            .find_map(|kv| kv.strip_prefix("kubeconfig="))
+            .map(PathBuf::from)
+            .unwrap_or_else(|| panic!("malformed ready line: {line}"));
+        Kcp {
+            stdin: child.stdin.take(),
+            child: Some(child),
+            kubeconfig,
+            log: log.to_path_buf(),
+        }
+    }
+
+    /// SIGTERM and wait for the exit (blocking).
+    pub fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = Command::new("kill")
+                .args(["-TERM", &child.id().to_string()])
+                .status();
+            let t = std::time::Instant::now();
+            while child.try_wait().ok().flatten().is_none() {
+                if t.elapsed() > Duration::from_secs(60) {
+                    let _ = child.kill();
+                    let _ = child.wait();
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        }
+        self.stdin.take();
+    }
+}
+
+impl Drop for Kcp {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// A client for the control plane of `kubeconfig`.
+pub async fn client_for(kubeconfig: &Path) -> Client {
+    let kc = Kubeconfig::read_from(kubeconfig)
+        .unwrap_or_else(|e| panic!("reading kubeconfig {}: {e}", kubeconfig.display()));
+    client_from_kubeconfig(kc).await
 }
 
 /// Path of the admin kubeconfig of the test control plane (starting it if needed).
@@ -183,10 +249,7 @@ async fn client_from_kubeconfig(kubeconfig: Kubeconfig) -> Client {
 
 /// A fresh admin (`system:masters`) client for the test control plane.
 pub async fn client() -> Client {
-    let path = kubeconfig_path_async().await;
-    let kc = Kubeconfig::read_from(&path)
-        .unwrap_or_else(|e| panic!("reading kubeconfig {}: {e}", path.display()));
-    client_from_kubeconfig(kc).await
+    client_for(&kubeconfig_path_async().await).await
 }
 
 fn tool(name: &str) -> Command {
@@ -248,7 +311,11 @@ impl TestNamespace {
     /// Creates a uniquely named namespace `<prefix>-<random>` labelled
     /// `emr-ray-operator-test=true`. Call [`TestNamespace::cleanup`] at the end of the test.
     pub async fn new(prefix: &str) -> TestNamespace {
-        let client = client().await;
+        Self::create_on(client().await, prefix).await
+    }
+
+    /// Like [`TestNamespace::new`], on the control plane of `client`.
+    pub async fn create_on(client: Client, prefix: &str) -> TestNamespace {
         let mut p: String = prefix
             .to_ascii_lowercase()
             .chars()
@@ -372,7 +439,66 @@ pub async fn apiserver_metrics(client: &Client) -> String {
         .expect("GET /metrics from the apiserver")
 }
 
-/// Parses the labels of one Prometheus sample line `name{a="x",b="y"} value`.
+/// One sample of Prometheus text exposition.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Sample {
+    pub name: String,
+    pub labels: Vec<(String, String)>,
+    pub value: f64,
+}
+
+impl Sample {
+    pub fn label(&self, k: &str) -> Option<&str> {
+        self.labels
+            .iter()
+            .find(|(n, _)| n == k)
+            .map(|(_, v)| v.as_str())
+    }
+}
+
+/// Parses Prometheus text (and OpenMetrics) exposition: every sample line, comments skipped.
+/// The one parser of the tests.
+pub fn parse_metrics(text: &str) -> Vec<Sample> {
+    let mut out = Vec::new();
+    for line in text.lines() {
+        let line = line.trim();
+        if line.is_empty() || line.starts_with('#') {
+            continue;
+        }
+        let (name, labels, rest) = match line.find('{') {
+            Some(open) => {
+                let Some(close) = line.rfind('}') else {
+                    continue;
+                };
+                (
+                    &line[..open],
+                    parse_labels(&line[open + 1..close]),
+                    &line[close + 1..],
+                )
+            }
+            None => {
+                let mut parts = line.splitn(2, ' ');
+                let name = parts.next().unwrap_or_default();
+                (name, Vec::new(), parts.next().unwrap_or_default())
+            }
+        };
+        let Some(value) = rest
+            .split_whitespace()
+            .next()
+            .and_then(|v| v.parse::<f64>().ok())
+        else {
+            continue;
+        };
+        out.push(Sample {
+            name: name.to_string(),
+            labels,
+            value,
+        });
+    }
+    out
+}
+
+/// Parses `a="x",b="y"` (with `\"`, `\\` and `\n` escapes).
 fn parse_labels(s: &str) -> Vec<(String, String)> {
     let mut out = Vec::new();
     let mut rest = s;
@@ -408,6 +534,16 @@ fn parse_labels(s: &str) -> Vec<(String, String)> {
     out
 }
 
+/// Sum of the samples named `name` whose labels include every `(label, value)` of `filter`.
+pub fn metric_sum(text: &str, name: &str, filter: &[(&str, &str)]) -> f64 {
+    parse_metrics(text)
+        .iter()
+        .filter(|s| s.name == name)
+        .filter(|s| filter.iter().all(|(k, v)| s.label(k) == Some(*v)))
+        .map(|s| s.value)
+        .sum()
+}
+
 /// Sum of `apiserver_request_total` over all samples whose `verb` and `resource` labels
 /// match (all codes, scopes, subresources such as `status`, versions).
 ///
@@ -415,25 +551,70 @@ fn parse_labels(s: &str) -> Vec<(String, String)> {
 /// `DELETECOLLECTION`, and `APPLY` for server-side-apply patches. `resource` is the plural
 /// (e.g. `emrrayclusters`).
 pub fn count_requests(metrics: &str, verb: &str, resource: &str) -> f64 {
-    let mut total = 0.0;
-    for line in metrics.lines() {
-        let Some(rest) = line.strip_prefix("apiserver_request_total{") else {
-            continue;
-        };
-        let Some(close) = rest.rfind('}') else {
-            continue;
-        };
-        let labels = parse_labels(&rest[..close]);
-        let get = |k: &str| labels.iter().find(|(n, _)| n == k).map(|(_, v)| v.as_str());
-        if get("verb").is_some_and(|v| v.eq_ignore_ascii_case(verb))
-            && get("resource") == Some(resource)
-        {
-            if let Ok(v) = rest[close + 1..].trim().parse::<f64>() {
-                total += v;
-            }
+    metric_sum(
+        metrics,
+        "apiserver_request_total",
+        &[("verb", &verb.to_ascii_uppercase()), ("resource", resource)],
+    )
+}
+
+/// Like [`count_requests`], only for answers with HTTP `code` (e.g. `"403"`).
+pub fn count_requests_with_code(metrics: &str, verb: &str, resource: &str, code: &str) -> f64 {
+    metric_sum(
+        metrics,
+        "apiserver_request_total",
+        &[
+            ("verb", &verb.to_ascii_uppercase()),
+            ("resource", resource),
+            ("code", code),
+        ],
+    )
+}
+
+/// Waits until a sync of workspace `ws` that started after this call has finished, as the
+/// operator's own metrics (fetched by `metrics`) show: `sync_attempts_total` counts the syncs
+/// started, `sync_duration_seconds_count` those finished (listing, mirror writes and status
+/// write). Syncs of one workspace never overlap, so attempt `n + 1` has finished once `n + 1`
+/// syncs have.
+pub async fn wait_next_sync<F, Fut>(timeout: Duration, ws: &str, mut metrics: F)
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Option<String>>,
+{
+    let what = format!("a new sync of workspace {ws} to finish");
+    let started = wait_for(timeout, &what, || {
+        let f = metrics();
+        async move {
+            f.await.map(|t| {
+                metric_sum(
+                    &t,
+                    "emr_ray_operator_sync_attempts_total",
+                    &[("workspace", ws)],
+                )
+            })
         }
-    }
-    total
+    })
+    .await;
+    wait_for(timeout, &what, || {
+        let f = metrics();
+        async move {
+            let t = f.await?;
+            let done = metric_sum(
+                &t,
+                "emr_ray_operator_sync_duration_seconds_count",
+                &[("workspace", ws)],
+            );
+            (done > started).then_some(())
+        }
+    })
+    .await
+}
+
+/// Serialises the tests that take it (those that count the API server's requests or restart
+/// it): hold the guard for the whole test.
+pub async fn serial() -> tokio::sync::MutexGuard<'static, ()> {
+    static LOCK: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+    LOCK.lock().await
 }
 
 /// Sum of write requests (`POST`, `PUT`, `PATCH`, `APPLY`, `DELETE`, `DELETECOLLECTION`)

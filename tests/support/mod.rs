@@ -5,7 +5,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use emr_ray_operator::crd::{EmrRayCluster, EmrWorkspace, EmrWorkspaceStatus};
+use emr_ray_operator::api::{Condition, EmrRayCluster, EmrWorkspace, EmrWorkspaceStatus};
 use emr_ray_operator::metrics::Metrics;
 use emr_ray_operator::operator::{self, OperatorConfig};
 use emr_ray_operator::sim::{
@@ -43,11 +43,30 @@ impl Operator {
 
     /// Kubernetes writes this replica made (from its own metrics).
     pub fn writes(&self) -> u64 {
-        let text = self.metrics.encode();
-        text.lines()
-            .filter(|l| l.starts_with("emr_ray_operator_kube_writes_total{"))
-            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-            .sum::<f64>() as u64
+        self.metric("emr_ray_operator_kube_writes_total", &[]) as u64
+    }
+
+    /// Writes of this replica to `resource` (`emrrayclusters`, `emrworkspaces`).
+    pub fn writes_to(&self, resource: &str) -> u64 {
+        self.metric(
+            "emr_ray_operator_kube_writes_total",
+            &[("resource", resource)],
+        ) as u64
+    }
+
+    /// Sum of this replica's samples of `name` with the labels of `filter`.
+    pub fn metric(&self, name: &str, filter: &[(&str, &str)]) -> f64 {
+        common::metric_sum(&self.metrics.encode(), name, filter)
+    }
+
+    /// Remote listings this replica attempted for workspace `ws` (all namespaces).
+    pub fn sync_attempts(&self, ws: &str) -> u64 {
+        self.metric("emr_ray_operator_sync_attempts_total", &[("workspace", ws)]) as u64
+    }
+
+    /// Reconciliations this replica ran.
+    pub fn reconciles(&self) -> u64 {
+        self.metric("emr_ray_operator_reconciles_total", &[]) as u64
     }
 }
 
@@ -55,14 +74,11 @@ pub fn operator_config(ns: &str) -> OperatorConfig {
     OperatorConfig {
         namespaces: vec![ns.to_string()],
         concurrency: 4,
-        metrics_addr: None,
-        leader_election: None,
-        identity: "test".into(),
         requests_per_second: 50.0,
         burst: 50,
         request_timeout: Duration::from_secs(2),
         listing_timeout: Duration::from_secs(20),
-        default_sync_interval: Duration::from_secs(60),
+        ..OperatorConfig::embedded("test")
     }
 }
 
@@ -85,8 +101,12 @@ pub fn start_operator(client: &kube::Client, cfg: OperatorConfig) -> Operator {
 impl Env {
     /// Namespace + CRDs + simulator (reference example) + credentials Secret; no operator yet.
     pub async fn new(prefix: &str) -> Env {
-        let ns = TestNamespace::new(prefix).await;
-        let client = ns.client.clone();
+        Self::on(common::client().await, prefix).await
+    }
+
+    /// Like [`Env::new`], on the control plane of `client`.
+    pub async fn on(client: kube::Client, prefix: &str) -> Env {
+        let ns = TestNamespace::create_on(client.clone(), prefix).await;
         common::install_crds(&client).await;
         let sim = Simulator::start(SimConfig::with_default_fixture())
             .await
@@ -205,6 +225,17 @@ impl Env {
         .await
     }
 
+    /// Waits until a sync of workspace `name` by operator `op` that starts after this call has
+    /// finished (its mirror and status writes included).
+    pub async fn wait_next_sync(&self, op: usize, name: &str, timeout: Duration) {
+        let metrics = self.operators[op].metrics.clone();
+        common::wait_next_sync(timeout, name, move || {
+            let text = metrics.encode();
+            async move { Some(text) }
+        })
+        .await
+    }
+
     /// Waits until the mirror of `cluster_id` exists and satisfies `pred`.
     pub async fn wait_mirror<F>(
         &self,
@@ -216,7 +247,7 @@ impl Env {
     where
         F: Fn(&EmrRayCluster) -> bool,
     {
-        let name = emr_ray_operator::mirror::mirror_name(cluster_id);
+        let name = emr_ray_operator::controller::mirror::mirror_name(cluster_id);
         common::wait_for(timeout, what, || async {
             match self.mirrors().get_opt(&name).await.expect("get mirror") {
                 Some(m) if m.status.is_some() && pred(&m) => Some(m),
@@ -244,9 +275,6 @@ pub fn data_of(m: &EmrRayCluster) -> serde_json::Value {
     s
 }
 
-pub fn condition<'a>(
-    conds: &'a [emr_ray_operator::crd::Condition],
-    type_: &str,
-) -> Option<&'a emr_ray_operator::crd::Condition> {
+pub fn condition<'a>(conds: &'a [Condition], type_: &str) -> Option<&'a Condition> {
     conds.iter().find(|c| c.type_ == type_)
 }

@@ -47,7 +47,13 @@ fn mirrored(o: &Owner, c: &RayCluster) -> Arc<EmrRayCluster> {
 /// What happened to each cluster ID, as a compact word.
 fn outcome(p: &Plan, id: &str) -> &'static str {
     match p.actions.iter().find(|a| a.cluster_id == id) {
-        None if p.conflicts.iter().any(|c| c.name == mirror::mirror_name(id)) => "conflict",
+        None if p
+            .conflicts
+            .iter()
+            .any(|c| c.name == mirror::mirror_name(id)) =>
+        {
+            "conflict"
+        }
         None => "unchanged",
         Some(a) => match &a.write {
             Write::Delete => "delete",
@@ -286,7 +292,10 @@ fn stale_marks_carry_the_failure_reason_and_keep_the_data() {
         panic!("{:?}", p.actions[0].write)
     };
     let synced = s.conditions.iter().find(|c| c.type_ == "Synced").unwrap();
-    assert_eq!((synced.status.as_str(), synced.reason.as_str()), ("False", "Throttled"));
+    assert_eq!(
+        (synced.status.as_str(), synced.reason.as_str()),
+        ("False", "Throttled")
+    );
     assert_eq!(s.state.as_deref(), Some("Running"));
     assert_eq!(s.display_name.as_deref(), Some("name-ray-a"));
 }
@@ -305,7 +314,14 @@ fn events_follow_the_writes() {
         expect: &[],
         mirrors: 3,
     });
-    let ev = |id: &str| p.actions.iter().find(|a| a.cluster_id == id).unwrap().event.clone();
+    let ev = |id: &str| {
+        p.actions
+            .iter()
+            .find(|a| a.cluster_id == id)
+            .unwrap()
+            .event
+            .clone()
+    };
     assert_eq!(
         ev("ray-a"),
         Some(MirrorEvent::StateChanged {

@@ -7,11 +7,11 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use emr_ray_operator::crd::{Condition, EmrRayClusterStatus};
+use emr_ray_operator::api::{Condition, EmrRayClusterStatus};
+use emr_ray_operator::controller::mirror::{Staleness, mirror_conditions};
 use emr_ray_operator::metrics::{
     ClusterStateLabels, CodeLabels, FailureLabels, Metrics, WorkspaceLabels,
 };
-use emr_ray_operator::mirror::{Staleness, mirror_conditions};
 use mlua::{Lua, Value as LuaValue};
 use promql_parser::parser::Expr;
 use promql_parser::util::{ExprVisitor, walk_expr};
@@ -110,7 +110,7 @@ fn mirror(state: Option<&str>, gone: bool, stale: bool) -> Value {
         ..Default::default()
     };
     let staleness = stale.then(|| Staleness {
-        reason: "ListingFailed".into(),
+        reason: emr_ray_operator::api::Reason::RemoteUnavailable,
         message: "listing failed".into(),
     });
     status.conditions = mirror_conditions(
@@ -498,7 +498,7 @@ fn chart_prometheus_rule_parses_and_uses_exported_metrics() {
 
 /// The OpenAPI schema of the CRD of `kind` (from the operator's own CRD generator).
 fn crd_schema(kind: &str) -> Value {
-    for (_, yaml) in emr_ray_operator::crd::crd_yamls() {
+    for (_, yaml) in emr_ray_operator::api::crd_yamls() {
         let crd: Value = serde_yaml::from_str(&yaml).unwrap();
         if crd["spec"]["names"]["kind"] == kind {
             return crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"].clone();

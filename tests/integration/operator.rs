@@ -1,17 +1,16 @@
 //! End-to-end tests of the operator against the real control plane and the EMR simulator.
 
-mod common;
-mod support;
+use crate::common;
 
 use std::time::Duration;
 
+use crate::support::*;
 use emr_ray_operator::emr::{ClusterState, RayCluster};
 use emr_ray_operator::sim::Faults;
 use k8s_openapi::api::events::v1::Event as KubeEvent;
 use kube::ResourceExt;
 use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams};
 use serde_json::json;
-use support::*;
 
 /// One sync interval plus jitter and slack.
 const ONE_INTERVAL: Duration = Duration::from_secs(25);
@@ -306,7 +305,7 @@ async fn removed_remote_cluster_is_deleted_or_kept_as_gone() {
 
     assert!(env.sim.state.remove_cluster(WS, &extra[0]));
     assert!(env.sim.state.remove_cluster("w-keep", &kept[0]));
-    let gone_name = emr_ray_operator::mirror::mirror_name(&extra[0]);
+    let gone_name = emr_ray_operator::controller::mirror::mirror_name(&extra[0]);
     common::wait_for(ONE_INTERVAL, "deleted mirror", || async {
         env.mirrors()
             .get_opt(&gone_name)
@@ -738,7 +737,7 @@ async fn only_the_leader_writes_and_the_standby_takes_over() {
     let lease = |id: &str| {
         let mut cfg = operator_config(&env.ns.name);
         cfg.identity = id.to_string();
-        cfg.leader_election = Some(emr_ray_operator::leader::LeaseConfig {
+        cfg.leader_election = Some(emr_ray_operator::operator::leader::LeaseConfig {
             namespace: env.ns.name.clone(),
             name: "emr-ray-operator-leader".into(),
             identity: id.to_string(),
@@ -825,5 +824,131 @@ async fn two_workspaces_for_one_remote_workspace_do_not_fight() {
     assert_eq!(m.owner_references().len(), 1);
     assert_eq!(m.owner_references()[0].name, "first");
     assert_eq!(m.spec.workspace_ref, "first");
+    env.teardown().await;
+}
+
+/// A leader that loses its lease while a sync is in flight writes nothing more: the in-flight
+/// reconcile is cancelled before another replica could take over.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replica_that_loses_the_lease_stops_writing_at_once() {
+    use k8s_openapi::api::coordination::v1::Lease;
+    let mut env = Env::new("e2e-stepdown").await;
+    env.create_workspace("ws", json!({})).await;
+    let mut cfg = operator_config(&env.ns.name);
+    cfg.identity = "replica-a".into();
+    cfg.request_timeout = Duration::from_secs(10);
+    cfg.leader_election = Some(emr_ray_operator::operator::leader::LeaseConfig {
+        namespace: env.ns.name.clone(),
+        name: "emr-ray-operator-leader".into(),
+        identity: "replica-a".into(),
+        lease_duration: Duration::from_secs(6),
+        renew_every: Duration::from_secs(2),
+    });
+    env.operators.push(start_operator(&env.client, cfg));
+    env.wait_ready("ws", "True", Some("Synced"), Duration::from_secs(60))
+        .await;
+    let a = &env.operators[0];
+    assert_eq!(a.metric("emr_ray_operator_leader", &[]), 1.0);
+
+    // A slow listing that, if it finished, would change the mirror.
+    env.sim.state.set_faults(Faults {
+        latency_ms: 6000,
+        ..Default::default()
+    });
+    env.sim
+        .state
+        .set_state(WS, EXAMPLE_CLUSTER, ClusterState::Stopped);
+    let attempts = a.sync_attempts("ws");
+    common::wait_for(Duration::from_secs(30), "a listing in flight", || async {
+        (a.sync_attempts("ws") > attempts).then_some(())
+    })
+    .await;
+
+    // Another holder takes the lease (as after a partition): replica-a sees it at its next
+    // renewal and steps down.
+    let leases: Api<Lease> = Api::namespaced(env.client.clone(), &env.ns.name);
+    let mut lease = leases.get("emr-ray-operator-leader").await.unwrap();
+    let spec = lease.spec.as_mut().unwrap();
+    spec.holder_identity = Some("replica-elsewhere".into());
+    spec.lease_duration_seconds = Some(3600);
+    spec.renew_time = Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::MicroTime(
+        jiff::Timestamp::now(),
+    ));
+    leases
+        .replace("emr-ray-operator-leader", &Default::default(), &lease)
+        .await
+        .unwrap();
+    common::wait_for(Duration::from_secs(10), "replica-a steps down", || async {
+        (a.metric("emr_ray_operator_leader", &[]) == 0.0).then_some(())
+    })
+    .await;
+    let writes = a.writes();
+    // Bound: the in-flight listing (6 s per page) would have ended and written by now.
+    tokio::time::sleep(Duration::from_secs(9)).await;
+    assert_eq!(a.writes(), writes, "writes after losing the lease");
+    let m = env.mirrors().get(EXAMPLE_CLUSTER).await.unwrap();
+    assert_eq!(
+        m.status.unwrap().state.as_deref(),
+        Some("Running"),
+        "the mirror was not written by the replica that lost the lease"
+    );
+    env.teardown().await;
+}
+
+/// The README's `list --secret` example works on a Secret made exactly as the README says.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn list_reads_a_secret_made_as_the_readme_says() {
+    let env = Env::new("e2e-list").await;
+    let out = common::kubectl()
+        .args([
+            "-n",
+            &env.ns.name,
+            "create",
+            "secret",
+            "generic",
+            "readme-credentials",
+        ])
+        .arg(format!(
+            "--from-literal=accessKeyId={}",
+            emr_ray_operator::sim::DEFAULT_ACCESS_KEY_ID
+        ))
+        .arg(format!(
+            "--from-literal=accessKeySecret={}",
+            emr_ray_operator::sim::DEFAULT_ACCESS_KEY_SECRET
+        ))
+        .env("KUBECONFIG", common::kubeconfig_path())
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_emr-ray-operator"))
+        .args([
+            "list",
+            "--region",
+            "cn-hangzhou",
+            "--workspace",
+            WS,
+            "-o",
+            "wide",
+        ])
+        .args(["--endpoint", &env.endpoint()])
+        .args(["--secret", &format!("{}/readme-credentials", env.ns.name)])
+        .env("KUBECONFIG", common::kubeconfig_path())
+        .env_remove("ALIBABA_CLOUD_ACCESS_KEY_ID")
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "list failed: {}{}",
+        stdout,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(stdout.contains(EXAMPLE_CLUSTER), "{stdout}");
+    assert!(stdout.contains("Running"), "{stdout}");
+    assert!(!stdout.contains("token"), "{stdout}");
     env.teardown().await;
 }

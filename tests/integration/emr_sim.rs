@@ -1,6 +1,7 @@
 //! The simulator's verifier and admin API, with requests built by hand (reqwest + the sign
 //! module), plus the `emr-sim` binary.
 
+use emr_ray_operator::api::Reason;
 use emr_ray_operator::emr::client::{host_header, signed_headers};
 use emr_ray_operator::emr::{
     ClientConfig, Credentials, EmrClient, EmrError, ErrorKind, SignatureVersion, sign,
@@ -377,7 +378,7 @@ async fn timestamps_more_than_15_minutes_off_are_expired() {
     );
     assert_eq!(send(&url, &h, None).await.status, 200);
     let e = EmrError::from_response(400, br#"{"Code":"InvalidTimeStamp.Expired"}"#, None, None);
-    assert_eq!(e.reason(), "AuthenticationFailed");
+    assert_eq!(Reason::from(e.kind).as_str(), "AuthenticationFailed");
     sim.shutdown().await;
 }
 
@@ -453,7 +454,7 @@ async fn page_parameters() {
         assert_eq!((a.status, a.code()), (400, "InvalidParameter"), "{q}");
         let e = EmrError::from_response(a.status, a.body.to_string().as_bytes(), None, None);
         assert_eq!(e.kind, ErrorKind::InvalidRequest);
-        assert_eq!(e.reason(), "InvalidRequest");
+        assert_eq!(Reason::from(e.kind).as_str(), "InvalidRequest");
         assert!(!e.is_retryable());
     }
     sim.shutdown().await;

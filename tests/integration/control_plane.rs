@@ -5,11 +5,11 @@
 //! Run: `cargo test --test control_plane` (starts its own control plane), or with
 //! `EMR_TEST_KUBECONFIG=.cache/kcp/admin.kubeconfig` after `tests/control-plane/kcp.sh up`.
 
-mod common;
+use crate::common;
 
 use std::time::Duration;
 
-use common::{TestNamespace, wait_for};
+use crate::common::{TestNamespace, wait_for};
 use k8s_openapi::api::{
     admissionregistration::v1::{ValidatingAdmissionPolicy, ValidatingAdmissionPolicyBinding},
     core::v1::{ConfigMap, ServiceAccount},

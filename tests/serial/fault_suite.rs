@@ -16,30 +16,25 @@
 //! page after a full page: it looks complete, so the operator must not trust the removals it
 //! implies (it keeps those mirrors, marked `Synced=False/RemovalUnconfirmed`).
 
-mod common;
-mod support;
+use crate::common;
 
 use std::collections::BTreeMap;
-use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
-use std::process::{Child, ChildStdin, Command, Stdio};
+use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use emr_ray_operator::crd::{ANNOTATION_CLUSTER_ID, EmrRayCluster, EmrRayClusterStatus};
+use crate::support::*;
+use emr_ray_operator::api::{ANNOTATION_CLUSTER_ID, EmrRayCluster, EmrRayClusterStatus};
+use emr_ray_operator::controller::mirror::{mirror_name, remote_status};
 use emr_ray_operator::emr::{ClusterState, HeadSpec, RayCluster, WorkerSpec};
-use emr_ray_operator::mirror::{mirror_name, remote_status};
-use emr_ray_operator::sim::{
-    DEFAULT_ACCESS_KEY_ID, DEFAULT_ACCESS_KEY_SECRET, Faults, SimConfig, Simulator,
-};
+use emr_ray_operator::sim::Faults;
 use futures::FutureExt;
 use futures::future::BoxFuture;
 use k8s_openapi::api::coordination::v1::Lease;
-use k8s_openapi::api::core::v1::Namespace;
 use kube::ResourceExt;
-use kube::api::{Api, ObjectMeta, PostParams};
+use kube::api::Api;
 use serde_json::{Value, json};
-use support::*;
 
 // ------------------------------------------------------------------ suite-wide counters
 
@@ -237,7 +232,7 @@ fn compare_with_snapshot(mirrors: &[EmrRayCluster], before: &Snapshot) -> Report
     r
 }
 
-fn ready_of(st: &emr_ray_operator::crd::EmrWorkspaceStatus) -> (String, String) {
+fn ready_of(st: &emr_ray_operator::api::EmrWorkspaceStatus) -> (String, String) {
     condition(&st.conditions, "Ready")
         .map(|c| (c.status.clone(), c.reason.clone()))
         .unwrap_or_default()
@@ -295,14 +290,11 @@ async fn converge(
 
 /// Writes to `emrrayclusters` in a Prometheus text exposition of the operator's metrics.
 fn mirror_writes_in(metrics_text: &str) -> u64 {
-    metrics_text
-        .lines()
-        .filter(|l| {
-            l.starts_with("emr_ray_operator_kube_writes_total{")
-                && l.contains("resource=\"emrrayclusters\"")
-        })
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum::<f64>() as u64
+    common::metric_sum(
+        metrics_text,
+        "emr_ray_operator_kube_writes_total",
+        &[("resource", "emrrayclusters")],
+    ) as u64
 }
 
 fn mirror_writes(op: &Operator) -> u64 {
@@ -369,6 +361,7 @@ async fn run_lane(lane: &'static [Scenario]) -> Vec<(&'static str, Duration, Res
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn fault_suite() {
+    let _serial = common::serial().await;
     let t = Instant::now();
     let (a, b) = tokio::join!(
         tokio::spawn(run_lane(LANE_A)),
@@ -653,147 +646,6 @@ async fn remote_faults() {
 
 // ------------------------------------------------------------------ 2. API server restart
 
-/// A control plane of our own: `kcp up --data-dir D --port P --keep`, restartable.
-struct Kcp {
-    child: Option<Child>,
-    stdin: Option<ChildStdin>,
-    kubeconfig: PathBuf,
-    log: PathBuf,
-}
-
-impl Kcp {
-    /// Starts `kcp up` and waits for `KCP_READY` (blocking).
-    fn start(data_dir: &Path, port: u16, log: &Path) -> Kcp {
-        let kcp = common::bin_dir().join("kcp");
-        let log_file = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(log)
-            .expect("open kcp log");
-        let mut child = Command::new(&kcp)
-            .arg("up")
-            .arg("--data-dir")
-            .arg(data_dir)
-            .args([
-                "--port",
-                &port.to_string(),
-                "--keep",
-                "--exit-on-stdin-close",
-            ])
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::from(log_file))
-            .spawn()
-            .unwrap_or_else(|e| panic!("spawning {}: {e}", kcp.display()));
-        let stdout = child.stdout.take().expect("piped stdout");
-        let (tx, rx) = std::sync::mpsc::channel::<String>();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines() {
-                let Ok(line) = line else { break };
-                if line.starts_with("KCP_READY ") {
-                    let _ = tx.send(line);
-                }
-            }
-        });
-        let line = match rx.recv_timeout(Duration::from_secs(180)) {
-            Ok(l) => l,
-            Err(e) => {
-                let _ = child.kill();
-                let _ = child.wait();
-                panic!(
-                    "kcp did not become ready ({e:?}):\n{}",
-                    std::fs::read_to_string(log).unwrap_or_default()
-                );
-            }
-        };
-        let kubeconfig = line
-            .split_whitespace()
-            .find_map(|kv| kv.strip_prefix("kubeconfig="))
-            .map(PathBuf::from)
-            .unwrap_or_else(|| panic!("malformed ready line {line}"));
-        Kcp {
-            stdin: child.stdin.take(),
-            child: Some(child),
-            kubeconfig,
-            log: log.to_path_buf(),
-        }
-    }
-
-    /// SIGTERM and wait for the exit (blocking).
-    fn stop(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = Command::new("kill")
-                .args(["-TERM", &child.id().to_string()])
-                .status();
-            let t = Instant::now();
-            while child.try_wait().ok().flatten().is_none() {
-                if t.elapsed() > Duration::from_secs(60) {
-                    let _ = child.kill();
-                    let _ = child.wait();
-                    break;
-                }
-                std::thread::sleep(Duration::from_millis(50));
-            }
-        }
-        self.stdin.take();
-    }
-}
-
-impl Drop for Kcp {
-    fn drop(&mut self) {
-        self.stop();
-    }
-}
-
-async fn client_for(kubeconfig: &Path) -> kube::Client {
-    let kc = kube::config::Kubeconfig::read_from(kubeconfig).expect("read kubeconfig");
-    let cfg = kube::Config::from_custom_kubeconfig(kc, &Default::default())
-        .await
-        .expect("kube config");
-    kube::Client::try_from(cfg).expect("kube client")
-}
-
-/// Like `Env::new`, on any control plane.
-async fn env_on(client: kube::Client, prefix: &str) -> Env {
-    let name = format!(
-        "{prefix}-{}",
-        &uuid::Uuid::new_v4().simple().to_string()[..8]
-    );
-    Api::<Namespace>::all(client.clone())
-        .create(
-            &PostParams::default(),
-            &Namespace {
-                metadata: ObjectMeta {
-                    name: Some(name.clone()),
-                    ..Default::default()
-                },
-                ..Default::default()
-            },
-        )
-        .await
-        .expect("create namespace");
-    common::install_crds(&client).await;
-    let sim = Simulator::start(SimConfig::with_default_fixture())
-        .await
-        .expect("simulator starts");
-    let env = Env {
-        ns: common::TestNamespace {
-            name,
-            client: client.clone(),
-        },
-        client,
-        sim,
-        operators: Vec::new(),
-    };
-    env.put_secret(
-        "emr-credentials",
-        DEFAULT_ACCESS_KEY_ID,
-        DEFAULT_ACCESS_KEY_SECRET,
-    )
-    .await;
-    env
-}
-
 /// The API server (with etcd and the controller manager) is stopped while the operator's
 /// first sync of 300 clusters is writing mirrors, and started again on the same data and
 /// port. The same operator converges without a restart.
@@ -817,12 +669,12 @@ async fn apiserver_restart_mid_sync() {
     let port = free_port();
     let mut kcp = {
         let (data, log) = (data.clone(), log.clone());
-        tokio::task::spawn_blocking(move || Kcp::start(&data, port, &log))
+        tokio::task::spawn_blocking(move || common::Kcp::start(&data, port, &log))
             .await
             .unwrap()
     };
-    let client = client_for(&kcp.kubeconfig).await;
-    let mut env = env_on(client, "fault-restart").await;
+    let client = common::client_for(&kcp.kubeconfig).await;
+    let mut env = Env::on(client, "fault-restart").await;
     env.sim.state.generate(WS, 299, "restart");
     let truth_len = env.sim.state.clusters(WS).len();
     assert_eq!(truth_len, 300);
@@ -865,7 +717,7 @@ async fn apiserver_restart_mid_sync() {
     kcp = {
         let (data, log) = (data.clone(), kcp.log.clone());
         let old = kcp.kubeconfig.clone();
-        let k = tokio::task::spawn_blocking(move || Kcp::start(&data, port, &log))
+        let k = tokio::task::spawn_blocking(move || common::Kcp::start(&data, port, &log))
             .await
             .unwrap();
         assert_eq!(k.kubeconfig, old);
@@ -891,13 +743,7 @@ async fn apiserver_restart_mid_sync() {
     // Its caches follow the API server again: a further sync writes no mirror.
     let w0 = mirror_writes(&env.operators[0]);
     let before = snapshot(&env.mirror_list().await);
-    let r0 = env.sim.state.stats().requests;
-    common::wait_for(Duration::from_secs(30), "one more sync", || async {
-        // 300 clusters: 3 full pages and an empty one.
-        (env.sim.state.stats().requests >= r0 + 4).then_some(())
-    })
-    .await;
-    tokio::time::sleep(Duration::from_secs(2)).await;
+    env.wait_next_sync(0, "ws", Duration::from_secs(40)).await;
     assert_eq!(
         mirror_writes(&env.operators[0]),
         w0,
@@ -952,9 +798,12 @@ impl OperatorProcess {
         }
     }
 
+    async fn metrics_text(&self) -> Option<String> {
+        reqwest::get(&self.metrics).await.ok()?.text().await.ok()
+    }
+
     async fn mirror_writes(&self) -> Option<u64> {
-        let resp = reqwest::get(&self.metrics).await.ok()?;
-        Some(mirror_writes_in(&resp.text().await.ok()?))
+        Some(mirror_writes_in(&self.metrics_text().await?))
     }
 
     fn kill(&mut self) {
@@ -1042,13 +891,7 @@ async fn operator_killed_mid_sync() {
     );
     // A further sync adds no mirror writes.
     let before = snapshot(&env.mirror_list().await);
-    let r0 = env.sim.state.stats().requests;
-    common::wait_for(Duration::from_secs(30), "one more sync", || async {
-        // 500 clusters: 5 full pages and an empty one.
-        (env.sim.state.stats().requests >= r0 + 6).then_some(())
-    })
-    .await;
-    tokio::time::sleep(Duration::from_secs(2)).await;
+    common::wait_next_sync(Duration::from_secs(40), "ws", || second.metrics_text()).await;
     assert_eq!(
         second.mirror_writes().await,
         Some(writes),
@@ -1231,12 +1074,7 @@ async fn odd_remote_data() {
     // Nothing flaps: a further sync rewrites no mirror.
     let before = snapshot(&mirrors);
     let w0 = mirror_writes(&env.operators[0]);
-    let r0 = env.sim.state.stats().requests;
-    common::wait_for(Duration::from_secs(30), "one more sync", || async {
-        (env.sim.state.stats().requests > r0).then_some(())
-    })
-    .await;
-    tokio::time::sleep(Duration::from_secs(2)).await;
+    env.wait_next_sync(0, "ws", Duration::from_secs(40)).await;
     assert_eq!(
         mirror_writes(&env.operators[0]),
         w0,
@@ -1266,7 +1104,7 @@ async fn leader_failover_with_faults() {
     let lease_cfg = |id: &str| {
         let mut cfg = operator_config(&env.ns.name);
         cfg.identity = id.to_string();
-        cfg.leader_election = Some(emr_ray_operator::leader::LeaseConfig {
+        cfg.leader_election = Some(emr_ray_operator::operator::leader::LeaseConfig {
             namespace: env.ns.name.clone(),
             name: "emr-ray-operator-leader".into(),
             identity: id.to_string(),
@@ -1450,12 +1288,12 @@ async fn end_early_once() {
         f0 + 1,
         "one short listing"
     );
-    // The next, complete listing (2 pages), then the mirror writes of that sync.
-    common::wait_for(Duration::from_secs(30), "the next listing", || async {
-        (env.sim.state.stats().requests >= r0 + 2).then_some(())
-    })
-    .await;
-    tokio::time::sleep(Duration::from_secs(2)).await;
+    // The next, complete listing (2 pages), with the mirror writes of that sync.
+    env.wait_next_sync(0, "ws", Duration::from_secs(40)).await;
+    assert!(
+        env.sim.state.stats().requests >= r0 + 2,
+        "a complete listing followed"
+    );
     assert_ok(
         "end early once: after the short listing",
         compare_with_snapshot(&env.mirror_list().await, &before),
@@ -1480,6 +1318,7 @@ async fn end_early_once() {
 /// removals seen in a listing that ends exactly on a page boundary: no mirror may be lost.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn end_early_listing_keeps_every_mirror() {
+    let _serial = common::serial().await;
     let mut env = Env::new("fault-early").await;
     env.sim.state.generate(WS, 149, "early");
     env.create_workspace("ws", json!({})).await;

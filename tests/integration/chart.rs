@@ -2,18 +2,18 @@
 //! sets, and, against the real control plane, installation, read-only enforcement of mirrors
 //! (ValidatingAdmissionPolicy) and the operator running with exactly the chart's RBAC.
 
-mod common;
-mod support;
+use crate::common;
 
 use std::path::PathBuf;
 use std::process::Command;
 use std::sync::Arc;
 use std::time::Duration;
 
-use emr_ray_operator::crd::EmrRayCluster;
-use emr_ray_operator::leader::LeaseConfig;
+use crate::support::*;
+use emr_ray_operator::api::EmrRayCluster;
 use emr_ray_operator::metrics::Metrics;
 use emr_ray_operator::operator::OperatorConfig;
+use emr_ray_operator::operator::leader::LeaseConfig;
 use k8s_openapi::api::admissionregistration::v1::{
     ValidatingAdmissionPolicy, ValidatingAdmissionPolicyBinding,
 };
@@ -24,7 +24,6 @@ use k8s_openapi::api::events::v1::Event as KubeEvent;
 use k8s_openapi::api::rbac::v1::{Role, RoleBinding};
 use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
 use serde_json::{Value, json};
-use support::*;
 use tokio_util::sync::CancellationToken;
 
 const CHART: &str = "charts/emr-ray-operator";
@@ -53,7 +52,7 @@ fn yaml_docs(text: &str) -> Vec<Value> {
 
 #[test]
 fn crds_are_generated_and_copied_into_the_chart() {
-    let generated = emr_ray_operator::crd::crd_yamls();
+    let generated = emr_ray_operator::api::crd_yamls();
     let list = |dir: PathBuf| {
         let mut v: Vec<String> = std::fs::read_dir(&dir)
             .unwrap_or_else(|e| panic!("{}: {e}", dir.display()))
@@ -398,7 +397,7 @@ fn helm_template_renders_every_value_set() {
         );
         // Every variable the chart sets is one the binary reads (or an Alibaba Cloud one).
         let help = run_help();
-        let main_rs = include_str!("../src/main.rs");
+        let main_rs = include_str!("../../src/cli/mod.rs");
         for (name, _) in &env {
             assert!(
                 name.starts_with("ALIBABA_CLOUD_")
@@ -689,12 +688,11 @@ async fn operator_runs_with_exactly_the_chart_rbac() {
             lease_duration: Duration::from_secs(15),
             renew_every: Duration::from_secs(5),
         }),
-        identity: "chart-test-0".into(),
         requests_per_second: 50.0,
         burst: 50,
         request_timeout: Duration::from_secs(2),
         listing_timeout: Duration::from_secs(20),
-        default_sync_interval: Duration::from_secs(60),
+        ..OperatorConfig::embedded("chart-test-0")
     };
     env.create_workspace("prod", json!({})).await;
     let token = CancellationToken::new();

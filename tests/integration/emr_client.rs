@@ -1,5 +1,6 @@
 //! The EMR client against the in-process simulator, over HTTP.
 
+use emr_ray_operator::api::Reason;
 use emr_ray_operator::emr::{
     ClientConfig, CredentialResolver, CredentialSource, Credentials, EmrClient, ErrorKind,
     RequestOutcome, RrsaConfig, SignatureVersion,
@@ -156,7 +157,7 @@ async fn rrsa_assume_role_with_oidc_against_simulator() {
         .resolve(&bad)
         .await
         .unwrap_err();
-    assert_eq!(e.reason(), "CredentialsUnavailable");
+    assert_eq!(Reason::from(e.kind).as_str(), "CredentialsUnavailable");
     sim.shutdown().await;
 }
 
@@ -226,7 +227,7 @@ async fn max_pages_is_a_hard_limit() {
     .await
     .unwrap_err();
     assert_eq!(e.kind, ErrorKind::Incomplete);
-    assert_eq!(e.reason(), "IncompleteListing");
+    assert_eq!(Reason::from(e.kind).as_str(), "IncompleteListing");
     assert_eq!(sim.state.stats().requests, 2);
     sim.shutdown().await;
 }
@@ -252,7 +253,7 @@ async fn wrong_secret_is_auth_and_not_retried() {
         .await
         .unwrap_err();
         assert_eq!(e.kind, ErrorKind::Auth);
-        assert_eq!(e.reason(), "AuthenticationFailed");
+        assert_eq!(Reason::from(e.kind).as_str(), "AuthenticationFailed");
         assert_eq!(e.code.as_deref(), Some("SignatureDoesNotMatch"));
         assert_eq!(e.http_status, Some(400));
         assert!(e.request_id.is_some());
@@ -293,7 +294,7 @@ async fn unknown_workspace_is_not_found() {
         .await
         .unwrap_err();
     assert_eq!(e.kind, ErrorKind::NotFound);
-    assert_eq!(e.reason(), "WorkspaceNotFound");
+    assert_eq!(Reason::from(e.kind).as_str(), "WorkspaceNotFound");
     assert_eq!(sim.state.stats().requests, 1);
     sim.shutdown().await;
 }
@@ -315,7 +316,7 @@ async fn endpoint_without_simulator_is_remote_unavailable() {
         )
         .await
         .unwrap_err();
-    assert_eq!(e.reason(), "RemoteUnavailable", "{e}");
+    assert_eq!(Reason::from(e.kind).as_str(), "RemoteUnavailable", "{e}");
     assert_eq!(codes(&seen), vec!["connect", "connect"]);
 }
 
@@ -370,7 +371,7 @@ async fn persistent_server_errors_fail_after_retries() {
     .await
     .unwrap_err();
     assert_eq!(e.kind, ErrorKind::Transient);
-    assert_eq!(e.reason(), "RemoteUnavailable");
+    assert_eq!(Reason::from(e.kind).as_str(), "RemoteUnavailable");
     assert!(e.is_retryable());
     assert_eq!(sim.state.stats().requests, 3);
     sim.shutdown().await;
@@ -422,7 +423,7 @@ async fn persistent_throttling_is_reported() {
     .await
     .unwrap_err();
     assert_eq!(e.kind, ErrorKind::Throttled);
-    assert_eq!(e.reason(), "Throttled");
+    assert_eq!(Reason::from(e.kind).as_str(), "Throttled");
     assert_eq!(e.retry_after, Some(Duration::from_secs(1)));
     assert_eq!(sim.state.stats().requests, 2);
     // A retry-after beyond the listing deadline is not waited for.
@@ -462,7 +463,7 @@ async fn latency_above_request_timeout_is_timeout() {
         .await
         .unwrap_err();
     assert_eq!(e.kind, ErrorKind::Timeout, "{e}");
-    assert_eq!(e.reason(), "Timeout");
+    assert_eq!(Reason::from(e.kind).as_str(), "Timeout");
     assert_eq!(codes(&seen), vec!["timeout", "timeout"]);
     sim.shutdown().await;
 }
@@ -510,7 +511,7 @@ async fn persistent_truncated_or_malformed_bodies_are_malformed() {
             .await
             .unwrap_err();
         assert_eq!(e.kind, ErrorKind::Malformed, "{faults:?}: {e}");
-        assert_eq!(e.reason(), "MalformedResponse");
+        assert_eq!(Reason::from(e.kind).as_str(), "MalformedResponse");
         // One attempt plus two retries.
         assert_eq!(codes(&seen), vec!["malformed"; 3], "{faults:?}");
         assert_eq!(sim.state.stats().requests, 3);
@@ -553,7 +554,7 @@ async fn repeated_page_is_an_incomplete_listing() {
         .await
         .unwrap_err();
     assert_eq!(e.kind, ErrorKind::Incomplete, "{e}");
-    assert_eq!(e.reason(), "IncompleteListing");
+    assert_eq!(Reason::from(e.kind).as_str(), "IncompleteListing");
     assert!(e.request_id.is_some());
     assert_eq!(sim.state.stats().requests, 2);
     sim.shutdown().await;

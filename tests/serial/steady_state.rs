@@ -1,15 +1,14 @@
 //! A steady state with no remote change causes no writes to mirrors, counted by the API
-//! server's own `apiserver_request_total` (this binary holds this one test only, so no other
-//! test writes mirrors meanwhile) and by the operator's metrics.
-
-mod common;
-mod support;
+//! server's own `apiserver_request_total` (the serial lock keeps every other test from writing
+//! mirrors meanwhile) and by the operator's metrics.
 
 use std::time::Duration;
 
 use kube::ResourceExt;
 use serde_json::json;
-use support::*;
+
+use crate::common;
+use crate::support::*;
 
 /// Writes to `emrrayclusters` of the kinds the operator sends (create, update, patch, apply,
 /// delete). DELETECOLLECTION is left out: only the namespace controller sends it, once per
@@ -23,6 +22,7 @@ fn mirror_writes(metrics: &str) -> f64 {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn steady_state_writes_no_mirror() {
+    let _serial = common::serial().await;
     let mut env = Env::new("e2e-steady").await;
     env.sim.state.generate(WS, 24, "ray-steady");
     env.create_workspace("ws", json!({})).await;
@@ -55,8 +55,8 @@ async fn steady_state_writes_no_mirror() {
         },
     )
     .await;
-    // Let the first sync's writes settle.
-    tokio::time::sleep(Duration::from_secs(2)).await;
+    // A whole sync after the first one has finished: nothing of the initial sync is in flight.
+    env.wait_next_sync(0, "ws", Duration::from_secs(40)).await;
     let versions: Vec<(String, String)> = env
         .mirror_list()
         .await
@@ -66,17 +66,12 @@ async fn steady_state_writes_no_mirror() {
     let before = mirror_writes(&common::apiserver_metrics(&env.client).await);
     let syncs_before = env.sim.state.stats().requests;
     let op_writes_before = env.operators[0].writes();
-    let own_mirror_writes = |text: String| -> f64 {
-        text.lines()
-            .filter(|l| l.starts_with("emr_ray_operator_kube_writes_total{"))
-            .filter(|l| l.contains("resource=\"emrrayclusters\""))
-            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-            .sum()
-    };
-    let op_mirror_writes_before = own_mirror_writes(env.operators[0].metrics.encode());
+    let op_mirror_writes_before = env.operators[0].writes_to("emrrayclusters");
 
-    // Three sync intervals with no remote change.
-    tokio::time::sleep(Duration::from_secs(35)).await;
+    // Three whole syncs with no remote change.
+    for _ in 0..3 {
+        env.wait_next_sync(0, "ws", Duration::from_secs(40)).await;
+    }
 
     let after = mirror_writes(&common::apiserver_metrics(&env.client).await);
     let syncs = env.sim.state.stats().requests - syncs_before;
@@ -90,8 +85,8 @@ async fn steady_state_writes_no_mirror() {
         "API server saw writes to emrrayclusters in steady state"
     );
     assert_eq!(
-        own_mirror_writes(env.operators[0].metrics.encode()) - op_mirror_writes_before,
-        0.0,
+        env.operators[0].writes_to("emrrayclusters") - op_mirror_writes_before,
+        0,
         "the operator wrote mirrors in steady state"
     );
     let ws_writes = env.operators[0].writes() - op_writes_before;

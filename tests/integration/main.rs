@@ -1,0 +1,15 @@
+//! Integration tests that may run side by side: the control plane itself, the EMR client and
+//! simulator, the operator end to end, the chart and the GitOps assets. One binary, so that the
+//! crate is linked once.
+
+#[path = "../common/mod.rs"]
+mod common;
+#[path = "../support/mod.rs"]
+mod support;
+
+mod chart;
+mod control_plane;
+mod emr_client;
+mod emr_sim;
+mod gitops;
+mod operator;
