@@ -169,123 +169,156 @@ pub fn verify(
         .ok_or_else(|| reject(400, "IncompleteSignature", MSG_INCOMPLETE))?;
     let query = sign::parse_query(req.raw_query);
     if auth.starts_with(sign::ACS3_ALGORITHM) {
-        let parsed = sign::parse_acs3_authorization(auth)
-            .ok_or_else(|| reject(400, "IncompleteSignature", MSG_INCOMPLETE))?;
-        let key = lookup(&parsed.access_key_id)
-            .ok_or_else(|| reject(404, "InvalidAccessKeyId.NotFound", MSG_KEY_NOT_FOUND))?;
-        check_token(req, &key)?;
-        check_time(req.header("x-acs-date"), false)?;
-        let hashed = req.header("x-acs-content-sha256").ok_or_else(|| {
-            reject(
-                400,
-                "IncompleteSignature",
-                "The x-acs-content-sha256 header is required.",
-            )
-        })?;
-        if !hashed.eq_ignore_ascii_case(&sign::sha256_hex(req.body)) {
-            return Err(reject(
-                400,
-                "SignatureDoesNotMatch",
-                "The x-acs-content-sha256 header does not match the SHA-256 of the request body.",
-            ));
-        }
-        // host, content-type and every x-acs-* header present must be signed.
-        for name in sign::acs3_default_signed_names(req.headers) {
-            if !parsed.signed_headers.contains(&name) {
-                return Err(reject(
-                    400,
-                    "IncompleteSignature",
-                    format!("The header {name} must be included in SignedHeaders."),
-                ));
-            }
-        }
-        for name in &parsed.signed_headers {
-            if req.header(name).is_none() {
-                return Err(reject(
-                    400,
-                    "IncompleteSignature",
-                    format!("The signed header {name} is missing from the request."),
-                ));
-            }
-        }
-        let nonce = req
-            .header("x-acs-signature-nonce")
-            .filter(|n| !n.is_empty())
-            .ok_or_else(|| {
-                reject(
-                    400,
-                    "IncompleteSignature",
-                    "The x-acs-signature-nonce header is required.",
-                )
-            })?;
-        let signed = sign::acs3_sign(
-            &sign::Acs3Input {
-                method: req.method,
-                path: req.raw_path,
-                query: &query,
-                headers: req.headers,
-                signed_headers: &parsed.signed_headers,
-                hashed_payload: hashed,
-            },
-            &key.secret,
-        );
-        if !sign::signatures_equal(&signed.signature, &parsed.signature.to_ascii_lowercase()) {
-            return Err(reject(
-                400,
-                "SignatureDoesNotMatch",
-                format!(
-                    "Specified signature does not match our calculation. server string to sign is:{}",
-                    signed.string_to_sign
-                ),
-            ));
-        }
-        if !nonces.check_and_insert(nonce) {
-            return Err(reject(
-                400,
-                "SignatureNonceUsed",
-                "Specified signature nonce was used already.",
-            ));
-        }
-        Ok(parsed.access_key_id)
+        verify_acs3(req, auth, &query, lookup, nonces)
     } else if auth.starts_with("acs ") {
-        let (id, signature) = sign::parse_roa_authorization(auth)
-            .ok_or_else(|| reject(400, "IncompleteSignature", MSG_INCOMPLETE))?;
-        let key = lookup(&id)
-            .ok_or_else(|| reject(404, "InvalidAccessKeyId.NotFound", MSG_KEY_NOT_FOUND))?;
-        check_token(req, &key)?;
-        check_time(req.header("date"), true)?;
-        if let Some(m) = req.header("x-acs-signature-method") {
-            if !m.eq_ignore_ascii_case("HMAC-SHA1") {
-                return Err(reject(
-                    400,
-                    "InvalidSignatureMethod",
-                    format!("Specified signature method {m:?} is not supported."),
-                ));
-            }
-        }
-        let sts = sign::roa_string_to_sign(req.method, req.raw_path, &query, req.headers);
-        let expected = sign::roa_signature(&key.secret, &sts);
-        if !sign::signatures_equal(&expected, &signature) {
-            return Err(reject(
-                400,
-                "SignatureDoesNotMatch",
-                format!(
-                    "Specified signature does not match our calculation. server string to sign is:{sts}"
-                ),
-            ));
-        }
-        let nonce = req
-            .header("x-acs-signature-nonce")
-            .filter(|n| !n.is_empty());
-        if nonce.is_some_and(|n| !nonces.check_and_insert(n)) {
-            return Err(reject(
-                400,
-                "SignatureNonceUsed",
-                "Specified signature nonce was used already.",
-            ));
-        }
-        Ok(id)
+        verify_roa(req, auth, &query, lookup, nonces)
     } else {
         Err(reject(400, "IncompleteSignature", MSG_INCOMPLETE))
     }
+}
+
+/// `ACS3-HMAC-SHA256`: key, token, time, payload hash, signed headers, nonce presence, then the
+/// signature; the nonce is recorded last.
+fn verify_acs3(
+    req: &Received<'_>,
+    auth: &str,
+    query: &[(String, String)],
+    lookup: impl Fn(&str) -> Option<KeyEntry>,
+    nonces: &mut NonceCache,
+) -> Result<String, Rejection> {
+    let parsed = sign::parse_acs3_authorization(auth)
+        .ok_or_else(|| reject(400, "IncompleteSignature", MSG_INCOMPLETE))?;
+    let key = lookup(&parsed.access_key_id)
+        .ok_or_else(|| reject(404, "InvalidAccessKeyId.NotFound", MSG_KEY_NOT_FOUND))?;
+    check_token(req, &key)?;
+    check_time(req.header("x-acs-date"), false)?;
+    let hashed = check_acs3_payload_hash(req)?;
+    check_acs3_signed_headers(req, &parsed.signed_headers)?;
+    let nonce = req
+        .header("x-acs-signature-nonce")
+        .filter(|n| !n.is_empty())
+        .ok_or_else(|| {
+            reject(
+                400,
+                "IncompleteSignature",
+                "The x-acs-signature-nonce header is required.",
+            )
+        })?;
+    let signed = sign::acs3_sign(
+        &sign::Acs3Input {
+            method: req.method,
+            path: req.raw_path,
+            query,
+            headers: req.headers,
+            signed_headers: &parsed.signed_headers,
+            hashed_payload: hashed,
+        },
+        &key.secret,
+    );
+    if !sign::signatures_equal(&signed.signature, &parsed.signature.to_ascii_lowercase()) {
+        return Err(signature_mismatch(&signed.string_to_sign));
+    }
+    if !nonces.check_and_insert(nonce) {
+        return Err(nonce_used());
+    }
+    Ok(parsed.access_key_id)
+}
+
+/// The `x-acs-content-sha256` header: present and equal to the SHA-256 of the body.
+fn check_acs3_payload_hash<'r>(req: &'r Received<'_>) -> Result<&'r str, Rejection> {
+    let hashed = req.header("x-acs-content-sha256").ok_or_else(|| {
+        reject(
+            400,
+            "IncompleteSignature",
+            "The x-acs-content-sha256 header is required.",
+        )
+    })?;
+    if !hashed.eq_ignore_ascii_case(&sign::sha256_hex(req.body)) {
+        return Err(reject(
+            400,
+            "SignatureDoesNotMatch",
+            "The x-acs-content-sha256 header does not match the SHA-256 of the request body.",
+        ));
+    }
+    Ok(hashed)
+}
+
+/// host, content-type and every x-acs-* header present must be signed, and every signed header
+/// must be present.
+fn check_acs3_signed_headers(req: &Received<'_>, signed: &[String]) -> Result<(), Rejection> {
+    for name in sign::acs3_default_signed_names(req.headers) {
+        if !signed.contains(&name) {
+            return Err(reject(
+                400,
+                "IncompleteSignature",
+                format!("The header {name} must be included in SignedHeaders."),
+            ));
+        }
+    }
+    for name in signed {
+        if req.header(name).is_none() {
+            return Err(reject(
+                400,
+                "IncompleteSignature",
+                format!("The signed header {name} is missing from the request."),
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// ROA `acs <id>:<signature>` (HMAC-SHA1): key, token, `Date`, method, signature, then the
+/// optional nonce.
+fn verify_roa(
+    req: &Received<'_>,
+    auth: &str,
+    query: &[(String, String)],
+    lookup: impl Fn(&str) -> Option<KeyEntry>,
+    nonces: &mut NonceCache,
+) -> Result<String, Rejection> {
+    let (id, signature) = sign::parse_roa_authorization(auth)
+        .ok_or_else(|| reject(400, "IncompleteSignature", MSG_INCOMPLETE))?;
+    let key =
+        lookup(&id).ok_or_else(|| reject(404, "InvalidAccessKeyId.NotFound", MSG_KEY_NOT_FOUND))?;
+    check_token(req, &key)?;
+    check_time(req.header("date"), true)?;
+    if let Some(m) = req.header("x-acs-signature-method")
+        && !m.eq_ignore_ascii_case("HMAC-SHA1")
+    {
+        return Err(reject(
+            400,
+            "InvalidSignatureMethod",
+            format!("Specified signature method {m:?} is not supported."),
+        ));
+    }
+    let sts = sign::roa_string_to_sign(req.method, req.raw_path, query, req.headers);
+    let expected = sign::roa_signature(&key.secret, &sts);
+    if !sign::signatures_equal(&expected, &signature) {
+        return Err(signature_mismatch(&sts));
+    }
+    let nonce = req
+        .header("x-acs-signature-nonce")
+        .filter(|n| !n.is_empty());
+    if nonce.is_some_and(|n| !nonces.check_and_insert(n)) {
+        return Err(nonce_used());
+    }
+    Ok(id)
+}
+
+fn signature_mismatch(string_to_sign: &str) -> Rejection {
+    reject(
+        400,
+        "SignatureDoesNotMatch",
+        format!(
+            "Specified signature does not match our calculation. server string to sign is:{string_to_sign}"
+        ),
+    )
+}
+
+fn nonce_used() -> Rejection {
+    reject(
+        400,
+        "SignatureNonceUsed",
+        "Specified signature nonce was used already.",
+    )
 }
