@@ -1,0 +1,166 @@
+//! The unsigned admin API under `/admin/` (listed in the module documentation of [`super`]):
+//! one handler per route, each a thin wrapper over a [`SimState`] method.
+
+use super::{Faults, SimState};
+use crate::emr::model::{ClusterState, RayCluster};
+use axum::Router;
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post, put};
+use serde::Deserialize;
+
+/// The admin routes, to be nested under `/admin`.
+pub(super) fn router() -> Router<SimState> {
+    Router::new()
+        .route("/workspaces", get(admin_workspaces))
+        .route(
+            "/workspaces/{ws}",
+            put(admin_put_workspace).delete(admin_delete_workspace),
+        )
+        .route(
+            "/workspaces/{ws}/clusters",
+            get(admin_list).post(admin_post_cluster),
+        )
+        .route(
+            "/workspaces/{ws}/clusters/{id}",
+            put(admin_put_cluster).delete(admin_delete_cluster),
+        )
+        .route("/workspaces/{ws}/clusters/{id}/state", put(admin_set_state))
+        .route("/workspaces/{ws}/generate", post(admin_generate))
+        .route("/faults", get(admin_get_faults).put(admin_put_faults))
+        .route("/stats", get(admin_get_stats).delete(admin_delete_stats))
+        .route("/access-keys", post(admin_add_key))
+}
+
+#[derive(Deserialize)]
+struct GenerateRequest {
+    count: usize,
+    #[serde(default)]
+    prefix: Option<String>,
+}
+
+#[derive(Deserialize)]
+struct StateRequest {
+    state: String,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct AccessKeyRequest {
+    access_key_id: String,
+    access_key_secret: String,
+    #[serde(default)]
+    security_token: Option<String>,
+}
+
+async fn admin_workspaces(State(st): State<SimState>) -> impl IntoResponse {
+    axum::Json(serde_json::json!({ "workspaces": st.workspaces() }))
+}
+
+async fn admin_put_workspace(State(st): State<SimState>, Path(ws): Path<String>) -> StatusCode {
+    st.ensure_workspace(&ws);
+    StatusCode::NO_CONTENT
+}
+
+async fn admin_delete_workspace(State(st): State<SimState>, Path(ws): Path<String>) -> StatusCode {
+    if st.remove_workspace(&ws) {
+        StatusCode::NO_CONTENT
+    } else {
+        StatusCode::NOT_FOUND
+    }
+}
+
+async fn admin_list(State(st): State<SimState>, Path(ws): Path<String>) -> impl IntoResponse {
+    axum::Json(st.clusters(&ws))
+}
+
+async fn admin_post_cluster(
+    State(st): State<SimState>,
+    Path(ws): Path<String>,
+    axum::Json(c): axum::Json<RayCluster>,
+) -> Response {
+    if c.cluster_id.is_empty() {
+        return (StatusCode::BAD_REQUEST, "clusterId is required").into_response();
+    }
+    st.upsert_cluster(&ws, c.clone());
+    (StatusCode::OK, axum::Json(c)).into_response()
+}
+
+async fn admin_put_cluster(
+    State(st): State<SimState>,
+    Path((ws, id)): Path<(String, String)>,
+    axum::Json(mut c): axum::Json<RayCluster>,
+) -> impl IntoResponse {
+    c.cluster_id = id;
+    st.upsert_cluster(&ws, c.clone());
+    axum::Json(c)
+}
+
+async fn admin_delete_cluster(
+    State(st): State<SimState>,
+    Path((ws, id)): Path<(String, String)>,
+) -> StatusCode {
+    if st.remove_cluster(&ws, &id) {
+        StatusCode::NO_CONTENT
+    } else {
+        StatusCode::NOT_FOUND
+    }
+}
+
+async fn admin_set_state(
+    State(st): State<SimState>,
+    Path((ws, id)): Path<(String, String)>,
+    axum::Json(req): axum::Json<StateRequest>,
+) -> StatusCode {
+    if st.set_state(&ws, &id, ClusterState::from(req.state.as_str())) {
+        StatusCode::NO_CONTENT
+    } else {
+        StatusCode::NOT_FOUND
+    }
+}
+
+async fn admin_generate(
+    State(st): State<SimState>,
+    Path(ws): Path<String>,
+    axum::Json(req): axum::Json<GenerateRequest>,
+) -> Response {
+    if req.count > 1_000_000 {
+        return (StatusCode::BAD_REQUEST, "count must be at most 1000000").into_response();
+    }
+    let prefix = req.prefix.unwrap_or_else(|| "ray-cluster".to_string());
+    let ids = st.generate(&ws, req.count, &prefix);
+    axum::Json(serde_json::json!({ "generated": ids.len(), "clusterIds": ids })).into_response()
+}
+
+async fn admin_get_faults(State(st): State<SimState>) -> impl IntoResponse {
+    axum::Json(st.faults())
+}
+
+async fn admin_put_faults(
+    State(st): State<SimState>,
+    axum::Json(f): axum::Json<Faults>,
+) -> impl IntoResponse {
+    st.set_faults(f.clone());
+    axum::Json(f)
+}
+
+async fn admin_get_stats(State(st): State<SimState>) -> impl IntoResponse {
+    axum::Json(st.stats())
+}
+
+async fn admin_delete_stats(State(st): State<SimState>) -> StatusCode {
+    st.reset_stats();
+    StatusCode::NO_CONTENT
+}
+
+async fn admin_add_key(
+    State(st): State<SimState>,
+    axum::Json(k): axum::Json<AccessKeyRequest>,
+) -> StatusCode {
+    match k.security_token {
+        Some(t) => st.add_sts_credentials(&k.access_key_id, &k.access_key_secret, &t, None),
+        None => st.add_access_key(&k.access_key_id, &k.access_key_secret),
+    }
+    StatusCode::NO_CONTENT
+}

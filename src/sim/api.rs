@@ -1,0 +1,398 @@
+//! The EMR side of the simulator: the signed `ListRayCluster` (`GET
+//! /api/v1/workspaces/{ws}/rayCluster`) and the unsigned STS `AssumeRoleWithOIDC`, answered in the
+//! order of checks documented in [`super`].
+
+use super::verify::Received;
+use super::{Faults, SimState, chance};
+use crate::emr::model::ListRayClusterResponse;
+use crate::emr::sign;
+use axum::body::Body;
+use axum::extract::{Request, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode};
+use axum::response::Response;
+use rand::Rng as _;
+use std::collections::HashMap;
+use std::time::{Duration, SystemTime};
+
+/// Every non-admin request: STS `AssumeRoleWithOIDC` or the signed `ListRayCluster`.
+pub(super) async fn api(State(st): State<SimState>, req: Request) -> Response {
+    let (parts, body) = req.into_parts();
+    let reply = Reply {
+        request_id: new_request_id(),
+        host: parts
+            .headers
+            .get("host")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("emr-serverless-spark.cn-hangzhou.aliyuncs.com")
+            .to_string(),
+    };
+    let Ok(body) = axum::body::to_bytes(body, 1 << 20).await else {
+        return reply.error(
+            400,
+            "InvalidParameter",
+            "The request body is too large or unreadable.",
+        );
+    };
+    let raw_path = parts.uri.path().to_string();
+    let raw_query = parts.uri.query().unwrap_or("").to_string();
+    let query = sign::parse_query(&raw_query);
+    let method = parts.method.as_str().to_string();
+
+    if method == "POST"
+        && raw_path == "/"
+        && query
+            .iter()
+            .any(|(k, v)| k == "Action" && v == "AssumeRoleWithOIDC")
+    {
+        return sts_assume_role_with_oidc(&st, &body, &reply);
+    }
+
+    let faults = st.faults();
+    if faults.latency_ms > 0 {
+        tokio::time::sleep(Duration::from_millis(faults.latency_ms)).await;
+    }
+
+    let ws = route_workspace(&raw_path).filter(|_| method == "GET");
+    st.count_request(ws.as_deref());
+    let Some(ws) = ws else {
+        return reply.error(
+            404,
+            "InvalidAction.NotFound",
+            "Specified api is not found, please check your url and method.",
+        );
+    };
+
+    let headers = header_pairs(&parts.headers);
+    let received = Received {
+        method: &method,
+        raw_path: &raw_path,
+        raw_query: &raw_query,
+        headers: &headers,
+        body: &body,
+    };
+    if let Some(refused) = check_signature_and_action(&st, &received, &reply) {
+        return refused;
+    }
+    if let Some(failure) = injected_failure(&st, &faults, &reply) {
+        return failure;
+    }
+    list_ray_cluster(&st, &ws, &query, &faults, &reply)
+}
+
+/// Signature (see [`super::verify`]), then `x-acs-version` and `x-acs-action`: the refusal, if
+/// any.
+fn check_signature_and_action(
+    st: &SimState,
+    received: &Received<'_>,
+    reply: &Reply,
+) -> Option<Response> {
+    if let Err(r) = st.verify(received) {
+        st.bump(|s| s.rejected_auth += 1);
+        return Some(reply.error(r.status, r.code, &r.message));
+    }
+    let header = |n: &str| {
+        received
+            .headers
+            .iter()
+            .find(|(k, _)| k == n)
+            .map(|(_, v)| v.as_str())
+    };
+    match header("x-acs-version") {
+        Some(crate::emr::API_VERSION) => {}
+        other => {
+            return Some(reply.error(
+                400,
+                "InvalidVersion",
+                &format!(
+                    "Specified parameter Version is not valid: {:?}.",
+                    other.unwrap_or("")
+                ),
+            ));
+        }
+    }
+    if let Some(action) = header("x-acs-action")
+        && action != crate::emr::ACTION_LIST_RAY_CLUSTER
+    {
+        return Some(reply.error(
+            404,
+            "InvalidAction.NotFound",
+            &format!("Specified api {action:?} is not found, please check your url and method."),
+        ));
+    }
+    None
+}
+
+/// The throttling and server-error faults: the injected failure, if any.
+fn injected_failure(st: &SimState, faults: &Faults, reply: &Reply) -> Option<Response> {
+    if st.take_throttle() {
+        st.bump(|s| s.faults_injected += 1);
+        let mut r = reply.error(
+            400,
+            "Throttling.User",
+            "Request was denied due to user flow control.",
+        );
+        if faults.throttle_retry_after_secs > 0 {
+            r.headers_mut().insert(
+                "x-acs-retry-after",
+                HeaderValue::from(faults.throttle_retry_after_secs),
+            );
+        }
+        return Some(r);
+    }
+    if chance(faults.server_error_rate) {
+        st.bump(|s| s.faults_injected += 1);
+        return Some(if rand::rng().random_bool(0.5) {
+            reply.error(
+                503,
+                "ServiceUnavailable",
+                "The request has failed due to a temporary failure of the server.",
+            )
+        } else {
+            reply.error(
+                500,
+                "InternalError",
+                "The request processing has failed due to some unknown error, exception or failure.",
+            )
+        });
+    }
+    None
+}
+
+/// Parameters, workspace, then the page with the body faults.
+fn list_ray_cluster(
+    st: &SimState,
+    ws: &str,
+    query: &[(String, String)],
+    faults: &Faults,
+    reply: &Reply,
+) -> Response {
+    let page_size = match parse_int_param(
+        query,
+        "pageSize",
+        20,
+        |n| (1..=100).contains(&n),
+        "an integer from 1 to 100",
+    ) {
+        Ok(n) => n as usize,
+        Err(m) => return reply.error(400, "InvalidParameter", &m),
+    };
+    let page_num = match parse_int_param(
+        query,
+        "pageNum",
+        1,
+        |n| n >= 1,
+        "an integer greater than or equal to 1",
+    ) {
+        Ok(n) => n as usize,
+        Err(m) => return reply.error(400, "InvalidParameter", &m),
+    };
+
+    let Some(page) = st.page(ws, page_num, page_size, faults) else {
+        return reply.error(
+            404,
+            "InvalidWorkspaceId.NotFound",
+            &format!("The specified workspace {ws} does not exist."),
+        );
+    };
+    if page_num > 1 && (faults.repeat_page || faults.end_early) {
+        st.bump(|s| s.faults_injected += 1);
+    }
+
+    let response = ListRayClusterResponse {
+        request_id: Some(reply.request_id.clone()),
+        ray_clusters: Some(page),
+    };
+    page_body(st, faults, reply, response)
+}
+
+/// The 200 answer, or a truncated or malformed one as the body faults say.
+fn page_body(
+    st: &SimState,
+    faults: &Faults,
+    reply: &Reply,
+    response: ListRayClusterResponse,
+) -> Response {
+    let request_id = &reply.request_id;
+    let mut bytes = serde_json::to_vec(&response).unwrap_or_default();
+    if chance(faults.truncated_body_rate) {
+        st.bump(|s| s.faults_injected += 1);
+        bytes.truncate(bytes.len() / 2);
+        return json_response(200, request_id, bytes);
+    }
+    if chance(faults.malformed_body_rate) {
+        st.bump(|s| s.faults_injected += 1);
+        let body = if rand::rng().random_bool(0.5) {
+            b"<html><body><h1>502 Bad Gateway</h1></body></html>".to_vec()
+        } else {
+            serde_json::to_vec(&serde_json::json!({"requestId": request_id, "data": []}))
+                .unwrap_or_default()
+        };
+        return json_response(200, request_id, body);
+    }
+    st.bump(|s| s.ok += 1);
+    json_response(200, request_id, bytes)
+}
+
+fn header_pairs(h: &HeaderMap) -> Vec<(String, String)> {
+    h.iter()
+        .map(|(k, v)| {
+            (
+                k.as_str().to_string(),
+                String::from_utf8_lossy(v.as_bytes()).into_owned(),
+            )
+        })
+        .collect()
+}
+
+/// Unsigned STS `AssumeRoleWithOIDC`: issues temporary credentials.
+fn sts_assume_role_with_oidc(st: &SimState, body: &[u8], reply: &Reply) -> Response {
+    let request_id = &reply.request_id;
+    st.bump(|s| s.sts_requests += 1);
+    let form: HashMap<String, String> = url::form_urlencoded::parse(body).into_owned().collect();
+    for required in ["RoleArn", "OIDCProviderArn", "OIDCToken"] {
+        if form.get(required).is_none_or(|v| v.trim().is_empty()) {
+            return reply.error(
+                400,
+                "MissingParameter",
+                &format!(
+                    "The input parameter \"{required}\" that is mandatory for processing this request is not supplied."
+                ),
+            );
+        }
+    }
+    let duration: u64 = form
+        .get("DurationSeconds")
+        .and_then(|d| d.parse().ok())
+        .unwrap_or(3600);
+    if !(900..=43200).contains(&duration) {
+        return reply.error(
+            400,
+            "InvalidParameter.DurationSeconds",
+            "The parameter DurationSeconds is invalid.",
+        );
+    }
+    let mut rng = rand::rng();
+    let rand_str = |rng: &mut rand::rngs::ThreadRng, n: usize| -> String {
+        (0..n)
+            .map(|_| {
+                let c = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789";
+                c[rng.random_range(0..c.len())] as char
+            })
+            .collect()
+    };
+    let id = format!("STS.NT{}", rand_str(&mut rng, 22));
+    let secret = rand_str(&mut rng, 40);
+    let token = format!("CAIS{}", rand_str(&mut rng, 120));
+    let expiration = SystemTime::now() + Duration::from_secs(duration);
+    st.add_sts_credentials(&id, &secret, &token, Some(expiration));
+    let exp = crate::time::rfc3339_system(expiration).unwrap_or_default();
+    let session = form
+        .get("RoleSessionName")
+        .cloned()
+        .unwrap_or_else(|| "session".into());
+    let role = form.get("RoleArn").cloned().unwrap_or_default();
+    let body = serde_json::json!({
+        "RequestId": request_id,
+        "AssumedRoleUser": {"AssumedRoleId": format!("3{}:{session}", rand_str(&mut rng, 17)), "Arn": format!("{role}/{session}")},
+        "OIDCTokenInfo": {"Subject": "system:serviceaccount:emr-ray:operator", "Issuer": "https://oidc-ack.cn-hangzhou.aliyuncs.com", "ClientIds": "sts.aliyuncs.com"},
+        "Credentials": {"AccessKeyId": id, "AccessKeySecret": secret, "SecurityToken": token, "Expiration": exp},
+    });
+    json_response(
+        200,
+        request_id,
+        serde_json::to_vec(&body).unwrap_or_default(),
+    )
+}
+
+fn new_request_id() -> String {
+    uuid::Uuid::new_v4().hyphenated().to_string().to_uppercase()
+}
+
+fn json_response(status: u16, request_id: &str, body: Vec<u8>) -> Response {
+    let mut r = Response::new(Body::from(body));
+    *r.status_mut() = StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    let h = r.headers_mut();
+    h.insert(
+        "content-type",
+        HeaderValue::from_static("application/json;charset=utf-8"),
+    );
+    if let Ok(v) = HeaderValue::from_str(request_id) {
+        h.insert("x-acs-request-id", v);
+    }
+    r
+}
+
+/// Who an answer is for: every error body names the request ID and the host.
+struct Reply {
+    host: String,
+    request_id: String,
+}
+
+impl Reply {
+    /// Error body `{"RequestId","HostId","Code","Message","Recommend"}`.
+    fn error(&self, status: u16, code: &str, message: &str) -> Response {
+        let request_id = &self.request_id;
+        let body = serde_json::json!({
+            "RequestId": request_id,
+            "HostId": self.host,
+            "Code": code,
+            "Message": message,
+            "Recommend": format!(
+                "https://api.aliyun.com/troubleshoot?q={code}&product=emr-serverless-spark&requestId={request_id}"
+            ),
+        });
+        json_response(
+            status,
+            request_id,
+            serde_json::to_vec(&body).unwrap_or_default(),
+        )
+    }
+}
+
+/// `/api/v1/workspaces/{ws}/rayCluster` → decoded `ws`.
+fn route_workspace(raw_path: &str) -> Option<String> {
+    let rest = raw_path.strip_prefix("/api/v1/workspaces/")?;
+    let ws = rest.strip_suffix("/rayCluster")?;
+    if ws.is_empty() || ws.contains('/') {
+        return None;
+    }
+    Some(sign::percent_decode(ws))
+}
+
+fn parse_int_param(
+    query: &[(String, String)],
+    name: &str,
+    default: i64,
+    valid: impl Fn(i64) -> bool,
+    rule: &str,
+) -> Result<i64, String> {
+    match query.iter().rev().find(|(k, _)| k == name) {
+        None => Ok(default),
+        Some((_, v)) if v.is_empty() => Ok(default),
+        Some((_, v)) => match v.trim().parse::<i64>() {
+            Ok(n) if valid(n) => Ok(n),
+            _ => Err(format!(
+                "The specified parameter {name} is invalid: {v:?}. It must be {rule}."
+            )),
+        },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn routes() {
+        assert_eq!(
+            route_workspace("/api/v1/workspaces/w-1/rayCluster").as_deref(),
+            Some("w-1")
+        );
+        assert_eq!(
+            route_workspace("/api/v1/workspaces/w%20x/rayCluster").as_deref(),
+            Some("w x")
+        );
+        assert!(route_workspace("/api/v1/workspaces//rayCluster").is_none());
+        assert!(route_workspace("/api/v1/workspaces/a/b/rayCluster").is_none());
+    }
+}
