@@ -283,52 +283,10 @@ impl CredentialResolver {
         Ok(fresh.creds)
     }
 
+    /// Reads the OIDC token, calls STS `AssumeRoleWithOIDC` and parses its credentials.
     async fn assume_role_with_oidc(&self, cfg: &RrsaConfig) -> Result<Cached, EmrError> {
-        let cred_err = |m: String| EmrError::new(ErrorKind::Credentials, m);
-        let token = tokio::fs::read_to_string(&cfg.token_file)
-            .await
-            .map_err(|e| {
-                cred_err(format!(
-                    "RRSA: cannot read OIDC token file {}: {e}",
-                    cfg.token_file.display()
-                ))
-            })?;
-        let token = token.trim();
-        if token.is_empty() {
-            return Err(cred_err(format!(
-                "RRSA: OIDC token file {} is empty",
-                cfg.token_file.display()
-            )));
-        }
-        let mut url = cfg
-            .sts_endpoint
-            .clone()
-            .unwrap_or_else(|| url::Url::parse("https://sts.aliyuncs.com/").expect("static url"));
-        let timestamp = crate::time::now_rfc3339();
-        url.query_pairs_mut()
-            .append_pair("Version", "2015-04-01")
-            .append_pair("Action", "AssumeRoleWithOIDC")
-            .append_pair("Format", "JSON")
-            .append_pair("Timestamp", &timestamp);
-        let duration = cfg.duration_seconds.max(900).to_string();
-        let form: Vec<(&str, &str)> = vec![
-            ("RoleArn", cfg.role_arn.as_str()),
-            ("OIDCProviderArn", cfg.oidc_provider_arn.as_str()),
-            ("OIDCToken", token),
-            ("RoleSessionName", cfg.session_name.as_str()),
-            ("DurationSeconds", duration.as_str()),
-        ];
-        let body = form
-            .iter()
-            .map(|(k, v)| {
-                format!(
-                    "{}={}",
-                    super::sign::rfc3986_encode(k),
-                    super::sign::rfc3986_encode(v)
-                )
-            })
-            .collect::<Vec<_>>()
-            .join("&");
+        let token = read_oidc_token(cfg).await?;
+        let (url, body) = sts_request(cfg, &token);
         let http = self.http.get_or_init(|| {
             reqwest::Client::builder()
                 .timeout(Duration::from_secs(10))
@@ -355,36 +313,99 @@ impl CredentialResolver {
                 e.without_url()
             ))
         })?;
-        if !(200..300).contains(&status) {
-            let remote = EmrError::from_response(status, &bytes, None, None);
-            let mut e = cred_err(format!(
-                "RRSA: AssumeRoleWithOIDC failed: {}",
-                remote.message
-            ));
-            e.code = remote.code;
-            e.request_id = remote.request_id;
-            e.http_status = Some(status);
-            return Err(e);
-        }
-        let parsed: StsResponse = serde_json::from_slice(&bytes)
-            .map_err(|e| cred_err(format!("RRSA: malformed AssumeRoleWithOIDC response: {e}")))?;
-        let c = parsed.credentials.ok_or_else(|| {
-            cred_err("RRSA: AssumeRoleWithOIDC response has no Credentials".to_string())
-                .with_request_id(parsed.request_id.clone())
-        })?;
-        let expiration: jiff::Timestamp = c
-            .expiration
-            .parse()
-            .map_err(|e| cred_err(format!("RRSA: invalid Expiration {:?}: {e}", c.expiration)))?;
-        Ok(Cached {
-            creds: Credentials {
-                access_key_id: c.access_key_id,
-                access_key_secret: c.access_key_secret.into(),
-                security_token: Some(c.security_token.into()),
-            },
-            expiration,
-        })
+        parse_sts_response(status, &bytes)
     }
+}
+
+fn cred_err(m: String) -> EmrError {
+    EmrError::new(ErrorKind::Credentials, m)
+}
+
+/// The OIDC token from the projected token file, trimmed; an empty file is an error.
+async fn read_oidc_token(cfg: &RrsaConfig) -> Result<String, EmrError> {
+    let token = tokio::fs::read_to_string(&cfg.token_file)
+        .await
+        .map_err(|e| {
+            cred_err(format!(
+                "RRSA: cannot read OIDC token file {}: {e}",
+                cfg.token_file.display()
+            ))
+        })?;
+    let token = token.trim();
+    if token.is_empty() {
+        return Err(cred_err(format!(
+            "RRSA: OIDC token file {} is empty",
+            cfg.token_file.display()
+        )));
+    }
+    Ok(token.to_string())
+}
+
+/// The `AssumeRoleWithOIDC` URL (common parameters in the query) and its form-encoded body.
+fn sts_request(cfg: &RrsaConfig, token: &str) -> (url::Url, String) {
+    let mut url = cfg
+        .sts_endpoint
+        .clone()
+        .unwrap_or_else(|| url::Url::parse("https://sts.aliyuncs.com/").expect("static url"));
+    let timestamp = crate::time::now_rfc3339();
+    url.query_pairs_mut()
+        .append_pair("Version", "2015-04-01")
+        .append_pair("Action", "AssumeRoleWithOIDC")
+        .append_pair("Format", "JSON")
+        .append_pair("Timestamp", &timestamp);
+    let duration = cfg.duration_seconds.max(900).to_string();
+    let form: Vec<(&str, &str)> = vec![
+        ("RoleArn", cfg.role_arn.as_str()),
+        ("OIDCProviderArn", cfg.oidc_provider_arn.as_str()),
+        ("OIDCToken", token),
+        ("RoleSessionName", cfg.session_name.as_str()),
+        ("DurationSeconds", duration.as_str()),
+    ];
+    let body = form
+        .iter()
+        .map(|(k, v)| {
+            format!(
+                "{}={}",
+                super::sign::rfc3986_encode(k),
+                super::sign::rfc3986_encode(v)
+            )
+        })
+        .collect::<Vec<_>>()
+        .join("&");
+    (url, body)
+}
+
+/// An STS answer: a remote error, or the temporary credentials and their expiration.
+fn parse_sts_response(status: u16, bytes: &[u8]) -> Result<Cached, EmrError> {
+    if !(200..300).contains(&status) {
+        let remote = EmrError::from_response(status, bytes, None, None);
+        let mut e = cred_err(format!(
+            "RRSA: AssumeRoleWithOIDC failed: {}",
+            remote.message
+        ));
+        e.code = remote.code;
+        e.request_id = remote.request_id;
+        e.http_status = Some(status);
+        return Err(e);
+    }
+    let parsed: StsResponse = serde_json::from_slice(bytes)
+        .map_err(|e| cred_err(format!("RRSA: malformed AssumeRoleWithOIDC response: {e}")))?;
+    let c = parsed.credentials.ok_or_else(|| {
+        cred_err("RRSA: AssumeRoleWithOIDC response has no Credentials".to_string())
+            .with_request_id(parsed.request_id.clone())
+    })?;
+    let expiration: jiff::Timestamp = c
+        .expiration
+        .parse()
+        .map_err(|e| cred_err(format!("RRSA: invalid Expiration {:?}: {e}", c.expiration)))?;
+    Ok(Cached {
+        creds: Credentials {
+            access_key_id: c.access_key_id,
+            access_key_secret: c.access_key_secret.into(),
+            security_token: Some(c.security_token.into()),
+        },
+        expiration,
+    })
 }
 
 #[cfg(test)]
