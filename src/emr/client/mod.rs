@@ -12,12 +12,17 @@
 //!   `pageSize` clusters. The reference gives the client no way to tell them apart; such a
 //!   listing looks complete.
 
+mod request;
+
+pub use request::{host_header, signed_headers};
+
 use super::error::{EmrError, ErrorKind};
-use super::model::{ListRayClusterResponse, RayCluster};
+use super::model::RayCluster;
 use super::sign;
-use super::{ACTION_LIST_RAY_CLUSTER, API_VERSION, Credentials};
+use super::{ACTION_LIST_RAY_CLUSTER, Credentials};
 use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
 use rand::Rng as _;
+use request::{read_response, transport_error};
 use std::collections::HashSet;
 use std::fmt;
 use std::num::NonZeroU32;
@@ -425,178 +430,12 @@ impl EmrClient {
             req = req.header(k.as_str(), v.as_str());
         }
         let resp = req.send().await.map_err(transport_error)?;
-        let status = resp.status().as_u16();
-        let header_request_id = resp
-            .headers()
-            .get("x-acs-request-id")
-            .and_then(|v| v.to_str().ok())
-            .map(str::to_string);
-        let retry_after = resp
-            .headers()
-            .get("x-acs-retry-after")
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.trim().parse::<u64>().ok())
-            .filter(|s| *s > 0)
-            .map(|s| Duration::from_secs(s.min(MAX_RETRY_AFTER.as_secs())));
-        let body = read_body(resp, cfg.max_body_bytes).await?;
-        if !(200..300).contains(&status) {
-            let e = EmrError::from_response(status, &body, header_request_id, retry_after);
-            let code = e.code.clone().unwrap_or_else(|| status.to_string());
-            return Err((e, code));
-        }
-        let malformed = |m: String, rid: Option<String>| {
-            (
-                EmrError::new(ErrorKind::Malformed, m)
-                    .with_request_id(rid)
-                    .with_status(status),
-                "malformed".to_string(),
-            )
-        };
-        let page: ListRayClusterResponse = serde_json::from_slice(&body).map_err(|e| {
-            malformed(
-                format!("response body is not the expected JSON: {e}"),
-                header_request_id.clone(),
-            )
-        })?;
-        let request_id = page.request_id.clone().or(header_request_id);
-        match page.ray_clusters {
-            Some(c) => Ok((c, request_id)),
-            None => Err(malformed(
-                "response has no rayClusters field".to_string(),
-                request_id,
-            )),
-        }
+        read_response(resp, cfg.max_body_bytes).await
     }
 }
 
 /// The longest `x-acs-retry-after` honoured; longer values are capped (never overflow).
 pub const MAX_RETRY_AFTER: Duration = Duration::from_secs(300);
-
-/// Reads a response body, failing (as a malformed answer) once it exceeds `max` bytes.
-async fn read_body(mut resp: reqwest::Response, max: usize) -> Result<Vec<u8>, (EmrError, String)> {
-    if resp.content_length().is_some_and(|n| n > max as u64) {
-        return Err(body_too_large(resp.status().as_u16(), max));
-    }
-    let mut body = Vec::new();
-    while let Some(chunk) = resp.chunk().await.map_err(transport_error)? {
-        if body.len() + chunk.len() > max {
-            return Err(body_too_large(resp.status().as_u16(), max));
-        }
-        body.extend_from_slice(&chunk);
-    }
-    Ok(body)
-}
-
-fn body_too_large(status: u16, max: usize) -> (EmrError, String) {
-    (
-        EmrError::new(
-            ErrorKind::Malformed,
-            format!("response body is larger than the limit of {max} bytes"),
-        )
-        .with_status(status),
-        "malformed".to_string(),
-    )
-}
-
-fn transport_error(e: reqwest::Error) -> (EmrError, String) {
-    let e = e.without_url();
-    if e.is_timeout() {
-        (
-            EmrError::new(ErrorKind::Timeout, format!("request timed out: {e}")),
-            "timeout".into(),
-        )
-    } else if e.is_connect() {
-        (
-            EmrError::new(ErrorKind::Transient, format!("cannot connect: {e}")),
-            "connect".into(),
-        )
-    } else {
-        let mut msg = e.to_string();
-        let mut src = std::error::Error::source(&e);
-        while let Some(s) = src {
-            msg.push_str(&format!(": {s}"));
-            src = s.source();
-        }
-        (
-            EmrError::new(ErrorKind::Transient, format!("network error: {msg}")),
-            "network".into(),
-        )
-    }
-}
-
-/// The `Host` header value of `url` (port included when not the scheme's default).
-pub fn host_header(url: &url::Url) -> String {
-    let host = url.host_str().unwrap_or_default();
-    match url.port() {
-        Some(p) => format!("{host}:{p}"),
-        None => host.to_string(),
-    }
-}
-
-/// The headers (lower-case names) of a signed, body-less request to `url`, `Authorization`
-/// included. Public so tests and tools can build requests by hand.
-pub fn signed_headers(
-    version: SignatureVersion,
-    method: &str,
-    url: &url::Url,
-    user_agent: &str,
-    creds: &Credentials,
-    action: &str,
-) -> Vec<(String, String)> {
-    let nonce = uuid::Uuid::new_v4().simple().to_string();
-    let mut h: Vec<(String, String)> = vec![
-        ("host".into(), host_header(url)),
-        ("accept".into(), "application/json".into()),
-        ("user-agent".into(), user_agent.into()),
-        ("x-acs-action".into(), action.into()),
-        ("x-acs-version".into(), API_VERSION.into()),
-        ("x-acs-signature-nonce".into(), nonce),
-    ];
-    if let Some(token) = &creds.security_token {
-        h.push(("x-acs-security-token".into(), token.expose().into()));
-        h.push(("x-acs-accesskey-id".into(), creds.access_key_id.clone()));
-    }
-    let query = sign::parse_query(url.query().unwrap_or(""));
-    match version {
-        SignatureVersion::Acs3HmacSha256 => {
-            h.push(("x-acs-date".into(), crate::time::now_rfc3339()));
-            h.push(("x-acs-content-sha256".into(), sign::EMPTY_SHA256.into()));
-            let names = sign::acs3_default_signed_names(&h);
-            let signed = sign::acs3_sign(
-                &sign::Acs3Input {
-                    method,
-                    path: url.path(),
-                    query: &query,
-                    headers: &h,
-                    signed_headers: &names,
-                    hashed_payload: sign::EMPTY_SHA256,
-                },
-                creds.access_key_secret.expose(),
-            );
-            let auth = sign::acs3_authorization(
-                &creds.access_key_id,
-                &signed.signed_headers,
-                &signed.signature,
-            );
-            h.push(("authorization".into(), auth));
-        }
-        SignatureVersion::RoaHmacSha1 => {
-            h.push((
-                "date".into(),
-                httpdate::fmt_http_date(std::time::SystemTime::now()),
-            ));
-            h.push(("x-acs-signature-method".into(), "HMAC-SHA1".into()));
-            h.push(("x-acs-signature-version".into(), "1.0".into()));
-            let sts = sign::roa_string_to_sign(method, url.path(), &query, &h);
-            let sig = sign::roa_signature(creds.access_key_secret.expose(), &sts);
-            h.push((
-                "authorization".into(),
-                sign::roa_authorization(&creds.access_key_id, &sig),
-            ));
-        }
-    }
-    h
-}
 
 #[cfg(test)]
 mod tests {
@@ -647,43 +486,5 @@ mod tests {
             assert_eq!(EmrClient::new(cfg).unwrap_err().kind, ErrorKind::Config);
         }
         assert!(EmrClient::new(ClientConfig::default()).is_ok());
-    }
-
-    #[test]
-    fn signed_headers_verify_with_the_sign_module() {
-        let url = url::Url::parse(
-            "http://127.0.0.1:1/api/v1/workspaces/w-1/rayCluster?pageNum=1&pageSize=100",
-        )
-        .unwrap();
-        let creds = Credentials::new("ak", "sk").with_security_token("tok");
-        let h = signed_headers(
-            SignatureVersion::Acs3HmacSha256,
-            "GET",
-            &url,
-            "ua",
-            &creds,
-            "ListRayCluster",
-        );
-        let auth = h.iter().find(|(k, _)| k == "authorization").unwrap();
-        let parsed = sign::parse_acs3_authorization(&auth.1).unwrap();
-        assert!(
-            parsed
-                .signed_headers
-                .contains(&"x-acs-security-token".to_string())
-        );
-        assert!(parsed.signed_headers.contains(&"host".to_string()));
-        assert!(!format!("{h:?}").contains("sk\""));
-        let h = signed_headers(
-            SignatureVersion::RoaHmacSha1,
-            "GET",
-            &url,
-            "ua",
-            &creds,
-            "ListRayCluster",
-        );
-        assert!(
-            h.iter()
-                .any(|(k, v)| k == "authorization" && v.starts_with("acs ak:"))
-        );
     }
 }
