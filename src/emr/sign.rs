@@ -7,6 +7,9 @@
 //! The client uses these to sign what it is about to send; the simulator's verifier uses the
 //! very same functions on what it *received* (method, raw path, raw query, headers), so both
 //! directions are checked against the published test vectors.
+//!
+//! Long (about 600 lines) on purpose: almost 200 of them are the tests that replay those
+//! vectors, which belong next to the functions they pin down.
 
 use base64::Engine as _;
 use hmac::{Hmac, Mac};
