@@ -16,7 +16,7 @@ use tracing::info;
 
 use crate::api::{self as crd, EmrWorkspace, FIELD_MANAGER};
 use crate::operator::{self, OperatorConfig};
-use crate::sim::{SimConfig, Simulator};
+use crate::sim::{SimConfig, SimHandle, Simulator};
 
 #[derive(clap::Args, Debug)]
 pub struct DemoArgs {
@@ -45,19 +45,8 @@ pub async fn run(args: DemoArgs, shutdown: CancellationToken) -> anyhow::Result<
         .await
         .context("no Kubernetes API: start the local control plane first (tests/control-plane/kcp.sh up) and export KUBECONFIG")?;
 
-    let mut sim_cfg = SimConfig::with_default_fixture();
-    sim_cfg.listen = args.sim_listen;
-    let (key_id, key_secret) = sim_cfg.access_keys[0].clone();
-    let ws_id = sim_cfg
-        .workspaces
-        .keys()
-        .next()
-        .cloned()
-        .unwrap_or_else(|| "w-d2d82aa09155".into());
-    let sim = Simulator::start(sim_cfg).await?;
-    if args.extra_clusters > 0 {
-        sim.state.generate(&ws_id, args.extra_clusters, "ray-demo");
-    }
+    let demo_sim = start_simulator(&args).await?;
+    let (sim, ws_id) = (&demo_sim.sim, &demo_sim.workspace_id);
     let sim_url = sim.base_url();
     println!("EMR simulator listening on {sim_url} (admin API under {sim_url}admin/)");
 
@@ -67,45 +56,7 @@ pub async fn run(args: DemoArgs, shutdown: CancellationToken) -> anyhow::Result<
     println!("CRDs installed: emrworkspaces.emr.aliyun.io, emrrayclusters.emr.aliyun.io");
 
     let ns = args.namespace.clone();
-    let pp = PatchParams::apply(FIELD_MANAGER).force();
-    Api::<Namespace>::all(client.clone())
-        .patch(
-            &ns,
-            &pp,
-            &Patch::Apply(
-                json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": ns}}),
-            ),
-        )
-        .await?;
-    Api::<Secret>::namespaced(client.clone(), &ns)
-        .patch(
-            "emr-credentials",
-            &pp,
-            &Patch::Apply(json!({
-                "apiVersion": "v1", "kind": "Secret",
-                "metadata": {"name": "emr-credentials"},
-                "stringData": {"accessKeyId": key_id, "accessKeySecret": key_secret},
-            })),
-        )
-        .await?;
-    let workspaces: Api<EmrWorkspace> = Api::namespaced(client.clone(), &ns);
-    workspaces
-        .patch(
-            "demo",
-            &pp,
-            &Patch::Apply(json!({
-                "apiVersion": "emr.aliyun.io/v1alpha1", "kind": "EmrWorkspace",
-                "metadata": {"name": "demo"},
-                "spec": {
-                    "regionId": "cn-hangzhou",
-                    "workspaceId": ws_id,
-                    "endpoint": sim_url.as_str().trim_end_matches('/'),
-                    "credentials": {"secretRef": {"name": "emr-credentials"}},
-                    "syncInterval": "10s",
-                },
-            })),
-        )
-        .await?;
+    let workspaces = create_example(&client, &ns, &demo_sim, &sim_url).await?;
     println!("EmrWorkspace {ns}/demo created for workspace {ws_id}");
 
     let op_token = shutdown.child_token();
@@ -123,7 +74,116 @@ pub async fn run(args: DemoArgs, shutdown: CancellationToken) -> anyhow::Result<
         op_token.clone(),
     ));
 
-    let expected = sim.state.clusters(&ws_id).len() as i64;
+    let expected = sim.state.clusters(ws_id).len() as i64;
+    wait_for_sync(&client, &ns, &workspaces, expected).await?;
+    show_result(&args.kubectl, &ns).await;
+    if args.once {
+        info!("demo done (--once)");
+    } else {
+        println!(
+            "\nThe operator keeps running (Ctrl-C stops it). Try:\n  \
+             curl -X PUT {sim_url}admin/workspaces/{ws_id}/clusters/ray-uiulpgow9xljimm1/state -d '{{\"state\":\"Stopped\"}}'\n  \
+             kubectl get emrrayclusters -n {ns} -w"
+        );
+        shutdown.cancelled().await;
+    }
+    op_token.cancel();
+    op.await??;
+    demo_sim.sim.shutdown().await;
+    Ok(())
+}
+
+/// The simulator with its example workspace and the access key the Secret will hold.
+struct DemoSimulator {
+    sim: SimHandle,
+    workspace_id: String,
+    access_key_id: String,
+    access_key_secret: String,
+}
+
+/// Starts the simulator with the reference's example cluster plus `--extra-clusters`.
+async fn start_simulator(args: &DemoArgs) -> anyhow::Result<DemoSimulator> {
+    let mut sim_cfg = SimConfig::with_default_fixture();
+    sim_cfg.listen = args.sim_listen;
+    let (access_key_id, access_key_secret) = sim_cfg.access_keys[0].clone();
+    let workspace_id = sim_cfg
+        .workspaces
+        .keys()
+        .next()
+        .cloned()
+        .unwrap_or_else(|| "w-d2d82aa09155".into());
+    let sim = Simulator::start(sim_cfg).await?;
+    if args.extra_clusters > 0 {
+        sim.state
+            .generate(&workspace_id, args.extra_clusters, "ray-demo");
+    }
+    Ok(DemoSimulator {
+        sim,
+        workspace_id,
+        access_key_id,
+        access_key_secret,
+    })
+}
+
+/// Applies the namespace, the credentials Secret and the `demo` EmrWorkspace.
+async fn create_example(
+    client: &kube::Client,
+    ns: &str,
+    demo_sim: &DemoSimulator,
+    sim_url: &url::Url,
+) -> anyhow::Result<Api<EmrWorkspace>> {
+    let (key_id, key_secret) = (&demo_sim.access_key_id, &demo_sim.access_key_secret);
+    let ws_id = &demo_sim.workspace_id;
+    let pp = PatchParams::apply(FIELD_MANAGER).force();
+    Api::<Namespace>::all(client.clone())
+        .patch(
+            ns,
+            &pp,
+            &Patch::Apply(
+                json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": ns}}),
+            ),
+        )
+        .await?;
+    Api::<Secret>::namespaced(client.clone(), ns)
+        .patch(
+            "emr-credentials",
+            &pp,
+            &Patch::Apply(json!({
+                "apiVersion": "v1", "kind": "Secret",
+                "metadata": {"name": "emr-credentials"},
+                "stringData": {"accessKeyId": key_id, "accessKeySecret": key_secret},
+            })),
+        )
+        .await?;
+    let workspaces: Api<EmrWorkspace> = Api::namespaced(client.clone(), ns);
+    workspaces
+        .patch(
+            "demo",
+            &pp,
+            &Patch::Apply(json!({
+                "apiVersion": "emr.aliyun.io/v1alpha1", "kind": "EmrWorkspace",
+                "metadata": {"name": "demo"},
+                "spec": {
+                    "regionId": "cn-hangzhou",
+                    "workspaceId": ws_id,
+                    "endpoint": sim_url.as_str().trim_end_matches('/'),
+                    "credentials": {"secretRef": {"name": "emr-credentials"}},
+                    "syncInterval": "10s",
+                },
+            })),
+        )
+        .await?;
+    Ok(workspaces)
+}
+
+/// Waits (up to 60 s in all) for the workspace to be Ready with `expected` clusters, then for
+/// every mirror to have its status.
+async fn wait_for_sync(
+    client: &kube::Client,
+    ns: &str,
+    workspaces: &Api<EmrWorkspace>,
+    expected: i64,
+) -> anyhow::Result<()> {
     let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
     loop {
         let ws = workspaces.get("demo").await?;
@@ -140,21 +200,24 @@ pub async fn run(args: DemoArgs, shutdown: CancellationToken) -> anyhow::Result<
         }
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
-    // Wait until every mirror has its status.
-    let mirrors: Api<crd::EmrRayCluster> = Api::namespaced(client.clone(), &ns);
+    let mirrors: Api<crd::EmrRayCluster> = Api::namespaced(client.clone(), ns);
     loop {
         let list = mirrors.list(&Default::default()).await?;
         if list.items.len() as i64 == expected && list.items.iter().all(|m| m.status.is_some()) {
-            break;
+            return Ok(());
         }
         if tokio::time::Instant::now() > deadline {
             anyhow::bail!("mirrors did not appear within 60s");
         }
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
+}
+
+/// Prints `kubectl get emrworkspaces,emrrayclusters` (or why it could not run).
+async fn show_result(kubectl: &str, ns: &str) {
     println!("\n$ kubectl get emrworkspaces,emrrayclusters -n {ns}");
-    let out = tokio::process::Command::new(&args.kubectl)
-        .args(["get", "emrworkspaces,emrrayclusters", "-n", &ns])
+    let out = tokio::process::Command::new(kubectl)
+        .args(["get", "emrworkspaces,emrrayclusters", "-n", ns])
         .output()
         .await;
     match out {
@@ -162,20 +225,6 @@ pub async fn run(args: DemoArgs, shutdown: CancellationToken) -> anyhow::Result<
             print!("{}", String::from_utf8_lossy(&o.stdout));
             eprint!("{}", String::from_utf8_lossy(&o.stderr));
         }
-        Err(e) => println!("(could not run {}: {e})", args.kubectl),
+        Err(e) => println!("(could not run {kubectl}: {e})"),
     }
-    if args.once {
-        info!("demo done (--once)");
-    } else {
-        println!(
-            "\nThe operator keeps running (Ctrl-C stops it). Try:\n  \
-             curl -X PUT {sim_url}admin/workspaces/{ws_id}/clusters/ray-uiulpgow9xljimm1/state -d '{{\"state\":\"Stopped\"}}'\n  \
-             kubectl get emrrayclusters -n {ns} -w"
-        );
-        shutdown.cancelled().await;
-    }
-    op_token.cancel();
-    op.await??;
-    sim.shutdown().await;
-    Ok(())
 }
