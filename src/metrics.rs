@@ -98,6 +98,15 @@ impl Default for Metrics {
             is_leader: Gauge::default(),
             registry: Registry::default(),
         };
+        m.register_into(&mut registry);
+        Metrics { registry, ..m }
+    }
+}
+
+impl Metrics {
+    /// Registers every metric, in the order (and so the exposition order) of the fields.
+    fn register_into(&self, registry: &mut Registry) {
+        let m = self;
         registry.register(
             "cluster_state",
             "State of each mirrored Ray cluster: 1 for its current state, 0 for the others",
@@ -159,11 +168,8 @@ impl Default for Metrics {
             "1 while this replica holds the leader lease",
             m.is_leader.clone(),
         );
-        Metrics { registry, ..m }
     }
-}
 
-impl Metrics {
     pub fn encode(&self) -> String {
         let mut out = String::new();
         prometheus_client::encoding::text::encode(&mut out, &self.registry)
