@@ -1,0 +1,332 @@
+//! The four measured phases: initial sync, steady state, churn and the naive baseline, each
+//! a function returning its figures.
+
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context as _, bail};
+use futures::StreamExt;
+use kube::api::{Api, Patch, PatchParams};
+use kube::{Resource, ResourceExt};
+use rand::seq::SliceRandom;
+use serde_json::json;
+
+use emr_ray_operator::api::{EmrRayCluster, EmrWorkspace};
+use emr_ray_operator::controller::mirror;
+use emr_ray_operator::emr::{ClientConfig, ClusterState, Credentials, EmrClient, RayCluster};
+use emr_ray_operator::sim::{DEFAULT_ACCESS_KEY_ID, DEFAULT_ACCESS_KEY_SECRET};
+
+use super::{Args, MirrorWatch, Proc, Setup, apiserver_writes, correct_mirrors};
+
+/// Phase 1: what it took until every mirror was correct.
+pub(super) struct Initial {
+    pub(super) time: Duration,
+    pub(super) requests: u64,
+    pub(super) writes_m: f64,
+    pub(super) writes_w: f64,
+    pub(super) cpu: f64,
+    pub(super) rss: u64,
+}
+
+/// Starts the operator and waits (up to 900 s) until every mirror is correct.
+pub(super) async fn initial_sync(
+    args: &Args,
+    client: &kube::Client,
+    setup: &Setup,
+    watch: &MirrorWatch,
+    expected: &HashMap<String, Option<String>>,
+) -> anyhow::Result<(Initial, tokio::process::Child, Proc)> {
+    let total = setup.total;
+    let writes_m0 = apiserver_writes(client, "emrrayclusters").await?;
+    let writes_w0 = apiserver_writes(client, "emrworkspaces").await?;
+    setup.sim.state.reset_stats();
+    let start = Instant::now();
+    let child = spawn_operator(args, &setup.ns)?;
+    let op = Proc {
+        pid: child.id().unwrap_or(0),
+    };
+    loop {
+        let (ok, n) = correct_mirrors(&watch.store, expected);
+        if ok == total && n == total {
+            break;
+        }
+        if start.elapsed() > Duration::from_secs(900) {
+            bail!("initial sync incomplete after 900s: {ok}/{total} correct, {n} mirrors");
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let time = start.elapsed();
+    let requests = setup.sim.state.stats().requests;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let initial = Initial {
+        time,
+        requests,
+        writes_m: apiserver_writes(client, "emrrayclusters").await? - writes_m0,
+        writes_w: apiserver_writes(client, "emrworkspaces").await? - writes_w0,
+        cpu: op.cpu_seconds(),
+        rss: op.status_kb("VmHWM:"),
+    };
+    Ok((initial, child, op))
+}
+
+/// The release operator as a child process, watching `ns` only.
+fn spawn_operator(args: &Args, ns: &str) -> anyhow::Result<tokio::process::Child> {
+    tokio::process::Command::new(&args.operator_bin)
+        .args([
+            "run",
+            "--namespaces",
+            ns,
+            "--leader-election=false",
+            "--metrics-addr",
+            "127.0.0.1:0",
+            "--concurrency",
+            &args.concurrency.to_string(),
+            "--requests-per-second",
+            &args.requests_per_second.to_string(),
+            "--burst",
+            &args.requests_per_second.to_string(),
+        ])
+        .env(
+            "RUST_LOG",
+            std::env::var("BENCH_OPERATOR_LOG").unwrap_or_else(|_| "warn".into()),
+        )
+        .kill_on_drop(true)
+        .spawn()
+        .with_context(|| {
+            format!(
+                "starting {} (build it: cargo build --release)",
+                args.operator_bin.display()
+            )
+        })
+}
+
+/// Phase 2: `steady_intervals` intervals with no remote change.
+pub(super) struct Steady {
+    pub(super) writes_m: f64,
+    pub(super) writes_w: f64,
+    pub(super) requests: u64,
+    pub(super) cpu: f64,
+}
+
+pub(super) async fn steady_state(
+    args: &Args,
+    client: &kube::Client,
+    setup: &Setup,
+    op: &Proc,
+    interval: Duration,
+) -> anyhow::Result<Steady> {
+    let writes_m1 = apiserver_writes(client, "emrrayclusters").await?;
+    let writes_w1 = apiserver_writes(client, "emrworkspaces").await?;
+    let cpu1 = op.cpu_seconds();
+    setup.sim.state.reset_stats();
+    tokio::time::sleep(interval * args.steady_intervals).await;
+    let writes_m = apiserver_writes(client, "emrrayclusters").await? - writes_m1;
+    let writes_w = apiserver_writes(client, "emrworkspaces").await? - writes_w1;
+    Ok(Steady {
+        writes_m,
+        writes_w,
+        requests: setup.sim.state.stats().requests,
+        cpu: op.cpu_seconds() - cpu1,
+    })
+}
+
+/// Phase 3: `churn_fraction` of the clusters change state each interval.
+pub(super) struct Churn {
+    pub(super) per_interval: usize,
+    /// Writes to mirrors, per interval.
+    pub(super) writes: Vec<f64>,
+    /// Remote change → mirror update, sorted.
+    pub(super) latencies: Vec<Duration>,
+    /// Changes not mirrored within interval + 5 s.
+    pub(super) missed: usize,
+    /// Operator peak RSS (KiB) and CPU seconds for the whole run, after the churn.
+    pub(super) final_rss: u64,
+    pub(super) final_cpu: f64,
+}
+
+pub(super) async fn churn(
+    args: &Args,
+    client: &kube::Client,
+    setup: &Setup,
+    op: &Proc,
+    watch: &mut MirrorWatch,
+    expected: &mut HashMap<String, Option<String>>,
+    interval: Duration,
+) -> anyhow::Result<Churn> {
+    let sim = &setup.sim;
+    let all_ids: Vec<(String, String)> = setup
+        .ws_ids
+        .iter()
+        .flat_map(|w| {
+            sim.state
+                .clusters(w)
+                .into_iter()
+                .map(move |c| (w.clone(), c.cluster_id))
+        })
+        .collect();
+    let per_interval = ((setup.total as f64) * args.churn_fraction)
+        .round()
+        .max(1.0) as usize;
+    let mut churn = Churn {
+        per_interval,
+        writes: Vec::new(),
+        latencies: Vec::new(),
+        missed: 0,
+        final_rss: 0,
+        final_cpu: 0.0,
+    };
+    for _ in 0..args.churn_intervals {
+        let w0 = apiserver_writes(client, "emrrayclusters").await?;
+        let mut pick = all_ids.clone();
+        pick.shuffle(&mut rand::rng());
+        pick.truncate(per_interval);
+        let mut pending: HashMap<String, (String, Instant)> = HashMap::new();
+        for (ws, id) in &pick {
+            let now_state = expected.get(id).cloned().flatten();
+            let next = if now_state.as_deref() == Some("Running") {
+                ClusterState::Stopped
+            } else {
+                ClusterState::Running
+            };
+            sim.state.set_state(ws, id, next.clone());
+            expected.insert(id.clone(), Some(next.as_str().to_string()));
+            pending.insert(id.clone(), (next.as_str().to_string(), Instant::now()));
+        }
+        let deadline = Instant::now() + interval + Duration::from_secs(5);
+        await_mirrored(watch, &mut pending, &mut churn.latencies, deadline).await;
+        churn.missed += pending.len();
+        // Let the rest of the interval pass so each interval has exactly one sync per workspace.
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        churn
+            .writes
+            .push(apiserver_writes(client, "emrrayclusters").await? - w0);
+    }
+    churn.latencies.sort();
+    churn.final_rss = op.status_kb("VmHWM:");
+    churn.final_cpu = op.cpu_seconds();
+    Ok(churn)
+}
+
+/// Removes from `pending` (cluster ID → (wanted state, changed at)) each change the watch sees
+/// mirrored before `deadline`, recording its delay.
+async fn await_mirrored(
+    watch: &mut MirrorWatch,
+    pending: &mut HashMap<String, (String, Instant)>,
+    latencies: &mut Vec<Duration>,
+    deadline: Instant,
+) {
+    while !pending.is_empty() && Instant::now() < deadline {
+        match tokio::time::timeout(Duration::from_millis(200), watch.rx.recv()).await {
+            Ok(Some((id, state, at))) => {
+                if let Some((want, t0)) = pending.get(&id)
+                    && state.as_deref() == Some(want.as_str())
+                {
+                    latencies.push(at.duration_since(*t0));
+                    pending.remove(&id);
+                }
+            }
+            Ok(None) => break,
+            Err(_) => {}
+        }
+    }
+}
+
+/// Stops the operator (graceful).
+pub(super) async fn stop_operator(child: &mut tokio::process::Child) {
+    if let Some(pid) = child.id() {
+        let _ = tokio::process::Command::new("kill")
+            .args(["-TERM", &pid.to_string()])
+            .status()
+            .await;
+    }
+    let _ = tokio::time::timeout(Duration::from_secs(20), child.wait()).await;
+}
+
+/// Phase 4: a naive loop that lists every workspace and re-applies every mirror and its status.
+pub(super) struct Naive {
+    /// Writes to mirrors, per interval.
+    pub(super) writes: Vec<f64>,
+    /// Duration of each pass.
+    pub(super) times: Vec<Duration>,
+    pub(super) requests: u64,
+}
+
+pub(super) async fn naive_baseline(
+    args: &Args,
+    client: &kube::Client,
+    setup: &Setup,
+    mirrors_api: &Api<EmrRayCluster>,
+    interval: Duration,
+) -> anyhow::Result<Naive> {
+    let emr = EmrClient::new(ClientConfig {
+        requests_per_second: args.requests_per_second,
+        burst: args.requests_per_second as u32,
+        ..ClientConfig::default()
+    })?;
+    let creds = Credentials::new(DEFAULT_ACCESS_KEY_ID, DEFAULT_ACCESS_KEY_SECRET);
+    let url = setup.sim.base_url();
+    let ws_list = setup.workspaces.list(&Default::default()).await?.items;
+    let mut naive_writes = Vec::new();
+    let mut naive_times = Vec::new();
+    setup.sim.state.reset_stats();
+    for _ in 0..args.naive_intervals {
+        let w0 = apiserver_writes(client, "emrrayclusters").await?;
+        let t0 = Instant::now();
+        for ws in &ws_list {
+            let listing = emr
+                .list_ray_clusters(&url, &ws.spec.workspace_id, &creds)
+                .await?;
+            naive_apply(mirrors_api, ws, listing.clusters, args.concurrency as usize).await;
+        }
+        naive_times.push(t0.elapsed());
+        naive_writes.push(apiserver_writes(client, "emrrayclusters").await? - w0);
+        let rest = interval.saturating_sub(t0.elapsed());
+        tokio::time::sleep(rest).await;
+    }
+    Ok(Naive {
+        writes: naive_writes,
+        times: naive_times,
+        requests: setup.sim.state.stats().requests,
+    })
+}
+
+/// Re-applies the mirror and the status of every cluster of `ws`, `concurrency` at a time.
+async fn naive_apply(
+    mirrors_api: &Api<EmrRayCluster>,
+    ws: &EmrWorkspace,
+    clusters: Vec<RayCluster>,
+    concurrency: usize,
+) {
+    let owner = json!({"apiVersion": EmrWorkspace::api_version(&()), "kind": "EmrWorkspace",
+        "name": ws.name_any(), "uid": ws.uid(), "controller": true, "blockOwnerDeletion": true});
+    let api = mirrors_api.clone();
+    futures::stream::iter(clusters)
+        .map(|c| {
+            let api = api.clone();
+            let owner = owner.clone();
+            let ws = ws.clone();
+            async move {
+                let name = mirror::mirror_name(&c.cluster_id);
+                let pp = PatchParams::apply("naive-kubectl-apply").force();
+                let obj = json!({"apiVersion":"emr.aliyun.io/v1alpha1","kind":"EmrRayCluster",
+                    "metadata":{"name": name, "ownerReferences":[owner]},
+                    "spec":{"workspaceRef": ws.name_any(),"workspaceId": ws.spec.workspace_id,
+                            "regionId": ws.spec.region_id,"clusterId": c.cluster_id}});
+                let _ = api.patch(&name, &pp, &Patch::Apply(&obj)).await;
+                let mut st = mirror::remote_status(&c);
+                st.conditions = mirror::mirror_conditions(
+                    &st,
+                    &[],
+                    Some(1),
+                    None,
+                    &emr_ray_operator::time::now_rfc3339(),
+                );
+                let obj = json!({"apiVersion":"emr.aliyun.io/v1alpha1","kind":"EmrRayCluster",
+                    "metadata":{"name": name},"status": st});
+                let _ = api.patch_status(&name, &pp, &Patch::Apply(&obj)).await;
+            }
+        })
+        .buffer_unordered(concurrency)
+        .collect::<Vec<_>>()
+        .await;
+}
