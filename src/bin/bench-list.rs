@@ -10,7 +10,7 @@
 //! so its allocations are not counted; VmHWM is process-wide and includes the simulator.
 
 use clap::Parser;
-use emr_ray_operator::emr::{ClientConfig, Credentials, EmrClient};
+use emr_ray_operator::emr::{ClientConfig, Credentials, EmrClient, EmrError, Listing};
 use emr_ray_operator::sim::{
     DEFAULT_ACCESS_KEY_ID, DEFAULT_ACCESS_KEY_SECRET, SimConfig, Simulator,
 };
@@ -111,6 +111,62 @@ fn mib(b: i64) -> String {
     format!("{:.2} MiB", b as f64 / (1024.0 * 1024.0))
 }
 
+fn build_client(args: &Args) -> anyhow::Result<EmrClient> {
+    Ok(EmrClient::new(ClientConfig {
+        page_size: args.page_size,
+        requests_per_second: args.requests_per_second,
+        burst: args.requests_per_second.max(1.0) as u32,
+        signature: if args.roa {
+            emr_ray_operator::emr::SignatureVersion::RoaHmacSha1
+        } else {
+            emr_ray_operator::emr::SignatureVersion::Acs3HmacSha256
+        },
+        listing_timeout: Duration::from_secs(600),
+        ..ClientConfig::default()
+    })?)
+}
+
+/// Heap use of one listing, in bytes, relative to the heap before it.
+struct HeapUse {
+    /// Peak while listing.
+    peak: i64,
+    /// Still allocated once the listing returned (the result included).
+    retained: i64,
+    /// Still allocated once the clusters were dropped.
+    after_drop: i64,
+    /// Allocated in all while listing.
+    total: i64,
+}
+
+/// Runs `list` with this thread's allocations counted; returns the listing (its clusters
+/// dropped), the number of clusters, the wall time and the heap use.
+fn counted_listing(
+    list: impl FnOnce() -> Result<Listing, EmrError>,
+) -> anyhow::Result<(Listing, usize, Duration, HeapUse)> {
+    COUNTED.with(|c| c.set(true));
+    let base = CURRENT.load(Ordering::Relaxed);
+    PEAK.store(base, Ordering::Relaxed);
+    let total0 = TOTAL.load(Ordering::Relaxed);
+    let t = Instant::now();
+    let listing = list();
+    let wall = t.elapsed();
+    let peak = PEAK.load(Ordering::Relaxed) - base;
+    let retained = CURRENT.load(Ordering::Relaxed) - base;
+    let total = TOTAL.load(Ordering::Relaxed) - total0;
+    let mut listing = listing?;
+    let n = listing.clusters.len();
+    drop(std::mem::take(&mut listing.clusters));
+    let after_drop = CURRENT.load(Ordering::Relaxed) - base;
+    COUNTED.with(|c| c.set(false));
+    let heap = HeapUse {
+        peak,
+        retained,
+        after_drop,
+        total,
+    };
+    Ok((listing, n, wall, heap))
+}
+
 fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     let ws = "w-bench0000001";
@@ -134,18 +190,7 @@ fn main() -> anyhow::Result<()> {
     let client_rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
-    let client = EmrClient::new(ClientConfig {
-        page_size: args.page_size,
-        requests_per_second: args.requests_per_second,
-        burst: args.requests_per_second.max(1.0) as u32,
-        signature: if args.roa {
-            emr_ray_operator::emr::SignatureVersion::RoaHmacSha1
-        } else {
-            emr_ray_operator::emr::SignatureVersion::Acs3HmacSha256
-        },
-        listing_timeout: Duration::from_secs(600),
-        ..ClientConfig::default()
-    })?;
+    let client = build_client(&args)?;
     let creds = Credentials::new(DEFAULT_ACCESS_KEY_ID, DEFAULT_ACCESS_KEY_SECRET);
     let url = sim.base_url();
     println!(
@@ -161,33 +206,21 @@ fn main() -> anyhow::Result<()> {
 
     for i in 1..=args.iterations {
         sim.state.reset_stats();
-        COUNTED.with(|c| c.set(true));
-        let base = CURRENT.load(Ordering::Relaxed);
-        PEAK.store(base, Ordering::Relaxed);
-        let total0 = TOTAL.load(Ordering::Relaxed);
-        let t = Instant::now();
-        let listing = client_rt.block_on(client.list_ray_clusters(&url, ws, &creds));
-        let wall = t.elapsed();
-        let peak = PEAK.load(Ordering::Relaxed) - base;
-        let retained = CURRENT.load(Ordering::Relaxed) - base;
-        let total = TOTAL.load(Ordering::Relaxed) - total0;
-        let listing = listing?;
-        let n = listing.clusters.len();
-        drop(listing.clusters);
-        let after_drop = CURRENT.load(Ordering::Relaxed) - base;
-        COUNTED.with(|c| c.set(false));
+        let (listing, n, wall, heap) =
+            counted_listing(|| client_rt.block_on(client.list_ray_clusters(&url, ws, &creds)))?;
         let stats = sim.state.stats();
         println!(
             "listing {i}: clusters={n} pages={} requests={} (simulator saw {}) wall={:.1} ms \
-             peak_heap={} ({peak} B) retained_with_result={} after_drop={} allocated_total={}",
+             peak_heap={} ({} B) retained_with_result={} after_drop={} allocated_total={}",
             listing.pages,
             listing.requests,
             stats.requests,
             wall.as_secs_f64() * 1000.0,
-            mib(peak),
-            mib(retained),
-            mib(after_drop),
-            mib(total),
+            mib(heap.peak),
+            heap.peak,
+            mib(heap.retained),
+            mib(heap.after_drop),
+            mib(heap.total),
         );
         if n != args.clusters {
             anyhow::bail!("listed {n} clusters, expected {}", args.clusters);
