@@ -169,28 +169,41 @@ pub fn verify(
         .ok_or_else(|| reject(400, "IncompleteSignature", MSG_INCOMPLETE))?;
     let query = sign::parse_query(req.raw_query);
     if auth.starts_with(sign::ACS3_ALGORITHM) {
-        verify_acs3(req, auth, &query, lookup, nonces)
+        let parsed = sign::parse_acs3_authorization(auth)
+            .ok_or_else(|| reject(400, "IncompleteSignature", MSG_INCOMPLETE))?;
+        let key = known_key(req, &parsed.access_key_id, lookup)?;
+        verify_acs3(req, &query, parsed, &key, nonces)
     } else if auth.starts_with("acs ") {
-        verify_roa(req, auth, &query, lookup, nonces)
+        let (id, signature) = sign::parse_roa_authorization(auth)
+            .ok_or_else(|| reject(400, "IncompleteSignature", MSG_INCOMPLETE))?;
+        let key = known_key(req, &id, lookup)?;
+        verify_roa(req, &query, (id, &signature), &key, nonces)
     } else {
         Err(reject(400, "IncompleteSignature", MSG_INCOMPLETE))
     }
 }
 
-/// `ACS3-HMAC-SHA256`: key, token, time, payload hash, signed headers, nonce presence, then the
-/// signature; the nonce is recorded last.
+/// The access key `id`, known and with its security token when it is an STS key.
+fn known_key(
+    req: &Received<'_>,
+    id: &str,
+    lookup: impl Fn(&str) -> Option<KeyEntry>,
+) -> Result<KeyEntry, Rejection> {
+    let key =
+        lookup(id).ok_or_else(|| reject(404, "InvalidAccessKeyId.NotFound", MSG_KEY_NOT_FOUND))?;
+    check_token(req, &key)?;
+    Ok(key)
+}
+
+/// `ACS3-HMAC-SHA256` once the key is known: time, payload hash, signed headers, nonce
+/// presence, then the signature; the nonce is recorded last.
 fn verify_acs3(
     req: &Received<'_>,
-    auth: &str,
     query: &[(String, String)],
-    lookup: impl Fn(&str) -> Option<KeyEntry>,
+    parsed: sign::Acs3Authorization,
+    key: &KeyEntry,
     nonces: &mut NonceCache,
 ) -> Result<String, Rejection> {
-    let parsed = sign::parse_acs3_authorization(auth)
-        .ok_or_else(|| reject(400, "IncompleteSignature", MSG_INCOMPLETE))?;
-    let key = lookup(&parsed.access_key_id)
-        .ok_or_else(|| reject(404, "InvalidAccessKeyId.NotFound", MSG_KEY_NOT_FOUND))?;
-    check_token(req, &key)?;
     check_time(req.header("x-acs-date"), false)?;
     let hashed = check_acs3_payload_hash(req)?;
     check_acs3_signed_headers(req, &parsed.signed_headers)?;
@@ -267,20 +280,15 @@ fn check_acs3_signed_headers(req: &Received<'_>, signed: &[String]) -> Result<()
     Ok(())
 }
 
-/// ROA `acs <id>:<signature>` (HMAC-SHA1): key, token, `Date`, method, signature, then the
-/// optional nonce.
+/// ROA `acs <id>:<signature>` (HMAC-SHA1) once the key is known: `Date`, method, signature,
+/// then the optional nonce.
 fn verify_roa(
     req: &Received<'_>,
-    auth: &str,
     query: &[(String, String)],
-    lookup: impl Fn(&str) -> Option<KeyEntry>,
+    (id, signature): (String, &str),
+    key: &KeyEntry,
     nonces: &mut NonceCache,
 ) -> Result<String, Rejection> {
-    let (id, signature) = sign::parse_roa_authorization(auth)
-        .ok_or_else(|| reject(400, "IncompleteSignature", MSG_INCOMPLETE))?;
-    let key =
-        lookup(&id).ok_or_else(|| reject(404, "InvalidAccessKeyId.NotFound", MSG_KEY_NOT_FOUND))?;
-    check_token(req, &key)?;
     check_time(req.header("date"), true)?;
     if let Some(m) = req.header("x-acs-signature-method")
         && !m.eq_ignore_ascii_case("HMAC-SHA1")
@@ -293,7 +301,7 @@ fn verify_roa(
     }
     let sts = sign::roa_string_to_sign(req.method, req.raw_path, query, req.headers);
     let expected = sign::roa_signature(&key.secret, &sts);
-    if !sign::signatures_equal(&expected, &signature) {
+    if !sign::signatures_equal(&expected, signature) {
         return Err(signature_mismatch(&sts));
     }
     let nonce = req
