@@ -600,18 +600,16 @@ async fn api(State(st): State<SimState>, req: Request) -> Response {
             );
         }
     }
-    if let Some(action) = header("x-acs-action") {
-        if action != crate::emr::ACTION_LIST_RAY_CLUSTER {
-            return error_response(
-                404,
-                "InvalidAction.NotFound",
-                &format!(
-                    "Specified api {action:?} is not found, please check your url and method."
-                ),
-                &host,
-                &request_id,
-            );
-        }
+    if let Some(action) = header("x-acs-action")
+        && action != crate::emr::ACTION_LIST_RAY_CLUSTER
+    {
+        return error_response(
+            404,
+            "InvalidAction.NotFound",
+            &format!("Specified api {action:?} is not found, please check your url and method."),
+            &host,
+            &request_id,
+        );
     }
 
     // Throttling and server errors.

@@ -254,14 +254,14 @@ pub fn verify(
             .ok_or_else(|| reject(404, "InvalidAccessKeyId.NotFound", MSG_KEY_NOT_FOUND))?;
         check_token(req, &key)?;
         check_time(req.header("date"), true)?;
-        if let Some(m) = req.header("x-acs-signature-method") {
-            if !m.eq_ignore_ascii_case("HMAC-SHA1") {
-                return Err(reject(
-                    400,
-                    "InvalidSignatureMethod",
-                    format!("Specified signature method {m:?} is not supported."),
-                ));
-            }
+        if let Some(m) = req.header("x-acs-signature-method")
+            && !m.eq_ignore_ascii_case("HMAC-SHA1")
+        {
+            return Err(reject(
+                400,
+                "InvalidSignatureMethod",
+                format!("Specified signature method {m:?} is not supported."),
+            ));
         }
         let sts = sign::roa_string_to_sign(req.method, req.raw_path, &query, req.headers);
         let expected = sign::roa_signature(&key.secret, &sts);
