@@ -325,6 +325,10 @@ async fn write_status(
             &s.conditions,
             crate::api::conditions::READY,
         )));
+    ctx.metrics
+        .workspace_mirrors_unwritten
+        .get_or_create(&labels)
+        .set(st.write_trouble.as_ref().map_or(0, |t| t.failed as i64));
     if s == prev {
         return Ok(());
     }
@@ -363,6 +367,7 @@ fn forget_key(ctx: &Context, k: &str) {
     ctx.metrics.last_success.remove(&l);
     ctx.metrics.workspace_clusters.remove(&l);
     ctx.metrics.workspace_ready.remove(&l);
+    ctx.metrics.workspace_mirrors_unwritten.remove(&l);
     ctx.metrics.sync_attempts.remove(&l);
     ctx.metrics.sync_duration.remove(&l);
     for (id, old) in &st.exported_states {
