@@ -66,6 +66,7 @@ pub struct Metrics {
     pub last_success: Family<WorkspaceLabels, Gauge<f64, AtomicU64>>,
     pub workspace_clusters: Family<WorkspaceLabels, Gauge>,
     pub workspace_ready: Family<WorkspaceLabels, Gauge>,
+    pub workspace_mirrors_unwritten: Family<WorkspaceLabels, Gauge>,
     pub kube_writes: Family<WriteLabels, Counter>,
     pub kube_write_refusals: Family<RefusalLabels, Counter>,
     pub reconcile_errors: Family<ErrorLabels, Counter>,
@@ -91,6 +92,7 @@ impl Default for Metrics {
             last_success: Family::default(),
             workspace_clusters: Family::default(),
             workspace_ready: Family::default(),
+            workspace_mirrors_unwritten: Family::default(),
             kube_writes: Family::default(),
             kube_write_refusals: Family::default(),
             reconcile_errors: Family::default(),
@@ -146,6 +148,12 @@ impl Metrics {
             "workspace_ready",
             "1 when the workspace's Ready condition is True",
             m.workspace_ready.clone(),
+        );
+        registry.register(
+            "workspace_mirrors_unwritten",
+            "Mirrors of the workspace the Kubernetes API server refused to write (or that were not \
+             attempted after a refusal) in the last write pass; 0 when every mirror is written",
+            m.workspace_mirrors_unwritten.clone(),
         );
         registry.register(
             "kube_writes",

@@ -22,6 +22,10 @@ pub const LABEL_WORKSPACE_ID: &str = "emr.aliyun.io/workspace-id";
 pub const LABEL_CLUSTER_ID: &str = "emr.aliyun.io/cluster-id";
 /// Annotation on every mirror: the exact remote cluster ID.
 pub const ANNOTATION_CLUSTER_ID: &str = "emr.aliyun.io/cluster-id";
+/// Annotation on an `EmrWorkspace`: any new value asks for a sync now (Flux's
+/// `reconcile.fluxcd.io/requestedAt` convention); `status.lastHandledReconcileAt` echoes the
+/// last value handled.
+pub const ANNOTATION_REQUESTED_AT: &str = "reconcile.emr.aliyun.io/requestedAt";
 /// Label that marks objects managed by this operator.
 pub const LABEL_MANAGED_BY: &str = "app.kubernetes.io/managed-by";
 pub const MANAGED_BY: &str = "emr-ray-operator";
@@ -274,6 +278,9 @@ pub struct EmrWorkspaceStatus {
     /// The endpoint that was called.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub endpoint: Option<String>,
+    /// The last `reconcile.emr.aliyun.io/requestedAt` value a sync was run for.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_handled_reconcile_at: Option<String>,
     /// Set while syncs fail; cleared by the next successful sync.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_failure: Option<SyncFailure>,

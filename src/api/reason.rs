@@ -168,7 +168,9 @@ impl WriteRefusal {
         let too_large = reason == "RequestEntityTooLarge"
             || message.contains("request is too large")
             || message.contains("Too long: must have at most")
-            || message.contains("exceeds the maximum");
+            || message.contains("exceeds the maximum")
+            // etcd's gRPC limit, as the API server passes it on (a 500).
+            || message.contains("larger than max");
         match code {
             _ if too_large => WriteRefusal::TooLarge,
             413 => WriteRefusal::TooLarge,
@@ -261,6 +263,15 @@ mod tests {
             WriteRefusal::TooLarge
         );
         assert_eq!(WriteRefusal::classify(413, "", ""), WriteRefusal::TooLarge);
+        assert_eq!(
+            WriteRefusal::classify(
+                500,
+                "InternalError",
+                "rpc error: code = ResourceExhausted desc = trying to send message larger than \
+                 max (2099432 vs. 2097152)"
+            ),
+            WriteRefusal::TooLarge
+        );
         assert_eq!(
             WriteRefusal::classify(429, "TooManyRequests", ""),
             WriteRefusal::Throttled

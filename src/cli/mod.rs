@@ -4,6 +4,7 @@
 #[cfg(feature = "sim")]
 pub mod demo;
 pub mod list;
+pub mod sync;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -47,6 +48,8 @@ enum Command {
     Run(RunArgs),
     /// List the Ray clusters of a workspace, to check credentials before installing.
     List(list::ListArgs),
+    /// Ask the operator to sync a workspace now (sets `reconcile.emr.aliyun.io/requestedAt`).
+    Sync(sync::SyncArgs),
     /// Print the CRDs as YAML, or write them into a directory.
     Crdgen {
         /// Write one file per CRD into this directory instead of printing.
@@ -124,7 +127,7 @@ fn parse_sync_interval(s: &str) -> Result<Interval, String> {
     Interval::parse_at_least(s, Interval::MIN_SYNC).map_err(|e| e.to_string())
 }
 
-fn parse_interval(s: &str) -> Result<Interval, String> {
+pub(crate) fn parse_interval(s: &str) -> Result<Interval, String> {
     Interval::parse_at_least(s, Interval::from_secs(1)).map_err(|e| e.to_string())
 }
 
@@ -178,6 +181,7 @@ pub async fn main() -> anyhow::Result<()> {
     match cli.command {
         Command::Run(a) => run(a).await,
         Command::List(a) => list::run(a).await,
+        Command::Sync(a) => sync::run(a).await,
         Command::Crdgen { out_dir } => {
             for (name, yaml) in api::crd_yamls() {
                 match &out_dir {

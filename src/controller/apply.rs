@@ -170,8 +170,10 @@ pub struct WriteReport {
     pub failed: usize,
     /// The first refusal (permanent ones first), with the mirror it concerns.
     pub first: Option<Refused>,
-    /// Mirrors whose write was refused or skipped.
+    /// Mirrors whose write was refused.
     pub refused: HashSet<String>,
+    /// Mirrors not attempted after a refusal.
+    pub skipped: HashSet<String>,
 }
 
 /// What [`apply_plan`] writes with.
@@ -225,7 +227,7 @@ pub async fn apply_plan(w: &Writer<'_>, plan: Plan, probe: bool) -> WriteReport 
             }
             Outcome::Skipped { name } => {
                 report.failed += 1;
-                report.refused.insert(name);
+                report.skipped.insert(name);
             }
         }
     }

@@ -15,8 +15,10 @@ pub mod apply;
 pub mod credentials;
 pub mod mirror;
 pub mod plan;
+mod series;
 pub mod state;
 pub mod status;
+mod sync;
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -26,20 +28,21 @@ use k8s_openapi::api::core::v1::Secret;
 use kube::api::Api;
 use kube::core::PartialObjectMeta;
 use kube::runtime::controller::Action;
-use kube::runtime::events::{EventType, Recorder};
+use kube::runtime::events::Recorder;
 use kube::runtime::reflector::{ObjectRef, Store};
 use kube::{Resource, ResourceExt};
 use rand::Rng;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, warn};
 
-use crate::api::{DurationError, EmrWorkspace, EndpointNetwork, Interval, Reason};
+use crate::api::{
+    ANNOTATION_REQUESTED_AT, DurationError, EmrWorkspace, EndpointNetwork, Interval, Reason,
+};
 use crate::emr::{CredentialResolver, EmrClient, EmrError};
-use crate::metrics::{ClusterStateLabels, FailureLabels, Metrics, WorkspaceLabels};
+use crate::metrics::{Metrics, WorkspaceLabels};
 use crate::time::now_rfc3339;
-use apply::{WriteLimiter, WriteReport, Writer, publish};
-use mirror::Staleness;
-use state::{Failure, Listing, MirrorCache, WorkspaceState, WorkspaceStates, WriteTrouble};
+use apply::WriteLimiter;
+use state::{Failure, MirrorCache, WorkspaceState, WorkspaceStates};
 
 /// Why a reconcile failed (the workspace is retried with a growing backoff).
 #[derive(Debug, thiserror::Error)]
@@ -260,266 +263,27 @@ async fn sync(ws: &EmrWorkspace, ctx: &Context, st: &mut WorkspaceState) -> Resu
     }
     let now = Instant::now();
     let secret_version = current_secret_version(ws, ctx);
+    let requested = requested_sync(ws, st);
     let due = st.next_due.is_none_or(|d| now >= d)
         || st.synced_generation != ws.meta().generation
-        || (ws.spec.credentials.secret_ref.is_some() && st.secret_version != secret_version);
+        || (ws.spec.credentials.secret_ref.is_some() && st.secret_version != secret_version)
+        || requested.is_some();
     if due {
         st.synced_generation = ws.meta().generation;
         st.secret_version = secret_version;
-        list_remote(ws, ctx, st, interval).await;
+        sync::list_remote(ws, ctx, st, interval).await;
+        if requested.is_some() {
+            st.handled_request = requested;
+        }
     }
-    update_state_metrics(ws, ctx, st);
+    series::update(ws, ctx, st);
     if st.may_write(Instant::now()) {
         // Refused writes are retried at least once an interval, so that a fixed cause is
         // repaired within one interval.
         let cap = ctx.settings.write_backoff_cap.min(interval.as_duration());
-        write_mirrors(ws, ctx, st, cap).await;
+        sync::write_mirrors(ws, ctx, st, cap).await;
     }
     Ok(due)
-}
-
-/// One remote listing: updates the listing or the failure, and schedules the next one.
-async fn list_remote(
-    ws: &EmrWorkspace,
-    ctx: &Context,
-    st: &mut WorkspaceState,
-    interval: Interval,
-) {
-    let labels = labels(ws);
-    ctx.metrics.sync_attempts.get_or_create(&labels).inc();
-    let next = match list_workspace(ws, ctx).await {
-        Ok(listing) => {
-            if let Some(prev) = st.failure.take() {
-                publish(
-                    &ctx.recorder,
-                    &ws.object_ref(&()),
-                    EventType::Normal,
-                    "SyncRecovered",
-                    format!(
-                        "listing succeeded again after {} failed attempt(s) ({})",
-                        prev.consecutive, prev.reason
-                    ),
-                )
-                .await;
-            }
-            st.listing = Some(Arc::new(listing));
-            st.last_success = Some(now_rfc3339());
-            ctx.metrics
-                .last_success
-                .get_or_create(&labels)
-                .set(jiff::Timestamp::now().as_millisecond() as f64 / 1000.0);
-            jitter(interval.as_duration(), 0.1)
-        }
-        Err(e) => {
-            let reason = e.reason();
-            ctx.metrics
-                .sync_failures
-                .get_or_create(&FailureLabels {
-                    namespace: labels.namespace.clone(),
-                    workspace: labels.workspace.clone(),
-                    reason: reason.metric_label().to_string(),
-                })
-                .inc();
-            let failure = Failure::next(
-                st.failure.as_ref(),
-                reason,
-                e.to_string(),
-                e.remote().and_then(|r| r.code.clone()),
-                e.remote().and_then(|r| r.request_id.clone()),
-                &now_rfc3339(),
-            );
-            if st.failure.as_ref().map(|f| f.reason) != Some(reason) {
-                publish(
-                    &ctx.recorder,
-                    &ws.object_ref(&()),
-                    EventType::Warning,
-                    "SyncFailed",
-                    failure.message.clone(),
-                )
-                .await;
-            }
-            warn!(workspace = %key(ws), %reason, error = %e, "remote listing failed");
-            let n = failure.consecutive.clamp(1, 16) as u32;
-            st.failure = Some(failure);
-            let backoff = Duration::from_secs(5)
-                .saturating_mul(1 << (n - 1))
-                .min(interval.as_duration());
-            let backoff = match e.remote().and_then(|r| r.retry_after) {
-                Some(ra) => ra.max(Duration::from_secs(1)),
-                None => backoff,
-            };
-            jitter(backoff, 0.2)
-        }
-    };
-    st.next_due = Instant::now().checked_add(next);
-}
-
-/// Resolves credentials and the endpoint, then lists the workspace.
-async fn list_workspace(ws: &EmrWorkspace, ctx: &Context) -> Result<Listing, SyncError> {
-    let creds = credentials::for_workspace(ws, &ctx.client, &ctx.credentials).await?;
-    let endpoint = crate::emr::endpoint::resolve(
-        &ws.spec.region_id,
-        ws.spec.network == EndpointNetwork::Vpc,
-        ws.spec.endpoint.as_deref(),
-    )?;
-    let timeout = ctx
-        .settings
-        .listing_timeout
-        .saturating_add(Duration::from_secs(5));
-    let listing = tokio::time::timeout(
-        timeout,
-        ctx.emr
-            .list_ray_clusters(&endpoint, &ws.spec.workspace_id, &creds),
-    )
-    .await
-    .map_err(|_| {
-        EmrError::new(
-            crate::emr::ErrorKind::Timeout,
-            format!(
-                "listing did not finish within {}s",
-                ctx.settings.listing_timeout.as_secs()
-            ),
-        )
-    })??;
-    debug!(workspace = %key(ws), clusters = listing.clusters.len(), requests = listing.requests, "listed");
-    let page = ctx.emr.config().page_size.max(1) as usize;
-    Ok(Listing::new(listing.clusters, page))
-}
-
-/// Plans and performs the mirror writes, and records what the API server refused.
-async fn write_mirrors(
-    ws: &EmrWorkspace,
-    ctx: &Context,
-    st: &mut WorkspaceState,
-    backoff_cap: Duration,
-) {
-    let owner = plan::Owner::of(ws);
-    let existing = ctx.mirrors.current(&owner.namespace, &owner.uid);
-    let stale = st
-        .failure
-        .as_ref()
-        .map(|f| Staleness::from_failure(f.reason, f.code.as_deref(), st.last_success.as_deref()));
-    let held_elsewhere = |name: &str| {
-        ctx.mirrors
-            .get(&owner.namespace, name)
-            .filter(|m| {
-                m.owner_references()
-                    .iter()
-                    .any(|o| o.controller == Some(true) && o.uid != owner.uid)
-            })
-            .map(|m| m.spec.workspace_ref.clone())
-    };
-    let refused = st
-        .write_trouble
-        .as_ref()
-        .map(|t| t.refused.clone())
-        .unwrap_or_default();
-    let now = now_rfc3339();
-    let plan = plan::plan(&plan::Input {
-        owner: &owner,
-        listing: st.listing.as_deref(),
-        listing_is_current: st.listing_is_current(),
-        stale: stale.as_ref(),
-        existing: &existing,
-        held_elsewhere: &held_elsewhere,
-        refused: &refused,
-        now: &now,
-    });
-    let workspace = ws.object_ref(&());
-    if !plan.conflicts.is_empty() {
-        let names: Vec<String> = plan
-            .conflicts
-            .iter()
-            .map(|c| format!("{} (owned by {})", c.name, c.owner))
-            .collect();
-        warn!(workspace = %key(ws), conflicts = ?names, "mirror names held by another workspace");
-        publish(
-            &ctx.recorder,
-            &workspace,
-            EventType::Warning,
-            Reason::MirrorNameConflict.as_str(),
-            format!(
-                "{} cluster(s) are already mirrored by another EmrWorkspace in this namespace \
-                 (the same remote workspace twice?): {}",
-                names.len(),
-                names.join(", ")
-            ),
-        )
-        .await;
-    }
-    if plan.actions.is_empty() {
-        st.write_trouble = None;
-        return;
-    }
-    let writer = Writer {
-        api: Api::namespaced(ctx.client.clone(), &owner.namespace),
-        owner: &owner,
-        workspace: workspace.clone(),
-        cache: &ctx.mirrors,
-        recorder: &ctx.recorder,
-        metrics: &ctx.metrics,
-        limiter: &ctx.write_limiter,
-        now: &now,
-    };
-    let probe = st.write_trouble.is_some();
-    let report = apply::apply_plan(&writer, plan, probe).await;
-    let before = st.write_trouble.as_ref().map(|t| t.refusal);
-    st.write_trouble = next_write_trouble(st.write_trouble.take(), report, &now, backoff_cap);
-    match (&st.write_trouble, before) {
-        (Some(t), prev) if prev != Some(t.refusal) => {
-            publish(
-                &ctx.recorder,
-                &workspace,
-                EventType::Warning,
-                Reason::MirrorWriteFailed.as_str(),
-                format!(
-                    "{} of {} mirrors not written ({}): {}",
-                    t.failed, t.mirrors, t.refusal, t.message
-                ),
-            )
-            .await;
-        }
-        (None, Some(prev)) => {
-            publish(
-                &ctx.recorder,
-                &workspace,
-                EventType::Normal,
-                "MirrorWritesRecovered",
-                format!("every mirror is written again (after {prev} refusals)"),
-            )
-            .await;
-        }
-        _ => {}
-    }
-}
-
-/// The write trouble after a pass: `None` when nothing was refused; otherwise the refusal, with
-/// a backoff that grows with each consecutive refused pass.
-fn next_write_trouble(
-    prev: Option<WriteTrouble>,
-    report: WriteReport,
-    now: &str,
-    cap: Duration,
-) -> Option<WriteTrouble> {
-    let first = report.first?;
-    let consecutive = prev.as_ref().map_or(1, |p| p.consecutive.saturating_add(1));
-    let since = match &prev {
-        Some(p) if p.refusal == first.refusal => p.since.clone(),
-        _ => now.to_string(),
-    };
-    let wait = WriteTrouble::backoff(consecutive, cap, first.retry_after);
-    Some(WriteTrouble {
-        refusal: first.refusal,
-        message: first.message,
-        mirrors: report.mirrors,
-        failed: report.failed,
-        since,
-        consecutive,
-        retry_at: Instant::now()
-            .checked_add(jitter(wait, 0.1))
-            .unwrap_or_else(Instant::now),
-        refused: report.refused,
-    })
 }
 
 /// Builds the workspace status and writes it when it differs.
@@ -561,6 +325,10 @@ async fn write_status(
             &s.conditions,
             crate::api::conditions::READY,
         )));
+    ctx.metrics
+        .workspace_mirrors_unwritten
+        .get_or_create(&labels)
+        .set(st.write_trouble.as_ref().map_or(0, |t| t.failed as i64));
     if s == prev {
         return Ok(());
     }
@@ -581,62 +349,6 @@ async fn write_status(
     Ok(())
 }
 
-/// Exports each listed cluster's state; drops the series of clusters gone or changed.
-fn update_state_metrics(ws: &EmrWorkspace, ctx: &Context, st: &mut WorkspaceState) {
-    let Some(listing) = &st.listing else { return };
-    let current: std::collections::BTreeMap<String, String> = listing
-        .clusters
-        .iter()
-        .map(|(id, c)| {
-            let state = c.state.as_ref().map_or("Unknown", |s| s.as_str());
-            (id.clone(), state.to_string())
-        })
-        .collect();
-    let l = labels(ws);
-    for (id, old) in &st.exported_states {
-        if current.get(id) != Some(old) {
-            for s in states_for(old) {
-                ctx.metrics.cluster_state.remove(&cluster_labels(&l, id, s));
-            }
-        }
-    }
-    for (id, state) in &current {
-        if st.exported_states.get(id) == Some(state) {
-            continue;
-        }
-        for s in states_for(state) {
-            let on = i64::from(&s == state);
-            ctx.metrics
-                .cluster_state
-                .get_or_create(&cluster_labels(&l, id, s))
-                .set(on);
-        }
-    }
-    st.exported_states = current;
-}
-
-fn cluster_labels(l: &WorkspaceLabels, id: &str, state: String) -> ClusterStateLabels {
-    ClusterStateLabels {
-        namespace: l.namespace.clone(),
-        workspace: l.workspace.clone(),
-        cluster_id: id.to_string(),
-        name: mirror::mirror_name(id),
-        state,
-    }
-}
-
-/// The documented states plus the cluster's own when it is not one of them.
-fn states_for(state: &str) -> Vec<String> {
-    let mut v: Vec<String> = crate::emr::ClusterState::KNOWN
-        .iter()
-        .map(|s| s.to_string())
-        .collect();
-    if !v.iter().any(|s| s == state) {
-        v.push(state.to_string());
-    }
-    v
-}
-
 /// Drops what is remembered about a workspace, and its metric series.
 fn forget_key(ctx: &Context, k: &str) {
     ctx.errors
@@ -655,11 +367,14 @@ fn forget_key(ctx: &Context, k: &str) {
     ctx.metrics.last_success.remove(&l);
     ctx.metrics.workspace_clusters.remove(&l);
     ctx.metrics.workspace_ready.remove(&l);
+    ctx.metrics.workspace_mirrors_unwritten.remove(&l);
     ctx.metrics.sync_attempts.remove(&l);
     ctx.metrics.sync_duration.remove(&l);
     for (id, old) in &st.exported_states {
-        for s in states_for(old) {
-            ctx.metrics.cluster_state.remove(&cluster_labels(&l, id, s));
+        for s in series::states_for(old) {
+            ctx.metrics
+                .cluster_state
+                .remove(&series::cluster_labels(&l, id, s));
         }
     }
 }
@@ -688,6 +403,18 @@ pub fn prune_deleted(ctx: &Context, workspaces: &Store<EmrWorkspace>) {
             forget_key(ctx, &k);
         }
     }
+}
+
+/// A `requestedAt` annotation value not handled yet (by this replica, or before, as the
+/// status records).
+fn requested_sync(ws: &EmrWorkspace, st: &WorkspaceState) -> Option<String> {
+    // A tenant's free text: cleaned and capped before it is compared or written to status.
+    let value = crate::emr::error::clean_text(ws.annotations().get(ANNOTATION_REQUESTED_AT)?, 64);
+    let handled = st.handled_request.as_ref().or(ws
+        .status
+        .as_ref()
+        .and_then(|s| s.last_handled_reconcile_at.as_ref()));
+    (handled != Some(&value)).then_some(value)
 }
 
 fn current_secret_version(ws: &EmrWorkspace, ctx: &Context) -> Option<String> {
@@ -738,35 +465,6 @@ pub fn workspaces_using_secret(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::api::WriteRefusal;
-    use apply::Refused;
-
-    fn report(refusal: Option<WriteRefusal>) -> WriteReport {
-        WriteReport {
-            mirrors: 10,
-            failed: usize::from(refusal.is_some()) * 10,
-            first: refusal.map(|refusal| Refused {
-                refusal,
-                message: "no".into(),
-                retry_after: None,
-            }),
-            ..Default::default()
-        }
-    }
-
-    #[test]
-    fn write_trouble_grows_and_clears() {
-        let cap = Duration::from_secs(300);
-        assert_eq!(next_write_trouble(None, report(None), "t0", cap), None);
-        let t1 =
-            next_write_trouble(None, report(Some(WriteRefusal::Forbidden)), "t1", cap).unwrap();
-        assert_eq!((t1.consecutive, t1.since.as_str()), (1, "t1"));
-        let t2 =
-            next_write_trouble(Some(t1), report(Some(WriteRefusal::Forbidden)), "t2", cap).unwrap();
-        assert_eq!((t2.consecutive, t2.since.as_str()), (2, "t1"));
-        assert!(t2.retry_at > Instant::now() + Duration::from_secs(9));
-        assert_eq!(next_write_trouble(Some(t2), report(None), "t3", cap), None);
-    }
 
     #[test]
     fn error_labels_are_fixed() {

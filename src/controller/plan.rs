@@ -181,7 +181,6 @@ pub struct Input<'a> {
 /// Decides the writes of one sync. Pure.
 pub fn plan(input: &Input<'_>) -> Plan {
     let mut out = Plan::default();
-    let unconfirmed = Staleness::removal_unconfirmed();
     if let Some(listing) = input.listing {
         for (id, cluster) in &listing.clusters {
             out.mirrors += 1;
@@ -211,6 +210,25 @@ pub fn plan(input: &Input<'_>) -> Plan {
                 .extend(write_for(input.owner, name, id, prev, desired));
         }
     }
+    plan_unlisted(input, &mut out);
+    let churn = out
+        .actions
+        .iter()
+        .filter(|a| a.prev.is_none() || a.write == Write::Delete)
+        .count();
+    out.summarize_events = churn > MAX_MIRROR_EVENTS_PER_SYNC;
+    // Stable order: by name, with mirrors whose last write was refused last.
+    out.actions.sort_by(|a, b| {
+        (input.refused.contains(&a.name), &a.name).cmp(&(input.refused.contains(&b.name), &b.name))
+    });
+    out.conflicts.sort_by(|a, b| a.name.cmp(&b.name));
+    out
+}
+
+/// Mirrors whose cluster the last listing does not contain: deleted or marked gone only after a
+/// complete, current listing; otherwise kept with their data and marked.
+fn plan_unlisted(input: &Input<'_>, out: &mut Plan) {
+    let unconfirmed = Staleness::removal_unconfirmed();
     for (id, m) in input.existing {
         if input.listing.is_some_and(|l| l.clusters.contains_key(id)) {
             continue;
@@ -258,18 +276,6 @@ pub fn plan(input: &Input<'_>) -> Plan {
             }
         }
     }
-    let churn = out
-        .actions
-        .iter()
-        .filter(|a| a.prev.is_none() || a.write == Write::Delete)
-        .count();
-    out.summarize_events = churn > MAX_MIRROR_EVENTS_PER_SYNC;
-    // Stable order: by name, with mirrors whose last write was refused last.
-    out.actions.sort_by(|a, b| {
-        (input.refused.contains(&a.name), &a.name).cmp(&(input.refused.contains(&b.name), &b.name))
-    });
-    out.conflicts.sort_by(|a, b| a.name.cmp(&b.name));
-    out
 }
 
 /// Keeps a mirror's last known data, with conditions saying whether it is gone or stale.

@@ -37,7 +37,8 @@ pub struct Listing {
 
 impl Listing {
     pub fn new(clusters: Vec<RayCluster>, page_size: usize) -> Self {
-        let on_page_boundary = !clusters.is_empty() && clusters.len() % page_size.max(1) == 0;
+        let on_page_boundary =
+            !clusters.is_empty() && clusters.len().is_multiple_of(page_size.max(1));
         Listing {
             clusters: clusters
                 .into_iter()
@@ -157,6 +158,8 @@ pub struct WorkspaceState {
     pub failure: Option<Failure>,
     /// Refused mirror writes of the latest write pass, `None` once every write succeeded.
     pub write_trouble: Option<WriteTrouble>,
+    /// The last `requestedAt` annotation value a listing was run for.
+    pub handled_request: Option<String>,
     /// The state of each listed cluster, as exported in the `cluster_state` metric.
     pub exported_states: BTreeMap<String, String>,
 }

@@ -40,6 +40,10 @@ pub fn workspace_status(i: &Input<'_>) -> EmrWorkspaceStatus {
         last_failure: st.failure.as_ref().map(|f| f.to_status()),
         last_write_failure: st.write_trouble.as_ref().map(|t| t.to_status()),
         sync_interval: i.interval.clone(),
+        last_handled_reconcile_at: st
+            .handled_request
+            .clone()
+            .or_else(|| i.prev.last_handled_reconcile_at.clone()),
         ..Default::default()
     };
     match &st.listing {
@@ -169,10 +173,13 @@ mod tests {
         (c.status.clone(), c.reason.clone())
     }
 
-    /// `(what, state, suspended) → (Ready, reason, Stalled, Reconciling)`: the README's table.
+    /// `(Ready, reason, Stalled, Reconciling)`.
+    type Expected = (&'static str, &'static str, bool, bool);
+
+    /// `(what, state, suspended) → Expected`: the README's table.
     #[test]
     fn condition_reasons() {
-        let rows: Vec<(&str, WorkspaceState, bool, (&str, &str, bool, bool))> = vec![
+        let rows: Vec<(&str, WorkspaceState, bool, Expected)> = vec![
             (
                 "listed, all written",
                 WorkspaceState {

@@ -222,51 +222,7 @@ pub async fn run(
             metrics.is_leader.set(1);
             run_controllers(&shared, ready.clone(), shutdown.clone()).await;
         }
-        Some(lease) => {
-            let release = CancellationToken::new();
-            let elector = LeaderElector::new(client.clone(), lease);
-            let (mut rx, elector_task) = elector.run(release.clone());
-            // A standby replica is ready: it can take over at any moment.
-            ready.store(true, Ordering::Relaxed);
-            loop {
-                // Wait to lead (or shut down).
-                while !*rx.borrow() {
-                    tokio::select! {
-                        _ = shutdown.cancelled() => break,
-                        changed = rx.changed() => if changed.is_err() { break },
-                    }
-                }
-                if shutdown.is_cancelled() || !*rx.borrow() {
-                    break;
-                }
-                leader_flag.store(true, Ordering::Relaxed);
-                metrics.is_leader.set(1);
-                let term = shutdown.child_token();
-                let lost = {
-                    let term = term.clone();
-                    let mut rx = rx.clone();
-                    tokio::spawn(async move {
-                        while *rx.borrow() {
-                            if rx.changed().await.is_err() {
-                                break;
-                            }
-                        }
-                        term.cancel();
-                    })
-                };
-                run_controllers(&shared, Arc::new(AtomicBool::new(false)), term.clone()).await;
-                lost.abort();
-                leader_flag.store(false, Ordering::Relaxed);
-                metrics.is_leader.set(0);
-                if shutdown.is_cancelled() {
-                    break;
-                }
-                warn!("leadership lost; controllers stopped, waiting to lead again");
-            }
-            // Controllers have stopped writing: give the lease up for a fast takeover.
-            release.cancel();
-            let _ = elector_task.await;
-        }
+        Some(lease) => lead_and_run(&shared, lease, ready, leader_flag, &shutdown).await,
     }
     if let Some(h) = http {
         shutdown.cancel();
@@ -274,6 +230,63 @@ pub async fn run(
     }
     info!("operator stopped");
     Ok(())
+}
+
+/// Runs the controllers while this replica holds the lease, until `shutdown`. Losing the lease
+/// cancels the controllers' token: in-flight reconciles stop before another replica can take
+/// over (see `leader`).
+async fn lead_and_run(
+    shared: &Shared,
+    lease: LeaseConfig,
+    ready: Arc<AtomicBool>,
+    leader_flag: Arc<AtomicBool>,
+    shutdown: &CancellationToken,
+) {
+    let metrics = &shared.metrics;
+    let client = &shared.client;
+    let release = CancellationToken::new();
+    let elector = LeaderElector::new(client.clone(), lease);
+    let (mut rx, elector_task) = elector.run(release.clone());
+    // A standby replica is ready: it can take over at any moment.
+    ready.store(true, Ordering::Relaxed);
+    loop {
+        // Wait to lead (or shut down).
+        while !*rx.borrow() {
+            tokio::select! {
+                _ = shutdown.cancelled() => break,
+                changed = rx.changed() => if changed.is_err() { break },
+            }
+        }
+        if shutdown.is_cancelled() || !*rx.borrow() {
+            break;
+        }
+        leader_flag.store(true, Ordering::Relaxed);
+        metrics.is_leader.set(1);
+        let term = shutdown.child_token();
+        let lost = {
+            let term = term.clone();
+            let mut rx = rx.clone();
+            tokio::spawn(async move {
+                while *rx.borrow() {
+                    if rx.changed().await.is_err() {
+                        break;
+                    }
+                }
+                term.cancel();
+            })
+        };
+        run_controllers(shared, Arc::new(AtomicBool::new(false)), term.clone()).await;
+        lost.abort();
+        leader_flag.store(false, Ordering::Relaxed);
+        metrics.is_leader.set(0);
+        if shutdown.is_cancelled() {
+            break;
+        }
+        warn!("leadership lost; controllers stopped, waiting to lead again");
+    }
+    // Controllers have stopped writing: give the lease up for a fast takeover.
+    release.cancel();
+    let _ = elector_task.await;
 }
 
 #[derive(Clone)]
@@ -324,26 +337,23 @@ where
     }
 }
 
-async fn run_controller(
-    shared: &Shared,
-    ns: Option<&str>,
-    token: CancellationToken,
-    on_ready: impl FnOnce() + Send + 'static,
+/// The watch of the operator's mirrors: a store without `managedFields` (most of a mirror's
+/// size in memory; nothing here reads them), the record of which workspaces' mirrors changed,
+/// and the stream of touched mirrors for the controller.
+fn mirror_watch(
+    api: Api<EmrRayCluster>,
+) -> (
+    reflector::Store<EmrRayCluster>,
+    Arc<MirrorChanges>,
+    impl futures::Stream<Item = Result<EmrRayCluster, watcher::Error>>,
 ) {
-    let client = &shared.client;
-    let workspaces: Api<EmrWorkspace> = api(client, ns);
-    let mirrors_api: Api<EmrRayCluster> = api(client, ns);
-    let secrets_api: Api<PartialObjectMeta<Secret>> = api(client, ns);
-
-    let (mirrors, mirror_writer) = reflector::store();
+    let (store, writer) = reflector::store();
     let changes = Arc::new(MirrorChanges::default());
     let changes_in_stream = changes.clone();
-    // managedFields are dropped before caching: they are most of a mirror's size in memory and
-    // nothing here reads them.
-    let mirror_stream = reflector(
-        mirror_writer,
+    let stream = reflector(
+        writer,
         watcher(
-            mirrors_api,
+            api,
             watcher::Config::default().labels(&format!("{LABEL_MANAGED_BY}={MANAGED_BY}")),
         )
         .modify(|m: &mut EmrRayCluster| m.metadata.managed_fields = None),
@@ -357,6 +367,21 @@ async fn run_controller(
         Err(_) => {}
     })
     .touched_objects();
+    (store, changes, stream)
+}
+
+async fn run_controller(
+    shared: &Shared,
+    ns: Option<&str>,
+    token: CancellationToken,
+    on_ready: impl FnOnce() + Send + 'static,
+) {
+    let client = &shared.client;
+    let workspaces: Api<EmrWorkspace> = api(client, ns);
+    let mirrors_api: Api<EmrRayCluster> = api(client, ns);
+    let secrets_api: Api<PartialObjectMeta<Secret>> = api(client, ns);
+
+    let (mirrors, changes, mirror_stream) = mirror_watch(mirrors_api);
     // Only Secret metadata is watched: secret values are read when a sync needs them.
     let (secrets, secret_writer) = reflector::store();
     let secret_stream = reflector(

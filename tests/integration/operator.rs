@@ -952,3 +952,53 @@ async fn list_reads_a_secret_made_as_the_readme_says() {
     assert!(!stdout.contains("token"), "{stdout}");
     env.teardown().await;
 }
+
+/// `emr-ray-operator sync NS/NAME --wait` (the `requestedAt` annotation) syncs a workspace
+/// now, once, without waiting for its interval.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sync_on_request_lists_once_now() {
+    let mut env = Env::new("e2e-sync-now").await;
+    env.create_workspace("ws", json!({"syncInterval": "1h"}))
+        .await;
+    env.start();
+    env.wait_ready("ws", "True", Some("Synced"), Duration::from_secs(60))
+        .await;
+    env.sim
+        .state
+        .set_state(WS, EXAMPLE_CLUSTER, ClusterState::Stopping);
+    let requests = env.sim.state.stats().requests;
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_emr-ray-operator"))
+        .args([
+            "sync",
+            &format!("{}/ws", env.ns.name),
+            "--wait",
+            "--timeout",
+            "60s",
+        ])
+        .env("KUBECONFIG", common::kubeconfig_path())
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "sync failed: {stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(stdout.contains("synced: Ready=True (Synced)"), "{stdout}");
+    let st = env.status("ws").await;
+    let ws = env.workspaces().get("ws").await.unwrap();
+    assert_eq!(
+        st.last_handled_reconcile_at.as_ref(),
+        ws.annotations()
+            .get(emr_ray_operator::api::ANNOTATION_REQUESTED_AT)
+    );
+    env.wait_mirror(EXAMPLE_CLUSTER, Duration::from_secs(10), "Stopping", |m| {
+        m.status.as_ref().unwrap().state.as_deref() == Some("Stopping")
+    })
+    .await;
+    // One listing (one page), not a loop: the handled value is remembered. (A bound after the
+    // signal above that the requested sync ran.)
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(env.sim.state.stats().requests - requests, 1);
+    env.teardown().await;
+}

@@ -1074,7 +1074,7 @@ async fn odd_remote_data() {
     // Nothing flaps: a further sync rewrites no mirror.
     let before = snapshot(&mirrors);
     let w0 = mirror_writes(&env.operators[0]);
-    env.wait_next_sync(0, "ws", Duration::from_secs(40)).await;
+    env.wait_next_sync(0, "odd", Duration::from_secs(40)).await;
     assert_eq!(
         mirror_writes(&env.operators[0]),
         w0,

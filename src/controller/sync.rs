@@ -1,0 +1,320 @@
+//! One sync of a workspace, as the reconciler runs it: the remote listing (on its own
+//! schedule) and the mirror write pass (on the workspace's write backoff), with the Events
+//! that announce failures and recoveries.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use k8s_openapi::api::core::v1::ObjectReference;
+use kube::api::Api;
+use kube::runtime::events::EventType;
+use kube::{Resource, ResourceExt};
+use tracing::{debug, warn};
+
+use super::apply::{self, WriteReport, Writer, publish};
+use super::mirror::Staleness;
+use super::state::{Failure, Listing, WorkspaceState, WriteTrouble};
+use super::{Context, SyncError, credentials, jitter, key, labels, plan};
+use crate::api::{EmrWorkspace, EndpointNetwork, Interval, Reason, WriteRefusal};
+use crate::emr::EmrError;
+use crate::metrics::FailureLabels;
+use crate::time::now_rfc3339;
+
+/// One remote listing: updates the listing or the failure, and schedules the next one.
+pub(super) async fn list_remote(
+    ws: &EmrWorkspace,
+    ctx: &Context,
+    st: &mut WorkspaceState,
+    interval: Interval,
+) {
+    let labels = labels(ws);
+    ctx.metrics.sync_attempts.get_or_create(&labels).inc();
+    let next = match list_workspace(ws, ctx).await {
+        Ok(listing) => {
+            if let Some(prev) = st.failure.take() {
+                publish(
+                    &ctx.recorder,
+                    &ws.object_ref(&()),
+                    EventType::Normal,
+                    "SyncRecovered",
+                    format!(
+                        "listing succeeded again after {} failed attempt(s) ({})",
+                        prev.consecutive, prev.reason
+                    ),
+                )
+                .await;
+            }
+            st.listing = Some(Arc::new(listing));
+            st.last_success = Some(now_rfc3339());
+            ctx.metrics
+                .last_success
+                .get_or_create(&labels)
+                .set(jiff::Timestamp::now().as_millisecond() as f64 / 1000.0);
+            jitter(interval.as_duration(), 0.1)
+        }
+        Err(e) => {
+            let reason = e.reason();
+            ctx.metrics
+                .sync_failures
+                .get_or_create(&FailureLabels {
+                    namespace: labels.namespace.clone(),
+                    workspace: labels.workspace.clone(),
+                    reason: reason.metric_label().to_string(),
+                })
+                .inc();
+            let failure = Failure::next(
+                st.failure.as_ref(),
+                reason,
+                e.to_string(),
+                e.remote().and_then(|r| r.code.clone()),
+                e.remote().and_then(|r| r.request_id.clone()),
+                &now_rfc3339(),
+            );
+            if st.failure.as_ref().map(|f| f.reason) != Some(reason) {
+                publish(
+                    &ctx.recorder,
+                    &ws.object_ref(&()),
+                    EventType::Warning,
+                    "SyncFailed",
+                    failure.message.clone(),
+                )
+                .await;
+            }
+            warn!(workspace = %key(ws), %reason, error = %e, "remote listing failed");
+            let n = failure.consecutive.clamp(1, 16) as u32;
+            st.failure = Some(failure);
+            let backoff = Duration::from_secs(5)
+                .saturating_mul(1 << (n - 1))
+                .min(interval.as_duration());
+            let backoff = match e.remote().and_then(|r| r.retry_after) {
+                Some(ra) => ra.max(Duration::from_secs(1)),
+                None => backoff,
+            };
+            jitter(backoff, 0.2)
+        }
+    };
+    st.next_due = Instant::now().checked_add(next);
+}
+
+/// Resolves credentials and the endpoint, then lists the workspace.
+async fn list_workspace(ws: &EmrWorkspace, ctx: &Context) -> Result<Listing, SyncError> {
+    let creds = credentials::for_workspace(ws, &ctx.client, &ctx.credentials).await?;
+    let endpoint = crate::emr::endpoint::resolve(
+        &ws.spec.region_id,
+        ws.spec.network == EndpointNetwork::Vpc,
+        ws.spec.endpoint.as_deref(),
+    )?;
+    let timeout = ctx
+        .settings
+        .listing_timeout
+        .saturating_add(Duration::from_secs(5));
+    let listing = tokio::time::timeout(
+        timeout,
+        ctx.emr
+            .list_ray_clusters(&endpoint, &ws.spec.workspace_id, &creds),
+    )
+    .await
+    .map_err(|_| {
+        EmrError::new(
+            crate::emr::ErrorKind::Timeout,
+            format!(
+                "listing did not finish within {}s",
+                ctx.settings.listing_timeout.as_secs()
+            ),
+        )
+    })??;
+    debug!(workspace = %key(ws), clusters = listing.clusters.len(), requests = listing.requests, "listed");
+    let page = ctx.emr.config().page_size.max(1) as usize;
+    Ok(Listing::new(listing.clusters, page))
+}
+
+/// Plans and performs the mirror writes, and records what the API server refused.
+pub(super) async fn write_mirrors(
+    ws: &EmrWorkspace,
+    ctx: &Context,
+    st: &mut WorkspaceState,
+    backoff_cap: Duration,
+) {
+    let owner = plan::Owner::of(ws);
+    let existing = ctx.mirrors.current(&owner.namespace, &owner.uid);
+    let stale = st
+        .failure
+        .as_ref()
+        .map(|f| Staleness::from_failure(f.reason, f.code.as_deref(), st.last_success.as_deref()));
+    let held_elsewhere = |name: &str| {
+        ctx.mirrors
+            .get(&owner.namespace, name)
+            .filter(|m| {
+                m.owner_references()
+                    .iter()
+                    .any(|o| o.controller == Some(true) && o.uid != owner.uid)
+            })
+            .map(|m| m.spec.workspace_ref.clone())
+    };
+    let refused = st
+        .write_trouble
+        .as_ref()
+        .map(|t| t.refused.clone())
+        .unwrap_or_default();
+    let now = now_rfc3339();
+    let plan = plan::plan(&plan::Input {
+        owner: &owner,
+        listing: st.listing.as_deref(),
+        listing_is_current: st.listing_is_current(),
+        stale: stale.as_ref(),
+        existing: &existing,
+        held_elsewhere: &held_elsewhere,
+        refused: &refused,
+        now: &now,
+    });
+    let workspace = ws.object_ref(&());
+    report_conflicts(ctx, ws, &plan.conflicts).await;
+    if plan.actions.is_empty() {
+        st.write_trouble = None;
+        return;
+    }
+    let writer = Writer {
+        api: Api::namespaced(ctx.client.clone(), &owner.namespace),
+        owner: &owner,
+        workspace: workspace.clone(),
+        cache: &ctx.mirrors,
+        recorder: &ctx.recorder,
+        metrics: &ctx.metrics,
+        limiter: &ctx.write_limiter,
+        now: &now,
+    };
+    let probe = st.write_trouble.is_some();
+    let report = apply::apply_plan(&writer, plan, probe).await;
+    let before = st.write_trouble.as_ref().map(|t| t.refusal);
+    st.write_trouble = next_write_trouble(st.write_trouble.take(), report, &now, backoff_cap);
+    report_write_trouble(ctx, &workspace, before, st.write_trouble.as_ref()).await;
+}
+
+/// The write trouble after a pass: `None` when nothing was refused; otherwise the refusal, with
+/// a backoff that grows with each consecutive refused pass.
+fn next_write_trouble(
+    prev: Option<WriteTrouble>,
+    report: WriteReport,
+    now: &str,
+    cap: Duration,
+) -> Option<WriteTrouble> {
+    let first = report.first?;
+    // Planned last next time: the mirrors refused now, and those refused before that were not
+    // tried now. Mirrors only skipped go first: they may well be accepted.
+    let mut refused = report.refused;
+    if let Some(p) = &prev {
+        refused.extend(p.refused.intersection(&report.skipped).cloned());
+    }
+    let consecutive = prev.as_ref().map_or(1, |p| p.consecutive.saturating_add(1));
+    let since = match &prev {
+        Some(p) if p.refusal == first.refusal => p.since.clone(),
+        _ => now.to_string(),
+    };
+    let wait = WriteTrouble::backoff(consecutive, cap, first.retry_after);
+    Some(WriteTrouble {
+        refusal: first.refusal,
+        message: first.message,
+        mirrors: report.mirrors,
+        failed: report.failed,
+        since,
+        consecutive,
+        retry_at: Instant::now()
+            .checked_add(jitter(wait, 0.1))
+            .unwrap_or_else(Instant::now),
+        refused,
+    })
+}
+
+/// Mirror names held by another workspace's mirror: a Warning Event and a log line.
+async fn report_conflicts(ctx: &Context, ws: &EmrWorkspace, conflicts: &[plan::Conflict]) {
+    if conflicts.is_empty() {
+        return;
+    }
+    let names: Vec<String> = conflicts
+        .iter()
+        .map(|c| format!("{} (owned by {})", c.name, c.owner))
+        .collect();
+    warn!(workspace = %key(ws), conflicts = ?names, "mirror names held by another workspace");
+    publish(
+        &ctx.recorder,
+        &ws.object_ref(&()),
+        EventType::Warning,
+        Reason::MirrorNameConflict.as_str(),
+        format!(
+            "{} cluster(s) are already mirrored by another EmrWorkspace in this namespace \
+             (the same remote workspace twice?): {}",
+            names.len(),
+            names.join(", ")
+        ),
+    )
+    .await;
+}
+
+/// One Warning Event when writes start being refused (or for another reason), one Normal
+/// Event when they are all accepted again.
+async fn report_write_trouble(
+    ctx: &Context,
+    workspace: &ObjectReference,
+    before: Option<WriteRefusal>,
+    now: Option<&WriteTrouble>,
+) {
+    match (now, before) {
+        (Some(t), prev) if prev != Some(t.refusal) => {
+            publish(
+                &ctx.recorder,
+                workspace,
+                EventType::Warning,
+                Reason::MirrorWriteFailed.as_str(),
+                format!(
+                    "{} of {} mirrors not written ({}): {}",
+                    t.failed, t.mirrors, t.refusal, t.message
+                ),
+            )
+            .await;
+        }
+        (None, Some(prev)) => {
+            publish(
+                &ctx.recorder,
+                workspace,
+                EventType::Normal,
+                "MirrorWritesRecovered",
+                format!("every mirror is written again (after {prev} refusals)"),
+            )
+            .await;
+        }
+        _ => {}
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use apply::Refused;
+
+    fn report(refusal: Option<WriteRefusal>) -> WriteReport {
+        WriteReport {
+            mirrors: 10,
+            failed: usize::from(refusal.is_some()) * 10,
+            first: refusal.map(|refusal| Refused {
+                refusal,
+                message: "no".into(),
+                retry_after: None,
+            }),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn write_trouble_grows_and_clears() {
+        let cap = Duration::from_secs(300);
+        assert_eq!(next_write_trouble(None, report(None), "t0", cap), None);
+        let t1 =
+            next_write_trouble(None, report(Some(WriteRefusal::Forbidden)), "t1", cap).unwrap();
+        assert_eq!((t1.consecutive, t1.since.as_str()), (1, "t1"));
+        let t2 =
+            next_write_trouble(Some(t1), report(Some(WriteRefusal::Forbidden)), "t2", cap).unwrap();
+        assert_eq!((t2.consecutive, t2.since.as_str()), (2, "t1"));
+        assert!(t2.retry_at > Instant::now() + Duration::from_secs(9));
+        assert_eq!(next_write_trouble(Some(t2), report(None), "t3", cap), None);
+    }
+}
