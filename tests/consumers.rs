@@ -420,7 +420,8 @@ async fn kube_state_metrics_serves_workspace_and_mirror_series() {
                 ]
             )
         ),
-        Some(1.0)
+        Some(1.0),
+        "kube_emrworkspace_info"
     );
     for c in st["conditions"].as_array().unwrap() {
         let labels = with_labels(
@@ -445,18 +446,21 @@ async fn kube_state_metrics_serves_workspace_and_mirror_series() {
                 &[("type", "Ready"), ("status", "True"), ("reason", "Synced")]
             )
         ),
-        Some(1.0)
+        Some(1.0),
+        "kube_emrworkspace_condition"
     );
     assert_eq!(
         s.get("kube_emrworkspace_suspended", &with_labels(&wb, &[])),
-        Some(0.0)
+        Some(0.0),
+        "kube_emrworkspace_suspended"
     );
     assert_eq!(
         s.get(
             "kube_emrworkspace_consecutive_failures",
             &with_labels(&wb, &[])
         ),
-        Some(0.0)
+        Some(0.0),
+        "kube_emrworkspace_consecutive_failures"
     );
     let by_state: BTreeMap<String, usize> = remote.iter().fold(BTreeMap::new(), |mut m, c| {
         *m.entry(c.state.as_ref().unwrap().as_str().to_string())
@@ -465,11 +469,13 @@ async fn kube_state_metrics_serves_workspace_and_mirror_series() {
     });
     assert_eq!(
         s.get("kube_emrworkspace_clusters", &with_labels(&wb, &[])),
-        Some(remote.len() as f64)
+        Some(remote.len() as f64),
+        "kube_emrworkspace_clusters"
     );
     assert_eq!(
         s.get("kube_emrworkspace_ready_clusters", &with_labels(&wb, &[])),
-        Some(by_state.get("Running").copied().unwrap_or(0) as f64)
+        Some(by_state.get("Running").copied().unwrap_or(0) as f64),
+        "kube_emrworkspace_ready_clusters"
     );
     for (state, n) in &by_state {
         assert_eq!(
@@ -486,18 +492,24 @@ async fn kube_state_metrics_serves_workspace_and_mirror_series() {
             "kube_emrworkspace_last_successful_sync_timestamp_seconds",
             &with_labels(&wb, &[])
         ),
-        Some(rfc3339_secs(&st["lastSuccessfulSyncTime"]))
+        Some(rfc3339_secs(&st["lastSuccessfulSyncTime"])),
+        "kube_emrworkspace_last_successful_sync_timestamp_seconds"
     );
     assert_eq!(
         s.get(
             "kube_emrworkspace_last_sync_attempt_timestamp_seconds",
             &with_labels(&wb, &[])
         ),
-        Some(rfc3339_secs(&st["lastSyncAttemptTime"]))
+        Some(rfc3339_secs(&st["lastSyncAttemptTime"])),
+        "kube_emrworkspace_last_sync_attempt_timestamp_seconds"
     );
     // The suspended workspace.
     let p = [("namespace", ns.as_str()), ("workspace", "paused")];
-    assert_eq!(s.get("kube_emrworkspace_suspended", &p), Some(1.0));
+    assert_eq!(
+        s.get("kube_emrworkspace_suspended", &p),
+        Some(1.0),
+        "kube_emrworkspace_suspended"
+    );
     assert_eq!(
         s.get(
             "kube_emrworkspace_condition",
@@ -509,7 +521,8 @@ async fn kube_state_metrics_serves_workspace_and_mirror_series() {
                 ("reason", "Suspended")
             ]
         ),
-        Some(1.0)
+        Some(1.0),
+        "kube_emrworkspace_condition"
     );
 
     // Mirrors: state from the simulator, the rest against the mirror's status.
@@ -570,7 +583,8 @@ async fn kube_state_metrics_serves_workspace_and_mirror_series() {
         }
         assert_eq!(
             s.get("kube_emrraycluster_gone", &with_labels(&lb, &[])),
-            Some(0.0)
+            Some(0.0),
+            "kube_emrraycluster_gone"
         );
         assert_eq!(
             s.get(
@@ -931,6 +945,21 @@ fn promtool_replay(
     text
 }
 
+fn report(source: &str, rules: &str, promtool: &str, firing: &BTreeMap<&str, Vec<(&str, String)>>) {
+    let verdict = promtool
+        .lines()
+        .rev()
+        .map(str::trim)
+        .find(|l| !l.is_empty())
+        .unwrap_or_default();
+    eprintln!("{source} -> {rules}: promtool test rules {verdict}");
+    eprintln!("  at {EVAL_HEALTHY} (healthy): no alert");
+    for (alert, labels) in firing {
+        let l: Vec<String> = labels.iter().map(|(k, v)| format!("{k}=\"{v}\"")).collect();
+        eprintln!("  at {EVAL_BROKEN}: {alert}{{{}}} firing", l.join(","));
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn alerts_fire_end_to_end_from_scraped_series() {
     let mut env = Env::new("alerts").await;
@@ -1082,7 +1111,12 @@ async fn alerts_fire_end_to_end_from_scraped_series() {
         ("EmrWorkspaceSyncStale", workspace.to_vec()),
     ]);
     let out = promtool_replay(&rules, input, &firing, dir.path());
-    eprintln!("operator metrics -> rules.yaml: {}", out.trim());
+    report(
+        "operator /metrics",
+        "deploy/prometheus/rules.yaml",
+        &out,
+        &firing,
+    );
 
     // kube-state-metrics through deploy/prometheus/kube-state-metrics-rules.yaml.
     let rules = without_annotations(
@@ -1100,13 +1134,12 @@ async fn alerts_fire_end_to_end_from_scraped_series() {
         ("EmrWorkspaceSyncStale", workspace.to_vec()),
     ]);
     let out = promtool_replay(&rules, input, &firing, dir.path());
-    eprintln!(
-        "kube-state-metrics -> kube-state-metrics-rules.yaml: {}",
-        out.trim()
+    report(
+        "kube-state-metrics",
+        "deploy/prometheus/kube-state-metrics-rules.yaml",
+        &out,
+        &firing,
     );
-    for (alert, labels) in &firing {
-        eprintln!("firing at {EVAL_BROKEN}: {alert} {labels:?}");
-    }
 
     ksm.stop().await;
     env.teardown().await;
