@@ -818,6 +818,8 @@ fn deploy_readme_mentions_every_asset() {
     for f in [
         "prometheus/rules.yaml",
         "prometheus/kube-state-metrics-rules.yaml",
+        "prometheus/tests/rules.test.yaml",
+        "prometheus/tests/kube-state-metrics-rules.test.yaml",
         "argocd/health.lua",
         "argocd/argocd-cm-patch.yaml",
         "kube-state-metrics/custom-resource-config.yaml",
