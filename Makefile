@@ -5,6 +5,7 @@
 #   make bench   benchmarks (prints figures)
 SHELL := /bin/bash
 KCP := tests/control-plane/kcp.sh
+TOOLS := tests/tools/tools.sh
 CARGO ?= cargo
 
 .PHONY: demo test lint unit control-plane control-plane-down bench crds
@@ -27,9 +28,12 @@ lint:
 	$(CARGO) fmt --check
 	$(CARGO) clippy --all-targets -- -D warnings
 
-# Unit tests, then every integration test against one shared real control plane.
+# Unit tests, then every integration test against one shared real control plane. The real
+# consumers of deploy/ (promtool, kube-state-metrics, gopher-lua, kstatus) are built by
+# tests/tools/tools.sh, cached in .cache/bin like the control plane.
 test: lint
 	$(KCP) build
+	$(TOOLS) build
 	$(KCP) up
 	source .cache/kcp/env && EMR_TEST_KUBECONFIG="$$KUBECONFIG" \
 	  $(CARGO) test --all-targets -- --test-threads=8; \

@@ -67,6 +67,7 @@ pub struct Metrics {
     pub workspace_clusters: Family<WorkspaceLabels, Gauge>,
     pub workspace_ready: Family<WorkspaceLabels, Gauge>,
     pub workspace_mirrors_unwritten: Family<WorkspaceLabels, Gauge>,
+    pub workspace_suspended: Family<WorkspaceLabels, Gauge>,
     pub kube_writes: Family<WriteLabels, Counter>,
     pub kube_write_refusals: Family<RefusalLabels, Counter>,
     pub reconcile_errors: Family<ErrorLabels, Counter>,
@@ -93,6 +94,7 @@ impl Default for Metrics {
             workspace_clusters: Family::default(),
             workspace_ready: Family::default(),
             workspace_mirrors_unwritten: Family::default(),
+            workspace_suspended: Family::default(),
             kube_writes: Family::default(),
             kube_write_refusals: Family::default(),
             reconcile_errors: Family::default(),
@@ -154,6 +156,11 @@ impl Metrics {
             "Mirrors of the workspace the Kubernetes API server refused to write (or that were not \
              attempted after a refusal) in the last write pass; 0 when every mirror is written",
             m.workspace_mirrors_unwritten.clone(),
+        );
+        registry.register(
+            "workspace_suspended",
+            "1 while the workspace has spec.suspend set (its alerts are silenced on purpose)",
+            m.workspace_suspended.clone(),
         );
         registry.register(
             "kube_writes",

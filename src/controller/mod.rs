@@ -329,6 +329,10 @@ async fn write_status(
         .workspace_mirrors_unwritten
         .get_or_create(&labels)
         .set(st.write_trouble.as_ref().map_or(0, |t| t.failed as i64));
+    ctx.metrics
+        .workspace_suspended
+        .get_or_create(&labels)
+        .set(i64::from(ws.spec.suspend));
     if s == prev {
         return Ok(());
     }
@@ -368,6 +372,7 @@ fn forget_key(ctx: &Context, k: &str) {
     ctx.metrics.workspace_clusters.remove(&l);
     ctx.metrics.workspace_ready.remove(&l);
     ctx.metrics.workspace_mirrors_unwritten.remove(&l);
+    ctx.metrics.workspace_suspended.remove(&l);
     ctx.metrics.sync_attempts.remove(&l);
     ctx.metrics.sync_duration.remove(&l);
     for (id, old) in &st.exported_states {

@@ -1,7 +1,14 @@
-//! GitOps and alerting assets in `deploy/`: the Argo CD health check (run in a real Lua
-//! interpreter), the Prometheus rules (parsed with a PromQL parser, metric names checked against
-//! what the operator exports) and the kube-state-metrics configuration (paths checked against
-//! the CRD schemas). No control plane needed.
+//! GitOps and alerting assets in `deploy/` and the chart, checked with their real consumers
+//! where one exists: the Argo CD health check runs in gopher-lua with Argo CD's library set, the
+//! Prometheus rules go through `promtool check rules` and `promtool test rules` (unit tests in
+//! `deploy/prometheus/tests/`, one firing and one silent case per alert, enforced here), and
+//! their metric names are checked against what the operator exports; the kube-state-metrics
+//! configuration's paths are checked against the CRD schemas (`tests/consumers.rs` runs the
+//! real kube-state-metrics). No control plane needed; the Go tools are built by
+//! `tests/tools/tools.sh` (cached in `.cache/bin`).
+
+use crate::common;
+use crate::consumer_tools;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
@@ -12,7 +19,6 @@ use emr_ray_operator::controller::mirror::{Staleness, mirror_conditions};
 use emr_ray_operator::metrics::{
     ClusterStateLabels, CodeLabels, FailureLabels, Metrics, WorkspaceLabels,
 };
-use mlua::{Lua, Value as LuaValue};
 use promql_parser::parser::Expr;
 use promql_parser::util::{ExprVisitor, walk_expr};
 use serde_json::{Value, json};
@@ -36,49 +42,6 @@ fn yaml_docs(text: &str) -> Vec<Value> {
 // ---------------------------------------------------------------------------------------------
 // Argo CD health check
 // ---------------------------------------------------------------------------------------------
-
-fn to_lua(lua: &Lua, v: &Value) -> mlua::Result<LuaValue> {
-    Ok(match v {
-        Value::Null => LuaValue::Nil,
-        Value::Bool(b) => LuaValue::Boolean(*b),
-        Value::Number(n) => match n.as_i64() {
-            Some(i) => LuaValue::Integer(i),
-            None => LuaValue::Number(n.as_f64().unwrap_or_default()),
-        },
-        Value::String(s) => LuaValue::String(lua.create_string(s)?),
-        Value::Array(a) => {
-            let t = lua.create_table()?;
-            for (i, x) in a.iter().enumerate() {
-                t.set(i + 1, to_lua(lua, x)?)?;
-            }
-            LuaValue::Table(t)
-        }
-        Value::Object(o) => {
-            let t = lua.create_table()?;
-            for (k, x) in o {
-                t.set(k.as_str(), to_lua(lua, x)?)?;
-            }
-            LuaValue::Table(t)
-        }
-    })
-}
-
-/// Runs the health script the way Argo CD does: `obj` is a global, the chunk returns a table
-/// with `status` and `message`.
-fn health(script: &str, obj: &Value) -> (String, String) {
-    let lua = Lua::new();
-    lua.globals()
-        .set("obj", to_lua(&lua, obj).unwrap())
-        .unwrap();
-    let hs: mlua::Table = lua
-        .load(script)
-        .set_name("health.lua")
-        .eval()
-        .unwrap_or_else(|e| panic!("health.lua failed for {obj}: {e}"));
-    let status: String = hs.get("status").expect("hs.status is a string");
-    let message: Option<String> = hs.get("message").expect("hs.message");
-    (status, message.unwrap_or_default())
-}
 
 fn cond(type_: &str, status: &str, reason: &str, message: &str) -> Value {
     json!({"type": type_, "status": status, "reason": reason, "message": message,
@@ -129,7 +92,6 @@ fn mirror(state: Option<&str>, gone: bool, stale: bool) -> Value {
 
 #[test]
 fn argocd_health_check_maps_statuses() {
-    let script = read("deploy/argocd/health.lua");
     let ready = json!({"observedGeneration": 1, "conditions": [cond("Ready", "True", "Synced", "1 Ray cluster(s) mirrored")]});
     let cases: Vec<(&str, Value, &str, &str)> = vec![
         (
@@ -263,8 +225,12 @@ fn argocd_health_check_maps_statuses() {
             "",
         ),
     ];
-    for (what, obj, want, msg_part) in cases {
-        let (status, message) = health(&script, &obj);
+    let objects: Vec<Value> = cases.iter().map(|c| c.1.clone()).collect();
+    let verdicts =
+        consumer_tools::argocd_health(&repo().join("deploy/argocd/health.lua"), &objects);
+    for ((what, _, want, msg_part), v) in cases.into_iter().zip(verdicts) {
+        assert_eq!(v.error, None, "{what}: health.lua failed in gopher-lua");
+        let (status, message) = (v.status, v.message);
         assert_eq!(status, want, "{what}: message {message:?}");
         assert!(
             message.contains(msg_part),
@@ -327,21 +293,32 @@ fn exported_metric_names() -> BTreeSet<String> {
     m.last_success.get_or_create(&ws).set(1.0);
     m.workspace_clusters.get_or_create(&ws).set(1);
     m.workspace_ready.get_or_create(&ws).set(1);
+    m.workspace_mirrors_unwritten.get_or_create(&ws).set(0);
+    m.workspace_suspended.get_or_create(&ws).set(0);
     m.count_write("emrrayclusters", "apply");
+    m.count_refusal(
+        "emrrayclusters",
+        emr_ray_operator::api::WriteRefusal::Forbidden,
+    );
+    m.count_reconcile_error("StatusWrite");
     m.reconciles.inc();
     m.is_leader.set(1);
     let text = m.encode();
-    let names: BTreeSet<String> = text
-        .lines()
-        .filter(|l| !l.starts_with('#') && !l.trim().is_empty())
-        .map(|l| l.split(['{', ' ']).next().unwrap().to_string())
+    let names: BTreeSet<String> = common::parse_metrics(&text)
+        .into_iter()
+        .map(|s| s.name)
         .collect();
     // Every family registered in the registry has at least one sample now.
-    let families = text.lines().filter(|l| l.starts_with("# TYPE ")).count();
-    assert!(
-        families >= 11,
-        "expected every family to be exported:\n{text}"
-    );
+    let families: BTreeSet<&str> = text
+        .lines()
+        .filter_map(|l| l.strip_prefix("# TYPE ")?.split(' ').next())
+        .collect();
+    for f in &families {
+        assert!(
+            names.iter().any(|n| n.starts_with(f)),
+            "family {f} has no sample: give it one here\n{text}"
+        );
+    }
     names
 }
 
@@ -454,8 +431,8 @@ fn helm_bin() -> PathBuf {
     bin
 }
 
-#[test]
-fn chart_prometheus_rule_parses_and_uses_exported_metrics() {
+/// The chart's PrometheusRule, rendered by the pinned helm.
+fn rendered_prometheus_rule() -> Value {
     let out = Command::new(helm_bin())
         .args([
             "template",
@@ -484,11 +461,148 @@ fn chart_prometheus_rule_parses_and_uses_exported_metrics() {
         .find(|d| d["kind"] == "PrometheusRule")
         .expect("a PrometheusRule is rendered");
     assert_eq!(rule["apiVersion"], "monitoring.coreos.com/v1");
+    rule.clone()
+}
+
+#[test]
+fn chart_prometheus_rule_parses_and_uses_exported_metrics() {
+    let rule = rendered_prometheus_rule();
     check_operator_rules(&rule["spec"], "rendered PrometheusRule");
     let file = yaml_docs(&read("deploy/prometheus/rules.yaml"));
     assert_eq!(
         rule["spec"], file[0],
         "PrometheusRule spec == deploy/prometheus/rules.yaml"
+    );
+}
+
+/// Every shipped rules file: the two in `deploy/prometheus/` and the chart's copy.
+const RULE_FILES: &[&str] = &[
+    "deploy/prometheus/rules.yaml",
+    "deploy/prometheus/kube-state-metrics-rules.yaml",
+    "charts/emr-ray-operator/files/prometheus-rules.yaml",
+];
+
+/// The promtool unit-test files, `deploy/prometheus/tests/*.yaml`.
+fn rule_test_files() -> Vec<PathBuf> {
+    let dir = repo().join("deploy/prometheus/tests");
+    let mut files: Vec<PathBuf> = std::fs::read_dir(&dir)
+        .unwrap_or_else(|e| panic!("reading {}: {e}", dir.display()))
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "yaml"))
+        .collect();
+    files.sort();
+    assert!(!files.is_empty(), "no promtool tests in {}", dir.display());
+    files
+}
+
+#[test]
+fn prometheus_rules_pass_promtool_check() {
+    let out = consumer_tools::assert_promtool_ok(&[&["check", "rules"][..], RULE_FILES].concat());
+    for f in RULE_FILES {
+        assert!(out.contains(f), "promtool did not check {f}:\n{out}");
+    }
+}
+
+#[test]
+fn prometheus_rules_pass_promtool_unit_tests() {
+    let files = rule_test_files();
+    let args: Vec<&str> = ["test", "rules"]
+        .into_iter()
+        .chain(files.iter().map(|f| f.to_str().unwrap()))
+        .collect();
+    consumer_tools::assert_promtool_ok(&args);
+}
+
+/// The PrometheusRule the chart renders passes the same unit tests as
+/// `deploy/prometheus/rules.yaml` (its spec is written out as a rule file and the test file
+/// is pointed at it).
+#[test]
+fn chart_prometheus_rule_passes_promtool_unit_tests() {
+    let rule = rendered_prometheus_rule();
+    let dir = tempfile::tempdir().unwrap();
+    let rules = dir.path().join("chart-rules.yaml");
+    std::fs::write(&rules, serde_yaml::to_string(&rule["spec"]).unwrap()).unwrap();
+    let mut test: Value = serde_yaml::from_str(&read("deploy/prometheus/tests/rules.test.yaml"))
+        .expect("rules.test.yaml parses");
+    assert_eq!(test["rule_files"], json!(["../rules.yaml"]));
+    test["rule_files"] = json!([rules.to_str().unwrap()]);
+    let test_file = dir.path().join("chart-rules.test.yaml");
+    std::fs::write(&test_file, serde_yaml::to_string(&test).unwrap()).unwrap();
+    consumer_tools::assert_promtool_ok(&["check", "rules", rules.to_str().unwrap()]);
+    consumer_tools::assert_promtool_ok(&["test", "rules", test_file.to_str().unwrap()]);
+}
+
+/// Alert names of a rules file.
+fn alert_names(file: &Path) -> BTreeSet<String> {
+    let text =
+        std::fs::read_to_string(file).unwrap_or_else(|e| panic!("reading {}: {e}", file.display()));
+    let doc: Value = serde_yaml::from_str(&text).unwrap();
+    doc["groups"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .flat_map(|g| g["rules"].as_array().into_iter().flatten())
+        .filter_map(|r| r["alert"].as_str().map(str::to_string))
+        .collect()
+}
+
+/// Every alert of every shipped rules file has, in a promtool test file that loads that rules
+/// file (or a byte-identical copy of it), at least one case where it fires and one where it
+/// stays silent. A new alert without tests fails here.
+#[test]
+fn every_shipped_alert_has_a_firing_and_a_silent_unit_test() {
+    // (rules file contents, alert) -> (firing cases, silent cases)
+    let mut cases: BTreeMap<(String, String), (usize, usize)> = BTreeMap::new();
+    for tf in rule_test_files() {
+        let test: Value = serde_yaml::from_str(&std::fs::read_to_string(&tf).unwrap())
+            .unwrap_or_else(|e| panic!("{}: {e}", tf.display()));
+        let base = tf.parent().unwrap();
+        let rule_files: Vec<String> = test["rule_files"]
+            .as_array()
+            .unwrap_or_else(|| panic!("{}: no rule_files", tf.display()))
+            .iter()
+            .map(|f| {
+                let p = base.join(f.as_str().unwrap());
+                std::fs::read_to_string(&p)
+                    .unwrap_or_else(|e| panic!("{}: {}: {e}", tf.display(), p.display()))
+            })
+            .collect();
+        for t in test["tests"].as_array().into_iter().flatten() {
+            for a in t["alert_rule_test"].as_array().into_iter().flatten() {
+                let name = a["alertname"].as_str().expect("alertname").to_string();
+                let firing = a["exp_alerts"].as_array().is_some_and(|e| !e.is_empty());
+                for rf in &rule_files {
+                    let e = cases.entry((rf.clone(), name.clone())).or_default();
+                    if firing {
+                        e.0 += 1;
+                    } else {
+                        e.1 += 1;
+                    }
+                }
+            }
+        }
+    }
+    let mut missing = Vec::new();
+    for f in RULE_FILES {
+        let contents = read(f);
+        let alerts = alert_names(&repo().join(f));
+        assert!(!alerts.is_empty(), "{f}: no alerts");
+        for alert in alerts {
+            let (firing, silent) = cases
+                .get(&(contents.clone(), alert.clone()))
+                .copied()
+                .unwrap_or_default();
+            if firing == 0 || silent == 0 {
+                missing.push(format!(
+                    "{f}: {alert} has {firing} firing and {silent} silent case(s)"
+                ));
+            }
+        }
+    }
+    assert!(
+        missing.is_empty(),
+        "alerts without promtool unit tests (add them to deploy/prometheus/tests/):\n{}",
+        missing.join("\n")
     );
 }
 
@@ -716,6 +830,8 @@ fn deploy_readme_mentions_every_asset() {
     for f in [
         "prometheus/rules.yaml",
         "prometheus/kube-state-metrics-rules.yaml",
+        "prometheus/tests/rules.test.yaml",
+        "prometheus/tests/kube-state-metrics-rules.test.yaml",
         "argocd/health.lua",
         "argocd/argocd-cm-patch.yaml",
         "kube-state-metrics/custom-resource-config.yaml",

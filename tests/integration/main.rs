@@ -4,10 +4,13 @@
 
 #[path = "../common/mod.rs"]
 mod common;
+#[path = "../consumer_tools/mod.rs"]
+mod consumer_tools;
 #[path = "../support/mod.rs"]
 mod support;
 
 mod chart;
+mod consumers;
 mod control_plane;
 mod emr_client;
 mod emr_sim;
