@@ -610,6 +610,25 @@ where
     .await
 }
 
+/// Waits until no namespace is terminating: the namespace controller's deletions of earlier
+/// tests' objects would count as writes in the API server's request metrics.
+pub async fn wait_no_namespace_terminating(client: &Client) {
+    let namespaces: Api<Namespace> = Api::all(client.clone());
+    wait_for(
+        Duration::from_secs(180),
+        "no namespace terminating",
+        || async {
+            let list = namespaces.list(&Default::default()).await.unwrap();
+            let terminating = list
+                .items
+                .iter()
+                .any(|n| n.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Terminating"));
+            (!terminating).then_some(())
+        },
+    )
+    .await
+}
+
 /// Serialises the tests that take it (those that count the API server's requests or restart
 /// it): hold the guard for the whole test.
 pub async fn serial() -> tokio::sync::MutexGuard<'static, ()> {

@@ -40,21 +40,7 @@ async fn steady_state_writes_no_mirror() {
     .await;
     // Other test binaries' namespaces may still be being deleted (their mirrors' DELETEs would
     // count as writes): wait until no namespace is terminating.
-    let namespaces: kube::Api<k8s_openapi::api::core::v1::Namespace> =
-        kube::Api::all(env.client.clone());
-    common::wait_for(
-        Duration::from_secs(180),
-        "no namespace terminating",
-        || async {
-            let list = namespaces.list(&Default::default()).await.unwrap();
-            let terminating = list
-                .items
-                .iter()
-                .any(|n| n.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Terminating"));
-            (!terminating).then_some(())
-        },
-    )
-    .await;
+    common::wait_no_namespace_terminating(&env.client).await;
     // A whole sync after the first one has finished: nothing of the initial sync is in flight.
     env.wait_next_sync(0, "ws", Duration::from_secs(40)).await;
     let versions: Vec<(String, String)> = env

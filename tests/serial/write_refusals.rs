@@ -142,6 +142,7 @@ async fn refused_mirror_writes_are_reported_bounded_and_recovered() {
 
     // 1. Every mirror write refused.
     refuse_mirrors(&env, "false").await;
+    common::wait_no_namespace_terminating(&env.client).await;
     let writes0 = apiserver_mirror_writes(&env).await;
     let requests0 = env.sim.state.stats().requests;
     let t0 = Instant::now();
