@@ -76,6 +76,7 @@ pub const DEFAULT_SECURITY_TOKEN_KEY: &str = "securityToken";
         json_path = ".metadata.creationTimestamp"
     )
 )]
+#[x_kube(validation = Rule::new("self.regionId == oldSelf.regionId && self.workspaceId == oldSelf.workspaceId").message("regionId and workspaceId are immutable: they name the remote workspace whose mirrors this EmrWorkspace owns; create a new EmrWorkspace instead"))]
 #[serde(rename_all = "camelCase")]
 pub struct EmrWorkspaceSpec {
     /// Alibaba Cloud region of the workspace, e.g. `cn-hangzhou`. Chooses the endpoint.
@@ -99,7 +100,8 @@ pub struct EmrWorkspaceSpec {
     /// Which derived endpoint to use when `endpoint` is empty: `Public` (default) or `VPC`.
     #[serde(default)]
     pub network: EndpointNetwork,
-    /// Where the access key comes from. Exactly one of `secretRef`, `rrsa` or `environment`.
+    /// Where the access key comes from: `secretRef` (a Secret of this namespace) or
+    /// `clusterCredentialsRef` (cluster credentials that allow this namespace).
     pub credentials: WorkspaceCredentials,
     /// How often the remote API is listed, as a duration (`30s`, `5m`, `1h`); minimum 10s.
     /// Empty: the operator's default (`--default-sync-interval`, 60s unless configured);
@@ -133,22 +135,29 @@ pub enum GoneClusterPolicy {
     Keep,
 }
 
-/// Credentials for the EMR OpenAPI. Exactly one source must be set.
+/// Credentials for the EMR OpenAPI. Exactly one source must be set. A namespaced workspace may
+/// only use a Secret of its own namespace, or cluster credentials that a cluster admin created
+/// and that allow its namespace: the operator's own identity is never available to a tenant
+/// otherwise.
 #[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, KubeSchema)]
 #[serde(rename_all = "camelCase")]
-#[x_kube(validation = Rule::new("[has(self.secretRef), has(self.rrsa), has(self.environment)].filter(x, x).size() == 1").message("credentials: set exactly one of secretRef, rrsa or environment"))]
+#[x_kube(validation = Rule::new("[has(self.secretRef), has(self.clusterCredentialsRef)].filter(x, x).size() == 1").message("credentials: set exactly one of secretRef or clusterCredentialsRef"))]
 pub struct WorkspaceCredentials {
     /// A Secret in the workspace's namespace holding an AccessKey (and optionally an STS token).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub secret_ref: Option<SecretCredentials>,
-    /// RAM Roles for Service Accounts (ACK RRSA): `AssumeRoleWithOIDC` with the operator's
-    /// projected service-account token. Fields left empty come from the operator's environment
-    /// (`ALIBABA_CLOUD_ROLE_ARN`, `ALIBABA_CLOUD_OIDC_PROVIDER_ARN`, `ALIBABA_CLOUD_OIDC_TOKEN_FILE`).
+    /// An `EmrClusterCredentials` (cluster-scoped, created by cluster admins) that allows this
+    /// namespace.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub rrsa: Option<RrsaCredentials>,
-    /// Use the operator's own environment (`ALIBABA_CLOUD_ACCESS_KEY_ID`, ...).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub environment: Option<EnvironmentCredentials>,
+    pub cluster_credentials_ref: Option<ClusterCredentialsRef>,
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ClusterCredentialsRef {
+    /// Name of the `EmrClusterCredentials`.
+    #[schemars(length(min = 1, max = 253))]
+    pub name: String,
 }
 
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
@@ -197,16 +206,100 @@ impl EmrWorkspaceSpec {
     }
 }
 
+/// Credentials that only cluster admins create (cluster-scoped; not aggregated to the `edit` or
+/// `admin` roles), with the namespaces that may use them — the role of External Secrets
+/// Operator's `ClusterSecretStore` or Crossplane's `ProviderConfig`.
+#[derive(CustomResource, KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[kube(
+    group = "emr.aliyun.io",
+    version = "v1alpha1",
+    kind = "EmrClusterCredentials",
+    plural = "emrclustercredentials",
+    shortname = "emrcc",
+    category = "emr"
+)]
+#[serde(rename_all = "camelCase")]
+pub struct EmrClusterCredentialsSpec {
+    /// Where the access key comes from: exactly one source.
+    pub source: ClusterCredentialsSource,
+    /// Namespaces whose `EmrWorkspace`s may use these credentials (none by default).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 1024))]
+    pub namespaces: Vec<String>,
+    /// Namespaces, by label, whose `EmrWorkspace`s may use these credentials.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub namespace_selector: Option<k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector>,
+    /// Endpoints this identity may be sent to (patterns like the operator's
+    /// `--allowed-endpoints`, e.g. `https://emr-serverless-spark-vpc.cn-hangzhou.aliyuncs.com`);
+    /// empty: every endpoint the operator allows.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 64))]
+    pub allowed_endpoints: Vec<String>,
+}
+
+/// The identity behind `EmrClusterCredentials`.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+#[x_kube(validation = Rule::new("[has(self.secretRef), has(self.rrsa), has(self.environment)].filter(x, x).size() == 1").message("source: set exactly one of secretRef, rrsa or environment"))]
+pub struct ClusterCredentialsSource {
+    /// A Secret in the namespace it names.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub secret_ref: Option<NamespacedSecretCredentials>,
+    /// RAM Roles for Service Accounts (ACK RRSA): `AssumeRoleWithOIDC` with the operator's
+    /// projected service-account token. Fields left empty come from the operator's environment
+    /// (`ALIBABA_CLOUD_ROLE_ARN`, `ALIBABA_CLOUD_OIDC_PROVIDER_ARN`, `ALIBABA_CLOUD_OIDC_TOKEN_FILE`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rrsa: Option<RrsaCredentials>,
+    /// The operator's own environment (`ALIBABA_CLOUD_ACCESS_KEY_ID`, ...).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub environment: Option<EnvironmentCredentials>,
+}
+
+/// A Secret in any namespace (only cluster admins write `EmrClusterCredentials`).
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct NamespacedSecretCredentials {
+    #[schemars(length(min = 1, max = 63))]
+    pub namespace: String,
+    #[schemars(length(min = 1, max = 253))]
+    pub name: String,
+    /// Key of the AccessKey ID. Default `accessKeyId`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub access_key_id_key: Option<String>,
+    /// Key of the AccessKey secret. Default `accessKeySecret`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub access_key_secret_key: Option<String>,
+    /// Key of an optional STS security token. Default `securityToken` (used when present).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub security_token_key: Option<String>,
+}
+
+impl NamespacedSecretCredentials {
+    /// The Secret's name and keys.
+    pub fn keys(&self) -> SecretCredentials {
+        SecretCredentials {
+            name: self.name.clone(),
+            access_key_id_key: self.access_key_id_key.clone(),
+            access_key_secret_key: self.access_key_secret_key.clone(),
+            security_token_key: self.security_token_key.clone(),
+        }
+    }
+}
+
 #[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct RrsaCredentials {
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 256))]
     pub role_arn: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 256))]
     pub oidc_provider_arn: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 1024))]
     pub oidc_token_file_path: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 64))]
     pub session_name: Option<String>,
 }
 
@@ -495,6 +588,10 @@ pub struct RayWorkerGroup {
 pub fn crd_yamls() -> Vec<(&'static str, String)> {
     vec![
         (
+            "emr.aliyun.io_emrclustercredentials.yaml",
+            serde_yaml::to_string(&EmrClusterCredentials::crd()).expect("CRD serialises"),
+        ),
+        (
             "emr.aliyun.io_emrworkspaces.yaml",
             serde_yaml::to_string(&EmrWorkspace::crd()).expect("CRD serialises"),
         ),
@@ -512,7 +609,11 @@ pub async fn install_crds(client: &kube::Client) -> Result<(), kube::Error> {
     use kube::runtime::wait::{await_condition, conditions};
 
     let api: Api<CustomResourceDefinition> = Api::all(client.clone());
-    for crd in [EmrWorkspace::crd(), EmrRayCluster::crd()] {
+    for crd in [
+        EmrClusterCredentials::crd(),
+        EmrWorkspace::crd(),
+        EmrRayCluster::crd(),
+    ] {
         let name = crd.metadata.name.clone().unwrap_or_default();
         api.patch(
             &name,

@@ -1,6 +1,8 @@
 //! [`Interval`]: a Kubernetes-style duration (`90s`, `1m30s`, `1.5h`, `500ms`) with checked
 //! parsing and a canonical display. The same type reads `spec.syncInterval`, the operator's
-//! duration flags, and writes `status.syncInterval`. No input can make it panic or overflow.
+//! duration flags, and writes `status.syncInterval`. No input can make it panic or overflow
+//! (`kube::core::Duration` parses the same syntax but multiplies floats and adds without
+//! checks, which panics on a tenant's `99999999999999999999h`).
 
 use std::fmt;
 use std::str::FromStr;

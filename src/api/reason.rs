@@ -71,6 +71,14 @@ reasons! {
     SecretKeyMissing => true,
     /// The spec cannot be acted on (e.g. an unparsable `syncInterval`).
     InvalidSpec => true,
+    /// The referenced `EmrClusterCredentials` does not exist or does not allow this namespace.
+    CredentialsNotPermitted => true,
+    /// The endpoint is not one the operator (or the cluster credentials) may send credentials to.
+    EndpointNotAllowed => true,
+    /// The workspace has more clusters than the operator mirrors (`--max-clusters-per-workspace`).
+    TooManyClusters => true,
+    /// Another `EmrWorkspace` of the namespace mirrors the same remote workspace.
+    DuplicateWorkspace => true,
     /// The API server refused mirror writes. Whether it stalls depends on the refusal:
     /// see [`WriteRefusal::is_permanent`].
     MirrorWriteFailed => false,
@@ -107,6 +115,7 @@ impl From<ErrorKind> for Reason {
             ErrorKind::Incomplete => Reason::IncompleteListing,
             ErrorKind::Credentials => Reason::CredentialsUnavailable,
             ErrorKind::Config => Reason::InvalidEndpoint,
+            ErrorKind::TooManyClusters => Reason::TooManyClusters,
         }
     }
 }
@@ -231,6 +240,7 @@ mod tests {
             ErrorKind::Incomplete,
             ErrorKind::Credentials,
             ErrorKind::Config,
+            ErrorKind::TooManyClusters,
         ];
         for k in kinds {
             let r = Reason::from(k);

@@ -65,6 +65,8 @@ pub async fn run(args: DemoArgs, shutdown: CancellationToken) -> anyhow::Result<
         concurrency: 4,
         metrics_addr: Some(args.metrics_addr),
         listing_timeout: Duration::from_secs(60),
+        // The simulator runs on loopback.
+        allowed_endpoints: vec!["http://127.0.0.1:*".parse().map_err(anyhow::Error::msg)?],
         ..OperatorConfig::embedded("demo")
     };
     let op = tokio::spawn(operator::run(

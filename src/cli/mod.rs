@@ -16,6 +16,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::info;
 
 use crate::api::{self, Interval};
+use crate::emr::endpoint::EndpointPattern;
 use crate::operator::leader::LeaseConfig;
 use crate::operator::{self, OperatorConfig};
 
@@ -96,9 +97,34 @@ struct RunArgs {
     /// Longest per-workspace backoff after the API server refused mirror writes.
     #[arg(long, env = "WRITE_BACKOFF_MAX", default_value = "5m", value_parser = parse_interval)]
     write_backoff_max: Interval,
+    /// Endpoints credentials may be sent to besides the official
+    /// `https://emr-serverless-spark[-vpc].<region>.aliyuncs.com` (comma-separated patterns
+    /// `scheme://host[:port]`, `*` for one host label or any port; `http` only where named).
+    #[arg(long, env = "ALLOWED_ENDPOINTS", value_delimiter = ',')]
+    allowed_endpoints: Vec<String>,
+    /// Most Ray clusters mirrored per workspace; a workspace with more stalls (TooManyClusters)
+    /// and keeps its mirrors as they are.
+    #[arg(long, env = "MAX_CLUSTERS_PER_WORKSPACE", default_value_t = 10_000)]
+    max_clusters_per_workspace: usize,
+    /// Largest remote response body per page, in bytes.
+    #[arg(long, env = "MAX_RESPONSE_BYTES", default_value_t = 8 * 1024 * 1024)]
+    max_response_bytes: usize,
+    /// Share (0–1] of the remote request budget and of the reconcile slots that one namespace's
+    /// workspaces may use.
+    #[arg(long, env = "NAMESPACE_SHARE", default_value_t = 0.5)]
+    namespace_share: f64,
     /// Timeout of a whole workspace listing (all pages and retries), in seconds.
     #[arg(long, env = "EMR_LISTING_TIMEOUT_SECONDS", default_value_t = 120)]
     listing_timeout_seconds: u64,
+    /// A workspace status whose only news is its sync times is written at most this often
+    /// (`lastSyncAttemptTime` and `lastSuccessfulSyncTime` may lag by up to this much; the
+    /// metrics are exact).
+    #[arg(long, env = "STATUS_HEARTBEAT", default_value = "5m", value_parser = parse_interval)]
+    status_heartbeat: Interval,
+    /// Serve /metrics only to callers whose bearer token a TokenReview accepts and whom a
+    /// SubjectAccessReview allows `get` on the non-resource URL /metrics.
+    #[arg(long, env = "METRICS_AUTH", default_value_t = false, action = clap::ArgAction::Set)]
+    metrics_auth: bool,
     /// Address of the /metrics, /healthz and /readyz endpoints.
     #[arg(long, env = "METRICS_ADDR", default_value = "0.0.0.0:8080")]
     metrics_addr: SocketAddr,
@@ -229,6 +255,23 @@ async fn run(a: RunArgs) -> anyhow::Result<()> {
         kube_writes_per_second: a.kube_writes_per_second.max(1),
         kube_write_burst: a.kube_write_burst.max(1),
         write_backoff_cap: a.write_backoff_max.as_duration(),
+        allowed_endpoints: a
+            .allowed_endpoints
+            .iter()
+            .map(|p| p.trim())
+            .filter(|p| !p.is_empty())
+            .map(|p| p.parse::<EndpointPattern>())
+            .collect::<Result<_, _>>()
+            .map_err(anyhow::Error::msg)?,
+        max_clusters_per_workspace: a.max_clusters_per_workspace.max(1),
+        max_response_bytes: a.max_response_bytes.max(64 * 1024),
+        metrics_auth: a.metrics_auth,
+        status_heartbeat: a.status_heartbeat.as_duration(),
+        namespace_share: if a.namespace_share.is_finite() {
+            a.namespace_share.clamp(0.01, 1.0)
+        } else {
+            0.5
+        },
     };
     info!(
         ?cfg,

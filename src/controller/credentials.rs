@@ -1,12 +1,19 @@
 //! Where a workspace's access key comes from: the one reader of credentials Secrets (used by the
 //! reconciler and by `emr-ray-operator list --secret`), and the resolution of a workspace's
-//! `spec.credentials`.
+//! `spec.credentials` — a Secret of its namespace, or `EmrClusterCredentials` that allow it.
 
 use k8s_openapi::api::core::v1::Secret;
 use kube::api::Api;
 
+use k8s_openapi::api::core::v1::Namespace;
+use kube::core::{Selector, SelectorExt};
+
 use super::SyncError;
-use crate::api::{EmrWorkspace, Reason, SecretCredentials, WorkspaceCredentials};
+use crate::api::{
+    EmrClusterCredentials, EmrWorkspace, Reason, RrsaCredentials, SecretCredentials,
+    WorkspaceCredentials,
+};
+use crate::emr::endpoint::EndpointPattern;
 use crate::emr::{CredentialResolver, CredentialSource, Credentials, RrsaConfig, SecretString};
 
 /// Reads the access key from a Secret's data with the keys `keys` names (the CRD's defaults
@@ -72,55 +79,152 @@ pub async fn from_secret(
     from_secret_data(&secret, keys, &display)
 }
 
-/// The credentials of a workspace: its Secret, RRSA, or the operator's environment.
+/// A workspace's access key, and where it may be sent (empty: wherever the operator allows).
+pub struct Resolved {
+    pub credentials: Credentials,
+    pub allowed_endpoints: Vec<EndpointPattern>,
+}
+
+/// The credentials of a workspace: a Secret of its own namespace, or cluster credentials that
+/// allow its namespace. Nothing in a namespaced spec can name a file, a role or the operator's
+/// own identity.
 pub async fn for_workspace(
     ws: &EmrWorkspace,
     client: &kube::Client,
     resolver: &CredentialResolver,
-) -> Result<Credentials, SyncError> {
+) -> Result<Resolved, SyncError> {
+    let ns = ws.metadata.namespace.clone().unwrap_or_default();
     let c: &WorkspaceCredentials = &ws.spec.credentials;
     if let Some(sr) = &c.secret_ref {
-        let ns = ws.metadata.namespace.clone().unwrap_or_default();
-        return from_secret(client, &ns, sr).await;
+        return Ok(Resolved {
+            credentials: from_secret(client, &ns, sr).await?,
+            allowed_endpoints: Vec::new(),
+        });
     }
-    let source = match &c.rrsa {
-        Some(r) => {
-            let mut cfg = RrsaConfig::from_env().unwrap_or_else(|_| RrsaConfig {
-                role_arn: String::new(),
-                oidc_provider_arn: String::new(),
-                token_file: Default::default(),
-                session_name: "emr-ray-operator".to_string(),
-                sts_endpoint: None,
-                duration_seconds: 3600,
-            });
-            if let Some(v) = &r.role_arn {
-                cfg.role_arn = v.clone();
-            }
-            if let Some(v) = &r.oidc_provider_arn {
-                cfg.oidc_provider_arn = v.clone();
-            }
-            if let Some(v) = &r.oidc_token_file_path {
-                cfg.token_file = v.into();
-            }
-            if let Some(v) = &r.session_name {
-                cfg.session_name = v.clone();
-            }
-            if cfg.role_arn.is_empty()
-                || cfg.oidc_provider_arn.is_empty()
-                || cfg.token_file.as_os_str().is_empty()
-            {
-                return Err(SyncError::local(
-                    Reason::CredentialsUnavailable,
-                    "RRSA needs roleArn, oidcProviderArn and oidcTokenFilePath (in the spec or \
-                     the operator's ALIBABA_CLOUD_* environment)"
-                        .to_string(),
-                ));
-            }
-            CredentialSource::Rrsa(cfg)
-        }
-        None => CredentialSource::Environment,
+    let Some(r) = &c.cluster_credentials_ref else {
+        return Err(SyncError::local(
+            Reason::InvalidSpec,
+            "credentials: set secretRef or clusterCredentialsRef".to_string(),
+        ));
     };
-    Ok(resolver.resolve(&source).await?)
+    let cc = permitted_cluster_credentials(client, &r.name, &ns).await?;
+    let allowed_endpoints = cc
+        .spec
+        .allowed_endpoints
+        .iter()
+        .map(|p| p.parse::<EndpointPattern>())
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| {
+            SyncError::local(
+                Reason::CredentialsUnavailable,
+                format!("EmrClusterCredentials {}: allowedEndpoints: {e}", r.name),
+            )
+        })?;
+    let src = &cc.spec.source;
+    let credentials = if let Some(sr) = &src.secret_ref {
+        from_secret(client, &sr.namespace, &sr.keys()).await?
+    } else if let Some(rrsa) = &src.rrsa {
+        resolver
+            .resolve(&CredentialSource::Rrsa(rrsa_config(rrsa)?))
+            .await?
+    } else {
+        resolver.resolve(&CredentialSource::Environment).await?
+    };
+    Ok(Resolved {
+        credentials,
+        allowed_endpoints,
+    })
+}
+
+/// The `EmrClusterCredentials` named `name`, if it allows namespace `ns`. A missing object and
+/// one that does not allow the namespace give the same answer, so that a tenant cannot probe
+/// which cluster credentials exist.
+async fn permitted_cluster_credentials(
+    client: &kube::Client,
+    name: &str,
+    ns: &str,
+) -> Result<EmrClusterCredentials, SyncError> {
+    let denied = || {
+        SyncError::local(
+            Reason::CredentialsNotPermitted,
+            format!(
+                "EmrClusterCredentials {name} does not exist or does not allow namespace {ns}; \
+                 a cluster admin grants it in spec.namespaces or spec.namespaceSelector"
+            ),
+        )
+    };
+    let unavailable = |e: kube::Error| {
+        SyncError::local(
+            Reason::CredentialsUnavailable,
+            format!("reading EmrClusterCredentials {name} failed: {e}"),
+        )
+    };
+    let api: Api<EmrClusterCredentials> = Api::all(client.clone());
+    let cc = api
+        .get_opt(name)
+        .await
+        .map_err(unavailable)?
+        .ok_or_else(denied)?;
+    if cc.spec.namespaces.iter().any(|n| n == ns) {
+        return Ok(cc);
+    }
+    let Some(sel) = cc.spec.namespace_selector.clone() else {
+        return Err(denied());
+    };
+    let selector = Selector::try_from(sel).map_err(|e| {
+        SyncError::local(
+            Reason::CredentialsUnavailable,
+            format!("EmrClusterCredentials {name}: invalid namespaceSelector: {e}"),
+        )
+    })?;
+    let namespace = Api::<Namespace>::all(client.clone())
+        .get_metadata_opt(ns)
+        .await
+        .map_err(unavailable)?;
+    let labels = namespace
+        .and_then(|n| n.metadata.labels)
+        .unwrap_or_default();
+    if selector.matches(&labels) {
+        Ok(cc)
+    } else {
+        Err(denied())
+    }
+}
+
+/// RRSA settings: the cluster credentials' fields over the operator's environment.
+fn rrsa_config(r: &RrsaCredentials) -> Result<RrsaConfig, SyncError> {
+    let mut cfg = RrsaConfig::from_env().unwrap_or_else(|_| RrsaConfig {
+        role_arn: String::new(),
+        oidc_provider_arn: String::new(),
+        token_file: Default::default(),
+        session_name: "emr-ray-operator".to_string(),
+        sts_endpoint: None,
+        duration_seconds: 3600,
+    });
+    if let Some(v) = &r.role_arn {
+        cfg.role_arn = v.clone();
+    }
+    if let Some(v) = &r.oidc_provider_arn {
+        cfg.oidc_provider_arn = v.clone();
+    }
+    if let Some(v) = &r.oidc_token_file_path {
+        cfg.token_file = v.into();
+    }
+    if let Some(v) = &r.session_name {
+        cfg.session_name = v.clone();
+    }
+    if cfg.role_arn.is_empty()
+        || cfg.oidc_provider_arn.is_empty()
+        || cfg.token_file.as_os_str().is_empty()
+    {
+        return Err(SyncError::local(
+            Reason::CredentialsUnavailable,
+            "RRSA needs roleArn, oidcProviderArn and oidcTokenFilePath (in the \
+             EmrClusterCredentials or the operator's ALIBABA_CLOUD_* environment)"
+                .to_string(),
+        ));
+    }
+    Ok(cfg)
 }
 
 #[cfg(test)]

@@ -76,6 +76,39 @@ fn is_dns_label(s: &str) -> bool {
 }
 
 /// The status fields that come from the remote cluster (everything but conditions).
+/// Longest free text copied from the remote API (description, message), in bytes.
+pub const MAX_TEXT: usize = 4096;
+/// Longest other remote string (names, versions, quantities, IDs), in bytes.
+pub const MAX_SHORT: usize = 512;
+/// Longest endpoint URL, in bytes.
+pub const MAX_URL: usize = 2048;
+/// Most worker groups mirrored.
+pub const MAX_WORKER_GROUPS: usize = 64;
+/// What a truncated string ends with.
+pub const TRUNCATED: &str = "…[truncated]";
+
+/// `s` cut to at most `max` bytes (at a character boundary) with a visible marker: remote
+/// strings are untrusted, and every mirror must stay far below the API server's object size
+/// limit (a mirror is at most ≈ 64 × 9 × 512 + 2 × 4096 + … ≈ 310 KiB).
+pub fn truncated(s: &str, max: usize) -> String {
+    if s.len() <= max {
+        return s.to_string();
+    }
+    let mut end = max.saturating_sub(TRUNCATED.len());
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}{TRUNCATED}", &s[..end])
+}
+
+fn short(s: &Option<String>) -> Option<String> {
+    s.as_deref().map(|s| truncated(s, MAX_SHORT))
+}
+
+fn text(s: &Option<String>) -> Option<String> {
+    s.as_deref().map(|s| truncated(s, MAX_TEXT))
+}
+
 pub fn remote_status(c: &RayCluster) -> EmrRayClusterStatus {
     let head = c.head_spec.as_ref();
     let workers = c.worker_spec.as_deref().unwrap_or_default();
@@ -85,43 +118,44 @@ pub fn remote_status(c: &RayCluster) -> EmrRayClusterStatus {
             .grpc_endpoint
             .as_deref()
             .filter(|s| !s.is_empty())
-            .map(redact_endpoint),
+            .map(|s| truncated(&redact_endpoint(s), MAX_URL)),
         dashboard: c
             .dashboard_url
             .as_deref()
             .filter(|u| !u.is_empty())
-            .map(redact_endpoint),
+            .map(|s| truncated(&redact_endpoint(s), MAX_URL)),
     };
     EmrRayClusterStatus {
         conditions: Vec::new(),
         observed_generation: None,
-        state: c.state.as_ref().map(|s| s.as_str().to_string()),
-        display_name: c.name.clone(),
-        description: c.description.clone(),
-        release_version: c.display_release_version.clone(),
-        network_service_name: c.network_service_name.clone(),
+        state: c.state.as_ref().map(|s| truncated(s.as_str(), MAX_SHORT)),
+        display_name: short(&c.name),
+        description: text(&c.description),
+        release_version: short(&c.display_release_version),
+        network_service_name: short(&c.network_service_name),
         endpoints: (endpoints != RayEndpoints::default()).then_some(endpoints),
         head_spec: head.map(|h| RayHeadSpec {
-            queue_name: h.queue_name.clone(),
-            cpu: h.cpu.clone(),
-            memory: h.memory.clone(),
+            queue_name: short(&h.queue_name),
+            cpu: short(&h.cpu),
+            memory: short(&h.memory),
             replicas: h.replica,
-            gpu_spec: h.gpu_spec.clone(),
+            gpu_spec: short(&h.gpu_spec),
             enable_auto_scaling: h.enable_auto_scaling,
             idle_timeout_seconds: h.idle_timeout_seconds,
         }),
         worker_groups: workers
             .iter()
+            .take(MAX_WORKER_GROUPS)
             .map(|w| RayWorkerGroup {
-                group_name: w.group_name.clone(),
-                worker_type: w.worker_type.clone(),
+                group_name: short(&w.group_name),
+                worker_type: short(&w.worker_type),
                 replicas: w.replica,
                 min_replicas: w.min_replica,
                 max_replicas: w.max_replica,
-                queue_name: w.queue_name.clone(),
-                cpu: w.cpu.clone(),
-                memory: w.memory.clone(),
-                gpu_spec: w.gpu_spec.clone(),
+                queue_name: short(&w.queue_name),
+                cpu: short(&w.cpu),
+                memory: short(&w.memory),
+                gpu_spec: short(&w.gpu_spec),
             })
             .collect(),
         desired_worker_replicas: totals.workers,
@@ -129,14 +163,14 @@ pub fn remote_status(c: &RayCluster) -> EmrRayClusterStatus {
         desired_memory: totals
             .memory_gi
             .map(|m| format!("{}Gi", format_quantity(m))),
-        creator: c.creator.clone(),
-        creator_name: c.creator_name.clone(),
-        modifier: c.modifier.clone(),
-        modifier_name: c.modifier_name.clone(),
-        user_id: c.user_id.clone(),
-        instance_id: c.instance_id.clone(),
+        creator: short(&c.creator),
+        creator_name: short(&c.creator_name),
+        modifier: short(&c.modifier),
+        modifier_name: short(&c.modifier_name),
+        user_id: short(&c.user_id),
+        instance_id: short(&c.instance_id),
         modified: c.modified,
-        message: c.message.clone(),
+        message: text(&c.message),
         create_time: c.create_time.and_then(rfc3339_millis),
         start_time: c.start_time.and_then(rfc3339_millis),
         modified_time: c.modified_time.and_then(rfc3339_millis),
@@ -288,6 +322,34 @@ mod tests {
             s.instance_id.as_deref(),
             Some("ray-uiulpgow9xljimm1-xxxxxxx")
         );
+    }
+
+    #[test]
+    fn hostile_sizes_are_bounded() {
+        let long = "é".repeat(1_000_000);
+        let c = RayCluster {
+            cluster_id: "c".into(),
+            name: Some(long.clone()),
+            description: Some(long.clone()),
+            dashboard_url: Some(format!("https://h/{long}")),
+            worker_spec: Some(vec![
+                crate::emr::WorkerSpec {
+                    group_name: Some("x".repeat(600)),
+                    ..Default::default()
+                };
+                10_000
+            ]),
+            ..Default::default()
+        };
+        let s = remote_status(&c);
+        assert!(s.display_name.as_ref().unwrap().len() <= MAX_SHORT);
+        assert!(s.display_name.as_ref().unwrap().ends_with(TRUNCATED));
+        assert!(s.description.as_ref().unwrap().len() <= MAX_TEXT);
+        assert!(s.endpoints.unwrap().dashboard.unwrap().len() <= MAX_URL);
+        assert_eq!(s.worker_groups.len(), MAX_WORKER_GROUPS);
+        let size = serde_json::to_vec(&remote_status(&c)).unwrap().len();
+        assert!(size < 512 * 1024, "{size} bytes");
+        assert_eq!(truncated("abc", 3), "abc");
     }
 
     #[test]

@@ -24,12 +24,10 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use k8s_openapi::api::core::v1::Secret;
 use kube::api::Api;
-use kube::core::PartialObjectMeta;
 use kube::runtime::controller::Action;
 use kube::runtime::events::Recorder;
-use kube::runtime::reflector::{ObjectRef, Store};
+use kube::runtime::reflector::Store;
 use kube::{Resource, ResourceExt};
 use rand::Rng;
 use tokio_util::sync::CancellationToken;
@@ -94,6 +92,13 @@ pub struct Settings {
     pub default_interval: Interval,
     /// Longest backoff after refused writes.
     pub write_backoff_cap: Duration,
+    /// Where credentials may be sent.
+    pub endpoints: crate::emr::endpoint::EndpointPolicy,
+    /// Listings of one namespace that may run at once (the rest of the reconcile slots stay
+    /// free for other tenants).
+    pub listings_per_namespace: usize,
+    /// A status whose only news is the sync times is written at most this often.
+    pub status_heartbeat: Duration,
 }
 
 /// Everything the reconciler needs, shared by all workspaces of one controller.
@@ -104,12 +109,15 @@ pub struct Context {
     pub recorder: Recorder,
     pub metrics: Arc<Metrics>,
     pub mirrors: MirrorCache,
-    pub secrets: Store<PartialObjectMeta<Secret>>,
+    /// Every watched workspace (to find duplicates).
+    pub workspaces: Store<EmrWorkspace>,
     pub settings: Settings,
     pub write_limiter: WriteLimiter,
     /// Cancelled when this replica stops leading: in-flight reconciles stop writing at once.
     pub stop: CancellationToken,
     states: WorkspaceStates,
+    /// Per namespace: the listings it may run at once.
+    namespace_slots: state::NamespaceSlots,
     /// Consecutive reconcile errors per workspace, for [`error_policy`]'s backoff.
     errors: Mutex<HashMap<String, u32>>,
 }
@@ -123,11 +131,12 @@ impl Context {
         recorder: Recorder,
         metrics: Arc<Metrics>,
         mirrors: MirrorCache,
-        secrets: Store<PartialObjectMeta<Secret>>,
+        workspaces: Store<EmrWorkspace>,
         settings: Settings,
         write_limiter: WriteLimiter,
         stop: CancellationToken,
     ) -> Self {
+        let namespace_slots = state::NamespaceSlots::new(settings.listings_per_namespace);
         Context {
             client,
             emr,
@@ -135,11 +144,12 @@ impl Context {
             recorder,
             metrics,
             mirrors,
-            secrets,
+            workspaces,
             settings,
             write_limiter,
             stop,
             states: WorkspaceStates::default(),
+            namespace_slots,
             errors: Mutex::new(HashMap::new()),
         }
     }
@@ -182,10 +192,10 @@ pub async fn reconcile(ws: Arc<EmrWorkspace>, ctx: Arc<Context>) -> Result<Actio
 
 async fn reconcile_workspace(ws: Arc<EmrWorkspace>, ctx: Arc<Context>) -> Result<Action, Error> {
     ctx.metrics.reconciles.inc();
-    // Decisions need the mirror and Secret caches: wait for their first complete list.
+    // Decisions need the mirror and workspace caches: wait for their first complete list.
     let _ = tokio::time::timeout(Duration::from_secs(30), async {
         wait_ready(ctx.mirrors.store()).await;
-        wait_ready(&ctx.secrets).await;
+        wait_ready(&ctx.workspaces).await;
     })
     .await;
     let k = key(&ws);
@@ -261,16 +271,39 @@ async fn sync(ws: &EmrWorkspace, ctx: &Context, st: &mut WorkspaceState) -> Resu
     if ws.spec.suspend {
         return Ok(false);
     }
+    if let Some(original) = duplicate_of(ws, ctx) {
+        // Another workspace of the namespace owns the mirrors of this remote workspace.
+        let msg = format!(
+            "EmrWorkspace {original} of this namespace already mirrors remote workspace {} \
+             ({}); delete this one",
+            ws.spec.workspace_id, ws.spec.region_id
+        );
+        st.failure = Some(Failure::next(
+            st.failure.as_ref(),
+            Reason::DuplicateWorkspace,
+            msg,
+            None,
+            None,
+            &now_rfc3339(),
+        ));
+        // Looked at again every interval: when the original goes, this one takes over.
+        st.next_due = Instant::now().checked_add(interval.as_duration());
+        return Ok(false);
+    }
+    if st
+        .failure
+        .as_ref()
+        .is_some_and(|f| f.reason == Reason::DuplicateWorkspace)
+    {
+        st.failure = None;
+    }
     let now = Instant::now();
-    let secret_version = current_secret_version(ws, ctx);
     let requested = requested_sync(ws, st);
     let due = st.next_due.is_none_or(|d| now >= d)
         || st.synced_generation != ws.meta().generation
-        || (ws.spec.credentials.secret_ref.is_some() && st.secret_version != secret_version)
         || requested.is_some();
     if due {
         st.synced_generation = ws.meta().generation;
-        st.secret_version = secret_version;
         sync::list_remote(ws, ctx, st, interval).await;
         if requested.is_some() {
             st.handled_request = requested;
@@ -333,7 +366,12 @@ async fn write_status(
         .workspace_suspended
         .get_or_create(&labels)
         .set(i64::from(ws.spec.suspend));
-    if s == prev {
+    if !status::needs_write(
+        &s,
+        &prev,
+        ctx.settings.status_heartbeat,
+        jiff::Timestamp::now(),
+    ) {
         return Ok(());
     }
     let api: Api<EmrWorkspace> = Api::namespaced(ctx.client.clone(), &labels.namespace);
@@ -422,12 +460,44 @@ fn requested_sync(ws: &EmrWorkspace, st: &WorkspaceState) -> Option<String> {
     (handled != Some(&value)).then_some(value)
 }
 
-fn current_secret_version(ws: &EmrWorkspace, ctx: &Context) -> Option<String> {
-    let sr = ws.spec.credentials.secret_ref.as_ref()?;
-    let ns = ws.namespace().unwrap_or_default();
-    ctx.secrets
-        .get(&ObjectRef::new(&sr.name).within(&ns))
-        .and_then(|s| s.resource_version())
+/// The workspace of the same namespace that already mirrors the same remote workspace, if any:
+/// the one that owns mirrors; when none (or both) do, the first created (on a tie, the first
+/// name).
+fn duplicate_of(ws: &EmrWorkspace, ctx: &Context) -> Option<String> {
+    let ns = ws.namespace();
+    let others: Vec<Arc<EmrWorkspace>> = ctx
+        .workspaces
+        .state()
+        .into_iter()
+        .filter(|o| o.namespace() == ns && o.uid() != ws.uid())
+        .filter(|o| o.meta().deletion_timestamp.is_none())
+        .filter(|o| {
+            o.spec.workspace_id == ws.spec.workspace_id && o.spec.region_id == ws.spec.region_id
+        })
+        .collect();
+    if others.is_empty() {
+        return None;
+    }
+    let ns = ns.unwrap_or_default();
+    let owns_mirrors = |w: &EmrWorkspace| {
+        !ctx.mirrors
+            .current(&ns, &w.uid().unwrap_or_default())
+            .is_empty()
+    };
+    let rank = |w: &EmrWorkspace| {
+        (
+            !owns_mirrors(w),
+            w.meta().creation_timestamp.clone(),
+            w.name_any(),
+        )
+    };
+    let mine = rank(ws);
+    others
+        .iter()
+        .map(|o| (rank(o), o.name_any()))
+        .filter(|(r, _)| *r < mine)
+        .min()
+        .map(|(_, name)| name)
 }
 
 /// Retries a failed reconcile with a per-workspace backoff: 5 s doubling up to 5 minutes.
@@ -444,27 +514,6 @@ pub fn error_policy(ws: Arc<EmrWorkspace>, err: &Error, ctx: Arc<Context>) -> Ac
         .min(Duration::from_secs(300));
     warn!(workspace = %key(&ws), error = %err, retry_in = ?wait, "reconcile failed; backing off");
     Action::requeue(jitter(wait, 0.2))
-}
-
-/// Workspaces (by reference) that use a given Secret, for the Secret watch.
-pub fn workspaces_using_secret(
-    store: &Store<EmrWorkspace>,
-    secret_ns: &str,
-    secret_name: &str,
-) -> Vec<ObjectRef<EmrWorkspace>> {
-    store
-        .state()
-        .iter()
-        .filter(|ws| ws.namespace().as_deref() == Some(secret_ns))
-        .filter(|ws| {
-            ws.spec
-                .credentials
-                .secret_ref
-                .as_ref()
-                .is_some_and(|s| s.name == secret_name)
-        })
-        .map(|ws| ObjectRef::from_obj(ws.as_ref()))
-        .collect()
 }
 
 #[cfg(test)]

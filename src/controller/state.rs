@@ -148,12 +148,13 @@ pub struct WorkspaceState {
     pub listing: Option<Arc<Listing>>,
     /// RFC 3339 time of the last complete listing.
     pub last_success: Option<String>,
+    /// RFC 3339 time of the last listing attempt (kept here, not read back from the cached
+    /// object, which may lag behind our own status writes).
+    pub last_attempt: Option<String>,
     /// When the next remote listing is due.
     pub next_due: Option<Instant>,
     /// Generation of the spec the last listing was made for.
     pub synced_generation: Option<i64>,
-    /// resourceVersion of the credentials Secret used for the last listing.
-    pub secret_version: Option<String>,
     /// The failure of the latest listing attempt, `None` after a success.
     pub failure: Option<Failure>,
     /// Refused mirror writes of the latest write pass, `None` once every write succeeded.
@@ -217,6 +218,40 @@ impl WorkspaceStates {
 
     pub fn keys(&self) -> Vec<String> {
         lock(&self.0).keys().cloned().collect()
+    }
+}
+
+/// Per namespace, a semaphore bounding its concurrent listings, so that one tenant's slow
+/// workspaces cannot hold every reconcile slot while others wait.
+pub struct NamespaceSlots {
+    per_namespace: usize,
+    slots: Mutex<HashMap<String, Arc<tokio::sync::Semaphore>>>,
+}
+
+impl NamespaceSlots {
+    pub fn new(per_namespace: usize) -> Self {
+        NamespaceSlots {
+            per_namespace: per_namespace.max(1),
+            slots: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// Waits for a listing slot of `ns`.
+    pub async fn acquire(&self, ns: &str) -> tokio::sync::OwnedSemaphorePermit {
+        let sem = {
+            let mut slots = lock(&self.slots);
+            // Namespaces with no listing in flight hold nothing worth keeping.
+            if slots.len() > 1024 {
+                slots.retain(|_, s| s.available_permits() < self.per_namespace);
+            }
+            slots
+                .entry(ns.to_string())
+                .or_insert_with(|| Arc::new(tokio::sync::Semaphore::new(self.per_namespace)))
+                .clone()
+        };
+        sem.acquire_owned()
+            .await
+            .expect("namespace semaphores are never closed")
     }
 }
 
@@ -523,6 +558,22 @@ mod tests {
             WriteTrouble::backoff(1, cap, Some(Duration::from_secs(u64::MAX))),
             cap
         );
+    }
+
+    #[tokio::test]
+    async fn namespace_slots_bound_one_namespace_only() {
+        let slots = NamespaceSlots::new(2);
+        let a1 = slots.acquire("a").await;
+        let _a2 = slots.acquire("a").await;
+        let third = tokio::time::timeout(Duration::from_millis(50), slots.acquire("a")).await;
+        assert!(third.is_err(), "a third listing of namespace a waits");
+        let _b = tokio::time::timeout(Duration::from_millis(50), slots.acquire("b"))
+            .await
+            .expect("namespace b is not held up by a");
+        drop(a1);
+        let _again = tokio::time::timeout(Duration::from_millis(50), slots.acquire("a"))
+            .await
+            .expect("a slot of a came free");
     }
 
     #[test]

@@ -30,7 +30,9 @@ pub fn workspace_status(i: &Input<'_>) -> EmrWorkspaceStatus {
         last_sync_attempt_time: if i.attempted {
             Some(i.now.to_string())
         } else {
-            i.prev.last_sync_attempt_time.clone()
+            st.last_attempt
+                .clone()
+                .or_else(|| i.prev.last_sync_attempt_time.clone())
         },
         last_successful_sync_time: st
             .last_success
@@ -100,6 +102,36 @@ pub fn workspace_status(i: &Input<'_>) -> EmrWorkspaceStatus {
     }
     s.conditions = c.build();
     s
+}
+
+/// Whether `new` must be written over `prev`: when anything but the sync times changed, or when
+/// the times were last written a heartbeat ago — an idle operator is nearly silent to the API
+/// server (the operator's own metrics carry the exact times).
+pub fn needs_write(
+    new: &EmrWorkspaceStatus,
+    prev: &EmrWorkspaceStatus,
+    heartbeat: std::time::Duration,
+    now: jiff::Timestamp,
+) -> bool {
+    if new == prev {
+        return false;
+    }
+    let without_times = |s: &EmrWorkspaceStatus| EmrWorkspaceStatus {
+        last_sync_attempt_time: None,
+        last_successful_sync_time: None,
+        ..s.clone()
+    };
+    if without_times(new) != without_times(prev) {
+        return true;
+    }
+    let written = prev
+        .last_sync_attempt_time
+        .as_deref()
+        .and_then(|t| t.parse::<jiff::Timestamp>().ok());
+    match written {
+        Some(t) => now.duration_since(t).unsigned_abs() >= heartbeat,
+        None => true,
+    }
 }
 
 #[cfg(test)]
@@ -299,6 +331,38 @@ mod tests {
             (wf.reason.as_str(), wf.mirrors, wf.failed),
             ("Forbidden", 500, 88)
         );
+    }
+
+    #[test]
+    fn only_news_or_a_heartbeat_is_written() {
+        let hb = std::time::Duration::from_secs(300);
+        let t0: jiff::Timestamp = "2026-01-01T00:00:00Z".parse().unwrap();
+        let prev = EmrWorkspaceStatus {
+            clusters: Some(3),
+            last_sync_attempt_time: Some("2026-01-01T00:00:00Z".into()),
+            last_successful_sync_time: Some("2026-01-01T00:00:00Z".into()),
+            ..Default::default()
+        };
+        let later = |secs: i64| EmrWorkspaceStatus {
+            last_sync_attempt_time: Some(crate::time::rfc3339(
+                t0 + jiff::SignedDuration::from_secs(secs),
+            )),
+            ..prev.clone()
+        };
+        let at = |secs: i64| t0 + jiff::SignedDuration::from_secs(secs);
+        assert!(!needs_write(&prev, &prev, hb, at(10)));
+        assert!(
+            !needs_write(&later(60), &prev, hb, at(60)),
+            "only the times: no write"
+        );
+        assert!(needs_write(&later(300), &prev, hb, at(300)), "heartbeat");
+        let news = EmrWorkspaceStatus {
+            clusters: Some(4),
+            ..later(60)
+        };
+        assert!(needs_write(&news, &prev, hb, at(60)), "news");
+        let first = EmrWorkspaceStatus::default();
+        assert!(needs_write(&later(1), &first, hb, at(1)));
     }
 
     #[test]

@@ -29,6 +29,7 @@ pub(super) async fn list_remote(
 ) {
     let labels = labels(ws);
     ctx.metrics.sync_attempts.get_or_create(&labels).inc();
+    st.last_attempt = Some(now_rfc3339());
     let next = match list_workspace(ws, ctx).await {
         Ok(listing) => {
             if let Some(prev) = st.failure.take() {
@@ -96,22 +97,54 @@ pub(super) async fn list_remote(
     st.next_due = Instant::now().checked_add(next);
 }
 
-/// Resolves credentials and the endpoint, then lists the workspace.
+/// Checks the endpoint, resolves the credentials, then lists the workspace within its
+/// namespace's share of the listing slots and of the remote request budget.
 async fn list_workspace(ws: &EmrWorkspace, ctx: &Context) -> Result<Listing, SyncError> {
-    let creds = credentials::for_workspace(ws, &ctx.client, &ctx.credentials).await?;
     let endpoint = crate::emr::endpoint::resolve(
         &ws.spec.region_id,
         ws.spec.network == EndpointNetwork::Vpc,
         ws.spec.endpoint.as_deref(),
     )?;
+    // Before any credential is read: a disallowed endpoint never receives one.
+    if !ctx.settings.endpoints.allows(&endpoint) {
+        return Err(SyncError::local(
+            Reason::EndpointNotAllowed,
+            format!(
+                "endpoint {endpoint} is not allowed by the operator (allowed: {}); a cluster \
+                 admin adds endpoints with --allowed-endpoints",
+                patterns(ctx.settings.endpoints.patterns())
+            ),
+        ));
+    }
+    let resolved = credentials::for_workspace(ws, &ctx.client, &ctx.credentials).await?;
+    if !resolved.allowed_endpoints.is_empty()
+        && !resolved
+            .allowed_endpoints
+            .iter()
+            .any(|p| p.matches(&endpoint))
+    {
+        return Err(SyncError::local(
+            Reason::EndpointNotAllowed,
+            format!(
+                "endpoint {endpoint} is not allowed by the cluster credentials (allowed: {})",
+                patterns(&resolved.allowed_endpoints)
+            ),
+        ));
+    }
+    let ns = ws.namespace().unwrap_or_default();
+    let _slot = ctx.namespace_slots.acquire(&ns).await;
     let timeout = ctx
         .settings
         .listing_timeout
         .saturating_add(Duration::from_secs(5));
     let listing = tokio::time::timeout(
         timeout,
-        ctx.emr
-            .list_ray_clusters(&endpoint, &ws.spec.workspace_id, &creds),
+        ctx.emr.list_ray_clusters_within(
+            Some(&ns),
+            &endpoint,
+            &ws.spec.workspace_id,
+            &resolved.credentials,
+        ),
     )
     .await
     .map_err(|_| {
@@ -126,6 +159,13 @@ async fn list_workspace(ws: &EmrWorkspace, ctx: &Context) -> Result<Listing, Syn
     debug!(workspace = %key(ws), clusters = listing.clusters.len(), requests = listing.requests, "listed");
     let page = ctx.emr.config().page_size.max(1) as usize;
     Ok(Listing::new(listing.clusters, page))
+}
+
+fn patterns(p: &[crate::emr::endpoint::EndpointPattern]) -> String {
+    p.iter()
+        .map(|p| p.to_string())
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 /// Plans and performs the mirror writes, and records what the API server refused.

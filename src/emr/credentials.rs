@@ -321,16 +321,35 @@ fn cred_err(m: String) -> EmrError {
     EmrError::new(ErrorKind::Credentials, m)
 }
 
-/// The OIDC token from the projected token file, trimmed; an empty file is an error.
+/// Largest OIDC token file read (a projected service-account token is a few KiB).
+pub const MAX_TOKEN_FILE_BYTES: u64 = 64 * 1024;
+/// How long reading the token file may take (a FIFO or a device would block forever).
+const TOKEN_READ_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// The OIDC token from the projected token file, trimmed; an empty, oversized or slow file is
+/// an error.
 async fn read_oidc_token(cfg: &RrsaConfig) -> Result<String, EmrError> {
-    let token = tokio::fs::read_to_string(&cfg.token_file)
+    use tokio::io::AsyncReadExt;
+    let path = cfg.token_file.display();
+    let read = async {
+        let file = tokio::fs::File::open(&cfg.token_file).await?;
+        let mut buf = Vec::new();
+        file.take(MAX_TOKEN_FILE_BYTES + 1)
+            .read_to_end(&mut buf)
+            .await?;
+        Ok::<_, std::io::Error>(buf)
+    };
+    let bytes = tokio::time::timeout(TOKEN_READ_TIMEOUT, read)
         .await
-        .map_err(|e| {
-            cred_err(format!(
-                "RRSA: cannot read OIDC token file {}: {e}",
-                cfg.token_file.display()
-            ))
-        })?;
+        .map_err(|_| cred_err(format!("RRSA: reading OIDC token file {path} timed out")))?
+        .map_err(|e| cred_err(format!("RRSA: cannot read OIDC token file {path}: {e}")))?;
+    if bytes.len() as u64 > MAX_TOKEN_FILE_BYTES {
+        return Err(cred_err(format!(
+            "RRSA: OIDC token file {path} is larger than {MAX_TOKEN_FILE_BYTES} bytes"
+        )));
+    }
+    let token = String::from_utf8(bytes)
+        .map_err(|_| cred_err(format!("RRSA: OIDC token file {path} is not UTF-8")))?;
     let token = token.trim();
     if token.is_empty() {
         return Err(cred_err(format!(

@@ -55,9 +55,175 @@ pub fn resolve(region: &str, vpc: bool, explicit: Option<&str>) -> Result<url::U
     url::Url::parse(&format!("https://{host}/")).map_err(|e| invalid(e.to_string()))
 }
 
+/// One allowed endpoint: `scheme://host[:port]`. `*` in the host stands for exactly one DNS
+/// label (`https://emr-serverless-spark.*.aliyuncs.com`); port `*` is any port; no port is the
+/// scheme's default. `http` is allowed only where a pattern names it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct EndpointPattern {
+    scheme: String,
+    host: Vec<String>,
+    port: Option<Option<u16>>,
+    text: String,
+}
+
+impl std::str::FromStr for EndpointPattern {
+    type Err = String;
+
+    fn from_str(raw: &str) -> Result<Self, Self::Err> {
+        let text = raw.trim();
+        let bad = |why: &str| format!("endpoint pattern {text:?}: {why}");
+        let (scheme, rest) = text
+            .split_once("://")
+            .ok_or_else(|| bad("expected scheme://host[:port]"))?;
+        let scheme = scheme.to_ascii_lowercase();
+        if scheme != "http" && scheme != "https" {
+            return Err(bad("the scheme must be http or https"));
+        }
+        let rest = rest.strip_suffix('/').unwrap_or(rest);
+        if rest.contains(['/', '?', '#', '@']) || rest.is_empty() {
+            return Err(bad("only scheme, host and port"));
+        }
+        let (host, port) = match rest.rsplit_once(':') {
+            Some((h, "*")) => (h, Some(None)),
+            Some((h, p)) => (
+                h,
+                Some(Some(p.parse::<u16>().map_err(|_| bad("invalid port"))?)),
+            ),
+            None => (rest, None),
+        };
+        let labels: Vec<String> = host.split('.').map(|l| l.to_ascii_lowercase()).collect();
+        let label_ok = |l: &String| {
+            l == "*"
+                || (!l.is_empty()
+                    && l.len() <= 63
+                    && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-'))
+        };
+        if labels.is_empty() || !labels.iter().all(label_ok) {
+            return Err(bad("invalid host"));
+        }
+        Ok(EndpointPattern {
+            scheme,
+            host: labels,
+            port,
+            text: text.to_string(),
+        })
+    }
+}
+
+impl std::fmt::Display for EndpointPattern {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.text)
+    }
+}
+
+impl EndpointPattern {
+    pub fn matches(&self, url: &url::Url) -> bool {
+        if url.scheme() != self.scheme {
+            return false;
+        }
+        let Some(host) = url.host_str() else {
+            return false;
+        };
+        let host = host.trim_end_matches('.').to_ascii_lowercase();
+        let labels: Vec<&str> = host.split('.').collect();
+        let host_ok = labels.len() == self.host.len()
+            && labels
+                .iter()
+                .zip(&self.host)
+                .all(|(l, p)| p == "*" || p == l);
+        let port_ok = match self.port {
+            Some(None) => true,
+            Some(Some(p)) => url.port_or_known_default() == Some(p),
+            None => url.port().is_none(),
+        };
+        host_ok && port_ok
+    }
+}
+
+/// The endpoints the operator sends credentials to: the official ones, plus what the operator
+/// is told to allow.
+#[derive(Clone, Debug)]
+pub struct EndpointPolicy(Vec<EndpointPattern>);
+
+/// The official public and VPC endpoints of every region.
+pub const DEFAULT_ALLOWED_ENDPOINTS: [&str; 2] = [
+    "https://emr-serverless-spark.*.aliyuncs.com",
+    "https://emr-serverless-spark-vpc.*.aliyuncs.com",
+];
+
+impl Default for EndpointPolicy {
+    fn default() -> Self {
+        EndpointPolicy(
+            DEFAULT_ALLOWED_ENDPOINTS
+                .iter()
+                .filter_map(|p| p.parse().ok())
+                .collect(),
+        )
+    }
+}
+
+impl EndpointPolicy {
+    /// The defaults plus `extra`.
+    pub fn with(extra: Vec<EndpointPattern>) -> Self {
+        let mut p = EndpointPolicy::default();
+        p.0.extend(extra);
+        p
+    }
+
+    pub fn allows(&self, url: &url::Url) -> bool {
+        self.0.iter().any(|p| p.matches(url))
+    }
+
+    pub fn patterns(&self) -> &[EndpointPattern] {
+        &self.0
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn official_endpoints_are_allowed_and_nothing_else() {
+        let p = EndpointPolicy::default();
+        let u = |s: &str| url::Url::parse(s).unwrap();
+        assert!(p.allows(&resolve("cn-hangzhou", false, None).unwrap()));
+        assert!(p.allows(&resolve("ap-southeast-1", true, None).unwrap()));
+        for bad in [
+            "http://emr-serverless-spark.cn-hangzhou.aliyuncs.com/",
+            "https://emr-serverless-spark.cn-hangzhou.aliyuncs.com:8443/",
+            "https://emr-serverless-spark.a.b.aliyuncs.com/",
+            "https://evil.com/",
+            "https://emr-serverless-spark.cn-hangzhou.aliyuncs.com.evil.com/",
+            "http://169.254.169.254/",
+            "http://127.0.0.1:8480/",
+        ] {
+            assert!(!p.allows(&u(bad)), "{bad}");
+        }
+    }
+
+    #[test]
+    fn extra_patterns() {
+        let p = EndpointPolicy::with(vec![
+            "http://127.0.0.1:*".parse().unwrap(),
+            "https://proxy.internal:8443".parse().unwrap(),
+        ]);
+        let u = |s: &str| url::Url::parse(s).unwrap();
+        assert!(p.allows(&u("http://127.0.0.1:8480/")));
+        assert!(p.allows(&u("https://proxy.internal:8443/x")));
+        assert!(!p.allows(&u("https://proxy.internal/")));
+        assert!(!p.allows(&u("https://127.0.0.1:8480/")));
+        for bad in [
+            "ftp://x",
+            "https://",
+            "https://a/b",
+            "https://u@h",
+            "h",
+            "https://a:99999",
+        ] {
+            assert!(bad.parse::<EndpointPattern>().is_err(), "{bad}");
+        }
+    }
 
     #[test]
     fn endpoints() {

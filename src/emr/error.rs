@@ -29,6 +29,8 @@ pub enum ErrorKind {
     Credentials,
     /// Invalid configuration (endpoint, region, client settings).
     Config,
+    /// The workspace has more clusters than the operator is configured to mirror.
+    TooManyClusters,
 }
 
 /// An error of the EMR client. Never carries secrets: messages are built from server error
@@ -126,6 +128,55 @@ impl EmrError {
             },
         }
     }
+}
+
+/// Remote error codes and outcome words that may become a metric label as they are; any other
+/// code is `other`, so that a remote server cannot grow the label set.
+const KNOWN_CODES: &[&str] = &[
+    "200",
+    "timeout",
+    "connect",
+    "network",
+    "malformed",
+    "Throttling",
+    "Throttling.User",
+    "Throttling.Api",
+    "ServiceUnavailable",
+    "InternalError",
+    "SignatureDoesNotMatch",
+    "IncompleteSignature",
+    "SignatureNonceUsed",
+    "InvalidAccessKeyId.NotFound",
+    "InvalidAccessKeyId.Inactive",
+    "InvalidSecurityToken.Expired",
+    "InvalidSecurityToken.Malformed",
+    "InvalidSecurityToken.MismatchWithAccessKey",
+    "InvalidTimeStamp.Expired",
+    "InvalidTimeStamp.Format",
+    "InvalidParameter",
+    "MissingParameter",
+    "InvalidAction.NotFound",
+    "InvalidWorkspaceId.NotFound",
+    "Forbidden.RAM",
+    "NoPermission",
+    "400",
+    "401",
+    "403",
+    "404",
+    "429",
+    "500",
+    "502",
+    "503",
+    "504",
+];
+
+/// The metric label of a request outcome code: one of a fixed set, `other` for the rest.
+pub fn code_label(code: &str) -> &'static str {
+    KNOWN_CODES
+        .iter()
+        .find(|k| **k == code)
+        .copied()
+        .unwrap_or("other")
 }
 
 /// Longest remote error message kept (characters).
@@ -309,6 +360,14 @@ mod tests {
         let e = EmrError::from_response(302, b"", None, None);
         assert_eq!(e.kind, ErrorKind::Config);
         assert!(e.message.contains("redirect"), "{}", e.message);
+    }
+
+    #[test]
+    fn metric_codes_are_a_fixed_set() {
+        assert_eq!(code_label("Throttling.User"), "Throttling.User");
+        assert_eq!(code_label("200"), "200");
+        assert_eq!(code_label("Evil.{label=\"x\"}"), "other");
+        assert_eq!(code_label(&"A".repeat(10_000)), "other");
     }
 
     #[test]

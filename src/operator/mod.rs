@@ -2,6 +2,7 @@
 //! `/readyz`), leader election and graceful shutdown.
 
 pub mod leader;
+pub mod metrics_auth;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -14,9 +15,7 @@ use axum::http::{StatusCode, header};
 use axum::response::IntoResponse;
 use axum::routing::get;
 use futures::StreamExt;
-use k8s_openapi::api::core::v1::Secret;
 use kube::api::Api;
-use kube::core::PartialObjectMeta;
 use kube::runtime::events::{Recorder, Reporter};
 use kube::runtime::reflector::{self, reflector};
 use kube::runtime::{Controller, WatchStreamExt, controller, watcher};
@@ -26,7 +25,8 @@ use tracing::{error, info, warn};
 use crate::api::{EmrRayCluster, EmrWorkspace, Interval, LABEL_MANAGED_BY, MANAGED_BY};
 use crate::controller::apply::WriteLimiter;
 use crate::controller::state::{MirrorCache, MirrorChanges};
-use crate::controller::{Context, Settings, error_policy, reconcile, workspaces_using_secret};
+use crate::controller::{Context, Settings, error_policy, reconcile};
+use crate::emr::endpoint::{EndpointPattern, EndpointPolicy};
 use crate::emr::{ClientConfig, CredentialResolver, EmrClient};
 use crate::metrics::{CodeLabels, Metrics};
 use leader::{LeaderElector, LeaseConfig};
@@ -50,6 +50,18 @@ pub struct OperatorConfig {
     pub kube_write_burst: u32,
     /// Longest per-workspace backoff after the API server refused mirror writes.
     pub write_backoff_cap: Duration,
+    /// Endpoints credentials may be sent to, besides the official ones.
+    pub allowed_endpoints: Vec<EndpointPattern>,
+    /// Most clusters mirrored per workspace (more: `TooManyClusters`, nothing pruned).
+    pub max_clusters_per_workspace: usize,
+    /// Largest remote response body per page, in bytes.
+    pub max_response_bytes: usize,
+    /// Share (0–1] of the remote request budget and of the reconcile slots one namespace may use.
+    pub namespace_share: f64,
+    /// Serve `/metrics` only to callers a TokenReview and SubjectAccessReview allow.
+    pub metrics_auth: bool,
+    /// A status whose only news is the sync times is written at most this often.
+    pub status_heartbeat: Duration,
 }
 
 impl OperatorConfig {
@@ -70,7 +82,19 @@ impl OperatorConfig {
             kube_writes_per_second: 200,
             kube_write_burst: 400,
             write_backoff_cap: Duration::from_secs(300),
+            allowed_endpoints: Vec::new(),
+            max_clusters_per_workspace: 10_000,
+            max_response_bytes: 8 * 1024 * 1024,
+            namespace_share: 0.5,
+            metrics_auth: false,
+            status_heartbeat: Duration::from_secs(300),
         }
+    }
+
+    /// Listings one namespace may run at once: its share of the reconcile slots (at least one).
+    pub fn listings_per_namespace(&self) -> usize {
+        ((f64::from(self.concurrency) * self.namespace_share.clamp(0.0, 1.0)).floor() as usize)
+            .max(1)
     }
 }
 
@@ -78,9 +102,20 @@ struct Health {
     metrics: Arc<Metrics>,
     ready: AtomicBool,
     leader: AtomicBool,
+    /// When set, `/metrics` answers only authenticated, authorized callers.
+    auth: Option<metrics_auth::MetricsAuth>,
 }
 
-async fn metrics_handler(State(h): State<Arc<Health>>) -> impl IntoResponse {
+async fn metrics_handler(
+    State(h): State<Arc<Health>>,
+    headers: axum::http::HeaderMap,
+) -> axum::response::Response {
+    if let Some(auth) = &h.auth {
+        let code = auth.check(&headers).await;
+        if code != StatusCode::OK {
+            return (code, code.canonical_reason().unwrap_or_default()).into_response();
+        }
+    }
     (
         [(
             header::CONTENT_TYPE,
@@ -88,6 +123,7 @@ async fn metrics_handler(State(h): State<Arc<Health>>) -> impl IntoResponse {
         )],
         h.metrics.encode(),
     )
+        .into_response()
 }
 
 async fn healthz() -> &'static str {
@@ -116,6 +152,7 @@ pub async fn serve_http(
     metrics: Arc<Metrics>,
     ready: Arc<AtomicBool>,
     leader: Arc<AtomicBool>,
+    auth: Option<metrics_auth::MetricsAuth>,
     shutdown: CancellationToken,
 ) -> anyhow::Result<(SocketAddr, tokio::task::JoinHandle<()>)> {
     let listener = tokio::net::TcpListener::bind(addr).await?;
@@ -124,6 +161,7 @@ pub async fn serve_http(
         metrics,
         ready: AtomicBool::new(false),
         leader: AtomicBool::new(false),
+        auth,
     });
     let h2 = health.clone();
     // Mirror the shared flags into the handler state.
@@ -174,11 +212,14 @@ pub async fn run(
         listing_timeout: cfg.listing_timeout,
         requests_per_second: cfg.requests_per_second,
         burst: cfg.burst,
+        max_clusters: cfg.max_clusters_per_workspace,
+        max_body_bytes: cfg.max_response_bytes,
+        budget_share: cfg.namespace_share.clamp(0.01, 1.0),
         observer: Some(Arc::new(move |o: &crate::emr::RequestOutcome| {
             observer_metrics
                 .remote_requests
                 .get_or_create(&CodeLabels {
-                    code: o.code.clone(),
+                    code: crate::emr::error::code_label(&o.code).to_string(),
                 })
                 .inc();
         })),
@@ -193,6 +234,8 @@ pub async fn run(
                 metrics.clone(),
                 ready.clone(),
                 leader_flag.clone(),
+                cfg.metrics_auth
+                    .then(|| metrics_auth::MetricsAuth::new(client.clone())),
                 shutdown.clone(),
             )
             .await?
@@ -379,17 +422,15 @@ async fn run_controller(
     let client = &shared.client;
     let workspaces: Api<EmrWorkspace> = api(client, ns);
     let mirrors_api: Api<EmrRayCluster> = api(client, ns);
-    let secrets_api: Api<PartialObjectMeta<Secret>> = api(client, ns);
 
+    // Secrets are never listed or watched (their data would reach the operator and its caches):
+    // a sync reads the one Secret it needs with `get`.
     let (mirrors, changes, mirror_stream) = mirror_watch(mirrors_api);
-    // Only Secret metadata is watched: secret values are read when a sync needs them.
-    let (secrets, secret_writer) = reflector::store();
-    let secret_stream = reflector(
-        secret_writer,
-        watcher(secrets_api, watcher::Config::default()),
-    )
-    .default_backoff()
-    .touched_objects();
+    // Our own reflector for workspaces, so that its readiness can be awaited.
+    let (ws_store, ws_writer) = reflector::store();
+    let ws_stream = reflector(ws_writer, watcher(workspaces, watcher::Config::default()))
+        .default_backoff()
+        .applied_objects();
 
     let ctx = Arc::new(Context::new(
         client.clone(),
@@ -398,28 +439,25 @@ async fn run_controller(
         shared.recorder.clone(),
         shared.metrics.clone(),
         MirrorCache::new(mirrors.clone(), changes),
-        secrets.clone(),
+        ws_store.clone(),
         Settings {
             listing_timeout: shared.cfg.listing_timeout,
             default_interval: shared.cfg.default_sync_interval,
             write_backoff_cap: shared.cfg.write_backoff_cap,
+            endpoints: EndpointPolicy::with(shared.cfg.allowed_endpoints.clone()),
+            listings_per_namespace: shared.cfg.listings_per_namespace(),
+            status_heartbeat: shared.cfg.status_heartbeat,
         },
         shared.write_limiter.clone(),
         token.clone(),
     ));
-    // Our own reflector for workspaces, so that its readiness can be awaited.
-    let (ws_store, ws_writer) = reflector::store();
-    let ws_stream = reflector(ws_writer, watcher(workspaces, watcher::Config::default()))
-        .default_backoff()
-        .applied_objects();
     let ctrl = Controller::for_stream(ws_stream, ws_store.clone());
     let ws_store_ready = ws_store.clone();
-    let (m2, s2) = (mirrors.clone(), secrets.clone());
+    let m2 = mirrors.clone();
     let (prune_ctx, prune_token) = (ctx.clone(), token.clone());
     tokio::spawn(async move {
         crate::controller::wait_ready(&ws_store_ready).await;
         crate::controller::wait_ready(&m2).await;
-        crate::controller::wait_ready(&s2).await;
         on_ready();
         // Deleted workspaces are not reconciled again: forget them (and their metric series).
         loop {
@@ -433,11 +471,6 @@ async fn run_controller(
     info!(namespace = ns.unwrap_or("<all>"), "starting controller");
     ctrl.with_config(controller::Config::default().concurrency(shared.cfg.concurrency))
         .owns_stream(mirror_stream)
-        .watches_stream(secret_stream, move |secret| {
-            let ns = secret.metadata.namespace.clone().unwrap_or_default();
-            let name = secret.metadata.name.clone().unwrap_or_default();
-            workspaces_using_secret(&ws_store, &ns, &name)
-        })
         .graceful_shutdown_on(token.cancelled_owned())
         .run(reconcile, error_policy, ctx)
         .for_each(|res| async move {

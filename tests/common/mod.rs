@@ -652,10 +652,21 @@ pub fn count_write_requests(metrics: &str, resource: &str) -> f64 {
     .sum()
 }
 
-/// A client authenticated as ServiceAccount `ns/sa_name` (which must exist), using a
-/// one-hour token from the TokenRequest API and the cluster CA/server of the admin
-/// kubeconfig.
-pub async fn service_account_client(client: &Client, ns: &str, sa_name: &str) -> Client {
+/// An admin client that impersonates `user` (in no group but `system:authenticated`): RBAC and
+/// admission judge its requests as that user's.
+pub async fn impersonating_client(user: &str) -> Client {
+    let path = kubeconfig_path_async().await;
+    let kc = Kubeconfig::read_from(&path)
+        .unwrap_or_else(|e| panic!("reading kubeconfig {}: {e}", path.display()));
+    let mut config = Config::from_custom_kubeconfig(kc, &KubeConfigOptions::default())
+        .await
+        .expect("building kube config");
+    config.auth_info.impersonate = Some(user.to_string());
+    Client::try_from(config).expect("building kube client")
+}
+
+/// A one-hour token of ServiceAccount `ns/sa_name` (which must exist), from the TokenRequest API.
+pub async fn service_account_token(client: &Client, ns: &str, sa_name: &str) -> String {
     let sas = Api::<ServiceAccount>::namespaced(client.clone(), ns);
     let tr = TokenRequest {
         spec: TokenRequestSpec {
@@ -669,7 +680,14 @@ pub async fn service_account_client(client: &Client, ns: &str, sa_name: &str) ->
         .create_subresource("token", sa_name, &PostParams::default(), &tr)
         .await
         .unwrap_or_else(|e| panic!("TokenRequest for {ns}/{sa_name}: {e}"));
-    let token = tr.status.expect("TokenRequest without status").token;
+    tr.status.expect("TokenRequest without status").token
+}
+
+/// A client authenticated as ServiceAccount `ns/sa_name` (which must exist), using a
+/// one-hour token from the TokenRequest API and the cluster CA/server of the admin
+/// kubeconfig.
+pub async fn service_account_client(client: &Client, ns: &str, sa_name: &str) -> Client {
+    let token = service_account_token(client, ns, sa_name).await;
 
     let path = kubeconfig_path_async().await;
     let admin: serde_yaml::Value = serde_yaml::from_str(

@@ -136,6 +136,14 @@ const VALUE_SETS: &[&[&str]] = &[
         "logFormat=text",
         "logLevel=debug",
     ],
+    &[
+        "metrics.secure=true",
+        "metrics.serviceMonitor.enabled=true",
+        "prometheusRule.enabled=true",
+        "networkPolicy.enabled=true",
+        "security.allowedEndpoints={https://proxy.internal:8443,http://127.0.0.1:*}",
+        "security.maxClustersPerWorkspace=500",
+    ],
 ];
 
 #[test]
@@ -181,8 +189,10 @@ fn kinds(docs: &[Value], kind: &str) -> Vec<Value> {
 fn rules_of(role: &Value) -> Vec<(String, String, Vec<String>)> {
     let mut out = Vec::new();
     for r in role["rules"].as_array().unwrap() {
-        for g in r["apiGroups"].as_array().unwrap() {
-            for res in r["resources"].as_array().unwrap() {
+        // (Rules on non-resource URLs have neither.)
+        let none = Vec::new();
+        for g in r["apiGroups"].as_array().unwrap_or(&none) {
+            for res in r["resources"].as_array().unwrap_or(&none) {
                 let mut verbs: Vec<String> = r["verbs"]
                     .as_array()
                     .unwrap()
@@ -218,7 +228,7 @@ fn expected_rules() -> Vec<(String, String, Vec<String>)> {
             &["list", "watch", "create", "patch", "delete"],
         ),
         v("emr.aliyun.io", "emrrayclusters/status", &["patch"]),
-        v("", "secrets", &["get", "list", "watch"]),
+        v("", "secrets", &["get"]),
         v("events.k8s.io", "events", &["create", "patch"]),
     ];
     out.sort();
@@ -251,6 +261,38 @@ fn helm_template_renders_every_value_set() {
         );
         let deploy = find(&docs, "Deployment", "emr-ray-operator").expect("Deployment");
         assert!(find(&docs, "ServiceAccount", SA).is_some());
+        // Secure metrics: the operator reviews tokens; Prometheus gets a reader role and sends
+        // its token; a NetworkPolicy when asked.
+        let secure = set.contains(&"metrics.secure=true");
+        assert_eq!(
+            env_value(deploy, "METRICS_AUTH").unwrap(),
+            secure.to_string()
+        );
+        assert_eq!(
+            find(
+                &docs,
+                "ClusterRole",
+                "emr-ray-operator-emr-system-metrics-reader"
+            )
+            .is_some(),
+            secure
+        );
+        if secure {
+            let sm = &kinds(&docs, "ServiceMonitor")[0];
+            assert!(sm["spec"]["endpoints"][0]["bearerTokenFile"].is_string());
+            assert_eq!(
+                env_value(deploy, "ALLOWED_ENDPOINTS").unwrap(),
+                "https://proxy.internal:8443,http://127.0.0.1:*"
+            );
+            assert_eq!(
+                env_value(deploy, "MAX_CLUSTERS_PER_WORKSPACE").unwrap(),
+                "500"
+            );
+        }
+        assert_eq!(
+            kinds(&docs, "NetworkPolicy").len(),
+            usize::from(set.contains(&"networkPolicy.enabled=true"))
+        );
         assert!(find(&docs, "Service", "emr-ray-operator-metrics").is_some());
         let replicas = deploy["spec"]["replicas"].as_i64().unwrap();
         assert_eq!(
@@ -301,7 +343,45 @@ fn helm_template_renders_every_value_set() {
             assert_eq!(crb["subjects"][0]["namespace"], "emr-system");
         } else {
             assert!(operator_cluster_role.is_none());
-            assert!(kinds(&docs, "ClusterRoleBinding").is_empty());
+            // The only cluster-wide grant: reading cluster credentials and namespaces.
+            let crbs: Vec<_> = kinds(&docs, "ClusterRoleBinding")
+                .into_iter()
+                .filter(|c| {
+                    !c["metadata"]["name"]
+                        .as_str()
+                        .unwrap()
+                        .ends_with("-metrics-auth")
+                })
+                .collect();
+            assert_eq!(crbs.len(), 1, "{crbs:?}");
+            assert_eq!(
+                crbs[0]["metadata"]["name"],
+                "emr-ray-operator-emr-system-cluster-credentials"
+            );
+        }
+        // Cluster credentials and namespaces: get only, in every mode.
+        let ccr = find(
+            &docs,
+            "ClusterRole",
+            "emr-ray-operator-emr-system-cluster-credentials",
+        )
+        .expect("cluster-credentials ClusterRole");
+        assert_eq!(
+            rules_of(ccr),
+            vec![
+                (
+                    "".to_string(),
+                    "namespaces".to_string(),
+                    vec!["get".to_string()]
+                ),
+                (
+                    "emr.aliyun.io".to_string(),
+                    "emrclustercredentials".to_string(),
+                    vec!["get".to_string()]
+                ),
+            ]
+        );
+        if !watched.is_empty() {
             for ns in &watched {
                 let role = docs
                     .iter()
@@ -332,11 +412,21 @@ fn helm_template_renders_every_value_set() {
                     assert!(
                         verbs
                             .iter()
-                            .all(|v| ["get", "list", "watch", "delete"].contains(&v.as_str())),
+                            .all(|v| ["get", "list", "watch"].contains(&v.as_str())),
                         "{} grants {verbs:?} on {r}",
                         cr["metadata"]["name"]
                     );
                 }
+                // Cluster credentials are for cluster admins only.
+                let aggregated = cr["metadata"]["labels"].as_object().is_some_and(|l| {
+                    l.keys()
+                        .any(|k| k.starts_with("rbac.authorization.k8s.io/aggregate-to"))
+                });
+                assert!(
+                    !(aggregated && r.starts_with("emrclustercredentials")),
+                    "{} aggregates access to {r}",
+                    cr["metadata"]["name"]
+                );
             }
         }
 
@@ -347,7 +437,7 @@ fn helm_template_renders_every_value_set() {
             assert!(text.contains("system:serviceaccount:emr-system:emr-ray-operator"));
             assert!(text.contains(DENIED));
             let rules = &vap["spec"]["matchConstraints"]["resourceRules"][0];
-            assert_eq!(rules["operations"], json!(["CREATE", "UPDATE"]));
+            assert_eq!(rules["operations"], json!(["CREATE", "UPDATE", "DELETE"]));
             assert_eq!(
                 rules["resources"],
                 json!(["emrrayclusters", "emrrayclusters/status"])
@@ -454,6 +544,28 @@ fn mirror_obj(name: &str) -> Value {
         "spec": {"workspaceRef": "prod", "workspaceId": "w-1", "regionId": "cn-hangzhou",
                  "clusterId": name},
     })
+}
+
+/// Waits until the chart's read-only policy denies an admin's mirror creation in `ns` (the API
+/// server loads a new policy within seconds).
+async fn wait_policy_in_force(client: &kube::Client, ns: &str) {
+    let api: Api<EmrRayCluster> = Api::namespaced(client.clone(), ns);
+    common::wait_for(
+        Duration::from_secs(60),
+        "the read-only policy in force",
+        || async {
+            let obj: EmrRayCluster = serde_json::from_value(mirror_obj("policy-probe")).unwrap();
+            match api.create(&PostParams::default(), &obj).await {
+                Err(e) if is_policy_denial(&e) => Some(()),
+                Ok(_) => {
+                    let _ = api.delete("policy-probe", &DeleteParams::default()).await;
+                    None
+                }
+                Err(_) => None,
+            }
+        },
+    )
+    .await
 }
 
 fn is_policy_denial(e: &kube::Error) -> bool {
@@ -640,11 +752,12 @@ async fn helm_install_enforces_read_only_mirrors() {
             .contains_key("tampered")
     );
 
-    // ...but may delete it (the operator recreates it if the remote cluster still exists).
-    user_api
+    // ...nor delete it (under goneClusterPolicy Keep it could never come back).
+    let err = user_api
         .delete("op-made", &DeleteParams::default())
         .await
-        .expect("user delete is allowed");
+        .expect_err("user delete is denied");
+    assert!(is_policy_denial(&err), "{err}");
 
     tokio::task::spawn_blocking({
         let n = name.clone();
@@ -692,6 +805,7 @@ async fn operator_runs_with_exactly_the_chart_rbac() {
         burst: 50,
         request_timeout: Duration::from_secs(2),
         listing_timeout: Duration::from_secs(20),
+        allowed_endpoints: vec!["http://127.0.0.1:*".parse().unwrap()],
         ..OperatorConfig::embedded("chart-test-0")
     };
     env.create_workspace("prod", json!({})).await;
@@ -751,23 +865,16 @@ async fn operator_runs_with_exactly_the_chart_rbac() {
     )
     .await;
 
-    // A mirror deleted by someone is recreated by the operator (delete + create allowed).
+    // Nobody but the operator (and the garbage collector) deletes a mirror, not even an admin
+    // outside the policy's break-glass groups (once the API server has loaded the policy).
+    wait_policy_in_force(&env.client, &ns).await;
     let name = m.metadata.name.clone().unwrap();
-    let uid = m.metadata.uid.clone();
-    env.mirrors()
+    let err = env
+        .mirrors()
         .delete(&name, &DeleteParams::default())
         .await
-        .unwrap();
-    env.wait_mirror(
-        EXAMPLE_CLUSTER,
-        Duration::from_secs(40),
-        "recreated mirror",
-        |m2| {
-            m2.metadata.uid != uid
-                && m2.status.as_ref().and_then(|s| s.state.as_deref()) == Some("Running")
-        },
-    )
-    .await;
+        .expect_err("deleting a mirror is denied");
+    assert!(is_policy_denial(&err), "{err}");
 
     // The operator reports no failed sync.
     let text = env.operators[0].metrics.encode();

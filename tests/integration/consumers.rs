@@ -25,7 +25,6 @@ use emr_ray_operator::api::{EmrRayCluster, EmrWorkspace};
 use emr_ray_operator::controller::mirror::mirror_name;
 use emr_ray_operator::emr::ClusterState;
 use emr_ray_operator::sim::{Faults, SimConfig, Simulator};
-use k8s_openapi::api::authentication::v1::{TokenRequest, TokenRequestSpec};
 use k8s_openapi::api::core::v1::ServiceAccount;
 use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding};
 use kube::api::{
@@ -231,19 +230,7 @@ impl KubeStateMetrics {
 /// A kubeconfig file for ServiceAccount `ns/sa` (TokenRequest), same server and CA as the
 /// admin kubeconfig.
 async fn sa_kubeconfig(client: &kube::Client, ns: &str, sa: &str, dir: &Path) -> PathBuf {
-    let tr = TokenRequest {
-        spec: TokenRequestSpec {
-            audiences: vec![],
-            expiration_seconds: Some(3600),
-            ..Default::default()
-        },
-        ..Default::default()
-    };
-    let tr: TokenRequest = Api::<ServiceAccount>::namespaced(client.clone(), ns)
-        .create_subresource("token", sa, &PostParams::default(), &tr)
-        .await
-        .expect("TokenRequest");
-    let token = tr.status.expect("token").token;
+    let token = common::service_account_token(client, ns, sa).await;
     let admin_path = tokio::task::spawn_blocking(common::kubeconfig_path)
         .await
         .unwrap();
@@ -289,8 +276,12 @@ async fn kube_state_metrics_serves_workspace_and_mirror_series() {
     // 1h: no sync while the series are compared with the status.
     env.create_workspace("prod", json!({"syncInterval": "1h"}))
         .await;
-    env.create_workspace("paused", json!({"suspend": true}))
-        .await;
+    // (Its own remote workspace: two EmrWorkspaces for one remote workspace are duplicates.)
+    env.create_workspace(
+        "paused",
+        json!({"suspend": true, "workspaceId": "w-paused"}),
+    )
+    .await;
     env.start();
     env.wait_ready("prod", "True", Some("Synced"), Duration::from_secs(60))
         .await;
@@ -579,15 +570,22 @@ async fn kstatus_and_argocd_health_of_objects_read_back() {
     env.put_secret("bad-credentials", "LTAI5tUnknownKey", "whatever")
         .await;
     env.create_workspace("prod", json!({})).await;
+    // (Each its own remote workspace: two EmrWorkspaces for one are duplicates.)
     env.create_workspace(
         "bad",
-        json!({"credentials": {"secretRef": {"name": "bad-credentials"}}}),
+        json!({"workspaceId": "w-bad", "credentials": {"secretRef": {"name": "bad-credentials"}}}),
     )
     .await;
-    env.create_workspace("paused", json!({"suspend": true}))
-        .await;
-    env.create_workspace("throttled", json!({"endpoint": throttling_url}))
-        .await;
+    env.create_workspace(
+        "paused",
+        json!({"suspend": true, "workspaceId": "w-paused"}),
+    )
+    .await;
+    env.create_workspace(
+        "throttled",
+        json!({"endpoint": throttling_url, "workspaceId": "w-throttled"}),
+    )
+    .await;
     env.start();
     let t = Duration::from_secs(60);
     env.wait_ready("prod", "True", Some("Synced"), t).await;

@@ -15,4 +15,6 @@ mod control_plane;
 mod emr_client;
 mod emr_sim;
 mod gitops;
+mod hostile;
 mod operator;
+mod tenancy;

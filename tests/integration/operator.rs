@@ -607,14 +607,17 @@ async fn credential_problems_give_clear_conditions() {
     )
     .await;
     env.put_secret("bad", "LTAI5tUnknownKey", "whatever").await;
+    // (Each names its own remote workspace: two EmrWorkspaces for one remote workspace are
+    // duplicates.)
     env.create_workspace(
         "unknown-key",
-        json!({"credentials": {"secretRef": {"name": "bad"}}}),
+        json!({"workspaceId": "w-unknown-key", "credentials": {"secretRef": {"name": "bad"}}}),
     )
     .await;
     env.create_workspace(
         "wrong-key-name",
-        json!({"credentials": {"secretRef": {"name": "emr-credentials", "accessKeyIdKey": "id"}}}),
+        json!({"workspaceId": "w-wrong-key-name",
+               "credentials": {"secretRef": {"name": "emr-credentials", "accessKeyIdKey": "id"}}}),
     )
     .await;
     env.start();
@@ -660,7 +663,8 @@ async fn credential_problems_give_clear_conditions() {
             .contains("\"id\"")
     );
 
-    // Creating the missing Secret fixes the workspace at once (the Secret is watched).
+    // Creating the missing Secret fixes the workspace at its next retry (Secrets are read by
+    // name at each sync, never watched).
     env.put_secret(
         "nope",
         emr_ray_operator::sim::DEFAULT_ACCESS_KEY_ID,
@@ -688,12 +692,16 @@ async fn invalid_specs_are_rejected_at_admission() {
         ),
         (
             json!({"credentials": {}}),
-            "set exactly one of secretRef, rrsa or environment",
+            "set exactly one of secretRef or clusterCredentialsRef",
         ),
         (
-            json!({"credentials": {"secretRef": {"name": "a"}, "environment": {}}}),
-            "set exactly one of secretRef, rrsa or environment",
+            json!({"credentials": {"secretRef": {"name": "a"}, "clusterCredentialsRef": {"name": "b"}}}),
+            "set exactly one of secretRef or clusterCredentialsRef",
         ),
+        // A namespaced spec can no longer name the operator's identity, a role or a file.
+        // (Rejected as an unknown field, or pruned and then refused as empty: either way the
+        // message names the credentials.)
+        (json!({"credentials": {"environment": {}}}), "credentials"),
         (
             json!({"goneClusterPolicy": "Forget"}),
             "spec.goneClusterPolicy",
@@ -809,17 +817,21 @@ async fn two_workspaces_for_one_remote_workspace_do_not_fight() {
     env.wait_mirror(EXAMPLE_CLUSTER, Duration::from_secs(60), "mirror", |_| true)
         .await;
     env.create_workspace("second", json!({})).await;
-    common::wait_for(
-        Duration::from_secs(30),
-        "MirrorNameConflict event",
-        || async {
-            events_for(&env, "second")
-                .await
-                .into_iter()
-                .find(|e| e.reason.as_deref() == Some("MirrorNameConflict"))
-        },
-    )
-    .await;
+    let st = env
+        .wait_ready(
+            "second",
+            "False",
+            Some("DuplicateWorkspace"),
+            Duration::from_secs(30),
+        )
+        .await;
+    let ready = condition(&st.conditions, "Ready").unwrap();
+    assert!(
+        ready.message.contains("EmrWorkspace first"),
+        "{}",
+        ready.message
+    );
+    assert_eq!(condition(&st.conditions, "Stalled").unwrap().status, "True");
     let m = env.mirrors().get(EXAMPLE_CLUSTER).await.unwrap();
     assert_eq!(m.owner_references().len(), 1);
     assert_eq!(m.owner_references()[0].name, "first");

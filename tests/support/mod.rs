@@ -78,6 +78,8 @@ pub fn operator_config(ns: &str) -> OperatorConfig {
         burst: 50,
         request_timeout: Duration::from_secs(2),
         listing_timeout: Duration::from_secs(20),
+        // The simulator runs on loopback.
+        allowed_endpoints: vec!["http://127.0.0.1:*".parse().unwrap()],
         ..OperatorConfig::embedded("test")
     }
 }

@@ -85,9 +85,10 @@ RBAC rules for the watched scope: exactly what the operator calls.
 - apiGroups: ["emr.aliyun.io"]
   resources: ["emrrayclusters/status"]
   verbs: ["patch"]
+# Secrets are only read one at a time, by name: never listed or watched.
 - apiGroups: [""]
   resources: ["secrets"]
-  verbs: ["get", "list", "watch"]
+  verbs: ["get"]
 - apiGroups: ["events.k8s.io"]
   resources: ["events"]
   verbs: ["create", "patch"]

@@ -60,6 +60,12 @@ pub struct ClientConfig {
     pub user_agent: String,
     /// Largest response body read per page; a larger one fails the listing.
     pub max_body_bytes: usize,
+    /// Most clusters a listing may return; more fails it (`TooManyClusters`) without reading
+    /// further pages.
+    pub max_clusters: usize,
+    /// The share (0–1] of the rate one budget key (a namespace) may use, so that one tenant's
+    /// huge or slow workspaces cannot take the whole budget; 1: no per-key limit.
+    pub budget_share: f64,
     /// Called once per HTTP attempt.
     pub observer: Option<Observer>,
 }
@@ -80,6 +86,8 @@ impl Default for ClientConfig {
             signature: SignatureVersion::Acs3HmacSha256,
             user_agent: format!("emr-ray-operator/{}", env!("CARGO_PKG_VERSION")),
             max_body_bytes: 8 * 1024 * 1024,
+            max_clusters: 10_000,
+            budget_share: 1.0,
             observer: None,
         }
     }
@@ -98,6 +106,8 @@ impl fmt::Debug for ClientConfig {
             .field("signature", &self.signature)
             .field("user_agent", &self.user_agent)
             .field("max_body_bytes", &self.max_body_bytes)
+            .field("max_clusters", &self.max_clusters)
+            .field("budget_share", &self.budget_share)
             .field("observer", &self.observer.is_some())
             .finish()
     }
@@ -128,6 +138,8 @@ struct Inner {
     http: reqwest::Client,
     cfg: ClientConfig,
     limiter: DefaultDirectRateLimiter,
+    /// Per budget key (a namespace): its share of the rate.
+    shares: Option<governor::DefaultKeyedRateLimiter<String>>,
 }
 
 /// EMR Serverless Spark client: one HTTP connection pool and one rate limiter, shared by clones.
@@ -188,10 +200,25 @@ impl EmrClient {
             .pool_idle_timeout(Duration::from_secs(60))
             .build()
             .map_err(|e| bad(&format!("cannot build HTTP client: {e}")))?;
+        let shares = if cfg.budget_share < 1.0 {
+            let share = cfg.budget_share.max(0.01);
+            let rate = cfg.requests_per_second * share;
+            let period = Duration::try_from_secs_f64(1.0 / rate)
+                .map_err(|_| bad("requests_per_second × budget_share is too low"))?;
+            let burst = NonZeroU32::new(((f64::from(cfg.burst) * share) as u32).max(1))
+                .unwrap_or(NonZeroU32::MIN);
+            let q = Quota::with_period(period)
+                .ok_or_else(|| bad("requests_per_second is too high"))?
+                .allow_burst(burst);
+            Some(RateLimiter::keyed(q))
+        } else {
+            None
+        };
         Ok(EmrClient {
             inner: Arc::new(Inner {
                 http,
                 limiter: RateLimiter::direct(quota),
+                shares,
                 cfg,
             }),
         })
@@ -204,6 +231,19 @@ impl EmrClient {
     /// Lists every Ray cluster of `workspace_id`, or fails. See the module documentation.
     pub async fn list_ray_clusters(
         &self,
+        endpoint: &url::Url,
+        workspace_id: &str,
+        creds: &Credentials,
+    ) -> Result<Listing, EmrError> {
+        self.list_ray_clusters_within(None, endpoint, workspace_id, creds)
+            .await
+    }
+
+    /// [`Self::list_ray_clusters`], with every request also counted against `budget`'s share
+    /// of the rate ([`ClientConfig::budget_share`]).
+    pub async fn list_ray_clusters_within(
+        &self,
+        budget: Option<&str>,
         endpoint: &url::Url,
         workspace_id: &str,
         creds: &Credentials,
@@ -230,7 +270,14 @@ impl EmrClient {
         let mut listing = Listing::default();
         match tokio::time::timeout_at(
             deadline,
-            self.list_inner(endpoint, workspace_id, creds, deadline, &mut listing),
+            self.list_inner(
+                budget,
+                endpoint,
+                workspace_id,
+                creds,
+                deadline,
+                &mut listing,
+            ),
         )
         .await
         {
@@ -248,6 +295,7 @@ impl EmrClient {
 
     async fn list_inner(
         &self,
+        budget: Option<&str>,
         endpoint: &url::Url,
         workspace_id: &str,
         creds: &Credentials,
@@ -259,7 +307,15 @@ impl EmrClient {
         let mut seen: HashSet<String> = HashSet::new();
         for page_num in 1..=cfg.max_pages {
             let (page, request_id) = self
-                .fetch_page(endpoint, workspace_id, page_num, creds, deadline, listing)
+                .fetch_page(
+                    budget,
+                    endpoint,
+                    workspace_id,
+                    page_num,
+                    creds,
+                    deadline,
+                    listing,
+                )
                 .await?;
             listing.pages = page_num;
             if let Some(id) = request_id.clone() {
@@ -295,6 +351,18 @@ impl EmrClient {
                 }
                 listing.clusters.push(c);
             }
+            if listing.clusters.len() > cfg.max_clusters {
+                // Stop paging: more would only cost memory and requests.
+                return Err(EmrError::new(
+                    ErrorKind::TooManyClusters,
+                    format!(
+                        "workspace {workspace_id} has more than {} Ray clusters, the operator's \
+                         limit (--max-clusters-per-workspace)",
+                        cfg.max_clusters
+                    ),
+                )
+                .with_request_id(request_id));
+            }
             if n < page_size {
                 return Ok(());
             }
@@ -309,8 +377,10 @@ impl EmrClient {
     }
 
     /// One page, with retries.
+    #[allow(clippy::too_many_arguments)]
     async fn fetch_page(
         &self,
+        budget: Option<&str>,
         endpoint: &url::Url,
         workspace_id: &str,
         page_num: u32,
@@ -322,6 +392,9 @@ impl EmrClient {
         let mut attempt = 0u32;
         let mut malformed = 0u32;
         loop {
+            if let (Some(shares), Some(key)) = (&self.inner.shares, budget) {
+                shares.until_key_ready(&key.to_string()).await;
+            }
             self.inner.limiter.until_ready().await;
             let started = std::time::Instant::now();
             let result = self
