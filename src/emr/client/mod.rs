@@ -438,10 +438,15 @@ impl EmrClient {
 pub const MAX_RETRY_AFTER: Duration = Duration::from_secs(300);
 
 /// An `x-acs-retry-after` value (a positive whole number of seconds) as a delay, capped at
-/// [`MAX_RETRY_AFTER`]; `None` for anything else.
+/// [`MAX_RETRY_AFTER`]; `None` for anything else. A number too large for `u64` is capped too.
 pub fn parse_retry_after(value: &str) -> Option<Duration> {
-    let secs = value.trim().parse::<u64>().ok().filter(|s| *s > 0)?;
-    Some(Duration::from_secs(secs.min(MAX_RETRY_AFTER.as_secs())))
+    let v = value.trim();
+    let digits = v.strip_prefix('+').unwrap_or(v);
+    if digits.is_empty() || !digits.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    let secs = digits.parse::<u64>().unwrap_or(u64::MAX);
+    (secs > 0).then(|| Duration::from_secs(secs.min(MAX_RETRY_AFTER.as_secs())))
 }
 
 #[cfg(test)]
@@ -466,6 +471,12 @@ mod tests {
     fn retry_after_is_positive_seconds_capped() {
         assert_eq!(parse_retry_after(" 2 "), Some(Duration::from_secs(2)));
         assert_eq!(parse_retry_after("100000"), Some(MAX_RETRY_AFTER));
+        // Found by fuzz/retry_after: more digits than u64 holds were ignored, not capped.
+        assert_eq!(
+            parse_retry_after("99999999999999999999999"),
+            Some(MAX_RETRY_AFTER)
+        );
+        assert_eq!(parse_retry_after(&"0".repeat(40)), None);
         for bad in ["", "0", "-1", "1.5", "2s", "Wed, 21 Oct 2015 07:28:00 GMT"] {
             assert_eq!(parse_retry_after(bad), None, "{bad:?}");
         }
