@@ -22,12 +22,21 @@ fn check_redacted(raw: &str, shown: &str) {
         if let Some(h) = u.host_str() {
             assert!(shown.contains(h), "{raw:?} -> {shown:?}");
         }
+        // A redacted URL stays as it is. (Text that is not a URL may still change on a second
+        // pass, e.g. `FILE://u@H/x` becomes the URL `file://h/x`, and so may a `file:` URL whose
+        // path starts with a drive letter, which the URL parser re-reads without its host.)
+        if url::Url::parse(shown).is_ok_and(|u| u.has_host()) {
+            assert_eq!(redact_endpoint(shown), shown, "idempotent: {raw:?}");
+        }
     }
-    assert_eq!(
-        redact_endpoint(shown),
-        shown,
-        "redaction is idempotent: {raw:?}"
-    );
+    let again = redact_endpoint(shown);
+    assert!(!again.contains(['?', '#']), "{raw:?} -> {again:?}");
+    if let Ok(u) = url::Url::parse(&again) {
+        assert!(
+            u.username().is_empty() && u.password().is_none(),
+            "{raw:?} -> {again:?}"
+        );
+    }
 }
 
 fuzz_target!(|data: &[u8]| {
