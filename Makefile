@@ -3,12 +3,13 @@
 #                simulator, create an example workspace, show the mirrors
 #   make test    the whole test suite (what .ci/run runs)
 #   make bench   benchmarks (prints figures)
+#   make fuzz    a short cargo-fuzz run of every parser of outside input (not part of `test`)
 SHELL := /bin/bash
 KCP := tests/control-plane/kcp.sh
 TOOLS := tests/tools/tools.sh
 CARGO ?= cargo
 
-.PHONY: demo test lint unit control-plane control-plane-down bench crds
+.PHONY: demo test lint unit control-plane control-plane-down bench crds fuzz
 
 control-plane:
 	$(KCP) build
@@ -45,3 +46,19 @@ bench: control-plane
 	$(CARGO) build --release --bin emr-ray-operator --bin bench --bin bench-list
 	source .cache/kcp/env && ./target/release/bench $(BENCH_ARGS)
 	./target/release/bench-list
+
+# Short fuzz run of every target in fuzz/ (nightly + cargo-fuzz, installed when missing), each
+# for FUZZ_SECONDS, on a scratch copy of the checked-in seeds (fuzz/corpus/<target>/) so the
+# seeds stay small. Crashes land in fuzz/artifacts/<target>/. Not part of `make test`.
+FUZZ_SECONDS ?= 30
+FUZZ_TARGETS ?= listing_body error_body retry_after endpoint duration quantities sign_input
+FUZZ_CARGO ?= cargo +nightly
+FUZZ_FLAGS := -s none --codegen-units 16
+fuzz:
+	command -v cargo-fuzz >/dev/null || cargo install cargo-fuzz --locked
+	set -e; for t in $(FUZZ_TARGETS); do \
+	  rm -rf fuzz/target/corpus/$$t && mkdir -p fuzz/target/corpus/$$t; \
+	  cp fuzz/corpus/$$t/* fuzz/target/corpus/$$t/; \
+	  (cd fuzz && CARGO_INCREMENTAL=0 $(FUZZ_CARGO) fuzz run $(FUZZ_FLAGS) $$t target/corpus/$$t \
+	    -- -max_total_time=$(FUZZ_SECONDS)); \
+	done

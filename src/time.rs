@@ -11,8 +11,14 @@ pub fn now_rfc3339() -> String {
     rfc3339(jiff::Timestamp::now())
 }
 
-/// Epoch milliseconds (as the remote API returns them) as [`rfc3339`]; `None` when out of range.
+/// Epoch milliseconds (as the remote API returns them) as [`rfc3339`]; `None` when out of range
+/// (RFC 3339 has no years before 0000).
 pub fn rfc3339_millis(ms: i64) -> Option<String> {
+    /// `0000-01-01T00:00:00Z`.
+    const YEAR_ZERO_MS: i64 = -62_167_219_200_000;
+    if ms < YEAR_ZERO_MS {
+        return None;
+    }
     jiff::Timestamp::from_millisecond(ms).ok().map(rfc3339)
 }
 
@@ -32,6 +38,14 @@ mod tests {
             Some("2024-08-15T11:44:39Z")
         );
         assert_eq!(rfc3339_millis(i64::MAX), None);
+        // Found by fuzz/listing_body: negative years gave `-001-03-02T01:29:59Z`.
+        assert_eq!(
+            rfc3339_millis(-62_167_219_200_000).as_deref(),
+            Some("0000-01-01T00:00:00Z")
+        );
+        assert_eq!(rfc3339_millis(-62_167_219_200_001), None);
+        assert_eq!(rfc3339_millis(-62_200_000_000_000), None);
+        assert_eq!(rfc3339_millis(i64::MIN), None);
         assert!(now_rfc3339().ends_with('Z'));
     }
 }

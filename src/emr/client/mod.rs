@@ -510,6 +510,18 @@ impl EmrClient {
 /// The longest `x-acs-retry-after` honoured; longer values are capped (never overflow).
 pub const MAX_RETRY_AFTER: Duration = Duration::from_secs(300);
 
+/// An `x-acs-retry-after` value (a positive whole number of seconds) as a delay, capped at
+/// [`MAX_RETRY_AFTER`]; `None` for anything else. A number too large for `u64` is capped too.
+pub fn parse_retry_after(value: &str) -> Option<Duration> {
+    let v = value.trim();
+    let digits = v.strip_prefix('+').unwrap_or(v);
+    if digits.is_empty() || !digits.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    let secs = digits.parse::<u64>().unwrap_or(u64::MAX);
+    (secs > 0).then(|| Duration::from_secs(secs.min(MAX_RETRY_AFTER.as_secs())))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -526,6 +538,21 @@ mod tests {
             EmrClient::page_url(&ep, "w/x y", 2, 5).as_str(),
             "http://127.0.0.1:8480/prefix/api/v1/workspaces/w%2Fx%20y/rayCluster?pageNum=2&pageSize=5"
         );
+    }
+
+    #[test]
+    fn retry_after_is_positive_seconds_capped() {
+        assert_eq!(parse_retry_after(" 2 "), Some(Duration::from_secs(2)));
+        assert_eq!(parse_retry_after("100000"), Some(MAX_RETRY_AFTER));
+        // Found by fuzz/retry_after: more digits than u64 holds were ignored, not capped.
+        assert_eq!(
+            parse_retry_after("99999999999999999999999"),
+            Some(MAX_RETRY_AFTER)
+        );
+        assert_eq!(parse_retry_after(&"0".repeat(40)), None);
+        for bad in ["", "0", "-1", "1.5", "2s", "Wed, 21 Oct 2015 07:28:00 GMT"] {
+            assert_eq!(parse_retry_after(bad), None, "{bad:?}");
+        }
     }
 
     #[test]

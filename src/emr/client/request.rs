@@ -1,11 +1,10 @@
 //! What goes over the wire for one page: the signed request headers, and the response read
 //! (bounded) and classified into clusters or an error with its outcome code.
 
-use super::{MAX_RETRY_AFTER, SignatureVersion};
+use super::{SignatureVersion, parse_retry_after};
 use crate::emr::error::{EmrError, ErrorKind};
 use crate::emr::model::{ListRayClusterResponse, RayCluster};
 use crate::emr::{API_VERSION, Credentials, sign};
-use std::time::Duration;
 
 /// A response: the page's clusters and request ID, or an error with the outcome code for the
 /// observer.
@@ -23,9 +22,7 @@ pub(super) async fn read_response(
         .headers()
         .get("x-acs-retry-after")
         .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.trim().parse::<u64>().ok())
-        .filter(|s| *s > 0)
-        .map(|s| Duration::from_secs(s.min(MAX_RETRY_AFTER.as_secs())));
+        .and_then(parse_retry_after);
     let body = read_body(resp, max_body_bytes).await?;
     if !(200..300).contains(&status) {
         let e = EmrError::from_response(status, &body, header_request_id, retry_after);

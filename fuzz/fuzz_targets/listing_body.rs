@@ -1,0 +1,125 @@
+//! A `ListRayCluster` response body, as a hostile or broken endpoint may send it, through
+//! everything that turns a remote cluster into a mirror: its name, label value, status and
+//! conditions.
+#![no_main]
+
+use emr_ray_operator::api::Reason;
+use emr_ray_operator::controller::mirror::{
+    Staleness, label_value, mirror_conditions, mirror_name, remote_status,
+};
+use emr_ray_operator::emr::ListRayClusterResponse;
+use libfuzzer_sys::fuzz_target;
+
+fn is_dns_label(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 63
+        && s.bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        && !s.starts_with('-')
+        && !s.ends_with('-')
+}
+
+/// `(([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9])?`, at most 63 characters.
+fn is_label_value(s: &str) -> bool {
+    s.len() <= 63
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
+        && s.bytes().next().is_none_or(|b| b.is_ascii_alphanumeric())
+        && s.bytes().last().is_none_or(|b| b.is_ascii_alphanumeric())
+}
+
+/// metav1.Condition's reason: `^[A-Za-z]([A-Za-z0-9_,:]*[A-Za-z0-9_])?$`, at most 1024.
+fn is_condition_reason(s: &str) -> bool {
+    let b = s.as_bytes();
+    !b.is_empty()
+        && b.len() <= 1024
+        && b[0].is_ascii_alphabetic()
+        && b.iter()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, b'_' | b',' | b':'))
+        && b.last()
+            .is_some_and(|c| c.is_ascii_alphanumeric() || *c == b'_')
+}
+
+/// `YYYY-MM-DDTHH:MM:SSZ` (what the CRD documents as RFC 3339).
+fn is_rfc3339_utc(s: &str) -> bool {
+    let b = s.as_bytes();
+    b.len() == 20
+        && b.iter().enumerate().all(|(i, c)| match i {
+            4 | 7 => *c == b'-',
+            10 => *c == b'T',
+            13 | 16 => *c == b':',
+            19 => *c == b'Z',
+            _ => c.is_ascii_digit(),
+        })
+}
+
+/// What the status shows of an endpoint: no query, fragment or user info.
+fn check_redacted(shown: &str) {
+    assert!(
+        !shown.contains(['?', '#']),
+        "query/fragment kept: {shown:?}"
+    );
+    if let Ok(u) = url::Url::parse(shown) {
+        assert!(
+            u.username().is_empty() && u.password().is_none(),
+            "user info kept: {shown:?}"
+        );
+    }
+}
+
+fuzz_target!(|data: &[u8]| {
+    let Ok(page) = serde_json::from_slice::<ListRayClusterResponse>(data) else {
+        return;
+    };
+    for c in page.ray_clusters.iter().flatten() {
+        let name = mirror_name(&c.cluster_id);
+        assert!(is_dns_label(&name), "{:?} -> {name:?}", c.cluster_id);
+        assert_eq!(name, mirror_name(&c.cluster_id), "names are stable");
+        let label = label_value(&c.cluster_id);
+        assert!(is_label_value(&label), "{:?} -> {label:?}", c.cluster_id);
+
+        let status = remote_status(c);
+        if let Some(e) = &status.endpoints {
+            e.dashboard.as_deref().map(check_redacted);
+            e.grpc.as_deref().map(check_redacted);
+        }
+        let memory = status.desired_memory.as_deref().map(|m| {
+            m.strip_suffix("Gi")
+                .unwrap_or_else(|| panic!("desiredMemory {m:?} without Gi"))
+        });
+        for v in [status.desired_cpu.as_deref(), memory]
+            .into_iter()
+            .flatten()
+        {
+            let n: f64 = v.parse().unwrap_or_else(|_| panic!("quantity {v:?}"));
+            assert!(
+                n.is_finite() && n >= 0.0 && !v.starts_with('-'),
+                "quantity {v:?}"
+            );
+        }
+        assert!(status.desired_worker_replicas.is_none_or(|w| w >= 0));
+        for t in [
+            &status.create_time,
+            &status.start_time,
+            &status.modified_time,
+        ]
+        .into_iter()
+        .flatten()
+        {
+            assert!(is_rfc3339_utc(t), "timestamp {t:?}");
+        }
+        serde_json::to_vec(&status).expect("the status serialises");
+
+        let stale = Staleness::from_failure(Reason::Throttled, Some("Throttling.User"), None);
+        let first = mirror_conditions(&status, &[], Some(1), None, "t1");
+        let again = mirror_conditions(&status, &first, Some(2), Some(&stale), "t2");
+        for cond in first.iter().chain(&again) {
+            assert!(
+                is_condition_reason(&cond.reason),
+                "reason {:?}",
+                cond.reason
+            );
+            assert!(matches!(cond.status.as_str(), "True" | "False"));
+        }
+    }
+});
