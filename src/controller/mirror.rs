@@ -18,7 +18,8 @@ const MAX_NAME: usize = 63;
 
 /// A valid, stable DNS-1123 name for a remote cluster ID. IDs that are already valid names are
 /// used as they are (`ray-uiulpgow9xljimm1`); anything else is lower-cased and cleaned, and gets a
-/// short hash of the exact ID appended so that two IDs never map to the same name.
+/// short hash of the exact ID appended. A remote server can still pick an ID equal to another
+/// ID's name: `plan` never lets two IDs share one object.
 pub fn mirror_name(cluster_id: &str) -> String {
     if is_dns_label(cluster_id) {
         return cluster_id.to_string();

@@ -181,6 +181,9 @@ pub struct Input<'a> {
 /// Decides the writes of one sync. Pure.
 pub fn plan(input: &Input<'_>) -> Plan {
     let mut out = Plan::default();
+    // Two remote IDs may map to one object name (`Ray_1` and a hostile `ray-1-<its hash>`): the
+    // first (in ID order) keeps it, the others are reported, never written over it.
+    let mut names: HashMap<String, String> = HashMap::new();
     if let Some(listing) = input.listing {
         for (id, cluster) in &listing.clusters {
             out.mirrors += 1;
@@ -199,6 +202,15 @@ pub fn plan(input: &Input<'_>) -> Plan {
                 .as_ref()
                 .map(|p| p.name_any())
                 .unwrap_or_else(|| mirror::mirror_name(id));
+            if let Some(first) = names.get(&name) {
+                out.mirrors -= 1;
+                out.conflicts.push(Conflict {
+                    name,
+                    owner: format!("this workspace's cluster {first}, not {id}"),
+                });
+                continue;
+            }
+            names.insert(name.clone(), id.clone());
             if prev.is_none()
                 && let Some(owner) = (input.held_elsewhere)(&name)
             {

@@ -191,6 +191,12 @@ pub fn clean_text(s: &str, max: usize) -> String {
     let mut n = 0;
     let mut space = false;
     for c in s.trim().chars() {
+        // Bidirectional overrides and zero-width characters can make `kubectl describe` show
+        // something other than what is there: dropped like control characters.
+        let invisible = matches!(c, '\u{200B}'..='\u{200F}' | '\u{202A}'..='\u{202E}' | '\u{2066}'..='\u{2069}' | '\u{FEFF}');
+        if invisible {
+            continue;
+        }
         if c.is_whitespace() || c.is_control() {
             space = true;
             continue;
@@ -376,5 +382,6 @@ mod tests {
         assert_eq!(clean_text("abcdef", 3), "abc…");
         assert_eq!(clean_text("ab cdef", 3), "ab…");
         assert_eq!(clean_text("", 3), "");
+        assert_eq!(clean_text("a\u{202E}b\u{200B}c", 10), "abc");
     }
 }

@@ -27,9 +27,7 @@ use emr_ray_operator::emr::ClusterState;
 use emr_ray_operator::sim::{Faults, SimConfig, Simulator};
 use k8s_openapi::api::core::v1::ServiceAccount;
 use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding};
-use kube::api::{
-    Api, ApiResource, DeleteParams, DynamicObject, ListParams, Patch, PatchParams, PostParams,
-};
+use kube::api::{Api, ApiResource, DeleteParams, DynamicObject, ListParams, Patch, PatchParams};
 use serde_json::{Value, json};
 
 const KSM_CONFIG: &str = "deploy/kube-state-metrics/custom-resource-config.yaml";

@@ -337,9 +337,11 @@ async fn secure_metrics_need_a_token_and_the_reader_role() {
     )
     .await;
     // Health needs no token (the kubelet has none).
-    common::wait_for(Duration::from_secs(30), "/readyz without a token", || async {
-        (get("/readyz", None).await == 200).then_some(())
-    })
+    common::wait_for(
+        Duration::from_secs(30),
+        "/readyz without a token",
+        || async { (get("/readyz", None).await == 200).then_some(()) },
+    )
     .await;
     let _ = Api::<ClusterRoleBinding>::all(env.client.clone())
         .delete(&role, &DeleteParams::default())

@@ -385,3 +385,29 @@ fn metadata_drift_is_repaired() {
     assert_eq!(outcome(&p, "ray-a"), "repair");
     assert_eq!(p.actions[0].event, None, "a repair is not a state change");
 }
+
+#[test]
+fn remote_ids_that_map_to_one_name_never_share_a_mirror() {
+    let a = cluster("Ray_1", ClusterState::Running);
+    let hostile_id = mirror::mirror_name("Ray_1");
+    let b = cluster(&hostile_id, ClusterState::Error);
+    assert_eq!(
+        mirror::mirror_name(&hostile_id),
+        mirror::mirror_name("Ray_1")
+    );
+    let o = owner(GoneClusterPolicy::Delete);
+    let listing = Listing::new(vec![a, b], 100);
+    let p = plan(&Input {
+        owner: &o,
+        listing: Some(&listing),
+        listing_is_current: true,
+        stale: None,
+        existing: &HashMap::new(),
+        held_elsewhere: &|_| None,
+        refused: &HashSet::new(),
+        now: NOW,
+    });
+    assert_eq!(p.actions.len(), 1, "one object, one writer");
+    assert_eq!(p.conflicts.len(), 1);
+    assert_eq!(p.mirrors, 1);
+}
