@@ -94,6 +94,9 @@ pub struct Settings {
     pub default_interval: Interval,
     /// Longest backoff after refused writes.
     pub write_backoff_cap: Duration,
+    /// This replica serves one shard: a workspace's mirrors may carry another shard's label
+    /// (it was just moved here), which the mirror watch does not show.
+    pub sharded: bool,
 }
 
 /// Everything the reconciler needs, shared by all workspaces of one controller.
@@ -351,6 +354,12 @@ async fn write_status(
     }
     ctx.metrics.count_write("emrworkspaces", "apply-status");
     Ok(())
+}
+
+/// Forgets a workspace that left this replica's watch (deleted, or moved to another shard):
+/// what is remembered about it and its metric series. Its mirrors are left as they are.
+pub fn forget(ctx: &Context, ws: &EmrWorkspace) {
+    forget_key(ctx, &key(ws));
 }
 
 /// Drops what is remembered about a workspace, and its metric series.

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use k8s_openapi::api::core::v1::ObjectReference;
-use kube::api::Api;
+use kube::api::{Api, ListParams};
 use kube::runtime::events::EventType;
 use kube::{Resource, ResourceExt};
 use tracing::{debug, warn};
@@ -15,7 +15,10 @@ use super::apply::{self, WriteReport, Writer, publish};
 use super::mirror::Staleness;
 use super::state::{Failure, Listing, WorkspaceState, WriteTrouble};
 use super::{Context, SyncError, credentials, jitter, key, labels, plan};
-use crate::api::{EmrWorkspace, EndpointNetwork, Interval, Reason, WriteRefusal};
+use crate::api::{
+    EmrRayCluster, EmrWorkspace, EndpointNetwork, Interval, LABEL_MANAGED_BY, LABEL_SHARD,
+    LABEL_WORKSPACE, MANAGED_BY, Reason, WriteRefusal,
+};
 use crate::emr::EmrError;
 use crate::metrics::FailureLabels;
 use crate::time::now_rfc3339;
@@ -136,7 +139,28 @@ pub(super) async fn write_mirrors(
     backoff_cap: Duration,
 ) {
     let owner = plan::Owner::of(ws);
-    let existing = ctx.mirrors.current(&owner.namespace, &owner.uid);
+    let mut existing = ctx.mirrors.current(&owner.namespace, &owner.uid);
+    // A workspace just moved into this shard: its mirrors still labelled for another shard are
+    // invisible to the mirror watch. Take them into the plan once (they are relabelled — not
+    // created again — and gone ones are deleted or kept like any other).
+    let adopting = ctx.settings.sharded && !st.adopted;
+    let mut adopted = false;
+    if adopting {
+        match mirrors_of_other_shards(ctx, &owner).await {
+            Ok(found) => {
+                adopted = true;
+                if !found.is_empty() {
+                    debug!(workspace = %key(ws), mirrors = found.len(), "taking over mirrors labelled for another shard");
+                }
+                for m in found {
+                    existing.entry(m.spec.cluster_id.clone()).or_insert(m);
+                }
+            }
+            Err(e) => {
+                warn!(workspace = %key(ws), error = %e, "listing the workspace's mirrors of other shards failed; retrying on the next pass")
+            }
+        }
+    }
     let stale = st
         .failure
         .as_ref()
@@ -171,6 +195,7 @@ pub(super) async fn write_mirrors(
     report_conflicts(ctx, ws, &plan.conflicts).await;
     if plan.actions.is_empty() {
         st.write_trouble = None;
+        st.adopted |= adopted;
         return;
     }
     let writer = Writer {
@@ -187,7 +212,42 @@ pub(super) async fn write_mirrors(
     let report = apply::apply_plan(&writer, plan, probe).await;
     let before = st.write_trouble.as_ref().map(|t| t.refusal);
     st.write_trouble = next_write_trouble(st.write_trouble.take(), report, &now, backoff_cap);
+    // Until every write went through, the mirrors of other shards are looked up again.
+    st.adopted |= adopted && st.write_trouble.is_none();
     report_write_trouble(ctx, &workspace, before, st.write_trouble.as_ref()).await;
+}
+
+/// The workspace's mirrors labelled for another shard (or for none, in a shard), which the
+/// mirror watch of this shard does not show. Served from the API server's watch cache.
+async fn mirrors_of_other_shards(
+    ctx: &Context,
+    owner: &plan::Owner,
+) -> Result<Vec<Arc<EmrRayCluster>>, kube::Error> {
+    let not_ours = match &owner.shard {
+        Some(shard) => format!("{LABEL_SHARD}!={shard}"),
+        None => LABEL_SHARD.to_string(),
+    };
+    let selector = format!(
+        "{LABEL_MANAGED_BY}={MANAGED_BY},{LABEL_WORKSPACE}={},{not_ours}",
+        super::mirror::label_value(&owner.name)
+    );
+    let api: Api<EmrRayCluster> = Api::namespaced(ctx.client.clone(), &owner.namespace);
+    let list = api
+        .list(&ListParams::default().labels(&selector).match_any())
+        .await?;
+    Ok(list
+        .items
+        .into_iter()
+        .filter(|m| {
+            m.owner_references()
+                .iter()
+                .any(|o| o.uid == owner.uid && o.controller == Some(true))
+        })
+        .map(|mut m| {
+            m.metadata.managed_fields = None;
+            Arc::new(m)
+        })
+        .collect())
 }
 
 /// The write trouble after a pass: `None` when nothing was refused; otherwise the refusal, with

@@ -2,6 +2,7 @@
 //! `/readyz`), leader election and graceful shutdown.
 
 pub mod leader;
+pub mod shard;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -30,6 +31,7 @@ use crate::controller::{Context, Settings, error_policy, reconcile, workspaces_u
 use crate::emr::{ClientConfig, CredentialResolver, EmrClient};
 use crate::metrics::{CodeLabels, Metrics};
 use leader::{LeaderElector, LeaseConfig};
+use shard::ShardSelector;
 
 #[derive(Clone, Debug)]
 pub struct OperatorConfig {
@@ -50,6 +52,8 @@ pub struct OperatorConfig {
     pub kube_write_burst: u32,
     /// Longest per-workspace backoff after the API server refused mirror writes.
     pub write_backoff_cap: Duration,
+    /// The workspaces (and their mirrors) this replica set serves; `None`: all of them.
+    pub shard_selector: Option<ShardSelector>,
 }
 
 impl OperatorConfig {
@@ -70,6 +74,7 @@ impl OperatorConfig {
             kube_writes_per_second: 200,
             kube_write_burst: 400,
             write_backoff_cap: Duration::from_secs(300),
+            shard_selector: None,
         }
     }
 }
@@ -339,9 +344,10 @@ where
 
 /// The watch of the operator's mirrors: a store without `managedFields` (most of a mirror's
 /// size in memory; nothing here reads them), the record of which workspaces' mirrors changed,
-/// and the stream of touched mirrors for the controller.
+/// and the stream of touched mirrors for the controller. `shard`: the shard selector, if any.
 fn mirror_watch(
     api: Api<EmrRayCluster>,
+    shard: Option<String>,
 ) -> (
     reflector::Store<EmrRayCluster>,
     Arc<MirrorChanges>,
@@ -349,14 +355,16 @@ fn mirror_watch(
 ) {
     let (store, writer) = reflector::store();
     let changes = Arc::new(MirrorChanges::default());
+    // A shard caches only its own workspaces' mirrors (they carry their workspace's shard label).
+    let mut selector = format!("{LABEL_MANAGED_BY}={MANAGED_BY}");
+    if let Some(shard) = shard {
+        selector.push_str(&format!(",{shard}"));
+    }
     let changes_in_stream = changes.clone();
     let stream = reflector(
         writer,
-        watcher(
-            api,
-            watcher::Config::default().labels(&format!("{LABEL_MANAGED_BY}={MANAGED_BY}")),
-        )
-        .modify(|m: &mut EmrRayCluster| m.metadata.managed_fields = None),
+        watcher(api, watcher::Config::default().labels(&selector))
+            .modify(|m: &mut EmrRayCluster| m.metadata.managed_fields = None),
     )
     .default_backoff()
     .inspect(move |ev| match ev {
@@ -381,7 +389,9 @@ async fn run_controller(
     let mirrors_api: Api<EmrRayCluster> = api(client, ns);
     let secrets_api: Api<PartialObjectMeta<Secret>> = api(client, ns);
 
-    let (mirrors, changes, mirror_stream) = mirror_watch(mirrors_api);
+    let shard = shared.cfg.shard_selector.as_ref();
+    let (mirrors, changes, mirror_stream) =
+        mirror_watch(mirrors_api, shard.map(ToString::to_string));
     // Only Secret metadata is watched: secret values are read when a sync needs them.
     let (secrets, secret_writer) = reflector::store();
     let secret_stream = reflector(
@@ -403,14 +413,27 @@ async fn run_controller(
             listing_timeout: shared.cfg.listing_timeout,
             default_interval: shared.cfg.default_sync_interval,
             write_backoff_cap: shared.cfg.write_backoff_cap,
+            sharded: shard.is_some(),
         },
         shared.write_limiter.clone(),
         token.clone(),
     ));
     // Our own reflector for workspaces, so that its readiness can be awaited.
     let (ws_store, ws_writer) = reflector::store();
-    let ws_stream = reflector(ws_writer, watcher(workspaces, watcher::Config::default()))
+    let ws_config = match shard {
+        Some(s) => watcher::Config::default().labels(&s.to_string()),
+        None => watcher::Config::default(),
+    };
+    // A workspace leaving the watch (deleted, or relabelled into another shard) is forgotten at
+    // once: its mirrors are not touched, and it starts afresh should it come back.
+    let forget_ctx = ctx.clone();
+    let ws_stream = reflector(ws_writer, watcher(workspaces, ws_config))
         .default_backoff()
+        .inspect(move |ev| {
+            if let Ok(watcher::Event::Delete(ws)) = ev {
+                crate::controller::forget(&forget_ctx, ws);
+            }
+        })
         .applied_objects();
     let ctrl = Controller::for_stream(ws_stream, ws_store.clone());
     let ws_store_ready = ws_store.clone();
@@ -430,7 +453,11 @@ async fn run_controller(
             crate::controller::prune_deleted(&prune_ctx, &ws_store_ready);
         }
     });
-    info!(namespace = ns.unwrap_or("<all>"), "starting controller");
+    info!(
+        namespace = ns.unwrap_or("<all>"),
+        shard = %shard.map(ToString::to_string).unwrap_or_else(|| "<all>".into()),
+        "starting controller"
+    );
     ctrl.with_config(controller::Config::default().concurrency(shared.cfg.concurrency))
         .owns_stream(mirror_stream)
         .watches_stream(secret_stream, move |secret| {
