@@ -16,3 +16,4 @@ mod emr_client;
 mod emr_sim;
 mod gitops;
 mod operator;
+mod sharding;
