@@ -289,7 +289,13 @@ async fn shards_split_workspaces_and_hand_them_over_by_relabelling() {
         .collect();
     assert_eq!(deleted.len(), 1, "{deleted:?}");
     assert_eq!(deleted[0].reporting_instance.as_deref(), Some("shard-b"));
-    assert!(deleted[0].note.as_deref().unwrap_or_default().contains(&first));
+    assert!(
+        deleted[0]
+            .note
+            .as_deref()
+            .unwrap_or_default()
+            .contains(&first)
+    );
     let gone = env.mirrors().get_opt(&mirror_name(&first)).await.unwrap();
     assert!(gone.is_none());
 
