@@ -429,10 +429,12 @@ async fn run_controller(
     let forget_ctx = ctx.clone();
     let ws_stream = reflector(ws_writer, watcher(workspaces, ws_config))
         .default_backoff()
-        .inspect(move |ev| {
-            if let Ok(watcher::Event::Delete(ws)) = ev {
-                crate::controller::forget(&forget_ctx, ws);
+        .inspect(move |ev| match ev {
+            Ok(watcher::Event::Delete(ws)) => crate::controller::forget(&forget_ctx, ws),
+            Ok(watcher::Event::Apply(ws) | watcher::Event::InitApply(ws)) => {
+                crate::controller::arrived(&forget_ctx, ws)
             }
+            _ => {}
         })
         .applied_objects();
     let ctrl = Controller::for_stream(ws_stream, ws_store.clone());
