@@ -2,6 +2,7 @@
 //! schedule) and the mirror write pass (on the workspace's write backoff), with the Events
 //! that announce failures and recoveries.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -165,6 +166,12 @@ pub(super) async fn write_mirrors(
         .failure
         .as_ref()
         .map(|f| Staleness::from_failure(f.reason, f.code.as_deref(), st.last_success.as_deref()));
+    // A shard's cache lacks other shards' mirrors: names it would create are asked for.
+    let held_in_other_shards = if ctx.settings.sharded {
+        names_held_in_other_shards(ctx, &owner, st.listing.as_deref(), &existing).await
+    } else {
+        HashMap::new()
+    };
     let held_elsewhere = |name: &str| {
         ctx.mirrors
             .get(&owner.namespace, name)
@@ -174,6 +181,7 @@ pub(super) async fn write_mirrors(
                     .any(|o| o.controller == Some(true) && o.uid != owner.uid)
             })
             .map(|m| m.spec.workspace_ref.clone())
+            .or_else(|| held_in_other_shards.get(name).cloned())
     };
     let refused = st
         .write_trouble
@@ -248,6 +256,47 @@ async fn mirrors_of_other_shards(
             Arc::new(m)
         })
         .collect())
+}
+
+/// Of the mirrors this sync would create, those whose name another workspace's mirror holds
+/// (by name, with that workspace): one metadata LIST by name per creation (served from the API
+/// server's watch cache; the operator may list, not get, mirrors), in sharded replicas only.
+async fn names_held_in_other_shards(
+    ctx: &Context,
+    owner: &plan::Owner,
+    listing: Option<&Listing>,
+    existing: &HashMap<String, Arc<EmrRayCluster>>,
+) -> HashMap<String, String> {
+    let Some(listing) = listing else {
+        return HashMap::new();
+    };
+    let api: Api<EmrRayCluster> = Api::namespaced(ctx.client.clone(), &owner.namespace);
+    let mut held = HashMap::new();
+    for id in listing
+        .clusters
+        .keys()
+        .filter(|id| !existing.contains_key(*id))
+    {
+        let name = super::mirror::mirror_name(id);
+        let by_name = ListParams::default()
+            .fields(&format!("metadata.name={name}"))
+            .match_any();
+        match api.list_metadata(&by_name).await {
+            Ok(list) => {
+                let holder = list.items.iter().find_map(|m| {
+                    m.owner_references()
+                        .iter()
+                        .find(|o| o.controller == Some(true) && o.uid != owner.uid)
+                        .map(|o| o.name.clone())
+                });
+                if let Some(holder) = holder {
+                    held.insert(name, holder);
+                }
+            }
+            Err(e) => debug!(mirror = %name, error = %e, "checking a mirror name failed"),
+        }
+    }
+    held
 }
 
 /// The write trouble after a pass: `None` when nothing was refused; otherwise the refusal, with

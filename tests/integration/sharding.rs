@@ -64,21 +64,27 @@ fn shard_operator(env: &Env, identity: &str, selector: &str) -> Operator {
     start_operator(&env.client, cfg)
 }
 
-async fn create_workspace(env: &Env, i: usize, interval: &str) {
+async fn create_workspace(
+    env: &Env,
+    name: &str,
+    remote: &str,
+    shard: Option<&str>,
+    interval: &str,
+) {
     let mut labels = serde_json::Map::new();
-    if let Some(s) = initial_shard(i) {
+    if let Some(s) = shard {
         labels.insert(LABEL_SHARD.into(), json!(s));
     }
     env.workspaces()
         .patch(
-            &ws_name(i),
+            name,
             &PatchParams::apply("tests").force(),
             &Patch::Apply(json!({
                 "apiVersion": "emr.aliyun.io/v1alpha1", "kind": "EmrWorkspace",
-                "metadata": {"name": ws_name(i), "labels": labels},
+                "metadata": {"name": name, "labels": labels},
                 "spec": {
                     "regionId": "cn-hangzhou",
-                    "workspaceId": remote_id(i),
+                    "workspaceId": remote,
                     "endpoint": env.endpoint(),
                     "credentials": {"secretRef": {"name": "emr-credentials"}},
                     "syncInterval": interval,
@@ -164,7 +170,8 @@ async fn shards_split_workspaces_and_hand_them_over_by_relabelling() {
         remote.push(ids.into_iter().collect());
         // ws-00 is listed once by its first shard only: what changes remotely afterwards can
         // only be seen by the shard it is handed over to.
-        create_workspace(&env, i, if i == 0 { "1h" } else { "10s" }).await;
+        let interval = if i == 0 { "1h" } else { "10s" };
+        create_workspace(&env, &ws_name(i), &remote_id(i), initial_shard(i), interval).await;
     }
     for (identity, selector) in SHARDS {
         let op = shard_operator(&env, identity, selector);
@@ -298,6 +305,33 @@ async fn shards_split_workspaces_and_hand_them_over_by_relabelling() {
     );
     let gone = env.mirrors().get_opt(&mirror_name(&first)).await.unwrap();
     assert!(gone.is_none());
+
+    // A second workspace of ws-01's remote workspace, in another shard: the names are held by
+    // ws-01's mirrors, which shard b does not cache. Reported as a conflict, nothing taken.
+    let held = mirrors_of(&env, "ws-01").await;
+    create_workspace(&env, "ws-dup", &remote_id(1), Some("b"), "10s").await;
+    common::wait_for(
+        TIMEOUT,
+        "a MirrorNameConflict Event about ws-dup",
+        || async {
+            let all = events(&env).await;
+            let by = reporters(&all, "ws-dup", "MirrorNameConflict");
+            (!by.is_empty()).then_some(by)
+        },
+    )
+    .await
+    .iter()
+    .for_each(|r| assert_eq!(r, "shard-b"));
+    env.wait_next_sync(1, "ws-dup", TIMEOUT).await;
+    let after = mirrors_of(&env, "ws-01").await;
+    assert_eq!(after.len(), held.len());
+    for (id, m) in &held {
+        let now = &after[id];
+        assert_eq!(now.uid(), m.uid(), "mirror of {id}");
+        assert_eq!(shard_label(now), Some("a"), "mirror of {id}");
+        assert_eq!(now.owner_references()[0].name, "ws-01", "mirror of {id}");
+    }
+    assert!(mirrors_of(&env, "ws-dup").await.is_empty());
 
     // One shard stopped: the others keep syncing their workspaces, nobody takes its own over.
     let b = env.operators.remove(1);
