@@ -554,6 +554,35 @@ mod tests {
     }
 
     #[test]
+    fn a_creation_that_found_its_object_is_no_creation() {
+        let found = |state: &str| EmrRayClusterStatus {
+            state: Some(state.into()),
+            ..Default::default()
+        };
+        let created = |state: &str| {
+            Some(MirrorEvent::Created {
+                state: Some(state.into()),
+            })
+        };
+        assert_eq!(
+            takeover_event(created("Running"), Some(&found("Running"))),
+            None
+        );
+        assert_eq!(
+            takeover_event(created("Running"), Some(&found("Starting"))),
+            Some(MirrorEvent::StateChanged {
+                from: Some("Starting".into()),
+                to: Some("Running".into()),
+                message: None,
+            })
+        );
+        assert_eq!(
+            takeover_event(Some(MirrorEvent::Gone), None),
+            Some(MirrorEvent::Gone)
+        );
+    }
+
+    #[test]
     fn truncation_respects_char_boundaries() {
         assert_eq!(truncate("abc", 5), "abc");
         assert_eq!(truncate("ééé", 3), "é…");
