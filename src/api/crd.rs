@@ -29,6 +29,8 @@ pub const ANNOTATION_REQUESTED_AT: &str = "reconcile.emr.aliyun.io/requestedAt";
 /// Label that marks objects managed by this operator.
 pub const LABEL_MANAGED_BY: &str = "app.kubernetes.io/managed-by";
 pub const MANAGED_BY: &str = "emr-ray-operator";
+/// Label assigning an `EmrWorkspace` to a shard (`--shard-selector`); copied onto its mirrors.
+pub const LABEL_SHARD: &str = "sharding.emr.aliyun.io/key";
 
 /// Sync interval of a workspace that does not set one, unless the operator is told otherwise
 /// (`--default-sync-interval`).

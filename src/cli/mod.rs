@@ -18,6 +18,7 @@ use tracing::info;
 use crate::api::{self, Interval};
 use crate::emr::endpoint::EndpointPattern;
 use crate::operator::leader::LeaseConfig;
+use crate::operator::shard::ShardSelector;
 use crate::operator::{self, OperatorConfig};
 
 #[derive(Parser, Debug)]
@@ -73,6 +74,11 @@ struct RunArgs {
         default_value = ""
     )]
     namespaces: Vec<String>,
+    /// The shard this replica set serves: a label selector on `sharding.emr.aliyun.io/key`
+    /// (e.g. `sharding.emr.aliyun.io/key=a`, or `!sharding.emr.aliyun.io/key` for the default
+    /// shard); empty serves every workspace.
+    #[arg(long, env = "SHARD_SELECTOR", default_value = "", value_parser = check_shard_selector)]
+    shard_selector: String,
     /// Workspaces reconciled at once.
     #[arg(long, env = "CONCURRENCY", default_value_t = 8)]
     concurrency: u16,
@@ -147,6 +153,10 @@ struct RunArgs {
     /// This replica's identity (default: POD_NAME, else hostname and a random suffix).
     #[arg(long, env = "POD_NAME")]
     identity: Option<String>,
+}
+
+fn check_shard_selector(s: &str) -> Result<String, String> {
+    ShardSelector::parse(s).map(|_| s.to_string())
 }
 
 fn parse_sync_interval(s: &str) -> Result<Interval, String> {
@@ -272,6 +282,7 @@ async fn run(a: RunArgs) -> anyhow::Result<()> {
         } else {
             0.5
         },
+        shard_selector: ShardSelector::parse(&a.shard_selector).map_err(anyhow::Error::msg)?,
     };
     info!(
         ?cfg,

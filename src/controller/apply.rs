@@ -281,9 +281,16 @@ async fn run_action(w: &Writer<'_>, a: Action, stop: &AtomicBool, summarize: boo
 }
 
 /// One action's writes; `Err` when the API server refused one.
-async fn write_action(w: &Writer<'_>, a: Action, summarize: bool) -> Result<Outcome, Refused> {
+async fn write_action(w: &Writer<'_>, mut a: Action, summarize: bool) -> Result<Outcome, Refused> {
     let ns = &w.owner.namespace;
     let refused = |e: kube::Error| Refused::from_error(&e);
+    // What the store had before our writes: a mirror taken over from another shard was never in
+    // this shard's store, so our write counts as a creation there until the watch shows it.
+    let before = a
+        .prev
+        .clone()
+        .filter(|p| w.cache.get(ns, &p.name_any()).is_some());
+    let before = before.as_deref();
     let status = match a.write {
         Write::Delete => {
             w.limiter.wait().await;
@@ -293,7 +300,7 @@ async fn write_action(w: &Writer<'_>, a: Action, summarize: bool) -> Result<Outc
                 Err(e) => return Err(refused(e)),
             }
             w.metrics.count_write("emrrayclusters", "delete");
-            w.cache.record_write(ns, &a.name, a.prev.as_deref(), None);
+            w.cache.record_write(ns, &a.name, before, None);
             if let Some(ev) = &a.event {
                 announce(w, &a.name, &a.cluster_id, None, ev, summarize).await;
             }
@@ -313,8 +320,13 @@ async fn write_action(w: &Writer<'_>, a: Action, summarize: bool) -> Result<Outc
                 .await
                 .map_err(refused)?;
             w.metrics.count_write("emrrayclusters", "apply");
-            w.cache
-                .record_write(ns, &a.name, a.prev.as_deref(), Some(res.clone()));
+            w.cache.record_write(ns, &a.name, before, Some(res.clone()));
+            if a.prev.is_none() && res.status.is_some() {
+                // It existed already, unseen by this replica (labelled for another shard, say):
+                // taken over, not created.
+                a.event = takeover_event(a.event.take(), res.status.as_ref());
+                a.prev = Some(Arc::new(res.clone()));
+            }
             // A freshly created object has no status yet; otherwise write only on a difference.
             let prev_status = a.prev.as_ref().and_then(|p| p.status.as_ref());
             if a.prev.is_some() && prev_status == Some(&status) {
@@ -339,8 +351,7 @@ async fn write_action(w: &Writer<'_>, a: Action, summarize: bool) -> Result<Outc
     w.metrics.count_write("emrrayclusters", "apply-status");
     // Until the watch delivers this status, a reconcile must not take the store's older object
     // for the current one and write the status again.
-    w.cache
-        .record_write(ns, &a.name, a.prev.as_deref(), Some(res.clone()));
+    w.cache.record_write(ns, &a.name, before, Some(res.clone()));
     if let Some(ev) = &a.event {
         let r = res.object_ref(&());
         announce(w, &a.name, &a.cluster_id, Some(&r), ev, summarize).await;
@@ -350,6 +361,24 @@ async fn write_action(w: &Writer<'_>, a: Action, summarize: bool) -> Result<Outc
     } else {
         Outcome::Updated
     })
+}
+
+/// The Event of a planned creation whose object turned out to exist: a state change, if any.
+fn takeover_event(
+    planned: Option<MirrorEvent>,
+    found: Option<&EmrRayClusterStatus>,
+) -> Option<MirrorEvent> {
+    match planned {
+        Some(MirrorEvent::Created { state }) => {
+            let from = found.and_then(|s| s.state.clone());
+            (from != state).then_some(MirrorEvent::StateChanged {
+                from,
+                to: state,
+                message: None,
+            })
+        }
+        other => other,
+    }
 }
 
 /// The mirror keeps its last data and says, in its `Synced` condition, that its status could
@@ -522,6 +551,35 @@ mod tests {
         assert_eq!(r.retry_after, Some(Duration::from_secs(7)));
         let r = Refused::from_error(&status(429, "TooManyRequests", u32::MAX));
         assert_eq!(r.retry_after, Some(MAX_RETRY_AFTER));
+    }
+
+    #[test]
+    fn a_creation_that_found_its_object_is_no_creation() {
+        let found = |state: &str| EmrRayClusterStatus {
+            state: Some(state.into()),
+            ..Default::default()
+        };
+        let created = |state: &str| {
+            Some(MirrorEvent::Created {
+                state: Some(state.into()),
+            })
+        };
+        assert_eq!(
+            takeover_event(created("Running"), Some(&found("Running"))),
+            None
+        );
+        assert_eq!(
+            takeover_event(created("Running"), Some(&found("Starting"))),
+            Some(MirrorEvent::StateChanged {
+                from: Some("Starting".into()),
+                to: Some("Running".into()),
+                message: None,
+            })
+        );
+        assert_eq!(
+            takeover_event(Some(MirrorEvent::Gone), None),
+            Some(MirrorEvent::Gone)
+        );
     }
 
     #[test]

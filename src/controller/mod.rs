@@ -99,6 +99,9 @@ pub struct Settings {
     pub listings_per_namespace: usize,
     /// A status whose only news is the sync times is written at most this often.
     pub status_heartbeat: Duration,
+    /// This replica serves one shard: a workspace's mirrors may carry another shard's label
+    /// (it was just moved here), which the mirror watch does not show.
+    pub sharded: bool,
 }
 
 /// Everything the reconciler needs, shared by all workspaces of one controller.
@@ -120,6 +123,9 @@ pub struct Context {
     namespace_slots: state::NamespaceSlots,
     /// Consecutive reconcile errors per workspace, for [`error_policy`]'s backoff.
     errors: Mutex<HashMap<String, u32>>,
+    /// UIDs of workspaces that left the watch (moved to another shard), and when: a reconcile
+    /// still in flight writes nothing more for them. Kept for [`DEPARTED_TTL`].
+    departed: Mutex<HashMap<String, Instant>>,
 }
 
 impl Context {
@@ -151,6 +157,7 @@ impl Context {
             states: WorkspaceStates::default(),
             namespace_slots,
             errors: Mutex::new(HashMap::new()),
+            departed: Mutex::default(),
         }
     }
 }
@@ -208,6 +215,12 @@ async fn reconcile_workspace(ws: Arc<EmrWorkspace>, ctx: Arc<Context>) -> Result
     let started = Instant::now();
     let result = sync(&ws, &ctx, &mut st).await;
     ctx.states.put(&k, st.clone());
+    if has_departed(&ctx, &ws) {
+        // Moved to another shard meanwhile: not ours to write or remember any more (the series
+        // this sync touched go too).
+        forget_key(&ctx, &k);
+        return Ok(Action::await_change());
+    }
     let attempted = result?;
     let status = write_status(&ws, &ctx, &st, attempted).await;
     if attempted {
@@ -310,7 +323,7 @@ async fn sync(ws: &EmrWorkspace, ctx: &Context, st: &mut WorkspaceState) -> Resu
         }
     }
     series::update(ws, ctx, st);
-    if st.may_write(Instant::now()) {
+    if st.may_write(Instant::now()) && !has_departed(ctx, ws) {
         // Refused writes are retried at least once an interval, so that a fixed cause is
         // repaired within one interval.
         let cap = ctx.settings.write_backoff_cap.min(interval.as_duration());
@@ -391,6 +404,29 @@ async fn write_status(
     Ok(())
 }
 
+/// Forgets a workspace that left this replica's watch (deleted, or moved to another shard):
+/// what is remembered about it and its metric series. Its mirrors are left as they are.
+pub fn forget(ctx: &Context, ws: &EmrWorkspace) {
+    ctx.departed
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .insert(ws.uid().unwrap_or_default(), Instant::now());
+    forget_key(ctx, &key(ws));
+}
+
+/// A workspace (re-)entered the watch: it is served again.
+pub fn arrived(ctx: &Context, ws: &EmrWorkspace) {
+    let mut departed = ctx.departed.lock().unwrap_or_else(|p| p.into_inner());
+    if !departed.is_empty() {
+        departed.remove(&ws.uid().unwrap_or_default());
+    }
+}
+
+fn has_departed(ctx: &Context, ws: &EmrWorkspace) -> bool {
+    let departed = ctx.departed.lock().unwrap_or_else(|p| p.into_inner());
+    !departed.is_empty() && departed.contains_key(&ws.uid().unwrap_or_default())
+}
+
 /// Drops what is remembered about a workspace, and its metric series.
 fn forget_key(ctx: &Context, k: &str) {
     ctx.errors
@@ -436,8 +472,15 @@ where
     {}
 }
 
+/// How long a departed workspace's in-flight reconcile is watched for (longer than any sync).
+const DEPARTED_TTL: Duration = Duration::from_secs(600);
+
 /// Forgets workspaces that no longer exist (deleted workspaces are not reconciled again).
 pub fn prune_deleted(ctx: &Context, workspaces: &Store<EmrWorkspace>) {
+    ctx.departed
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .retain(|_, at| at.elapsed() < DEPARTED_TTL);
     let live: std::collections::HashSet<String> =
         workspaces.state().iter().map(|ws| key(ws)).collect();
     for k in ctx.states.keys() {

@@ -22,8 +22,8 @@ use super::mirror::{self, Staleness};
 use super::state::Listing;
 use crate::api::{
     ANNOTATION_CLUSTER_ID, EmrRayCluster, EmrRayClusterSpec, EmrRayClusterStatus, EmrWorkspace,
-    GoneClusterPolicy, LABEL_CLUSTER_ID, LABEL_MANAGED_BY, LABEL_WORKSPACE, LABEL_WORKSPACE_ID,
-    MANAGED_BY,
+    GoneClusterPolicy, LABEL_CLUSTER_ID, LABEL_MANAGED_BY, LABEL_SHARD, LABEL_WORKSPACE,
+    LABEL_WORKSPACE_ID, MANAGED_BY,
 };
 
 /// Per-mirror Events are replaced by one summary above this many creations and deletions.
@@ -38,6 +38,9 @@ pub struct Owner {
     pub workspace_id: String,
     pub region_id: String,
     pub policy: GoneClusterPolicy,
+    /// The workspace's shard label ([`LABEL_SHARD`]), copied onto its mirrors so that a shard's
+    /// mirror watch sees exactly its own workspaces' mirrors.
+    pub shard: Option<String>,
 }
 
 impl Owner {
@@ -49,6 +52,7 @@ impl Owner {
             workspace_id: ws.spec.workspace_id.clone(),
             region_id: ws.spec.region_id.clone(),
             policy: ws.spec.gone_cluster_policy,
+            shard: ws.labels().get(LABEL_SHARD).cloned(),
         }
     }
 
@@ -75,7 +79,7 @@ impl Owner {
     }
 
     pub fn labels(&self, cluster_id: &str) -> BTreeMap<String, String> {
-        BTreeMap::from([
+        let mut labels = BTreeMap::from([
             (LABEL_WORKSPACE.to_string(), mirror::label_value(&self.name)),
             (
                 LABEL_WORKSPACE_ID.to_string(),
@@ -86,7 +90,11 @@ impl Owner {
                 mirror::label_value(cluster_id),
             ),
             (LABEL_MANAGED_BY.to_string(), MANAGED_BY.to_string()),
-        ])
+        ]);
+        if let Some(shard) = &self.shard {
+            labels.insert(LABEL_SHARD.to_string(), shard.clone());
+        }
+        labels
     }
 
     /// Whether `m` already has the metadata and spec this owner gives it.
@@ -96,6 +104,8 @@ impl Owner {
                 .labels(cluster_id)
                 .iter()
                 .all(|(k, v)| m.labels().get(k) == Some(v))
+            // A shard label the workspace no longer has is removed too.
+            && m.labels().get(LABEL_SHARD) == self.shard.as_ref()
             && m.annotations()
                 .get(ANNOTATION_CLUSTER_ID)
                 .map(String::as_str)

@@ -163,6 +163,9 @@ pub struct WorkspaceState {
     pub handled_request: Option<String>,
     /// The state of each listed cluster, as exported in the `cluster_state` metric.
     pub exported_states: BTreeMap<String, String>,
+    /// Sharded replicas: the workspace's mirrors labelled for another shard have been looked
+    /// up (once after this replica took the workspace over) and taken into the plan.
+    pub adopted: bool,
 }
 
 impl WorkspaceState {

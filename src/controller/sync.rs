@@ -2,11 +2,12 @@
 //! schedule) and the mirror write pass (on the workspace's write backoff), with the Events
 //! that announce failures and recoveries.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use k8s_openapi::api::core::v1::ObjectReference;
-use kube::api::Api;
+use kube::api::{Api, ListParams};
 use kube::runtime::events::EventType;
 use kube::{Resource, ResourceExt};
 use tracing::{debug, warn};
@@ -15,7 +16,10 @@ use super::apply::{self, WriteReport, Writer, publish};
 use super::mirror::Staleness;
 use super::state::{Failure, Listing, WorkspaceState, WriteTrouble};
 use super::{Context, SyncError, credentials, jitter, key, labels, plan};
-use crate::api::{EmrWorkspace, EndpointNetwork, Interval, Reason, WriteRefusal};
+use crate::api::{
+    EmrRayCluster, EmrWorkspace, EndpointNetwork, Interval, LABEL_MANAGED_BY, LABEL_SHARD,
+    LABEL_WORKSPACE, MANAGED_BY, Reason, WriteRefusal,
+};
 use crate::emr::EmrError;
 use crate::metrics::FailureLabels;
 use crate::time::now_rfc3339;
@@ -176,11 +180,38 @@ pub(super) async fn write_mirrors(
     backoff_cap: Duration,
 ) {
     let owner = plan::Owner::of(ws);
-    let existing = ctx.mirrors.current(&owner.namespace, &owner.uid);
+    let mut existing = ctx.mirrors.current(&owner.namespace, &owner.uid);
+    // A workspace just moved into this shard: its mirrors still labelled for another shard are
+    // invisible to the mirror watch. Take them into the plan once (they are relabelled — not
+    // created again — and gone ones are deleted or kept like any other).
+    let adopting = ctx.settings.sharded && !st.adopted;
+    let mut adopted = false;
+    if adopting {
+        match mirrors_of_other_shards(ctx, &owner).await {
+            Ok(found) => {
+                adopted = true;
+                if !found.is_empty() {
+                    debug!(workspace = %key(ws), mirrors = found.len(), "taking over mirrors labelled for another shard");
+                }
+                for m in found {
+                    existing.entry(m.spec.cluster_id.clone()).or_insert(m);
+                }
+            }
+            Err(e) => {
+                warn!(workspace = %key(ws), error = %e, "listing the workspace's mirrors of other shards failed; retrying on the next pass")
+            }
+        }
+    }
     let stale = st
         .failure
         .as_ref()
         .map(|f| Staleness::from_failure(f.reason, f.code.as_deref(), st.last_success.as_deref()));
+    // A shard's cache lacks other shards' mirrors: names it would create are asked for.
+    let held_in_other_shards = if ctx.settings.sharded {
+        names_held_in_other_shards(ctx, &owner, st.listing.as_deref(), &existing).await
+    } else {
+        HashMap::new()
+    };
     let held_elsewhere = |name: &str| {
         ctx.mirrors
             .get(&owner.namespace, name)
@@ -190,6 +221,7 @@ pub(super) async fn write_mirrors(
                     .any(|o| o.controller == Some(true) && o.uid != owner.uid)
             })
             .map(|m| m.spec.workspace_ref.clone())
+            .or_else(|| held_in_other_shards.get(name).cloned())
     };
     let refused = st
         .write_trouble
@@ -211,6 +243,7 @@ pub(super) async fn write_mirrors(
     report_conflicts(ctx, ws, &plan.conflicts).await;
     if plan.actions.is_empty() {
         st.write_trouble = None;
+        st.adopted |= adopted;
         return;
     }
     let writer = Writer {
@@ -227,7 +260,83 @@ pub(super) async fn write_mirrors(
     let report = apply::apply_plan(&writer, plan, probe).await;
     let before = st.write_trouble.as_ref().map(|t| t.refusal);
     st.write_trouble = next_write_trouble(st.write_trouble.take(), report, &now, backoff_cap);
+    // Until every write went through, the mirrors of other shards are looked up again.
+    st.adopted |= adopted && st.write_trouble.is_none();
     report_write_trouble(ctx, &workspace, before, st.write_trouble.as_ref()).await;
+}
+
+/// The workspace's mirrors labelled for another shard (or for none, in a shard), which the
+/// mirror watch of this shard does not show. Served from the API server's watch cache.
+async fn mirrors_of_other_shards(
+    ctx: &Context,
+    owner: &plan::Owner,
+) -> Result<Vec<Arc<EmrRayCluster>>, kube::Error> {
+    let not_ours = match &owner.shard {
+        Some(shard) => format!("{LABEL_SHARD}!={shard}"),
+        None => LABEL_SHARD.to_string(),
+    };
+    let selector = format!(
+        "{LABEL_MANAGED_BY}={MANAGED_BY},{LABEL_WORKSPACE}={},{not_ours}",
+        super::mirror::label_value(&owner.name)
+    );
+    let api: Api<EmrRayCluster> = Api::namespaced(ctx.client.clone(), &owner.namespace);
+    let list = api
+        .list(&ListParams::default().labels(&selector).match_any())
+        .await?;
+    Ok(list
+        .items
+        .into_iter()
+        .filter(|m| {
+            m.owner_references()
+                .iter()
+                .any(|o| o.uid == owner.uid && o.controller == Some(true))
+        })
+        .map(|mut m| {
+            m.metadata.managed_fields = None;
+            Arc::new(m)
+        })
+        .collect())
+}
+
+/// Of the mirrors this sync would create, those whose name another workspace's mirror holds
+/// (by name, with that workspace): one metadata LIST by name per creation (served from the API
+/// server's watch cache; the operator may list, not get, mirrors), in sharded replicas only.
+async fn names_held_in_other_shards(
+    ctx: &Context,
+    owner: &plan::Owner,
+    listing: Option<&Listing>,
+    existing: &HashMap<String, Arc<EmrRayCluster>>,
+) -> HashMap<String, String> {
+    let Some(listing) = listing else {
+        return HashMap::new();
+    };
+    let api: Api<EmrRayCluster> = Api::namespaced(ctx.client.clone(), &owner.namespace);
+    let mut held = HashMap::new();
+    for id in listing
+        .clusters
+        .keys()
+        .filter(|id| !existing.contains_key(*id))
+    {
+        let name = super::mirror::mirror_name(id);
+        let by_name = ListParams::default()
+            .fields(&format!("metadata.name={name}"))
+            .match_any();
+        match api.list_metadata(&by_name).await {
+            Ok(list) => {
+                let holder = list.items.iter().find_map(|m| {
+                    m.owner_references()
+                        .iter()
+                        .find(|o| o.controller == Some(true) && o.uid != owner.uid)
+                        .map(|o| o.name.clone())
+                });
+                if let Some(holder) = holder {
+                    held.insert(name, holder);
+                }
+            }
+            Err(e) => debug!(mirror = %name, error = %e, "checking a mirror name failed"),
+        }
+    }
+    held
 }
 
 /// The write trouble after a pass: `None` when nothing was refused; otherwise the refusal, with

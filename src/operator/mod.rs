@@ -3,6 +3,7 @@
 
 pub mod leader;
 pub mod metrics_auth;
+pub mod shard;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -30,6 +31,7 @@ use crate::emr::endpoint::{EndpointPattern, EndpointPolicy};
 use crate::emr::{ClientConfig, CredentialResolver, EmrClient};
 use crate::metrics::{CodeLabels, Metrics};
 use leader::{LeaderElector, LeaseConfig};
+use shard::ShardSelector;
 
 #[derive(Clone, Debug)]
 pub struct OperatorConfig {
@@ -62,6 +64,8 @@ pub struct OperatorConfig {
     pub metrics_auth: bool,
     /// A status whose only news is the sync times is written at most this often.
     pub status_heartbeat: Duration,
+    /// The workspaces (and their mirrors) this replica set serves; `None`: all of them.
+    pub shard_selector: Option<ShardSelector>,
 }
 
 impl OperatorConfig {
@@ -88,6 +92,7 @@ impl OperatorConfig {
             namespace_share: 0.5,
             metrics_auth: false,
             status_heartbeat: Duration::from_secs(300),
+            shard_selector: None,
         }
     }
 
@@ -382,9 +387,10 @@ where
 
 /// The watch of the operator's mirrors: a store without `managedFields` (most of a mirror's
 /// size in memory; nothing here reads them), the record of which workspaces' mirrors changed,
-/// and the stream of touched mirrors for the controller.
+/// and the stream of touched mirrors for the controller. `shard`: the shard selector, if any.
 fn mirror_watch(
     api: Api<EmrRayCluster>,
+    shard: Option<String>,
 ) -> (
     reflector::Store<EmrRayCluster>,
     Arc<MirrorChanges>,
@@ -392,14 +398,16 @@ fn mirror_watch(
 ) {
     let (store, writer) = reflector::store();
     let changes = Arc::new(MirrorChanges::default());
+    // A shard caches only its own workspaces' mirrors (they carry their workspace's shard label).
+    let mut selector = format!("{LABEL_MANAGED_BY}={MANAGED_BY}");
+    if let Some(shard) = shard {
+        selector.push_str(&format!(",{shard}"));
+    }
     let changes_in_stream = changes.clone();
     let stream = reflector(
         writer,
-        watcher(
-            api,
-            watcher::Config::default().labels(&format!("{LABEL_MANAGED_BY}={MANAGED_BY}")),
-        )
-        .modify(|m: &mut EmrRayCluster| m.metadata.managed_fields = None),
+        watcher(api, watcher::Config::default().labels(&selector))
+            .modify(|m: &mut EmrRayCluster| m.metadata.managed_fields = None),
     )
     .default_backoff()
     .inspect(move |ev| match ev {
@@ -425,12 +433,12 @@ async fn run_controller(
 
     // Secrets are never listed or watched (their data would reach the operator and its caches):
     // a sync reads the one Secret it needs with `get`.
-    let (mirrors, changes, mirror_stream) = mirror_watch(mirrors_api);
-    // Our own reflector for workspaces, so that its readiness can be awaited.
+    let shard = shared.cfg.shard_selector.as_ref();
+    let (mirrors, changes, mirror_stream) =
+        mirror_watch(mirrors_api, shard.map(ToString::to_string));
+    // Our own reflector for workspaces, so that its readiness can be awaited (its stream is
+    // built below, once the context exists).
     let (ws_store, ws_writer) = reflector::store();
-    let ws_stream = reflector(ws_writer, watcher(workspaces, watcher::Config::default()))
-        .default_backoff()
-        .applied_objects();
 
     let ctx = Arc::new(Context::new(
         client.clone(),
@@ -447,10 +455,28 @@ async fn run_controller(
             endpoints: EndpointPolicy::with(shared.cfg.allowed_endpoints.clone()),
             listings_per_namespace: shared.cfg.listings_per_namespace(),
             status_heartbeat: shared.cfg.status_heartbeat,
+            sharded: shard.is_some(),
         },
         shared.write_limiter.clone(),
         token.clone(),
     ));
+    let ws_config = match shard {
+        Some(s) => watcher::Config::default().labels(&s.to_string()),
+        None => watcher::Config::default(),
+    };
+    // A workspace leaving the watch (deleted, or relabelled into another shard) is forgotten at
+    // once: its mirrors are not touched, and it starts afresh should it come back.
+    let forget_ctx = ctx.clone();
+    let ws_stream = reflector(ws_writer, watcher(workspaces, ws_config))
+        .default_backoff()
+        .inspect(move |ev| match ev {
+            Ok(watcher::Event::Delete(ws)) => crate::controller::forget(&forget_ctx, ws),
+            Ok(watcher::Event::Apply(ws) | watcher::Event::InitApply(ws)) => {
+                crate::controller::arrived(&forget_ctx, ws)
+            }
+            _ => {}
+        })
+        .applied_objects();
     let ctrl = Controller::for_stream(ws_stream, ws_store.clone());
     let ws_store_ready = ws_store.clone();
     let m2 = mirrors.clone();
@@ -468,7 +494,11 @@ async fn run_controller(
             crate::controller::prune_deleted(&prune_ctx, &ws_store_ready);
         }
     });
-    info!(namespace = ns.unwrap_or("<all>"), "starting controller");
+    info!(
+        namespace = ns.unwrap_or("<all>"),
+        shard = %shard.map(ToString::to_string).unwrap_or_else(|| "<all>".into()),
+        "starting controller"
+    );
     ctrl.with_config(controller::Config::default().concurrency(shared.cfg.concurrency))
         .owns_stream(mirror_stream)
         .graceful_shutdown_on(token.cancelled_owned())

@@ -110,6 +110,7 @@ fn run(mut cmd: Command) -> String {
 
 const VALUE_SETS: &[&[&str]] = &[
     &[],
+    &["shards[0].name=a", "shards[1].name=b"],
     &["watchNamespaces={team-a,team-b}"],
     &["replicas=2"],
     &[
@@ -497,6 +498,117 @@ fn helm_template_renders_every_value_set() {
             );
         }
     }
+}
+
+/// `shards`: one Deployment (own Lease, `SHARD_SELECTOR`), metrics Service and PDB per shard,
+/// plus the default instance serving the rest; pod selectors never overlap; RBAC shared.
+#[test]
+fn helm_template_renders_one_instance_per_shard() {
+    use emr_ray_operator::operator::shard::ShardSelector;
+
+    // Without shards: no selector, the default objects only.
+    let plain = template(&[]);
+    let deploy = find(&plain, "Deployment", "emr-ray-operator").unwrap();
+    assert_eq!(env_value(deploy, "SHARD_SELECTOR"), None);
+    assert_eq!(kinds(&plain, "Deployment").len(), 1);
+
+    let docs = template(&[
+        "replicas=2",
+        "shards[0].name=a",
+        "shards[0].replicas=1",
+        "shards[1].name=b",
+        "shards[1].resources.limits.memory=1Gi",
+    ]);
+    // (instance suffix, shard pod label, replicas, workspaces served, workspaces not served)
+    type Labels<'a> = &'a [Option<&'a str>];
+    let instances: [(&str, &str, i64, Labels, Labels); 3] = [
+        (
+            "",
+            "default",
+            2,
+            &[None, Some("c")],
+            &[Some("a"), Some("b")],
+        ),
+        ("-a", "a", 1, &[Some("a")], &[None, Some("b"), Some("c")]),
+        // Replicas not set: the default instance's.
+        ("-b", "b", 2, &[Some("b")], &[None, Some("a")]),
+    ];
+    assert_eq!(kinds(&docs, "Deployment").len(), 3);
+    assert_eq!(kinds(&docs, "Service").len(), 3);
+    let mut leases = Vec::new();
+    let mut pod_label_sets = Vec::new();
+    for (suffix, shard, replicas, served, not_served) in instances {
+        let name = format!("emr-ray-operator{suffix}");
+        let deploy = find(&docs, "Deployment", &name).unwrap_or_else(|| panic!("{name}"));
+        assert_eq!(deploy["spec"]["replicas"], replicas, "{name}");
+        let pod_labels = &deploy["spec"]["template"]["metadata"]["labels"];
+        assert_eq!(pod_labels["emr.aliyun.io/shard"], shard, "{name}");
+        let selector = &deploy["spec"]["selector"]["matchLabels"];
+        if shard == "default" {
+            // Kept as without shards: a Deployment's selector cannot change.
+            assert!(selector["emr.aliyun.io/shard"].is_null(), "{selector}");
+        } else {
+            assert_eq!(selector["emr.aliyun.io/shard"], shard, "{name}");
+        }
+        pod_label_sets.push(pod_labels.clone());
+        let sel = env_value(deploy, "SHARD_SELECTOR").expect("SHARD_SELECTOR");
+        let parsed = ShardSelector::parse(&sel).unwrap().expect("a selector");
+        for v in served {
+            assert!(parsed.matches(*v), "{name} ({sel}) must serve {v:?}");
+        }
+        for v in not_served {
+            assert!(!parsed.matches(*v), "{name} ({sel}) must not serve {v:?}");
+        }
+        let lease = env_value(deploy, "LEADER_ELECTION_LEASE_NAME").unwrap();
+        assert_eq!(lease, format!("emr-ray-operator-leader{suffix}"));
+        leases.push(lease);
+        let pod = &deploy["spec"]["template"]["spec"];
+        assert_eq!(pod["serviceAccountName"], SA);
+        let memory = &pod["containers"][0]["resources"]["limits"]["memory"];
+        assert_eq!(memory, if shard == "b" { "1Gi" } else { "256Mi" }, "{name}");
+
+        let svc = find(
+            &docs,
+            "Service",
+            &format!("emr-ray-operator{suffix}-metrics"),
+        )
+        .unwrap_or_else(|| panic!("Service of {name}"));
+        assert_eq!(svc["spec"]["selector"]["emr.aliyun.io/shard"], shard);
+        assert_eq!(
+            svc["metadata"]["labels"]["app.kubernetes.io/name"],
+            "emr-ray-operator"
+        );
+        let pdb = find(&docs, "PodDisruptionBudget", &name);
+        assert_eq!(pdb.is_some(), replicas > 1, "PDB of {name}");
+        if let Some(pdb) = pdb {
+            assert_eq!(
+                pdb["spec"]["selector"]["matchLabels"]["emr.aliyun.io/shard"],
+                shard
+            );
+        }
+    }
+    // Each Service and PDB selects the pods of one instance only.
+    for svc in kinds(&docs, "Service") {
+        let sel = svc["spec"]["selector"].as_object().unwrap();
+        let matching = pod_label_sets
+            .iter()
+            .filter(|labels| sel.iter().all(|(k, v)| labels[k] == *v))
+            .count();
+        assert_eq!(matching, 1, "{}", svc["metadata"]["name"]);
+    }
+    // RBAC is shared; the leader-election Role names every instance's Lease.
+    assert_eq!(kinds(&docs, "ServiceAccount").len(), 1);
+    assert_eq!(kinds(&docs, "ClusterRoleBinding").len(), 1);
+    let role = find(&docs, "Role", "emr-ray-operator-leader-election").unwrap();
+    let mut names: Vec<String> = role["rules"][1]["resourceNames"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_str().unwrap().to_string())
+        .collect();
+    names.sort();
+    leases.sort();
+    assert_eq!(names, leases);
 }
 
 fn run_help() -> String {

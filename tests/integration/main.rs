@@ -17,4 +17,5 @@ mod emr_sim;
 mod gitops;
 mod hostile;
 mod operator;
+mod sharding;
 mod tenancy;

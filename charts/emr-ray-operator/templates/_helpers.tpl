@@ -93,3 +93,62 @@ RBAC rules for the watched scope: exactly what the operator calls.
   resources: ["events"]
   verbs: ["create", "patch"]
 {{- end }}
+
+{{/*
+Sharding (values "shards"): one Deployment, Lease, metrics Service and PodDisruptionBudget per
+shard, plus the default ones. Each of those templates renders once per instance, with a
+context of Values, Release, Chart and "shard" (nil for the default instance). With no shards,
+only the default instance is rendered, exactly as without sharding.
+*/}}
+{{- define "emr-ray-operator.shardKey" -}}sharding.emr.aliyun.io/key{{- end }}
+{{/* Pod label telling the shards' pods apart (selectors of Deployments, Services, PDBs). */}}
+{{- define "emr-ray-operator.shardPodLabel" -}}emr.aliyun.io/shard{{- end }}
+
+{{/* Name suffix of an instance: "" for the default one, "-<shard>" for a shard. */}}
+{{- define "emr-ray-operator.shardSuffix" -}}
+{{- with .shard }}-{{ .name }}{{ end }}
+{{- end }}
+
+{{/* Value of the pod shard label: the shard's name, "default" for the default instance. */}}
+{{- define "emr-ray-operator.shardName" -}}
+{{- if .shard }}{{ .shard.name }}{{ else }}default{{ end }}
+{{- end }}
+
+{{/* Extra labels of a sharded instance's objects and pods (none without sharding). */}}
+{{- define "emr-ray-operator.shardLabels" -}}
+{{- if .Values.shards -}}
+{{ include "emr-ray-operator.shardPodLabel" . }}: {{ include "emr-ray-operator.shardName" . }}
+{{- end }}
+{{- end }}
+
+{{/* Replicas of an instance (a shard may override them). */}}
+{{- define "emr-ray-operator.replicas" -}}
+{{- if and .shard (hasKey .shard "replicas") }}{{ .shard.replicas }}{{ else }}{{ .Values.replicas }}{{ end }}
+{{- end }}
+
+{{/* The workspaces an instance serves (SHARD_SELECTOR); the default one serves every
+workspace without a known shard label, as Flux's main instance does. */}}
+{{- define "emr-ray-operator.shardSelector" -}}
+{{- $key := include "emr-ray-operator.shardKey" . }}
+{{- if .shard }}
+{{- printf "%s=%s" $key .shard.name }}
+{{- else }}
+{{- $names := list }}
+{{- range .Values.shards }}{{ $names = append $names .name }}{{ end }}
+{{- printf "%s notin (%s)" $key (join "," $names) }}
+{{- end }}
+{{- end }}
+
+{{/* Lease of an instance: the default lease name, "-<shard>" appended for a shard. */}}
+{{- define "emr-ray-operator.instanceLeaseName" -}}
+{{- include "emr-ray-operator.leaseName" . }}{{ include "emr-ray-operator.shardSuffix" . }}
+{{- end }}
+
+{{/* Every instance's lease name, quoted and comma-separated (the leader-election Role). */}}
+{{- define "emr-ray-operator.leaseNames" -}}
+{{- $names := list (include "emr-ray-operator.leaseName" . | quote) }}
+{{- range .Values.shards }}
+{{- $names = append $names (printf "%s-%s" (include "emr-ray-operator.leaseName" $) .name | quote) }}
+{{- end }}
+{{- join ", " $names }}
+{{- end }}

@@ -14,6 +14,7 @@ fn owner(policy: GoneClusterPolicy) -> Owner {
         workspace_id: "w-1".into(),
         region_id: "cn-hangzhou".into(),
         policy,
+        shard: None,
     }
 }
 
@@ -410,4 +411,46 @@ fn remote_ids_that_map_to_one_name_never_share_a_mirror() {
     assert_eq!(p.actions.len(), 1, "one object, one writer");
     assert_eq!(p.conflicts.len(), 1);
     assert_eq!(p.mirrors, 1);
+}
+
+#[test]
+fn a_workspace_moved_to_another_shard_relabels_its_mirrors() {
+    let a = cluster("ray-a", ClusterState::Running);
+    let b = cluster("ray-b", ClusterState::Running);
+    let run_with = |o: &Owner, existing: &HashMap<String, Arc<EmrRayCluster>>| {
+        plan(&Input {
+            owner: o,
+            listing: Some(&Listing::new(vec![a.clone(), b.clone()], 100)),
+            listing_is_current: true,
+            stale: None,
+            existing,
+            held_elsewhere: &|_| None,
+            refused: &HashSet::new(),
+            now: NOW,
+        })
+    };
+    let unsharded = owner(GoneClusterPolicy::Delete);
+    let shard = |s: &str| Owner {
+        shard: Some(s.into()),
+        ..owner(GoneClusterPolicy::Delete)
+    };
+    for (what, before, after) in [
+        ("into a shard", unsharded.clone(), shard("a")),
+        ("between shards", shard("a"), shard("b")),
+        ("back to the default shard", shard("b"), unsharded.clone()),
+    ] {
+        let existing = HashMap::from([
+            ("ray-a".to_string(), mirrored(&before, &a)),
+            ("ray-b".to_string(), mirrored(&after, &b)),
+        ]);
+        let p = run_with(&after, &existing);
+        assert_eq!(outcome(&p, "ray-a"), "repair", "{what}");
+        assert_eq!(outcome(&p, "ray-b"), "unchanged", "{what}");
+        assert_eq!(p.actions[0].event, None, "{what}: not a creation");
+        assert_eq!(
+            after.labels("ray-a").get(LABEL_SHARD),
+            after.shard.as_ref(),
+            "{what}"
+        );
+    }
 }
