@@ -3,10 +3,12 @@
 
 pub mod conditions;
 pub mod crd;
+pub mod credentials;
 pub mod duration;
 pub mod reason;
 
 pub use conditions::{ConditionSet, condition};
 pub use crd::*;
+pub use credentials::*;
 pub use duration::{DurationError, Interval};
 pub use reason::{Reason, WriteRefusal};

@@ -7,6 +7,9 @@
 //! * every write waits for the operator-wide write budget ([`WriteLimiter`]);
 //! * a mirror whose status the API server refuses as invalid or too large keeps its last data and
 //!   says so in its own `Synced` condition, when that small write is accepted.
+//!
+//! (Over 500 lines: one place for every kind of mirror write and its Event, plus the refusal
+//! handling; about a sixth of it is unit tests.)
 
 use std::collections::HashSet;
 use std::num::NonZeroU32;

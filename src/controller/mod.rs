@@ -10,6 +10,10 @@
 //! listing is kept in memory, so a mirror deleted or edited on the Kubernetes side is repaired
 //! without a remote call. Writes the API server refuses are backed off per workspace and
 //! reported in status; they never cause extra remote calls.
+//!
+//! (Over 500 lines: the reconcile sequence — `reconcile`, `sync`, the status write, duplicate
+//! detection, `error_policy` — reads best in one place; every decision in it lives in `plan`
+//! and `status`, every write in `apply`.)
 
 pub mod apply;
 pub mod credentials;

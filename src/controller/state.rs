@@ -6,6 +6,8 @@
 //!   the watch reported a change, and overlaid with our own writes until the store catches up.
 //!
 //! `resourceVersion`s are opaque: they are only ever compared for equality.
+//!
+//! (Over 500 lines: four small caches with their invariants; about a third is unit tests.)
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, Ordering};

@@ -1,5 +1,8 @@
 //! Wiring: controllers per watched namespace, the HTTP endpoints (`/metrics`, `/healthz`,
 //! `/readyz`), leader election and graceful shutdown.
+//!
+//! (Over 500 lines: the configuration, the HTTP endpoints, the leader loop and the watches are
+//! the wiring of one process and are read together.)
 
 pub mod leader;
 pub mod metrics_auth;

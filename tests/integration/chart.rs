@@ -598,7 +598,8 @@ fn helm_template_renders_one_instance_per_shard() {
     }
     // RBAC is shared; the leader-election Role names every instance's Lease.
     assert_eq!(kinds(&docs, "ServiceAccount").len(), 1);
-    assert_eq!(kinds(&docs, "ClusterRoleBinding").len(), 1);
+    // The operator's and the cluster-credentials readers'.
+    assert_eq!(kinds(&docs, "ClusterRoleBinding").len(), 2);
     let role = find(&docs, "Role", "emr-ray-operator-leader-election").unwrap();
     let mut names: Vec<String> = role["rules"][1]["resourceNames"]
         .as_array()

@@ -11,6 +11,9 @@
 //!   clusters exist is indistinguishable from a workspace holding exactly a multiple of
 //!   `pageSize` clusters. The reference gives the client no way to tell them apart; such a
 //!   listing looks complete.
+//!
+//! (Over 500 lines: paging, retries, deadlines and the rate limits of one listing belong
+//! together; requests and responses are in `request.rs`; about a fifth is unit tests.)
 
 mod request;
 
