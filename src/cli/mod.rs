@@ -95,10 +95,10 @@ struct RunArgs {
     #[arg(long, env = "DEFAULT_SYNC_INTERVAL", default_value = "60s", value_parser = parse_sync_interval)]
     default_sync_interval: Interval,
     /// Kubernetes write requests per second, across all workspaces.
-    #[arg(long, env = "KUBE_WRITES_PER_SECOND", default_value_t = 200)]
+    #[arg(long, env = "KUBE_WRITES_PER_SECOND", default_value_t = 500)]
     kube_writes_per_second: u32,
     /// Kubernetes write request burst.
-    #[arg(long, env = "KUBE_WRITE_BURST", default_value_t = 400)]
+    #[arg(long, env = "KUBE_WRITE_BURST", default_value_t = 1000)]
     kube_write_burst: u32,
     /// Longest per-workspace backoff after the API server refused mirror writes.
     #[arg(long, env = "WRITE_BACKOFF_MAX", default_value = "5m", value_parser = parse_interval)]
