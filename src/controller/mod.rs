@@ -333,6 +333,12 @@ async fn sync(ws: &EmrWorkspace, ctx: &Context, st: &mut WorkspaceState) -> Resu
         let cap = ctx.settings.write_backoff_cap.min(interval.as_duration());
         sync::write_mirrors(ws, ctx, st, cap).await;
     }
+    if due && st.failure.is_none() {
+        // The next listing is an interval after this sync's writes, not after its listing:
+        // when the API server is slow to take the writes (an initial sync), a workspace is not
+        // listed again before its mirrors are written.
+        st.next_due = Instant::now().checked_add(jitter(interval.as_duration(), 0.1));
+    }
     Ok(due)
 }
 
