@@ -27,6 +27,7 @@ use serde::Serialize;
 use serde_json::json;
 use tracing::{debug, info, warn};
 
+use super::mirror::truncated;
 use super::plan::{Action, MirrorEvent, Owner, Plan, Write};
 use super::state::MirrorCache;
 use crate::api::conditions::{ConditionSet, SYNCED};
@@ -479,6 +480,9 @@ async fn announce(
     publish(w.recorder, target, kind, reason, note).await;
 }
 
+/// Longest Event note the API server accepts (events.k8s.io: 1 KiB).
+const MAX_EVENT_NOTE: usize = 1024;
+
 /// Publishes an Event (notes are capped; failures to publish are only logged).
 pub async fn publish(
     recorder: &Recorder,
@@ -490,24 +494,13 @@ pub async fn publish(
     let ev = Event {
         type_,
         reason: reason.to_string(),
-        note: Some(truncate(&note, 1024)),
+        note: Some(truncated(&note, MAX_EVENT_NOTE)),
         action: "Sync".to_string(),
         secondary: None,
     };
     if let Err(e) = recorder.publish(&ev, reference).await {
         debug!(error = %e, "publishing an event failed");
     }
-}
-
-fn truncate(s: &str, max: usize) -> String {
-    if s.len() <= max {
-        return s.to_string();
-    }
-    let mut end = max;
-    while !s.is_char_boundary(end) {
-        end -= 1;
-    }
-    format!("{}…", &s[..end])
 }
 
 #[cfg(test)]
@@ -586,8 +579,10 @@ mod tests {
     }
 
     #[test]
-    fn truncation_respects_char_boundaries() {
-        assert_eq!(truncate("abc", 5), "abc");
-        assert_eq!(truncate("ééé", 3), "é…");
+    fn event_notes_fit_the_api_servers_limit() {
+        let note = truncated(&"é".repeat(2000), MAX_EVENT_NOTE);
+        assert!(note.len() <= MAX_EVENT_NOTE, "{}", note.len());
+        assert!(note.ends_with(crate::controller::mirror::TRUNCATED));
+        assert_eq!(truncated("abc", MAX_EVENT_NOTE), "abc");
     }
 }
