@@ -24,7 +24,8 @@ use crate::emr::EmrError;
 use crate::metrics::FailureLabels;
 use crate::time::now_rfc3339;
 
-/// One remote listing: updates the listing or the failure, and schedules the next one.
+/// One remote listing: updates the listing or the failure; after a failure, schedules the
+/// retry (after a success, `sync` schedules the next listing once the writes are done).
 pub(super) async fn list_remote(
     ws: &EmrWorkspace,
     ctx: &Context,
@@ -34,7 +35,7 @@ pub(super) async fn list_remote(
     let labels = labels(ws);
     ctx.metrics.sync_attempts.get_or_create(&labels).inc();
     st.last_attempt = Some(now_rfc3339());
-    let next = match list_workspace(ws, ctx).await {
+    match list_workspace(ws, ctx).await {
         Ok(listing) => {
             if let Some(prev) = st.failure.take() {
                 publish(
@@ -55,7 +56,6 @@ pub(super) async fn list_remote(
                 .last_success
                 .get_or_create(&labels)
                 .set(jiff::Timestamp::now().as_millisecond() as f64 / 1000.0);
-            jitter(interval.as_duration(), 0.1)
         }
         Err(e) => {
             let reason = e.reason();
@@ -95,10 +95,9 @@ pub(super) async fn list_remote(
                 Some(ra) => ra.max(Duration::from_secs(1)),
                 None => backoff,
             };
-            jitter(backoff, 0.2)
+            st.next_due = Instant::now().checked_add(jitter(backoff, 0.2));
         }
-    };
-    st.next_due = Instant::now().checked_add(next);
+    }
 }
 
 /// Checks the endpoint, resolves the credentials, then lists the workspace within its
