@@ -5,13 +5,15 @@
 use k8s_openapi::api::core::v1::Secret;
 use kube::api::Api;
 
+use std::collections::BTreeMap;
+
 use k8s_openapi::api::core::v1::Namespace;
 use kube::core::{Selector, SelectorExt};
 
 use super::SyncError;
 use crate::api::{
-    EmrClusterCredentials, EmrWorkspace, Reason, RrsaCredentials, SecretCredentials,
-    WorkspaceCredentials,
+    EmrClusterCredentials, EmrClusterCredentialsSpec, EmrWorkspace, Reason, RrsaCredentials,
+    SecretCredentials, WorkspaceCredentials,
 };
 use crate::emr::endpoint::EndpointPattern;
 use crate::emr::{CredentialResolver, CredentialSource, Credentials, RrsaConfig, SecretString};
@@ -165,30 +167,43 @@ async fn permitted_cluster_credentials(
         .await
         .map_err(unavailable)?
         .ok_or_else(denied)?;
-    if cc.spec.namespaces.iter().any(|n| n == ns) {
-        return Ok(cc);
-    }
-    let Some(sel) = cc.spec.namespace_selector.clone() else {
-        return Err(denied());
-    };
-    let selector = Selector::try_from(sel).map_err(|e| {
-        SyncError::local(
+    // The namespace's labels are read only when a selector may grant it.
+    let labels =
+        if cc.spec.namespaces.iter().any(|n| n == ns) || cc.spec.namespace_selector.is_none() {
+            BTreeMap::new()
+        } else {
+            Api::<Namespace>::all(client.clone())
+                .get_metadata_opt(ns)
+                .await
+                .map_err(unavailable)?
+                .and_then(|n| n.metadata.labels)
+                .unwrap_or_default()
+        };
+    match grants(&cc.spec, ns, &labels) {
+        Ok(true) => Ok(cc),
+        Ok(false) => Err(denied()),
+        Err(e) => Err(SyncError::local(
             Reason::CredentialsUnavailable,
             format!("EmrClusterCredentials {name}: invalid namespaceSelector: {e}"),
-        )
-    })?;
-    let namespace = Api::<Namespace>::all(client.clone())
-        .get_metadata_opt(ns)
-        .await
-        .map_err(unavailable)?;
-    let labels = namespace
-        .and_then(|n| n.metadata.labels)
-        .unwrap_or_default();
-    if selector.matches(&labels) {
-        Ok(cc)
-    } else {
-        Err(denied())
+        )),
     }
+}
+
+/// Whether cluster credentials allow namespace `ns` (with `labels`): by name, or by
+/// `namespaceSelector`; nothing by default. Pure.
+pub fn grants(
+    spec: &EmrClusterCredentialsSpec,
+    ns: &str,
+    labels: &BTreeMap<String, String>,
+) -> Result<bool, String> {
+    if spec.namespaces.iter().any(|n| n == ns) {
+        return Ok(true);
+    }
+    let Some(sel) = spec.namespace_selector.clone() else {
+        return Ok(false);
+    };
+    let selector = Selector::try_from(sel).map_err(|e| e.to_string())?;
+    Ok(selector.matches(labels))
 }
 
 /// RRSA settings: the cluster credentials' fields over the operator's environment.
@@ -232,6 +247,7 @@ mod tests {
     use std::collections::BTreeMap;
 
     use k8s_openapi::ByteString;
+    use serde_json::json;
 
     use super::*;
 
@@ -282,6 +298,71 @@ mod tests {
         let e = from_secret_data(&secret(&[("AccessKeyId", "id-value")]), &keys(), "ns/creds")
             .unwrap_err();
         assert!(!e.to_string().contains("id-value"));
+    }
+
+    #[test]
+    fn cluster_credentials_grant_by_name_or_selector_only() {
+        let spec = |v: serde_json::Value| -> EmrClusterCredentialsSpec {
+            serde_json::from_value(v).unwrap()
+        };
+        let team = BTreeMap::from([("team".to_string(), "ml".to_string())]);
+        let none = BTreeMap::new();
+        let env = json!({"environment": {}});
+        let rows = [
+            (
+                "nothing granted",
+                json!({"source": env}),
+                "a",
+                &team,
+                Ok(false),
+            ),
+            (
+                "by name",
+                json!({"source": env, "namespaces": ["a"]}),
+                "a",
+                &none,
+                Ok(true),
+            ),
+            (
+                "another name",
+                json!({"source": env, "namespaces": ["b"]}),
+                "a",
+                &team,
+                Ok(false),
+            ),
+            (
+                "by label",
+                json!({"source": env, "namespaceSelector": {"matchLabels": {"team": "ml"}}}),
+                "a",
+                &team,
+                Ok(true),
+            ),
+            (
+                "labels do not match",
+                json!({"source": env, "namespaceSelector": {"matchLabels": {"team": "ml"}}}),
+                "a",
+                &none,
+                Ok(false),
+            ),
+            (
+                "an empty selector selects every namespace",
+                json!({"source": env, "namespaceSelector": {}}),
+                "a",
+                &none,
+                Ok(true),
+            ),
+        ];
+        for (what, s, ns, labels, want) in rows {
+            assert_eq!(grants(&spec(s), ns, labels), want, "{what}");
+        }
+        let bad = spec(
+            json!({"source": env, "namespaceSelector": {"matchExpressions": [
+            {"key": "team", "operator": "Bogus", "values": ["ml"]}]}}),
+        );
+        assert!(
+            grants(&bad, "a", &team).is_err(),
+            "an invalid selector is an error"
+        );
     }
 
     #[test]

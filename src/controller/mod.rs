@@ -532,25 +532,29 @@ fn duplicate_of(ws: &EmrWorkspace, ctx: &Context) -> Option<String> {
         return None;
     }
     let ns = ns.unwrap_or_default();
-    let owns_mirrors = |w: &EmrWorkspace| {
-        !ctx.mirrors
+    let seniority = |w: &EmrWorkspace| Seniority {
+        owns_no_mirrors: ctx
+            .mirrors
             .current(&ns, &w.uid().unwrap_or_default())
-            .is_empty()
+            .is_empty(),
+        created: w.meta().creation_timestamp.clone(),
+        name: w.name_any(),
     };
-    let rank = |w: &EmrWorkspace| {
-        (
-            !owns_mirrors(w),
-            w.meta().creation_timestamp.clone(),
-            w.name_any(),
-        )
-    };
-    let mine = rank(ws);
-    others
-        .iter()
-        .map(|o| (rank(o), o.name_any()))
-        .filter(|(r, _)| *r < mine)
-        .min()
-        .map(|(_, name)| name)
+    senior_to(&seniority(ws), others.iter().map(|o| seniority(o)))
+}
+
+/// Where a workspace stands among those of one namespace that mirror the same remote
+/// workspace: the one that owns mirrors first, then the first created, then the first name.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
+struct Seniority {
+    owns_no_mirrors: bool,
+    created: Option<k8s_openapi::apimachinery::pkg::apis::meta::v1::Time>,
+    name: String,
+}
+
+/// The workspace `me` duplicates: the most senior of `others`, if it outranks `me`. Pure.
+fn senior_to(me: &Seniority, others: impl IntoIterator<Item = Seniority>) -> Option<String> {
+    others.into_iter().filter(|o| o < me).min().map(|o| o.name)
 }
 
 /// Retries a failed reconcile with a per-workspace backoff: 5 s doubling up to 5 minutes.
@@ -572,6 +576,116 @@ pub fn error_policy(ws: Arc<EmrWorkspace>, err: &Error, ctx: Arc<Context>) -> Ac
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_senior_workspace_keeps_the_mirrors() {
+        use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+        let at = |s: &str| Some(Time(s.parse().unwrap()));
+        let w = |owns: bool, created: &str, name: &str| Seniority {
+            owns_no_mirrors: !owns,
+            created: at(created),
+            name: name.into(),
+        };
+        let t1 = "2026-01-01T00:00:00Z";
+        let t2 = "2026-01-01T00:00:01Z";
+        let rows = [
+            ("alone", w(false, t2, "b"), vec![], None),
+            (
+                "older one",
+                w(false, t2, "b"),
+                vec![w(false, t1, "a")],
+                Some("a"),
+            ),
+            (
+                "newer one",
+                w(false, t1, "a"),
+                vec![w(false, t2, "b")],
+                None,
+            ),
+            (
+                "same second: first name",
+                w(false, t1, "b"),
+                vec![w(false, t1, "a")],
+                Some("a"),
+            ),
+            (
+                "same second, this one first",
+                w(false, t1, "a"),
+                vec![w(false, t1, "b")],
+                None,
+            ),
+            (
+                "the owner of mirrors, though newer",
+                w(false, t1, "a"),
+                vec![w(true, t2, "b")],
+                Some("b"),
+            ),
+            (
+                "owning mirrors wins over age",
+                w(true, t2, "b"),
+                vec![w(false, t1, "a")],
+                None,
+            ),
+            (
+                "the most senior of several",
+                w(false, t2, "c"),
+                vec![w(false, t1, "b"), w(true, t2, "d"), w(false, t1, "a")],
+                Some("d"),
+            ),
+        ];
+        for (what, me, others, want) in rows {
+            assert_eq!(senior_to(&me, others).as_deref(), want, "{what}");
+        }
+    }
+
+    #[test]
+    fn a_sync_request_is_handled_once() {
+        let mut ws = EmrWorkspace::new(
+            "ws",
+            serde_json::from_value(serde_json::json!({
+                "regionId": "r", "workspaceId": "w",
+                "credentials": {"secretRef": {"name": "s"}}
+            }))
+            .unwrap(),
+        );
+        let st = WorkspaceState::default();
+        assert_eq!(requested_sync(&ws, &st), None, "no annotation");
+        ws.metadata.annotations =
+            Some([(ANNOTATION_REQUESTED_AT.to_string(), "t1".to_string())].into());
+        assert_eq!(requested_sync(&ws, &st).as_deref(), Some("t1"));
+        let handled = WorkspaceState {
+            handled_request: Some("t1".into()),
+            ..Default::default()
+        };
+        assert_eq!(
+            requested_sync(&ws, &handled),
+            None,
+            "handled by this replica"
+        );
+        ws.status = Some(crate::api::EmrWorkspaceStatus {
+            last_handled_reconcile_at: Some("t1".into()),
+            ..Default::default()
+        });
+        assert_eq!(requested_sync(&ws, &st), None, "handled before a restart");
+        ws.metadata.annotations = Some(
+            [(
+                ANNOTATION_REQUESTED_AT.to_string(),
+                format!("t2\n{}", "x".repeat(500)),
+            )]
+            .into(),
+        );
+        let v = requested_sync(&ws, &st).unwrap();
+        assert!(v.chars().count() <= 65 && !v.contains('\n'), "{v}");
+        let handled = WorkspaceState {
+            handled_request: Some(v),
+            ..Default::default()
+        };
+        assert_eq!(
+            requested_sync(&ws, &handled),
+            None,
+            "a long value is not a loop"
+        );
+    }
 
     #[test]
     fn error_labels_are_fixed() {
