@@ -2,7 +2,7 @@
 //! any endpoint text (the remote dashboard URL and gRPC endpoint) through `redact_endpoint`.
 #![no_main]
 
-use emr_ray_operator::emr::endpoint::{resolve, valid_region};
+use emr_ray_operator::emr::endpoint::{EndpointPattern, EndpointPolicy, resolve, valid_region};
 use emr_ray_operator::emr::redact::redact_endpoint;
 use libfuzzer_sys::fuzz_target;
 
@@ -58,8 +58,25 @@ fuzz_target!(|data: &[u8]| {
         check_redacted(e, &redact_endpoint(e));
     }
 
+    // An endpoint pattern (operator flag, EmrClusterCredentials.allowedEndpoints): parsing and
+    // matching never panic, and what parses prints back as itself.
+    if let Ok(p) = region.parse::<EndpointPattern>() {
+        assert_eq!(p.to_string().parse::<EndpointPattern>().ok(), Some(p.clone()));
+        if let Some(Ok(u)) = explicit.map(url::Url::parse) {
+            let _ = p.matches(&u);
+        }
+    }
+
     match resolve(region, vpc, explicit) {
         Ok(url) => {
+            // By default credentials go only to the official https endpoints.
+            if EndpointPolicy::default().allows(&url) {
+                assert_eq!(url.scheme(), "https", "{url}");
+                assert!(
+                    url.host_str().is_some_and(|h| h.ends_with(".aliyuncs.com")),
+                    "{url}"
+                );
+            }
             assert!(matches!(url.scheme(), "http" | "https"), "{url}");
             assert!(url.host_str().is_some_and(|h| !h.is_empty()), "{url}");
             assert!(
