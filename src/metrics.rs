@@ -1,11 +1,15 @@
 //! Prometheus metrics served on `/metrics`.
 
+use std::collections::BTreeMap;
 use std::sync::atomic::AtomicU64;
+use std::sync::{Arc, RwLock};
 
-use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{DescriptorEncoder, EncodeLabelSet, EncodeMetric};
+use prometheus_client::metrics::MetricType;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
-use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::gauge::{ConstGauge, Gauge};
 use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
 
@@ -15,13 +19,80 @@ pub struct WorkspaceLabels {
     pub workspace: String,
 }
 
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct ClusterStateLabels {
-    pub namespace: String,
-    pub workspace: String,
-    pub cluster_id: String,
-    pub name: String,
-    pub state: String,
+/// A workspace's listed clusters: cluster ID → (mirror name, state).
+pub type ClusterStateMap = BTreeMap<String, (String, String)>;
+
+/// The `cluster_state` series: 1 for each listed cluster's current state and 0 for the other
+/// documented states (kube-state-metrics' StateSet shape). Encoded at scrape time from one small
+/// map per workspace, replaced whole when a listing changes it: five labelled gauges per cluster
+/// held in a metric family cost ≈1.2 KiB per cluster, this ≈100 bytes.
+#[derive(Debug, Default)]
+pub struct ClusterStates(RwLock<BTreeMap<(String, String), Arc<ClusterStateMap>>>);
+
+impl ClusterStates {
+    /// Sets the clusters of workspace `namespace/workspace` (an empty map drops its series).
+    pub fn set(&self, namespace: &str, workspace: &str, states: Arc<ClusterStateMap>) {
+        let mut all = self.0.write().unwrap_or_else(|p| p.into_inner());
+        let key = (namespace.to_string(), workspace.to_string());
+        if states.is_empty() {
+            all.remove(&key);
+        } else {
+            all.insert(key, states);
+        }
+    }
+
+    pub fn remove(&self, namespace: &str, workspace: &str) {
+        self.set(namespace, workspace, Arc::default());
+    }
+
+    /// Series exported, for tests.
+    pub fn len(&self) -> usize {
+        let all = self.0.read().unwrap_or_else(|p| p.into_inner());
+        all.values().map(|m| m.len()).sum()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+impl Collector for ClusterStates {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        // A snapshot, so that a scrape never holds the lock while writing out.
+        let all: Vec<((String, String), Arc<ClusterStateMap>)> = {
+            let all = self.0.read().unwrap_or_else(|p| p.into_inner());
+            all.iter().map(|(k, v)| (k.clone(), v.clone())).collect()
+        };
+        let mut family = encoder.encode_descriptor(
+            "cluster_state",
+            "State of each mirrored Ray cluster: 1 for its current state, 0 for the others",
+            None,
+            MetricType::Gauge,
+        )?;
+        for ((namespace, workspace), clusters) in &all {
+            for (id, (name, state)) in clusters.iter() {
+                for s in states_for(state) {
+                    let labels = [
+                        ("namespace", namespace.as_str()),
+                        ("workspace", workspace.as_str()),
+                        ("cluster_id", id.as_str()),
+                        ("name", name.as_str()),
+                        ("state", s),
+                    ];
+                    let gauge = ConstGauge::new(i64::from(s == state));
+                    gauge.encode(family.encode_family(&labels)?)?;
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The documented states, plus the cluster's own when it is not one of them.
+pub fn states_for(state: &str) -> impl Iterator<Item = &str> {
+    const KNOWN: [&str; 5] = crate::emr::ClusterState::KNOWN;
+    let own = (!KNOWN.contains(&state)).then_some(state);
+    KNOWN.iter().copied().chain(own)
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -58,7 +129,7 @@ pub struct WriteLabels {
 pub struct Metrics {
     pub registry: Registry,
     /// 1 for the cluster's current state, 0 for the other documented states.
-    pub cluster_state: Family<ClusterStateLabels, Gauge>,
+    pub cluster_state: Arc<ClusterStates>,
     pub sync_attempts: Family<WorkspaceLabels, Counter>,
     pub sync_failures: Family<FailureLabels, Counter>,
     pub sync_duration: Family<WorkspaceLabels, Histogram>,
@@ -85,7 +156,7 @@ impl Default for Metrics {
     fn default() -> Self {
         let mut registry = Registry::with_prefix("emr_ray_operator");
         let m = Metrics {
-            cluster_state: Family::default(),
+            cluster_state: Arc::default(),
             sync_attempts: Family::default(),
             sync_failures: Family::default(),
             sync_duration: Family::new_with_constructor(duration_histogram),
@@ -111,11 +182,6 @@ impl Metrics {
     /// Registers every metric, in the order (and so the exposition order) of the fields.
     fn register_into(&self, registry: &mut Registry) {
         let m = self;
-        registry.register(
-            "cluster_state",
-            "State of each mirrored Ray cluster: 1 for its current state, 0 for the others",
-            m.cluster_state.clone(),
-        );
         registry.register(
             "sync_attempts",
             "Remote listings attempted per workspace",
@@ -183,6 +249,7 @@ impl Metrics {
             "1 while this replica holds the leader lease",
             m.is_leader.clone(),
         );
+        registry.register_collector(Box::new(m.cluster_state.clone()));
     }
 
     pub fn encode(&self) -> String {
@@ -216,5 +283,52 @@ impl Metrics {
                 operation: operation.to_string(),
             })
             .inc();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cluster_states_are_a_state_set_per_listed_cluster() {
+        let m = Metrics::default();
+        let map = |v: &[(&str, &str)]| -> Arc<ClusterStateMap> {
+            Arc::new(
+                v.iter()
+                    .map(|(id, s)| (id.to_string(), (format!("m-{id}"), s.to_string())))
+                    .collect(),
+            )
+        };
+        m.cluster_state
+            .set("ns", "ws", map(&[("a", "Running"), ("b", "Resizing")]));
+        let text = m.encode();
+        let line = |id: &str, state: &str, v: i64| {
+            format!(
+                "emr_ray_operator_cluster_state{{namespace=\"ns\",workspace=\"ws\",cluster_id=\"{id}\",name=\"m-{id}\",state=\"{state}\"}} {v}\n"
+            )
+        };
+        assert!(text.contains("# TYPE emr_ray_operator_cluster_state gauge"));
+        assert!(text.contains(&line("a", "Running", 1)), "{text}");
+        assert!(text.contains(&line("a", "Error", 0)));
+        // A state outside the documented five gets a series of its own.
+        assert!(text.contains(&line("b", "Resizing", 1)));
+        assert!(text.contains(&line("b", "Stopped", 0)));
+        assert_eq!(m.cluster_state.len(), 2);
+        assert_eq!(
+            text.matches("emr_ray_operator_cluster_state{").count(),
+            5 + 6
+        );
+
+        m.cluster_state.set("ns", "ws", map(&[("a", "Error")]));
+        let text = m.encode();
+        assert!(text.contains(&line("a", "Error", 1)));
+        assert!(
+            !text.contains("cluster_id=\"b\""),
+            "a cluster gone drops its series"
+        );
+        m.cluster_state.remove("ns", "ws");
+        assert!(m.cluster_state.is_empty());
+        assert!(!m.encode().contains("emr_ray_operator_cluster_state{"));
     }
 }

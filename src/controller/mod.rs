@@ -459,13 +459,7 @@ fn forget_key(ctx: &Context, k: &str) {
     ctx.metrics.workspace_suspended.remove(&l);
     ctx.metrics.sync_attempts.remove(&l);
     ctx.metrics.sync_duration.remove(&l);
-    for (id, old) in &st.exported_states {
-        for s in series::states_for(old) {
-            ctx.metrics
-                .cluster_state
-                .remove(&series::cluster_labels(&l, id, s));
-        }
-    }
+    ctx.metrics.cluster_state.remove(namespace, workspace);
 }
 
 /// Waits until a reflector store has its first complete list. Polls, rather than relying on

@@ -164,7 +164,7 @@ pub struct WorkspaceState {
     /// The last `requestedAt` annotation value a listing was run for.
     pub handled_request: Option<String>,
     /// The state of each listed cluster, as exported in the `cluster_state` metric.
-    pub exported_states: BTreeMap<String, String>,
+    pub exported_states: Arc<crate::metrics::ClusterStateMap>,
     /// Sharded replicas: the workspace's mirrors labelled for another shard have been looked
     /// up (once after this replica took the workspace over) and taken into the plan.
     pub adopted: bool,

@@ -16,9 +16,7 @@ use std::process::Command;
 
 use emr_ray_operator::api::{Condition, EmrRayClusterStatus};
 use emr_ray_operator::controller::mirror::{Staleness, mirror_conditions};
-use emr_ray_operator::metrics::{
-    ClusterStateLabels, CodeLabels, FailureLabels, Metrics, WorkspaceLabels,
-};
+use emr_ray_operator::metrics::{CodeLabels, FailureLabels, Metrics, WorkspaceLabels};
 use promql_parser::parser::Expr;
 use promql_parser::util::{ExprVisitor, walk_expr};
 use serde_json::{Value, json};
@@ -269,15 +267,11 @@ fn exported_metric_names() -> BTreeSet<String> {
         namespace: "ns".into(),
         workspace: "ws".into(),
     };
-    m.cluster_state
-        .get_or_create(&ClusterStateLabels {
-            namespace: "ns".into(),
-            workspace: "ws".into(),
-            cluster_id: "c".into(),
-            name: "n".into(),
-            state: "Error".into(),
-        })
-        .set(1);
+    m.cluster_state.set(
+        "ns",
+        "ws",
+        std::sync::Arc::new([("c".into(), ("n".into(), "Error".into()))].into()),
+    );
     m.sync_attempts.get_or_create(&ws).inc();
     m.sync_failures
         .get_or_create(&FailureLabels {
