@@ -20,13 +20,14 @@ use std::time::Duration;
 use futures::StreamExt;
 use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
 use k8s_openapi::api::core::v1::ObjectReference;
+use kube::Resource;
 use kube::api::{Api, DeleteParams, Patch, PatchParams};
 use kube::runtime::events::{Event, EventType, Recorder};
-use kube::{Resource, ResourceExt};
 use serde::Serialize;
 use serde_json::json;
 use tracing::{debug, info, warn};
 
+use super::cache::CachedMirror;
 use super::mirror::truncated;
 use super::plan::{Action, MirrorEvent, Owner, Plan, Write};
 use super::state::MirrorCache;
@@ -293,7 +294,7 @@ async fn write_action(w: &Writer<'_>, mut a: Action, summarize: bool) -> Result<
     let before = a
         .prev
         .clone()
-        .filter(|p| w.cache.get(ns, &p.name_any()).is_some());
+        .filter(|p| w.cache.get(ns, &p.name).is_some());
     let before = before.as_deref();
     let status = match a.write {
         Write::Delete => {
@@ -324,16 +325,16 @@ async fn write_action(w: &Writer<'_>, mut a: Action, summarize: bool) -> Result<
                 .await
                 .map_err(refused)?;
             w.metrics.count_write("emrrayclusters", "apply");
-            w.cache.record_write(ns, &a.name, before, Some(res.clone()));
+            w.cache.record_write(ns, &a.name, before, Some(&res));
             if a.prev.is_none() && res.status.is_some() {
                 // It existed already, unseen by this replica (labelled for another shard, say):
                 // taken over, not created.
                 a.event = takeover_event(a.event.take(), res.status.as_ref());
-                a.prev = Some(Arc::new(res.clone()));
+                a.prev = Some(Arc::new(CachedMirror::of(&res)));
             }
             // A freshly created object has no status yet; otherwise write only on a difference.
-            let prev_status = a.prev.as_ref().and_then(|p| p.status.as_ref());
-            if a.prev.is_some() && prev_status == Some(&status) {
+            let prev_status = a.prev.as_ref().and_then(|p| p.status());
+            if a.prev.is_some() && prev_status.as_ref() == Some(&status) {
                 return Ok(Outcome::Updated);
             }
             status
@@ -355,7 +356,7 @@ async fn write_action(w: &Writer<'_>, mut a: Action, summarize: bool) -> Result<
     w.metrics.count_write("emrrayclusters", "apply-status");
     // Until the watch delivers this status, a reconcile must not take the store's older object
     // for the current one and write the status again.
-    w.cache.record_write(ns, &a.name, before, Some(res.clone()));
+    w.cache.record_write(ns, &a.name, before, Some(&res));
     if let Some(ev) = &a.event {
         let r = res.object_ref(&());
         announce(w, &a.name, &a.cluster_id, Some(&r), ev, summarize).await;
@@ -387,11 +388,11 @@ fn takeover_event(
 
 /// The mirror keeps its last data and says, in its `Synced` condition, that its status could
 /// not be written (only for refusals of this object's content, and once).
-async fn mark_unwritable(w: &Writer<'_>, prev: &EmrRayCluster, r: &Refused) {
+async fn mark_unwritable(w: &Writer<'_>, prev: &CachedMirror, r: &Refused) {
     if !matches!(r.refusal, WriteRefusal::Invalid | WriteRefusal::TooLarge) {
         return;
     }
-    let mut status: EmrRayClusterStatus = prev.status.clone().unwrap_or_default();
+    let mut status: EmrRayClusterStatus = prev.status().unwrap_or_default();
     let already = status
         .conditions
         .iter()
@@ -409,16 +410,16 @@ async fn mark_unwritable(w: &Writer<'_>, prev: &EmrRayCluster, r: &Refused) {
         .filter(|c| c.type_ != SYNCED)
         .cloned()
         .collect();
-    let mut synced = ConditionSet::new(&status.conditions, prev.meta().generation, w.now);
+    let mut synced = ConditionSet::new(&status.conditions, prev.generation, w.now);
     synced.set(SYNCED, false, Reason::MirrorWriteFailed.as_str(), message);
     conds.extend(synced.build());
     status.conditions = conds;
     w.limiter.wait().await;
-    match apply_ssa(&w.api, &prev.name_any(), json!({ "status": status }), true).await {
+    match apply_ssa(&w.api, &prev.name, json!({ "status": status }), true).await {
         Ok(res) => {
             w.metrics.count_write("emrrayclusters", "apply-status");
             w.cache
-                .record_write(&w.owner.namespace, &prev.name_any(), Some(prev), Some(res));
+                .record_write(&w.owner.namespace, &prev.name, Some(prev), Some(&res));
         }
         Err(e) => debug!(error = %e, "marking a mirror as unwritable failed too"),
     }

@@ -16,6 +16,7 @@
 //! and `status`, every write in `apply`.)
 
 pub mod apply;
+pub mod cache;
 pub mod credentials;
 pub mod mirror;
 pub mod plan;
@@ -205,7 +206,7 @@ async fn reconcile_workspace(ws: Arc<EmrWorkspace>, ctx: Arc<Context>) -> Result
     ctx.metrics.reconciles.inc();
     // Decisions need the mirror and workspace caches: wait for their first complete list.
     let _ = tokio::time::timeout(Duration::from_secs(30), async {
-        wait_ready(ctx.mirrors.store()).await;
+        ctx.mirrors.store().wait_ready().await;
         wait_ready(&ctx.workspaces).await;
     })
     .await;

@@ -18,12 +18,12 @@ use std::sync::Arc;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
 use kube::{Resource, ResourceExt};
 
+use super::cache::{CachedMirror, shape_digest};
 use super::mirror::{self, Staleness};
 use super::state::Listing;
 use crate::api::{
-    ANNOTATION_CLUSTER_ID, EmrRayCluster, EmrRayClusterSpec, EmrRayClusterStatus, EmrWorkspace,
-    GoneClusterPolicy, LABEL_CLUSTER_ID, LABEL_MANAGED_BY, LABEL_SHARD, LABEL_WORKSPACE,
-    LABEL_WORKSPACE_ID, MANAGED_BY,
+    EmrRayClusterSpec, EmrRayClusterStatus, EmrWorkspace, GoneClusterPolicy, LABEL_CLUSTER_ID,
+    LABEL_MANAGED_BY, LABEL_SHARD, LABEL_WORKSPACE, LABEL_WORKSPACE_ID, MANAGED_BY,
 };
 
 /// Per-mirror Events are replaced by one summary above this many creations and deletions.
@@ -97,22 +97,17 @@ impl Owner {
         labels
     }
 
-    /// Whether `m` already has the metadata and spec this owner gives it.
-    fn metadata_matches(&self, m: &EmrRayCluster, cluster_id: &str) -> bool {
-        m.spec == self.spec(cluster_id)
-            && self
-                .labels(cluster_id)
-                .iter()
-                .all(|(k, v)| m.labels().get(k) == Some(v))
-            // A shard label the workspace no longer has is removed too.
-            && m.labels().get(LABEL_SHARD) == self.shard.as_ref()
-            && m.annotations()
-                .get(ANNOTATION_CLUSTER_ID)
-                .map(String::as_str)
-                == Some(cluster_id)
-            && m.owner_references()
-                .iter()
-                .any(|o| o.uid == self.uid && o.controller == Some(true))
+    /// Whether `m` already has the metadata and spec this owner gives it: spec, labels (a shard
+    /// label the workspace no longer has is removed too), cluster-ID annotation, controller.
+    fn metadata_matches(&self, m: &CachedMirror, cluster_id: &str) -> bool {
+        let labels = self.labels(cluster_id);
+        m.controlled_by(&self.uid)
+            && m.shape
+                == shape_digest(
+                    &self.spec(cluster_id),
+                    |k| labels.get(k).map(String::as_str),
+                    Some(cluster_id),
+                )
     }
 }
 
@@ -147,7 +142,7 @@ pub struct Action {
     pub name: String,
     pub cluster_id: String,
     /// The mirror as it is now (`None`: it is created).
-    pub prev: Option<Arc<EmrRayCluster>>,
+    pub prev: Option<Arc<CachedMirror>>,
     pub write: Write,
     pub event: Option<MirrorEvent>,
 }
@@ -180,7 +175,7 @@ pub struct Input<'a> {
     /// Why the data may be out of date (the latest attempt failed).
     pub stale: Option<&'a Staleness>,
     /// The workspace's mirrors by cluster ID.
-    pub existing: &'a HashMap<String, Arc<EmrRayCluster>>,
+    pub existing: &'a HashMap<String, Arc<CachedMirror>>,
     /// The workspace reference of another workspace's mirror holding a name, if any.
     pub held_elsewhere: &'a dyn Fn(&str) -> Option<String>,
     /// Mirrors whose last write was refused: planned last.
@@ -198,11 +193,11 @@ pub fn plan(input: &Input<'_>) -> Plan {
         for (id, cluster) in &listing.clusters {
             out.mirrors += 1;
             let prev = input.existing.get(id).cloned();
+            let prev_status = prev.as_ref().and_then(|p| p.status());
             let mut desired = mirror::remote_status(cluster);
-            let generation = prev.as_ref().and_then(|p| p.meta().generation).or(Some(1));
-            let prev_conds = prev
+            let generation = prev.as_ref().and_then(|p| p.generation).or(Some(1));
+            let prev_conds = prev_status
                 .as_ref()
-                .and_then(|p| p.status.as_ref())
                 .map(|s| s.conditions.as_slice())
                 .unwrap_or_default();
             desired.observed_generation = generation;
@@ -210,7 +205,7 @@ pub fn plan(input: &Input<'_>) -> Plan {
                 mirror::mirror_conditions(&desired, prev_conds, generation, input.stale, input.now);
             let name = prev
                 .as_ref()
-                .map(|p| p.name_any())
+                .map(|p| p.name.clone())
                 .unwrap_or_else(|| mirror::mirror_name(id));
             if let Some(first) = names.get(&name) {
                 out.mirrors -= 1;
@@ -229,7 +224,7 @@ pub fn plan(input: &Input<'_>) -> Plan {
                 continue;
             }
             out.actions
-                .extend(write_for(input.owner, name, id, prev, desired));
+                .extend(write_for(input.owner, name, id, prev, prev_status, desired));
         }
     }
     plan_unlisted(input, &mut out);
@@ -266,7 +261,7 @@ fn plan_unlisted(input: &Input<'_>, out: &mut Plan) {
             // Complete, current listing: the cluster is gone.
             Some(true) if input.owner.policy == GoneClusterPolicy::Delete => {
                 out.actions.push(Action {
-                    name: m.name_any(),
+                    name: m.name.clone(),
                     cluster_id: id.clone(),
                     prev: Some(m.clone()),
                     write: Write::Delete,
@@ -303,29 +298,38 @@ fn plan_unlisted(input: &Input<'_>, out: &mut Plan) {
 /// Keeps a mirror's last known data, with conditions saying whether it is gone or stale.
 fn keep(
     owner: &Owner,
-    m: &Arc<EmrRayCluster>,
+    m: &Arc<CachedMirror>,
     id: &str,
     gone: bool,
     stale: Option<&Staleness>,
     now: &str,
 ) -> Option<Action> {
-    let mut desired = m.status.clone().unwrap_or_default();
+    let prev_status = m.status();
+    let mut desired = prev_status.clone().unwrap_or_default();
     desired.gone = desired.gone || gone;
     let prev_conds = std::mem::take(&mut desired.conditions);
-    desired.conditions =
-        mirror::mirror_conditions(&desired, &prev_conds, m.meta().generation, stale, now);
-    write_for(owner, m.name_any(), id, Some(m.clone()), desired)
+    desired.conditions = mirror::mirror_conditions(&desired, &prev_conds, m.generation, stale, now);
+    write_for(
+        owner,
+        m.name.clone(),
+        id,
+        Some(m.clone()),
+        prev_status,
+        desired,
+    )
 }
 
-/// The write (if any) that turns `prev` into a mirror with `desired` status.
+/// The write (if any) that turns `prev` (whose status is `prev_status`) into a mirror with
+/// `desired` status.
 fn write_for(
     owner: &Owner,
     name: String,
     id: &str,
-    prev: Option<Arc<EmrRayCluster>>,
+    prev: Option<Arc<CachedMirror>>,
+    prev_status: Option<EmrRayClusterStatus>,
     desired: EmrRayClusterStatus,
 ) -> Option<Action> {
-    let prev_status = prev.as_ref().and_then(|p| p.status.as_ref());
+    let prev_status = prev_status.as_ref();
     let meta_ok = prev.as_ref().is_some_and(|p| owner.metadata_matches(p, id));
     let status_ok = prev_status == Some(&desired);
     let event = match prev_status {

@@ -14,9 +14,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
-use kube::ResourceExt;
-use kube::runtime::reflector::Store;
-
+use super::cache::{CachedMirror, MirrorStore};
 use crate::api::{EmrRayCluster, Reason, SyncFailure, WriteFailure, WriteRefusal};
 use crate::emr::RayCluster;
 
@@ -261,7 +259,7 @@ impl NamespaceSlots {
 }
 
 /// A workspace's mirrors by object name.
-pub type MirrorsByName = HashMap<String, Arc<EmrRayCluster>>;
+pub type MirrorsByName = HashMap<String, Arc<CachedMirror>>;
 
 /// Our own write of a mirror, overriding the store until the store has seen it.
 ///
@@ -271,7 +269,7 @@ pub type MirrorsByName = HashMap<String, Arc<EmrRayCluster>>;
 #[derive(Clone, Debug)]
 struct Written {
     /// The object our last write returned (`None`: we deleted it).
-    obj: Option<Arc<EmrRayCluster>>,
+    obj: Option<Arc<CachedMirror>>,
     stale_versions: Vec<String>,
     /// The store had no such object before our writes.
     created: bool,
@@ -321,14 +319,14 @@ impl MirrorChanges {
 /// The store is scanned only for workspaces whose mirrors the watch reported changed (or after
 /// a relist): a steady state costs no scan of all mirrors per reconcile.
 pub struct MirrorCache {
-    store: Store<EmrRayCluster>,
+    store: Arc<MirrorStore>,
     changes: Arc<MirrorChanges>,
     by_owner: Mutex<HashMap<String, Arc<MirrorsByName>>>,
     written: Mutex<HashMap<String, Written>>,
 }
 
 impl MirrorCache {
-    pub fn new(store: Store<EmrRayCluster>, changes: Arc<MirrorChanges>) -> Self {
+    pub fn new(store: Arc<MirrorStore>, changes: Arc<MirrorChanges>) -> Self {
         MirrorCache {
             store,
             changes,
@@ -337,14 +335,13 @@ impl MirrorCache {
         }
     }
 
-    pub fn store(&self) -> &Store<EmrRayCluster> {
+    pub fn store(&self) -> &MirrorStore {
         &self.store
     }
 
     /// The mirror named `name` in `ns` as the store has it (whoever owns it).
-    pub fn get(&self, ns: &str, name: &str) -> Option<Arc<EmrRayCluster>> {
-        self.store
-            .get(&kube::runtime::reflector::ObjectRef::new(name).within(ns))
+    pub fn get(&self, ns: &str, name: &str) -> Option<Arc<CachedMirror>> {
+        self.store.get(ns, name)
     }
 
     /// Records the result of one of our writes (`obj: None` for a delete). `before` is the
@@ -353,8 +350,8 @@ impl MirrorCache {
         &self,
         ns: &str,
         name: &str,
-        before: Option<&EmrRayCluster>,
-        obj: Option<EmrRayCluster>,
+        before: Option<&CachedMirror>,
+        obj: Option<&EmrRayCluster>,
     ) {
         let key = format!("{ns}/{name}");
         let now = Instant::now();
@@ -364,24 +361,21 @@ impl MirrorCache {
         let (mut stale_versions, created) = match prior {
             Some(p) => {
                 let mut v = p.stale_versions;
-                if let Some(rv) = p.obj.as_deref().and_then(|o| o.resource_version()) {
+                if let Some(rv) = p.obj.as_ref().and_then(|o| o.resource_version.clone()) {
                     v.push(rv);
                 }
                 (v, p.created)
             }
             None => (
                 before
-                    .and_then(|b| b.resource_version())
+                    .and_then(|b| b.resource_version.clone())
                     .into_iter()
                     .collect(),
                 before.is_none(),
             ),
         };
         stale_versions.dedup();
-        let obj = obj.map(|mut o| {
-            o.metadata.managed_fields = None;
-            Arc::new(o)
-        });
+        let obj = obj.map(|o| Arc::new(CachedMirror::of(o)));
         written.insert(
             key,
             Written {
@@ -394,13 +388,8 @@ impl MirrorCache {
     }
 
     /// The mirrors controlled by workspace `owner_uid` in `ns`, keyed by cluster ID.
-    pub fn current(&self, ns: &str, owner_uid: &str) -> HashMap<String, Arc<EmrRayCluster>> {
-        let owned = |m: &EmrRayCluster| {
-            m.metadata.namespace.as_deref() == Some(ns)
-                && m.owner_references()
-                    .iter()
-                    .any(|o| o.uid == owner_uid && o.controller == Some(true))
-        };
+    pub fn current(&self, ns: &str, owner_uid: &str) -> HashMap<String, Arc<CachedMirror>> {
+        let owned = |m: &CachedMirror| m.namespace == ns && m.controlled_by(owner_uid);
         let cached = if self.changes.take(owner_uid) {
             None
         } else {
@@ -411,10 +400,9 @@ impl MirrorCache {
             None => {
                 let scanned: MirrorsByName = self
                     .store
-                    .state()
+                    .controlled_by(ns, owner_uid)
                     .into_iter()
-                    .filter(|m| owned(m))
-                    .map(|m| (m.name_any(), m))
+                    .map(|m| (m.name.clone(), m))
                     .collect();
                 let scanned = Arc::new(scanned);
                 lock(&self.by_owner).insert(owner_uid.to_string(), scanned.clone());
@@ -449,7 +437,7 @@ impl MirrorCache {
         });
         by_name
             .into_values()
-            .map(|m| (m.spec.cluster_id.clone(), m))
+            .map(|m| (m.cluster_id.clone(), m))
             .collect()
     }
 
@@ -460,16 +448,16 @@ impl MirrorCache {
 }
 
 /// Whether the store has seen our write (see [`Written`]'s invariant).
-fn caught_up(w: &Written, in_store: Option<&EmrRayCluster>) -> bool {
+fn caught_up(w: &Written, in_store: Option<&CachedMirror>) -> bool {
     match (in_store, &w.obj) {
         // Deleted by us and gone from the store.
         (None, None) => true,
         // Created by us and not in the store yet.
         (None, Some(_)) => !w.created,
-        (Some(s), _) => {
-            let rv = s.resource_version();
-            !w.stale_versions.iter().any(|v| Some(v) == rv.as_ref())
-        }
+        (Some(s), _) => !w
+            .stale_versions
+            .iter()
+            .any(|v| Some(v) == s.resource_version.as_ref()),
     }
 }
 
@@ -478,7 +466,7 @@ mod tests {
     use super::*;
     use crate::api::EmrRayClusterSpec;
 
-    fn mirror(name: &str, rv: &str) -> EmrRayCluster {
+    fn mirror(name: &str, rv: &str) -> CachedMirror {
         let mut m = EmrRayCluster::new(
             name,
             EmrRayClusterSpec {
@@ -489,7 +477,7 @@ mod tests {
             },
         );
         m.metadata.resource_version = Some(rv.into());
-        m
+        CachedMirror::of(&m)
     }
 
     fn written(obj: Option<&str>, stale: &[&str], created: bool) -> Written {

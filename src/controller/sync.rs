@@ -13,6 +13,7 @@ use kube::{Resource, ResourceExt};
 use tracing::{debug, warn};
 
 use super::apply::{self, WriteReport, Writer, publish};
+use super::cache::CachedMirror;
 use super::mirror::Staleness;
 use super::state::{Failure, Listing, WorkspaceState, WriteTrouble};
 use super::{Context, SyncError, credentials, jitter, key, labels, plan};
@@ -193,7 +194,7 @@ pub(super) async fn write_mirrors(
                     debug!(workspace = %key(ws), mirrors = found.len(), "taking over mirrors labelled for another shard");
                 }
                 for m in found {
-                    existing.entry(m.spec.cluster_id.clone()).or_insert(m);
+                    existing.entry(m.cluster_id.clone()).or_insert(m);
                 }
             }
             Err(e) => {
@@ -214,12 +215,8 @@ pub(super) async fn write_mirrors(
     let held_elsewhere = |name: &str| {
         ctx.mirrors
             .get(&owner.namespace, name)
-            .filter(|m| {
-                m.owner_references()
-                    .iter()
-                    .any(|o| o.controller == Some(true) && o.uid != owner.uid)
-            })
-            .map(|m| m.spec.workspace_ref.clone())
+            .filter(|m| m.controller_uid.as_ref().is_some_and(|u| *u != owner.uid))
+            .map(|m| m.workspace_ref.clone())
             .or_else(|| held_in_other_shards.get(name).cloned())
     };
     let refused = st
@@ -269,7 +266,7 @@ pub(super) async fn write_mirrors(
 async fn mirrors_of_other_shards(
     ctx: &Context,
     owner: &plan::Owner,
-) -> Result<Vec<Arc<EmrRayCluster>>, kube::Error> {
+) -> Result<Vec<Arc<CachedMirror>>, kube::Error> {
     let not_ours = match &owner.shard {
         Some(shard) => format!("{LABEL_SHARD}!={shard}"),
         None => LABEL_SHARD.to_string(),
@@ -290,10 +287,7 @@ async fn mirrors_of_other_shards(
                 .iter()
                 .any(|o| o.uid == owner.uid && o.controller == Some(true))
         })
-        .map(|mut m| {
-            m.metadata.managed_fields = None;
-            Arc::new(m)
-        })
+        .map(|m| Arc::new(CachedMirror::of(&m)))
         .collect())
 }
 
@@ -304,7 +298,7 @@ async fn names_held_in_other_shards(
     ctx: &Context,
     owner: &plan::Owner,
     listing: Option<&Listing>,
-    existing: &HashMap<String, Arc<EmrRayCluster>>,
+    existing: &HashMap<String, Arc<CachedMirror>>,
 ) -> HashMap<String, String> {
     let Some(listing) = listing else {
         return HashMap::new();

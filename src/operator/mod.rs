@@ -28,6 +28,7 @@ use tracing::{error, info, warn};
 
 use crate::api::{EmrRayCluster, EmrWorkspace, Interval, LABEL_MANAGED_BY, MANAGED_BY};
 use crate::controller::apply::WriteLimiter;
+use crate::controller::cache::MirrorStore;
 use crate::controller::state::{MirrorCache, MirrorChanges};
 use crate::controller::{Context, Settings, error_policy, reconcile};
 use crate::emr::endpoint::{EndpointPattern, EndpointPolicy};
@@ -388,39 +389,39 @@ where
     }
 }
 
-/// The watch of the operator's mirrors: a store without `managedFields` (most of a mirror's
-/// size in memory; nothing here reads them), the record of which workspaces' mirrors changed,
-/// and the stream of touched mirrors for the controller. `shard`: the shard selector, if any.
+/// The watch of the operator's mirrors: the store of their compact records (see
+/// [`crate::controller::cache`]), the record of which workspaces' mirrors changed, and the
+/// stream of touched mirrors for the controller. `shard`: the shard selector, if any.
 fn mirror_watch(
     api: Api<EmrRayCluster>,
     shard: Option<String>,
 ) -> (
-    reflector::Store<EmrRayCluster>,
+    Arc<MirrorStore>,
     Arc<MirrorChanges>,
     impl futures::Stream<Item = Result<EmrRayCluster, watcher::Error>>,
 ) {
-    let (store, writer) = reflector::store();
+    let store = Arc::new(MirrorStore::default());
     let changes = Arc::new(MirrorChanges::default());
     // A shard caches only its own workspaces' mirrors (they carry their workspace's shard label).
     let mut selector = format!("{LABEL_MANAGED_BY}={MANAGED_BY}");
     if let Some(shard) = shard {
         selector.push_str(&format!(",{shard}"));
     }
-    let changes_in_stream = changes.clone();
-    let stream = reflector(
-        writer,
-        watcher(api, watcher::Config::default().labels(&selector))
-            .modify(|m: &mut EmrRayCluster| m.metadata.managed_fields = None),
-    )
-    .default_backoff()
-    .inspect(move |ev| match ev {
-        Ok(watcher::Event::Apply(m) | watcher::Event::Delete(m) | watcher::Event::InitApply(m)) => {
-            changes_in_stream.touched(m)
-        }
-        Ok(watcher::Event::Init | watcher::Event::InitDone) => changes_in_stream.relisted(),
-        Err(_) => {}
-    })
-    .touched_objects();
+    let (store_in_stream, changes_in_stream) = (store.clone(), changes.clone());
+    let stream = watcher(api, watcher::Config::default().labels(&selector))
+        .default_backoff()
+        .inspect(move |ev| {
+            let Ok(ev) = ev else { return };
+            // The store first, as a reflector does: a reconcile triggered by this event sees it.
+            store_in_stream.apply(ev);
+            match ev {
+                watcher::Event::Apply(m)
+                | watcher::Event::Delete(m)
+                | watcher::Event::InitApply(m) => changes_in_stream.touched(m),
+                watcher::Event::Init | watcher::Event::InitDone => changes_in_stream.relisted(),
+            }
+        })
+        .touched_objects();
     (store, changes, stream)
 }
 
@@ -486,7 +487,7 @@ async fn run_controller(
     let (prune_ctx, prune_token) = (ctx.clone(), token.clone());
     tokio::spawn(async move {
         crate::controller::wait_ready(&ws_store_ready).await;
-        crate::controller::wait_ready(&m2).await;
+        m2.wait_ready().await;
         on_ready();
         // Deleted workspaces are not reconciled again: forget them (and their metric series).
         loop {

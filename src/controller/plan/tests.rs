@@ -1,7 +1,7 @@
 //! Table tests of [`plan`]: one row per rule of the README's gone/keep and condition tables.
 
 use super::*;
-use crate::api::Reason;
+use crate::api::{ANNOTATION_CLUSTER_ID, EmrRayCluster, Reason};
 use crate::emr::{ClusterState, RayCluster};
 
 const NOW: &str = "2026-01-01T00:00:00Z";
@@ -27,8 +27,13 @@ fn cluster(id: &str, state: ClusterState) -> RayCluster {
     }
 }
 
+/// The mirror the operator would have written for `c`, as the cache holds it.
+fn mirrored(o: &Owner, c: &RayCluster) -> Arc<CachedMirror> {
+    Arc::new(CachedMirror::of(&mirror_object(o, c)))
+}
+
 /// The mirror the operator would have written for `c` (as the plan writes it).
-fn mirrored(o: &Owner, c: &RayCluster) -> Arc<EmrRayCluster> {
+fn mirror_object(o: &Owner, c: &RayCluster) -> EmrRayCluster {
     let mut m = EmrRayCluster::new(&mirror::mirror_name(&c.cluster_id), o.spec(&c.cluster_id));
     m.metadata.namespace = Some(o.namespace.clone());
     m.metadata.labels = Some(o.labels(&c.cluster_id));
@@ -42,7 +47,7 @@ fn mirrored(o: &Owner, c: &RayCluster) -> Arc<EmrRayCluster> {
     st.observed_generation = Some(1);
     st.conditions = mirror::mirror_conditions(&st, &[], Some(1), None, NOW);
     m.status = Some(st);
-    Arc::new(m)
+    m
 }
 
 /// What happened to each cluster ID, as a compact word.
@@ -98,7 +103,7 @@ fn run(case: &Case) -> Plan {
         listing.on_page_boundary = case.on_boundary;
         listing
     });
-    let existing: HashMap<String, Arc<EmrRayCluster>> = case
+    let existing: HashMap<String, Arc<CachedMirror>> = case
         .existing
         .iter()
         .map(|c| (c.cluster_id.clone(), mirrored(&o, c)))
@@ -369,9 +374,9 @@ fn many_creations_are_summarised_and_refused_mirrors_go_last() {
 fn metadata_drift_is_repaired() {
     let a = cluster("ray-a", ClusterState::Running);
     let o = owner(GoneClusterPolicy::Delete);
-    let mut m = (*mirrored(&o, &a)).clone();
+    let mut m = mirror_object(&o, &a);
     m.metadata.labels.as_mut().unwrap().remove(LABEL_WORKSPACE);
-    let existing = HashMap::from([("ray-a".to_string(), Arc::new(m))]);
+    let existing = HashMap::from([("ray-a".to_string(), Arc::new(CachedMirror::of(&m)))]);
     let listing = Listing::new(vec![a], 100);
     let p = plan(&Input {
         owner: &o,
@@ -417,7 +422,7 @@ fn remote_ids_that_map_to_one_name_never_share_a_mirror() {
 fn a_workspace_moved_to_another_shard_relabels_its_mirrors() {
     let a = cluster("ray-a", ClusterState::Running);
     let b = cluster("ray-b", ClusterState::Running);
-    let run_with = |o: &Owner, existing: &HashMap<String, Arc<EmrRayCluster>>| {
+    let run_with = |o: &Owner, existing: &HashMap<String, Arc<CachedMirror>>| {
         plan(&Input {
             owner: o,
             listing: Some(&Listing::new(vec![a.clone(), b.clone()], 100)),

@@ -1,0 +1,338 @@
+//! The mirrors as the operator keeps them between syncs: a compact record of each object the
+//! mirror watch reports instead of the object itself.
+//!
+//! A decoded `EmrRayCluster` costs ≈4.5 KiB of heap (metadata maps, owner references, three
+//! dozen optional strings of status); planning needs its name, version, generation, owner, a
+//! digest of the metadata and spec the operator sets, and the status — which is kept as the
+//! compact JSON the API server sent (≈1 KiB) and decoded only while a sync plans its mirrors.
+//! The watch still decodes whole objects, one list page or event at a time.
+
+use std::collections::HashMap;
+use std::hash::{DefaultHasher, Hash, Hasher};
+use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
+use std::time::Duration;
+
+use kube::ResourceExt;
+use kube::runtime::watcher;
+
+use crate::api::{
+    ANNOTATION_CLUSTER_ID, EmrRayCluster, EmrRayClusterSpec, EmrRayClusterStatus, LABEL_CLUSTER_ID,
+    LABEL_MANAGED_BY, LABEL_SHARD, LABEL_WORKSPACE, LABEL_WORKSPACE_ID,
+};
+
+/// The labels whose values the operator sets on every mirror (the shard label only in a shard).
+const SHAPE_LABELS: [&str; 5] = [
+    LABEL_WORKSPACE,
+    LABEL_WORKSPACE_ID,
+    LABEL_CLUSTER_ID,
+    LABEL_MANAGED_BY,
+    LABEL_SHARD,
+];
+
+/// A digest of what the operator sets on a mirror besides its status and owner: the spec, the
+/// values of its labels (absent ones included) and the cluster-ID annotation. Equal digests mean
+/// the metadata needs no repair. Only ever compared within one process.
+pub fn shape_digest<'a>(
+    spec: &EmrRayClusterSpec,
+    label: impl Fn(&str) -> Option<&'a str>,
+    cluster_id_annotation: Option<&str>,
+) -> u64 {
+    let mut h = DefaultHasher::new();
+    spec.workspace_ref.hash(&mut h);
+    spec.workspace_id.hash(&mut h);
+    spec.region_id.hash(&mut h);
+    spec.cluster_id.hash(&mut h);
+    for key in SHAPE_LABELS {
+        label(key).hash(&mut h);
+    }
+    cluster_id_annotation.hash(&mut h);
+    h.finish()
+}
+
+/// One mirror, as cached.
+#[derive(Clone, Debug, PartialEq)]
+pub struct CachedMirror {
+    pub namespace: String,
+    pub name: String,
+    pub resource_version: Option<String>,
+    pub generation: Option<i64>,
+    /// `spec.clusterId`.
+    pub cluster_id: String,
+    /// `spec.workspaceRef`.
+    pub workspace_ref: String,
+    /// UID of the controlling owner reference.
+    pub controller_uid: Option<String>,
+    /// [`shape_digest`] of the object.
+    pub shape: u64,
+    /// The status as JSON.
+    status: Option<Box<str>>,
+}
+
+impl CachedMirror {
+    pub fn of(m: &EmrRayCluster) -> Self {
+        let labels = m.labels();
+        CachedMirror {
+            namespace: m.namespace().unwrap_or_default(),
+            name: m.name_any(),
+            resource_version: m.resource_version(),
+            generation: m.metadata.generation,
+            cluster_id: m.spec.cluster_id.clone(),
+            workspace_ref: m.spec.workspace_ref.clone(),
+            controller_uid: m
+                .owner_references()
+                .iter()
+                .find(|o| o.controller == Some(true))
+                .map(|o| o.uid.clone()),
+            shape: shape_digest(
+                &m.spec,
+                |k| labels.get(k).map(String::as_str),
+                m.annotations()
+                    .get(ANNOTATION_CLUSTER_ID)
+                    .map(String::as_str),
+            ),
+            status: m
+                .status
+                .as_ref()
+                .and_then(|s| serde_json::to_string(s).ok().map(String::into_boxed_str)),
+        }
+    }
+
+    /// The status, decoded (it was encoded from the same type, so decoding cannot fail short of
+    /// a bug; such a status reads as absent and is rewritten).
+    pub fn status(&self) -> Option<EmrRayClusterStatus> {
+        self.status
+            .as_deref()
+            .and_then(|s| serde_json::from_str(s).ok())
+    }
+
+    pub fn has_status(&self) -> bool {
+        self.status.is_some()
+    }
+
+    /// Whether workspace `uid` controls this mirror.
+    pub fn controlled_by(&self, uid: &str) -> bool {
+        self.controller_uid.as_deref() == Some(uid)
+    }
+}
+
+impl From<&EmrRayCluster> for CachedMirror {
+    fn from(m: &EmrRayCluster) -> Self {
+        CachedMirror::of(m)
+    }
+}
+
+#[derive(Default)]
+struct Objects {
+    /// By `namespace/name`.
+    current: HashMap<String, Arc<CachedMirror>>,
+    /// A relist in progress: the objects seen so far, swapped in when it completes.
+    relist: Option<HashMap<String, Arc<CachedMirror>>>,
+    ready: bool,
+}
+
+/// The watch-fed store of [`CachedMirror`]s (what a kube reflector store is, for records that
+/// are not Kubernetes objects).
+#[derive(Default)]
+pub struct MirrorStore(RwLock<Objects>);
+
+fn key(ns: &str, name: &str) -> String {
+    format!("{ns}/{name}")
+}
+
+impl MirrorStore {
+    fn read(&self) -> RwLockReadGuard<'_, Objects> {
+        self.0.read().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn write(&self) -> RwLockWriteGuard<'_, Objects> {
+        self.0.write().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Applies one watch event.
+    pub fn apply(&self, ev: &watcher::Event<EmrRayCluster>) {
+        let record = |m: &EmrRayCluster| {
+            let c = CachedMirror::of(m);
+            (key(&c.namespace, &c.name), Arc::new(c))
+        };
+        let mut o = self.write();
+        match ev {
+            watcher::Event::Apply(m) => {
+                let (k, c) = record(m);
+                o.current.insert(k, c);
+            }
+            watcher::Event::Delete(m) => {
+                o.current
+                    .remove(&key(&m.namespace().unwrap_or_default(), &m.name_any()));
+            }
+            watcher::Event::Init => o.relist = Some(HashMap::new()),
+            watcher::Event::InitApply(m) => {
+                let (k, c) = record(m);
+                o.relist.get_or_insert_default().insert(k, c);
+            }
+            watcher::Event::InitDone => {
+                o.current = o.relist.take().unwrap_or_default();
+                o.current.shrink_to_fit();
+                o.ready = true;
+            }
+        }
+    }
+
+    pub fn get(&self, ns: &str, name: &str) -> Option<Arc<CachedMirror>> {
+        self.read().current.get(&key(ns, name)).cloned()
+    }
+
+    /// Every cached mirror.
+    pub fn state(&self) -> Vec<Arc<CachedMirror>> {
+        self.read().current.values().cloned().collect()
+    }
+
+    /// The mirrors of namespace `ns` controlled by workspace `uid`.
+    pub fn controlled_by(&self, ns: &str, uid: &str) -> Vec<Arc<CachedMirror>> {
+        self.read()
+            .current
+            .values()
+            .filter(|m| m.namespace == ns && m.controlled_by(uid))
+            .cloned()
+            .collect()
+    }
+
+    pub fn len(&self) -> usize {
+        self.read().current.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Whether the first complete list has been seen.
+    pub fn is_ready(&self) -> bool {
+        self.read().ready
+    }
+
+    /// Waits until the first complete list has been seen.
+    pub async fn wait_ready(&self) {
+        while !self.is_ready() {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::api::{EmrRayClusterStatus, MANAGED_BY};
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
+
+    fn mirror(name: &str, rv: &str) -> EmrRayCluster {
+        let mut m = EmrRayCluster::new(
+            name,
+            EmrRayClusterSpec {
+                workspace_ref: "ws".into(),
+                workspace_id: "w-1".into(),
+                region_id: "cn-hangzhou".into(),
+                cluster_id: format!("id-{name}"),
+            },
+        );
+        m.metadata.namespace = Some("ns".into());
+        m.metadata.resource_version = Some(rv.into());
+        m.metadata.labels = Some([(LABEL_MANAGED_BY.to_string(), MANAGED_BY.to_string())].into());
+        m.metadata.owner_references = Some(vec![OwnerReference {
+            uid: "u1".into(),
+            controller: Some(true),
+            ..Default::default()
+        }]);
+        m.status = Some(EmrRayClusterStatus {
+            state: Some("Running".into()),
+            display_name: Some("a cluster".into()),
+            ..Default::default()
+        });
+        m
+    }
+
+    #[test]
+    fn a_record_keeps_what_planning_reads() {
+        let m = mirror("a", "7");
+        let c = CachedMirror::of(&m);
+        assert_eq!((c.namespace.as_str(), c.name.as_str()), ("ns", "a"));
+        assert_eq!(c.resource_version.as_deref(), Some("7"));
+        assert_eq!(
+            (c.cluster_id.as_str(), c.workspace_ref.as_str()),
+            ("id-a", "ws")
+        );
+        assert!(c.controlled_by("u1") && !c.controlled_by("u2"));
+        assert_eq!(c.status(), m.status, "the status round-trips");
+
+        // Any change to the spec, to one of the operator's labels (or a shard label appearing)
+        // or to the annotation changes the shape; other labels do not.
+        let shape = |f: &dyn Fn(&mut EmrRayCluster)| {
+            let mut m = mirror("a", "7");
+            f(&mut m);
+            CachedMirror::of(&m).shape
+        };
+        let labels = |m: &mut EmrRayCluster| m.metadata.labels.get_or_insert_default().clone();
+        assert_eq!(shape(&|_| {}), c.shape);
+        assert_eq!(
+            shape(&|m| {
+                let mut l = labels(m);
+                l.insert("team".into(), "x".into());
+                m.metadata.labels = Some(l);
+            }),
+            c.shape
+        );
+        assert_ne!(shape(&|m| m.spec.region_id = "cn-beijing".into()), c.shape);
+        assert_ne!(
+            shape(&|m| {
+                let mut l = labels(m);
+                l.insert(LABEL_SHARD.into(), "a".into());
+                m.metadata.labels = Some(l);
+            }),
+            c.shape
+        );
+        assert_ne!(shape(&|m| m.metadata.labels = None), c.shape);
+        assert_ne!(
+            shape(&|m| {
+                m.metadata.annotations = Some([(ANNOTATION_CLUSTER_ID.into(), "x".into())].into())
+            }),
+            c.shape
+        );
+    }
+
+    #[test]
+    fn the_store_follows_events_and_swaps_in_a_relist_when_complete() {
+        let s = MirrorStore::default();
+        assert!(!s.is_ready());
+        s.apply(&watcher::Event::Init);
+        s.apply(&watcher::Event::InitApply(mirror("a", "1")));
+        assert!(
+            s.get("ns", "a").is_none(),
+            "not visible before the list completes"
+        );
+        s.apply(&watcher::Event::InitDone);
+        assert!(s.is_ready());
+        assert_eq!(
+            s.get("ns", "a").unwrap().resource_version.as_deref(),
+            Some("1")
+        );
+        s.apply(&watcher::Event::Apply(mirror("b", "2")));
+        s.apply(&watcher::Event::Apply(mirror("a", "3")));
+        assert_eq!(s.len(), 2);
+        assert_eq!(
+            s.get("ns", "a").unwrap().resource_version.as_deref(),
+            Some("3")
+        );
+        assert_eq!(s.controlled_by("ns", "u1").len(), 2);
+        assert!(s.controlled_by("other", "u1").is_empty());
+        s.apply(&watcher::Event::Delete(mirror("b", "2")));
+        assert!(s.get("ns", "b").is_none());
+        // A relist replaces everything at its end: "a" is gone, "c" is new.
+        s.apply(&watcher::Event::Init);
+        s.apply(&watcher::Event::InitApply(mirror("c", "4")));
+        assert!(
+            s.get("ns", "a").is_some(),
+            "the old state serves until the relist ends"
+        );
+        s.apply(&watcher::Event::InitDone);
+        assert!(s.get("ns", "a").is_none());
+        assert_eq!(s.state().len(), 1);
+    }
+}
