@@ -127,7 +127,7 @@ pub enum EndpointNetwork {
     Vpc,
 }
 
-#[derive(Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, Hash, JsonSchema)]
 pub enum GoneClusterPolicy {
     #[default]
     Delete,

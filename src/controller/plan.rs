@@ -30,7 +30,7 @@ use crate::api::{
 pub const MAX_MIRROR_EVENTS_PER_SYNC: usize = 20;
 
 /// Who owns the mirrors: the parts of an `EmrWorkspace` that shape them.
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub struct Owner {
     pub namespace: String,
     pub name: String,

@@ -166,6 +166,28 @@ pub struct WorkspaceState {
     /// Sharded replicas: the workspace's mirrors labelled for another shard have been looked
     /// up (once after this replica took the workspace over) and taken into the plan.
     pub adopted: bool,
+    /// The inputs of the last plan that found nothing to write and nothing to report.
+    pub settled: Option<Settled>,
+}
+
+/// What a plan that needed no write was made from: the same listing (the same `Arc`: a listing
+/// equal to the one before keeps it), the same owner and the same mirrors (a digest of their
+/// names and versions). A sync with the same inputs would plan nothing again, so it skips the
+/// plan (no status of any mirror is decoded or rebuilt).
+#[derive(Clone, Debug)]
+pub struct Settled {
+    pub listing: Arc<Listing>,
+    pub inputs: u64,
+}
+
+impl Settled {
+    /// Whether a plan from `listing` and inputs digest `inputs` would find nothing to do.
+    pub fn covers(this: Option<&Settled>, listing: Option<&Arc<Listing>>, inputs: u64) -> bool {
+        match (this, listing) {
+            (Some(s), Some(l)) => Arc::ptr_eq(&s.listing, l) && s.inputs == inputs,
+            _ => false,
+        }
+    }
 }
 
 impl WorkspaceState {
@@ -509,6 +531,21 @@ mod tests {
         let w = written(None, &["a"], false);
         assert!(!caught_up(&w, Some(&mirror("m", "a"))));
         assert!(caught_up(&w, None));
+    }
+
+    #[test]
+    fn a_settled_plan_covers_the_same_listing_object_and_inputs_only() {
+        let l = Arc::new(Listing::new(vec![], 100));
+        let settled = Settled {
+            listing: l.clone(),
+            inputs: 7,
+        };
+        assert!(Settled::covers(Some(&settled), Some(&l), 7));
+        assert!(!Settled::covers(Some(&settled), Some(&l), 8), "mirrors changed");
+        let equal_but_new = Arc::new(Listing::new(vec![], 100));
+        assert!(!Settled::covers(Some(&settled), Some(&equal_but_new), 7));
+        assert!(!Settled::covers(Some(&settled), None, 7));
+        assert!(!Settled::covers(None, Some(&l), 7));
     }
 
     #[test]
