@@ -25,6 +25,7 @@ use kube::api::{Api, DeleteParams, Patch, PatchParams};
 use kube::runtime::events::{Event, EventType, Recorder};
 use serde::Serialize;
 use serde_json::json;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tracing::{debug, info, warn};
 
 use super::cache::CachedMirror;
@@ -42,22 +43,42 @@ pub const WRITE_CONCURRENCY: usize = 16;
 /// Longest `Retry-After` of the API server honoured.
 const MAX_RETRY_AFTER: Duration = Duration::from_secs(300);
 
-/// The operator-wide bound on Kubernetes write requests per second.
+/// The operator-wide bounds on Kubernetes writes: requests per second, and requests in flight
+/// (each in-flight request holds a connection to the API server and its buffers: the bound
+/// keeps the operator's memory flat however many workspaces sync at once).
 #[derive(Clone)]
-pub struct WriteLimiter(Arc<DefaultDirectRateLimiter>);
+pub struct WriteLimiter {
+    rate: Arc<DefaultDirectRateLimiter>,
+    in_flight: Arc<Semaphore>,
+}
+
+/// Held while one write request is in flight.
+pub type WritePermit = OwnedSemaphorePermit;
 
 impl WriteLimiter {
-    /// `per_second` writes per second with bursts of `burst` (both at least 1).
-    pub fn new(per_second: u32, burst: u32) -> Self {
+    /// `per_second` writes per second with bursts of `burst`, at most `in_flight` at a time (each
+    /// at least 1).
+    pub fn new(per_second: u32, burst: u32, in_flight: usize) -> Self {
         let rate = NonZeroU32::new(per_second.max(1)).unwrap_or(NonZeroU32::MIN);
         let burst = NonZeroU32::new(burst.max(1)).unwrap_or(NonZeroU32::MIN);
-        WriteLimiter(Arc::new(RateLimiter::direct(
-            Quota::per_second(rate).allow_burst(burst),
-        )))
+        WriteLimiter {
+            rate: Arc::new(RateLimiter::direct(
+                Quota::per_second(rate).allow_burst(burst),
+            )),
+            in_flight: Arc::new(Semaphore::new(in_flight.max(1))),
+        }
     }
 
-    pub async fn wait(&self) {
-        self.0.until_ready().await;
+    /// Waits for a slot and for the rate; hold the permit until the request has returned.
+    pub async fn wait(&self) -> WritePermit {
+        let permit = self
+            .in_flight
+            .clone()
+            .acquire_owned()
+            .await
+            .expect("the write semaphore is never closed");
+        self.rate.until_ready().await;
+        permit
     }
 }
 
@@ -298,7 +319,7 @@ async fn write_action(w: &Writer<'_>, mut a: Action, summarize: bool) -> Result<
     let before = before.as_deref();
     let status = match a.write {
         Write::Delete => {
-            w.limiter.wait().await;
+            let _permit = w.limiter.wait().await;
             match w.api.delete(&a.name, &DeleteParams::background()).await {
                 Ok(_) => {}
                 Err(kube::Error::Api(s)) if s.code == 404 => return Ok(Outcome::Unchanged),
@@ -320,7 +341,7 @@ async fn write_action(w: &Writer<'_>, mut a: Action, summarize: bool) -> Result<
                 },
                 "spec": w.owner.spec(&a.cluster_id),
             });
-            w.limiter.wait().await;
+            let _permit = w.limiter.wait().await;
             let res = apply_ssa(&w.api, &a.name, fields, false)
                 .await
                 .map_err(refused)?;
@@ -341,9 +362,12 @@ async fn write_action(w: &Writer<'_>, mut a: Action, summarize: bool) -> Result<
         }
         Write::Status(status) => status,
     };
-    w.limiter.wait().await;
+    let permit = w.limiter.wait().await;
     let fields = json!({ "status": &status });
-    let res = match apply_ssa(&w.api, &a.name, fields, true).await {
+    let res = apply_ssa(&w.api, &a.name, fields, true).await;
+    // Released before `mark_unwritable` takes a permit of its own.
+    drop(permit);
+    let res = match res {
         Ok(res) => res,
         Err(e) => {
             let r = refused(e);
@@ -414,7 +438,7 @@ async fn mark_unwritable(w: &Writer<'_>, prev: &CachedMirror, r: &Refused) {
     synced.set(SYNCED, false, Reason::MirrorWriteFailed.as_str(), message);
     conds.extend(synced.build());
     status.conditions = conds;
-    w.limiter.wait().await;
+    let _permit = w.limiter.wait().await;
     match apply_ssa(&w.api, &prev.name, json!({ "status": status }), true).await {
         Ok(res) => {
             w.metrics.count_write("emrrayclusters", "apply-status");

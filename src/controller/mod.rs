@@ -399,7 +399,7 @@ async fn write_status(
         return Ok(());
     }
     let api: Api<EmrWorkspace> = Api::namespaced(ctx.client.clone(), &labels.namespace);
-    ctx.write_limiter.wait().await;
+    let _permit = ctx.write_limiter.wait().await;
     let body = serde_json::json!({ "status": s });
     match apply::apply_ssa(&api, &ws.name_any(), body, true).await {
         Ok(_) => {}

@@ -541,7 +541,10 @@ mod tests {
             inputs: 7,
         };
         assert!(Settled::covers(Some(&settled), Some(&l), 7));
-        assert!(!Settled::covers(Some(&settled), Some(&l), 8), "mirrors changed");
+        assert!(
+            !Settled::covers(Some(&settled), Some(&l), 8),
+            "mirrors changed"
+        );
         let equal_but_new = Arc::new(Listing::new(vec![], 100));
         assert!(!Settled::covers(Some(&settled), Some(&equal_but_new), 7));
         assert!(!Settled::covers(Some(&settled), None, 7));

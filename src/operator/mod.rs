@@ -54,6 +54,8 @@ pub struct OperatorConfig {
     /// Kubernetes write requests per second (and burst), across all workspaces.
     pub kube_writes_per_second: u32,
     pub kube_write_burst: u32,
+    /// Kubernetes write requests in flight at once, across all workspaces.
+    pub kube_writes_in_flight: usize,
     /// Longest per-workspace backoff after the API server refused mirror writes.
     pub write_backoff_cap: Duration,
     /// Endpoints credentials may be sent to, besides the official ones.
@@ -89,6 +91,7 @@ impl OperatorConfig {
             default_sync_interval: Interval::from_secs(60),
             kube_writes_per_second: 500,
             kube_write_burst: 1000,
+            kube_writes_in_flight: 64,
             write_backoff_cap: Duration::from_secs(300),
             allowed_endpoints: Vec::new(),
             max_clusters_per_workspace: 10_000,
@@ -264,7 +267,11 @@ pub async fn run(
             },
         ),
         metrics: metrics.clone(),
-        write_limiter: WriteLimiter::new(cfg.kube_writes_per_second, cfg.kube_write_burst),
+        write_limiter: WriteLimiter::new(
+            cfg.kube_writes_per_second,
+            cfg.kube_write_burst,
+            cfg.kube_writes_in_flight,
+        ),
         cfg: cfg.clone(),
     };
 
