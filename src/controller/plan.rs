@@ -190,11 +190,11 @@ pub fn plan(input: &Input<'_>) -> Plan {
     // first (in ID order) keeps it, the others are reported, never written over it.
     let mut names: HashMap<String, String> = HashMap::new();
     if let Some(listing) = input.listing {
-        for (id, cluster) in &listing.clusters {
+        for (id, cluster) in listing.clusters() {
             out.mirrors += 1;
             let prev = input.existing.get(id).cloned();
             let prev_status = prev.as_ref().and_then(|p| p.status());
-            let mut desired = mirror::remote_status(cluster);
+            let mut desired = mirror::remote_status(&cluster);
             let generation = prev.as_ref().and_then(|p| p.generation).or(Some(1));
             let prev_conds = prev_status
                 .as_ref()
@@ -247,7 +247,7 @@ pub fn plan(input: &Input<'_>) -> Plan {
 fn plan_unlisted(input: &Input<'_>, out: &mut Plan) {
     let unconfirmed = Staleness::removal_unconfirmed();
     for (id, m) in input.existing {
-        if input.listing.is_some_and(|l| l.clusters.contains_key(id)) {
+        if input.listing.is_some_and(|l| l.contains(id)) {
             continue;
         }
         let removal = if !input.listing_is_current {

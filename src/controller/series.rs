@@ -12,22 +12,21 @@ use kube::ResourceExt;
 /// Exports each listed cluster's state, when the listing changed them.
 pub(super) fn update(ws: &EmrWorkspace, ctx: &Context, st: &mut WorkspaceState) {
     let Some(listing) = &st.listing else { return };
-    let changed = listing.clusters.len() != st.exported_states.len()
-        || listing.clusters.iter().any(|(id, c)| {
+    let changed = listing.len() != st.exported_states.len()
+        || listing.states().any(|(id, state)| {
             st.exported_states
                 .get(id)
-                .is_none_or(|(_, old)| old != state_of(c))
+                .is_none_or(|(_, old)| old != state_of(state))
         });
     if !changed {
         return;
     }
     let current: ClusterStateMap = listing
-        .clusters
-        .iter()
-        .map(|(id, c)| {
+        .states()
+        .map(|(id, state)| {
             (
                 id.clone(),
-                (mirror::mirror_name(id), state_of(c).to_string()),
+                (mirror::mirror_name(id), state_of(state).to_string()),
             )
         })
         .collect();
@@ -39,6 +38,6 @@ pub(super) fn update(ws: &EmrWorkspace, ctx: &Context, st: &mut WorkspaceState) 
     );
 }
 
-fn state_of(c: &crate::emr::RayCluster) -> &str {
-    c.state.as_ref().map_or("Unknown", |s| s.as_str())
+fn state_of(state: Option<&crate::emr::ClusterState>) -> &str {
+    state.map_or("Unknown", |s| s.as_str())
 }

@@ -50,9 +50,9 @@ pub fn workspace_status(i: &Input<'_>) -> EmrWorkspaceStatus {
     };
     match &st.listing {
         Some(l) => {
-            s.clusters = Some(l.clusters.len() as i64);
-            for c in l.clusters.values() {
-                let state = c.state.as_ref().map_or("Unknown", |s| s.as_str());
+            s.clusters = Some(l.len() as i64);
+            for (_, state) in l.states() {
+                let state = state.map_or("Unknown", |s| s.as_str());
                 *s.clusters_by_state.entry(state.to_string()).or_default() += 1;
             }
             s.ready_clusters = Some(s.clusters_by_state.get("Running").copied().unwrap_or(0));

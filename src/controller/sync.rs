@@ -338,11 +338,7 @@ async fn names_held_in_other_shards(
     };
     let api: Api<EmrRayCluster> = Api::namespaced(ctx.client.clone(), &owner.namespace);
     let mut held = HashMap::new();
-    for id in listing
-        .clusters
-        .keys()
-        .filter(|id| !existing.contains_key(*id))
-    {
+    for id in listing.ids().filter(|id| !existing.contains_key(*id)) {
         let name = super::mirror::mirror_name(id);
         let by_name = ListParams::default()
             .fields(&format!("metadata.name={name}"))
