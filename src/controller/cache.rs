@@ -3,8 +3,8 @@
 //!
 //! A decoded `EmrRayCluster` costs ≈4.5 KiB of heap (metadata maps, owner references, three
 //! dozen optional strings of status); planning needs its name, version, generation, owner, a
-//! digest of the metadata and spec the operator sets, and the status — which is kept as the
-//! compact JSON the API server sent (≈1 KiB) and decoded only while a sync plans its mirrors.
+//! digest of the metadata and spec the operator sets, and the status — which is kept
+//! [`Packed`] (≈0.7 KiB) and decoded only while a sync plans its mirrors.
 //! The watch still decodes whole objects, one list page or event at a time.
 
 use std::collections::HashMap;
@@ -14,6 +14,8 @@ use std::time::Duration;
 
 use kube::ResourceExt;
 use kube::runtime::watcher;
+
+use super::packed::Packed;
 
 use crate::api::{
     ANNOTATION_CLUSTER_ID, EmrRayCluster, EmrRayClusterSpec, EmrRayClusterStatus, LABEL_CLUSTER_ID,
@@ -64,8 +66,7 @@ pub struct CachedMirror {
     pub controller_uid: Option<String>,
     /// [`shape_digest`] of the object.
     pub shape: u64,
-    /// The status as JSON.
-    status: Option<Box<str>>,
+    status: Option<Packed>,
 }
 
 impl CachedMirror {
@@ -90,19 +91,14 @@ impl CachedMirror {
                     .get(ANNOTATION_CLUSTER_ID)
                     .map(String::as_str),
             ),
-            status: m
-                .status
-                .as_ref()
-                .and_then(|s| serde_json::to_string(s).ok().map(String::into_boxed_str)),
+            status: m.status.as_ref().and_then(Packed::pack),
         }
     }
 
     /// The status, decoded (it was encoded from the same type, so decoding cannot fail short of
     /// a bug; such a status reads as absent and is rewritten).
     pub fn status(&self) -> Option<EmrRayClusterStatus> {
-        self.status
-            .as_deref()
-            .and_then(|s| serde_json::from_str(s).ok())
+        self.status.as_ref().and_then(Packed::unpack)
     }
 
     pub fn has_status(&self) -> bool {

@@ -19,6 +19,7 @@ pub mod apply;
 pub mod cache;
 pub mod credentials;
 pub mod mirror;
+pub mod packed;
 pub mod plan;
 mod series;
 pub mod state;
