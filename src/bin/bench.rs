@@ -140,8 +140,37 @@ async fn apiserver_writes(client: &kube::Client, resource: &str) -> anyhow::Resu
     Ok(total)
 }
 
+/// Write requests to one resource: the API server's count (of every client, cluster-wide) and
+/// the operator's own.
+#[derive(Clone, Copy, Debug, Default)]
+struct Writes {
+    api: f64,
+    own: f64,
+}
+
+impl std::ops::Sub for Writes {
+    type Output = Writes;
+    fn sub(self, rhs: Writes) -> Writes {
+        Writes {
+            api: self.api - rhs.api,
+            own: self.own - rhs.own,
+        }
+    }
+}
+
+/// The write requests to `resource` so far, as [`Writes`].
+async fn writes(client: &kube::Client, op: &Proc, resource: &str) -> anyhow::Result<Writes> {
+    Ok(Writes {
+        api: apiserver_writes(client, resource).await?,
+        own: op.own_writes(resource).await?,
+    })
+}
+
+/// An operator process: /proc figures, and with `metrics`, its own count of writes.
 struct Proc {
     pid: u32,
+    /// Port of its `/metrics`, when the bench picked it.
+    metrics: Option<u16>,
 }
 
 impl Proc {
@@ -149,8 +178,29 @@ impl Proc {
     fn of(child: &tokio::process::Child) -> Self {
         Proc {
             pid: child.id().unwrap_or(0),
+            metrics: None,
         }
     }
+
+    /// The operator's own count of its Kubernetes write requests to `resource`
+    /// (`emr_ray_operator_kube_writes_total`); 0 without a metrics port.
+    async fn own_writes(&self, resource: &str) -> anyhow::Result<f64> {
+        let Some(port) = self.metrics else {
+            return Ok(0.0);
+        };
+        let text = reqwest::get(format!("http://127.0.0.1:{port}/metrics"))
+            .await?
+            .error_for_status()?
+            .text()
+            .await?;
+        let label = format!("resource=\"{resource}\"");
+        Ok(text
+            .lines()
+            .filter(|l| l.starts_with("emr_ray_operator_kube_writes_total{") && l.contains(&label))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum())
+    }
+
     fn cpu_seconds(&self) -> f64 {
         let stat = std::fs::read_to_string(format!("/proc/{}/stat", self.pid)).unwrap_or_default();
         // Fields after the command name (which is in parentheses).
@@ -225,6 +275,12 @@ async fn wait_all_correct(
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+}
+
+/// A port that was free a moment ago (the operator binds it right after).
+fn free_port() -> anyhow::Result<u16> {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").context("picking a free port")?;
+    Ok(l.local_addr()?.port())
 }
 
 /// A fresh namespace `emr-bench-<random>`.

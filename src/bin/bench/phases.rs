@@ -16,14 +16,16 @@ use emr_ray_operator::controller::mirror;
 use emr_ray_operator::emr::{ClientConfig, ClusterState, Credentials, EmrClient, RayCluster};
 use emr_ray_operator::sim::{DEFAULT_ACCESS_KEY_ID, DEFAULT_ACCESS_KEY_SECRET};
 
-use super::{Args, MirrorWatch, Proc, Setup, apiserver_writes, wait_all_correct};
+use super::{
+    Args, MirrorWatch, Proc, Setup, Writes, apiserver_writes, free_port, wait_all_correct, writes,
+};
 
 /// Phase 1: what it took until every mirror was correct.
 pub(super) struct Initial {
     pub(super) time: Duration,
     pub(super) requests: u64,
-    pub(super) writes_m: f64,
-    pub(super) writes_w: f64,
+    pub(super) writes_m: Writes,
+    pub(super) writes_w: Writes,
     pub(super) cpu: f64,
     pub(super) rss: u64,
 }
@@ -39,19 +41,31 @@ pub(super) async fn initial_sync(
     watch: &MirrorWatch,
     expected: &HashMap<String, Option<String>>,
 ) -> anyhow::Result<(Initial, tokio::process::Child, Proc)> {
-    let writes_m0 = apiserver_writes(client, "emrrayclusters").await?;
-    let writes_w0 = apiserver_writes(client, "emrworkspaces").await?;
+    let port = free_port()?;
+    let mut op = Proc {
+        pid: 0,
+        metrics: Some(port),
+    };
+    // Nothing of the operator's own yet: its counters start at 0.
+    let writes_m0 = Writes {
+        api: apiserver_writes(client, "emrrayclusters").await?,
+        own: 0.0,
+    };
+    let writes_w0 = Writes {
+        api: apiserver_writes(client, "emrworkspaces").await?,
+        own: 0.0,
+    };
     setup.sim.state.reset_stats();
-    let child = spawn_operator(args, &setup.ns, "127.0.0.1:0", None)?;
-    let op = Proc::of(&child);
+    let child = spawn_operator(args, &setup.ns, &format!("127.0.0.1:{port}"), None)?;
+    op.pid = Proc::of(&child).pid;
     let time = wait_all_correct(&watch.store, expected, SYNC_LIMIT).await?;
     let requests = setup.sim.state.stats().requests;
     tokio::time::sleep(Duration::from_secs(1)).await;
     let initial = Initial {
         time,
         requests,
-        writes_m: apiserver_writes(client, "emrrayclusters").await? - writes_m0,
-        writes_w: apiserver_writes(client, "emrworkspaces").await? - writes_w0,
+        writes_m: writes(client, &op, "emrrayclusters").await? - writes_m0,
+        writes_w: writes(client, &op, "emrworkspaces").await? - writes_w0,
         cpu: op.cpu_seconds(),
         rss: op.status_kb("VmHWM:"),
     };
@@ -107,8 +121,8 @@ pub(super) fn spawn_operator(
 
 /// Phase 2: `steady_intervals` intervals with no remote change.
 pub(super) struct Steady {
-    pub(super) writes_m: f64,
-    pub(super) writes_w: f64,
+    pub(super) writes_m: Writes,
+    pub(super) writes_w: Writes,
     pub(super) requests: u64,
     pub(super) cpu: f64,
     /// Operator peak and current RSS (KiB) one interval after the initial sync: the main run's
@@ -128,15 +142,15 @@ pub(super) async fn steady_state(
     op: &Proc,
     interval: Duration,
 ) -> anyhow::Result<Steady> {
-    let writes_m1 = apiserver_writes(client, "emrrayclusters").await?;
-    let writes_w1 = apiserver_writes(client, "emrworkspaces").await?;
+    let writes_m1 = writes(client, op, "emrrayclusters").await?;
+    let writes_w1 = writes(client, op, "emrworkspaces").await?;
     let cpu1 = op.cpu_seconds();
     setup.sim.state.reset_stats();
     tokio::time::sleep(interval).await;
     let (point_hwm, point_rss) = (op.status_kb("VmHWM:"), op.status_kb("VmRSS:"));
     tokio::time::sleep(interval * args.steady_intervals.saturating_sub(1)).await;
-    let writes_m = apiserver_writes(client, "emrrayclusters").await? - writes_m1;
-    let writes_w = apiserver_writes(client, "emrworkspaces").await? - writes_w1;
+    let writes_m = writes(client, op, "emrrayclusters").await? - writes_m1;
+    let writes_w = writes(client, op, "emrworkspaces").await? - writes_w1;
     Ok(Steady {
         writes_m,
         writes_w,
@@ -152,7 +166,7 @@ pub(super) async fn steady_state(
 pub(super) struct Churn {
     pub(super) per_interval: usize,
     /// Writes to mirrors, per interval.
-    pub(super) writes: Vec<f64>,
+    pub(super) writes: Vec<Writes>,
     /// Remote change → mirror update, sorted.
     pub(super) latencies: Vec<Duration>,
     /// Changes not mirrored within interval + 5 s.
@@ -194,7 +208,7 @@ pub(super) async fn churn(
         final_cpu: 0.0,
     };
     for _ in 0..args.churn_intervals {
-        let w0 = apiserver_writes(client, "emrrayclusters").await?;
+        let w0 = writes(client, op, "emrrayclusters").await?;
         let mut pick = all_ids.clone();
         pick.shuffle(&mut rand::rng());
         pick.truncate(per_interval);
@@ -217,7 +231,7 @@ pub(super) async fn churn(
         tokio::time::sleep(Duration::from_secs(1)).await;
         churn
             .writes
-            .push(apiserver_writes(client, "emrrayclusters").await? - w0);
+            .push(writes(client, op, "emrrayclusters").await? - w0);
     }
     churn.latencies.sort();
     churn.final_rss = op.status_kb("VmHWM:");

@@ -3,13 +3,13 @@
 
 use std::time::{Duration, Instant};
 
-use anyhow::{Context as _, bail};
+use anyhow::bail;
 
 use super::phases::{SYNC_LIMIT, spawn_operator, stop_operator};
 use super::report::MainRun;
 use super::{
-    Args, Proc, create_namespace, delete_namespace, expected_states, setup, wait_all_correct,
-    watch_mirrors,
+    Args, Proc, create_namespace, delete_namespace, expected_states, free_port, setup,
+    wait_all_correct, watch_mirrors,
 };
 
 /// The operator on an empty namespace, 5 s after it first answered ready.
@@ -58,12 +58,6 @@ pub(super) async fn idle_rss(args: &Args, client: &kube::Client) -> anyhow::Resu
     stop_operator(&mut child).await;
     delete_namespace(client, &ns).await?;
     Ok(idle)
-}
-
-/// A port that was free a moment ago (the operator binds it right after).
-fn free_port() -> anyhow::Result<u16> {
-    let l = std::net::TcpListener::bind("127.0.0.1:0").context("picking a free port")?;
-    Ok(l.local_addr()?.port())
 }
 
 /// One scale point: an initial sync and one more interval.
