@@ -225,7 +225,7 @@ fn report_initial(args: &Args, total: usize, pages_per_ws: usize, initial: &Init
     row(
         "initial sync: API writes to emrrayclusters (create + status)",
         format!(
-            "{} ({:.2}/mirror)",
+            "{}; {:.2}/mirror",
             both(*writes_m),
             writes_m.api / total as f64
         ),
