@@ -145,8 +145,8 @@ fn report_others(main: &MainRun) {
             "* the API server counted {extra} writes to emrrayclusters/emrworkspaces more than \
              the operator sent (its counters are cluster-wide): another client wrote to the \
              control plane during the main run. The write goals are judged on the smaller \
-             count, the operator's own (so are the ratios to the naive loop, whose writes are the API \
-             server's count)."
+             count, the operator's own, and so are the ratios to the naive loop (whose writes \
+             are the API server's count)."
         );
     }
 }
