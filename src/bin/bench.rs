@@ -277,7 +277,7 @@ async fn main() -> anyhow::Result<()> {
 /// baseline; its namespace is gone when this returns.
 async fn main_run(args: &Args, client: &kube::Client) -> anyhow::Result<MainRun> {
     let interval = Duration::from_secs(args.interval);
-    let setup = setup(args, client, args.workspaces, 0).await?;
+    let setup = setup(args, client, "main run", args.workspaces, 0).await?;
     let mut watch = watch_mirrors(client, &setup.ns).await?;
     let mut expected = expected_states(&setup);
 
@@ -323,11 +323,12 @@ struct Setup {
     workspaces: Api<EmrWorkspace>,
 }
 
-/// `n_workspaces` × `--clusters` in a fresh namespace; with `shards` > 1, workspace i carries the
-/// shard key [`shard_key`]`(i % shards)`.
+/// `n_workspaces` × `--clusters` in a fresh namespace for `phase` (named in the progress
+/// line); with `shards` > 1, workspace i carries the shard key [`shard_key`]`(i % shards)`.
 async fn setup(
     args: &Args,
     client: &kube::Client,
+    phase: &str,
     n_workspaces: usize,
     shards: usize,
 ) -> anyhow::Result<Setup> {
@@ -347,7 +348,7 @@ async fn setup(
     let total = n_workspaces * args.clusters;
     let endpoint = sim.base_url().as_str().trim_end_matches('/').to_string();
     println!(
-        "bench: {n_workspaces} workspaces x {} clusters = {total} clusters, syncInterval {}s, \
+        "bench: {phase}: {n_workspaces} workspaces x {} clusters = {total} clusters, syncInterval {}s, \
          namespace {ns}{}",
         args.clusters,
         args.interval,

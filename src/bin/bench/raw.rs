@@ -29,7 +29,7 @@ pub(super) struct Raw {
 /// `--concurrency` workspaces at a time, [`WRITE_CONCURRENCY`] clusters each. Nothing else is
 /// done in the timed part: no listing, no reads. The namespace is gone when this returns.
 pub(super) async fn raw_writer(args: &Args, client: &kube::Client) -> anyhow::Result<Raw> {
-    let setup = setup(args, client, args.workspaces, 0).await?;
+    let setup = setup(args, client, "raw writer", args.workspaces, 0).await?;
     let ws_list = setup.workspaces.list(&Default::default()).await?.items;
     let work: Vec<_> = ws_list
         .into_iter()

@@ -25,7 +25,7 @@ pub(super) struct Idle {
 /// more, and reads its RSS.
 pub(super) async fn idle_rss(args: &Args, client: &kube::Client) -> anyhow::Result<Idle> {
     let ns = create_namespace(client).await?;
-    println!("bench: idle operator on empty namespace {ns}");
+    println!("bench: idle RSS: the operator on empty namespace {ns}");
     let port = free_port()?;
     let mut child = spawn_operator(args, &ns, &format!("127.0.0.1:{port}"), None)?;
     let op = Proc::of(&child);
@@ -82,7 +82,7 @@ pub(super) async fn scale_point(
 ) -> anyhow::Result<Point> {
     let clusters = args.clusters.max(1);
     let workspaces = ((mirrors + clusters / 2) / clusters).max(1);
-    let setup = setup(args, client, workspaces, 0).await?;
+    let setup = setup(args, client, "scale point", workspaces, 0).await?;
     let watch = watch_mirrors(client, &setup.ns).await?;
     let expected = expected_states(&setup);
     let mut child = spawn_operator(args, &setup.ns, "127.0.0.1:0", None)?;

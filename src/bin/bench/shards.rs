@@ -34,7 +34,7 @@ pub(super) async fn sharded_sync(
     client: &kube::Client,
     shards: usize,
 ) -> anyhow::Result<Sharded> {
-    let setup = setup(args, client, args.workspaces, shards).await?;
+    let setup = setup(args, client, "shards", args.workspaces, shards).await?;
     let watch = watch_mirrors(client, &setup.ns).await?;
     let expected = expected_states(&setup);
     setup.sim.state.reset_stats();
