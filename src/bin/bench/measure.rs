@@ -73,16 +73,21 @@ impl Proc {
     }
 
     /// The operator's own count of its Kubernetes write requests to `resource`
-    /// (`emr_ray_operator_kube_writes_total`); 0 without a metrics port.
+    /// (`emr_ray_operator_kube_writes_total`). An error without a metrics port, or when the
+    /// metric is not exposed at all (renamed?): the write goals are judged on the smaller of
+    /// this and the API server's count, so a silent 0 would pass them.
     pub(super) async fn own_writes(&self, resource: &str) -> anyhow::Result<f64> {
-        let Some(port) = self.metrics else {
-            return Ok(0.0);
-        };
+        let port = self
+            .metrics
+            .context("the operator's own writes need its /metrics port")?;
         let text = reqwest::get(format!("http://127.0.0.1:{port}/metrics"))
             .await?
             .error_for_status()?
             .text()
             .await?;
+        if !text.contains("# TYPE emr_ray_operator_kube_writes counter") {
+            anyhow::bail!("the operator's /metrics has no emr_ray_operator_kube_writes counter");
+        }
         let label = format!("resource=\"{resource}\"");
         Ok(text
             .lines()
