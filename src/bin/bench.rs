@@ -11,14 +11,32 @@
 //! 4. a naive baseline that re-applies every mirror each interval (what a `kubectl apply` loop
 //!    does), in the same run, and the ratios.
 //!
+//! Around that main run, each in a namespace of its own (deleted, and gone, before the next):
+//! * idle RSS: the operator on an empty namespace, ready and 5 s later (`--idle-rss`);
+//! * scale points: the initial sync at smaller sizes (`--scales`), for the least-squares slope
+//!   of peak RSS per mirror and its projection to 100,000 mirrors;
+//! * raw writer: the same mirrors and statuses server-side-applied with the operator's write
+//!   parallelism and nothing else, the floor of the initial sync (`--raw-writer`);
+//! * shards: the same initial sync split over `--shards` operator processes.
+//!
+//! Every figure with a goal is printed beside it, and whether it was met.
+//!
 //! Needs KUBECONFIG pointing at a control plane (`tests/control-plane/kcp.sh up`).
 
 // A binary's root file looks for its modules beside it, in src/bin/, where Cargo would take
 // them for binaries of their own; they live in src/bin/bench/ instead.
+#[path = "bench/measure.rs"]
+mod measure;
 #[path = "bench/phases.rs"]
 mod phases;
+#[path = "bench/raw.rs"]
+mod raw;
 #[path = "bench/report.rs"]
 mod report;
+#[path = "bench/scale.rs"]
+mod scale;
+#[path = "bench/shards.rs"]
+mod shards;
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -35,8 +53,9 @@ use serde_json::json;
 
 use emr_ray_operator::api::{self as crd, EmrRayCluster, EmrWorkspace};
 use emr_ray_operator::emr::RayCluster;
+use measure::{Proc, Writes, apiserver_writes, free_port, writes};
 use phases::{churn, initial_sync, naive_baseline, steady_state, stop_operator};
-use report::report;
+use report::{MainRun, Results, report};
 
 use emr_ray_operator::sim::{
     DEFAULT_ACCESS_KEY_ID, DEFAULT_ACCESS_KEY_SECRET, SimConfig, SimHandle, Simulator,
@@ -69,52 +88,35 @@ struct Args {
     concurrency: u16,
     #[arg(long, default_value_t = 100.0)]
     requests_per_second: f64,
+    /// Scale points measured before the main run, in mirrors (comma-separated; each rounded to
+    /// whole workspaces of `--clusters`); empty skips them.
+    #[arg(long, default_value = "1000,5000")]
+    scales: String,
+    /// Operator processes of the sharded initial sync (0 or 1 skips it; at most 26).
+    #[arg(long, default_value_t = 2)]
+    shards: usize,
+    /// Measure the raw writer (the initial sync's writes alone, without the operator).
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
+    raw_writer: bool,
+    /// Measure the operator's RSS on an empty namespace.
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
+    idle_rss: bool,
 }
 
-/// Write requests per resource, from the API server's `apiserver_request_total`.
-async fn apiserver_writes(client: &kube::Client, resource: &str) -> anyhow::Result<f64> {
-    let req = http::Request::get("/metrics").body(Vec::new())?;
-    let text = client.request_text(req).await?;
-    let mut total = 0.0;
-    for line in text.lines() {
-        let Some(rest) = line.strip_prefix("apiserver_request_total{") else {
-            continue;
-        };
-        let Some(close) = rest.rfind('}') else {
-            continue;
-        };
-        let labels = &rest[..close];
-        let write = ["POST", "PUT", "PATCH", "APPLY", "DELETE"]
-            .iter()
-            .any(|v| labels.contains(&format!("verb=\"{v}\"")));
-        if write && labels.contains(&format!("resource=\"{resource}\"")) {
-            total += rest[close + 1..].trim().parse::<f64>().unwrap_or(0.0);
-        }
-    }
-    Ok(total)
-}
-
-struct Proc {
-    pid: u32,
-}
-
-impl Proc {
-    fn cpu_seconds(&self) -> f64 {
-        let stat = std::fs::read_to_string(format!("/proc/{}/stat", self.pid)).unwrap_or_default();
-        // Fields after the command name (which is in parentheses).
-        let after = stat.rsplit(')').next().unwrap_or("");
-        let f: Vec<&str> = after.split_whitespace().collect();
-        let ticks = |i: usize| f.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
-        // utime and stime are fields 14 and 15 of /proc/pid/stat: 12 and 13 after the name.
-        (ticks(11) + ticks(12)) / 100.0
-    }
-    fn status_kb(&self, key: &str) -> u64 {
-        let s = std::fs::read_to_string(format!("/proc/{}/status", self.pid)).unwrap_or_default();
-        s.lines()
-            .find(|l| l.starts_with(key))
-            .and_then(|l| l.split_whitespace().nth(1))
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(0)
+impl Args {
+    /// The `--scales` points, in mirrors.
+    fn scale_points(&self) -> anyhow::Result<Vec<usize>> {
+        self.scales
+            .split(',')
+            .map(str::trim)
+            .filter(|s| !s.is_empty())
+            .map(|s| {
+                s.parse::<usize>()
+                    .ok()
+                    .filter(|n| *n > 0)
+                    .with_context(|| format!("--scales: {s:?} is not a positive number"))
+            })
+            .collect()
     }
 }
 
@@ -141,33 +143,151 @@ fn correct_mirrors(
     (ok, all.len())
 }
 
+/// The state the simulator has for each cluster of the setup's workspaces.
+fn expected_states(setup: &Setup) -> HashMap<String, Option<String>> {
+    let mut expected = HashMap::new();
+    for id in &setup.ws_ids {
+        for c in setup.sim.state.clusters(id) {
+            expected.insert(c.cluster_id.clone(), expected_state(&c));
+        }
+    }
+    expected
+}
+
+/// Waits until every expected mirror is correct and there are no others; the time it took.
+async fn wait_all_correct(
+    store: &Store<EmrRayCluster>,
+    expected: &HashMap<String, Option<String>>,
+    limit: Duration,
+) -> anyhow::Result<Duration> {
+    let total = expected.len();
+    let start = Instant::now();
+    loop {
+        let (ok, n) = correct_mirrors(store, expected);
+        if ok == total && n == total {
+            return Ok(start.elapsed());
+        }
+        if start.elapsed() > limit {
+            bail!(
+                "initial sync incomplete after {}s: {ok}/{total} correct, {n} mirrors",
+                limit.as_secs()
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// A fresh namespace `emr-bench-<random>`.
+async fn create_namespace(client: &kube::Client) -> anyhow::Result<String> {
+    let ns = format!(
+        "emr-bench-{}",
+        &uuid::Uuid::new_v4().simple().to_string()[..6]
+    );
+    Api::<Namespace>::all(client.clone())
+        .patch(
+            &ns,
+            &PatchParams::apply("bench").force(),
+            &Patch::Apply(json!({"apiVersion":"v1","kind":"Namespace","metadata":{"name":ns}})),
+        )
+        .await?;
+    Ok(ns)
+}
+
+/// Deletes `ns` and waits (up to 600 s) until it is gone, so that its deletion does not
+/// overlap the next measurement.
+async fn delete_namespace(client: &kube::Client, ns: &str) -> anyhow::Result<()> {
+    let api = Api::<Namespace>::all(client.clone());
+    api.delete(ns, &DeleteParams::background()).await?;
+    let start = Instant::now();
+    while api.get_opt(ns).await?.is_some() {
+        if start.elapsed() > Duration::from_secs(600) {
+            bail!("namespace {ns} still there 600s after its deletion");
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    Ok(())
+}
+
+/// Says that a phase group is done, and how long the bench has run.
+fn progress(what: &str, start: Instant) {
+    println!(
+        "bench: {what} done, {:.0}s since the start",
+        start.elapsed().as_secs_f64()
+    );
+}
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     if args.interval < 10 {
         bail!("--interval must be at least 10 (the CRD's minimum)");
     }
-    let interval = Duration::from_secs(args.interval);
+    if args.steady_intervals == 0 {
+        bail!("--steady-intervals must be at least 1 (the main run's scale point is its first)");
+    }
+    if args.shards > 26 {
+        bail!("--shards: at most 26 (shard keys a to z)");
+    }
+    let scales = args.scale_points()?;
     let client = kube::Client::try_default()
         .await
         .context("KUBECONFIG must point at a control plane (tests/control-plane/kcp.sh up)")?;
     crd::install_crds(&client).await?;
-    let setup = setup(&args, &client).await?;
-    let mut watch = watch_mirrors(&client, &setup.ns).await?;
-    let mut expected: HashMap<String, Option<String>> = HashMap::new();
-    for id in &setup.ws_ids {
-        for c in setup.sim.state.clusters(id) {
-            expected.insert(c.cluster_id.clone(), expected_state(&c));
-        }
-    }
 
-    let (initial, mut child, op) = initial_sync(&args, &client, &setup, &watch, &expected).await?;
+    let start = Instant::now();
+    let idle = match args.idle_rss {
+        true => Some(scale::idle_rss(&args, &client).await?),
+        false => None,
+    };
+    progress("idle RSS", start);
+    let mut points = Vec::new();
+    for n in scales {
+        points.push(scale::scale_point(&args, &client, n).await?);
+    }
+    progress("scale points", start);
+    let main_run = main_run(&args, &client).await?;
+    points.push(scale::Point::of_main(&args, &main_run));
+    progress("main run", start);
+    let raw = match args.raw_writer {
+        true => Some(raw::raw_writer(&args, &client).await?),
+        false => None,
+    };
+    progress("raw writer", start);
+    let shards = match args.shards {
+        0 | 1 => None,
+        n => Some(shards::sharded_sync(&args, &client, n).await?),
+    };
+    progress("shards", start);
+    let missed = main_run.churn.missed;
+    report(&Results {
+        args: &args,
+        idle,
+        points,
+        main: main_run,
+        raw,
+        shards,
+    });
+    if missed > 0 {
+        bail!("{missed} churn changes were not mirrored in time");
+    }
+    Ok(())
+}
+
+/// The W × C run: initial sync, steady state, churn, then (operator stopped) the naive
+/// baseline; its namespace is gone when this returns.
+async fn main_run(args: &Args, client: &kube::Client) -> anyhow::Result<MainRun> {
+    let interval = Duration::from_secs(args.interval);
+    let setup = setup(args, client, "main run", args.workspaces, 0).await?;
+    let mut watch = watch_mirrors(client, &setup.ns).await?;
+    let mut expected = expected_states(&setup);
+
+    let (initial, mut child, op) = initial_sync(args, client, &setup, &watch, &expected).await?;
     watch.drain();
-    let steady = steady_state(&args, &client, &setup, &op, interval).await?;
-    watch.drain();
+    let mut steady = steady_state(args, client, &setup, &op, interval).await?;
+    steady.changes_seen = watch.drain();
     let churn = churn(
-        &args,
-        &client,
+        args,
+        client,
         &setup,
         &op,
         &mut watch,
@@ -176,19 +296,20 @@ async fn main() -> anyhow::Result<()> {
     )
     .await?;
     stop_operator(&mut child).await;
-    let naive = naive_baseline(&args, &client, &setup, &watch.api, interval).await?;
-
-    report(&args, setup.total, &initial, &steady, &churn, &naive);
-
+    let naive = match args.naive_intervals {
+        0 => None,
+        _ => Some(naive_baseline(args, client, &setup, &watch.api, interval).await?),
+    };
     watch.task.abort();
-    Api::<Namespace>::all(client.clone())
-        .delete(&setup.ns, &DeleteParams::background())
-        .await?;
+    delete_namespace(client, &setup.ns).await?;
     setup.sim.shutdown().await;
-    if churn.missed > 0 {
-        bail!("{} churn changes were not mirrored in time", churn.missed);
-    }
-    Ok(())
+    Ok(MainRun {
+        total: setup.total,
+        initial,
+        steady,
+        churn,
+        naive,
+    })
 }
 
 /// The namespace, the simulator with W × C clusters, the credentials Secret and the W
@@ -202,35 +323,39 @@ struct Setup {
     workspaces: Api<EmrWorkspace>,
 }
 
-async fn setup(args: &Args, client: &kube::Client) -> anyhow::Result<Setup> {
-    let ns = format!(
-        "emr-bench-{}",
-        &uuid::Uuid::new_v4().simple().to_string()[..6]
-    );
+/// `n_workspaces` × `--clusters` in a fresh namespace for `phase` (named in the progress
+/// line); with `shards` > 1, workspace i carries the shard key [`shard_key`]`(i % shards)`.
+async fn setup(
+    args: &Args,
+    client: &kube::Client,
+    phase: &str,
+    n_workspaces: usize,
+    shards: usize,
+) -> anyhow::Result<Setup> {
+    let ns = create_namespace(client).await?;
     let pp = PatchParams::apply("bench").force();
-    Api::<Namespace>::all(client.clone())
-        .patch(
-            &ns,
-            &pp,
-            &Patch::Apply(json!({"apiVersion":"v1","kind":"Namespace","metadata":{"name":ns}})),
-        )
-        .await?;
 
     // Simulator with W × C clusters.
     let mut cfg = SimConfig::with_default_fixture();
     cfg.workspaces.clear();
     let sim = Simulator::start(cfg).await?;
-    let ws_ids: Vec<String> = (0..args.workspaces)
+    let ws_ids: Vec<String> = (0..n_workspaces)
         .map(|i| format!("w-bench{i:04}"))
         .collect();
     for id in &ws_ids {
         sim.state.generate(id, args.clusters, &format!("ray-{id}"));
     }
-    let total = args.workspaces * args.clusters;
+    let total = n_workspaces * args.clusters;
     let endpoint = sim.base_url().as_str().trim_end_matches('/').to_string();
     println!(
-        "bench: {} workspaces x {} clusters = {total} clusters, syncInterval {}s, namespace {ns}",
-        args.workspaces, args.clusters, args.interval
+        "bench: {phase}: {n_workspaces} workspaces x {} clusters = {total} clusters, syncInterval {}s, \
+         namespace {ns}{}",
+        args.clusters,
+        args.interval,
+        match shards {
+            0 | 1 => String::new(),
+            n => format!(", {n} shards"),
+        }
     );
 
     Api::<Secret>::namespaced(client.clone(), &ns)
@@ -240,10 +365,14 @@ async fn setup(args: &Args, client: &kube::Client) -> anyhow::Result<Setup> {
         .await?;
     let workspaces: Api<EmrWorkspace> = Api::namespaced(client.clone(), &ns);
     for (i, id) in ws_ids.iter().enumerate() {
+        let labels = match shards {
+            0 | 1 => json!({}),
+            n => json!({ (crd::LABEL_SHARD): shard_key(i % n) }),
+        };
         workspaces
             .patch(&format!("ws-{i:04}"), &pp, &Patch::Apply(json!({
                 "apiVersion":"emr.aliyun.io/v1alpha1","kind":"EmrWorkspace",
-                "metadata":{"name": format!("ws-{i:04}")},
+                "metadata":{"name": format!("ws-{i:04}"), "labels": labels},
                 "spec":{"regionId":"cn-hangzhou","workspaceId": id,"endpoint": endpoint,
                         "credentials":{"secretRef":{"name":"emr"}},"syncInterval": format!("{}s", args.interval)}})))
             .await?;
@@ -257,6 +386,11 @@ async fn setup(args: &Args, client: &kube::Client) -> anyhow::Result<Setup> {
     })
 }
 
+/// The shard key of shard `i`: `a`, `b`, … (`i` < 26).
+fn shard_key(i: usize) -> String {
+    char::from(b'a' + (i % 26) as u8).to_string()
+}
+
 /// A reflector over the mirrors, and every applied mirror as (cluster ID, state, seen at).
 struct MirrorWatch {
     api: Api<EmrRayCluster>,
@@ -266,9 +400,13 @@ struct MirrorWatch {
 }
 
 impl MirrorWatch {
-    /// Forgets the mirror updates seen so far.
-    fn drain(&mut self) {
-        while self.rx.try_recv().is_ok() {}
+    /// Forgets the mirror updates seen so far; how many there were.
+    fn drain(&mut self) -> usize {
+        let mut n = 0;
+        while self.rx.try_recv().is_ok() {
+            n += 1;
+        }
+        n
     }
 }
 

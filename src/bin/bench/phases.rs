@@ -1,34 +1,39 @@
-//! The four measured phases: initial sync, steady state, churn and the naive baseline, each
-//! a function returning its figures.
+//! The four measured phases of the main run: initial sync, steady state, churn and the naive
+//! baseline, each a function returning its figures; and starting and stopping the operator.
 
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
-use anyhow::{Context as _, bail};
+use anyhow::Context as _;
 use futures::StreamExt;
 use kube::api::{Api, Patch, PatchParams};
 use kube::{Resource, ResourceExt};
 use rand::seq::SliceRandom;
 use serde_json::json;
 
-use emr_ray_operator::api::{EmrRayCluster, EmrWorkspace};
+use emr_ray_operator::api::{EmrRayCluster, EmrWorkspace, LABEL_SHARD};
 use emr_ray_operator::controller::mirror;
 use emr_ray_operator::emr::{ClientConfig, ClusterState, Credentials, EmrClient, RayCluster};
 use emr_ray_operator::sim::{DEFAULT_ACCESS_KEY_ID, DEFAULT_ACCESS_KEY_SECRET};
 
-use super::{Args, MirrorWatch, Proc, Setup, apiserver_writes, correct_mirrors};
+use super::{
+    Args, MirrorWatch, Proc, Setup, Writes, apiserver_writes, free_port, wait_all_correct, writes,
+};
 
 /// Phase 1: what it took until every mirror was correct.
 pub(super) struct Initial {
     pub(super) time: Duration,
     pub(super) requests: u64,
-    pub(super) writes_m: f64,
-    pub(super) writes_w: f64,
+    pub(super) writes_m: Writes,
+    pub(super) writes_w: Writes,
     pub(super) cpu: f64,
     pub(super) rss: u64,
 }
 
-/// Starts the operator and waits (up to 900 s) until every mirror is correct.
+/// Longest wait for an initial sync.
+pub(super) const SYNC_LIMIT: Duration = Duration::from_secs(900);
+
+/// Starts the operator and waits (up to [`SYNC_LIMIT`]) until every mirror is correct.
 pub(super) async fn initial_sync(
     args: &Args,
     client: &kube::Client,
@@ -36,41 +41,46 @@ pub(super) async fn initial_sync(
     watch: &MirrorWatch,
     expected: &HashMap<String, Option<String>>,
 ) -> anyhow::Result<(Initial, tokio::process::Child, Proc)> {
-    let total = setup.total;
-    let writes_m0 = apiserver_writes(client, "emrrayclusters").await?;
-    let writes_w0 = apiserver_writes(client, "emrworkspaces").await?;
-    setup.sim.state.reset_stats();
-    let start = Instant::now();
-    let child = spawn_operator(args, &setup.ns)?;
-    let op = Proc {
-        pid: child.id().unwrap_or(0),
+    let port = free_port()?;
+    let mut op = Proc {
+        pid: 0,
+        metrics: Some(port),
     };
-    loop {
-        let (ok, n) = correct_mirrors(&watch.store, expected);
-        if ok == total && n == total {
-            break;
-        }
-        if start.elapsed() > Duration::from_secs(900) {
-            bail!("initial sync incomplete after 900s: {ok}/{total} correct, {n} mirrors");
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    let time = start.elapsed();
+    // Nothing of the operator's own yet: its counters start at 0.
+    let writes_m0 = Writes {
+        api: apiserver_writes(client, "emrrayclusters").await?,
+        own: 0.0,
+    };
+    let writes_w0 = Writes {
+        api: apiserver_writes(client, "emrworkspaces").await?,
+        own: 0.0,
+    };
+    setup.sim.state.reset_stats();
+    let child = spawn_operator(args, &setup.ns, &format!("127.0.0.1:{port}"), None)?;
+    op.pid = Proc::of(&child).pid;
+    let time = wait_all_correct(&watch.store, expected, SYNC_LIMIT).await?;
     let requests = setup.sim.state.stats().requests;
     tokio::time::sleep(Duration::from_secs(1)).await;
     let initial = Initial {
         time,
         requests,
-        writes_m: apiserver_writes(client, "emrrayclusters").await? - writes_m0,
-        writes_w: apiserver_writes(client, "emrworkspaces").await? - writes_w0,
+        writes_m: writes(client, &op, "emrrayclusters").await? - writes_m0,
+        writes_w: writes(client, &op, "emrworkspaces").await? - writes_w0,
         cpu: op.cpu_seconds(),
         rss: op.status_kb("VmHWM:"),
     };
     Ok((initial, child, op))
 }
 
-/// The release operator as a child process, watching `ns` only.
-fn spawn_operator(args: &Args, ns: &str) -> anyhow::Result<tokio::process::Child> {
+/// The release operator as a child process, watching `ns` only, serving its HTTP endpoints on
+/// `metrics_addr`, and with `shard`, only the workspaces whose shard key is `shard`.
+pub(super) fn spawn_operator(
+    args: &Args,
+    ns: &str,
+    metrics_addr: &str,
+    shard: Option<&str>,
+) -> anyhow::Result<tokio::process::Child> {
+    let selector = shard.map(|k| format!("{LABEL_SHARD}={k}"));
     tokio::process::Command::new(&args.operator_bin)
         .args([
             "run",
@@ -82,7 +92,7 @@ fn spawn_operator(args: &Args, ns: &str) -> anyhow::Result<tokio::process::Child
             "--namespace-share",
             "1",
             "--metrics-addr",
-            "127.0.0.1:0",
+            metrics_addr,
             "--concurrency",
             &args.concurrency.to_string(),
             "--requests-per-second",
@@ -90,6 +100,11 @@ fn spawn_operator(args: &Args, ns: &str) -> anyhow::Result<tokio::process::Child
             "--burst",
             &args.requests_per_second.to_string(),
         ])
+        .args(
+            selector
+                .iter()
+                .flat_map(|s| ["--shard-selector", s.as_str()]),
+        )
         .env(
             "RUST_LOG",
             std::env::var("BENCH_OPERATOR_LOG").unwrap_or_else(|_| "warn".into()),
@@ -106,10 +121,18 @@ fn spawn_operator(args: &Args, ns: &str) -> anyhow::Result<tokio::process::Child
 
 /// Phase 2: `steady_intervals` intervals with no remote change.
 pub(super) struct Steady {
-    pub(super) writes_m: f64,
-    pub(super) writes_w: f64,
+    pub(super) writes_m: Writes,
+    pub(super) writes_w: Writes,
     pub(super) requests: u64,
     pub(super) cpu: f64,
+    /// Operator peak and current RSS (KiB) one interval after the initial sync: the main run's
+    /// scale point.
+    pub(super) point_hwm: u64,
+    pub(super) point_rss: u64,
+    /// Mirror changes the watch saw in this namespace (filled in by the caller): the API
+    /// server's write counters are cluster-wide, so writes elsewhere would inflate `writes_m`;
+    /// a write that changes nothing is counted there and not here.
+    pub(super) changes_seen: usize,
 }
 
 pub(super) async fn steady_state(
@@ -119,18 +142,23 @@ pub(super) async fn steady_state(
     op: &Proc,
     interval: Duration,
 ) -> anyhow::Result<Steady> {
-    let writes_m1 = apiserver_writes(client, "emrrayclusters").await?;
-    let writes_w1 = apiserver_writes(client, "emrworkspaces").await?;
+    let writes_m1 = writes(client, op, "emrrayclusters").await?;
+    let writes_w1 = writes(client, op, "emrworkspaces").await?;
     let cpu1 = op.cpu_seconds();
     setup.sim.state.reset_stats();
-    tokio::time::sleep(interval * args.steady_intervals).await;
-    let writes_m = apiserver_writes(client, "emrrayclusters").await? - writes_m1;
-    let writes_w = apiserver_writes(client, "emrworkspaces").await? - writes_w1;
+    tokio::time::sleep(interval).await;
+    let (point_hwm, point_rss) = (op.status_kb("VmHWM:"), op.status_kb("VmRSS:"));
+    tokio::time::sleep(interval * args.steady_intervals.saturating_sub(1)).await;
+    let writes_m = writes(client, op, "emrrayclusters").await? - writes_m1;
+    let writes_w = writes(client, op, "emrworkspaces").await? - writes_w1;
     Ok(Steady {
         writes_m,
         writes_w,
         requests: setup.sim.state.stats().requests,
         cpu: op.cpu_seconds() - cpu1,
+        point_hwm,
+        point_rss,
+        changes_seen: 0,
     })
 }
 
@@ -138,7 +166,7 @@ pub(super) async fn steady_state(
 pub(super) struct Churn {
     pub(super) per_interval: usize,
     /// Writes to mirrors, per interval.
-    pub(super) writes: Vec<f64>,
+    pub(super) writes: Vec<Writes>,
     /// Remote change → mirror update, sorted.
     pub(super) latencies: Vec<Duration>,
     /// Changes not mirrored within interval + 5 s.
@@ -180,7 +208,7 @@ pub(super) async fn churn(
         final_cpu: 0.0,
     };
     for _ in 0..args.churn_intervals {
-        let w0 = apiserver_writes(client, "emrrayclusters").await?;
+        let w0 = writes(client, op, "emrrayclusters").await?;
         let mut pick = all_ids.clone();
         pick.shuffle(&mut rand::rng());
         pick.truncate(per_interval);
@@ -203,7 +231,7 @@ pub(super) async fn churn(
         tokio::time::sleep(Duration::from_secs(1)).await;
         churn
             .writes
-            .push(apiserver_writes(client, "emrrayclusters").await? - w0);
+            .push(writes(client, op, "emrrayclusters").await? - w0);
     }
     churn.latencies.sort();
     churn.final_rss = op.status_kb("VmHWM:");
@@ -246,6 +274,9 @@ pub(super) async fn stop_operator(child: &mut tokio::process::Child) {
     let _ = tokio::time::timeout(Duration::from_secs(20), child.wait()).await;
 }
 
+/// Field manager of the naive baseline.
+const NAIVE: &str = "naive-kubectl-apply";
+
 /// Phase 4: a naive loop that lists every workspace and re-applies every mirror and its status.
 pub(super) struct Naive {
     /// Writes to mirrors, per interval.
@@ -280,7 +311,8 @@ pub(super) async fn naive_baseline(
             let listing = emr
                 .list_ray_clusters(&url, &ws.spec.workspace_id, &creds)
                 .await?;
-            naive_apply(mirrors_api, ws, listing.clusters, args.concurrency as usize).await;
+            let concurrency = args.concurrency as usize;
+            apply_mirrors(mirrors_api, ws, listing.clusters, concurrency, NAIVE).await;
         }
         naive_times.push(t0.elapsed());
         naive_writes.push(apiserver_writes(client, "emrrayclusters").await? - w0);
@@ -294,43 +326,39 @@ pub(super) async fn naive_baseline(
     })
 }
 
-/// Re-applies the mirror and the status of every cluster of `ws`, `concurrency` at a time.
-async fn naive_apply(
+/// Server-side-applies the mirror and then the status of every cluster of `ws` (with `ws` as
+/// controlling owner), `concurrency` clusters at a time, as field manager `manager`; the
+/// number of refused writes.
+pub(super) async fn apply_mirrors(
     mirrors_api: &Api<EmrRayCluster>,
     ws: &EmrWorkspace,
     clusters: Vec<RayCluster>,
     concurrency: usize,
-) {
+    manager: &str,
+) -> usize {
     let owner = json!({"apiVersion": EmrWorkspace::api_version(&()), "kind": "EmrWorkspace",
         "name": ws.name_any(), "uid": ws.uid(), "controller": true, "blockOwnerDeletion": true});
-    let api = mirrors_api.clone();
+    let pp = PatchParams::apply(manager).force();
+    let now = emr_ray_operator::time::now_rfc3339();
     futures::stream::iter(clusters)
         .map(|c| {
-            let api = api.clone();
-            let owner = owner.clone();
-            let ws = ws.clone();
+            let (api, owner, pp, now) = (mirrors_api, &owner, &pp, &now);
             async move {
                 let name = mirror::mirror_name(&c.cluster_id);
-                let pp = PatchParams::apply("naive-kubectl-apply").force();
                 let obj = json!({"apiVersion":"emr.aliyun.io/v1alpha1","kind":"EmrRayCluster",
                     "metadata":{"name": name, "ownerReferences":[owner]},
                     "spec":{"workspaceRef": ws.name_any(),"workspaceId": ws.spec.workspace_id,
                             "regionId": ws.spec.region_id,"clusterId": c.cluster_id}});
-                let _ = api.patch(&name, &pp, &Patch::Apply(&obj)).await;
+                let spec = api.patch(&name, pp, &Patch::Apply(&obj)).await;
                 let mut st = mirror::remote_status(&c);
-                st.conditions = mirror::mirror_conditions(
-                    &st,
-                    &[],
-                    Some(1),
-                    None,
-                    &emr_ray_operator::time::now_rfc3339(),
-                );
+                st.conditions = mirror::mirror_conditions(&st, &[], Some(1), None, now);
                 let obj = json!({"apiVersion":"emr.aliyun.io/v1alpha1","kind":"EmrRayCluster",
                     "metadata":{"name": name},"status": st});
-                let _ = api.patch_status(&name, &pp, &Patch::Apply(&obj)).await;
+                let status = api.patch_status(&name, pp, &Patch::Apply(&obj)).await;
+                usize::from(spec.is_err()) + usize::from(status.is_err())
             }
         })
         .buffer_unordered(concurrency)
-        .collect::<Vec<_>>()
-        .await;
+        .fold(0, |sum, failed| futures::future::ready(sum + failed))
+        .await
 }
