@@ -1,7 +1,7 @@
 //! Prometheus metrics served on `/metrics`.
 
 use std::collections::BTreeMap;
-use std::sync::atomic::AtomicU64;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, RwLock};
 
 use prometheus_client::collector::Collector;
@@ -144,6 +144,8 @@ pub struct Metrics {
     pub reconcile_errors: Family<ErrorLabels, Counter>,
     pub reconciles: Counter,
     pub is_leader: Gauge,
+    /// Length of the last exposition text.
+    last_encoded_len: AtomicUsize,
 }
 
 fn duration_histogram() -> Histogram {
@@ -171,6 +173,7 @@ impl Default for Metrics {
             reconcile_errors: Family::default(),
             reconciles: Counter::default(),
             is_leader: Gauge::default(),
+            last_encoded_len: AtomicUsize::new(0),
             registry: Registry::default(),
         };
         m.register_into(&mut registry);
@@ -253,9 +256,13 @@ impl Metrics {
     }
 
     pub fn encode(&self) -> String {
-        let mut out = String::new();
+        // Sized from the last scrape: with a series per cluster the text runs to megabytes, and
+        // growing it by doubling would hold up to three times its size at the peak.
+        let last = self.last_encoded_len.load(Ordering::Relaxed);
+        let mut out = String::with_capacity(last + last / 16);
         prometheus_client::encoding::text::encode(&mut out, &self.registry)
             .expect("encoding metrics into a String cannot fail");
+        self.last_encoded_len.store(out.len(), Ordering::Relaxed);
         out
     }
 

@@ -4,9 +4,10 @@
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
-use anyhow::Context as _;
+use anyhow::{Context as _, bail};
 use futures::StreamExt;
 use kube::api::{Api, Patch, PatchParams};
+use kube::runtime::reflector::Store;
 use kube::{Resource, ResourceExt};
 use rand::seq::SliceRandom;
 use serde_json::json;
@@ -24,6 +25,8 @@ use super::{
 pub(super) struct Initial {
     pub(super) time: Duration,
     pub(super) requests: u64,
+    /// Remote requests of each workspace until its mirrors were all correct, summed.
+    pub(super) requests_until_written: u64,
     pub(super) writes_m: Writes,
     pub(super) writes_w: Writes,
     pub(super) cpu: f64,
@@ -58,18 +61,69 @@ pub(super) async fn initial_sync(
     setup.sim.state.reset_stats();
     let child = spawn_operator(args, &setup.ns, &format!("127.0.0.1:{port}"), None)?;
     op.pid = Proc::of(&child).pid;
-    let time = wait_all_correct(&watch.store, expected, SYNC_LIMIT).await?;
+    // Each workspace's remote requests when its last mirror became correct: the goal counts
+    // listings until a workspace's mirrors are written; later ones follow its sync interval.
+    let mut until_written: HashMap<String, u64> = HashMap::new();
+    let start = Instant::now();
+    loop {
+        for ws in workspaces_written(&watch.store, expected, args.clusters) {
+            if !until_written.contains_key(&ws) {
+                let n = setup.sim.state.stats().by_workspace.get(&ws).copied();
+                until_written.insert(ws, n.unwrap_or(0));
+            }
+        }
+        if until_written.len() == setup.ws_ids.len() {
+            break;
+        }
+        if start.elapsed() > SYNC_LIMIT {
+            bail!(
+                "initial sync incomplete after {}s: {} of {} workspaces written",
+                SYNC_LIMIT.as_secs(),
+                until_written.len(),
+                setup.ws_ids.len()
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // (and no mirror more than expected)
+    wait_all_correct(&watch.store, expected, SYNC_LIMIT).await?;
+    let time = start.elapsed();
     let requests = setup.sim.state.stats().requests;
     tokio::time::sleep(Duration::from_secs(1)).await;
     let initial = Initial {
         time,
         requests,
+        requests_until_written: until_written.values().sum(),
         writes_m: writes(client, &op, "emrrayclusters").await? - writes_m0,
         writes_w: writes(client, &op, "emrworkspaces").await? - writes_w0,
         cpu: op.cpu_seconds(),
         rss: op.status_kb("VmHWM:"),
     };
     Ok((initial, child, op))
+}
+
+/// The workspaces (remote IDs) whose `per_workspace` mirrors are all correct.
+fn workspaces_written(
+    store: &Store<EmrRayCluster>,
+    expected: &HashMap<String, Option<String>>,
+    per_workspace: usize,
+) -> Vec<String> {
+    let mut correct: HashMap<String, usize> = HashMap::new();
+    for m in store.state() {
+        let ok = expected.get(&m.spec.cluster_id).is_some_and(|want| {
+            m.status
+                .as_ref()
+                .is_some_and(|s| &s.state == want && s.display_name.is_some())
+        });
+        if ok {
+            *correct.entry(m.spec.workspace_id.clone()).or_default() += 1;
+        }
+    }
+    correct
+        .into_iter()
+        .filter(|(_, n)| *n >= per_workspace)
+        .map(|(ws, _)| ws)
+        .collect()
 }
 
 /// The release operator as a child process, watching `ns` only, serving its HTTP endpoints on
