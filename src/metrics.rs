@@ -1,15 +1,13 @@
 //! Prometheus metrics served on `/metrics`.
 
 use std::collections::BTreeMap;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::AtomicU64;
 use std::sync::{Arc, RwLock};
 
-use prometheus_client::collector::Collector;
-use prometheus_client::encoding::{DescriptorEncoder, EncodeLabelSet, EncodeMetric};
-use prometheus_client::metrics::MetricType;
+use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
-use prometheus_client::metrics::gauge::{ConstGauge, Gauge};
+use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
 
@@ -19,13 +17,17 @@ pub struct WorkspaceLabels {
     pub workspace: String,
 }
 
+/// The end of an OpenMetrics exposition.
+const EOF: &str = "# EOF\n";
+
 /// A workspace's listed clusters: cluster ID → (mirror name, state).
 pub type ClusterStateMap = BTreeMap<String, (String, String)>;
 
 /// The `cluster_state` series: 1 for each listed cluster's current state and 0 for the other
 /// documented states (kube-state-metrics' StateSet shape). Encoded at scrape time from one small
-/// map per workspace, replaced whole when a listing changes it: five labelled gauges per cluster
-/// held in a metric family cost ≈1.2 KiB per cluster, this ≈100 bytes.
+/// map per workspace, replaced whole when a listing changes it (five labelled gauges per cluster
+/// held in a metric family cost ≈1.2 KiB per cluster, this ≈100 bytes), and written out one
+/// workspace at a time ([`Metrics::exposition`]).
 #[derive(Debug, Default)]
 pub struct ClusterStates(RwLock<BTreeMap<(String, String), Arc<ClusterStateMap>>>);
 
@@ -56,35 +58,54 @@ impl ClusterStates {
     }
 }
 
-impl Collector for ClusterStates {
-    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
-        // A snapshot, so that a scrape never holds the lock while writing out.
+impl ClusterStates {
+    /// Each workspace's series, one exposition-text chunk per workspace, from a snapshot (a
+    /// scrape never holds the lock while writing out).
+    fn chunks(&self) -> impl Iterator<Item = String> + Send + 'static {
         let all: Vec<((String, String), Arc<ClusterStateMap>)> = {
             let all = self.0.read().unwrap_or_else(|p| p.into_inner());
             all.iter().map(|(k, v)| (k.clone(), v.clone())).collect()
         };
-        let mut family = encoder.encode_descriptor(
-            "cluster_state",
-            "State of each mirrored Ray cluster: 1 for its current state, 0 for the others",
-            None,
-            MetricType::Gauge,
-        )?;
-        for ((namespace, workspace), clusters) in &all {
+        all.into_iter().map(|((namespace, workspace), clusters)| {
+            let mut out = String::with_capacity(clusters.len() * 6 * 160);
             for (id, (name, state)) in clusters.iter() {
                 for s in states_for(state) {
-                    let labels = [
+                    out.push_str(CLUSTER_STATE);
+                    for (i, (k, v)) in [
                         ("namespace", namespace.as_str()),
                         ("workspace", workspace.as_str()),
                         ("cluster_id", id.as_str()),
                         ("name", name.as_str()),
                         ("state", s),
-                    ];
-                    let gauge = ConstGauge::new(i64::from(s == state));
-                    gauge.encode(family.encode_family(&labels)?)?;
+                    ]
+                    .into_iter()
+                    .enumerate()
+                    {
+                        out.push(if i == 0 { '{' } else { ',' });
+                        out.push_str(k);
+                        out.push_str("=\"");
+                        escape_label_value(v, &mut out);
+                        out.push('"');
+                    }
+                    out.push_str(if s == state { "} 1\n" } else { "} 0\n" });
                 }
             }
+            out
+        })
+    }
+}
+
+const CLUSTER_STATE: &str = "emr_ray_operator_cluster_state";
+
+/// An OpenMetrics label value: backslash, double quote and line feed escaped.
+fn escape_label_value(v: &str, out: &mut String) {
+    for c in v.chars() {
+        match c {
+            '\\' => out.push_str("\\\\"),
+            '"' => out.push_str("\\\""),
+            '\n' => out.push_str("\\n"),
+            c => out.push(c),
         }
-        Ok(())
     }
 }
 
@@ -144,8 +165,6 @@ pub struct Metrics {
     pub reconcile_errors: Family<ErrorLabels, Counter>,
     pub reconciles: Counter,
     pub is_leader: Gauge,
-    /// Length of the last exposition text.
-    last_encoded_len: AtomicUsize,
 }
 
 fn duration_histogram() -> Histogram {
@@ -173,7 +192,6 @@ impl Default for Metrics {
             reconcile_errors: Family::default(),
             reconciles: Counter::default(),
             is_leader: Gauge::default(),
-            last_encoded_len: AtomicUsize::new(0),
             registry: Registry::default(),
         };
         m.register_into(&mut registry);
@@ -252,18 +270,32 @@ impl Metrics {
             "1 while this replica holds the leader lease",
             m.is_leader.clone(),
         );
-        registry.register_collector(Box::new(m.cluster_state.clone()));
     }
 
-    pub fn encode(&self) -> String {
-        // Sized from the last scrape: with a series per cluster the text runs to megabytes, and
-        // growing it by doubling would hold up to three times its size at the peak.
-        let last = self.last_encoded_len.load(Ordering::Relaxed);
-        let mut out = String::with_capacity(last + last / 16);
-        prometheus_client::encoding::text::encode(&mut out, &self.registry)
+    /// The exposition text in chunks: the registry's metrics, then the `cluster_state` series
+    /// one workspace at a time (with a series per cluster and state the text runs to megabytes:
+    /// served as a stream, it is never held whole), then the end marker.
+    pub fn exposition(&self) -> impl Iterator<Item = String> + Send + 'static {
+        let mut head = String::new();
+        prometheus_client::encoding::text::encode(&mut head, &self.registry)
             .expect("encoding metrics into a String cannot fail");
-        self.last_encoded_len.store(out.len(), Ordering::Relaxed);
-        out
+        let head = match head.strip_suffix(EOF) {
+            Some(h) => h.to_string(),
+            None => head,
+        };
+        let descriptor = format!(
+            "# HELP {CLUSTER_STATE} State of each mirrored Ray cluster: 1 for its current \
+             state, 0 for the others.\n# TYPE {CLUSTER_STATE} gauge\n"
+        );
+        [head, descriptor]
+            .into_iter()
+            .chain(self.cluster_state.chunks())
+            .chain(std::iter::once(EOF.to_string()))
+    }
+
+    /// The whole exposition text.
+    pub fn encode(&self) -> String {
+        self.exposition().collect()
     }
 
     pub fn count_refusal(&self, resource: &str, refusal: crate::api::WriteRefusal) {
@@ -337,5 +369,31 @@ mod tests {
         m.cluster_state.remove("ns", "ws");
         assert!(m.cluster_state.is_empty());
         assert!(!m.encode().contains("emr_ray_operator_cluster_state{"));
+    }
+
+    #[test]
+    fn the_exposition_is_one_text_with_escaped_remote_values() {
+        let m = Metrics::default();
+        m.reconciles.inc();
+        let hostile = Arc::new(ClusterStateMap::from([(
+            "a\"b\\c\nd".to_string(),
+            ("m".to_string(), "Weird\"}".to_string()),
+        )]));
+        m.cluster_state.set("ns", "ws", hostile);
+        let text = m.encode();
+        assert!(text.ends_with("# EOF\n") && text.matches("# EOF").count() == 1);
+        assert!(text.contains("emr_ray_operator_reconciles_total 1\n"));
+        assert!(
+            text.contains("cluster_id=\"a\\\"b\\\\c\\nd\",name=\"m\",state=\"Weird\\\"}\"} 1\n")
+        );
+        // Every line is a comment or a sample: no value broke out of its quotes.
+        for line in text.lines() {
+            assert!(
+                line.starts_with('#') || line.ends_with(" 0") || line.ends_with(" 1"),
+                "{line}"
+            );
+        }
+        let help: Vec<&str> = text.lines().filter(|l| l.starts_with("# HELP")).collect();
+        assert!(help.iter().all(|l| l.ends_with('.')), "{help:?}");
     }
 }

@@ -95,7 +95,7 @@ struct RunArgs {
     #[arg(long, env = "DEFAULT_SYNC_INTERVAL", default_value = "60s", value_parser = parse_sync_interval)]
     default_sync_interval: Interval,
     /// Kubernetes write requests per second, across all workspaces.
-    #[arg(long, env = "KUBE_WRITES_PER_SECOND", default_value_t = 500)]
+    #[arg(long, env = "KUBE_WRITES_PER_SECOND", default_value_t = 1000)]
     kube_writes_per_second: u32,
     /// Kubernetes write request burst.
     #[arg(long, env = "KUBE_WRITE_BURST", default_value_t = 1000)]

@@ -89,7 +89,7 @@ impl OperatorConfig {
             request_timeout: Duration::from_secs(10),
             listing_timeout: Duration::from_secs(120),
             default_sync_interval: Interval::from_secs(60),
-            kube_writes_per_second: 500,
+            kube_writes_per_second: 1000,
             kube_write_burst: 1000,
             kube_writes_in_flight: 64,
             write_backoff_cap: Duration::from_secs(300),
@@ -128,12 +128,16 @@ async fn metrics_handler(
             return (code, code.canonical_reason().unwrap_or_default()).into_response();
         }
     }
+    let chunks = h
+        .metrics
+        .exposition()
+        .map(Ok::<_, std::convert::Infallible>);
     (
         [(
             header::CONTENT_TYPE,
             "application/openmetrics-text; version=1.0.0; charset=utf-8",
         )],
-        h.metrics.encode(),
+        axum::body::Body::from_stream(futures::stream::iter(chunks)),
     )
         .into_response()
 }
