@@ -67,9 +67,9 @@ pub(super) async fn initial_sync(
     let start = Instant::now();
     loop {
         for ws in workspaces_written(&watch.store, expected, args.clusters) {
-            if !until_written.contains_key(&ws) {
-                let n = setup.sim.state.stats().by_workspace.get(&ws).copied();
-                until_written.insert(ws, n.unwrap_or(0));
+            if let std::collections::hash_map::Entry::Vacant(e) = until_written.entry(ws) {
+                let n = setup.sim.state.stats().by_workspace.get(e.key()).copied();
+                e.insert(n.unwrap_or(0));
             }
         }
         if until_written.len() == setup.ws_ids.len() {
