@@ -102,7 +102,7 @@ struct RunArgs {
     kube_write_burst: u32,
     /// Kubernetes write requests in flight at once, across all workspaces (each holds a
     /// connection and its buffers: this bounds the memory a large initial sync takes).
-    #[arg(long, env = "KUBE_WRITES_IN_FLIGHT", default_value_t = 64)]
+    #[arg(long, env = "KUBE_WRITES_IN_FLIGHT", default_value_t = 128)]
     kube_writes_in_flight: usize,
     /// Longest per-workspace backoff after the API server refused mirror writes.
     #[arg(long, env = "WRITE_BACKOFF_MAX", default_value = "5m", value_parser = parse_interval)]

@@ -91,7 +91,7 @@ impl OperatorConfig {
             default_sync_interval: Interval::from_secs(60),
             kube_writes_per_second: 1000,
             kube_write_burst: 1000,
-            kube_writes_in_flight: 64,
+            kube_writes_in_flight: 128,
             write_backoff_cap: Duration::from_secs(300),
             allowed_endpoints: Vec::new(),
             max_clusters_per_workspace: 10_000,
