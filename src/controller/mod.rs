@@ -2,7 +2,9 @@
 //!
 //! * [`plan`] decides the mirror writes and [`status`] the workspace status (pure);
 //! * [`apply`] performs the writes, Events and write metrics;
-//! * [`state`] holds what is remembered between reconciles;
+//! * [`state`] holds what is remembered between reconciles; [`cache`] the compact record of
+//!   each mirror the watch reports; [`packed`] keeps what is held long and read rarely (listed
+//!   clusters, mirror statuses) as deflated JSON;
 //! * [`mirror`] turns a remote cluster into a mirror's status (pure);
 //! * [`credentials`] reads a workspace's access key.
 //!
