@@ -102,8 +102,9 @@ struct RunArgs {
     kube_write_burst: u32,
     /// Kubernetes write requests in flight at once, across all workspaces (each holds a
     /// connection and its buffers: this bounds the memory a large initial sync takes).
-    #[arg(long, env = "KUBE_WRITES_IN_FLIGHT", default_value_t = 128)]
-    kube_writes_in_flight: usize,
+    #[arg(long, env = "KUBE_WRITES_IN_FLIGHT", default_value_t = 128,
+          value_parser = clap::value_parser!(u16).range(1..=10_000))]
+    kube_writes_in_flight: u16,
     /// Longest per-workspace backoff after the API server refused mirror writes.
     #[arg(long, env = "WRITE_BACKOFF_MAX", default_value = "5m", value_parser = parse_interval)]
     write_backoff_max: Interval,
@@ -268,7 +269,7 @@ async fn run(a: RunArgs) -> anyhow::Result<()> {
         default_sync_interval: a.default_sync_interval,
         kube_writes_per_second: a.kube_writes_per_second.max(1),
         kube_write_burst: a.kube_write_burst.max(1),
-        kube_writes_in_flight: a.kube_writes_in_flight.max(1),
+        kube_writes_in_flight: usize::from(a.kube_writes_in_flight),
         write_backoff_cap: a.write_backoff_max.as_duration(),
         allowed_endpoints: a
             .allowed_endpoints

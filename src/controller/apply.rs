@@ -52,6 +52,9 @@ pub struct WriteLimiter {
     in_flight: Arc<Semaphore>,
 }
 
+/// Most write requests in flight the operator allows (the flag is capped here).
+pub const MAX_WRITES_IN_FLIGHT: usize = 10_000;
+
 /// Held while one write request is in flight.
 pub type WritePermit = OwnedSemaphorePermit;
 
@@ -65,7 +68,7 @@ impl WriteLimiter {
             rate: Arc::new(RateLimiter::direct(
                 Quota::per_second(rate).allow_burst(burst),
             )),
-            in_flight: Arc::new(Semaphore::new(in_flight.max(1))),
+            in_flight: Arc::new(Semaphore::new(in_flight.clamp(1, MAX_WRITES_IN_FLIGHT))),
         }
     }
 

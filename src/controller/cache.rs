@@ -144,33 +144,40 @@ impl MirrorStore {
         self.0.write().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Applies one watch event.
-    pub fn apply(&self, ev: &watcher::Event<EmrRayCluster>) {
-        let record = |m: &EmrRayCluster| {
-            let c = CachedMirror::of(m);
-            (key(&c.namespace, &c.name), Arc::new(c))
+    /// Applies one watch event. Returns the controller UID of the record it replaced or
+    /// removed, if any: a mirror whose owner changed concerns its former owner too.
+    pub fn apply(&self, ev: &watcher::Event<EmrRayCluster>) -> Option<String> {
+        // The record (a status serialized and deflated) is built before the lock is taken.
+        let record = match ev {
+            watcher::Event::Apply(m) | watcher::Event::InitApply(m) => {
+                let c = CachedMirror::of(m);
+                Some((key(&c.namespace, &c.name), Arc::new(c)))
+            }
+            _ => None,
         };
         let mut o = self.write();
-        match ev {
-            watcher::Event::Apply(m) => {
-                let (k, c) = record(m);
-                o.current.insert(k, c);
-            }
-            watcher::Event::Delete(m) => {
-                o.current
-                    .remove(&key(&m.namespace().unwrap_or_default(), &m.name_any()));
-            }
-            watcher::Event::Init => o.relist = Some(HashMap::new()),
-            watcher::Event::InitApply(m) => {
-                let (k, c) = record(m);
+        let replaced = match (ev, record) {
+            (watcher::Event::Apply(_), Some((k, c))) => o.current.insert(k, c),
+            (watcher::Event::InitApply(_), Some((k, c))) => {
                 o.relist.get_or_insert_default().insert(k, c);
+                None
             }
-            watcher::Event::InitDone => {
+            (watcher::Event::Delete(m), _) => o
+                .current
+                .remove(&key(&m.namespace().unwrap_or_default(), &m.name_any())),
+            (watcher::Event::Init, _) => {
+                o.relist = Some(HashMap::new());
+                None
+            }
+            (watcher::Event::InitDone, _) => {
                 o.current = o.relist.take().unwrap_or_default();
                 o.current.shrink_to_fit();
                 o.ready = true;
+                None
             }
-        }
+            _ => None,
+        };
+        replaced.and_then(|r| r.controller_uid.clone())
     }
 
     pub fn get(&self, ns: &str, name: &str) -> Option<Arc<CachedMirror>> {
@@ -318,7 +325,12 @@ mod tests {
         );
         assert_eq!(s.controlled_by("ns", "u1").len(), 2);
         assert!(s.controlled_by("other", "u1").is_empty());
-        s.apply(&watcher::Event::Delete(mirror("b", "2")));
+        assert_eq!(
+            s.apply(&watcher::Event::Delete(mirror("b", "2")))
+                .as_deref(),
+            Some("u1"),
+            "the former owner is told"
+        );
         assert!(s.get("ns", "b").is_none());
         // A relist replaces everything at its end: "a" is gone, "c" is new.
         s.apply(&watcher::Event::Init);

@@ -368,11 +368,14 @@ pub struct MirrorChanges {
 
 impl MirrorChanges {
     /// Records a watch event for this mirror.
-    pub fn touched(&self, m: &EmrRayCluster) {
+    /// `former_owner`: the controller of the record the event replaced (a mirror re-owned by
+    /// hand leaves its former owner's scan stale otherwise).
+    pub fn touched(&self, m: &EmrRayCluster, former_owner: Option<String>) {
         let mut changed = lock(&self.changed);
         for o in m.metadata.owner_references.iter().flatten() {
             changed.insert(o.uid.clone());
         }
+        changed.extend(former_owner);
     }
 
     /// Records that the watch started a new complete list.

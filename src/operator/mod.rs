@@ -424,11 +424,11 @@ fn mirror_watch(
         .inspect(move |ev| {
             let Ok(ev) = ev else { return };
             // The store first, as a reflector does: a reconcile triggered by this event sees it.
-            store_in_stream.apply(ev);
+            let former_owner = store_in_stream.apply(ev);
             match ev {
                 watcher::Event::Apply(m)
                 | watcher::Event::Delete(m)
-                | watcher::Event::InitApply(m) => changes_in_stream.touched(m),
+                | watcher::Event::InitApply(m) => changes_in_stream.touched(m, former_owner),
                 watcher::Event::Init | watcher::Event::InitDone => changes_in_stream.relisted(),
             }
         })
