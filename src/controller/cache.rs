@@ -101,19 +101,9 @@ impl CachedMirror {
         self.status.as_ref().and_then(Packed::unpack)
     }
 
-    pub fn has_status(&self) -> bool {
-        self.status.is_some()
-    }
-
     /// Whether workspace `uid` controls this mirror.
     pub fn controlled_by(&self, uid: &str) -> bool {
         self.controller_uid.as_deref() == Some(uid)
-    }
-}
-
-impl From<&EmrRayCluster> for CachedMirror {
-    fn from(m: &EmrRayCluster) -> Self {
-        CachedMirror::of(m)
     }
 }
 
@@ -182,11 +172,6 @@ impl MirrorStore {
 
     pub fn get(&self, ns: &str, name: &str) -> Option<Arc<CachedMirror>> {
         self.read().current.get(&key(ns, name)).cloned()
-    }
-
-    /// Every cached mirror.
-    pub fn state(&self) -> Vec<Arc<CachedMirror>> {
-        self.read().current.values().cloned().collect()
     }
 
     /// The mirrors of namespace `ns` controlled by workspace `uid`.
@@ -341,6 +326,6 @@ mod tests {
         );
         s.apply(&watcher::Event::InitDone);
         assert!(s.get("ns", "a").is_none());
-        assert_eq!(s.state().len(), 1);
+        assert_eq!(s.len(), 1);
     }
 }
