@@ -35,20 +35,25 @@ pub struct ClusterCredentialsRef {
     pub name: String,
 }
 
+/// A Secret and the keys of its access key (in the workspace's namespace for a workspace's
+/// `secretRef`; in the named namespace for `EmrClusterCredentials`).
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct SecretCredentials {
-    /// Name of the Secret (same namespace as the workspace).
+    /// Name of the Secret.
     #[schemars(length(min = 1, max = 253))]
     pub name: String,
     /// Key of the AccessKey ID. Default `accessKeyId`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 253))]
     pub access_key_id_key: Option<String>,
     /// Key of the AccessKey secret. Default `accessKeySecret`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 253))]
     pub access_key_secret_key: Option<String>,
     /// Key of an optional STS security token. Default `securityToken` (used when present).
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 253))]
     pub security_token_key: Option<String>,
 }
 
@@ -125,29 +130,9 @@ pub struct ClusterCredentialsSource {
 pub struct NamespacedSecretCredentials {
     #[schemars(length(min = 1, max = 63))]
     pub namespace: String,
-    #[schemars(length(min = 1, max = 253))]
-    pub name: String,
-    /// Key of the AccessKey ID. Default `accessKeyId`.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub access_key_id_key: Option<String>,
-    /// Key of the AccessKey secret. Default `accessKeySecret`.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub access_key_secret_key: Option<String>,
-    /// Key of an optional STS security token. Default `securityToken` (used when present).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub security_token_key: Option<String>,
-}
-
-impl NamespacedSecretCredentials {
     /// The Secret's name and keys.
-    pub fn keys(&self) -> SecretCredentials {
-        SecretCredentials {
-            name: self.name.clone(),
-            access_key_id_key: self.access_key_id_key.clone(),
-            access_key_secret_key: self.access_key_secret_key.clone(),
-            security_token_key: self.security_token_key.clone(),
-        }
-    }
+    #[serde(flatten)]
+    pub secret: SecretCredentials,
 }
 
 #[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]

@@ -124,7 +124,7 @@ pub async fn for_workspace(
         })?;
     let src = &cc.spec.source;
     let credentials = if let Some(sr) = &src.secret_ref {
-        from_secret(client, &sr.namespace, &sr.keys()).await?
+        from_secret(client, &sr.namespace, &sr.secret).await?
     } else if let Some(rrsa) = &src.rrsa {
         resolver
             .resolve(&CredentialSource::Rrsa(rrsa_config(rrsa)?))

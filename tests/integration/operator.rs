@@ -702,6 +702,11 @@ async fn invalid_specs_are_rejected_at_admission() {
         // (Rejected as an unknown field, or pruned and then refused as empty: either way the
         // message names the credentials.)
         (json!({"credentials": {"environment": {}}}), "credentials"),
+        // Secret keys are at most 253 characters: a longer one is refused, not echoed in status.
+        (
+            json!({"credentials": {"secretRef": {"name": "a", "accessKeyIdKey": "k".repeat(254)}}}),
+            "spec.credentials.secretRef.accessKeyIdKey",
+        ),
         (
             json!({"goneClusterPolicy": "Forget"}),
             "spec.goneClusterPolicy",
