@@ -260,6 +260,35 @@ fn sts_assume_role_with_oidc(st: &SimState, body: &[u8], reply: &Reply) -> Respo
             );
         }
     }
+    let field = |k: &str| form.get(k).map(String::as_str).unwrap_or_default();
+    let verified = match st.oidc_provider(field("OIDCProviderArn")) {
+        None => None,
+        Some(None) => {
+            return reply.error(
+                404,
+                "EntityNotExist.OIDCProvider",
+                "The specified OIDC provider does not exist.",
+            );
+        }
+        Some(Some(provider)) => match provider.verify(field("OIDCToken").trim()) {
+            Ok(v) => Some(v),
+            Err(why) => {
+                tracing::info!(%why, "simulated STS refused an OIDC token");
+                return reply.error(
+                    400,
+                    "AuthenticationFail.OIDCToken.Invalid",
+                    "The OIDC token is invalid.",
+                );
+            }
+        },
+    };
+    if let Some(v) = &verified {
+        st.bump(|s| {
+            *s.sts_verified_subjects
+                .entry(v.subject.clone())
+                .or_default() += 1
+        });
+    }
     let duration: u64 = form
         .get("DurationSeconds")
         .and_then(|d| d.parse().ok())
@@ -294,7 +323,10 @@ fn sts_assume_role_with_oidc(st: &SimState, body: &[u8], reply: &Reply) -> Respo
     let body = serde_json::json!({
         "RequestId": request_id,
         "AssumedRoleUser": {"AssumedRoleId": format!("3{}:{session}", rand_str(&mut rng, 17)), "Arn": format!("{role}/{session}")},
-        "OIDCTokenInfo": {"Subject": "system:serviceaccount:emr-ray:operator", "Issuer": "https://oidc-ack.cn-hangzhou.aliyuncs.com", "ClientIds": "sts.aliyuncs.com"},
+        "OIDCTokenInfo": match &verified {
+            Some(v) => serde_json::json!({"Subject": v.subject, "Issuer": v.issuer, "ClientIds": v.audience}),
+            None => serde_json::json!({"Subject": "system:serviceaccount:emr-ray:operator", "Issuer": "https://oidc-ack.cn-hangzhou.aliyuncs.com", "ClientIds": "sts.aliyuncs.com"}),
+        },
         "Credentials": {"AccessKeyId": id, "AccessKeySecret": secret, "SecurityToken": token, "Expiration": exp},
     });
     json_response(

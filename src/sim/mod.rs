@@ -16,8 +16,11 @@
 //! * order of checks: route, signature (see [`verify`]), version, faults (throttling, 5xx),
 //!   parameters, workspace, body faults. Latency is added before everything;
 //! * STS `AssumeRoleWithOIDC` (unsigned, `POST /?Action=AssumeRoleWithOIDC...`) issues
-//!   temporary `STS.` keys with a security token, for RRSA tests; any non-empty OIDC token is
-//!   accepted.
+//!   temporary `STS.` keys with a security token, for RRSA tests. Once an OIDC provider is
+//!   registered ([`oidc`]), the token is verified against the provider the request names
+//!   (signature by its published keys, issuer, audience, validity): an unknown provider answers
+//!   404 `EntityNotExist.OIDCProvider`, a token that fails 400 `AuthenticationFail.OIDCToken.Invalid`.
+//!   With none registered any non-empty token is accepted.
 //!
 //! Admin API (unsigned, JSON):
 //! `GET /admin/workspaces`, `GET|POST /admin/workspaces/{ws}/clusters`,
@@ -31,6 +34,7 @@
 mod admin;
 mod api;
 pub mod generate;
+pub mod oidc;
 mod state;
 pub mod verify;
 
@@ -142,6 +146,8 @@ pub struct SimStats {
     pub max_requests_in_any_second: u64,
     /// `AssumeRoleWithOIDC` calls.
     pub sts_requests: u64,
+    /// Subjects of the OIDC tokens a registered provider verified, with their counts.
+    pub sts_verified_subjects: BTreeMap<String, u64>,
 }
 
 /// A running simulator.

@@ -1,6 +1,7 @@
 //! The simulator's shared state: workspaces and their clusters, access keys, seen nonces,
 //! fault settings and statistics. Every operation of the admin API is a method here.
 
+use super::oidc::OidcProvider;
 use super::verify::{self, KeyEntry, NonceCache, Received, Rejection};
 use super::{Faults, SimConfig, SimStats, chance, generate};
 use crate::emr::model::{ClusterState, RayCluster};
@@ -20,6 +21,8 @@ struct Inner {
     nonces: Mutex<NonceCache>,
     faults: Mutex<Faults>,
     stats: Mutex<StatsInner>,
+    /// OIDC providers of STS `AssumeRoleWithOIDC`, by ARN.
+    oidc: Mutex<BTreeMap<String, OidcProvider>>,
 }
 
 /// Shared simulator state; every operation of the admin API is available here.
@@ -38,6 +41,7 @@ impl SimState {
             nonces: Mutex::new(NonceCache::default()),
             faults: Mutex::new(Faults::default()),
             stats: Mutex::new(StatsInner::default()),
+            oidc: Mutex::new(BTreeMap::new()),
         }));
         for (id, secret) in &cfg.access_keys {
             state.add_access_key(id, secret);
@@ -182,6 +186,19 @@ impl SimState {
                 expiration,
             },
         );
+    }
+
+    /// Registers (or replaces) the OIDC provider `arn`. Once one is registered,
+    /// `AssumeRoleWithOIDC` verifies every token against the provider its request names.
+    pub fn add_oidc_provider(&self, arn: &str, provider: OidcProvider) {
+        lock(&self.0.oidc).insert(arn.to_string(), provider);
+    }
+
+    /// `None` while no provider is registered (any token is accepted); otherwise the provider
+    /// `arn` names, if any.
+    pub(super) fn oidc_provider(&self, arn: &str) -> Option<Option<OidcProvider>> {
+        let providers = lock(&self.0.oidc);
+        (!providers.is_empty()).then(|| providers.get(arn).cloned())
     }
 
     fn key(&self, id: &str) -> Option<KeyEntry> {
