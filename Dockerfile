@@ -1,52 +1,40 @@
 # syntax=docker/dockerfile:1
-# emr-ray-operator: a static (musl) binary on distroless/static, running as non-root 65532.
+# emr-ray-operator for people with a container engine. The release image is NOT built from
+# this file: it is built by `make image` (image/build.sh, no engine, reproducible), natively on
+# each architecture. Both build the same binary the same way (profile `image`, no `sim`
+# feature, the same path remapping) on Debian bookworm and stage the same files with
+# image/rootfs.sh: the binary, glibc's loader and libraries, /etc/passwd and /etc/group with
+# user 65532, /etc/nsswitch.conf and /tmp; no shell, no package manager; user 65532.
 #
 #   docker build -t emr-ray-operator:dev .
 #   docker run --rm emr-ray-operator:dev --help
-#
-# Multi-arch: docker buildx build --platform linux/amd64,linux/arm64 . (the builder runs on
-# the build platform and cross-compiles; TARGETARCH picks the musl target).
 
 ARG RUST_VERSION=1
-FROM --platform=$BUILDPLATFORM rust:${RUST_VERSION}-bookworm AS builder
-ARG TARGETARCH
+FROM rust:${RUST_VERSION}-bookworm AS builder
 WORKDIR /src
-# musl-tools for ring's C/assembly; gcc-aarch64-linux-gnu as the cross linker/assembler host.
-RUN set -eux; \
-    apt-get update; \
-    apt-get install -y --no-install-recommends musl-tools; \
-    if [ "$TARGETARCH" = "arm64" ] && [ "$(dpkg --print-architecture)" != "arm64" ]; then \
-      apt-get install -y --no-install-recommends gcc-aarch64-linux-gnu libc6-dev-arm64-cross; \
-    fi; \
-    rm -rf /var/lib/apt/lists/*; \
-    case "$TARGETARCH" in \
-      amd64) echo x86_64-unknown-linux-musl > /rust-target ;; \
-      arm64) echo aarch64-unknown-linux-musl > /rust-target ;; \
-      *) echo "unsupported TARGETARCH=$TARGETARCH" >&2; exit 1 ;; \
-    esac; \
-    rustup target add "$(cat /rust-target)"
-ENV CARGO_TARGET_AARCH64_UNKNOWN_LINUX_MUSL_LINKER=aarch64-linux-gnu-gcc \
-    CC_aarch64_unknown_linux_musl=aarch64-linux-gnu-gcc \
-    CARGO_INCREMENTAL=0 \
-    CARGO_TERM_COLOR=never
-
+ENV CARGO_INCREMENTAL=0 \
+    CARGO_TERM_COLOR=never \
+    SOURCE_DATE_EPOCH=0 \
+    CARGO_HOME=/usr/local/cargo \
+    RUSTFLAGS="--remap-path-prefix=/src=/src --remap-path-prefix=/usr/local/cargo=/cargo"
 COPY Cargo.toml Cargo.lock ./
 COPY src ./src
 # The library embeds the simulator's reference example.
 COPY tests/data ./tests/data
+COPY image ./image
 RUN --mount=type=cache,target=/usr/local/cargo/registry \
     --mount=type=cache,target=/src/target,sharing=locked \
     set -eux; \
-    target="$(cat /rust-target)"; \
-    cargo build --release --locked --no-default-features --target "$target" --bin emr-ray-operator; \
-    mkdir -p /out; \
-    cp "target/$target/release/emr-ray-operator" /out/emr-ray-operator
+    cargo build --locked --profile image --no-default-features --bin emr-ray-operator; \
+    image/rootfs.sh target/image/emr-ray-operator /rootfs
 
-FROM gcr.io/distroless/static-debian12:nonroot
+FROM scratch
 LABEL org.opencontainers.image.title="emr-ray-operator" \
       org.opencontainers.image.description="Mirrors Alibaba Cloud EMR Serverless Spark Ray clusters as read-only Kubernetes custom resources" \
-      org.opencontainers.image.licenses="Apache-2.0"
-COPY --from=builder /out/emr-ray-operator /usr/local/bin/emr-ray-operator
+      org.opencontainers.image.licenses="Apache-2.0" \
+      org.opencontainers.image.source="https://github.com/emr-ray-operator/emr-ray-operator"
+COPY --from=builder /rootfs/ /
+ENV PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin
 USER 65532:65532
 EXPOSE 8080
 ENTRYPOINT ["/usr/local/bin/emr-ray-operator"]
