@@ -500,6 +500,78 @@ fn helm_template_renders_every_value_set() {
     }
 }
 
+/// `rrsa.enabled`: a kubelet-projected ServiceAccount token for STS's audience at ACK's RRSA
+/// path, and the SDK's variables naming it; without the ARNs the chart refuses to render.
+/// `hostAliases` lands in the pod spec.
+#[test]
+fn helm_template_renders_rrsa_and_host_aliases() {
+    let plain = template(&[]);
+    let deploy = find(&plain, "Deployment", "emr-ray-operator").unwrap();
+    assert_eq!(env_value(deploy, "ALIBABA_CLOUD_OIDC_TOKEN_FILE"), None);
+    assert!(deploy["spec"]["template"]["spec"]["hostAliases"].is_null());
+
+    let docs = template(&[
+        "rrsa.enabled=true",
+        "rrsa.roleArn=acs:ram::1:role/emr",
+        "rrsa.oidcProviderArn=acs:ram::1:oidc-provider/ack-rrsa-c1",
+        "rrsa.stsEndpoint=https://sts-vpc.cn-hangzhou.aliyuncs.com",
+        "hostAliases[0].ip=10.0.0.10",
+        "hostAliases[0].hostnames[0]=emr.internal",
+    ]);
+    let deploy = find(&docs, "Deployment", "emr-ray-operator").unwrap();
+    let token = "/var/run/secrets/ack.alibabacloud.com/rrsa-tokens/token";
+    assert_eq!(
+        env_value(deploy, "ALIBABA_CLOUD_OIDC_TOKEN_FILE").as_deref(),
+        Some(token)
+    );
+    assert_eq!(
+        env_value(deploy, "ALIBABA_CLOUD_ROLE_ARN").as_deref(),
+        Some("acs:ram::1:role/emr")
+    );
+    assert_eq!(
+        env_value(deploy, "ALIBABA_CLOUD_OIDC_PROVIDER_ARN").as_deref(),
+        Some("acs:ram::1:oidc-provider/ack-rrsa-c1")
+    );
+    assert_eq!(
+        env_value(deploy, "ALIBABA_CLOUD_STS_ENDPOINT").as_deref(),
+        Some("https://sts-vpc.cn-hangzhou.aliyuncs.com")
+    );
+    let pod = &deploy["spec"]["template"]["spec"];
+    let volume = pod["volumes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|v| v["name"] == "rrsa-oidc-token")
+        .expect("the projected token volume");
+    let source = &volume["projected"]["sources"][0]["serviceAccountToken"];
+    assert_eq!(source["audience"], "sts.aliyuncs.com");
+    assert_eq!(source["path"], "token");
+    assert_eq!(source["expirationSeconds"], 3600);
+    let mount = pod["containers"][0]["volumeMounts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|m| m["name"] == "rrsa-oidc-token")
+        .expect("the token's mount");
+    assert_eq!(
+        format!("{}/token", mount["mountPath"].as_str().unwrap()),
+        token
+    );
+    assert_eq!(mount["readOnly"], true);
+    assert_eq!(pod["hostAliases"][0]["hostnames"][0], "emr.internal");
+
+    let mut cmd = offline_helm();
+    cmd.args(["template", RELEASE, CHART, "--set", "rrsa.enabled=true"]);
+    let out = cmd.output().unwrap();
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr)
+            .contains("rrsa.enabled needs rrsa.roleArn and rrsa.oidcProviderArn"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
 /// `shards`: one Deployment (own Lease, `SHARD_SELECTOR`), metrics Service and PDB per shard,
 /// plus the default instance serving the rest; pod selectors never overlap; RBAC shared.
 #[test]
