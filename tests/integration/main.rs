@@ -17,5 +17,6 @@ mod emr_sim;
 mod gitops;
 mod hostile;
 mod operator;
+mod release;
 mod sharding;
 mod tenancy;

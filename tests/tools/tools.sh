@@ -5,6 +5,7 @@
 #   kube-state-metrics  k8s.io/kube-state-metrics/v2        (custom-resource state metrics)
 #   promtool            github.com/prometheus/prometheus/cmd/promtool  (check/test rules)
 #   consumers           this directory: Argo CD's health Lua in gopher-lua, and kstatus
+#   actionlint          github.com/rhysd/actionlint/cmd/actionlint   (.github/workflows/*.yml)
 #
 #   tests/tools/tools.sh build      # build what is missing or stale (cheap when up to date)
 #   tests/tools/tools.sh versions   # print the pinned versions
@@ -18,6 +19,9 @@ BIN="$REPO/.cache/bin"
 # is missing from sum.golang.org and v2.17.0 from the Go proxy this CI reaches).
 # Prometheus 3.16.0 (module versions are v0.<minor>.<patch>).
 PROMETHEUS_VERSION="${PROMETHEUS_VERSION:-v0.316.0}"
+# actionlint lints the GitHub Actions workflows (tests/integration/release.rs runs it); it uses
+# shellcheck for run: scripts when shellcheck is on PATH.
+ACTIONLINT_VERSION="${ACTIONLINT_VERSION:-v1.7.12}"
 
 log() { echo "tools.sh: $*" >&2; }
 
@@ -82,6 +86,10 @@ build_promtool() {
     -tags=remove_all_sd -ldflags="-s -w -X $v.Version=$pv -X $v.Branch=release -X $v.Revision=go-install"
 }
 
+build_actionlint() {
+  go_install actionlint github.com/rhysd/actionlint/cmd/actionlint "$ACTIONLINT_VERSION"
+}
+
 build_consumers() {
   local out="$BIN/consumers"
   if up_to_date "$out" "$SCRIPT_DIR"/*.go "$SCRIPT_DIR/go.mod" "$SCRIPT_DIR/go.sum"; then
@@ -101,17 +109,20 @@ case "${1:-}" in
     build_consumers
     build_ksm
     build_promtool
+    build_actionlint
     ;;
   build-consumers) build_consumers ;;
   build-kube-state-metrics) build_ksm ;;
   build-promtool) build_promtool ;;
+  build-actionlint) build_actionlint ;;
   versions)
     (cd "$SCRIPT_DIR/kube-state-metrics" && go list -m k8s.io/kube-state-metrics/v2)
     echo "github.com/prometheus/prometheus $PROMETHEUS_VERSION (promtool)"
+    echo "github.com/rhysd/actionlint $ACTIONLINT_VERSION (actionlint)"
     (cd "$SCRIPT_DIR" && go list -m github.com/yuin/gopher-lua sigs.k8s.io/cli-utils)
     ;;
   *)
-    echo "usage: $0 build|build-consumers|build-kube-state-metrics|build-promtool|versions" >&2
+    echo "usage: $0 build|build-consumers|build-kube-state-metrics|build-promtool|build-actionlint|versions" >&2
     exit 2
     ;;
 esac
