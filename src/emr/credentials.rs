@@ -289,7 +289,10 @@ impl CredentialResolver {
         let (url, body) = sts_request(cfg, &token);
         let http = self.http.get_or_init(|| {
             reqwest::Client::builder()
-                .timeout(Duration::from_secs(10))
+                .connect_timeout(STS_TIMEOUT)
+                .timeout(STS_TIMEOUT)
+                // Like the listing: a redirect would resend the OIDC token to another host.
+                .redirect(reqwest::redirect::Policy::none())
                 .build()
                 .unwrap_or_default()
         });
@@ -307,15 +310,29 @@ impl CredentialResolver {
                 ))
             })?;
         let status = resp.status().as_u16();
-        let bytes = resp.bytes().await.map_err(|e| {
-            cred_err(format!(
-                "RRSA: reading AssumeRoleWithOIDC response: {}",
-                e.without_url()
+        if resp.status().is_redirection() {
+            return Err(cred_err(format!(
+                "RRSA: AssumeRoleWithOIDC answered a redirect (HTTP {status}); redirects are \
+                 not followed"
             ))
-        })?;
+            .with_status(status));
+        }
+        let bytes = crate::emr::client::read_body(resp, MAX_STS_RESPONSE_BYTES)
+            .await
+            .map_err(|(e, _)| {
+                cred_err(format!(
+                    "RRSA: reading AssumeRoleWithOIDC response: {}",
+                    e.message
+                ))
+            })?;
         parse_sts_response(status, &bytes)
     }
 }
+
+/// Timeout of one STS request (connect, and the whole exchange).
+const STS_TIMEOUT: Duration = Duration::from_secs(10);
+/// Largest STS answer read (a real one is about 1.5 KiB).
+const MAX_STS_RESPONSE_BYTES: usize = 64 * 1024;
 
 fn cred_err(m: String) -> EmrError {
     EmrError::new(ErrorKind::Credentials, m)
@@ -430,6 +447,93 @@ fn parse_sts_response(status: u16, bytes: &[u8]) -> Result<Cached, EmrError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+
+    /// A one-route HTTP server on loopback answering every request with `head` and then
+    /// `body_chunks` chunks of 64 KiB (a chunked body when more than none); counts requests.
+    async fn serve(
+        head: &'static str,
+        body_chunks: usize,
+    ) -> (std::net::SocketAddr, Arc<std::sync::atomic::AtomicUsize>) {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let hits = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let counted = hits.clone();
+        tokio::spawn(async move {
+            while let Ok((mut sock, _)) = listener.accept().await {
+                counted.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                tokio::spawn(async move {
+                    let mut buf = vec![0u8; 16 * 1024];
+                    let _ = sock.read(&mut buf).await;
+                    let _ = sock.write_all(head.as_bytes()).await;
+                    let chunk = vec![b'x'; 64 * 1024];
+                    for _ in 0..body_chunks {
+                        let frame = format!("{:x}\r\n", chunk.len());
+                        if sock.write_all(frame.as_bytes()).await.is_err()
+                            || sock.write_all(&chunk).await.is_err()
+                            || sock.write_all(b"\r\n").await.is_err()
+                        {
+                            return;
+                        }
+                    }
+                });
+            }
+        });
+        (addr, hits)
+    }
+
+    fn rrsa_to(endpoint: std::net::SocketAddr, dir: &std::path::Path) -> RrsaConfig {
+        let token_file = dir.join("token");
+        std::fs::write(&token_file, "eyJ.token.sig").unwrap();
+        RrsaConfig {
+            role_arn: "acs:ram::1:role/r".into(),
+            oidc_provider_arn: "acs:ram::1:oidc-provider/p".into(),
+            token_file,
+            session_name: "s".into(),
+            sts_endpoint: Some(format!("http://{endpoint}/").parse().unwrap()),
+            duration_seconds: 3600,
+        }
+    }
+
+    #[tokio::test]
+    async fn sts_redirects_are_not_followed() {
+        let (target, target_hits) = serve("HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n", 0).await;
+        let head: &'static str = Box::leak(
+            format!("HTTP/1.1 307 Temporary Redirect\r\nlocation: http://{target}/\r\ncontent-length: 0\r\n\r\n")
+                .into_boxed_str(),
+        );
+        let (sts, _) = serve(head, 0).await;
+        let dir = tempfile::tempdir().unwrap();
+        let err = CredentialResolver::new()
+            .resolve(&CredentialSource::Rrsa(rrsa_to(sts, dir.path())))
+            .await
+            .unwrap_err();
+        assert!(err.message.contains("redirect"), "{}", err.message);
+        assert_eq!(
+            target_hits.load(std::sync::atomic::Ordering::SeqCst),
+            0,
+            "the token went nowhere else"
+        );
+    }
+
+    #[tokio::test]
+    async fn sts_bodies_are_capped() {
+        let (sts, _) = serve(
+            "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ntransfer-encoding: chunked\r\n\r\n",
+            10_000,
+        )
+        .await;
+        let dir = tempfile::tempdir().unwrap();
+        let err = CredentialResolver::new()
+            .resolve(&CredentialSource::Rrsa(rrsa_to(sts, dir.path())))
+            .await
+            .unwrap_err();
+        assert!(
+            err.message.contains("larger than the limit"),
+            "{}",
+            err.message
+        );
+    }
 
     #[test]
     fn secrets_are_redacted() {

@@ -17,6 +17,7 @@
 
 mod request;
 
+pub(crate) use request::read_body;
 pub use request::{host_header, signed_headers};
 
 use super::error::{EmrError, ErrorKind};

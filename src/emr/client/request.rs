@@ -54,7 +54,10 @@ pub(super) async fn read_response(
 }
 
 /// Reads a response body, failing (as a malformed answer) once it exceeds `max` bytes.
-async fn read_body(mut resp: reqwest::Response, max: usize) -> Result<Vec<u8>, (EmrError, String)> {
+pub(crate) async fn read_body(
+    mut resp: reqwest::Response,
+    max: usize,
+) -> Result<Vec<u8>, (EmrError, String)> {
     if resp.content_length().is_some_and(|n| n > max as u64) {
         return Err(body_too_large(resp.status().as_u16(), max));
     }
