@@ -30,8 +30,11 @@ pub struct WorkspaceCredentials {
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct ClusterCredentialsRef {
-    /// Name of the `EmrClusterCredentials`.
-    #[schemars(length(min = 1, max = 253))]
+    /// Name of the `EmrClusterCredentials` (a DNS subdomain).
+    #[schemars(
+        length(min = 1, max = 253),
+        regex(pattern = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
+    )]
     pub name: String,
 }
 
@@ -40,8 +43,11 @@ pub struct ClusterCredentialsRef {
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct SecretCredentials {
-    /// Name of the Secret.
-    #[schemars(length(min = 1, max = 253))]
+    /// Name of the Secret (a DNS subdomain).
+    #[schemars(
+        length(min = 1, max = 253),
+        regex(pattern = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
+    )]
     pub name: String,
     /// Key of the AccessKey ID. Default `accessKeyId`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -128,7 +134,11 @@ pub struct ClusterCredentialsSource {
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct NamespacedSecretCredentials {
-    #[schemars(length(min = 1, max = 63))]
+    /// The Secret's namespace (a DNS label).
+    #[schemars(
+        length(min = 1, max = 63),
+        regex(pattern = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
+    )]
     pub namespace: String,
     /// The Secret's name and keys.
     #[serde(flatten)]

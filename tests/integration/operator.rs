@@ -707,6 +707,15 @@ async fn invalid_specs_are_rejected_at_admission() {
             json!({"credentials": {"secretRef": {"name": "a", "accessKeyIdKey": "k".repeat(254)}}}),
             "spec.credentials.secretRef.accessKeyIdKey",
         ),
+        // Object names are DNS subdomains: anything else is refused at admission.
+        (
+            json!({"credentials": {"secretRef": {"name": "../Creds"}}}),
+            "spec.credentials.secretRef.name",
+        ),
+        (
+            json!({"credentials": {"clusterCredentialsRef": {"name": "Team_ML"}}}),
+            "spec.credentials.clusterCredentialsRef.name",
+        ),
         (
             json!({"goneClusterPolicy": "Forget"}),
             "spec.goneClusterPolicy",
