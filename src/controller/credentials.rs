@@ -81,27 +81,43 @@ pub async fn from_secret(
     from_secret_data(&secret, keys, &display)
 }
 
-/// A workspace's access key, and where it may be sent (empty: wherever the operator allows).
-pub struct Resolved {
-    pub credentials: Credentials,
-    pub allowed_endpoints: Vec<EndpointPattern>,
+/// Whether cluster credentials `name` may be sent to `endpoint`: their `allowedEndpoints`
+/// (already parsed) are empty (wherever the operator allows) or one of them matches. Pure.
+pub fn endpoint_permitted(
+    name: &str,
+    allowed: &[EndpointPattern],
+    endpoint: &url::Url,
+) -> Result<(), SyncError> {
+    if allowed.is_empty() || allowed.iter().any(|p| p.matches(endpoint)) {
+        return Ok(());
+    }
+    let list = allowed
+        .iter()
+        .map(|p| p.to_string())
+        .collect::<Vec<_>>()
+        .join(", ");
+    Err(SyncError::local(
+        Reason::EndpointNotAllowed,
+        format!(
+            "endpoint {endpoint} is not allowed by the cluster credentials {name} (allowed: {list})"
+        ),
+    ))
 }
 
-/// The credentials of a workspace: a Secret of its own namespace, or cluster credentials that
-/// allow its namespace. Nothing in a namespaced spec can name a file, a role or the operator's
-/// own identity.
+/// The credentials of a workspace that is to call `endpoint`: a Secret of its own namespace,
+/// or cluster credentials that allow its namespace and that endpoint — checked before their
+/// Secret is read or STS is called. Nothing in a namespaced spec can name a file, a role or
+/// the operator's own identity.
 pub async fn for_workspace(
     ws: &EmrWorkspace,
+    endpoint: &url::Url,
     client: &kube::Client,
     resolver: &CredentialResolver,
-) -> Result<Resolved, SyncError> {
+) -> Result<Credentials, SyncError> {
     let ns = ws.metadata.namespace.clone().unwrap_or_default();
     let c: &WorkspaceCredentials = &ws.spec.credentials;
     if let Some(sr) = &c.secret_ref {
-        return Ok(Resolved {
-            credentials: from_secret(client, &ns, sr).await?,
-            allowed_endpoints: Vec::new(),
-        });
+        return from_secret(client, &ns, sr).await;
     }
     let Some(r) = &c.cluster_credentials_ref else {
         return Err(SyncError::local(
@@ -122,20 +138,17 @@ pub async fn for_workspace(
                 format!("EmrClusterCredentials {}: allowedEndpoints: {e}", r.name),
             )
         })?;
+    endpoint_permitted(&r.name, &allowed_endpoints, endpoint)?;
     let src = &cc.spec.source;
-    let credentials = if let Some(sr) = &src.secret_ref {
-        from_secret(client, &sr.namespace, &sr.secret).await?
+    if let Some(sr) = &src.secret_ref {
+        from_secret(client, &sr.namespace, &sr.secret).await
     } else if let Some(rrsa) = &src.rrsa {
-        resolver
+        Ok(resolver
             .resolve(&CredentialSource::Rrsa(rrsa_config(rrsa)?))
-            .await?
+            .await?)
     } else {
-        resolver.resolve(&CredentialSource::Environment).await?
-    };
-    Ok(Resolved {
-        credentials,
-        allowed_endpoints,
-    })
+        Ok(resolver.resolve(&CredentialSource::Environment).await?)
+    }
 }
 
 /// The `EmrClusterCredentials` named `name`, if it allows namespace `ns`. A missing object and
@@ -245,6 +258,38 @@ fn rrsa_config(r: &RrsaCredentials) -> Result<RrsaConfig, SyncError> {
 #[cfg(test)]
 mod tests {
     use std::collections::BTreeMap;
+
+    #[test]
+    fn cluster_credentials_endpoints_are_checked_before_use() {
+        let url = |u: &str| url::Url::parse(u).unwrap();
+        let pats = |ps: &[&str]| -> Vec<EndpointPattern> {
+            ps.iter().map(|p| p.parse().unwrap()).collect()
+        };
+        let vpc = "https://emr-serverless-spark-vpc.cn-hangzhou.aliyuncs.com";
+        let cases: [(&[&str], &str, bool); 5] = [
+            (
+                &[],
+                "https://emr-serverless-spark.cn-hangzhou.aliyuncs.com",
+                true,
+            ),
+            (&[vpc], vpc, true),
+            (
+                &[vpc],
+                "https://emr-serverless-spark.cn-hangzhou.aliyuncs.com",
+                false,
+            ),
+            (&["https://*.cn-hangzhou.aliyuncs.com"], vpc, true),
+            (&["https://*.cn-shanghai.aliyuncs.com"], vpc, false),
+        ];
+        for (allowed, endpoint, ok) in cases {
+            let got = endpoint_permitted("team", &pats(allowed), &url(endpoint));
+            assert_eq!(got.is_ok(), ok, "{allowed:?} {endpoint}");
+            if let Err(e) = got {
+                assert_eq!(e.reason(), Reason::EndpointNotAllowed);
+                assert!(e.to_string().contains("cluster credentials team"), "{e}");
+            }
+        }
+    }
 
     use k8s_openapi::ByteString;
     use serde_json::json;

@@ -124,21 +124,8 @@ async fn list_workspace(ws: &EmrWorkspace, ctx: &Context) -> Result<Listing, Syn
             ),
         ));
     }
-    let resolved = credentials::for_workspace(ws, &ctx.client, &ctx.credentials).await?;
-    if !resolved.allowed_endpoints.is_empty()
-        && !resolved
-            .allowed_endpoints
-            .iter()
-            .any(|p| p.matches(&endpoint))
-    {
-        return Err(SyncError::local(
-            Reason::EndpointNotAllowed,
-            format!(
-                "endpoint {endpoint} is not allowed by the cluster credentials (allowed: {})",
-                patterns(&resolved.allowed_endpoints)
-            ),
-        ));
-    }
+    let credentials =
+        credentials::for_workspace(ws, &endpoint, &ctx.client, &ctx.credentials).await?;
     let ns = ws.namespace().unwrap_or_default();
     let _slot = ctx.namespace_slots.acquire(&ns).await;
     let timeout = ctx
@@ -147,12 +134,8 @@ async fn list_workspace(ws: &EmrWorkspace, ctx: &Context) -> Result<Listing, Syn
         .saturating_add(Duration::from_secs(5));
     let listing = tokio::time::timeout(
         timeout,
-        ctx.emr.list_ray_clusters_within(
-            Some(&ns),
-            &endpoint,
-            &ws.spec.workspace_id,
-            &resolved.credentials,
-        ),
+        ctx.emr
+            .list_ray_clusters_within(Some(&ns), &endpoint, &ws.spec.workspace_id, &credentials),
     )
     .await
     .map_err(|_| {
