@@ -351,3 +351,65 @@ async fn secure_metrics_need_a_token_and_the_reader_role() {
         .await;
     env.teardown().await;
 }
+
+/// Cluster credentials whose `allowedEndpoints` do not admit the workspace's endpoint are
+/// refused before their Secret is read: the reason is `EndpointNotAllowed` although the Secret
+/// does not even exist, and nothing is called. Once the endpoint is allowed, the same
+/// credentials fail on the missing Secret — the order of the checks shows.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cluster_credentials_endpoints_are_checked_before_their_secret_is_read() {
+    let mut env = Env::new("cc-endpoints").await;
+    let ns = env.ns.name.clone();
+    let cc_name = format!("narrow-{}", &ns[ns.len() - 8..]);
+    let ccs: Api<EmrClusterCredentials> = Api::all(env.client.clone());
+    ccs.patch(
+        &cc_name,
+        &apply(),
+        &Patch::Apply(json!({
+            "apiVersion": "emr.aliyun.io/v1alpha1", "kind": "EmrClusterCredentials",
+            "metadata": {"name": cc_name},
+            "spec": {
+                "source": {"secretRef": {"namespace": ns, "name": "does-not-exist"}},
+                "namespaces": [ns],
+                "allowedEndpoints": ["https://emr-serverless-spark-vpc.cn-hangzhou.aliyuncs.com"],
+            },
+        })),
+    )
+    .await
+    .unwrap();
+    env.start();
+    env.create_workspace(
+        "narrow",
+        json!({"credentials": {"clusterCredentialsRef": {"name": cc_name}}}),
+    )
+    .await;
+    let st = env
+        .wait_ready(
+            "narrow",
+            "False",
+            Some("EndpointNotAllowed"),
+            Duration::from_secs(60),
+        )
+        .await;
+    let msg = &condition(&st.conditions, "Ready").unwrap().message;
+    assert!(msg.contains("cluster credentials"), "{msg}");
+    assert_eq!(env.sim.state.stats().requests, 0, "nothing called");
+
+    ccs.patch(
+        &cc_name,
+        &PatchParams::default(),
+        &Patch::Merge(json!({"spec": {"allowedEndpoints": ["http://127.0.0.1:*"]}})),
+    )
+    .await
+    .unwrap();
+    env.wait_ready(
+        "narrow",
+        "False",
+        Some("SecretNotFound"),
+        Duration::from_secs(60),
+    )
+    .await;
+    assert_eq!(env.sim.state.stats().requests, 0, "still nothing called");
+    let _ = ccs.delete(&cc_name, &DeleteParams::default()).await;
+    env.teardown().await;
+}
