@@ -78,11 +78,10 @@ pub const DEFAULT_SYNC_INTERVAL: &str = "60s";
 #[x_kube(validation = Rule::new("self.regionId == oldSelf.regionId && self.workspaceId == oldSelf.workspaceId").message("regionId and workspaceId are immutable: they name the remote workspace whose mirrors this EmrWorkspace owns; create a new EmrWorkspace instead"))]
 #[serde(rename_all = "camelCase")]
 pub struct EmrWorkspaceSpec {
-    /// Alibaba Cloud region of the workspace, e.g. `cn-hangzhou`. Chooses the endpoint.
-    #[schemars(
-        length(min = 1, max = 64),
-        regex(pattern = r"^[a-z0-9]+(-[a-z0-9]+)*$")
-    )]
+    /// Alibaba Cloud region of the workspace, e.g. `cn-hangzhou`, `ap-southeast-1`. Chooses the
+    /// endpoint.
+    #[schemars(length(min = 1, max = 32))]
+    #[x_kube(validation = Rule::new("self.matches('^(cn|ap|eu|us|me|na|sa|rus)-[a-z]+(-[a-z0-9]+)*$')").message("regionId must be an Alibaba Cloud region ID such as cn-hangzhou or ap-southeast-1"))]
     pub region_id: String,
     /// EMR Serverless Spark workspace ID, e.g. `w-d2d82aa09155`.
     #[schemars(
@@ -464,4 +463,20 @@ pub async fn install_crds(client: &kube::Client) -> Result<(), kube::Error> {
         let _ = tokio::time::timeout(std::time::Duration::from_secs(30), established).await;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use kube::CustomResourceExt as _;
+
+    /// The admission rule on `regionId` is the operator's own region shape.
+    #[test]
+    fn region_rule_is_the_operators_region_shape() {
+        let crd = serde_json::to_string(&super::EmrWorkspace::crd()).unwrap();
+        let pattern = crate::emr::endpoint::REGION_PATTERN;
+        assert!(
+            crd.contains(&serde_json::to_string(pattern).unwrap()[1..pattern.len() + 1]),
+            "the CRD's regionId rule is not {pattern}"
+        );
+    }
 }

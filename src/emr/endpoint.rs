@@ -2,16 +2,32 @@
 
 use super::error::{EmrError, ErrorKind};
 
-/// `[a-z0-9-]+`, not starting or ending with `-`.
+/// The geographic prefixes of Alibaba Cloud region IDs (`cn-hangzhou`, `ap-southeast-1`,
+/// `eu-central-1`, `us-west-1`, `me-east-1`, `cn-shanghai-finance-1`, …).
+const REGION_PREFIXES: [&str; 8] = ["cn", "ap", "eu", "us", "me", "na", "sa", "rus"];
+
+/// Region-shaped: `<geo>-<name>[-<part>…]`, a geographic prefix, then a name of letters, then
+/// parts of letters or digits, at most 32 characters. A label that names another service
+/// (`oss-cn-hangzhou`: a bucket's virtual host) is not a region, so
+/// `emr-serverless-spark.<region>.aliyuncs.com` always names EMR Serverless Spark.
 pub fn valid_region(region: &str) -> bool {
-    !region.is_empty()
-        && region.len() <= 64
-        && !region.starts_with('-')
-        && !region.ends_with('-')
-        && region
-            .bytes()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+    let mut parts = region.split('-');
+    let geo_ok = parts.next().is_some_and(|g| REGION_PREFIXES.contains(&g));
+    let name_ok = parts
+        .next()
+        .is_some_and(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_lowercase()));
+    region.len() <= 32
+        && geo_ok
+        && name_ok
+        && parts.all(|p| {
+            !p.is_empty()
+                && p.bytes()
+                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit())
+        })
 }
+
+/// The CRD's pattern for `regionId`, the same shape as [`valid_region`].
+pub const REGION_PATTERN: &str = r"^(cn|ap|eu|us|me|na|sa|rus)-[a-z]+(-[a-z0-9]+)*$";
 
 /// The endpoint to call: `explicit` wins (must be an `http`/`https` URL with a host, no query
 /// or fragment); otherwise `https://emr-serverless-spark.<region>.aliyuncs.com/` or, with `vpc`,
@@ -55,8 +71,10 @@ pub fn resolve(region: &str, vpc: bool, explicit: Option<&str>) -> Result<url::U
     url::Url::parse(&format!("https://{host}/")).map_err(|e| invalid(e.to_string()))
 }
 
-/// One allowed endpoint: `scheme://host[:port]`. `*` in the host stands for exactly one DNS
-/// label (`https://emr-serverless-spark.*.aliyuncs.com`); port `*` is any port; no port is the
+/// One allowed endpoint: `scheme://host[:port]`. In the host, `{region}` stands for exactly one
+/// region-shaped label ([`valid_region`]: `https://emr-serverless-spark.{region}.aliyuncs.com`)
+/// and `*` for any one DNS label — so `*` beside a shared domain such as `aliyuncs.com` would
+/// also admit other services' hosts: use `{region}` there. Port `*` is any port; no port is the
 /// scheme's default. `http` is allowed only where a pattern names it.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct EndpointPattern {
@@ -94,6 +112,7 @@ impl std::str::FromStr for EndpointPattern {
         let labels: Vec<String> = host.split('.').map(|l| l.to_ascii_lowercase()).collect();
         let label_ok = |l: &String| {
             l == "*"
+                || l == REGION_LABEL
                 || (!l.is_empty()
                     && l.len() <= 63
                     && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-'))
@@ -130,7 +149,7 @@ impl EndpointPattern {
             && labels
                 .iter()
                 .zip(&self.host)
-                .all(|(l, p)| p == "*" || p == l);
+                .all(|(l, p)| p == "*" || (p == REGION_LABEL && valid_region(l)) || p == l);
         let port_ok = match self.port {
             Some(None) => true,
             Some(Some(p)) => url.port_or_known_default() == Some(p),
@@ -145,10 +164,13 @@ impl EndpointPattern {
 #[derive(Clone, Debug)]
 pub struct EndpointPolicy(Vec<EndpointPattern>);
 
+/// The host label of a pattern that matches one region-shaped label.
+const REGION_LABEL: &str = "{region}";
+
 /// The official public and VPC endpoints of every region.
 pub const DEFAULT_ALLOWED_ENDPOINTS: [&str; 2] = [
-    "https://emr-serverless-spark.*.aliyuncs.com",
-    "https://emr-serverless-spark-vpc.*.aliyuncs.com",
+    "https://emr-serverless-spark.{region}.aliyuncs.com",
+    "https://emr-serverless-spark-vpc.{region}.aliyuncs.com",
 ];
 
 impl Default for EndpointPolicy {
@@ -184,12 +206,70 @@ mod tests {
     use super::*;
 
     #[test]
+    fn regions_are_region_shaped() {
+        let regex = regex_lite_match;
+        for (region, ok) in [
+            ("cn-hangzhou", true),
+            ("ap-southeast-1", true),
+            ("eu-central-1", true),
+            ("us-west-1", true),
+            ("me-east-1", true),
+            ("cn-shanghai-finance-1", true),
+            ("cn-north-2-gov-1", true),
+            ("rus-west-1", true),
+            ("oss-cn-hangzhou", false),
+            ("sts", false),
+            ("fc", false),
+            ("cn", false),
+            ("cn-", false),
+            ("cn-1", false),
+            ("cn--hangzhou", false),
+            ("CN-hangzhou", false),
+            ("cn-hangzhou.evil", false),
+            ("cn-hangzhouxxxxxxxxxxxxxxxxxxxxxxxxxxx", false),
+        ] {
+            assert_eq!(valid_region(region), ok, "{region}");
+            if region.len() <= 32 {
+                assert_eq!(regex(region), ok, "CRD pattern on {region}");
+            }
+        }
+    }
+
+    /// [`REGION_PATTERN`] evaluated by hand (no regex crate in the product): the geo prefix,
+    /// then `-[a-z]+`, then `(-[a-z0-9]+)*`.
+    fn regex_lite_match(s: &str) -> bool {
+        let Some((geo, rest)) = s.split_once('-') else {
+            return false;
+        };
+        let geos = REGION_PATTERN
+            .trim_start_matches("^(")
+            .split_once(')')
+            .map(|(g, _)| g.split('|').collect::<Vec<_>>())
+            .unwrap_or_default();
+        let mut parts = rest.split('-');
+        geos.contains(&geo)
+            && parts
+                .next()
+                .is_some_and(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_lowercase()))
+            && parts.all(|p| {
+                !p.is_empty()
+                    && p.bytes()
+                        .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit())
+            })
+    }
+
+    #[test]
     fn official_endpoints_are_allowed_and_nothing_else() {
         let p = EndpointPolicy::default();
         let u = |s: &str| url::Url::parse(s).unwrap();
         assert!(p.allows(&resolve("cn-hangzhou", false, None).unwrap()));
         assert!(p.allows(&resolve("ap-southeast-1", true, None).unwrap()));
+        // A region that is another service's label: a bucket's virtual host on OSS.
+        assert!(resolve("oss-cn-hangzhou", false, None).is_err());
         for bad in [
+            "https://emr-serverless-spark.oss-cn-hangzhou.aliyuncs.com/",
+            "https://emr-serverless-spark-vpc.oss-cn-hangzhou-internal.aliyuncs.com/",
+            "https://emr-serverless-spark.fc.aliyuncs.com/",
             "http://emr-serverless-spark.cn-hangzhou.aliyuncs.com/",
             "https://emr-serverless-spark.cn-hangzhou.aliyuncs.com:8443/",
             "https://emr-serverless-spark.a.b.aliyuncs.com/",

@@ -686,6 +686,11 @@ async fn invalid_specs_are_rejected_at_admission() {
         ),
         (json!({"syncInterval": "soon"}), "spec.syncInterval"),
         (json!({"regionId": "CN Hangzhou"}), "spec.regionId"),
+        // Another service's label (a bucket's virtual host on OSS) is not a region.
+        (
+            json!({"regionId": "oss-cn-hangzhou"}),
+            "regionId must be an Alibaba Cloud region ID",
+        ),
         (
             json!({"endpoint": "ftp://x"}),
             "endpoint must be an http:// or https:// URL",
