@@ -75,7 +75,7 @@ pub const DEFAULT_SYNC_INTERVAL: &str = "60s";
         json_path = ".metadata.creationTimestamp"
     )
 )]
-#[x_kube(validation = Rule::new("self.regionId == oldSelf.regionId && self.workspaceId == oldSelf.workspaceId").message("regionId and workspaceId are immutable: they name the remote workspace whose mirrors this EmrWorkspace owns; create a new EmrWorkspace instead"))]
+#[x_kube(validation = Rule::new("self.regionId == oldSelf.regionId && self.workspaceId == oldSelf.workspaceId && (has(self.endpoint) ? self.endpoint : '') == (has(oldSelf.endpoint) ? oldSelf.endpoint : '') && (has(self.network) ? self.network : 'Public') == (has(oldSelf.network) ? oldSelf.network : 'Public')").message("regionId, workspaceId, endpoint and network are immutable: together they name the remote workspace whose mirrors this EmrWorkspace owns; create a new EmrWorkspace instead"))]
 #[serde(rename_all = "camelCase")]
 pub struct EmrWorkspaceSpec {
     /// Alibaba Cloud region of the workspace, e.g. `cn-hangzhou`, `ap-southeast-1`. Chooses the

@@ -522,9 +522,7 @@ fn duplicate_of(ws: &EmrWorkspace, ctx: &Context) -> Option<String> {
         .into_iter()
         .filter(|o| o.namespace() == ns && o.uid() != ws.uid())
         .filter(|o| o.meta().deletion_timestamp.is_none())
-        .filter(|o| {
-            o.spec.workspace_id == ws.spec.workspace_id && o.spec.region_id == ws.spec.region_id
-        })
+        .filter(|o| remote_identity(&o.spec) == remote_identity(&ws.spec))
         .collect();
     if others.is_empty() {
         return None;
@@ -539,6 +537,33 @@ fn duplicate_of(ws: &EmrWorkspace, ctx: &Context) -> Option<String> {
         name: w.name_any(),
     };
     senior_to(&seniority(ws), others.iter().map(|o| seniority(o)))
+}
+
+/// What names a remote workspace: the endpoint called (scheme, host, port; what `regionId`,
+/// `network` and `endpoint` resolve to) and the workspace ID. Two `EmrWorkspace`s with the same
+/// identity mirror the same clusters, whatever region they name; all of it is immutable. A spec
+/// whose endpoint does not resolve is identified by its fields as written. Pure.
+fn remote_identity(spec: &crate::api::EmrWorkspaceSpec) -> (String, String) {
+    let endpoint = crate::emr::endpoint::resolve(
+        &spec.region_id,
+        spec.network == crate::api::EndpointNetwork::Vpc,
+        spec.endpoint.as_deref(),
+    );
+    let origin = match endpoint {
+        Ok(url) => format!(
+            "{}://{}:{}",
+            url.scheme(),
+            url.host_str().unwrap_or_default().trim_end_matches('.'),
+            url.port_or_known_default().unwrap_or_default()
+        ),
+        Err(_) => format!(
+            "{}|{:?}|{}",
+            spec.region_id,
+            spec.network,
+            spec.endpoint.as_deref().unwrap_or_default()
+        ),
+    };
+    (origin, spec.workspace_id.clone())
 }
 
 /// Where a workspace stands among those of one namespace that mirror the same remote
@@ -574,6 +599,74 @@ pub fn error_policy(ws: Arc<EmrWorkspace>, err: &Error, ctx: Arc<Context>) -> Ac
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn one_remote_identity_whatever_the_region_names() {
+        let spec = |region: &str, vpc: bool, endpoint: Option<&str>, id: &str| {
+            serde_json::from_value::<crate::api::EmrWorkspaceSpec>(serde_json::json!({
+                "regionId": region, "workspaceId": id,
+                "network": if vpc { "VPC" } else { "Public" },
+                "endpoint": endpoint,
+                "credentials": {"secretRef": {"name": "c"}},
+            }))
+            .unwrap()
+        };
+        let same = |a: &crate::api::EmrWorkspaceSpec, b: &crate::api::EmrWorkspaceSpec| {
+            remote_identity(a) == remote_identity(b)
+        };
+        let hz = spec("cn-hangzhou", false, None, "w-1");
+        let rows = [
+            ("itself", spec("cn-hangzhou", false, None, "w-1"), true),
+            (
+                "the derived endpoint written out",
+                spec(
+                    "cn-beijing",
+                    false,
+                    Some("https://emr-serverless-spark.cn-hangzhou.aliyuncs.com"),
+                    "w-1",
+                ),
+                true,
+            ),
+            (
+                "upper case, default port, trailing dot",
+                spec(
+                    "cn-shanghai",
+                    false,
+                    Some("HTTPS://Emr-Serverless-Spark.cn-hangzhou.aliyuncs.com.:443/"),
+                    "w-1",
+                ),
+                true,
+            ),
+            (
+                "another workspace",
+                spec("cn-hangzhou", false, None, "w-2"),
+                false,
+            ),
+            (
+                "the VPC endpoint",
+                spec("cn-hangzhou", true, None, "w-1"),
+                false,
+            ),
+            (
+                "another region",
+                spec("cn-beijing", false, None, "w-1"),
+                false,
+            ),
+            (
+                "another port",
+                spec(
+                    "cn-hangzhou",
+                    false,
+                    Some("https://emr-serverless-spark.cn-hangzhou.aliyuncs.com:8443"),
+                    "w-1",
+                ),
+                false,
+            ),
+        ];
+        for (what, other, want) in rows {
+            assert_eq!(same(&hz, &other), want, "{what}");
+        }
+    }
 
     #[test]
     fn the_senior_workspace_keeps_the_mirrors() {

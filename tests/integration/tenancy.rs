@@ -193,16 +193,23 @@ async fn a_namespace_editor_cannot_borrow_identities_endpoints_or_mirrors() {
         .await;
     assert_eq!(condition(&st.conditions, "Stalled").unwrap().status, "True");
 
-    // The remote workspace an EmrWorkspace names is immutable.
-    let err = alice_ws
-        .patch(
-            "borrow",
-            &PatchParams::default(),
-            &Patch::Merge(json!({"spec": {"workspaceId": "w-other"}})),
-        )
-        .await
-        .expect_err("workspaceId is immutable");
-    assert!(err.to_string().contains("immutable"), "{err}");
+    // The remote workspace an EmrWorkspace names is immutable: its ID, and the endpoint it is
+    // called at (explicit, or derived from the region and network).
+    for change in [
+        json!({"workspaceId": "w-other"}),
+        json!({"endpoint": "https://emr-serverless-spark.cn-shanghai.aliyuncs.com"}),
+        json!({"network": "VPC"}),
+    ] {
+        let err = alice_ws
+            .patch(
+                "borrow",
+                &PatchParams::default(),
+                &Patch::Merge(json!({ "spec": change })),
+            )
+            .await
+            .expect_err("the remote identity is immutable");
+        assert!(err.to_string().contains("immutable"), "{change}: {err}");
+    }
 
     // A second workspace for the same remote workspace: DuplicateWorkspace, naming the first.
     alice_ws
