@@ -522,7 +522,11 @@ fn duplicate_of(ws: &EmrWorkspace, ctx: &Context) -> Option<String> {
         .into_iter()
         .filter(|o| o.namespace() == ns && o.uid() != ws.uid())
         .filter(|o| o.meta().deletion_timestamp.is_none())
-        .filter(|o| remote_identity(&o.spec) == remote_identity(&ws.spec))
+        // (The cheap comparison first: most workspaces differ in their ID.)
+        .filter(|o| {
+            o.spec.workspace_id == ws.spec.workspace_id
+                && remote_identity(&o.spec) == remote_identity(&ws.spec)
+        })
         .collect();
     if others.is_empty() {
         return None;
