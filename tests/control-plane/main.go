@@ -1,10 +1,15 @@
 // Command kcp is a multi-call binary that runs a real, minimal Kubernetes
 // control plane (embedded etcd + kube-apiserver + kube-controller-manager)
-// on loopback for integration tests, and also serves as kubectl.
+// on loopback for integration tests, optionally with a real node
+// (kube-scheduler + kubelet + containerd, see node.go), and also serves as kubectl.
 //
 //	kcp up [--data-dir D] [--kubeconfig PATH] [--port N] [--keep] [--exit-on-stdin-close]
+//	       [--node [--node-image ARCHIVE]... [--pause-image REF]]
+//	kcp node-down --data-dir D   (undo a node whose kcp was killed; check nothing is left)
 //	kcp kube-apiserver ARGS...
 //	kcp kube-controller-manager ARGS...
+//	kcp kube-scheduler ARGS...
+//	kcp kubelet ARGS...
 //	kcp kubectl ARGS...          (or invoked through a symlink named "kubectl")
 //
 // Each Kubernetes component runs in its own process (the launcher re-execs
@@ -54,10 +59,13 @@ import (
 	kubectlutil "k8s.io/kubectl/pkg/cmd/util"
 	apiserverapp "k8s.io/kubernetes/cmd/kube-apiserver/app"
 	kcmapp "k8s.io/kubernetes/cmd/kube-controller-manager/app"
+	schedulerapp "k8s.io/kubernetes/cmd/kube-scheduler/app"
+	kubeletapp "k8s.io/kubernetes/cmd/kubelet/app"
 )
 
-// Controllers run by the controller manager. No kubelet/scheduler exists, so
-// workload controllers are left out on purpose.
+// Controllers run by the controller manager. Without --node no kubelet/scheduler
+// exists, so workload controllers are left out on purpose (nodeControllers are
+// added with --node).
 var kcmControllers = []string{
 	"garbage-collector-controller",
 	"namespace-controller",
@@ -91,10 +99,20 @@ func main() {
 	case "kube-controller-manager":
 		os.Args = append([]string{"kube-controller-manager"}, rest...)
 		os.Exit(cli.Run(kcmapp.NewControllerManagerCommand()))
+	case "kube-scheduler":
+		os.Args = append([]string{"kube-scheduler"}, rest...)
+		os.Exit(cli.Run(schedulerapp.NewSchedulerCommand()))
+	case "kubelet":
+		os.Args = append([]string{"kubelet"}, rest...)
+		os.Exit(cli.Run(kubeletapp.NewKubeletCommand(context.Background())))
 	case "kubectl":
 		runKubectl(append([]string{"kubectl"}, rest...))
 	case "up":
 		os.Exit(up(rest))
+	case "node-down":
+		os.Exit(nodeDownCmd(rest))
+	case "nsexec":
+		os.Exit(nsexec(rest))
 	case "-h", "--help", "help":
 		usage()
 	default:
@@ -107,8 +125,12 @@ func main() {
 func usage() {
 	fmt.Fprint(os.Stderr, `usage:
   kcp up [--data-dir D] [--kubeconfig PATH] [--port N] [--keep] [--exit-on-stdin-close]
+         [--node [--node-image ARCHIVE]... [--pause-image REF]]
+  kcp node-down --data-dir D
   kcp kube-apiserver ARGS...
   kcp kube-controller-manager ARGS...
+  kcp kube-scheduler ARGS...
+  kcp kubelet ARGS...
   kcp kubectl ARGS...   (also when invoked as "kubectl")
 `)
 }
@@ -142,6 +164,11 @@ type exitEvent struct {
 	c *child
 }
 
+type stringList []string
+
+func (s *stringList) String() string     { return strings.Join(*s, ",") }
+func (s *stringList) Set(v string) error { *s = append(*s, v); return nil }
+
 func up(args []string) int {
 	fs := flag.NewFlagSet("up", flag.ContinueOnError)
 	dataDir := fs.String("data-dir", "", "data directory (default: a fresh temp dir)")
@@ -150,6 +177,10 @@ func up(args []string) int {
 	keep := fs.Bool("keep", false, "keep the data dir on exit")
 	exitOnStdin := fs.Bool("exit-on-stdin-close", false, "shut down when stdin reaches EOF")
 	readyTimeout := fs.Duration("ready-timeout", 180*time.Second, "how long to wait for the control plane to become ready")
+	withNode := fs.Bool("node", false, "also run a node (kube-scheduler, containerd, kubelet) so that pods run; needs root")
+	var nodeImages stringList
+	fs.Var(&nodeImages, "node-image", "OCI archive to import into the node's containerd before the kubelet starts (repeatable; must include the pause image)")
+	pauseRef := fs.String("pause-image", defaultPauseRef, "the node's sandbox image reference (imported with --node-image, never pulled)")
 	if err := fs.Parse(args); err != nil {
 		return 2
 	}
@@ -176,6 +207,15 @@ func up(args []string) int {
 		logf("mkdir %s: %v", d, err)
 		return 1
 	}
+	if *withNode {
+		if err := nodePreflight(d); err != nil {
+			logf("%v", err)
+			if removeDir != "" {
+				_ = os.RemoveAll(removeDir)
+			}
+			return 1
+		}
+	}
 	if *kubeconfig == "" {
 		*kubeconfig = filepath.Join(d, "admin.kubeconfig")
 	}
@@ -200,14 +240,28 @@ func up(args []string) int {
 
 	var children []*child
 	var etcd *embed.Etcd
+	var node *nodeRun
+	cleanupFailed := false
 	cleanup := func() {
+		if node != nil {
+			// The node first (it needs nothing of the control plane to stop), from its
+			// journal; then it is checked: nothing left, kernel settings unchanged.
+			if node.sink != nil {
+				_ = node.sink.Close()
+			}
+			node.j.close()
+			if err := downNode(d); err != nil {
+				logf("%v; what is left is listed in %s/node/journal: retry with `kcp node-down --data-dir %s`", err, d, d)
+				cleanupFailed = true
+			}
+		}
 		for i := len(children) - 1; i >= 0; i-- {
 			terminate(children[i])
 		}
 		if etcd != nil {
 			etcd.Close()
 		}
-		if removeDir != "" {
+		if removeDir != "" && !cleanupFailed {
 			_ = os.RemoveAll(removeDir)
 			if !strings.HasPrefix(*kubeconfig, removeDir+string(os.PathSeparator)) {
 				_ = os.Remove(*kubeconfig)
@@ -252,7 +306,7 @@ func up(args []string) int {
 	if err != nil {
 		return fail("os.Executable: %v", err)
 	}
-	exits := make(chan exitEvent, 4)
+	exits := make(chan exitEvent, 16)
 
 	// ---- kube-apiserver
 	apiArgs := []string{
@@ -274,6 +328,10 @@ func up(args []string) int {
 		"--endpoint-reconciler-type=none",
 		"--enable-priority-and-fairness=false",
 		"--v=1",
+	}
+	if *withNode {
+		// kubectl logs/exec: the API server calls the kubelet with a client certificate.
+		apiArgs = append(apiArgs, "--kubelet-client-certificate="+pki.adminCert, "--kubelet-client-key="+pki.adminKey)
 	}
 	ac, err := startChild(self, "kube-apiserver", apiArgs, filepath.Join(d, "kube-apiserver.log"), exits)
 	if err != nil {
@@ -314,11 +372,15 @@ func up(args []string) int {
 	logf("kube-apiserver is ready")
 
 	// ---- kube-controller-manager
+	controllers := kcmControllers
+	if *withNode {
+		controllers = append(append([]string{}, kcmControllers...), nodeControllers...)
+	}
 	kcmArgs := []string{
 		"--kubeconfig=" + *kubeconfig,
 		"--authentication-kubeconfig=" + *kubeconfig,
 		"--authorization-kubeconfig=" + *kubeconfig,
-		"--controllers=" + strings.Join(kcmControllers, ","),
+		"--controllers=" + strings.Join(controllers, ","),
 		"--service-account-private-key-file=" + pki.saKey,
 		"--root-ca-file=" + pki.caCert,
 		"--leader-elect=false",
@@ -345,7 +407,50 @@ func up(args []string) int {
 		return rc
 	}
 
-	fmt.Printf("KCP_READY kubeconfig=%s server=%s datadir=%s\n", *kubeconfig, server, d)
+	readyExtra := ""
+	if *withNode {
+		nodeStart := time.Now()
+		node = &nodeRun{dataDir: d, dir: filepath.Join(d, "node"), self: self, apiPort: apiPort, server: server,
+			kubeconfig: *kubeconfig, pki: pki, images: nodeImages, pauseRef: *pauseRef}
+		if err := node.prepare(); err != nil {
+			return fail("node: %v", err)
+		}
+		if err := node.startContainerd(exits); err != nil {
+			return fail("node: %v", err)
+		}
+		if rc, ok := waitFor("containerd's socket", node.containerdUp); !ok {
+			return rc
+		}
+		if err := node.importImages(); err != nil {
+			return fail("node: %v", err)
+		}
+		if err := node.startScheduler(exits); err != nil {
+			return fail("node: %v", err)
+		}
+		if err := node.startKubelet(exits); err != nil {
+			return fail("node: %v", err)
+		}
+		lastWhy := ""
+		if rc, ok := waitFor("the node to be Ready and schedulable", func() bool {
+			ok, why := nodeReady(hc, server)
+			if why != lastWhy && why != "" {
+				logf("node: %s", why)
+				lastWhy = why
+			}
+			return ok
+		}); !ok {
+			return rc
+		}
+		logf("node %s Ready and schedulable %.1fs after its start", nodeName, time.Since(nodeStart).Seconds())
+		readyExtra = fmt.Sprintf(" node=%s bridge_ip=%s containerd=%s", nodeName, nodeBridgeIP, node.sock)
+		env := fmt.Sprintf("export KUBECONFIG=%s\nexport KCP_NODE_NAME=%s\nexport KCP_NODE_BRIDGE_IP=%s\nexport KCP_NODE_CONTAINERD_SOCK=%s\n",
+			*kubeconfig, nodeName, nodeBridgeIP, node.sock)
+		if err := os.WriteFile(filepath.Join(d, "env"), []byte(env), 0o644); err != nil {
+			return fail("writing env: %v", err)
+		}
+	}
+
+	fmt.Printf("KCP_READY kubeconfig=%s server=%s datadir=%s%s\n", *kubeconfig, server, d, readyExtra)
 	_ = os.Stdout.Sync()
 	logf("control plane ready: export KUBECONFIG=%s", *kubeconfig)
 	logf("logs: %s/kube-apiserver.log %s/kube-controller-manager.log %s/etcd.log", d, d, d)
@@ -354,6 +459,10 @@ func up(args []string) int {
 	case reason := <-stop:
 		logf("%s; shutting down", reason)
 		cleanup()
+		if cleanupFailed {
+			logf("stopped, but the node was not cleaned up completely (see above)")
+			return 1
+		}
 		logf("stopped")
 		return 0
 	case ev := <-exits:
