@@ -4,12 +4,13 @@
 #   make test    the whole test suite (what .ci/run runs)
 #   make bench   benchmarks (prints figures)
 #   make fuzz    a short cargo-fuzz run of every parser of outside input (not part of `test`)
+#   make image   the operator's image as an OCI archive (no container engine), size and digest
 SHELL := /bin/bash
 KCP := tests/control-plane/kcp.sh
 TOOLS := tests/tools/tools.sh
 CARGO ?= cargo
 
-.PHONY: demo test lint unit control-plane control-plane-down bench crds fuzz
+.PHONY: demo test lint unit control-plane control-plane-down bench crds fuzz image
 
 control-plane:
 	$(KCP) build
@@ -18,27 +19,50 @@ control-plane:
 control-plane-down:
 	$(KCP) down
 
+# `make demo DEMO_ARGS=--in-cluster`: the same demo with the chart's pod on a real node (the
+# image built by `make image`, a control plane with a kubelet and containerd: kcp.sh up --node).
+ifneq (,$(findstring --in-cluster,$(DEMO_ARGS)))
+demo: image
+	$(KCP) build
+	$(KCP) up --node
+	$(KCP) node-import target/image/emr-ray-operator.oci.tar
+	$(CARGO) build --bin emr-ray-operator
+	source .cache/kcp-node/env && KUBECTL=.cache/bin/kubectl HELM=.cache/bin/helm \
+	  ./target/debug/emr-ray-operator demo $(DEMO_ARGS)
+else
 demo: control-plane
 	$(CARGO) build --bin emr-ray-operator
 	source .cache/kcp/env && KUBECTL=.cache/bin/kubectl ./target/debug/emr-ray-operator demo $(DEMO_ARGS)
+endif
 
 crds:
 	$(CARGO) run --quiet --bin emr-ray-operator -- crdgen --out-dir crds
+
+# The operator's image, target/image/emr-ray-operator.oci.tar (see README, "The image").
+image:
+	image/build.sh
 
 lint:
 	$(CARGO) fmt --check
 	$(CARGO) clippy --all-targets -- -D warnings
 
-# Unit tests, then every integration test against one shared real control plane. The real
-# consumers of deploy/ (promtool, kube-state-metrics, gopher-lua, kstatus) are built by
-# tests/tools/tools.sh, cached in .cache/bin like the control plane.
+# Unit tests, then every integration test against one shared real control plane, then the chart
+# end to end on a real node (a second control plane with a kubelet, containerd and the image
+# `make image` built: tests/in_cluster/). The real consumers of deploy/ (promtool,
+# kube-state-metrics, gopher-lua, kstatus, actionlint) are built by tests/tools/tools.sh, cached
+# in .cache/bin like the control plane.
 test: lint
 	$(KCP) build
 	$(TOOLS) build
+	image/build.sh
 	$(KCP) up
 	source .cache/kcp/env && EMR_TEST_KUBECONFIG="$$KUBECONFIG" \
 	  $(CARGO) test --all-targets -- --test-threads=8; \
 	  status=$$?; $(KCP) down; exit $$status
+	$(KCP) up --node
+	source .cache/kcp-node/env && EMR_TEST_KUBECONFIG="$$KUBECONFIG" \
+	  $(CARGO) test --test in_cluster -- --ignored --nocapture; \
+	  status=$$?; $(KCP) down --node || status=1; exit $$status
 
 # Scale benchmark (100 workspaces x 100 clusters against the local control plane: idle RSS,
 # scale points at 1,000 and 5,000 mirrors and the slope of peak RSS, the main run, the raw

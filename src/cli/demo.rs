@@ -3,6 +3,11 @@
 //! KUBECONFIG); it starts the EMR simulator in-process with the reference's example cluster plus a
 //! few generated ones, installs the CRDs, creates an example workspace and credentials Secret,
 //! runs the operator and prints `kubectl get emrworkspaces,emrrayclusters`.
+//!
+//! With `--in-cluster` the operator is not run in this process: the chart is installed with
+//! `helm upgrade --install` on a control plane with a node (`kcp.sh up --node`, the image from
+//! `make image` imported), and its pod mirrors the simulator, which then listens on the node's
+//! bridge and is reached by a host name the chart's `hostAliases` give the pod.
 
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -38,43 +43,72 @@ pub struct DemoArgs {
     /// kubectl to show the result with.
     #[arg(long, env = "KUBECTL", default_value = "kubectl")]
     pub kubectl: String,
+    /// Install the chart and let its pod run the operator on the node (`kcp.sh up --node`)
+    /// instead of running the operator in this process.
+    #[arg(long)]
+    pub in_cluster: bool,
+    /// With --in-cluster: the node's bridge address, where the simulator listens.
+    #[arg(long, env = "KCP_NODE_BRIDGE_IP", default_value = "10.244.0.1")]
+    pub bridge_ip: std::net::IpAddr,
+    /// With --in-cluster: helm, and the chart it installs.
+    #[arg(long, env = "HELM", default_value = "helm")]
+    pub helm: String,
+    #[arg(long, default_value = "charts/emr-ray-operator")]
+    pub chart: String,
 }
+
+/// The host name the pod reaches the simulator by (`hostAliases`) with --in-cluster.
+const SIM_HOST: &str = "emr-sim.test";
 
 pub async fn run(args: DemoArgs, shutdown: CancellationToken) -> anyhow::Result<()> {
     let client = kube::Client::try_default()
         .await
         .context("no Kubernetes API: start the local control plane first (tests/control-plane/kcp.sh up) and export KUBECONFIG")?;
 
+    let mut args = args;
+    if args.in_cluster && args.sim_listen.ip().is_loopback() {
+        args.sim_listen = SocketAddr::new(args.bridge_ip, args.sim_listen.port());
+    }
     let demo_sim = start_simulator(&args).await?;
     let (sim, ws_id) = (&demo_sim.sim, &demo_sim.workspace_id);
     let sim_url = sim.base_url();
     println!("EMR simulator listening on {sim_url} (admin API under {sim_url}admin/)");
 
-    crd::install_crds(&client)
-        .await
-        .context("installing CRDs")?;
-    println!("CRDs installed: emrworkspaces.emr.aliyun.io, emrrayclusters.emr.aliyun.io");
-
     let ns = args.namespace.clone();
-    let workspaces = create_example(&client, &ns, &demo_sim, &sim_url).await?;
-    println!("EmrWorkspace {ns}/demo created for workspace {ws_id}");
-
     let op_token = shutdown.child_token();
-    let cfg = OperatorConfig {
-        namespaces: vec![ns.clone()],
-        concurrency: 4,
-        metrics_addr: Some(args.metrics_addr),
-        listing_timeout: Duration::from_secs(60),
-        // The simulator runs on loopback.
-        allowed_endpoints: vec!["http://127.0.0.1:*".parse().map_err(anyhow::Error::msg)?],
-        ..OperatorConfig::embedded("demo")
+    let (workspaces, op) = if args.in_cluster {
+        let release_ns = "emr-system";
+        install_chart(&args, release_ns, sim.addr.ip()).await?;
+        println!("chart installed: helm -n {release_ns} status emr-ray-operator");
+        let endpoint = url::Url::parse(&format!("http://{SIM_HOST}:{}/", sim.addr.port()))?;
+        (
+            create_example(&client, &ns, &demo_sim, &endpoint).await?,
+            None,
+        )
+    } else {
+        crd::install_crds(&client)
+            .await
+            .context("installing CRDs")?;
+        println!("CRDs installed: emrworkspaces.emr.aliyun.io, emrrayclusters.emr.aliyun.io");
+        let workspaces = create_example(&client, &ns, &demo_sim, &sim_url).await?;
+        let cfg = OperatorConfig {
+            namespaces: vec![ns.clone()],
+            concurrency: 4,
+            metrics_addr: Some(args.metrics_addr),
+            listing_timeout: Duration::from_secs(60),
+            // The simulator runs on loopback.
+            allowed_endpoints: vec!["http://127.0.0.1:*".parse().map_err(anyhow::Error::msg)?],
+            ..OperatorConfig::embedded("demo")
+        };
+        let op = tokio::spawn(operator::run(
+            client.clone(),
+            cfg,
+            Default::default(),
+            op_token.clone(),
+        ));
+        (workspaces, Some(op))
     };
-    let op = tokio::spawn(operator::run(
-        client.clone(),
-        cfg,
-        Default::default(),
-        op_token.clone(),
-    ));
+    println!("EmrWorkspace {ns}/demo created for workspace {ws_id}");
 
     let expected = sim.state.clusters(ws_id).len() as i64;
     wait_for_sync(&client, &ns, &workspaces, expected).await?;
@@ -90,8 +124,49 @@ pub async fn run(args: DemoArgs, shutdown: CancellationToken) -> anyhow::Result<
         shutdown.cancelled().await;
     }
     op_token.cancel();
-    op.await??;
+    if let Some(op) = op {
+        op.await??;
+    }
     demo_sim.sim.shutdown().await;
+    Ok(())
+}
+
+/// `helm upgrade --install` of the chart with its defaults, except that credentials may go to
+/// the simulator (plain HTTP, by the host name `hostAliases` maps to the node's bridge); waits
+/// for the Deployment's pods to be Ready.
+async fn install_chart(
+    args: &DemoArgs,
+    release_ns: &str,
+    sim_ip: std::net::IpAddr,
+) -> anyhow::Result<()> {
+    let values = json!({
+        "security": {"allowedEndpoints": [format!("http://{SIM_HOST}:*")]},
+        "hostAliases": [{"ip": sim_ip.to_string(), "hostnames": [SIM_HOST]}],
+    });
+    let file = std::env::temp_dir().join(format!("emr-demo-values-{}.json", std::process::id()));
+    std::fs::write(&file, serde_json::to_vec(&values)?)?;
+    let out = tokio::process::Command::new(&args.helm)
+        .args(["upgrade", "--install", "emr-ray-operator", &args.chart])
+        .args([
+            "--namespace",
+            release_ns,
+            "--create-namespace",
+            "--wait",
+            "--timeout",
+            "120s",
+        ])
+        .arg("-f")
+        .arg(&file)
+        .output()
+        .await
+        .with_context(|| format!("running {}", args.helm))?;
+    let _ = std::fs::remove_file(&file);
+    anyhow::ensure!(
+        out.status.success(),
+        "helm upgrade --install failed (is the node up and the image imported? `make demo \
+         DEMO_ARGS=--in-cluster` does both): {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     Ok(())
 }
 

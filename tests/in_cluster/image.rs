@@ -24,7 +24,16 @@ struct Image {
 }
 
 fn build(out: &Path, tmpdir: &Path) -> String {
-    let output = Command::new("bash")
+    // The environment of a shell, not of `cargo test` (whose CARGO_PKG_* and friends would
+    // make the nested cargo rebuild what `make image` built).
+    let mut cmd = Command::new("bash");
+    cmd.env_clear();
+    for keep in ["PATH", "HOME", "CARGO_HOME", "RUSTUP_HOME", "LANG"] {
+        if let Some(v) = std::env::var_os(keep) {
+            cmd.env(keep, v);
+        }
+    }
+    let output = cmd
         .arg(common::repo_root().join("image/build.sh"))
         .env("IMAGE_OUT", out)
         .env("TMPDIR", tmpdir)
@@ -87,7 +96,12 @@ fn read(archive: &Path) -> Image {
     let mut layer_files = BTreeMap::new();
     for e in layer.entries().expect("layer entries") {
         let mut e = e.expect("layer entry");
-        let path = e.path().expect("path").to_string_lossy().trim_end_matches('/').to_string();
+        let path = e
+            .path()
+            .expect("path")
+            .to_string_lossy()
+            .trim_end_matches('/')
+            .to_string();
         let mode = e.header().mode().expect("mode");
         let header = e.header();
         assert_eq!(

@@ -1,0 +1,902 @@
+//! The chart end to end on a real node: the image `make image` built, imported into the node's
+//! containerd, installed with `helm install` and run by the kubelet as its users run it — the
+//! in-cluster configuration, the chart's ServiceAccount and RBAC as the only rights, user 65532
+//! on a read-only root, the probes, two replicas and their Lease, `helm upgrade`, secure
+//! metrics, SIGTERM, RRSA with a token the kubelet projects and the simulator's STS verifies
+//! against the API server's own issuer, and `helm uninstall`.
+//!
+//! It needs the node (`tests/control-plane/kcp.sh up --node`) and the image archive
+//! (`make image`); `make test` provides both and runs it with `--ignored` (it is ignored in the
+//! plain `cargo test` run, which has no node).
+
+#[path = "../common/mod.rs"]
+mod common;
+mod image;
+
+use std::collections::BTreeMap;
+use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use emr_ray_operator::api::EmrRayCluster;
+use emr_ray_operator::sim::oidc::OidcProvider;
+use emr_ray_operator::sim::{SimConfig, SimHandle, Simulator};
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::coordination::v1::Lease;
+use k8s_openapi::api::core::v1::{Node, Pod, ServiceAccount};
+use k8s_openapi::api::discovery::v1::EndpointSlice;
+use k8s_openapi::api::policy::v1::PodDisruptionBudget;
+use kube::Client;
+use kube::api::{Api, DeleteParams, ListParams};
+use serde_json::{Value, json};
+
+const CHART: &str = "charts/emr-ray-operator";
+const RELEASE: &str = "emr-ray-operator";
+const RELEASE_NS: &str = "emr-system";
+const LEASE: &str = "emr-ray-operator-leader";
+const SIM_HOST: &str = "emr-sim.test";
+/// The API server's service-account issuer (`kcp`'s `--service-account-issuer`).
+const SA_ISSUER: &str = "https://kubernetes.default.svc.cluster.local";
+const OIDC_PROVIDER_ARN: &str = "acs:ram::1234567890:oidc-provider/ack-rrsa-kcp";
+const ROLE_ARN: &str = "acs:ram::1234567890:role/emr-ray-operator";
+const TENANT_NS: &str = "ml";
+const RRSA_NS: &str = "ml-rrsa";
+const WS_ID: &str = "w-d2d82aa09155";
+const RRSA_WS_ID: &str = "w-rrsa00000001";
+
+/// Figures the closing summary prints.
+#[derive(Default)]
+struct Figures(Vec<(String, String)>);
+
+impl Figures {
+    fn add(&mut self, what: &str, value: impl std::fmt::Display) {
+        eprintln!("in-cluster: {what}: {value}");
+        self.0.push((what.to_string(), value.to_string()));
+    }
+}
+
+#[tokio::test]
+#[ignore = "needs the node (kcp.sh up --node) and the image (make image): run by `make test`"]
+async fn chart_on_a_real_node() {
+    let client = common::client().await;
+    let mut figures = Figures::default();
+    node_is_ready(&client).await;
+    // What an earlier run on this node may have left (the test leaves what `helm uninstall`
+    // leaves, then removes it at the end).
+    remove_everything();
+    import_image();
+    let bridge: IpAddr = std::env::var("KCP_NODE_BRIDGE_IP")
+        .unwrap_or_else(|_| "10.244.0.1".into())
+        .parse()
+        .expect("KCP_NODE_BRIDGE_IP is an IP address");
+    let sim = start_simulator(bridge).await;
+    let values = base_values(bridge);
+
+    install_and_mirror(&client, &sim, &values, &mut figures).await;
+    two_replicas_one_leader_and_sigterm(&client, &mut figures).await;
+    upgrade_rolls_without_losing_mirrors(&client, &sim).await;
+    secure_metrics(&client).await;
+    rrsa_with_the_kubelets_token(&client, &sim, &mut figures).await;
+    uninstall_leaves_what_the_readme_says(&client).await;
+
+    remove_everything();
+    eprintln!("in-cluster figures:");
+    for (what, value) in &figures.0 {
+        eprintln!("  {what}: {value}");
+    }
+    sim.shutdown().await;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Phases
+// ---------------------------------------------------------------------------------------------
+
+/// `helm install` with the chart's defaults but for the simulator's endpoint and name: the pod
+/// is Ready, runs as 65532 on a read-only root, and mirrors the workspace with only the
+/// chart's ServiceAccount.
+async fn install_and_mirror(
+    client: &Client,
+    sim: &SimHandle,
+    values: &Value,
+    figures: &mut Figures,
+) {
+    let started = Instant::now();
+    helm(
+        &[
+            "install",
+            RELEASE,
+            CHART,
+            "-n",
+            RELEASE_NS,
+            "--create-namespace",
+        ],
+        values,
+    );
+    let pods = wait_ready_pods(client, 1, Duration::from_secs(120)).await;
+    figures.add(
+        "helm install → pod Ready",
+        format!("{:.1} s", started.elapsed().as_secs_f64()),
+    );
+    let pod = &pods[0];
+    let pid = operator_pid(pod);
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("process status");
+    let uid_line = status
+        .lines()
+        .find(|l| l.starts_with("Uid:"))
+        .unwrap_or_default();
+    assert!(
+        uid_line.split_whitespace().skip(1).all(|u| u == "65532"),
+        "the operator runs as 65532: {uid_line}"
+    );
+    assert!(root_is_read_only(pid), "the container's root is read-only");
+
+    create_namespace(TENANT_NS);
+    kubectl_apply(json!({
+        "apiVersion": "v1", "kind": "Secret",
+        "metadata": {"name": "emr-credentials", "namespace": TENANT_NS},
+        "stringData": {
+            "accessKeyId": emr_ray_operator::sim::DEFAULT_ACCESS_KEY_ID,
+            "accessKeySecret": emr_ray_operator::sim::DEFAULT_ACCESS_KEY_SECRET,
+        },
+    }));
+    kubectl_apply(workspace(
+        TENANT_NS,
+        "prod",
+        WS_ID,
+        sim,
+        json!({"secretRef": {"name": "emr-credentials"}}),
+    ));
+    let want = sim.state.clusters(WS_ID).len();
+    let mirrors = wait_mirrors(client, TENANT_NS, want, Duration::from_secs(60)).await;
+    figures.add("mirrors of workspace ml/prod", mirrors.len());
+    let table = run(common::kubectl().args(["get", "emrrayclusters", "-n", TENANT_NS]));
+    for m in &mirrors {
+        assert!(
+            table.contains(m.metadata.name.as_deref().unwrap_or("?")),
+            "{table}"
+        );
+    }
+}
+
+/// `replicas: 2`: one Lease holder; deleting it (SIGTERM) ends its process before the grace
+/// period, releases the Lease and hands over within the lease duration, and the new leader
+/// writes nothing that was already right.
+async fn two_replicas_one_leader_and_sigterm(client: &Client, figures: &mut Figures) {
+    helm(
+        &[
+            "upgrade",
+            RELEASE,
+            CHART,
+            "-n",
+            RELEASE_NS,
+            "--reuse-values",
+            "--set",
+            "replicas=2",
+        ],
+        &json!({}),
+    );
+    let pods = wait_ready_pods(client, 2, Duration::from_secs(120)).await;
+    let leader = wait_for_leader(client, &pods).await;
+    let leaders: Vec<&str> = {
+        let mut v = Vec::new();
+        for p in &pods {
+            if pod_metric(p, "emr_ray_operator_leader", None).await == Some(1.0) {
+                v.push(p.metadata.name.as_deref().unwrap_or_default());
+            }
+        }
+        v
+    };
+    assert_eq!(
+        leaders,
+        vec![leader.as_str()],
+        "exactly the Lease holder says it leads"
+    );
+    let pdb: PodDisruptionBudget = Api::namespaced(client.clone(), RELEASE_NS)
+        .get(RELEASE)
+        .await
+        .expect("the chart's PodDisruptionBudget");
+    let pdb = common::wait_for(Duration::from_secs(30), "PDB status", || {
+        let api: Api<PodDisruptionBudget> = Api::namespaced(client.clone(), RELEASE_NS);
+        let name = pdb.metadata.name.clone().unwrap_or_default();
+        async move {
+            let p = api.get(&name).await.ok()?;
+            let s = p.status.clone()?;
+            (s.current_healthy == 2).then_some(p)
+        }
+    })
+    .await;
+    assert_eq!(pdb.status.map(|s| s.disruptions_allowed), Some(1));
+
+    let before = mirror_versions(client, TENANT_NS).await;
+    let old = pods
+        .iter()
+        .find(|p| p.metadata.name.as_deref() == Some(leader.as_str()))
+        .expect("leader pod")
+        .clone();
+    let pid = operator_pid(&old);
+    let grace = 30;
+    let t0 = Instant::now();
+    Api::<Pod>::namespaced(client.clone(), RELEASE_NS)
+        .delete(&leader, &DeleteParams::default())
+        .await
+        .expect("deleting the leader pod");
+    let (mut exited, mut released, mut handed_over) = (None, None, None);
+    while t0.elapsed() < Duration::from_secs(grace) && (exited.is_none() || handed_over.is_none()) {
+        if exited.is_none() && !std::path::Path::new(&format!("/proc/{pid}")).exists() {
+            exited = Some(t0.elapsed());
+        }
+        let holder = lease_holder(client).await;
+        if released.is_none() && holder.is_none() {
+            released = Some(t0.elapsed());
+        }
+        if handed_over.is_none() && holder.as_deref().is_some_and(|h| h != leader) {
+            handed_over = Some(t0.elapsed());
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let exited = exited.unwrap_or_else(|| panic!("the operator ignored SIGTERM for {grace}s"));
+    let handed_over = handed_over.expect("no replica took the Lease over");
+    figures.add(
+        "SIGTERM → process exit",
+        format!("{:.1} s", exited.as_secs_f64()),
+    );
+    figures.add(
+        "pod deletion → Lease released",
+        released.map_or("not seen empty (taken at once)".into(), |d| {
+            format!("{:.1} s", d.as_secs_f64())
+        }),
+    );
+    figures.add(
+        "leader hand-over",
+        format!("{:.1} s", handed_over.as_secs_f64()),
+    );
+    assert!(
+        handed_over < Duration::from_secs(15),
+        "hand-over within the lease duration (15 s)"
+    );
+    let pods = wait_ready_pods(client, 2, Duration::from_secs(120)).await;
+    let new_leader = wait_for_leader(client, &pods).await;
+    wait_synced(&pods, &new_leader).await;
+    let after = mirror_versions(client, TENANT_NS).await;
+    assert_eq!(
+        before, after,
+        "no mirror lost, none written again by the new leader"
+    );
+}
+
+/// `helm upgrade` with changed values rolls the pods; no mirror is lost and a remote change
+/// still reaches its mirror through the new leader.
+async fn upgrade_rolls_without_losing_mirrors(client: &Client, sim: &SimHandle) {
+    let before = mirror_versions(client, TENANT_NS).await;
+    let old: Vec<String> = pod_names(&wait_ready_pods(client, 2, Duration::from_secs(60)).await);
+    helm(
+        &[
+            "upgrade",
+            RELEASE,
+            CHART,
+            "-n",
+            RELEASE_NS,
+            "--reuse-values",
+            "--set",
+            "logLevel=debug",
+        ],
+        &json!({}),
+    );
+    let pods = wait_rolled(client, &old).await;
+    let leader = wait_for_leader(client, &pods).await;
+    wait_synced(&pods, &leader).await;
+    let after = mirror_versions(client, TENANT_NS).await;
+    assert_eq!(
+        before.keys().collect::<Vec<_>>(),
+        after.keys().collect::<Vec<_>>(),
+        "no mirror lost in the rollout"
+    );
+    let id = sim.state.clusters(WS_ID)[0].cluster_id.clone();
+    assert!(sim.state.set_state(
+        WS_ID,
+        &id,
+        emr_ray_operator::emr::model::ClusterState::Stopped
+    ));
+    let api: Api<EmrRayCluster> = Api::namespaced(client.clone(), TENANT_NS);
+    common::wait_for(
+        Duration::from_secs(40),
+        "the remote change in its mirror",
+        || {
+            let api = api.clone();
+            let id = id.clone();
+            async move {
+                let list = api.list(&ListParams::default()).await.ok()?;
+                list.items
+                    .into_iter()
+                    .find(|m| m.spec.cluster_id == id)
+                    .and_then(|m| m.status)
+                    .filter(|s| s.state.as_deref() == Some("Stopped"))
+            }
+        },
+    )
+    .await;
+}
+
+/// `metrics.secure=true`: a token bound to the chart's metrics-reader role scrapes `/metrics`
+/// at the Service's endpoints (200); no token, 401; the probes stay open.
+async fn secure_metrics(client: &Client) {
+    let old = pod_names(&wait_ready_pods(client, 2, Duration::from_secs(60)).await);
+    helm(
+        &[
+            "upgrade",
+            RELEASE,
+            CHART,
+            "-n",
+            RELEASE_NS,
+            "--reuse-values",
+            "--set",
+            "metrics.secure=true",
+        ],
+        &json!({}),
+    );
+    wait_rolled(client, &old).await;
+    create_namespace("monitoring");
+    kubectl_apply(json!({"apiVersion": "v1", "kind": "ServiceAccount",
+        "metadata": {"name": "prometheus", "namespace": "monitoring"}}));
+    kubectl_apply(json!({
+        "apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRoleBinding",
+        "metadata": {"name": "prometheus-emr-ray-operator-metrics"},
+        "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole",
+            "name": format!("{RELEASE}-{RELEASE_NS}-metrics-reader")},
+        "subjects": [{"kind": "ServiceAccount", "name": "prometheus", "namespace": "monitoring"}],
+    }));
+    let token = common::service_account_token(client, "monitoring", "prometheus").await;
+    let endpoints = service_endpoints(client, &format!("{RELEASE}-metrics")).await;
+    assert_eq!(
+        endpoints.len(),
+        2,
+        "both replicas behind the metrics Service: {endpoints:?}"
+    );
+    let http = reqwest::Client::new();
+    for ep in endpoints {
+        let url = format!("http://{ep}/metrics");
+        let anonymous = http.get(&url).send().await.expect("GET /metrics");
+        assert_eq!(anonymous.status().as_u16(), 401, "{url} without a token");
+        let scraped = common::wait_for(Duration::from_secs(20), "an authorized scrape", || {
+            let req = http.get(&url).bearer_auth(&token);
+            async move {
+                let r = req.send().await.ok()?;
+                (r.status().as_u16() == 200).then_some(r)
+            }
+        })
+        .await;
+        let body = scraped.text().await.expect("metrics body");
+        assert!(body.contains("emr_ray_operator_leader"), "{body}");
+        let health = http
+            .get(format!("http://{ep}/healthz"))
+            .send()
+            .await
+            .expect("healthz");
+        assert_eq!(health.status().as_u16(), 200, "/healthz stays open");
+    }
+}
+
+/// RRSA for real: the kubelet projects the chart's ServiceAccount token (audience
+/// `sts.aliyuncs.com`); the simulator's STS verifies it against the API server's discovery
+/// document and keys; the workspace mirrors with the STS credentials it returns.
+async fn rrsa_with_the_kubelets_token(client: &Client, sim: &SimHandle, figures: &mut Figures) {
+    // Public issuer discovery, as the Kubernetes documentation sets it up for external verifiers.
+    kubectl_apply(json!({
+        "apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRoleBinding",
+        "metadata": {"name": "service-account-issuer-discovery-public"},
+        "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole",
+            "name": "system:service-account-issuer-discovery"},
+        "subjects": [{"apiGroup": "rbac.authorization.k8s.io", "kind": "Group", "name": "system:unauthenticated"}],
+    }));
+    let (server, ca) = api_server_and_ca();
+    let provider = OidcProvider::discover(
+        SA_ISSUER,
+        Some(&server),
+        Some(&ca),
+        vec!["sts.aliyuncs.com".into()],
+    )
+    .await
+    .expect("OIDC discovery of the API server's issuer");
+    sim.state.add_oidc_provider(OIDC_PROVIDER_ARN, provider);
+    sim.state.generate(RRSA_WS_ID, 3, "ray-rrsa");
+
+    let old = pod_names(&wait_ready_pods(client, 2, Duration::from_secs(60)).await);
+    let sts = format!("http://{SIM_HOST}:{}/", sim.addr.port());
+    helm(
+        &[
+            "upgrade",
+            RELEASE,
+            CHART,
+            "-n",
+            RELEASE_NS,
+            "--reuse-values",
+            "--set",
+            "rrsa.enabled=true",
+            "--set",
+            &format!("rrsa.roleArn={ROLE_ARN}"),
+            "--set",
+            &format!("rrsa.oidcProviderArn={OIDC_PROVIDER_ARN}"),
+            "--set",
+            &format!("rrsa.stsEndpoint={sts}"),
+        ],
+        &json!({}),
+    );
+    wait_rolled(client, &old).await;
+    create_namespace(RRSA_NS);
+    kubectl_apply(json!({
+        "apiVersion": "emr.aliyun.io/v1alpha1", "kind": "EmrClusterCredentials",
+        "metadata": {"name": "operator-rrsa"},
+        "spec": {"source": {"rrsa": {}}, "namespaces": [RRSA_NS]},
+    }));
+    kubectl_apply(workspace(
+        RRSA_NS,
+        "rrsa",
+        RRSA_WS_ID,
+        sim,
+        json!({"clusterCredentialsRef": {"name": "operator-rrsa"}}),
+    ));
+    let mirrors = wait_mirrors(client, RRSA_NS, 3, Duration::from_secs(60)).await;
+    figures.add("mirrors of the RRSA workspace", mirrors.len());
+    let subjects = sim.state.stats().sts_verified_subjects;
+    let sa = format!("system:serviceaccount:{RELEASE_NS}:{RELEASE}");
+    assert!(
+        subjects.contains_key(&sa),
+        "STS verified the chart's ServiceAccount token: {subjects:?}"
+    );
+    // A token the API server did not sign is refused by the same STS.
+    let forged = reqwest::Client::new()
+        .post(format!(
+            "http://{}/?Action=AssumeRoleWithOIDC&Version=2015-04-01&Format=JSON",
+            sim.addr
+        ))
+        .form(&[
+            ("RoleArn", ROLE_ARN),
+            ("OIDCProviderArn", OIDC_PROVIDER_ARN),
+            ("OIDCToken", "eyJhbGciOiJSUzI1NiJ9.eyJzdWIiOiJ4In0.c2ln"),
+            ("RoleSessionName", "x"),
+        ])
+        .send()
+        .await
+        .expect("STS call");
+    assert_eq!(forged.status().as_u16(), 400);
+}
+
+/// `helm uninstall` removes what the chart rendered; the CRDs (Helm never deletes what it
+/// installed from `crds/`), the workspaces and mirrors (objects of those CRDs, the users'),
+/// and the Lease (the operator's, not the chart's) remain — as the README says.
+async fn uninstall_leaves_what_the_readme_says(client: &Client) {
+    run(common::helm().args([
+        "uninstall",
+        RELEASE,
+        "-n",
+        RELEASE_NS,
+        "--wait",
+        "--timeout",
+        "120s",
+    ]));
+    let deployments: Api<Deployment> = Api::namespaced(client.clone(), RELEASE_NS);
+    assert!(deployments.get_opt(RELEASE).await.unwrap().is_none());
+    let sas: Api<ServiceAccount> = Api::namespaced(client.clone(), RELEASE_NS);
+    assert!(sas.get_opt(RELEASE).await.unwrap().is_none());
+    common::wait_for(
+        Duration::from_secs(60),
+        "the operator's pods gone",
+        || async {
+            let pods: Api<Pod> = Api::namespaced(client.clone(), RELEASE_NS);
+            pods.list(&ListParams::default().labels("app.kubernetes.io/name=emr-ray-operator"))
+                .await
+                .ok()
+                .filter(|l| l.items.is_empty())
+        },
+    )
+    .await;
+    let remaining = run(common::kubectl().args([
+        "get", "clusterroles,clusterrolebindings,validatingadmissionpolicies,validatingadmissionpolicybindings",
+        "-o", "name",
+    ]));
+    assert!(
+        !remaining.contains(&format!("{RELEASE}-{RELEASE_NS}")),
+        "cluster-scoped objects of the release remain:\n{remaining}"
+    );
+    for crd in [
+        "emrworkspaces.emr.aliyun.io",
+        "emrrayclusters.emr.aliyun.io",
+        "emrclustercredentials.emr.aliyun.io",
+    ] {
+        run(common::kubectl().args(["get", "crd", crd]));
+    }
+    assert!(
+        !mirror_versions(client, TENANT_NS).await.is_empty(),
+        "mirrors are kept"
+    );
+    // The Lease is the operator's own object, not the chart's: it stays. Helm removes the RBAC
+    // while the pods are still stopping, so the last holder may not be able to release it; it
+    // then expires after its duration.
+    let _: Lease = Api::namespaced(client.clone(), RELEASE_NS)
+        .get(LEASE)
+        .await
+        .expect("the Lease remains");
+}
+
+// ---------------------------------------------------------------------------------------------
+// Helpers
+// ---------------------------------------------------------------------------------------------
+
+/// Deletes the release, the test's namespaces, cluster-scoped objects and the CRDs, and waits
+/// until they are gone.
+fn remove_everything() {
+    let _ = common::helm()
+        .args(["uninstall", RELEASE, "-n", RELEASE_NS, "--wait"])
+        .output();
+    run(common::kubectl().args([
+        "delete",
+        "--ignore-not-found",
+        "--wait",
+        "--timeout=120s",
+        "namespace",
+        TENANT_NS,
+        RRSA_NS,
+        "monitoring",
+        RELEASE_NS,
+    ]));
+    run(common::kubectl().args([
+        "delete",
+        "--ignore-not-found",
+        "--wait",
+        "--timeout=120s",
+        "clusterrolebinding/prometheus-emr-ray-operator-metrics",
+        "clusterrolebinding/service-account-issuer-discovery-public",
+        "emrclustercredentials.emr.aliyun.io/operator-rrsa",
+    ]));
+    let _ = common::kubectl()
+        .args([
+            "delete",
+            "--ignore-not-found",
+            "--wait",
+            "--timeout=120s",
+            "crd",
+            "emrworkspaces.emr.aliyun.io",
+            "emrrayclusters.emr.aliyun.io",
+            "emrclustercredentials.emr.aliyun.io",
+        ])
+        .output();
+}
+
+async fn node_is_ready(client: &Client) {
+    let nodes = Api::<Node>::all(client.clone())
+        .list(&ListParams::default())
+        .await
+        .expect("listing nodes");
+    let ready = nodes.items.iter().any(|n| {
+        n.status
+            .as_ref()
+            .and_then(|s| s.conditions.as_ref())
+            .is_some_and(|c| c.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
+    });
+    assert!(
+        ready,
+        "no Ready node: start the control plane with `tests/control-plane/kcp.sh up --node`"
+    );
+}
+
+fn repo() -> PathBuf {
+    common::repo_root()
+}
+
+fn import_image() {
+    let archive = repo().join("target/image/emr-ray-operator.oci.tar");
+    assert!(
+        archive.is_file(),
+        "{} is missing: run `make image`",
+        archive.display()
+    );
+    run(Command::new("bash")
+        .arg(repo().join("tests/control-plane/kcp.sh"))
+        .args(["node-import"])
+        .arg(&archive));
+}
+
+async fn start_simulator(bridge: IpAddr) -> SimHandle {
+    let mut cfg = SimConfig::with_default_fixture();
+    cfg.listen = SocketAddr::new(bridge, 0);
+    let sim = Simulator::start(cfg)
+        .await
+        .expect("simulator on the node's bridge");
+    sim.state.generate(WS_ID, 12, "ray-node");
+    sim
+}
+
+fn base_values(bridge: IpAddr) -> Value {
+    json!({
+        "security": {"allowedEndpoints": [format!("http://{SIM_HOST}:*")]},
+        "hostAliases": [{"ip": bridge.to_string(), "hostnames": [SIM_HOST]}],
+    })
+}
+
+fn workspace(ns: &str, name: &str, id: &str, sim: &SimHandle, credentials: Value) -> Value {
+    json!({
+        "apiVersion": "emr.aliyun.io/v1alpha1", "kind": "EmrWorkspace",
+        "metadata": {"name": name, "namespace": ns},
+        "spec": {
+            "regionId": "cn-hangzhou", "workspaceId": id,
+            "endpoint": format!("http://{SIM_HOST}:{}", sim.addr.port()),
+            "credentials": credentials, "syncInterval": "10s",
+        },
+    })
+}
+
+/// `helm ARGS -f <values>` in the repository.
+fn helm(args: &[&str], values: &Value) {
+    let file = std::env::temp_dir().join(format!("in-cluster-values-{}.yaml", std::process::id()));
+    std::fs::write(&file, serde_json::to_string(values).unwrap()).unwrap();
+    run(common::helm()
+        .current_dir(repo())
+        .args(args)
+        .arg("-f")
+        .arg(&file));
+}
+
+fn kubectl_apply(obj: Value) {
+    let file = std::env::temp_dir().join(format!("in-cluster-{}.json", uuid::Uuid::new_v4()));
+    std::fs::write(&file, serde_json::to_string(&obj).unwrap()).unwrap();
+    run(common::kubectl()
+        .args(["apply", "--server-side", "-f"])
+        .arg(&file));
+    let _ = std::fs::remove_file(file);
+}
+
+fn run(cmd: &mut Command) -> String {
+    let out = cmd
+        .output()
+        .unwrap_or_else(|e| panic!("running {cmd:?}: {e}"));
+    assert!(
+        out.status.success(),
+        "{cmd:?} failed: {}\n{}{}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+fn create_namespace(name: &str) {
+    kubectl_apply(json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": name}}));
+}
+
+fn pod_names(pods: &[Pod]) -> Vec<String> {
+    pods.iter()
+        .filter_map(|p| p.metadata.name.clone())
+        .collect()
+}
+
+fn is_ready(p: &Pod) -> bool {
+    p.metadata.deletion_timestamp.is_none()
+        && p.status
+            .as_ref()
+            .and_then(|s| s.conditions.as_ref())
+            .is_some_and(|c| c.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
+}
+
+/// Exactly `n` operator pods, all Ready (and none terminating).
+async fn wait_ready_pods(client: &Client, n: usize, timeout: Duration) -> Vec<Pod> {
+    let api: Api<Pod> = Api::namespaced(client.clone(), RELEASE_NS);
+    common::wait_for(timeout, &format!("{n} Ready operator pods"), || {
+        let api = api.clone();
+        async move {
+            let pods = api
+                .list(&ListParams::default().labels("app.kubernetes.io/name=emr-ray-operator"))
+                .await
+                .ok()?
+                .items;
+            (pods.len() == n && pods.iter().all(is_ready)).then_some(pods)
+        }
+    })
+    .await
+}
+
+/// The Deployment rolled: every pod is new (none of `old`), Ready, and the rollout is complete.
+async fn wait_rolled(client: &Client, old: &[String]) -> Vec<Pod> {
+    let deployments: Api<Deployment> = Api::namespaced(client.clone(), RELEASE_NS);
+    common::wait_for(Duration::from_secs(180), "the rollout", || {
+        let deployments = deployments.clone();
+        async move {
+            let d = deployments.get(RELEASE).await.ok()?;
+            let s = d.status.clone()?;
+            let want = d.spec.as_ref()?.replicas.unwrap_or(1);
+            (s.observed_generation == d.metadata.generation
+                && s.updated_replicas == Some(want)
+                && s.ready_replicas == Some(want)
+                && s.replicas == Some(want))
+            .then_some(())
+        }
+    })
+    .await;
+    let pods = wait_ready_pods(client, 2, Duration::from_secs(120)).await;
+    assert!(
+        pod_names(&pods).iter().all(|p| !old.contains(p)),
+        "every pod was replaced"
+    );
+    pods
+}
+
+async fn lease_holder(client: &Client) -> Option<String> {
+    Api::<Lease>::namespaced(client.clone(), RELEASE_NS)
+        .get_opt(LEASE)
+        .await
+        .ok()
+        .flatten()
+        .and_then(|l| l.spec)
+        .and_then(|s| s.holder_identity)
+        .filter(|h| !h.is_empty())
+}
+
+/// The Lease holder, once it is one of `pods`.
+async fn wait_for_leader(client: &Client, pods: &[Pod]) -> String {
+    let names = pod_names(pods);
+    common::wait_for(
+        Duration::from_secs(60),
+        "a leader among the pods",
+        || async { lease_holder(client).await.filter(|h| names.contains(h)) },
+    )
+    .await
+}
+
+fn pod_ip(p: &Pod) -> String {
+    p.status
+        .as_ref()
+        .and_then(|s| s.pod_ip.clone())
+        .expect("pod IP")
+}
+
+/// A sample of `name` from the pod's `/metrics` (open metrics only), summed over `label`.
+async fn pod_metric(p: &Pod, name: &str, label: Option<(&str, &str)>) -> Option<f64> {
+    let text = reqwest::get(format!("http://{}:8080/metrics", pod_ip(p)))
+        .await
+        .ok()?
+        .text()
+        .await
+        .ok()?;
+    let filter: Vec<(&str, &str)> = label.into_iter().collect();
+    Some(common::metric_sum(&text, name, &filter))
+}
+
+/// The leader has run a sync of `ml/prod` since it took over.
+async fn wait_synced(pods: &[Pod], leader: &str) {
+    let pod = pods
+        .iter()
+        .find(|p| p.metadata.name.as_deref() == Some(leader))
+        .expect("leader pod");
+    common::wait_for(
+        Duration::from_secs(60),
+        "the new leader's first sync",
+        || async {
+            let n = pod_metric(
+                pod,
+                "emr_ray_operator_last_successful_sync_timestamp_seconds",
+                Some(("workspace", "prod")),
+            )
+            .await?;
+            (n > 0.0).then_some(())
+        },
+    )
+    .await;
+}
+
+async fn mirror_versions(client: &Client, ns: &str) -> BTreeMap<String, String> {
+    Api::<EmrRayCluster>::namespaced(client.clone(), ns)
+        .list(&ListParams::default())
+        .await
+        .expect("listing mirrors")
+        .items
+        .into_iter()
+        .map(|m| {
+            (
+                m.metadata.name.unwrap_or_default(),
+                m.metadata.resource_version.unwrap_or_default(),
+            )
+        })
+        .collect()
+}
+
+async fn wait_mirrors(
+    client: &Client,
+    ns: &str,
+    n: usize,
+    timeout: Duration,
+) -> Vec<EmrRayCluster> {
+    let api: Api<EmrRayCluster> = Api::namespaced(client.clone(), ns);
+    common::wait_for(timeout, &format!("{n} mirrors in {ns}"), || {
+        let api = api.clone();
+        async move {
+            let items = api.list(&ListParams::default()).await.ok()?.items;
+            (items.len() == n && items.iter().all(|m| m.status.is_some())).then_some(items)
+        }
+    })
+    .await
+}
+
+/// `ip:port` of the ready endpoints of Service `name` (what kube-proxy would route to: the node
+/// has no kube-proxy, so the test resolves the Service as it would).
+async fn service_endpoints(client: &Client, name: &str) -> Vec<String> {
+    let api: Api<EndpointSlice> = Api::namespaced(client.clone(), RELEASE_NS);
+    common::wait_for(
+        Duration::from_secs(60),
+        "the metrics Service's endpoints",
+        || {
+            let api = api.clone();
+            async move {
+                let slices = api
+                    .list(
+                        &ListParams::default()
+                            .labels(&format!("kubernetes.io/service-name={name}")),
+                    )
+                    .await
+                    .ok()?
+                    .items;
+                let mut out = Vec::new();
+                for s in slices {
+                    let port = s
+                        .ports
+                        .as_ref()?
+                        .iter()
+                        .find(|p| p.name.as_deref() == Some("metrics"))?
+                        .port?;
+                    for e in s.endpoints {
+                        if e.conditions.as_ref().and_then(|c| c.ready) == Some(true) {
+                            out.extend(e.addresses.iter().map(|a| format!("{a}:{port}")));
+                        }
+                    }
+                }
+                (out.len() == 2).then_some(out)
+            }
+        },
+    )
+    .await
+}
+
+/// The host PID of the operator process of `pod` (its cgroup names the pod's UID).
+fn operator_pid(pod: &Pod) -> u32 {
+    let uid = pod.metadata.uid.clone().expect("pod uid");
+    let cgroup_uid = uid.replace('-', "_");
+    for entry in std::fs::read_dir("/proc").expect("/proc").flatten() {
+        let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else {
+            continue;
+        };
+        let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+        if !cmdline.starts_with(b"/usr/local/bin/emr-ray-operator\0") {
+            continue;
+        }
+        let cgroup = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).unwrap_or_default();
+        if cgroup.contains(&uid) || cgroup.contains(&cgroup_uid) {
+            return pid;
+        }
+    }
+    panic!("no operator process of pod {uid} on this host");
+}
+
+fn root_is_read_only(pid: u32) -> bool {
+    let mountinfo = std::fs::read_to_string(format!("/proc/{pid}/mountinfo")).unwrap_or_default();
+    mountinfo.lines().any(|l| {
+        let f: Vec<&str> = l.split_whitespace().collect();
+        f.len() > 5 && f[4] == "/" && f[5].split(',').any(|o| o == "ro")
+    })
+}
+
+/// The API server's URL and CA from the admin kubeconfig.
+fn api_server_and_ca() -> (String, Vec<u8>) {
+    let kc: serde_yaml::Value = serde_yaml::from_str(
+        &std::fs::read_to_string(common::kubeconfig_path()).expect("kubeconfig"),
+    )
+    .expect("kubeconfig YAML");
+    let cluster = &kc["clusters"][0]["cluster"];
+    let server = cluster["server"].as_str().expect("server").to_string();
+    let ca = cluster["certificate-authority-data"]
+        .as_str()
+        .expect("CA data");
+    use base64::Engine as _;
+    let ca = base64::engine::general_purpose::STANDARD
+        .decode(ca)
+        .expect("CA base64");
+    (server, ca)
+}
