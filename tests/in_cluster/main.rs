@@ -163,19 +163,7 @@ async fn install_and_mirror(
 /// period, releases the Lease and hands over within the lease duration, and the new leader
 /// writes nothing that was already right.
 async fn two_replicas_one_leader_and_sigterm(client: &Client, figures: &mut Figures) {
-    helm(
-        &[
-            "upgrade",
-            RELEASE,
-            CHART,
-            "-n",
-            RELEASE_NS,
-            "--reuse-values",
-            "--set",
-            "replicas=2",
-        ],
-        &json!({}),
-    );
+    upgrade(&["replicas=2"]);
     let pods = wait_ready_pods(client, 2, Duration::from_secs(120)).await;
     let leader = wait_for_leader(client, &pods).await;
     let leaders: Vec<&str> = {
@@ -269,21 +257,7 @@ async fn two_replicas_one_leader_and_sigterm(client: &Client, figures: &mut Figu
 /// still reaches its mirror through the new leader.
 async fn upgrade_rolls_without_losing_mirrors(client: &Client, sim: &SimHandle) {
     let before = mirror_versions(client, TENANT_NS).await;
-    let old: Vec<String> = pod_names(&wait_ready_pods(client, 2, Duration::from_secs(60)).await);
-    helm(
-        &[
-            "upgrade",
-            RELEASE,
-            CHART,
-            "-n",
-            RELEASE_NS,
-            "--reuse-values",
-            "--set",
-            "logLevel=debug",
-        ],
-        &json!({}),
-    );
-    let pods = wait_rolled(client, &old).await;
+    let pods = upgrade_and_roll(client, &["logLevel=debug"]).await;
     let leader = wait_for_leader(client, &pods).await;
     wait_synced(&pods, &leader).await;
     let after = mirror_versions(client, TENANT_NS).await;
@@ -321,21 +295,7 @@ async fn upgrade_rolls_without_losing_mirrors(client: &Client, sim: &SimHandle) 
 /// `metrics.secure=true`: a token bound to the chart's metrics-reader role scrapes `/metrics`
 /// at the Service's endpoints (200); no token, 401; the probes stay open.
 async fn secure_metrics(client: &Client) {
-    let old = pod_names(&wait_ready_pods(client, 2, Duration::from_secs(60)).await);
-    helm(
-        &[
-            "upgrade",
-            RELEASE,
-            CHART,
-            "-n",
-            RELEASE_NS,
-            "--reuse-values",
-            "--set",
-            "metrics.secure=true",
-        ],
-        &json!({}),
-    );
-    wait_rolled(client, &old).await;
+    upgrade_and_roll(client, &["metrics.secure=true"]).await;
     create_namespace("monitoring");
     kubectl_apply(json!({"apiVersion": "v1", "kind": "ServiceAccount",
         "metadata": {"name": "prometheus", "namespace": "monitoring"}}));
@@ -401,28 +361,17 @@ async fn rrsa_with_the_kubelets_token(client: &Client, sim: &SimHandle, figures:
     sim.state.add_oidc_provider(OIDC_PROVIDER_ARN, provider);
     sim.state.generate(RRSA_WS_ID, 3, "ray-rrsa");
 
-    let old = pod_names(&wait_ready_pods(client, 2, Duration::from_secs(60)).await);
     let sts = format!("http://{SIM_HOST}:{}/", sim.addr.port());
-    helm(
+    upgrade_and_roll(
+        client,
         &[
-            "upgrade",
-            RELEASE,
-            CHART,
-            "-n",
-            RELEASE_NS,
-            "--reuse-values",
-            "--set",
             "rrsa.enabled=true",
-            "--set",
             &format!("rrsa.roleArn={ROLE_ARN}"),
-            "--set",
             &format!("rrsa.oidcProviderArn={OIDC_PROVIDER_ARN}"),
-            "--set",
             &format!("rrsa.stsEndpoint={sts}"),
         ],
-        &json!({}),
-    );
-    wait_rolled(client, &old).await;
+    )
+    .await;
     create_namespace(RRSA_NS);
     kubectl_apply(json!({
         "apiVersion": "emr.aliyun.io/v1alpha1", "kind": "EmrClusterCredentials",
@@ -523,8 +472,8 @@ async fn uninstall_leaves_what_the_readme_says(client: &Client) {
 // Helpers
 // ---------------------------------------------------------------------------------------------
 
-/// Deletes the release, the test's namespaces, cluster-scoped objects and the CRDs, and waits
-/// until they are gone.
+/// Deletes the release, the test's namespaces, cluster-scoped objects and the CRDs (and with
+/// them the cluster credentials), and waits until they are gone.
 fn remove_everything() {
     let _ = common::helm()
         .args(["uninstall", RELEASE, "-n", RELEASE_NS, "--wait"])
@@ -547,7 +496,6 @@ fn remove_everything() {
         "--timeout=120s",
         "clusterrolebinding/prometheus-emr-ray-operator-metrics",
         "clusterrolebinding/service-account-issuer-discovery-public",
-        "emrclustercredentials.emr.aliyun.io/operator-rrsa",
     ]));
     let _ = common::kubectl()
         .args([
@@ -624,6 +572,30 @@ fn workspace(ns: &str, name: &str, id: &str, sim: &SimHandle, credentials: Value
             "credentials": credentials, "syncInterval": "10s",
         },
     })
+}
+
+/// `helm upgrade --reuse-values --set S…` of the release.
+fn upgrade(sets: &[&str]) {
+    let mut args = vec![
+        "upgrade",
+        RELEASE,
+        CHART,
+        "-n",
+        RELEASE_NS,
+        "--reuse-values",
+    ];
+    for s in sets {
+        args.extend(["--set", s]);
+    }
+    helm(&args, &json!({}));
+}
+
+/// [`upgrade`] with values that change the pod template, then waits until both pods are new
+/// and Ready.
+async fn upgrade_and_roll(client: &Client, sets: &[&str]) -> Vec<Pod> {
+    let old = pod_names(&wait_ready_pods(client, 2, Duration::from_secs(60)).await);
+    upgrade(sets);
+    wait_rolled(client, &old).await
 }
 
 /// `helm ARGS -f <values>` in the repository.
