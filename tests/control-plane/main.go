@@ -19,7 +19,6 @@ package main
 
 import (
 	"bufio"
-	"bytes"
 	"context"
 	"crypto/ecdsa"
 	"crypto/elliptic"
@@ -735,9 +734,22 @@ func serial() *big.Int {
 }
 
 func writeKubeconfig(path, server string, p *pkiFiles) error {
+	buf := kubeconfigYAML(server, "admin", p.caPEM, p.adminCertPEM, p.adminKeyPEM)
+	if err := os.MkdirAll(filepath.Dir(path), 0o755); err != nil {
+		return err
+	}
+	tmp := path + ".tmp"
+	if err := os.WriteFile(tmp, buf, 0o600); err != nil {
+		return err
+	}
+	return os.Rename(tmp, path)
+}
+
+// kubeconfigYAML is a kubeconfig for the control plane at server with one client-certificate
+// user (the admin's, or the node's).
+func kubeconfigYAML(server, user string, caPEM, certPEM, keyPEM []byte) []byte {
 	b64 := base64.StdEncoding.EncodeToString
-	var buf bytes.Buffer
-	fmt.Fprintf(&buf, `apiVersion: v1
+	return []byte(fmt.Sprintf(`apiVersion: v1
 kind: Config
 clusters:
 - name: kcp
@@ -745,7 +757,7 @@ clusters:
     server: %s
     certificate-authority-data: %s
 users:
-- name: admin
+- name: %s
   user:
     client-certificate-data: %s
     client-key-data: %s
@@ -753,18 +765,10 @@ contexts:
 - name: kcp
   context:
     cluster: kcp
-    user: admin
+    user: %s
     namespace: default
 current-context: kcp
-`, server, b64(p.caPEM), b64(p.adminCertPEM), b64(p.adminKeyPEM))
-	if err := os.MkdirAll(filepath.Dir(path), 0o755); err != nil {
-		return err
-	}
-	tmp := path + ".tmp"
-	if err := os.WriteFile(tmp, buf.Bytes(), 0o600); err != nil {
-		return err
-	}
-	return os.Rename(tmp, path)
+`, server, b64(caPEM), user, b64(certPEM), b64(keyPEM), user))
 }
 
 func adminHTTPClient(p *pkiFiles) (*http.Client, error) {

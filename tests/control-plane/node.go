@@ -28,7 +28,6 @@ import (
 	"crypto/rand"
 	"crypto/x509"
 	"crypto/x509/pkix"
-	"encoding/base64"
 	"encoding/json"
 	"encoding/pem"
 	"errors"
@@ -1300,27 +1299,8 @@ func (n *nodeRun) writeNodeCredentials() error {
 		return err
 	}
 	nodeKeyPEM := pem.EncodeToMemory(&pem.Block{Type: "EC PRIVATE KEY", Bytes: kder})
-	b64 := base64.StdEncoding.EncodeToString
-	kc := fmt.Sprintf(`apiVersion: v1
-kind: Config
-clusters:
-- name: kcp
-  cluster:
-    server: %s
-    certificate-authority-data: %s
-users:
-- name: node
-  user:
-    client-certificate-data: %s
-    client-key-data: %s
-contexts:
-- name: node
-  context:
-    cluster: kcp
-    user: node
-current-context: node
-`, n.server, b64(caPEM), b64(certPEM), b64(nodeKeyPEM))
-	return os.WriteFile(n.path("kubelet.kubeconfig"), []byte(kc), 0o600)
+	kc := kubeconfigYAML(n.server, "node", caPEM, certPEM, nodeKeyPEM)
+	return os.WriteFile(n.path("kubelet.kubeconfig"), kc, 0o600)
 }
 
 // ---------------------------------------------------------------- teardown
