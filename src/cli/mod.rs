@@ -121,6 +121,10 @@ struct RunArgs {
     /// Largest remote response body per page, in bytes.
     #[arg(long, env = "MAX_RESPONSE_BYTES", default_value_t = 8 * 1024 * 1024)]
     max_response_bytes: usize,
+    /// Largest sum of the response bodies of one workspace's listing, in bytes (more: the
+    /// listing fails with TooManyClusters and its mirrors are kept).
+    #[arg(long, env = "MAX_LISTING_BYTES", default_value_t = 64 * 1024 * 1024)]
+    max_listing_bytes: usize,
     /// Share (0–1] of the remote request budget and of the reconcile slots that one namespace's
     /// workspaces may use.
     #[arg(long, env = "NAMESPACE_SHARE", default_value_t = 0.5)]
@@ -282,6 +286,7 @@ async fn run(a: RunArgs) -> anyhow::Result<()> {
             .map_err(anyhow::Error::msg)?,
         max_clusters_per_workspace: a.max_clusters_per_workspace.max(1),
         max_response_bytes: a.max_response_bytes.max(64 * 1024),
+        max_listing_bytes: a.max_listing_bytes.max(a.max_response_bytes.max(64 * 1024)),
         metrics_auth: a.metrics_auth,
         status_heartbeat: a.status_heartbeat.as_duration(),
         namespace_share: if a.namespace_share.is_finite() {

@@ -638,3 +638,47 @@ async fn rate_limit_is_shared_by_all_callers() {
     );
     sim.shutdown().await;
 }
+
+/// What one listing reads is bounded in bytes, whatever its page count: a listing one byte
+/// over `max_listing_bytes` fails with `TooManyClusters` on the page that crosses it, reading
+/// no further and retrying nothing; exactly at the limit it succeeds.
+#[tokio::test]
+async fn listing_bytes_are_bounded() {
+    let sim = sim().await;
+    let ws = "w-bytes";
+    sim.state.ensure_workspace(ws);
+    sim.state.generate(ws, 250, "b");
+    let total = client(cfg())
+        .list_ray_clusters(&sim.base_url(), ws, &creds())
+        .await
+        .unwrap();
+    assert_eq!(total.pages, 3);
+    assert!(total.bytes > 0);
+
+    let at_limit = client(ClientConfig {
+        max_listing_bytes: total.bytes,
+        ..cfg()
+    })
+    .list_ray_clusters(&sim.base_url(), ws, &creds())
+    .await
+    .expect("a listing of exactly the limit");
+    assert_eq!(at_limit.clusters.len(), 250);
+
+    sim.state.reset_stats();
+    let err = client(ClientConfig {
+        max_listing_bytes: total.bytes - 1,
+        ..cfg()
+    })
+    .list_ray_clusters(&sim.base_url(), ws, &creds())
+    .await
+    .expect_err("one byte over the limit");
+    assert_eq!(err.kind, ErrorKind::TooManyClusters);
+    assert!(
+        err.message.contains("--max-listing-bytes"),
+        "{}",
+        err.message
+    );
+    assert!(err.message.contains("after 2 pages"), "{}", err.message);
+    assert_eq!(sim.state.stats().requests, 3, "no retry, no further page");
+    sim.shutdown().await;
+}

@@ -64,6 +64,10 @@ pub struct ClientConfig {
     pub user_agent: String,
     /// Largest response body read per page; a larger one fails the listing.
     pub max_body_bytes: usize,
+    /// Largest sum of the response bodies of one listing: a listing that would read more fails
+    /// (`TooManyClusters`, nothing pruned) without reading further, so that what one workspace's
+    /// endpoint sends is bounded whatever its page count.
+    pub max_listing_bytes: usize,
     /// Most clusters a listing may return; more fails it (`TooManyClusters`) without reading
     /// further pages.
     pub max_clusters: usize,
@@ -90,6 +94,7 @@ impl Default for ClientConfig {
             signature: SignatureVersion::Acs3HmacSha256,
             user_agent: format!("emr-ray-operator/{}", env!("CARGO_PKG_VERSION")),
             max_body_bytes: 8 * 1024 * 1024,
+            max_listing_bytes: 64 * 1024 * 1024,
             max_clusters: 10_000,
             budget_share: 1.0,
             observer: None,
@@ -136,6 +141,8 @@ pub struct Listing {
     pub requests: u32,
     /// Request IDs of the successful page requests, in page order.
     pub request_ids: Vec<String>,
+    /// Bytes of the page bodies read.
+    pub bytes: usize,
 }
 
 struct Inner {
@@ -395,6 +402,23 @@ impl EmrClient {
         let cfg = &self.inner.cfg;
         let mut attempt = 0u32;
         let mut malformed = 0u32;
+        // What this page may still read of the listing's byte budget.
+        let remaining = cfg.max_listing_bytes.saturating_sub(listing.bytes);
+        let max_body = cfg.max_body_bytes.min(remaining);
+        let listing_too_large = || {
+            EmrError::new(
+                ErrorKind::TooManyClusters,
+                format!(
+                    "the listing of workspace {workspace_id} is larger than the operator's limit \
+                     of {} bytes (--max-listing-bytes) after {} pages",
+                    cfg.max_listing_bytes,
+                    page_num - 1
+                ),
+            )
+        };
+        if remaining == 0 {
+            return Err(listing_too_large());
+        }
         loop {
             if let (Some(shares), Some(key)) = (&self.inner.shares, budget) {
                 shares.until_key_ready(&key.to_string()).await;
@@ -402,7 +426,7 @@ impl EmrClient {
             self.inner.limiter.until_ready().await;
             let started = std::time::Instant::now();
             let result = self
-                .send_once(endpoint, workspace_id, page_num, creds)
+                .send_once(endpoint, workspace_id, page_num, creds, max_body)
                 .await;
             listing.requests += 1;
             let outcome = match &result {
@@ -421,7 +445,13 @@ impl EmrClient {
                 obs(&outcome);
             }
             let err = match result {
-                Ok(page) => return Ok(page),
+                Ok((page, request_id, bytes)) => {
+                    listing.bytes += bytes;
+                    return Ok((page, request_id));
+                }
+                Err((e, _)) if max_body < cfg.max_body_bytes && request::is_body_too_large(&e) => {
+                    return Err(listing_too_large().with_request_id(e.request_id));
+                }
                 Err((e, _)) => e,
             };
             tracing::debug!(
@@ -487,7 +517,8 @@ impl EmrClient {
         workspace_id: &str,
         page_num: u32,
         creds: &Credentials,
-    ) -> Result<(Vec<RayCluster>, Option<String>), (EmrError, String)> {
+        max_body: usize,
+    ) -> Result<(Vec<RayCluster>, Option<String>, usize), (EmrError, String)> {
         let cfg = &self.inner.cfg;
         let url = Self::page_url(endpoint, workspace_id, page_num, cfg.page_size);
         let headers = signed_headers(
@@ -507,7 +538,7 @@ impl EmrClient {
             req = req.header(k.as_str(), v.as_str());
         }
         let resp = req.send().await.map_err(transport_error)?;
-        read_response(resp, cfg.max_body_bytes).await
+        read_response(resp, max_body).await
     }
 }
 

@@ -6,12 +6,12 @@ use crate::emr::error::{EmrError, ErrorKind};
 use crate::emr::model::{ListRayClusterResponse, RayCluster};
 use crate::emr::{API_VERSION, Credentials, sign};
 
-/// A response: the page's clusters and request ID, or an error with the outcome code for the
-/// observer.
+/// A response: the page's clusters, request ID and body size, or an error with the outcome
+/// code for the observer.
 pub(super) async fn read_response(
     resp: reqwest::Response,
     max_body_bytes: usize,
-) -> Result<(Vec<RayCluster>, Option<String>), (EmrError, String)> {
+) -> Result<(Vec<RayCluster>, Option<String>, usize), (EmrError, String)> {
     let status = resp.status().as_u16();
     let header_request_id = resp
         .headers()
@@ -45,7 +45,7 @@ pub(super) async fn read_response(
     })?;
     let request_id = page.request_id.clone().or(header_request_id);
     match page.ray_clusters {
-        Some(c) => Ok((c, request_id)),
+        Some(c) => Ok((c, request_id, body.len())),
         None => Err(malformed(
             "response has no rayClusters field".to_string(),
             request_id,
@@ -71,11 +71,18 @@ pub(crate) async fn read_body(
     Ok(body)
 }
 
+const BODY_TOO_LARGE: &str = "response body is larger than the limit of";
+
+/// The error [`read_body`] gives for a body over its limit.
+pub(super) fn is_body_too_large(e: &EmrError) -> bool {
+    e.kind == ErrorKind::Malformed && e.message.starts_with(BODY_TOO_LARGE)
+}
+
 fn body_too_large(status: u16, max: usize) -> (EmrError, String) {
     (
         EmrError::new(
             ErrorKind::Malformed,
-            format!("response body is larger than the limit of {max} bytes"),
+            format!("{BODY_TOO_LARGE} {max} bytes"),
         )
         .with_status(status),
         "malformed".to_string(),
