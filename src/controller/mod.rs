@@ -318,11 +318,13 @@ async fn sync(ws: &EmrWorkspace, ctx: &Context, st: &mut WorkspaceState) -> Resu
     {
         st.failure = None;
     }
-    let now = Instant::now();
     let requested = requested_sync(ws, st);
-    let due = st.next_due.is_none_or(|d| now >= d)
-        || st.synced_generation != ws.meta().generation
-        || requested.is_some();
+    let due = listing_due(
+        Instant::now(),
+        st.next_due,
+        st.failure.is_some(),
+        st.synced_generation != ws.meta().generation || requested.is_some(),
+    );
     if due {
         st.synced_generation = ws.meta().generation;
         sync::list_remote(ws, ctx, st, interval).await;
@@ -499,6 +501,14 @@ pub fn prune_deleted(ctx: &Context, workspaces: &Store<EmrWorkspace>) {
     }
 }
 
+/// Whether a listing is due at `now`: its time `next_due` has come, or a spec edit or a
+/// `requestedAt` annotation asks for one early (`early`) — but never while the last listing
+/// failed: then `next_due` is a backoff or `x-acs-retry-after` deadline, and asking again must
+/// not call the remote sooner (a loop of annotations cannot raise the request rate). Pure.
+fn listing_due(now: Instant, next_due: Option<Instant>, failing: bool, early: bool) -> bool {
+    next_due.is_none_or(|d| now >= d) || (early && !failing)
+}
+
 /// A `requestedAt` annotation value not handled yet (by this replica, or before, as the
 /// status records).
 fn requested_sync(ws: &EmrWorkspace, st: &WorkspaceState) -> Option<String> {
@@ -603,6 +613,39 @@ pub fn error_policy(ws: Arc<EmrWorkspace>, err: &Error, ctx: Arc<Context>) -> Ac
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn early_listings_wait_for_a_backoff() {
+        let now = Instant::now();
+        let later = now + Duration::from_secs(5);
+        let earlier = now - Duration::from_secs(1);
+        // (next_due, failing, early) -> due
+        let rows = [
+            (None, false, false, true, "never listed"),
+            (Some(earlier), false, false, true, "the interval has passed"),
+            (Some(later), false, false, false, "within the interval"),
+            (Some(later), false, true, true, "asked for early, healthy"),
+            (
+                Some(later),
+                true,
+                true,
+                false,
+                "asked for early while backing off",
+            ),
+            (Some(later), true, false, false, "backing off"),
+            (Some(earlier), true, true, true, "the backoff has passed"),
+            (
+                None,
+                true,
+                true,
+                true,
+                "failed without a deadline (invalid spec fixed)",
+            ),
+        ];
+        for (next_due, failing, early, want, what) in rows {
+            assert_eq!(listing_due(now, next_due, failing, early), want, "{what}");
+        }
+    }
 
     #[test]
     fn one_remote_identity_whatever_the_region_names() {

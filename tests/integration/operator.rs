@@ -1033,3 +1033,59 @@ async fn sync_on_request_lists_once_now() {
     assert_eq!(env.sim.state.stats().requests - requests, 1);
     env.teardown().await;
 }
+
+/// While the endpoint throttles (`x-acs-retry-after: 8`), a loop of `requestedAt` annotations
+/// does not list sooner than the retry-after allows: one listing, then the next only after the
+/// deadline — never one per annotation.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn requested_syncs_wait_for_the_backoff() {
+    let mut env = Env::new("e2e-sync-backoff").await;
+    env.sim.state.set_faults(Faults {
+        throttle_rate: 1.0,
+        throttle_retry_after_secs: 8,
+        ..Faults::default()
+    });
+    env.create_workspace("ws", json!({"syncInterval": "1h"}))
+        .await;
+    env.start();
+    env.wait_ready("ws", "False", None, Duration::from_secs(60))
+        .await;
+    let first = env.operators[0].sync_attempts("ws");
+    assert!(first >= 1);
+    let started = std::time::Instant::now();
+    let mut n = 0;
+    // Annotations every 250 ms for 5 s, all within the 8 s retry-after.
+    while started.elapsed() < Duration::from_secs(5) {
+        n += 1;
+        env.workspaces()
+            .patch(
+                "ws",
+                &PatchParams::default(),
+                &Patch::Merge(json!({"metadata": {"annotations": {
+                    emr_ray_operator::api::ANNOTATION_REQUESTED_AT: format!("loop-{n}")}}})),
+            )
+            .await
+            .unwrap();
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    assert!(n >= 15, "{n} annotations");
+    assert_eq!(
+        env.operators[0].sync_attempts("ws"),
+        first,
+        "no listing before the retry-after deadline, whatever was asked"
+    );
+    // The request is not lost: it is handled once the deadline has passed.
+    env.sim.state.set_faults(Faults::default());
+    env.wait_ready("ws", "True", Some("Synced"), Duration::from_secs(30))
+        .await;
+    common::wait_for(
+        Duration::from_secs(10),
+        "the last request handled",
+        || async {
+            let st = env.status("ws").await;
+            (st.last_handled_reconcile_at.as_deref() == Some(&format!("loop-{n}"))).then_some(())
+        },
+    )
+    .await;
+    env.teardown().await;
+}
