@@ -319,15 +319,28 @@ async fn sync(ws: &EmrWorkspace, ctx: &Context, st: &mut WorkspaceState) -> Resu
         st.failure = None;
     }
     let requested = requested_sync(ws, st);
-    let due = listing_due(
+    let mut due = listing_due(
         Instant::now(),
         st.next_due,
         st.failure.is_some(),
         st.synced_generation != ws.meta().generation || requested.is_some(),
     );
+    // The namespace's listing slot, or none now: then this reconcile gives its slot back and
+    // the listing comes again shortly, still due.
+    let slot = due
+        .then(|| {
+            ctx.namespace_slots
+                .try_acquire(&ws.namespace().unwrap_or_default())
+        })
+        .flatten();
+    if due && slot.is_none() {
+        due = false;
+        st.next_due = Instant::now().checked_add(jitter(NAMESPACE_BUSY_RETRY, 0.5));
+    }
     if due {
         st.synced_generation = ws.meta().generation;
         sync::list_remote(ws, ctx, st, interval).await;
+        drop(slot);
         if requested.is_some() {
             st.handled_request = requested;
         }
@@ -500,6 +513,9 @@ pub fn prune_deleted(ctx: &Context, workspaces: &Store<EmrWorkspace>) {
         }
     }
 }
+
+/// How soon a due workspace whose namespace had no listing slot free tries again.
+const NAMESPACE_BUSY_RETRY: Duration = Duration::from_secs(1);
 
 /// Whether a listing is due at `now`: its time `next_due` has come, or a spec edit or a
 /// `requestedAt` annotation asks for one early (`early`) — but never while the last listing

@@ -315,22 +315,24 @@ impl NamespaceSlots {
         }
     }
 
-    /// Waits for a listing slot of `ns`.
-    pub async fn acquire(&self, ns: &str) -> tokio::sync::OwnedSemaphorePermit {
-        let sem = {
-            let mut slots = lock(&self.slots);
-            // Namespaces with no listing in flight hold nothing worth keeping.
-            if slots.len() > 1024 {
-                slots.retain(|_, s| s.available_permits() < self.per_namespace);
-            }
-            slots
-                .entry(ns.to_string())
-                .or_insert_with(|| Arc::new(tokio::sync::Semaphore::new(self.per_namespace)))
-                .clone()
-        };
-        sem.acquire_owned()
-            .await
-            .expect("namespace semaphores are never closed")
+    /// A listing slot of `ns` if one is free now. A workspace that gets none gives its
+    /// reconcile slot back and comes again shortly, so that one namespace never holds more of
+    /// the operator's reconcile slots than its share (waiting for its own namespace's slot
+    /// while holding one would starve every other namespace).
+    pub fn try_acquire(&self, ns: &str) -> Option<tokio::sync::OwnedSemaphorePermit> {
+        self.semaphore(ns).try_acquire_owned().ok()
+    }
+
+    fn semaphore(&self, ns: &str) -> Arc<tokio::sync::Semaphore> {
+        let mut slots = lock(&self.slots);
+        // Namespaces with no listing in flight hold nothing worth keeping.
+        if slots.len() > 1024 {
+            slots.retain(|_, s| s.available_permits() < self.per_namespace);
+        }
+        slots
+            .entry(ns.to_string())
+            .or_insert_with(|| Arc::new(tokio::sync::Semaphore::new(self.per_namespace)))
+            .clone()
     }
 }
 
@@ -674,20 +676,24 @@ mod tests {
         );
     }
 
-    #[tokio::test]
-    async fn namespace_slots_bound_one_namespace_only() {
+    #[test]
+    fn namespace_slots_bound_one_namespace_only() {
         let slots = NamespaceSlots::new(2);
-        let a1 = slots.acquire("a").await;
-        let _a2 = slots.acquire("a").await;
-        let third = tokio::time::timeout(Duration::from_millis(50), slots.acquire("a")).await;
-        assert!(third.is_err(), "a third listing of namespace a waits");
-        let _b = tokio::time::timeout(Duration::from_millis(50), slots.acquire("b"))
-            .await
+        let a1 = slots.try_acquire("a").expect("a's first slot");
+        let _a2 = slots.try_acquire("a").expect("a's second slot");
+        assert!(
+            slots.try_acquire("a").is_none(),
+            "no third listing of a at once"
+        );
+        let b1 = slots
+            .try_acquire("b")
             .expect("namespace b is not held up by a");
         drop(a1);
-        let _again = tokio::time::timeout(Duration::from_millis(50), slots.acquire("a"))
-            .await
-            .expect("a slot of a came free");
+        assert!(slots.try_acquire("a").is_some(), "a slot of a came free");
+        let _b2 = slots.try_acquire("b").expect("b's second slot");
+        assert!(slots.try_acquire("b").is_none(), "b's two slots are taken");
+        drop(b1);
+        assert!(slots.try_acquire("b").is_some(), "and free again");
     }
 
     #[test]

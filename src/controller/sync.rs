@@ -127,7 +127,6 @@ async fn list_workspace(ws: &EmrWorkspace, ctx: &Context) -> Result<Listing, Syn
     let credentials =
         credentials::for_workspace(ws, &endpoint, &ctx.client, &ctx.credentials).await?;
     let ns = ws.namespace().unwrap_or_default();
-    let _slot = ctx.namespace_slots.acquire(&ns).await;
     let timeout = ctx
         .settings
         .listing_timeout
