@@ -120,9 +120,14 @@ print_env() {
 ensure_node_packages() {
   local missing=() p
   for p in "${NODE_PACKAGES[@]}"; do
-    [[ -e "${p#*:}" ]] || missing+=("${p%%:*}")
+    # A tool found on PATH (wherever another package put it) counts as present.
+    [[ -e "${p#*:}" ]] || command -v "$(basename "${p#*:}")" >/dev/null 2>&1 || missing+=("${p%%:*}")
   done
   ((${#missing[@]})) || return 0
+  if dpkg -s containerd.io >/dev/null 2>&1; then
+    log "Docker's containerd.io is installed; installing Debian's ${missing[*]} would replace it: install them yourself or use another machine"
+    return 1
+  fi
   if ((EUID != 0)); then
     log "the node needs root and the Debian packages: ${missing[*]}"
     return 1
@@ -143,7 +148,7 @@ ensure_node_packages() {
     fi
   done
   for p in "${NODE_PACKAGES[@]}"; do
-    if [[ ! -e "${p#*:}" ]]; then
+    if [[ ! -e "${p#*:}" ]] && ! command -v "$(basename "${p#*:}")" >/dev/null 2>&1; then
       log "the Debian package '${p%%:*}' is installed but ${p#*:} is missing"
       return 1
     fi

@@ -208,10 +208,8 @@ func up(args []string) int {
 	}
 	if *withNode {
 		if err := nodePreflight(d); err != nil {
+			// The data dir is left as it is: it may hold the journal the message points to.
 			logf("%v", err)
-			if removeDir != "" {
-				_ = os.RemoveAll(removeDir)
-			}
 			return 1
 		}
 	}
@@ -354,6 +352,9 @@ func up(args []string) int {
 			case reason := <-stop:
 				logf("%s while waiting for %s; shutting down", reason, what)
 				cleanup()
+				if cleanupFailed {
+					return 1, false
+				}
 				return 0, false
 			case ev := <-exits:
 				return childDied(ev.c, cleanup), false

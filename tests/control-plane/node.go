@@ -439,6 +439,31 @@ func readMounts(pid string) []mountEntry {
 	return out
 }
 
+// Paths the node's processes bind-mount over inside their mount namespaces.
+var nodeBindTargets = []string{"/proc/sys", "/run", "/var/lib", "/var/log"}
+
+// sharedMounts names the host mounts holding a bind target (or dataDir) that propagate
+// (`shared:` in mountinfo).
+func sharedMounts(dataDir string) []string {
+	ms := readMounts("self")
+	var out []string
+	seen := map[string]bool{}
+	for _, target := range append(append([]string{}, nodeBindTargets...), dataDir) {
+		// The innermost mount holding target.
+		best := -1
+		for i, m := range ms {
+			if (m.point == "/" || under(target, m.point)) && (best < 0 || len(m.point) >= len(ms[best].point)) {
+				best = i
+			}
+		}
+		if best >= 0 && strings.Contains(ms[best].optional, "shared:") && !seen[ms[best].point] {
+			seen[ms[best].point] = true
+			out = append(out, ms[best].point)
+		}
+	}
+	return out
+}
+
 func under(p, dir string) bool {
 	return p == dir || strings.HasPrefix(p, dir+"/")
 }
@@ -627,6 +652,15 @@ func nodePreflight(dataDir string) error {
 			return fmt.Errorf("--node needs nft with the iptables nf_tables backend (Debian package nftables): %v", err)
 		}
 	}
+	// The node bind-mounts copies over /proc/sys files and scratch dirs over /run, /var/lib
+	// and /var/log inside its own mount namespaces. That stays there only while the mounts
+	// holding those paths (and the data dir) are private on the host, as on these machines;
+	// on a host where they are shared (systemd makes / shared) the binds would reach the host.
+	if shared := sharedMounts(dataDir); len(shared) > 0 {
+		return fmt.Errorf("--node needs the host's mounts of %s to be private, but %s shared "+
+			"(a systemd host?): the node's bind mounts would reach the host", strings.Join(nodeBindTargets, ", "),
+			strings.Join(shared, ", "))
+	}
 	if exists(filepath.Join(dataDir, "node", "journal")) {
 		return fmt.Errorf("%s holds the journal of an earlier node: undo it first with `kcp node-down --data-dir %s`",
 			filepath.Join(dataDir, "node"), dataDir)
@@ -769,6 +803,13 @@ func (n *nodeRun) setupIPTables() error {
 			{"-i", nodeBridge, "-o", nodeBridge, "-j", "ACCEPT"},
 			{"-i", nodeBridge, "-j", "REJECT"},
 			{"-o", nodeBridge, "-j", "REJECT"},
+		}},
+		// route_localnet lets the DNAT above reach the API server on 127.0.0.1; without this
+		// guard (kube-proxy's for CVE-2020-8558) a pod could send packets addressed to
+		// 127.0.0.0/8 straight to the bridge and reach every loopback service of the host
+		// (etcd, the kubelet, the controller manager): only DNATed traffic may.
+		{"filter", nodeChainPrefix + "INPUT", "INPUT", []string{"-i", nodeBridge}, [][]string{
+			{"-d", "127.0.0.0/8", "-m", "conntrack", "!", "--ctstate", "DNAT", "-j", "DROP"},
 		}},
 		// Nothing with a pod-network source leaves by another interface than the bridge
 		// (loopback is the host talking to itself at 10.244.0.1).
