@@ -322,7 +322,9 @@ async fn sync(ws: &EmrWorkspace, ctx: &Context, st: &mut WorkspaceState) -> Resu
     let mut due = listing_due(
         Instant::now(),
         st.next_due,
-        st.failure.is_some(),
+        st.failure
+            .as_ref()
+            .is_some_and(|f| called_the_remote(f.reason)),
         st.synced_generation != ws.meta().generation || requested.is_some(),
     );
     // The namespace's listing slot, or none now: then this reconcile gives its slot back and
@@ -518,11 +520,31 @@ pub fn prune_deleted(ctx: &Context, workspaces: &Store<EmrWorkspace>) {
 const NAMESPACE_BUSY_RETRY: Duration = Duration::from_secs(1);
 
 /// Whether a listing is due at `now`: its time `next_due` has come, or a spec edit or a
-/// `requestedAt` annotation asks for one early (`early`) — but never while the last listing
-/// failed: then `next_due` is a backoff or `x-acs-retry-after` deadline, and asking again must
-/// not call the remote sooner (a loop of annotations cannot raise the request rate). Pure.
-fn listing_due(now: Instant, next_due: Option<Instant>, failing: bool, early: bool) -> bool {
-    next_due.is_none_or(|d| now >= d) || (early && !failing)
+/// `requestedAt` annotation asks for one early (`early`) — but never while backing off from a
+/// failure of the remote API (`backing_off`): then `next_due` is a backoff or
+/// `x-acs-retry-after` deadline, and asking again must not call the remote sooner (a loop of
+/// annotations cannot raise the request rate). After a local failure (a missing Secret, a
+/// refused endpoint) nothing was called, so a fix is picked up at once. Pure.
+fn listing_due(now: Instant, next_due: Option<Instant>, backing_off: bool, early: bool) -> bool {
+    next_due.is_none_or(|d| now >= d) || (early && !backing_off)
+}
+
+/// Whether a failure with this reason came from calling the EMR API (and so has a backoff a
+/// request must respect). Pure.
+fn called_the_remote(reason: Reason) -> bool {
+    matches!(
+        reason,
+        Reason::AuthenticationFailed
+            | Reason::PermissionDenied
+            | Reason::Throttled
+            | Reason::RemoteUnavailable
+            | Reason::Timeout
+            | Reason::InvalidRequest
+            | Reason::WorkspaceNotFound
+            | Reason::MalformedResponse
+            | Reason::IncompleteListing
+            | Reason::TooManyClusters
+    )
 }
 
 /// A `requestedAt` annotation value not handled yet (by this replica, or before, as the
@@ -569,7 +591,7 @@ fn duplicate_of(ws: &EmrWorkspace, ctx: &Context) -> Option<String> {
     senior_to(&seniority(ws), others.iter().map(|o| seniority(o)))
 }
 
-/// What names a remote workspace: the endpoint called (scheme, host, port; what `regionId`,
+/// What names a remote workspace: the endpoint called (scheme, host, port, base path; what `regionId`,
 /// `network` and `endpoint` resolve to) and the workspace ID. Two `EmrWorkspace`s with the same
 /// identity mirror the same clusters, whatever region they name; all of it is immutable. A spec
 /// whose endpoint does not resolve is identified by its fields as written. Pure.
@@ -580,11 +602,13 @@ fn remote_identity(spec: &crate::api::EmrWorkspaceSpec) -> (String, String) {
         spec.endpoint.as_deref(),
     );
     let origin = match endpoint {
+        // The path too: an explicit endpoint's path is the base of the API's paths.
         Ok(url) => format!(
-            "{}://{}:{}",
+            "{}://{}:{}{}",
             url.scheme(),
             url.host_str().unwrap_or_default().trim_end_matches('.'),
-            url.port_or_known_default().unwrap_or_default()
+            url.port_or_known_default().unwrap_or_default(),
+            url.path().trim_end_matches('/')
         ),
         Err(_) => format!(
             "{}|{:?}|{}",
@@ -635,7 +659,7 @@ mod tests {
         let now = Instant::now();
         let later = now + Duration::from_secs(5);
         let earlier = now - Duration::from_secs(1);
-        // (next_due, failing, early) -> due
+        // (next_due, backing off from a remote failure, early) -> due
         let rows = [
             (None, false, false, true, "never listed"),
             (Some(earlier), false, false, true, "the interval has passed"),
@@ -658,8 +682,23 @@ mod tests {
                 "failed without a deadline (invalid spec fixed)",
             ),
         ];
-        for (next_due, failing, early, want, what) in rows {
-            assert_eq!(listing_due(now, next_due, failing, early), want, "{what}");
+        for (next_due, backing_off, early, want, what) in rows {
+            assert_eq!(
+                listing_due(now, next_due, backing_off, early),
+                want,
+                "{what}"
+            );
+        }
+        for (reason, remote) in [
+            (Reason::Throttled, true),
+            (Reason::AuthenticationFailed, true),
+            (Reason::RemoteUnavailable, true),
+            (Reason::SecretNotFound, false),
+            (Reason::CredentialsNotPermitted, false),
+            (Reason::EndpointNotAllowed, false),
+            (Reason::InvalidSpec, false),
+        ] {
+            assert_eq!(called_the_remote(reason), remote, "{reason}");
         }
     }
 
@@ -721,6 +760,16 @@ mod tests {
                     "cn-hangzhou",
                     false,
                     Some("https://emr-serverless-spark.cn-hangzhou.aliyuncs.com:8443"),
+                    "w-1",
+                ),
+                false,
+            ),
+            (
+                "another base path",
+                spec(
+                    "cn-hangzhou",
+                    false,
+                    Some("https://emr-serverless-spark.cn-hangzhou.aliyuncs.com/other"),
                     "w-1",
                 ),
                 false,

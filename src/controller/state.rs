@@ -320,10 +320,8 @@ impl NamespaceSlots {
     /// the operator's reconcile slots than its share (waiting for its own namespace's slot
     /// while holding one would starve every other namespace).
     pub fn try_acquire(&self, ns: &str) -> Option<tokio::sync::OwnedSemaphorePermit> {
-        self.semaphore(ns).try_acquire_owned().ok()
-    }
-
-    fn semaphore(&self, ns: &str) -> Arc<tokio::sync::Semaphore> {
+        // Under the lock: a semaphore dropped by `retain` between looking it up and taking a
+        // permit would let a second one be made for the same namespace.
         let mut slots = lock(&self.slots);
         // Namespaces with no listing in flight hold nothing worth keeping.
         if slots.len() > 1024 {
@@ -333,6 +331,8 @@ impl NamespaceSlots {
             .entry(ns.to_string())
             .or_insert_with(|| Arc::new(tokio::sync::Semaphore::new(self.per_namespace)))
             .clone()
+            .try_acquire_owned()
+            .ok()
     }
 }
 
