@@ -287,15 +287,19 @@ impl CredentialResolver {
     async fn assume_role_with_oidc(&self, cfg: &RrsaConfig) -> Result<Cached, EmrError> {
         let token = read_oidc_token(cfg).await?;
         let (url, body) = sts_request(cfg, &token);
-        let http = self.http.get_or_init(|| {
-            reqwest::Client::builder()
-                .connect_timeout(STS_TIMEOUT)
-                .timeout(STS_TIMEOUT)
-                // Like the listing: a redirect would resend the OIDC token to another host.
-                .redirect(reqwest::redirect::Policy::none())
-                .build()
-                .unwrap_or_default()
-        });
+        let http = match self.http.get() {
+            Some(h) => h,
+            None => {
+                let built = reqwest::Client::builder()
+                    .connect_timeout(STS_TIMEOUT)
+                    .timeout(STS_TIMEOUT)
+                    // Like the listing: a redirect would resend the OIDC token to another host.
+                    .redirect(reqwest::redirect::Policy::none())
+                    .build()
+                    .map_err(|e| cred_err(format!("RRSA: cannot build the STS client: {e}")))?;
+                self.http.get_or_init(|| built)
+            }
+        };
         let resp = http
             .post(url)
             .header("content-type", "application/x-www-form-urlencoded")

@@ -119,9 +119,9 @@ async fn fetch(http: &reqwest::Client, url: &str) -> anyhow::Result<Vec<u8>> {
         "GET {url}: HTTP {}",
         resp.status()
     );
-    let bytes = resp.bytes().await?;
-    anyhow::ensure!(bytes.len() <= MAX_DOCUMENT_BYTES, "GET {url}: too large");
-    Ok(bytes.to_vec())
+    crate::emr::client::read_body(resp, MAX_DOCUMENT_BYTES)
+        .await
+        .map_err(|(e, _)| anyhow::anyhow!("GET {url}: {e}"))
 }
 
 #[cfg(test)]

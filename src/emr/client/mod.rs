@@ -449,7 +449,13 @@ impl EmrClient {
                     listing.bytes += bytes;
                     return Ok((page, request_id));
                 }
-                Err((e, _)) if max_body < cfg.max_body_bytes && request::is_body_too_large(&e) => {
+                // A successful page over what the listing may still read (an error's body
+                // over it stays what it is: throttling, 5xx).
+                Err((e, _))
+                    if max_body < cfg.max_body_bytes
+                        && e.http_status.is_some_and(|s| (200..300).contains(&s))
+                        && request::is_body_too_large(&e) =>
+                {
                     return Err(listing_too_large().with_request_id(e.request_id));
                 }
                 Err((e, _)) => e,
