@@ -47,7 +47,9 @@ out="${IMAGE_OUT:-$REPO/target/image/emr-ray-operator.oci.tar}"
 # Paths in panic messages and line tables must not name this checkout or this user's cargo
 # home, or two machines would build two images from one commit.
 cargo_home="${CARGO_HOME:-$HOME/.cargo}"
-export RUSTFLAGS="${RUSTFLAGS:-} --remap-path-prefix=$REPO=/src --remap-path-prefix=$cargo_home=/cargo"
+# The caller's RUSTFLAGS are not inherited: the image is built with these and nothing else.
+unset CARGO_ENCODED_RUSTFLAGS
+export RUSTFLAGS="--remap-path-prefix=$REPO=/src --remap-path-prefix=$cargo_home=/cargo"
 export CARGO_TARGET_DIR="$REPO/target/image-build"
 export CARGO_INCREMENTAL=0 SOURCE_DATE_EPOCH=0
 echo "image/build.sh: cargo build --profile image --no-default-features (no simulator)" >&2

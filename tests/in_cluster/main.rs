@@ -225,6 +225,13 @@ async fn two_replicas_one_leader_and_sigterm(client: &Client, figures: &mut Figu
     }
     let exited = exited.unwrap_or_else(|| panic!("the operator ignored SIGTERM for {grace}s"));
     let handed_over = handed_over.expect("no replica took the Lease over");
+    // The standby tries every renew period (5 s): a hand-over well inside that is the leader's
+    // release, not the lease running out; the empty holder was seen, or the hand-over was that
+    // fast.
+    assert!(
+        released.is_some() || handed_over < Duration::from_secs(5),
+        "the leader released the Lease on SIGTERM"
+    );
     figures.add(
         "SIGTERM → process exit",
         format!("{:.1} s", exited.as_secs_f64()),
@@ -358,6 +365,11 @@ async fn rrsa_with_the_kubelets_token(client: &Client, sim: &SimHandle, figures:
     )
     .await
     .expect("OIDC discovery of the API server's issuer");
+    let kid = provider.jwks.keys[0]
+        .common
+        .key_id
+        .clone()
+        .expect("the API server names its key");
     sim.state.add_oidc_provider(OIDC_PROVIDER_ARN, provider);
     sim.state.generate(RRSA_WS_ID, 3, "ray-rrsa");
 
@@ -393,7 +405,22 @@ async fn rrsa_with_the_kubelets_token(client: &Client, sim: &SimHandle, figures:
         subjects.contains_key(&sa),
         "STS verified the chart's ServiceAccount token: {subjects:?}"
     );
-    // A token the API server did not sign is refused by the same STS.
+    // A well-formed token for the right issuer and audience, naming the API server's key but
+    // not signed by it, is refused by the same STS.
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    let mut header = jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256);
+    header.kid = Some(kid);
+    let forged_token = jsonwebtoken::encode(
+        &header,
+        &json!({"iss": SA_ISSUER, "aud": ["sts.aliyuncs.com"],
+                "sub": format!("system:serviceaccount:{RELEASE_NS}:{RELEASE}"),
+                "iat": now, "nbf": now, "exp": now + 600}),
+        &jsonwebtoken::EncodingKey::from_secret(b"not-the-api-servers-key"),
+    )
+    .unwrap();
     let forged = reqwest::Client::new()
         .post(format!(
             "http://{}/?Action=AssumeRoleWithOIDC&Version=2015-04-01&Format=JSON",
@@ -402,19 +429,57 @@ async fn rrsa_with_the_kubelets_token(client: &Client, sim: &SimHandle, figures:
         .form(&[
             ("RoleArn", ROLE_ARN),
             ("OIDCProviderArn", OIDC_PROVIDER_ARN),
-            ("OIDCToken", "eyJhbGciOiJSUzI1NiJ9.eyJzdWIiOiJ4In0.c2ln"),
+            ("OIDCToken", forged_token.as_str()),
             ("RoleSessionName", "x"),
         ])
         .send()
         .await
         .expect("STS call");
     assert_eq!(forged.status().as_u16(), 400);
+    let body = forged.text().await.unwrap();
+    assert!(
+        body.contains("AuthenticationFail.OIDCToken.Invalid"),
+        "{body}"
+    );
 }
 
 /// `helm uninstall` removes what the chart rendered; the CRDs (Helm never deletes what it
 /// installed from `crds/`), the workspaces and mirrors (objects of those CRDs, the users'),
 /// and the Lease (the operator's, not the chart's) remain — as the README says.
 async fn uninstall_leaves_what_the_readme_says(client: &Client) {
+    let cluster_scoped = || {
+        run(common::kubectl().args([
+            "get",
+            "clusterroles,clusterrolebindings,validatingadmissionpolicies,validatingadmissionpolicybindings",
+            "-o",
+            "name",
+        ]))
+    };
+    let namespaced = || {
+        run(common::kubectl().args([
+            "get",
+            "services,poddisruptionbudgets,roles,rolebindings,serviceaccounts,deployments",
+            "-n",
+            RELEASE_NS,
+            "-o",
+            "name",
+        ]))
+    };
+    let release = format!("{RELEASE}-{RELEASE_NS}");
+    let before = (cluster_scoped(), namespaced());
+    assert!(before.0.contains(&release), "{}", before.0);
+    for kind in [
+        "service/",
+        "poddisruptionbudget.policy/",
+        "role.rbac.authorization.k8s.io/",
+        "rolebinding.rbac.authorization.k8s.io/",
+    ] {
+        assert!(
+            before.1.contains(&format!("{kind}{RELEASE}")),
+            "{kind} before uninstall: {}",
+            before.1
+        );
+    }
     run(common::helm().args([
         "uninstall",
         RELEASE,
@@ -440,13 +505,15 @@ async fn uninstall_leaves_what_the_readme_says(client: &Client) {
         },
     )
     .await;
-    let remaining = run(common::kubectl().args([
-        "get", "clusterroles,clusterrolebindings,validatingadmissionpolicies,validatingadmissionpolicybindings",
-        "-o", "name",
-    ]));
+    let remaining = cluster_scoped();
     assert!(
-        !remaining.contains(&format!("{RELEASE}-{RELEASE_NS}")),
+        !remaining.contains(&release),
         "cluster-scoped objects of the release remain:\n{remaining}"
+    );
+    let remaining = namespaced();
+    assert!(
+        !remaining.contains(&format!("/{RELEASE}")),
+        "objects of the release remain in {RELEASE_NS}:\n{remaining}"
     );
     for crd in [
         "emrworkspaces.emr.aliyun.io",
@@ -459,6 +526,8 @@ async fn uninstall_leaves_what_the_readme_says(client: &Client) {
         !mirror_versions(client, TENANT_NS).await.is_empty(),
         "mirrors are kept"
     );
+    run(common::kubectl().args(["get", "emrworkspace", "prod", "-n", TENANT_NS]));
+    run(common::kubectl().args(["get", "emrclustercredentials", "operator-rrsa"]));
     // The Lease is the operator's own object, not the chart's: it stays. Helm removes the RBAC
     // while the pods are still stopping, so the last holder may not be able to release it; it
     // then expires after its duration.
