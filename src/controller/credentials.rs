@@ -91,11 +91,7 @@ pub fn endpoint_permitted(
     if allowed.is_empty() || allowed.iter().any(|p| p.matches(endpoint)) {
         return Ok(());
     }
-    let list = allowed
-        .iter()
-        .map(|p| p.to_string())
-        .collect::<Vec<_>>()
-        .join(", ");
+    let list = EndpointPattern::list(allowed);
     Err(SyncError::local(
         Reason::EndpointNotAllowed,
         format!(

@@ -120,7 +120,7 @@ async fn list_workspace(ws: &EmrWorkspace, ctx: &Context) -> Result<Listing, Syn
             format!(
                 "endpoint {endpoint} is not allowed by the operator (allowed: {}); a cluster \
                  admin adds endpoints with --allowed-endpoints",
-                patterns(ctx.settings.endpoints.patterns())
+                crate::emr::endpoint::EndpointPattern::list(ctx.settings.endpoints.patterns())
             ),
         ));
     }
@@ -149,13 +149,6 @@ async fn list_workspace(ws: &EmrWorkspace, ctx: &Context) -> Result<Listing, Syn
     debug!(workspace = %key(ws), clusters = listing.clusters.len(), requests = listing.requests, "listed");
     let page = ctx.emr.config().page_size.max(1) as usize;
     Ok(Listing::new(listing.clusters, page))
-}
-
-fn patterns(p: &[crate::emr::endpoint::EndpointPattern]) -> String {
-    p.iter()
-        .map(|p| p.to_string())
-        .collect::<Vec<_>>()
-        .join(", ")
 }
 
 /// Plans and performs the mirror writes, and records what the API server refused.

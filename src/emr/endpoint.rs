@@ -136,6 +136,15 @@ impl std::fmt::Display for EndpointPattern {
 }
 
 impl EndpointPattern {
+    /// `patterns` as a comma-separated list, for messages.
+    pub fn list(patterns: &[EndpointPattern]) -> String {
+        patterns
+            .iter()
+            .map(|p| p.to_string())
+            .collect::<Vec<_>>()
+            .join(", ")
+    }
+
     pub fn matches(&self, url: &url::Url) -> bool {
         if url.scheme() != self.scheme {
             return false;
