@@ -493,6 +493,11 @@ func startChild(self, name string, args []string, logPath string, exits chan<- e
 		f.Close()
 		return nil, err
 	}
+	return watchChild(name, cmd, logPath, f, exits), nil
+}
+
+// watchChild reports the exit of a started child on exits, then closes its log file f.
+func watchChild(name string, cmd *exec.Cmd, logPath string, f *os.File, exits chan<- exitEvent) *child {
 	c := &child{name: name, cmd: cmd, logPath: logPath, done: make(chan struct{})}
 	go func() {
 		c.err = cmd.Wait()
@@ -500,7 +505,7 @@ func startChild(self, name string, args []string, logPath string, exits chan<- e
 		close(c.done)
 		exits <- exitEvent{c}
 	}()
-	return c, nil
+	return c
 }
 
 func terminate(c *child) {

@@ -932,13 +932,7 @@ func (n *nodeRun) startProc(name string, argv []string, env []string, privateMou
 			}
 		}
 	}
-	c := &child{name: name, cmd: cmd, logPath: logPath, done: make(chan struct{})}
-	go func() {
-		c.err = cmd.Wait()
-		f.Close()
-		close(c.done)
-		exits <- exitEvent{c}
-	}()
+	c := watchChild(name, cmd, logPath, f, exits)
 	n.children = append(n.children, c)
 	if jerr != nil {
 		return c, jerr
