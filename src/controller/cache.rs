@@ -7,7 +7,7 @@
 //! [`Packed`] (≈0.7 KiB) and decoded only while a sync plans its mirrors.
 //! The watch still decodes whole objects, one list page or event at a time.
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 use std::hash::{DefaultHasher, Hash, Hasher};
 use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
 use std::time::Duration;
@@ -113,7 +113,27 @@ struct Objects {
     current: HashMap<String, Arc<CachedMirror>>,
     /// A relist in progress: the objects seen so far, swapped in when it completes.
     relist: Option<HashMap<String, Arc<CachedMirror>>>,
+    /// Keys of the current mirrors without a controlling owner (see [`MirrorStore::orphans`]).
+    orphans: BTreeSet<String>,
     ready: bool,
+}
+
+impl Objects {
+    fn insert(&mut self, k: String, c: Arc<CachedMirror>) -> Option<Arc<CachedMirror>> {
+        if c.controller_uid.is_none() {
+            self.orphans.insert(k.clone());
+        } else if !self.orphans.is_empty() {
+            self.orphans.remove(&k);
+        }
+        self.current.insert(k, c)
+    }
+
+    fn remove(&mut self, k: &str) -> Option<Arc<CachedMirror>> {
+        if !self.orphans.is_empty() {
+            self.orphans.remove(k);
+        }
+        self.current.remove(k)
+    }
 }
 
 /// The watch-fed store of [`CachedMirror`]s (what a kube reflector store is, for records that
@@ -147,14 +167,14 @@ impl MirrorStore {
         };
         let mut o = self.write();
         let replaced = match (ev, record) {
-            (watcher::Event::Apply(_), Some((k, c))) => o.current.insert(k, c),
+            (watcher::Event::Apply(_), Some((k, c))) => o.insert(k, c),
             (watcher::Event::InitApply(_), Some((k, c))) => {
                 o.relist.get_or_insert_default().insert(k, c);
                 None
             }
-            (watcher::Event::Delete(m), _) => o
-                .current
-                .remove(&key(&m.namespace().unwrap_or_default(), &m.name_any())),
+            (watcher::Event::Delete(m), _) => {
+                o.remove(&key(&m.namespace().unwrap_or_default(), &m.name_any()))
+            }
             (watcher::Event::Init, _) => {
                 o.relist = Some(HashMap::new());
                 None
@@ -162,6 +182,12 @@ impl MirrorStore {
             (watcher::Event::InitDone, _) => {
                 o.current = o.relist.take().unwrap_or_default();
                 o.current.shrink_to_fit();
+                o.orphans = o
+                    .current
+                    .iter()
+                    .filter(|(_, c)| c.controller_uid.is_none())
+                    .map(|(k, _)| k.clone())
+                    .collect();
                 o.ready = true;
                 None
             }
@@ -180,6 +206,19 @@ impl MirrorStore {
             .current
             .values()
             .filter(|m| m.namespace == ns && m.controlled_by(uid))
+            .cloned()
+            .collect()
+    }
+
+    /// The mirrors without a controlling owner reference: those of a workspace deleted with
+    /// `--cascade=orphan` (the operator writes none). `of`: only those naming workspace
+    /// `(namespace, name)` in their `spec.workspaceRef`. Cheap when there are none.
+    pub fn orphans(&self, of: Option<(&str, &str)>) -> Vec<Arc<CachedMirror>> {
+        let o = self.read();
+        o.orphans
+            .iter()
+            .filter_map(|k| o.current.get(k))
+            .filter(|m| of.is_none_or(|(ns, ws)| m.namespace == ns && m.workspace_ref == ws))
             .cloned()
             .collect()
     }
@@ -327,5 +366,38 @@ mod tests {
         s.apply(&watcher::Event::InitDone);
         assert!(s.get("ns", "a").is_none());
         assert_eq!(s.len(), 1);
+    }
+
+    #[test]
+    fn orphans_are_indexed_through_events_and_relists() {
+        let orphan = |name: &str, rv: &str| {
+            let mut m = mirror(name, rv);
+            m.metadata.owner_references = None;
+            m
+        };
+        let names = |v: Vec<Arc<CachedMirror>>| {
+            let mut n: Vec<String> = v.iter().map(|m| m.name.clone()).collect();
+            n.sort();
+            n
+        };
+        let s = MirrorStore::default();
+        s.apply(&watcher::Event::Init);
+        s.apply(&watcher::Event::InitApply(orphan("a", "1")));
+        s.apply(&watcher::Event::InitApply(mirror("b", "1")));
+        s.apply(&watcher::Event::InitDone);
+        assert_eq!(names(s.orphans(None)), ["a"]);
+        // The garbage collector takes b's owner away; a is adopted again.
+        s.apply(&watcher::Event::Apply(orphan("b", "2")));
+        s.apply(&watcher::Event::Apply(mirror("a", "2")));
+        assert_eq!(names(s.orphans(None)), ["b"]);
+        assert_eq!(names(s.orphans(Some(("ns", "ws")))), ["b"]);
+        assert!(s.orphans(Some(("ns", "other"))).is_empty());
+        assert!(s.orphans(Some(("other", "ws"))).is_empty());
+        s.apply(&watcher::Event::Delete(orphan("b", "2")));
+        assert!(s.orphans(None).is_empty());
+        s.apply(&watcher::Event::Init);
+        s.apply(&watcher::Event::InitApply(orphan("c", "3")));
+        s.apply(&watcher::Event::InitDone);
+        assert_eq!(names(s.orphans(None)), ["c"]);
     }
 }

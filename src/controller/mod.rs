@@ -21,6 +21,7 @@ pub mod apply;
 pub mod cache;
 pub mod credentials;
 pub mod mirror;
+pub mod orphans;
 pub mod packed;
 pub mod plan;
 mod series;

@@ -181,6 +181,17 @@ pub(super) async fn write_mirrors(
             }
         }
     }
+    // Mirrors left without an owner by a workspace of this name deleted with
+    // `--cascade=orphan`: this one takes them over (kept, relabelled or deleted by the plan like
+    // its own).
+    let orphans = ctx
+        .mirrors
+        .store()
+        .orphans(Some((&owner.namespace, &owner.name)));
+    let adopting = adopting || !orphans.is_empty();
+    for m in orphans {
+        existing.entry(m.cluster_id.clone()).or_insert(m);
+    }
     let stale = st
         .failure
         .as_ref()
@@ -291,9 +302,12 @@ async fn mirrors_of_other_shards(
         .items
         .into_iter()
         .filter(|m| {
-            m.owner_references()
+            let controller = m
+                .owner_references()
                 .iter()
-                .any(|o| o.uid == owner.uid && o.controller == Some(true))
+                .find(|o| o.controller == Some(true));
+            // Its own, or left without an owner by a workspace of this name.
+            controller.is_none_or(|o| o.uid == owner.uid)
         })
         .map(|m| Arc::new(CachedMirror::of(&m)))
         .collect())

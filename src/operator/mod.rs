@@ -393,6 +393,9 @@ async fn run_controllers(shared: &Shared, ready: Arc<AtomicBool>, token: Cancell
     futures::future::join_all(runs).await;
 }
 
+/// How often forgotten workspaces are pruned and orphaned mirrors swept.
+const ORPHAN_SWEEP_PERIOD: Duration = Duration::from_secs(10);
+
 fn api<K>(client: &kube::Client, ns: Option<&str>) -> Api<K>
 where
     K: kube::Resource<Scope = k8s_openapi::NamespaceResourceScope>,
@@ -496,7 +499,9 @@ async fn run_controller(
             _ => {}
         })
         .applied_objects();
-    let ctrl = Controller::for_stream(ws_stream, ws_store.clone());
+    // Workspaces woken to take over mirrors left without an owner (see controller::orphans).
+    let (wake, woken) = futures::channel::mpsc::unbounded();
+    let ctrl = Controller::for_stream(ws_stream, ws_store.clone()).reconcile_on(woken);
     let ws_store_ready = ws_store.clone();
     let m2 = mirrors.clone();
     let (prune_ctx, prune_token) = (ctx.clone(), token.clone());
@@ -504,13 +509,16 @@ async fn run_controller(
         crate::controller::wait_ready(&ws_store_ready).await;
         m2.wait_ready().await;
         on_ready();
-        // Deleted workspaces are not reconciled again: forget them (and their metric series).
         loop {
             tokio::select! {
                 _ = prune_token.cancelled() => break,
-                _ = tokio::time::sleep(Duration::from_secs(15)) => {}
+                _ = tokio::time::sleep(ORPHAN_SWEEP_PERIOD) => {}
             }
+            // Deleted workspaces are not reconciled again: forget them (and their metric series).
             crate::controller::prune_deleted(&prune_ctx, &ws_store_ready);
+            for ws in crate::controller::orphans::sweep(&prune_ctx, &ws_store_ready).await {
+                let _ = wake.unbounded_send(ws);
+            }
         }
     });
     info!(

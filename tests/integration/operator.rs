@@ -548,6 +548,97 @@ async fn deleting_the_workspace_garbage_collects_its_mirrors() {
     env.teardown().await;
 }
 
+/// Deletes workspace `ws` with `--cascade=orphan` and waits until its 3 mirrors have no owner.
+async fn orphan_workspace(env: &Env) {
+    env.workspaces()
+        .delete("ws", &DeleteParams::orphan())
+        .await
+        .unwrap();
+    common::wait_for(
+        Duration::from_secs(60),
+        "workspace gone, mirrors without an owner",
+        || async {
+            let gone = env.workspaces().get_opt("ws").await.unwrap().is_none();
+            let l = env.mirror_list().await;
+            (gone && l.len() == 3 && l.iter().all(|m| m.owner_references().is_empty()))
+                .then_some(())
+        },
+    )
+    .await;
+}
+
+/// `kubectl delete emrworkspace --cascade=orphan` leaves the mirrors without an owner: a
+/// workspace of that name coming back takes them over (the same objects), and without one they
+/// are deleted instead of staying `Ready=True` for ever.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn orphaned_mirrors_are_adopted_again_or_deleted() {
+    let mut env = Env::new("e2e-orphan").await;
+    env.sim.state.generate(WS, 2, "ray-orphan");
+    // A long interval: nothing here waits for a periodic sync.
+    env.create_workspace("ws", json!({"syncInterval": "10m"}))
+        .await;
+    env.start();
+    common::wait_for(Duration::from_secs(60), "3 mirrors", || async {
+        (env.mirror_list().await.len() == 3).then_some(())
+    })
+    .await;
+    let uids = |l: &[kube::api::ObjectMeta]| {
+        let mut u: Vec<String> = l.iter().filter_map(|m| m.uid.clone()).collect();
+        u.sort();
+        u
+    };
+    let metas = |l: Vec<emr_ray_operator::api::EmrRayCluster>| -> Vec<kube::api::ObjectMeta> {
+        l.into_iter().map(|m| m.metadata).collect()
+    };
+    let before = uids(&metas(env.mirror_list().await));
+    // The workspace comes back while the operator is down: at its start the new workspace
+    // takes over the very same objects.
+    env.operators.pop().unwrap().stop().await;
+    orphan_workspace(&env).await;
+    env.create_workspace("ws", json!({"syncInterval": "10m"}))
+        .await;
+    let uid = env.workspaces().get("ws").await.unwrap().uid().unwrap();
+    env.start();
+    common::wait_for(
+        Duration::from_secs(60),
+        "the mirrors owned by the new workspace",
+        || async {
+            let l = env.mirror_list().await;
+            (l.len() == 3
+                && l.iter().all(|m| {
+                    m.owner_references()
+                        .iter()
+                        .any(|o| o.uid == uid && o.controller == Some(true))
+                }))
+            .then_some(())
+        },
+    )
+    .await;
+    assert_eq!(
+        uids(&metas(env.mirror_list().await)),
+        before,
+        "adopted, not created again"
+    );
+
+    // Orphaned while the operator runs, and no workspace comes back: deleted within a sweep
+    // (every 10 s), the namespace left clean.
+    orphan_workspace(&env).await;
+    common::wait_for(
+        Duration::from_secs(45),
+        "orphaned mirrors deleted",
+        || async { env.mirror_list().await.is_empty().then_some(()) },
+    )
+    .await;
+    assert_eq!(
+        env.operators[0].metric(
+            "emr_ray_operator_kube_writes_total",
+            &[("operation", "delete-orphan")]
+        ),
+        3.0
+    );
+    env.teardown().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn hand_deleted_or_edited_mirror_is_repaired_without_a_remote_call() {
     let mut env = Env::new("e2e-repair").await;
