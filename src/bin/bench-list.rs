@@ -94,6 +94,14 @@ struct Args {
     /// Use the ROA HMAC-SHA1 signature instead of ACS3.
     #[arg(long)]
     roa: bool,
+    /// Pages of a hostile endpoint (each just under the 8 MiB body cap) listed with the
+    /// operator's defaults, once alone and then by `--hostile-listings` listings at once (0: skip).
+    #[arg(long, default_value_t = 100)]
+    hostile_pages: u32,
+    /// Listings of the hostile endpoint at once, each for its own namespace (the operator's
+    /// default `--concurrency`).
+    #[arg(long, default_value_t = 8)]
+    hostile_listings: u32,
 }
 
 fn vm_status(field: &str) -> String {
@@ -232,5 +240,129 @@ fn main() -> anyhow::Result<()> {
         vm_status("VmRSS:")
     );
     sim_rt.block_on(sim.shutdown());
+    if args.hostile_pages > 0 {
+        hostile(&args, &sim_rt, &client_rt, &creds)?;
+    }
+    Ok(())
+}
+
+/// A body of `bytes` bytes (just under) for page `page`: 100 clusters with unique IDs and
+/// long descriptions.
+fn hostile_page(page: u32, bytes: usize) -> String {
+    let per = bytes / 100 - 128;
+    let text = "x".repeat(per);
+    let clusters: Vec<String> = (0..100)
+        .map(|i| {
+            format!(r#"{{"clusterId":"ray-h{page}-{i}","state":"Running","description":"{text}"}}"#)
+        })
+        .collect();
+    format!(
+        r#"{{"requestId":"R","rayClusters":[{}]}}"#,
+        clusters.join(",")
+    )
+}
+
+/// Item 7 of issue 18: an allowed endpoint answering `--hostile-pages` pages of ~8 MiB. With
+/// the operator's defaults (8 MiB a page, 64 MiB a listing, 128 MiB all listings at once, a
+/// namespace half of it) a listing stops after 8 pages, and `--hostile-listings` of them at once
+/// hold at most 128 MiB between them: the peak heap of the client says what that costs.
+fn hostile(
+    args: &Args,
+    server_rt: &tokio::runtime::Runtime,
+    client_rt: &tokio::runtime::Runtime,
+    creds: &Credentials,
+) -> anyhow::Result<()> {
+    const PAGE: usize = 8 * 1024 * 1024 - 64 * 1024;
+    let pages = args.hostile_pages;
+    let served = std::sync::Arc::new(AtomicI64::new(0));
+    let counter = served.clone();
+    let listener = server_rt.block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))?;
+    let url: url::Url = format!("http://{}", listener.local_addr()?).parse()?;
+    let app = axum::Router::new().fallback(
+        move |q: axum::extract::Query<std::collections::BTreeMap<String, String>>| {
+            let counter = counter.clone();
+            async move {
+                counter.fetch_add(1, Ordering::Relaxed);
+                let page: u32 = q.get("pageNum").and_then(|p| p.parse().ok()).unwrap_or(1);
+                let body = if page <= pages {
+                    hostile_page(page, PAGE)
+                } else {
+                    r#"{"requestId":"R","rayClusters":[]}"#.to_string()
+                };
+                ([("content-type", "application/json")], body)
+            }
+        },
+    );
+    server_rt.spawn(async move { axum::serve(listener, app).await });
+    let client = EmrClient::new(ClientConfig {
+        requests_per_second: args.requests_per_second,
+        burst: args.requests_per_second.max(1.0) as u32,
+        listing_timeout: Duration::from_secs(600),
+        budget_share: 0.5,
+        ..ClientConfig::default()
+    })?;
+    println!(
+        "hostile endpoint: {pages} pages of {} each; client: 8 MiB a page, 64 MiB a listing, \
+         128 MiB all listings at once (a namespace: half)",
+        mib(PAGE as i64)
+    );
+    let ws = "w-hostile";
+    let (outcome, _, wall, heap) = counted_listing(|| {
+        Ok(client_rt
+            .block_on(client.list_ray_clusters_within(Some("ns-0"), &url, ws, creds))
+            .map(|l| format!("listed {} clusters", l.clusters.len()))
+            .unwrap_or_else(|e| format!("{:?}: {}", e.kind, e.message)))
+        .map(|o| Listing {
+            request_ids: vec![o],
+            ..Listing::default()
+        })
+    })?;
+    println!(
+        "hostile, 1 listing: {} requests wall={:.1} ms peak_heap={} after={} -> {}",
+        served.swap(0, Ordering::Relaxed),
+        wall.as_secs_f64() * 1000.0,
+        mib(heap.peak),
+        mib(heap.after_drop),
+        outcome.request_ids[0]
+    );
+    let n = args.hostile_listings;
+    let (outcome, _, wall, heap) = counted_listing(|| {
+        let all = client_rt.block_on(futures::future::join_all((0..n).map(|i| {
+            let (client, url) = (client.clone(), url.clone());
+            async move {
+                client
+                    .list_ray_clusters_within(Some(&format!("ns-{i}")), &url, ws, creds)
+                    .await
+            }
+        })));
+        let mut kinds = std::collections::BTreeMap::<String, u32>::new();
+        for r in all {
+            let k = match r {
+                Ok(_) => "listed".to_string(),
+                Err(e) if e.message.contains("--max-listing-bytes-in-flight") => {
+                    "refused: too much in flight".to_string()
+                }
+                Err(e) => format!("{:?}", e.kind),
+            };
+            *kinds.entry(k).or_default() += 1;
+        }
+        Ok(Listing {
+            request_ids: vec![format!("{kinds:?}")],
+            ..Listing::default()
+        })
+    })?;
+    println!(
+        "hostile, {n} listings at once: {} requests wall={:.1} ms peak_heap={} after={} -> {}",
+        served.swap(0, Ordering::Relaxed),
+        wall.as_secs_f64() * 1000.0,
+        mib(heap.peak),
+        mib(heap.after_drop),
+        outcome.request_ids[0]
+    );
+    println!(
+        "process: VmHWM={} VmRSS={} (process-wide, the hostile server's bodies included)",
+        vm_status("VmHWM:"),
+        vm_status("VmRSS:")
+    );
     Ok(())
 }

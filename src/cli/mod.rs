@@ -125,6 +125,11 @@ struct RunArgs {
     /// listing fails with TooManyClusters and its mirrors are kept).
     #[arg(long, env = "MAX_LISTING_BYTES", default_value_t = 64 * 1024 * 1024)]
     max_listing_bytes: usize,
+    /// Largest sum of the remote data all listings hold at once, in bytes (a namespace's
+    /// listings: its --namespace-share of it); a listing that would hold more fails as
+    /// Throttled and is retried after a backoff.
+    #[arg(long, env = "MAX_LISTING_BYTES_IN_FLIGHT", default_value_t = 128 * 1024 * 1024)]
+    max_listing_bytes_in_flight: usize,
     /// Share (0–1] of the remote request budget and of the reconcile slots that one namespace's
     /// workspaces may use.
     #[arg(long, env = "NAMESPACE_SHARE", default_value_t = 0.5)]
@@ -287,6 +292,9 @@ async fn run(a: RunArgs) -> anyhow::Result<()> {
         max_clusters_per_workspace: a.max_clusters_per_workspace.max(1),
         max_response_bytes: a.max_response_bytes.max(64 * 1024),
         max_listing_bytes: a.max_listing_bytes.max(a.max_response_bytes.max(64 * 1024)),
+        max_listing_bytes_in_flight: a
+            .max_listing_bytes_in_flight
+            .max(a.max_response_bytes.max(64 * 1024)),
         metrics_auth: a.metrics_auth,
         status_heartbeat: a.status_heartbeat.as_duration(),
         namespace_share: if a.namespace_share.is_finite() {

@@ -66,6 +66,8 @@ pub struct OperatorConfig {
     pub max_response_bytes: usize,
     /// Largest sum of the response bodies of one workspace's listing, in bytes.
     pub max_listing_bytes: usize,
+    /// Largest sum of the remote data all listings hold at once, in bytes.
+    pub max_listing_bytes_in_flight: usize,
     /// Share (0–1] of the remote request budget and of the reconcile slots one namespace may use.
     pub namespace_share: f64,
     /// Serve `/metrics` only to callers a TokenReview and SubjectAccessReview allow.
@@ -99,6 +101,7 @@ impl OperatorConfig {
             max_clusters_per_workspace: 10_000,
             max_response_bytes: 8 * 1024 * 1024,
             max_listing_bytes: 64 * 1024 * 1024,
+            max_listing_bytes_in_flight: 128 * 1024 * 1024,
             namespace_share: 0.5,
             metrics_auth: false,
             status_heartbeat: Duration::from_secs(300),
@@ -234,6 +237,7 @@ pub async fn run(
         max_clusters: cfg.max_clusters_per_workspace,
         max_body_bytes: cfg.max_response_bytes,
         max_listing_bytes: cfg.max_listing_bytes,
+        max_listing_bytes_in_flight: cfg.max_listing_bytes_in_flight,
         budget_share: cfg.namespace_share.clamp(0.01, 1.0),
         observer: Some(Arc::new(move |o: &crate::emr::RequestOutcome| {
             observer_metrics

@@ -682,3 +682,72 @@ async fn listing_bytes_are_bounded() {
     assert_eq!(sim.state.stats().requests, 3, "no retry, no further page");
     sim.shutdown().await;
 }
+
+/// What all listings hold at once is bounded, and one budget key (namespace) holds at most its
+/// share: a listing that would hold more fails at once as throttled (nothing read, nothing
+/// waited for); once the others finish, the same listing goes through.
+#[tokio::test]
+async fn bytes_held_by_all_listings_at_once_are_bounded() {
+    const MIB: usize = 1024 * 1024;
+    let sim = sim().await;
+    let ws = "w-inflight";
+    sim.state.ensure_workspace(ws);
+    sim.state.generate(ws, 250, "f");
+    // Every request takes 400 ms: the first listing is inside its first page while the others
+    // start.
+    sim.state.set_faults(Faults {
+        latency_ms: 400,
+        ..Faults::default()
+    });
+    // Each page may be 1 MiB: a listing reading a page holds 1 MiB + what it read. 2.5 MiB in
+    // all, 1.25 MiB per namespace.
+    let c = client(ClientConfig {
+        max_body_bytes: MIB,
+        max_listing_bytes_in_flight: 5 * MIB / 2,
+        budget_share: 0.5,
+        ..cfg()
+    });
+    let url = sim.base_url();
+    let list = |key: &'static str| {
+        let (c, url) = (c.clone(), url.clone());
+        async move {
+            c.list_ray_clusters_within(Some(key), &url, ws, &creds())
+                .await
+        }
+    };
+    let first = tokio::spawn(list("a"));
+    tokio::time::sleep(Duration::from_millis(150)).await;
+    let t0 = std::time::Instant::now();
+    let same_namespace = list("a").await.expect_err("namespace a holds its share");
+    assert_eq!(same_namespace.kind, ErrorKind::Throttled);
+    assert!(
+        same_namespace
+            .message
+            .contains("this namespace's listings hold 1.0 MiB of 1.2 MiB")
+            && same_namespace
+                .message
+                .contains("--max-listing-bytes-in-flight"),
+        "{}",
+        same_namespace.message
+    );
+    assert!(t0.elapsed() < Duration::from_millis(300), "refused at once");
+    let other = tokio::spawn(list("b"));
+    tokio::time::sleep(Duration::from_millis(150)).await;
+    let over_all = list("c")
+        .await
+        .expect_err("2 MiB held, 3 would be over 2.5");
+    assert_eq!(over_all.kind, ErrorKind::Throttled);
+    assert!(
+        over_all
+            .message
+            .contains("all listings hold 2.0 MiB of 2.5 MiB"),
+        "{}",
+        over_all.message
+    );
+    assert_eq!(first.await.unwrap().unwrap().clusters.len(), 250);
+    assert_eq!(other.await.unwrap().unwrap().clusters.len(), 250);
+    // Released: the refused listings now go through.
+    assert_eq!(list("a").await.unwrap().clusters.len(), 250);
+    assert_eq!(list("c").await.unwrap().clusters.len(), 250);
+    sim.shutdown().await;
+}

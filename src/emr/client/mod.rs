@@ -15,6 +15,7 @@
 //! (Over 500 lines: paging, retries, deadlines and the rate limits of one listing belong
 //! together; requests and responses are in `request.rs`; about a fifth is unit tests.)
 
+mod inflight;
 mod request;
 
 pub(crate) use request::read_body;
@@ -68,6 +69,10 @@ pub struct ClientConfig {
     /// (`TooManyClusters`, nothing pruned) without reading further, so that what one workspace's
     /// endpoint sends is bounded whatever its page count.
     pub max_listing_bytes: usize,
+    /// Largest sum of what all listings hold at once (the bytes read so far, plus the largest
+    /// body of the page being read); one budget key (namespace) may hold its `budget_share`
+    /// of it. A listing that would hold more fails at once as throttled (see `inflight.rs`).
+    pub max_listing_bytes_in_flight: usize,
     /// Most clusters a listing may return; more fails it (`TooManyClusters`) without reading
     /// further pages.
     pub max_clusters: usize,
@@ -95,6 +100,7 @@ impl Default for ClientConfig {
             user_agent: format!("emr-ray-operator/{}", env!("CARGO_PKG_VERSION")),
             max_body_bytes: 8 * 1024 * 1024,
             max_listing_bytes: 64 * 1024 * 1024,
+            max_listing_bytes_in_flight: 128 * 1024 * 1024,
             max_clusters: 10_000,
             budget_share: 1.0,
             observer: None,
@@ -115,6 +121,11 @@ impl fmt::Debug for ClientConfig {
             .field("signature", &self.signature)
             .field("user_agent", &self.user_agent)
             .field("max_body_bytes", &self.max_body_bytes)
+            .field("max_listing_bytes", &self.max_listing_bytes)
+            .field(
+                "max_listing_bytes_in_flight",
+                &self.max_listing_bytes_in_flight,
+            )
             .field("max_clusters", &self.max_clusters)
             .field("budget_share", &self.budget_share)
             .field("observer", &self.observer.is_some())
@@ -151,6 +162,8 @@ struct Inner {
     limiter: DefaultDirectRateLimiter,
     /// Per budget key (a namespace): its share of the rate.
     shares: Option<governor::DefaultKeyedRateLimiter<String>>,
+    /// What all listings hold at once.
+    in_flight: Arc<inflight::InFlight>,
 }
 
 /// EMR Serverless Spark client: one HTTP connection pool and one rate limiter, shared by clones.
@@ -165,6 +178,26 @@ impl fmt::Debug for EmrClient {
             .field("config", &self.inner.cfg)
             .finish_non_exhaustive()
     }
+}
+
+/// The error of a listing refused its bytes by [`inflight`].
+fn too_much_in_flight(r: inflight::Refused) -> EmrError {
+    let mib = |b: usize| b as f64 / (1024.0 * 1024.0);
+    let whose = if r.by_share {
+        "this namespace's listings hold"
+    } else {
+        "all listings hold"
+    };
+    EmrError::new(
+        ErrorKind::Throttled,
+        format!(
+            "the operator is reading too much remote data at once: {whose} {:.1} MiB of {:.1} MiB \
+             (--max-listing-bytes-in-flight, a namespace's share: --namespace-share); retried \
+             after a backoff",
+            mib(r.held),
+            mib(r.limit)
+        ),
+    )
 }
 
 /// Maximum retries of a 200 with a malformed body.
@@ -225,11 +258,16 @@ impl EmrClient {
         } else {
             None
         };
+        let in_flight = inflight::InFlight::new(
+            cfg.max_listing_bytes_in_flight.max(cfg.max_body_bytes),
+            cfg.budget_share,
+        );
         Ok(EmrClient {
             inner: Arc::new(Inner {
                 http,
                 limiter: RateLimiter::direct(quota),
                 shares,
+                in_flight,
                 cfg,
             }),
         })
@@ -316,6 +354,7 @@ impl EmrClient {
         let cfg = &self.inner.cfg;
         let page_size = cfg.page_size as usize;
         let mut seen: HashSet<String> = HashSet::new();
+        let mut hold = self.inner.in_flight.hold(budget);
         for page_num in 1..=cfg.max_pages {
             let (page, request_id) = self
                 .fetch_page(
@@ -326,6 +365,7 @@ impl EmrClient {
                     creds,
                     deadline,
                     listing,
+                    &mut hold,
                 )
                 .await?;
             listing.pages = page_num;
@@ -398,6 +438,7 @@ impl EmrClient {
         creds: &Credentials,
         deadline: Instant,
         listing: &mut Listing,
+        hold: &mut inflight::Hold,
     ) -> Result<(Vec<RayCluster>, Option<String>), EmrError> {
         let cfg = &self.inner.cfg;
         let mut attempt = 0u32;
@@ -424,10 +465,16 @@ impl EmrClient {
                 shares.until_key_ready(&key.to_string()).await;
             }
             self.inner.limiter.until_ready().await;
+            // This page's largest body, on top of what the listing read so far.
+            if let Err(r) = hold.resize(listing.bytes.saturating_add(max_body)) {
+                return Err(too_much_in_flight(r));
+            }
             let started = std::time::Instant::now();
             let result = self
                 .send_once(endpoint, workspace_id, page_num, creds, max_body)
                 .await;
+            // Only the bodies kept stay held.
+            let _ = hold.resize(listing.bytes + result.as_ref().map_or(0, |(_, _, b)| *b));
             listing.requests += 1;
             let outcome = match &result {
                 Ok(_) => RequestOutcome {
