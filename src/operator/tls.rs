@@ -167,7 +167,7 @@ fn build(
     shutdown: CancellationToken,
 ) -> anyhow::Result<(Arc<ServerConfig>, Arc<CertStore>)> {
     let provider = provider();
-    let (store, files) = match source {
+    let (key, files) = match source {
         CertSource::SelfSigned => {
             let (cert, key) = self_signed(self_signed_names())?;
             let pair = PemPair {
@@ -187,7 +187,7 @@ fn build(
         }
     };
     let store = Arc::new(CertStore {
-        current: RwLock::new(Arc::new(store)),
+        current: RwLock::new(Arc::new(key)),
     });
     if let Some((dir, pair)) = files {
         tokio::spawn(reload(
