@@ -45,6 +45,6 @@ COPY --from=builder /rootfs/ /
 ENV PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin
 USER 65532:65532
 WORKDIR /
-EXPOSE 8080
+EXPOSE 8080 8081
 ENTRYPOINT ["/usr/local/bin/emr-ray-operator"]
 CMD ["run"]

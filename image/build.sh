@@ -61,7 +61,7 @@ trap 'rm -rf "$rootfs"' EXIT
 image/rootfs.sh "$bin" "$rootfs"
 
 digest="$(python3 image/oci.py build --rootfs "$rootfs" --out "$out" --ref "$ref" --arch "$arch" \
-  --entrypoint /usr/local/bin/emr-ray-operator --cmd run --user 65532:65532 --expose 8080/tcp \
+  --entrypoint /usr/local/bin/emr-ray-operator --cmd run --user 65532:65532 --expose 8080/tcp --expose 8081/tcp \
   --annotation "org.opencontainers.image.title=emr-ray-operator" \
   --annotation "org.opencontainers.image.description=Mirrors Alibaba Cloud EMR Serverless Spark Ray clusters as read-only Kubernetes custom resources" \
   --annotation "org.opencontainers.image.licenses=Apache-2.0" \

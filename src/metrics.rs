@@ -147,6 +147,13 @@ pub struct WriteLabels {
     pub operation: String,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ReviewLabels {
+    /// The metrics server's verdict on the token (`allowed`, `forbidden`, `unauthenticated`,
+    /// `error`): a fixed set.
+    pub result: String,
+}
+
 pub struct Metrics {
     pub registry: Registry,
     /// 1 for the cluster's current state, 0 for the other documented states.
@@ -165,6 +172,10 @@ pub struct Metrics {
     pub reconcile_errors: Family<ErrorLabels, Counter>,
     pub reconciles: Counter,
     pub is_leader: Gauge,
+    /// Reviews (TokenReview, then SubjectAccessReview) of `/metrics` callers' tokens.
+    pub metrics_auth_reviews: Family<ReviewLabels, Counter>,
+    /// `/metrics` requests refused without a review: the review budget was spent.
+    pub metrics_auth_throttled: Counter,
 }
 
 fn duration_histogram() -> Histogram {
@@ -192,6 +203,8 @@ impl Default for Metrics {
             reconcile_errors: Family::default(),
             reconciles: Counter::default(),
             is_leader: Gauge::default(),
+            metrics_auth_reviews: Family::default(),
+            metrics_auth_throttled: Counter::default(),
             registry: Registry::default(),
         };
         m.register_into(&mut registry);
@@ -270,6 +283,16 @@ impl Metrics {
             "1 while this replica holds the leader lease",
             m.is_leader.clone(),
         );
+        registry.register(
+            "metrics_auth_reviews",
+            "Reviews (TokenReview, then SubjectAccessReview) of the tokens of /metrics callers not in the cache, by result",
+            m.metrics_auth_reviews.clone(),
+        );
+        registry.register(
+            "metrics_auth_throttled",
+            "/metrics requests refused (429) without a review because the review budget was spent",
+            m.metrics_auth_throttled.clone(),
+        );
     }
 
     /// The exposition text in chunks: the registry's metrics, then the `cluster_state` series
@@ -311,6 +334,14 @@ impl Metrics {
         self.reconcile_errors
             .get_or_create(&ErrorLabels {
                 error: label.to_string(),
+            })
+            .inc();
+    }
+
+    pub fn count_metrics_review(&self, result: &str) {
+        self.metrics_auth_reviews
+            .get_or_create(&ReviewLabels {
+                result: result.to_string(),
             })
             .inc();
     }

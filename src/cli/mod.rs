@@ -17,8 +17,11 @@ use tracing::info;
 
 use crate::api::{self, Interval};
 use crate::emr::endpoint::EndpointPattern;
+use crate::operator::http::SecureMetrics;
 use crate::operator::leader::LeaseConfig;
+use crate::operator::metrics_auth::ReviewLimits;
 use crate::operator::shard::ShardSelector;
+use crate::operator::tls::CertSource;
 use crate::operator::{self, OperatorConfig};
 
 #[derive(Parser, Debug)]
@@ -142,13 +145,33 @@ struct RunArgs {
     /// metrics are exact).
     #[arg(long, env = "STATUS_HEARTBEAT", default_value = "5m", value_parser = parse_interval)]
     status_heartbeat: Interval,
-    /// Serve /metrics only to callers whose bearer token a TokenReview accepts and whom a
-    /// SubjectAccessReview allows `get` on the non-resource URL /metrics.
-    #[arg(long, env = "METRICS_AUTH", default_value_t = false, action = clap::ArgAction::Set)]
-    metrics_auth: bool,
-    /// Address of the /metrics, /healthz and /readyz endpoints.
+    /// Serve /metrics over HTTPS, and only to callers whose bearer token a TokenReview accepts
+    /// and whom a SubjectAccessReview allows `get` on the non-resource URL /metrics (the
+    /// operator then needs `create` on tokenreviews and subjectaccessreviews). `false`: plain
+    /// HTTP, open to whoever reaches it.
+    #[arg(long, alias = "metrics-auth", env = "METRICS_SECURE", default_value_t = true,
+          action = clap::ArgAction::Set)]
+    metrics_secure: bool,
+    /// With --metrics-secure: a directory with `tls.crt` and `tls.key` (a mounted
+    /// kubernetes.io/tls Secret, e.g. cert-manager's), re-read every minute. Without it, a
+    /// self-signed certificate is generated at start.
+    #[arg(long, env = "METRICS_CERT_DIR")]
+    metrics_cert_dir: Option<PathBuf>,
+    /// With --metrics-secure: reviews per second of tokens not in the cache; callers with
+    /// unknown tokens beyond it (and the burst) get 429 without a review.
+    #[arg(long, env = "METRICS_REVIEWS_PER_SECOND", default_value_t = 5,
+          value_parser = clap::value_parser!(u32).range(1..=1000))]
+    metrics_reviews_per_second: u32,
+    /// With --metrics-secure: reviews that may run back to back after a quiet spell.
+    #[arg(long, env = "METRICS_REVIEW_BURST", default_value_t = 10,
+          value_parser = clap::value_parser!(u32).range(1..=1000))]
+    metrics_review_burst: u32,
+    /// Address of /metrics.
     #[arg(long, env = "METRICS_ADDR", default_value = "0.0.0.0:8080")]
     metrics_addr: SocketAddr,
+    /// Address of /healthz and /readyz: plain HTTP, no token (the kubelet's probes).
+    #[arg(long, env = "HEALTH_ADDR", default_value = "0.0.0.0:8081")]
+    health_addr: SocketAddr,
     /// Lease-based leader election (disable only when running a single replica).
     #[arg(long, env = "LEADER_ELECTION", default_value_t = true, action = clap::ArgAction::Set)]
     leader_election: bool,
@@ -266,10 +289,23 @@ async fn run(a: RunArgs) -> anyhow::Result<()> {
         lease_duration: Duration::from_secs(a.lease_seconds.max(2)),
         renew_every: Duration::from_secs(a.renew_seconds.clamp(1, a.lease_seconds.max(2) - 1)),
     });
+    let secure_metrics = match (a.metrics_secure, a.metrics_cert_dir) {
+        (true, dir) => Some(SecureMetrics {
+            cert: dir.map_or(CertSource::SelfSigned, CertSource::Dir),
+            reviews: ReviewLimits {
+                per_second: a.metrics_reviews_per_second,
+                burst: a.metrics_review_burst,
+            },
+        }),
+        (false, None) => None,
+        (false, Some(_)) => anyhow::bail!("--metrics-cert-dir needs --metrics-secure=true"),
+    };
     let cfg = OperatorConfig {
         namespaces: a.namespaces.into_iter().filter(|n| !n.is_empty()).collect(),
         concurrency: a.concurrency.max(1),
         metrics_addr: Some(a.metrics_addr),
+        health_addr: Some(a.health_addr),
+        secure_metrics,
         leader_election,
         identity,
         requests_per_second: a.requests_per_second,
@@ -295,7 +331,6 @@ async fn run(a: RunArgs) -> anyhow::Result<()> {
         max_listing_bytes_in_flight: a
             .max_listing_bytes_in_flight
             .max(a.max_response_bytes.max(64 * 1024)),
-        metrics_auth: a.metrics_auth,
         status_heartbeat: a.status_heartbeat.as_duration(),
         namespace_share: if a.namespace_share.is_finite() {
             a.namespace_share.clamp(0.01, 1.0)

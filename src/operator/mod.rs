@@ -1,30 +1,24 @@
-//! Wiring: controllers per watched namespace, the HTTP endpoints (`/metrics`, `/healthz`,
-//! `/readyz`), leader election and graceful shutdown.
-//!
-//! (Over 500 lines: the configuration, the HTTP endpoints, the leader loop and the watches are
-//! the wiring of one process and are read together.)
+//! Wiring: controllers per watched namespace, the HTTP endpoints (`http`), leader election
+//! and graceful shutdown.
 
+pub mod http;
 pub mod leader;
 pub mod metrics_auth;
 pub mod shard;
+pub mod tls;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use axum::Router;
-use axum::extract::State;
-use axum::http::{StatusCode, header};
-use axum::response::IntoResponse;
-use axum::routing::get;
 use futures::StreamExt;
 use kube::api::Api;
 use kube::runtime::events::{Recorder, Reporter};
 use kube::runtime::reflector::{self, reflector};
 use kube::runtime::{Controller, WatchStreamExt, controller, watcher};
 use tokio_util::sync::CancellationToken;
-use tracing::{error, info, warn};
+use tracing::{info, warn};
 
 use crate::api::{EmrRayCluster, EmrWorkspace, Interval, LABEL_MANAGED_BY, MANAGED_BY};
 use crate::controller::apply::WriteLimiter;
@@ -34,6 +28,7 @@ use crate::controller::{Context, Settings, error_policy, reconcile};
 use crate::emr::endpoint::{EndpointPattern, EndpointPolicy};
 use crate::emr::{ClientConfig, CredentialResolver, EmrClient};
 use crate::metrics::{CodeLabels, Metrics};
+use http::{HttpConfig, SecureMetrics};
 use leader::{LeaderElector, LeaseConfig};
 use shard::ShardSelector;
 
@@ -42,7 +37,14 @@ pub struct OperatorConfig {
     /// Namespaces to watch; empty means all namespaces.
     pub namespaces: Vec<String>,
     pub concurrency: u16,
+    /// Where `/metrics` is served (`None`: nowhere).
     pub metrics_addr: Option<SocketAddr>,
+    /// Where `/healthz` and `/readyz` are served, plain HTTP (`None`: nowhere).
+    pub health_addr: Option<SocketAddr>,
+    /// `Some`: `/metrics` over HTTPS, only to callers whose bearer token a TokenReview
+    /// accepts and whom a SubjectAccessReview allows `get` on `/metrics`. `None`: plain HTTP,
+    /// open.
+    pub secure_metrics: Option<SecureMetrics>,
     pub leader_election: Option<LeaseConfig>,
     pub identity: String,
     pub requests_per_second: f64,
@@ -70,8 +72,6 @@ pub struct OperatorConfig {
     pub max_listing_bytes_in_flight: usize,
     /// Share (0–1] of the remote request budget and of the reconcile slots one namespace may use.
     pub namespace_share: f64,
-    /// Serve `/metrics` only to callers a TokenReview and SubjectAccessReview allow.
-    pub metrics_auth: bool,
     /// A status whose only news is the sync times is written at most this often.
     pub status_heartbeat: Duration,
     /// The workspaces (and their mirrors) this replica set serves; `None`: all of them.
@@ -86,6 +86,8 @@ impl OperatorConfig {
             namespaces: Vec::new(),
             concurrency: 8,
             metrics_addr: None,
+            health_addr: None,
+            secure_metrics: None,
             leader_election: None,
             identity: identity.to_string(),
             requests_per_second: 10.0,
@@ -103,7 +105,6 @@ impl OperatorConfig {
             max_listing_bytes: 64 * 1024 * 1024,
             max_listing_bytes_in_flight: 128 * 1024 * 1024,
             namespace_share: 0.5,
-            metrics_auth: false,
             status_heartbeat: Duration::from_secs(300),
             shard_selector: None,
         }
@@ -114,109 +115,6 @@ impl OperatorConfig {
         ((f64::from(self.concurrency) * self.namespace_share.clamp(0.0, 1.0)).floor() as usize)
             .max(1)
     }
-}
-
-struct Health {
-    metrics: Arc<Metrics>,
-    ready: AtomicBool,
-    leader: AtomicBool,
-    /// When set, `/metrics` answers only authenticated, authorized callers.
-    auth: Option<metrics_auth::MetricsAuth>,
-}
-
-async fn metrics_handler(
-    State(h): State<Arc<Health>>,
-    headers: axum::http::HeaderMap,
-) -> axum::response::Response {
-    if let Some(auth) = &h.auth {
-        let code = auth.check(&headers).await;
-        if code != StatusCode::OK {
-            return (code, code.canonical_reason().unwrap_or_default()).into_response();
-        }
-    }
-    let chunks = h
-        .metrics
-        .exposition()
-        .map(Ok::<_, std::convert::Infallible>);
-    (
-        [(
-            header::CONTENT_TYPE,
-            "application/openmetrics-text; version=1.0.0; charset=utf-8",
-        )],
-        axum::body::Body::from_stream(futures::stream::iter(chunks)),
-    )
-        .into_response()
-}
-
-async fn healthz() -> &'static str {
-    "ok"
-}
-
-async fn readyz(State(h): State<Arc<Health>>) -> impl IntoResponse {
-    let leader = h.leader.load(Ordering::Relaxed);
-    if h.ready.load(Ordering::Relaxed) {
-        (
-            StatusCode::OK,
-            if leader {
-                "ok (leader)"
-            } else {
-                "ok (standby)"
-            },
-        )
-    } else {
-        (StatusCode::SERVICE_UNAVAILABLE, "not ready")
-    }
-}
-
-/// Serves the HTTP endpoints until `shutdown`. Returns the bound address.
-pub async fn serve_http(
-    addr: SocketAddr,
-    metrics: Arc<Metrics>,
-    ready: Arc<AtomicBool>,
-    leader: Arc<AtomicBool>,
-    auth: Option<metrics_auth::MetricsAuth>,
-    shutdown: CancellationToken,
-) -> anyhow::Result<(SocketAddr, tokio::task::JoinHandle<()>)> {
-    let listener = tokio::net::TcpListener::bind(addr).await?;
-    let bound = listener.local_addr()?;
-    let health = Arc::new(Health {
-        metrics,
-        ready: AtomicBool::new(false),
-        leader: AtomicBool::new(false),
-        auth,
-    });
-    let h2 = health.clone();
-    // Mirror the shared flags into the handler state.
-    tokio::spawn({
-        let shutdown = shutdown.clone();
-        async move {
-            loop {
-                h2.ready
-                    .store(ready.load(Ordering::Relaxed), Ordering::Relaxed);
-                h2.leader
-                    .store(leader.load(Ordering::Relaxed), Ordering::Relaxed);
-                tokio::select! {
-                    _ = shutdown.cancelled() => break,
-                    _ = tokio::time::sleep(Duration::from_millis(200)) => {}
-                }
-            }
-        }
-    });
-    let app = Router::new()
-        .route("/metrics", get(metrics_handler))
-        .route("/healthz", get(healthz))
-        .route("/readyz", get(readyz))
-        .with_state(health);
-    let handle = tokio::spawn(async move {
-        if let Err(e) = axum::serve(listener, app)
-            .with_graceful_shutdown(shutdown.cancelled_owned())
-            .await
-        {
-            error!(error = %e, "HTTP server failed");
-        }
-    });
-    info!(%bound, "serving /metrics, /healthz and /readyz");
-    Ok((bound, handle))
 }
 
 /// Runs the operator until `shutdown` is cancelled.
@@ -251,22 +149,19 @@ pub async fn run(
     })?;
     let ready = Arc::new(AtomicBool::new(false));
     let leader_flag = Arc::new(AtomicBool::new(false));
-    let http = match cfg.metrics_addr {
-        Some(addr) => Some(
-            serve_http(
-                addr,
-                metrics.clone(),
-                ready.clone(),
-                leader_flag.clone(),
-                cfg.metrics_auth
-                    .then(|| metrics_auth::MetricsAuth::new(client.clone())),
-                shutdown.clone(),
-            )
-            .await?
-            .1,
-        ),
-        None => None,
-    };
+    let http = http::serve(
+        &HttpConfig {
+            metrics_addr: cfg.metrics_addr,
+            health_addr: cfg.health_addr,
+            secure_metrics: cfg.secure_metrics.clone(),
+        },
+        client.clone(),
+        metrics.clone(),
+        ready.clone(),
+        leader_flag.clone(),
+        shutdown.clone(),
+    )
+    .await?;
     let shared = Shared {
         client: client.clone(),
         emr,
@@ -295,9 +190,10 @@ pub async fn run(
         }
         Some(lease) => lead_and_run(&shared, lease, ready, leader_flag, &shutdown).await,
     }
-    if let Some(h) = http {
+    if http.serving() {
+        // The servers stop with the operator.
         shutdown.cancel();
-        let _ = h.await;
+        http.stopped().await;
     }
     info!("operator stopped");
     Ok(())

@@ -2,7 +2,7 @@
 //! containerd, installed with `helm install` and run by the kubelet as its users run it — the
 //! in-cluster configuration, the chart's ServiceAccount and RBAC as the only rights, user 65532
 //! on a read-only root, the probes, two replicas and their Lease, `helm upgrade`, secure
-//! metrics, SIGTERM, RRSA with a token the kubelet projects and the simulator's STS verifies
+//! metrics (the default: HTTPS and a token, as Prometheus scrapes), SIGTERM, RRSA with a token the kubelet projects and the simulator's STS verifies
 //! against the API server's own issuer, and `helm uninstall`.
 //!
 //! It needs the node (`tests/control-plane/kcp.sh up --node`) and the image archive
@@ -72,11 +72,12 @@ async fn chart_on_a_real_node() {
         .expect("KCP_NODE_BRIDGE_IP is an IP address");
     let sim = start_simulator(bridge).await;
     let values = base_values(bridge);
+    let scraper = Scraper::new(&client).await;
 
     install_and_mirror(&client, &sim, &values, &mut figures).await;
-    two_replicas_one_leader_and_sigterm(&client, &mut figures).await;
-    upgrade_rolls_without_losing_mirrors(&client, &sim).await;
-    secure_metrics(&client).await;
+    two_replicas_one_leader_and_sigterm(&client, &scraper, &mut figures).await;
+    upgrade_rolls_without_losing_mirrors(&client, &scraper, &sim).await;
+    secure_metrics(&client, &scraper).await;
     rrsa_with_the_kubelets_token(&client, &sim, &mut figures).await;
     uninstall_leaves_what_the_readme_says(&client).await;
 
@@ -162,14 +163,18 @@ async fn install_and_mirror(
 /// `replicas: 2`: one Lease holder; deleting it (SIGTERM) ends its process before the grace
 /// period, releases the Lease and hands over within the lease duration, and the new leader
 /// writes nothing that was already right.
-async fn two_replicas_one_leader_and_sigterm(client: &Client, figures: &mut Figures) {
+async fn two_replicas_one_leader_and_sigterm(
+    client: &Client,
+    scraper: &Scraper,
+    figures: &mut Figures,
+) {
     upgrade(&["replicas=2"]);
     let pods = wait_ready_pods(client, 2, Duration::from_secs(120)).await;
     let leader = wait_for_leader(client, &pods).await;
     let leaders: Vec<&str> = {
         let mut v = Vec::new();
         for p in &pods {
-            if pod_metric(p, "emr_ray_operator_leader", None).await == Some(1.0) {
+            if scraper.pod_metric(p, "emr_ray_operator_leader", None).await == Some(1.0) {
                 v.push(p.metadata.name.as_deref().unwrap_or_default());
             }
         }
@@ -252,7 +257,7 @@ async fn two_replicas_one_leader_and_sigterm(client: &Client, figures: &mut Figu
     );
     let pods = wait_ready_pods(client, 2, Duration::from_secs(120)).await;
     let new_leader = wait_for_leader(client, &pods).await;
-    wait_synced(&pods, &new_leader).await;
+    wait_synced(scraper, &pods, &new_leader).await;
     let after = mirror_versions(client, TENANT_NS).await;
     assert_eq!(
         before, after,
@@ -262,11 +267,11 @@ async fn two_replicas_one_leader_and_sigterm(client: &Client, figures: &mut Figu
 
 /// `helm upgrade` with changed values rolls the pods; no mirror is lost and a remote change
 /// still reaches its mirror through the new leader.
-async fn upgrade_rolls_without_losing_mirrors(client: &Client, sim: &SimHandle) {
+async fn upgrade_rolls_without_losing_mirrors(client: &Client, scraper: &Scraper, sim: &SimHandle) {
     let before = mirror_versions(client, TENANT_NS).await;
     let pods = upgrade_and_roll(client, &["logLevel=debug"]).await;
     let leader = wait_for_leader(client, &pods).await;
-    wait_synced(&pods, &leader).await;
+    wait_synced(scraper, &pods, &leader).await;
     let after = mirror_versions(client, TENANT_NS).await;
     assert_eq!(
         before.keys().collect::<Vec<_>>(),
@@ -299,49 +304,116 @@ async fn upgrade_rolls_without_losing_mirrors(client: &Client, sim: &SimHandle) 
     .await;
 }
 
-/// `metrics.secure=true`: a token bound to the chart's metrics-reader role scrapes `/metrics`
-/// at the Service's endpoints (200); no token, 401; the probes stay open.
-async fn secure_metrics(client: &Client) {
-    upgrade_and_roll(client, &["metrics.secure=true"]).await;
-    create_namespace("monitoring");
-    kubectl_apply(json!({"apiVersion": "v1", "kind": "ServiceAccount",
-        "metadata": {"name": "prometheus", "namespace": "monitoring"}}));
-    kubectl_apply(json!({
-        "apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRoleBinding",
-        "metadata": {"name": "prometheus-emr-ray-operator-metrics"},
-        "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole",
-            "name": format!("{RELEASE}-{RELEASE_NS}-metrics-reader")},
-        "subjects": [{"kind": "ServiceAccount", "name": "prometheus", "namespace": "monitoring"}],
-    }));
-    let token = common::service_account_token(client, "monitoring", "prometheus").await;
+/// Secure metrics, the chart's default: at the metrics Service's endpoints, HTTPS with the
+/// operator's generated certificate; no token, 401; a token bound to the chart's
+/// metrics-reader role, 200; plain HTTP gets no HTTP answer; the probes' port answers plain
+/// HTTP without a token. The default NetworkPolicy is rendered (this node's network does not
+/// enforce policies: the scrapes come from the node, which policies never block anyway).
+/// Then `metrics.tls.secretName`: the pods serve the certificate of a kubernetes.io/tls
+/// Secret, which a scraper verifies against its CA by the Service's DNS name, as the
+/// ServiceMonitor's tlsConfig says.
+async fn secure_metrics(client: &Client, scraper: &Scraper) {
+    let policy = run(common::kubectl().args([
+        "get",
+        "networkpolicy",
+        RELEASE,
+        "-n",
+        RELEASE_NS,
+        "-o",
+        "json",
+    ]));
+    let policy: Value = serde_json::from_str(&policy).expect("NetworkPolicy JSON");
+    assert_eq!(
+        policy["spec"]["ingress"][0]["ports"][0]["port"], 8080,
+        "{policy}"
+    );
     let endpoints = service_endpoints(client, &format!("{RELEASE}-metrics")).await;
     assert_eq!(
         endpoints.len(),
         2,
         "both replicas behind the metrics Service: {endpoints:?}"
     );
-    let http = reqwest::Client::new();
-    for ep in endpoints {
-        let url = format!("http://{ep}/metrics");
-        let anonymous = http.get(&url).send().await.expect("GET /metrics");
+    let plain = reqwest::Client::new();
+    for ep in &endpoints {
+        let url = format!("https://{ep}/metrics");
+        let anonymous = scraper.http.get(&url).send().await.expect("GET /metrics");
         assert_eq!(anonymous.status().as_u16(), 401, "{url} without a token");
-        let scraped = common::wait_for(Duration::from_secs(20), "an authorized scrape", || {
-            let req = http.get(&url).bearer_auth(&token);
+        let body = scraper.scrape(ep).await;
+        assert!(body.contains("emr_ray_operator_leader"), "{body}");
+        let cleartext = plain
+            .get(format!("http://{ep}/metrics"))
+            .bearer_auth(&scraper.token)
+            .timeout(Duration::from_secs(10))
+            .send()
+            .await;
+        assert!(cleartext.is_err(), "plain HTTP answered: {cleartext:?}");
+        let ip = ep.rsplit_once(':').expect("ip:port").0;
+        let health = plain
+            .get(format!("http://{ip}:8081/healthz"))
+            .send()
+            .await
+            .expect("healthz");
+        assert_eq!(
+            health.status().as_u16(),
+            200,
+            "/healthz, plain HTTP, no token"
+        );
+    }
+
+    // A certificate from a Secret, verified against its CA.
+    let secret = format!("{RELEASE}-metrics-tls");
+    let host = format!("{RELEASE}-metrics.{RELEASE_NS}.svc");
+    let (ca, cert, key) = test_certificate(&host);
+    use base64::Engine as _;
+    let b64 = |s: &str| base64::engine::general_purpose::STANDARD.encode(s);
+    kubectl_apply(json!({
+        "apiVersion": "v1", "kind": "Secret", "type": "kubernetes.io/tls",
+        "metadata": {"name": secret, "namespace": RELEASE_NS},
+        "data": {"tls.crt": b64(&cert), "tls.key": b64(&key), "ca.crt": b64(&ca)},
+    }));
+    upgrade_and_roll(client, &[&format!("metrics.tls.secretName={secret}")]).await;
+    let endpoints = service_endpoints(client, &format!("{RELEASE}-metrics")).await;
+    for ep in endpoints {
+        let addr: SocketAddr = ep.parse().expect("endpoint address");
+        let verifying = reqwest::Client::builder()
+            .add_root_certificate(reqwest::Certificate::from_pem(ca.as_bytes()).unwrap())
+            .resolve(&host, addr)
+            .build()
+            .unwrap();
+        let url = format!("https://{host}:{}/metrics", addr.port());
+        let r = common::wait_for(Duration::from_secs(20), "a verified scrape", || {
+            let req = verifying.get(&url).bearer_auth(&scraper.token);
             async move {
                 let r = req.send().await.ok()?;
                 (r.status().as_u16() == 200).then_some(r)
             }
         })
         .await;
-        let body = scraped.text().await.expect("metrics body");
+        let body = r.text().await.expect("metrics body");
         assert!(body.contains("emr_ray_operator_leader"), "{body}");
-        let health = http
-            .get(format!("http://{ep}/healthz"))
-            .send()
-            .await
-            .expect("healthz");
-        assert_eq!(health.status().as_u16(), 200, "/healthz stays open");
     }
+}
+
+/// A test CA and a serving certificate it signed for `host`: (CA PEM, certificate PEM, key PEM).
+fn test_certificate(host: &str) -> (String, String, String) {
+    let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    ca_params.key_usages = vec![
+        rcgen::KeyUsagePurpose::KeyCertSign,
+        rcgen::KeyUsagePurpose::CrlSign,
+    ];
+    ca_params
+        .distinguished_name
+        .push(rcgen::DnType::CommonName, "in-cluster test CA");
+    let ca_key = rcgen::KeyPair::generate().unwrap();
+    let ca = ca_params.self_signed(&ca_key).unwrap();
+    let issuer = rcgen::Issuer::new(ca_params, ca_key);
+    let key = rcgen::KeyPair::generate().unwrap();
+    let cert = rcgen::CertificateParams::new(vec![host.to_string()])
+        .unwrap()
+        .signed_by(&key, &issuer)
+        .unwrap();
+    (ca.pem(), cert.pem(), key.serialize_pem())
 }
 
 /// RRSA for real: the kubelet projects the chart's ServiceAccount token (audience
@@ -458,7 +530,7 @@ async fn uninstall_leaves_what_the_readme_says(client: &Client) {
     let namespaced = || {
         run(common::kubectl().args([
             "get",
-            "services,poddisruptionbudgets,roles,rolebindings,serviceaccounts,deployments",
+            "services,poddisruptionbudgets,roles,rolebindings,serviceaccounts,deployments,networkpolicies",
             "-n",
             RELEASE_NS,
             "-o",
@@ -473,6 +545,7 @@ async fn uninstall_leaves_what_the_readme_says(client: &Client) {
         "poddisruptionbudget.policy/",
         "role.rbac.authorization.k8s.io/",
         "rolebinding.rbac.authorization.k8s.io/",
+        "networkpolicy.networking.k8s.io/",
     ] {
         assert!(
             before.1.contains(&format!("{kind}{RELEASE}")),
@@ -790,20 +863,71 @@ fn pod_ip(p: &Pod) -> String {
         .expect("pod IP")
 }
 
-/// A sample of `name` from the pod's `/metrics` (open metrics only), summed over `label`.
-async fn pod_metric(p: &Pod, name: &str, label: Option<(&str, &str)>) -> Option<f64> {
-    let text = reqwest::get(format!("http://{}:8080/metrics", pod_ip(p)))
-        .await
-        .ok()?
-        .text()
-        .await
-        .ok()?;
-    let filter: Vec<(&str, &str)> = label.into_iter().collect();
-    Some(common::metric_sum(&text, name, &filter))
+/// A scraper as Prometheus is one: a ServiceAccount in `monitoring` bound to the chart's
+/// metrics-reader ClusterRole (the binding may precede the role: RBAC resolves it when asked),
+/// with a one-hour token, over HTTPS. The generated self-signed certificate is not verified
+/// (the ServiceMonitor's `insecureSkipVerify`); `secure_metrics` verifies a CA-signed one.
+struct Scraper {
+    http: reqwest::Client,
+    token: String,
+}
+
+impl Scraper {
+    async fn new(client: &Client) -> Scraper {
+        create_namespace("monitoring");
+        kubectl_apply(json!({"apiVersion": "v1", "kind": "ServiceAccount",
+            "metadata": {"name": "prometheus", "namespace": "monitoring"}}));
+        kubectl_apply(json!({
+            "apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRoleBinding",
+            "metadata": {"name": "prometheus-emr-ray-operator-metrics"},
+            "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole",
+                "name": format!("{RELEASE}-{RELEASE_NS}-metrics-reader")},
+            "subjects": [{"kind": "ServiceAccount", "name": "prometheus", "namespace": "monitoring"}],
+        }));
+        Scraper {
+            http: reqwest::Client::builder()
+                .danger_accept_invalid_certs(true)
+                .build()
+                .unwrap(),
+            token: common::service_account_token(client, "monitoring", "prometheus").await,
+        }
+    }
+
+    /// The `/metrics` text at `ip:port`, once it answers 200.
+    async fn scrape(&self, addr: &str) -> String {
+        let url = format!("https://{addr}/metrics");
+        let r = common::wait_for(Duration::from_secs(20), "an authorized scrape", || {
+            let req = self.http.get(&url).bearer_auth(&self.token);
+            async move {
+                let r = req.send().await.ok()?;
+                (r.status().as_u16() == 200).then_some(r)
+            }
+        })
+        .await;
+        r.text().await.expect("metrics body")
+    }
+
+    /// A sample of `name` from the pod's `/metrics`, summed over `label`.
+    async fn pod_metric(&self, p: &Pod, name: &str, label: Option<(&str, &str)>) -> Option<f64> {
+        let text = self
+            .http
+            .get(format!("https://{}:8080/metrics", pod_ip(p)))
+            .bearer_auth(&self.token)
+            .send()
+            .await
+            .ok()?
+            .error_for_status()
+            .ok()?
+            .text()
+            .await
+            .ok()?;
+        let filter: Vec<(&str, &str)> = label.into_iter().collect();
+        Some(common::metric_sum(&text, name, &filter))
+    }
 }
 
 /// The leader has run a sync of `ml/prod` since it took over.
-async fn wait_synced(pods: &[Pod], leader: &str) {
+async fn wait_synced(scraper: &Scraper, pods: &[Pod], leader: &str) {
     let pod = pods
         .iter()
         .find(|p| p.metadata.name.as_deref() == Some(leader))
@@ -812,12 +936,13 @@ async fn wait_synced(pods: &[Pod], leader: &str) {
         Duration::from_secs(60),
         "the new leader's first sync",
         || async {
-            let n = pod_metric(
-                pod,
-                "emr_ray_operator_last_successful_sync_timestamp_seconds",
-                Some(("workspace", "prod")),
-            )
-            .await?;
+            let n = scraper
+                .pod_metric(
+                    pod,
+                    "emr_ray_operator_last_successful_sync_timestamp_seconds",
+                    Some(("workspace", "prod")),
+                )
+                .await?;
             (n > 0.0).then_some(())
         },
     )

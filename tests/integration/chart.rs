@@ -145,6 +145,19 @@ const VALUE_SETS: &[&[&str]] = &[
         "security.allowedEndpoints={https://proxy.internal:8443,http://127.0.0.1:*}",
         "security.maxClustersPerWorkspace=500",
     ],
+    &[
+        "metrics.secure=false",
+        "networkPolicy.enabled=false",
+        "metrics.serviceMonitor.enabled=true",
+        "prometheusRule.enabled=true",
+    ],
+    &[
+        "shards[0].name=a",
+        "metrics.tls.certManager.enabled=true",
+        "metrics.serviceMonitor.enabled=true",
+        "prometheusRule.enabled=true",
+    ],
+    &["metrics.tls.secretName=metrics-tls", "health.port=9091"],
 ];
 
 #[test]
@@ -262,11 +275,11 @@ fn helm_template_renders_every_value_set() {
         );
         let deploy = find(&docs, "Deployment", "emr-ray-operator").expect("Deployment");
         assert!(find(&docs, "ServiceAccount", SA).is_some());
-        // Secure metrics: the operator reviews tokens; Prometheus gets a reader role and sends
-        // its token; a NetworkPolicy when asked.
-        let secure = set.contains(&"metrics.secure=true");
+        // Secure metrics (the default): HTTPS, the operator reviews tokens; Prometheus gets a
+        // reader role and sends its token. The NetworkPolicy unless turned off.
+        let secure = !set.contains(&"metrics.secure=false");
         assert_eq!(
-            env_value(deploy, "METRICS_AUTH").unwrap(),
+            env_value(deploy, "METRICS_SECURE").unwrap(),
             secure.to_string()
         );
         assert_eq!(
@@ -278,9 +291,13 @@ fn helm_template_renders_every_value_set() {
             .is_some(),
             secure
         );
-        if secure {
-            let sm = &kinds(&docs, "ServiceMonitor")[0];
-            assert!(sm["spec"]["endpoints"][0]["bearerTokenFile"].is_string());
+        if let Some(sm) = kinds(&docs, "ServiceMonitor").first() {
+            let ep = &sm["spec"]["endpoints"][0];
+            assert_eq!(ep["scheme"], if secure { "https" } else { "http" });
+            assert_eq!(ep["bearerTokenFile"].is_string(), secure);
+            assert_eq!(ep["tlsConfig"].is_object(), secure);
+        }
+        if set.contains(&"security.maxClustersPerWorkspace=500") {
             assert_eq!(
                 env_value(deploy, "ALLOWED_ENDPOINTS").unwrap(),
                 "https://proxy.internal:8443,http://127.0.0.1:*"
@@ -292,7 +309,7 @@ fn helm_template_renders_every_value_set() {
         }
         assert_eq!(
             kinds(&docs, "NetworkPolicy").len(),
-            usize::from(set.contains(&"networkPolicy.enabled=true"))
+            usize::from(!set.contains(&"networkPolicy.enabled=false"))
         );
         assert!(find(&docs, "Service", "emr-ray-operator-metrics").is_some());
         let replicas = deploy["spec"]["replicas"].as_i64().unwrap();
@@ -471,9 +488,26 @@ fn helm_template_renders_every_value_set() {
         assert_eq!(c["securityContext"]["allowPrivilegeEscalation"], false);
         assert_eq!(c["securityContext"]["capabilities"]["drop"], json!(["ALL"]));
         assert_eq!(c["args"], json!(["run"]));
+        // The probes on the plain health port (the kubelet has no token).
+        for probe in ["startupProbe", "livenessProbe", "readinessProbe"] {
+            assert_eq!(c[probe]["httpGet"]["port"], "health", "{probe}");
+            assert!(c[probe]["httpGet"]["scheme"].is_null(), "{probe}: HTTP");
+        }
         assert_eq!(c["livenessProbe"]["httpGet"]["path"], "/healthz");
         assert_eq!(c["readinessProbe"]["httpGet"]["path"], "/readyz");
+        assert_eq!(c["ports"][0]["name"], "metrics");
         assert_eq!(c["ports"][0]["containerPort"], 8080);
+        let health_port = if set.contains(&"health.port=9091") {
+            9091
+        } else {
+            8081
+        };
+        assert_eq!(c["ports"][1]["name"], "health");
+        assert_eq!(c["ports"][1]["containerPort"], health_port);
+        assert_eq!(
+            env_value(deploy, "HEALTH_ADDR").unwrap(),
+            format!("0.0.0.0:{health_port}")
+        );
         let env = env_of(deploy);
         let field = |n: &str| {
             env.iter()
@@ -498,6 +532,255 @@ fn helm_template_renders_every_value_set() {
             );
         }
     }
+}
+
+/// `helm template` with a values document (for what `--set` cannot say, such as an empty list).
+fn template_values(values: Value) -> Vec<Value> {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("values.json");
+    std::fs::write(&file, values.to_string()).unwrap();
+    let mut cmd = offline_helm();
+    cmd.args([
+        "template",
+        RELEASE,
+        CHART,
+        "--namespace",
+        "emr-system",
+        "--kube-version",
+        "1.34.0",
+        "-f",
+    ])
+    .arg(&file);
+    yaml_docs(&run(cmd))
+}
+
+fn volume<'a>(deploy: &'a Value, name: &str) -> Option<&'a Value> {
+    deploy["spec"]["template"]["spec"]["volumes"]
+        .as_array()?
+        .iter()
+        .find(|v| v["name"] == name)
+}
+
+fn mount<'a>(deploy: &'a Value, name: &str) -> Option<&'a Value> {
+    deploy["spec"]["template"]["spec"]["containers"][0]["volumeMounts"]
+        .as_array()?
+        .iter()
+        .find(|v| v["name"] == name)
+}
+
+/// The defaults protect `/metrics`: HTTPS with a generated certificate (no Secret mounted), the
+/// token review RBAC, a ServiceMonitor that sends its token and skips verification of that
+/// certificate, and a NetworkPolicy admitting only the `monitoring` namespace to the metrics
+/// port. An empty `metricsFrom` admits no one; a certificate Secret or cert-manager gives the
+/// operator files and the ServiceMonitor a CA and a server name.
+#[test]
+fn helm_template_renders_secure_metrics_and_the_network_policy() {
+    let deployment = |docs: &[Value]| {
+        find(docs, "Deployment", "emr-ray-operator")
+            .cloned()
+            .unwrap()
+    };
+    let endpoint =
+        |docs: &[Value]| kinds(docs, "ServiceMonitor")[0]["spec"]["endpoints"][0].clone();
+    let monitored = json!({"metrics": {"serviceMonitor": {"enabled": true}}});
+
+    // Defaults.
+    let docs = template_values(monitored.clone());
+    let deploy = deployment(&docs);
+    assert_eq!(
+        env_value(&deploy, "METRICS_SECURE").as_deref(),
+        Some("true")
+    );
+    assert_eq!(
+        env_value(&deploy, "METRICS_REVIEWS_PER_SECOND").as_deref(),
+        Some("5")
+    );
+    assert_eq!(
+        env_value(&deploy, "METRICS_REVIEW_BURST").as_deref(),
+        Some("10")
+    );
+    assert_eq!(
+        env_value(&deploy, "METRICS_CERT_DIR"),
+        None,
+        "generated certificate"
+    );
+    assert!(volume(&deploy, "metrics-tls").is_none());
+    let ep = endpoint(&docs);
+    assert_eq!(ep["port"], "metrics");
+    assert_eq!(ep["scheme"], "https");
+    assert_eq!(
+        ep["bearerTokenFile"],
+        "/var/run/secrets/kubernetes.io/serviceaccount/token"
+    );
+    assert_eq!(ep["tlsConfig"], json!({"insecureSkipVerify": true}));
+    let auth = find(
+        &docs,
+        "ClusterRole",
+        "emr-ray-operator-emr-system-metrics-auth",
+    )
+    .unwrap();
+    assert_eq!(
+        rules_of(auth),
+        vec![
+            (
+                "authentication.k8s.io".into(),
+                "tokenreviews".into(),
+                vec!["create".into()]
+            ),
+            (
+                "authorization.k8s.io".into(),
+                "subjectaccessreviews".into(),
+                vec!["create".into()]
+            ),
+        ]
+    );
+    let reader = find(
+        &docs,
+        "ClusterRole",
+        "emr-ray-operator-emr-system-metrics-reader",
+    )
+    .unwrap();
+    assert_eq!(
+        reader["rules"],
+        json!([{"nonResourceURLs": ["/metrics"], "verbs": ["get"]}])
+    );
+    // The Service exposes the metrics port only (health is the kubelet's).
+    let svc = find(&docs, "Service", "emr-ray-operator-metrics").unwrap();
+    assert_eq!(
+        svc["spec"]["ports"],
+        json!([{"name": "metrics", "port": 8080, "targetPort": "metrics", "protocol": "TCP"}])
+    );
+    let np = &kinds(&docs, "NetworkPolicy")[0];
+    assert_eq!(np["spec"]["policyTypes"], json!(["Ingress"]));
+    assert_eq!(
+        np["spec"]["ingress"],
+        json!([{
+            "ports": [{"port": 8080, "protocol": "TCP"}],
+            "from": [{"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "monitoring"}}}],
+        }]),
+        "only the monitoring namespace, only the metrics port"
+    );
+
+    // An empty metricsFrom admits no one: no ingress rule at all (a rule without "from" would
+    // admit every source).
+    let docs = template_values(json!({"networkPolicy": {"metricsFrom": []}}));
+    let np = &kinds(&docs, "NetworkPolicy")[0];
+    assert_eq!(np["spec"]["policyTypes"], json!(["Ingress"]));
+    let rules = np["spec"]["ingress"].as_array().map_or(0, Vec::len);
+    assert_eq!(rules, 0, "no ingress rule: {np}");
+    let docs = template_values(json!({"networkPolicy": {"metricsFrom": null}}));
+    assert_eq!(
+        kinds(&docs, "NetworkPolicy")[0]["spec"]["ingress"]
+            .as_array()
+            .map_or(0, Vec::len),
+        0
+    );
+    // Peers of the user's choice are kept as given.
+    let peer = json!({"podSelector": {"matchLabels": {"app": "prometheus"}}});
+    let docs = template_values(json!({"networkPolicy": {"metricsFrom": [peer]}}));
+    assert_eq!(
+        kinds(&docs, "NetworkPolicy")[0]["spec"]["ingress"][0]["from"],
+        json!([peer])
+    );
+
+    // A certificate Secret: mounted, read from its directory, its CA verified by the scraper.
+    let docs = template_values(json!({"metrics": {
+        "tls": {"secretName": "my-metrics-tls"}, "serviceMonitor": {"enabled": true}}}));
+    let deploy = deployment(&docs);
+    let dir = env_value(&deploy, "METRICS_CERT_DIR").expect("METRICS_CERT_DIR");
+    assert_eq!(
+        mount(&deploy, "metrics-tls").unwrap()["mountPath"],
+        dir.as_str()
+    );
+    assert_eq!(mount(&deploy, "metrics-tls").unwrap()["readOnly"], true);
+    assert_eq!(
+        volume(&deploy, "metrics-tls").unwrap()["secret"]["secretName"],
+        "my-metrics-tls"
+    );
+    assert_eq!(
+        endpoint(&docs)["tlsConfig"],
+        json!({"ca": {"secret": {"name": "my-metrics-tls", "key": "ca.crt"}},
+               "serverName": "emr-ray-operator-metrics.emr-system.svc"})
+    );
+    assert!(kinds(&docs, "Certificate").is_empty());
+
+    // cert-manager: a Certificate for every instance's metrics Service into the mounted Secret;
+    // a self-signed Issuer unless one is named.
+    let docs = template_values(json!({"shards": [{"name": "a"}], "metrics": {
+        "tls": {"certManager": {"enabled": true}}, "serviceMonitor": {"enabled": true}}}));
+    let cert = &kinds(&docs, "Certificate")[0];
+    assert_eq!(cert["spec"]["secretName"], "emr-ray-operator-metrics-tls");
+    let names: Vec<&str> = cert["spec"]["dnsNames"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|n| n.as_str().unwrap())
+        .collect();
+    for svc in ["emr-ray-operator-metrics", "emr-ray-operator-a-metrics"] {
+        assert!(names.contains(&svc), "{names:?}");
+        assert!(
+            names.contains(&format!("{svc}.emr-system.svc").as_str()),
+            "{names:?}"
+        );
+    }
+    let issuer = &kinds(&docs, "Issuer")[0];
+    assert_eq!(issuer["spec"], json!({"selfSigned": {}}));
+    assert_eq!(
+        cert["spec"]["issuerRef"]["name"],
+        issuer["metadata"]["name"]
+    );
+    for name in ["emr-ray-operator", "emr-ray-operator-a"] {
+        let deploy = find(&docs, "Deployment", name).unwrap();
+        assert!(env_value(deploy, "METRICS_CERT_DIR").is_some(), "{name}");
+        assert_eq!(
+            volume(deploy, "metrics-tls").unwrap()["secret"]["secretName"],
+            "emr-ray-operator-metrics-tls"
+        );
+    }
+    assert_eq!(
+        endpoint(&docs)["tlsConfig"]["ca"]["secret"]["name"],
+        "emr-ray-operator-metrics-tls"
+    );
+    let docs = template_values(json!({"metrics": {"tls": {"certManager": {
+        "enabled": true, "issuerRef": {"kind": "ClusterIssuer", "name": "corp-ca"}}}}}));
+    assert!(kinds(&docs, "Issuer").is_empty());
+    assert_eq!(
+        kinds(&docs, "Certificate")[0]["spec"]["issuerRef"],
+        json!({"name": "corp-ca", "kind": "ClusterIssuer", "group": "cert-manager.io"})
+    );
+
+    // The ServiceMonitor's tlsConfig can be given whole.
+    let given = json!({"ca": {"configMap": {"name": "corp-ca", "key": "ca.crt"}}, "serverName": "metrics.example"});
+    let docs = template_values(
+        json!({"metrics": {"serviceMonitor": {"enabled": true, "tlsConfig": given}}}),
+    );
+    assert_eq!(endpoint(&docs)["tlsConfig"], given);
+
+    // Not secure: plain HTTP and no token, whatever certificate is configured; no review RBAC.
+    let docs = template_values(json!({"metrics": {"secure": false,
+        "tls": {"secretName": "ignored", "certManager": {"enabled": true}},
+        "serviceMonitor": {"enabled": true}}}));
+    let deploy = deployment(&docs);
+    assert_eq!(
+        env_value(&deploy, "METRICS_SECURE").as_deref(),
+        Some("false")
+    );
+    assert_eq!(env_value(&deploy, "METRICS_CERT_DIR"), None);
+    assert!(volume(&deploy, "metrics-tls").is_none());
+    assert!(kinds(&docs, "Certificate").is_empty());
+    assert_eq!(
+        endpoint(&docs),
+        json!({"port": "metrics", "path": "/metrics",
+        "interval": "30s", "scrapeTimeout": "10s", "scheme": "http"})
+    );
+    assert!(
+        find(
+            &docs,
+            "ClusterRole",
+            "emr-ray-operator-emr-system-metrics-auth"
+        )
+        .is_none()
+    );
 }
 
 /// `rrsa.enabled`: a kubelet-projected ServiceAccount token for STS's audience at ACK's RRSA
@@ -670,8 +953,9 @@ fn helm_template_renders_one_instance_per_shard() {
     }
     // RBAC is shared; the leader-election Role names every instance's Lease.
     assert_eq!(kinds(&docs, "ServiceAccount").len(), 1);
-    // The operator's and the cluster-credentials readers'.
-    assert_eq!(kinds(&docs, "ClusterRoleBinding").len(), 2);
+    // The operator's, the cluster-credentials reader's and (secure metrics) the token
+    // reviewer's.
+    assert_eq!(kinds(&docs, "ClusterRoleBinding").len(), 3);
     let role = find(&docs, "Role", "emr-ray-operator-leader-election").unwrap();
     let mut names: Vec<String> = role["rules"][1]["resourceNames"]
         .as_array()
@@ -975,10 +1259,17 @@ async fn operator_runs_with_exactly_the_chart_rbac() {
 
     // Configured like the chart's Deployment: watch the release namespace, lease there.
     let lease_name = "emr-ray-operator-leader";
+    let metrics_port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
     let cfg = OperatorConfig {
         namespaces: vec![ns.clone()],
         concurrency: 4,
-        metrics_addr: None,
+        // Secure metrics, as the chart's defaults: its RBAC must allow the reviews.
+        metrics_addr: Some(([127, 0, 0, 1], metrics_port).into()),
+        secure_metrics: Some(emr_ray_operator::operator::http::SecureMetrics::self_signed()),
         leader_election: Some(LeaseConfig {
             namespace: ns.clone(),
             name: lease_name.into(),
@@ -1060,6 +1351,54 @@ async fn operator_runs_with_exactly_the_chart_rbac() {
         .await
         .expect_err("deleting a mirror is denied");
     assert!(is_policy_denial(&err), "{err}");
+
+    // A scraper bound to the chart's metrics-reader role reads /metrics: the operator's
+    // TokenReview and SubjectAccessReview go through with the chart's RBAC alone.
+    Api::<ServiceAccount>::namespaced(env.client.clone(), &ns)
+        .create(
+            &PostParams::default(),
+            &serde_json::from_value(json!({"metadata": {"name": "scraper"}})).unwrap(),
+        )
+        .await
+        .unwrap();
+    let binding = format!("scraper-{ns}");
+    Api::<k8s_openapi::api::rbac::v1::ClusterRoleBinding>::all(env.client.clone())
+        .create(
+            &PostParams::default(),
+            &serde_json::from_value(json!({
+                "metadata": {"name": binding},
+                "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole",
+                    "name": format!("{RELEASE}-{ns}-metrics-reader")},
+                "subjects": [{"kind": "ServiceAccount", "name": "scraper", "namespace": ns}],
+            }))
+            .unwrap(),
+        )
+        .await
+        .unwrap();
+    let https = reqwest::Client::builder()
+        .danger_accept_invalid_certs(true)
+        .build()
+        .unwrap();
+    common::wait_for(
+        Duration::from_secs(60),
+        "a scrape allowed by the chart's reader role",
+        || async {
+            // A fresh token each time: a refusal from before the binding took effect is
+            // cached per token.
+            let token = common::service_account_token(&env.client, &ns, "scraper").await;
+            let r = https
+                .get(format!("https://127.0.0.1:{metrics_port}/metrics"))
+                .bearer_auth(&token)
+                .send()
+                .await
+                .ok()?;
+            (r.status() == 200).then_some(())
+        },
+    )
+    .await;
+    let _ = Api::<k8s_openapi::api::rbac::v1::ClusterRoleBinding>::all(env.client.clone())
+        .delete(&binding, &DeleteParams::default())
+        .await;
 
     // The operator reports no failed sync.
     let text = env.operators[0].metrics.encode();

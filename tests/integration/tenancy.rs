@@ -263,35 +263,49 @@ async fn a_namespace_editor_cannot_borrow_identities_endpoints_or_mirrors() {
     env.teardown().await;
 }
 
-/// With `metrics.secure`, `/metrics` (which names every tenant's workspaces and clusters)
-/// answers only callers that a TokenReview authenticates and a SubjectAccessReview allows;
-/// health endpoints stay open.
+/// With secure metrics (the generated self-signed certificate), `/metrics` (which names every
+/// tenant's workspaces and clusters) answers, over HTTPS, only callers that a TokenReview
+/// authenticates and a SubjectAccessReview allows; the health endpoints, on their own plain
+/// HTTP port, stay open.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn secure_metrics_need_a_token_and_the_reader_role() {
     use k8s_openapi::api::core::v1::ServiceAccount;
     use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding};
     let mut env = Env::new("secure-metrics").await;
     let ns = env.ns.name.clone();
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let free_port = || {
+        std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port()
+    };
+    let (port, health_port) = (free_port(), free_port());
     let mut cfg = operator_config(&ns);
     cfg.metrics_addr = Some(([127, 0, 0, 1], port).into());
-    cfg.metrics_auth = true;
+    cfg.health_addr = Some(([127, 0, 0, 1], health_port).into());
+    cfg.secure_metrics = Some(emr_ray_operator::operator::http::SecureMetrics::self_signed());
     env.operators.push(start_operator(&env.client, cfg));
-    let url = format!("http://127.0.0.1:{port}");
-    let http = reqwest::Client::new();
+    // Self-signed: nothing to verify it against (tests/integration/metrics_security.rs checks a
+    // certificate from files against its CA).
+    let http = reqwest::Client::builder()
+        .danger_accept_invalid_certs(true)
+        .build()
+        .unwrap();
     let get = |path: &str, token: Option<&str>| {
-        let mut r = http.get(format!("{url}{path}"));
+        let url = if path == "/metrics" {
+            format!("https://127.0.0.1:{port}{path}")
+        } else {
+            format!("http://127.0.0.1:{health_port}{path}")
+        };
+        let mut r = http.get(url);
         if let Some(t) = token {
             r = r.bearer_auth(t);
         }
         async move { r.send().await.map(|r| r.status().as_u16()).unwrap_or(0) }
     };
-    common::wait_for(Duration::from_secs(30), "the HTTP server", || async {
-        (get("/healthz", None).await == 200).then_some(())
+    common::wait_for(Duration::from_secs(30), "the HTTP servers", || async {
+        (get("/healthz", None).await == 200 && get("/metrics", None).await != 0).then_some(())
     })
     .await;
     assert_eq!(get("/metrics", None).await, 401, "no token");
@@ -335,7 +349,7 @@ async fn secure_metrics_need_a_token_and_the_reader_role() {
         .create(&PostParams::default(), &crb)
         .await
         .unwrap();
-    // A fresh token (the 403 above is cached for a minute per token).
+    // A fresh token (the 403 above is cached for half a minute per token).
     let token = common::service_account_token(&env.client, &ns, "prometheus").await;
     common::wait_for(
         Duration::from_secs(30),

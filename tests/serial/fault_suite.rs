@@ -786,6 +786,10 @@ impl OperatorProcess {
                 "http://127.0.0.1:*",
                 "--metrics-addr",
                 &format!("127.0.0.1:{port}"),
+                // Read by the test itself, without a token.
+                "--metrics-secure=false",
+                "--health-addr",
+                "127.0.0.1:0",
             ])
             .env("KUBECONFIG", kubeconfig)
             .env("RUST_LOG", "info")

@@ -64,9 +64,11 @@ app.kubernetes.io/component: operator
 RBAC rules for the watched scope: exactly what the operator calls.
 - EmrWorkspace: list/watch (controller), patch status (server-side apply), update finalizers
   (only needed where OwnerReferencesPermissionEnforcement checks blockOwnerDeletion).
-- EmrRayCluster: list/watch (label-filtered reflector), create+patch (server-side apply creates
-  and updates), delete (gone clusters, deleted workspaces); patch status.
-- Secrets: list/watch (metadata only), get (read credentials when syncing).
+- EmrRayCluster: list/watch (label-filtered watch), create+patch (server-side apply creates
+  and updates), delete (mirrors of gone clusters under goneClusterPolicy Delete; those of
+  deleted workspaces go through the garbage collector, by owner reference); patch status.
+- Secrets: get only, one by name when a sync reads its credentials (never list or watch: no
+  Secret's data reaches the operator's caches).
 - Events (events.k8s.io/v1): create, patch (series).
 */}}
 {{- define "emr-ray-operator.rules" -}}
@@ -152,3 +154,25 @@ workspace without a known shard label, as Flux's main instance does. */}}
 {{- end }}
 {{- join ", " $names }}
 {{- end }}
+
+{{/* The Secret holding the metrics serving certificate (metrics.secure): metrics.tls.secretName,
+else cert-manager's when metrics.tls.certManager.enabled, else none (the operator generates a
+self-signed certificate). */}}
+{{- define "emr-ray-operator.metricsTlsSecret" -}}
+{{- if .Values.metrics.secure }}
+{{- if .Values.metrics.tls.secretName }}
+{{- .Values.metrics.tls.secretName }}
+{{- else if .Values.metrics.tls.certManager.enabled }}
+{{- printf "%s-metrics-tls" (include "emr-ray-operator.fullname" .) }}
+{{- end }}
+{{- end }}
+{{- end }}
+
+{{/* The metrics Service of the default instance, by its in-cluster DNS name (what the
+ServiceMonitor verifies the certificate against). */}}
+{{- define "emr-ray-operator.metricsServiceHost" -}}
+{{- printf "%s-metrics.%s.svc" (include "emr-ray-operator.fullname" .) .Release.Namespace }}
+{{- end }}
+
+{{/* Where the metrics certificate's Secret is mounted. */}}
+{{- define "emr-ray-operator.metricsCertDir" -}}/var/run/secrets/emr-ray-operator/metrics-tls{{- end }}

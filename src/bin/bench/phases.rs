@@ -59,7 +59,13 @@ pub(super) async fn initial_sync(
         own: 0.0,
     };
     setup.sim.state.reset_stats();
-    let child = spawn_operator(args, &setup.ns, &format!("127.0.0.1:{port}"), None)?;
+    let child = spawn_operator(
+        args,
+        &setup.ns,
+        &format!("127.0.0.1:{port}"),
+        "127.0.0.1:0",
+        None,
+    )?;
     op.pid = Proc::of(&child).pid;
     // Each workspace's remote requests when its last mirror became correct: the goal counts
     // listings until a workspace's mirrors are written; later ones follow its sync interval.
@@ -126,12 +132,14 @@ fn workspaces_written(
         .collect()
 }
 
-/// The release operator as a child process, watching `ns` only, serving its HTTP endpoints on
-/// `metrics_addr`, and with `shard`, only the workspaces whose shard key is `shard`.
+/// The release operator as a child process, watching `ns` only, serving plain `/metrics` on
+/// `metrics_addr` and `/readyz` on `health_addr`, and with `shard`, only the workspaces whose
+/// shard key is `shard`.
 pub(super) fn spawn_operator(
     args: &Args,
     ns: &str,
     metrics_addr: &str,
+    health_addr: &str,
     shard: Option<&str>,
 ) -> anyhow::Result<tokio::process::Child> {
     let selector = shard.map(|k| format!("{LABEL_SHARD}={k}"));
@@ -147,6 +155,10 @@ pub(super) fn spawn_operator(
             "1",
             "--metrics-addr",
             metrics_addr,
+            // The bench reads its own /metrics, not a scraper with a token.
+            "--metrics-secure=false",
+            "--health-addr",
+            health_addr,
             "--concurrency",
             &args.concurrency.to_string(),
             "--requests-per-second",

@@ -27,7 +27,7 @@ pub(super) async fn idle_rss(args: &Args, client: &kube::Client) -> anyhow::Resu
     let ns = create_namespace(client).await?;
     println!("bench: idle RSS: the operator on empty namespace {ns}");
     let port = free_port()?;
-    let mut child = spawn_operator(args, &ns, &format!("127.0.0.1:{port}"), None)?;
+    let mut child = spawn_operator(args, &ns, "127.0.0.1:0", &format!("127.0.0.1:{port}"), None)?;
     let op = Proc::of(&child);
     let start = Instant::now();
     let http = reqwest::Client::new();
@@ -85,7 +85,7 @@ pub(super) async fn scale_point(
     let setup = setup(args, client, "scale point", workspaces, 0).await?;
     let watch = watch_mirrors(client, &setup.ns).await?;
     let expected = expected_states(&setup);
-    let mut child = spawn_operator(args, &setup.ns, "127.0.0.1:0", None)?;
+    let mut child = spawn_operator(args, &setup.ns, "127.0.0.1:0", "127.0.0.1:0", None)?;
     let op = Proc::of(&child);
     let time = match wait_all_correct(&watch.store, &expected, SYNC_LIMIT).await {
         Ok(time) => time,

@@ -41,7 +41,7 @@ pub(super) async fn sharded_sync(
     let mut children = Vec::new();
     for i in 0..shards {
         let key = shard_key(i);
-        let child = spawn_operator(args, &setup.ns, "127.0.0.1:0", Some(&key))?;
+        let child = spawn_operator(args, &setup.ns, "127.0.0.1:0", "127.0.0.1:0", Some(&key))?;
         children.push((key, child));
     }
     let synced = wait_all_correct(&watch.store, &expected, SYNC_LIMIT).await;
