@@ -30,7 +30,9 @@ pub const ANNOTATION_REQUESTED_AT: &str = "reconcile.emr.aliyun.io/requestedAt";
 /// Label that marks objects managed by this operator.
 pub const LABEL_MANAGED_BY: &str = "app.kubernetes.io/managed-by";
 pub const MANAGED_BY: &str = "emr-ray-operator";
-/// Label assigning an `EmrWorkspace` to a shard (`--shard-selector`); copied onto its mirrors.
+/// Label assigning a **Namespace** (all its `EmrWorkspace`s) to a shard (`--shard-selector`);
+/// copied onto the mirrors of its workspaces. On an `EmrWorkspace` it means nothing: tenants
+/// write those, and shards are the cluster admin's to assign.
 pub const LABEL_SHARD: &str = "sharding.emr.aliyun.io/key";
 
 /// Sync interval of a workspace that does not set one, unless the operator is told otherwise

@@ -126,10 +126,10 @@ fn expected_state(c: &RayCluster) -> Option<String> {
 
 /// Mirrors whose state equals the simulator's, and the number of mirrors.
 fn correct_mirrors(
-    store: &Store<EmrRayCluster>,
+    watch: &MirrorWatch,
     expected: &HashMap<String, Option<String>>,
 ) -> (usize, usize) {
-    let all = store.state();
+    let all = watch.mirrors();
     let ok = all
         .iter()
         .filter(|m| {
@@ -156,14 +156,14 @@ fn expected_states(setup: &Setup) -> HashMap<String, Option<String>> {
 
 /// Waits until every expected mirror is correct and there are no others; the time it took.
 async fn wait_all_correct(
-    store: &Store<EmrRayCluster>,
+    watch: &MirrorWatch,
     expected: &HashMap<String, Option<String>>,
     limit: Duration,
 ) -> anyhow::Result<Duration> {
     let total = expected.len();
     let start = Instant::now();
     loop {
-        let (ok, n) = correct_mirrors(store, expected);
+        let (ok, n) = correct_mirrors(watch, expected);
         if ok == total && n == total {
             return Ok(start.elapsed());
         }
@@ -177,17 +177,22 @@ async fn wait_all_correct(
     }
 }
 
-/// A fresh namespace `emr-bench-<random>`.
-async fn create_namespace(client: &kube::Client) -> anyhow::Result<String> {
+/// A fresh namespace `emr-bench-<random>`, assigned to shard `shard` if given.
+async fn create_namespace(client: &kube::Client, shard: Option<&str>) -> anyhow::Result<String> {
     let ns = format!(
         "emr-bench-{}",
         &uuid::Uuid::new_v4().simple().to_string()[..6]
     );
+    let labels = match shard {
+        Some(key) => json!({ (crd::LABEL_SHARD): key }),
+        None => json!({}),
+    };
     Api::<Namespace>::all(client.clone())
         .patch(
             &ns,
             &PatchParams::apply("bench").force(),
-            &Patch::Apply(json!({"apiVersion":"v1","kind":"Namespace","metadata":{"name":ns}})),
+            &Patch::Apply(json!({"apiVersion":"v1","kind":"Namespace",
+                "metadata":{"name": ns, "labels": labels}})),
         )
         .await?;
     Ok(ns)
@@ -278,7 +283,7 @@ async fn main() -> anyhow::Result<()> {
 async fn main_run(args: &Args, client: &kube::Client) -> anyhow::Result<MainRun> {
     let interval = Duration::from_secs(args.interval);
     let setup = setup(args, client, "main run", args.workspaces, 0).await?;
-    let mut watch = watch_mirrors(client, &setup.ns).await?;
+    let mut watch = watch_mirrors(client, &setup.namespaces).await?;
     let mut expected = expected_states(&setup);
 
     let (initial, mut child, op) = initial_sync(args, client, &setup, &watch, &expected).await?;
@@ -300,7 +305,7 @@ async fn main_run(args: &Args, client: &kube::Client) -> anyhow::Result<MainRun>
         0 => None,
         _ => Some(naive_baseline(args, client, &setup, &watch.api, interval).await?),
     };
-    watch.task.abort();
+    watch.stop();
     delete_namespace(client, &setup.ns).await?;
     setup.sim.shutdown().await;
     Ok(MainRun {
@@ -312,10 +317,13 @@ async fn main_run(args: &Args, client: &kube::Client) -> anyhow::Result<MainRun>
     })
 }
 
-/// The namespace, the simulator with W × C clusters, the credentials Secret and the W
+/// The namespace(s), the simulator with W × C clusters, the credentials Secret and the W
 /// EmrWorkspaces pointing at the simulator.
 struct Setup {
+    /// The namespace (the first one when sharded).
     ns: String,
+    /// Every namespace of the setup: `ns` alone, or one per shard.
+    namespaces: Vec<String>,
     sim: SimHandle,
     ws_ids: Vec<String>,
     /// W × C.
@@ -324,7 +332,9 @@ struct Setup {
 }
 
 /// `n_workspaces` × `--clusters` in a fresh namespace for `phase` (named in the progress
-/// line); with `shards` > 1, workspace i carries the shard key [`shard_key`]`(i % shards)`.
+/// line); with `shards` > 1, in one fresh namespace per shard, labelled with the shard key
+/// [`shard_key`]`(k)` (a workspace's shard is its namespace's), workspace i in namespace
+/// `i % shards`.
 async fn setup(
     args: &Args,
     client: &kube::Client,
@@ -332,7 +342,12 @@ async fn setup(
     n_workspaces: usize,
     shards: usize,
 ) -> anyhow::Result<Setup> {
-    let ns = create_namespace(client).await?;
+    let mut namespaces = Vec::new();
+    for k in 0..shards.max(1) {
+        let shard = (shards > 1).then(|| shard_key(k));
+        namespaces.push(create_namespace(client, shard.as_deref()).await?);
+    }
+    let ns = namespaces[0].clone();
     let pp = PatchParams::apply("bench").force();
 
     // Simulator with W × C clusters.
@@ -349,36 +364,36 @@ async fn setup(
     let endpoint = sim.base_url().as_str().trim_end_matches('/').to_string();
     println!(
         "bench: {phase}: {n_workspaces} workspaces x {} clusters = {total} clusters, syncInterval {}s, \
-         namespace {ns}{}",
+         namespace(s) {}{}",
         args.clusters,
         args.interval,
+        namespaces.join(", "),
         match shards {
             0 | 1 => String::new(),
             n => format!(", {n} shards"),
         }
     );
 
-    Api::<Secret>::namespaced(client.clone(), &ns)
-        .patch("emr", &pp, &Patch::Apply(json!({
-            "apiVersion":"v1","kind":"Secret","metadata":{"name":"emr"},
-            "stringData":{"accessKeyId": DEFAULT_ACCESS_KEY_ID, "accessKeySecret": DEFAULT_ACCESS_KEY_SECRET}})))
-        .await?;
+    for ns in &namespaces {
+        Api::<Secret>::namespaced(client.clone(), ns)
+            .patch("emr", &pp, &Patch::Apply(json!({
+                "apiVersion":"v1","kind":"Secret","metadata":{"name":"emr"},
+                "stringData":{"accessKeyId": DEFAULT_ACCESS_KEY_ID, "accessKeySecret": DEFAULT_ACCESS_KEY_SECRET}})))
+            .await?;
+    }
     let workspaces: Api<EmrWorkspace> = Api::namespaced(client.clone(), &ns);
     for (i, id) in ws_ids.iter().enumerate() {
-        let labels = match shards {
-            0 | 1 => json!({}),
-            n => json!({ (crd::LABEL_SHARD): shard_key(i % n) }),
-        };
-        workspaces
+        Api::<EmrWorkspace>::namespaced(client.clone(), &namespaces[i % namespaces.len()])
             .patch(&format!("ws-{i:04}"), &pp, &Patch::Apply(json!({
                 "apiVersion":"emr.aliyun.io/v1alpha1","kind":"EmrWorkspace",
-                "metadata":{"name": format!("ws-{i:04}"), "labels": labels},
+                "metadata":{"name": format!("ws-{i:04}")},
                 "spec":{"regionId":"cn-hangzhou","workspaceId": id,"endpoint": endpoint,
                         "credentials":{"secretRef":{"name":"emr"}},"syncInterval": format!("{}s", args.interval)}})))
             .await?;
     }
     Ok(Setup {
         ns,
+        namespaces,
         sim,
         ws_ids,
         total,
@@ -391,12 +406,14 @@ fn shard_key(i: usize) -> String {
     char::from(b'a' + (i % 26) as u8).to_string()
 }
 
-/// A reflector over the mirrors, and every applied mirror as (cluster ID, state, seen at).
+/// A reflector over the mirrors of each namespace, and every applied mirror as (cluster ID,
+/// state, seen at).
 struct MirrorWatch {
+    /// The mirrors of the first namespace.
     api: Api<EmrRayCluster>,
-    store: Store<EmrRayCluster>,
+    stores: Vec<Store<EmrRayCluster>>,
     rx: tokio::sync::mpsc::UnboundedReceiver<(String, Option<String>, Instant)>,
-    task: tokio::task::JoinHandle<()>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
 }
 
 impl MirrorWatch {
@@ -408,34 +425,52 @@ impl MirrorWatch {
         }
         n
     }
+
+    /// Every mirror of every namespace watched.
+    fn mirrors(&self) -> Vec<std::sync::Arc<EmrRayCluster>> {
+        self.stores.iter().flat_map(Store::state).collect()
+    }
+
+    fn stop(&self) {
+        for t in &self.tasks {
+            t.abort();
+        }
+    }
 }
 
-async fn watch_mirrors(client: &kube::Client, ns: &str) -> anyhow::Result<MirrorWatch> {
-    let mirrors_api: Api<EmrRayCluster> = Api::namespaced(client.clone(), ns);
-    let (store, writer) = reflector::store();
+/// Watches the mirrors of `namespaces` (at least one) until every watch has listed them.
+async fn watch_mirrors(
+    client: &kube::Client,
+    namespaces: &[String],
+) -> anyhow::Result<MirrorWatch> {
     let (tx, rx) = tokio::sync::mpsc::unbounded_channel::<(String, Option<String>, Instant)>();
-    let watch = reflector(
-        writer,
-        watcher(mirrors_api.clone(), watcher::Config::default()),
-    )
-    .default_backoff()
-    .applied_objects()
-    .for_each(move |o| {
-        if let Ok(m) = o {
-            let _ = tx.send((
-                m.spec.cluster_id.clone(),
-                m.status.as_ref().and_then(|s| s.state.clone()),
-                Instant::now(),
-            ));
-        }
-        futures::future::ready(())
-    });
-    let task = tokio::spawn(watch);
-    store.wait_until_ready().await?;
+    let (mut stores, mut tasks) = (Vec::new(), Vec::new());
+    for ns in namespaces {
+        let mirrors_api: Api<EmrRayCluster> = Api::namespaced(client.clone(), ns);
+        let (store, writer) = reflector::store();
+        let tx = tx.clone();
+        let watch = reflector(writer, watcher(mirrors_api, watcher::Config::default()))
+            .default_backoff()
+            .applied_objects()
+            .for_each(move |o| {
+                if let Ok(m) = o {
+                    let _ = tx.send((
+                        m.spec.cluster_id.clone(),
+                        m.status.as_ref().and_then(|s| s.state.clone()),
+                        Instant::now(),
+                    ));
+                }
+                futures::future::ready(())
+            });
+        tasks.push(tokio::spawn(watch));
+        store.wait_until_ready().await?;
+        stores.push(store);
+    }
+    let first = namespaces.first().context("no namespace to watch")?;
     Ok(MirrorWatch {
-        api: mirrors_api,
-        store,
+        api: Api::namespaced(client.clone(), first),
+        stores,
         rx,
-        task,
+        tasks,
     })
 }

@@ -77,9 +77,10 @@ struct RunArgs {
         default_value = ""
     )]
     namespaces: Vec<String>,
-    /// The shard this replica set serves: a label selector on `sharding.emr.aliyun.io/key`
-    /// (e.g. `sharding.emr.aliyun.io/key=a`, or `!sharding.emr.aliyun.io/key` for the default
-    /// shard); empty serves every workspace.
+    /// The shard this replica set serves: a label selector on the namespaces' label
+    /// `sharding.emr.aliyun.io/key` (e.g. `sharding.emr.aliyun.io/key=a`, or
+    /// `!sharding.emr.aliyun.io/key` for the default shard); the workspaces of the namespaces
+    /// it selects are served. Empty serves every namespace.
     #[arg(long, env = "SHARD_SELECTOR", default_value = "", value_parser = check_shard_selector)]
     shard_selector: String,
     /// Workspaces reconciled at once.

@@ -6,7 +6,8 @@
 //!   each mirror the watch reports; [`packed`] keeps what is held long and read rarely (listed
 //!   clusters, mirror statuses) as deflated JSON;
 //! * [`mirror`] turns a remote cluster into a mirror's status (pure);
-//! * [`credentials`] reads a workspace's access key.
+//! * [`credentials`] reads a workspace's access key;
+//! * [`shard`] holds the namespaces a sharded replica serves.
 //!
 //! Each workspace is listed remotely every `syncInterval` (with jitter). The last complete
 //! listing is kept in memory, so a mirror deleted or edited on the Kubernetes side is repaired
@@ -25,6 +26,7 @@ pub mod orphans;
 pub mod packed;
 pub mod plan;
 mod series;
+pub mod shard;
 pub mod state;
 pub mod status;
 mod sync;
@@ -108,9 +110,10 @@ pub struct Settings {
     pub listings_per_namespace: usize,
     /// A status whose only news is the sync times is written at most this often.
     pub status_heartbeat: Duration,
-    /// This replica serves one shard: a workspace's mirrors may carry another shard's label
-    /// (it was just moved here), which the mirror watch does not show.
-    pub sharded: bool,
+    /// This replica serves one shard: the namespaces it serves (fed by its namespace watch),
+    /// with their shard label, which their workspaces' mirrors carry. `None`: every namespace,
+    /// and mirrors carry no shard label.
+    pub shard: Option<Arc<shard::ShardNamespaces>>,
 }
 
 /// Everything the reconciler needs, shared by all workspaces of one controller.
@@ -132,8 +135,8 @@ pub struct Context {
     namespace_slots: state::NamespaceSlots,
     /// Consecutive reconcile errors per workspace, for [`error_policy`]'s backoff.
     errors: Mutex<HashMap<String, u32>>,
-    /// UIDs of workspaces that left the watch (moved to another shard), and when: a reconcile
-    /// still in flight writes nothing more for them. Kept for [`DEPARTED_TTL`].
+    /// UIDs of workspaces that left the watch (deleted), and when: a reconcile still in flight
+    /// writes nothing more for them. Kept for [`DEPARTED_TTL`].
     departed: Mutex<HashMap<String, Instant>>,
 }
 
@@ -207,14 +210,24 @@ pub async fn reconcile(ws: Arc<EmrWorkspace>, ctx: Arc<Context>) -> Result<Actio
 }
 
 async fn reconcile_workspace(ws: Arc<EmrWorkspace>, ctx: Arc<Context>) -> Result<Action, Error> {
-    ctx.metrics.reconciles.inc();
-    // Decisions need the mirror and workspace caches: wait for their first complete list.
+    // Decisions need the mirror, workspace and namespace caches: wait for their first
+    // complete list.
     let _ = tokio::time::timeout(Duration::from_secs(30), async {
         ctx.mirrors.store().wait_ready().await;
         wait_ready(&ctx.workspaces).await;
+        if let Some(shard) = &ctx.settings.shard {
+            shard.wait_ready().await;
+        }
     })
     .await;
     let k = key(&ws);
+    if mirror_shard(&ctx, &ws).is_err() {
+        // Another shard's workspace (a sharded replica watches every workspace and serves those
+        // of its namespaces), or one whose namespace just left: nothing is written or kept.
+        forget_key(&ctx, &k);
+        return Ok(Action::await_change());
+    }
+    ctx.metrics.reconciles.inc();
     if ws.meta().deletion_timestamp.is_some() {
         forget_key(&ctx, &k);
         return Ok(Action::await_change());
@@ -225,8 +238,8 @@ async fn reconcile_workspace(ws: Arc<EmrWorkspace>, ctx: Arc<Context>) -> Result
     let result = sync(&ws, &ctx, &mut st).await;
     ctx.states.put(&k, st.clone());
     if has_departed(&ctx, &ws) {
-        // Moved to another shard meanwhile: not ours to write or remember any more (the series
-        // this sync touched go too).
+        // Deleted, or its namespace moved to another shard meanwhile: not ours to write or
+        // remember any more (the series this sync touched go too).
         forget_key(&ctx, &k);
         return Ok(Action::await_change());
     }
@@ -436,8 +449,8 @@ async fn write_status(
     Ok(())
 }
 
-/// Forgets a workspace that left this replica's watch (deleted, or moved to another shard):
-/// what is remembered about it and its metric series. Its mirrors are left as they are.
+/// Forgets a workspace that left this replica's watch (deleted): what is remembered about it
+/// and its metric series. Its mirrors are left as they are.
 pub fn forget(ctx: &Context, ws: &EmrWorkspace) {
     ctx.departed
         .lock()
@@ -446,17 +459,34 @@ pub fn forget(ctx: &Context, ws: &EmrWorkspace) {
     forget_key(ctx, &key(ws));
 }
 
-/// A workspace (re-)entered the watch: it is served again.
-pub fn arrived(ctx: &Context, ws: &EmrWorkspace) {
-    let mut departed = ctx.departed.lock().unwrap_or_else(|p| p.into_inner());
-    if !departed.is_empty() {
-        departed.remove(&ws.uid().unwrap_or_default());
+/// Namespace `ns` left this replica's shard: what is remembered about its workspaces, and their
+/// metric series, is dropped. Their mirrors are left to the shard that serves them now; a
+/// reconcile still in flight writes nothing more (see [`has_departed`]).
+pub fn namespace_left(ctx: &Context, ns: &str) {
+    for k in ctx.states.keys() {
+        if k.split_once('/').is_some_and(|(n, _)| n == ns) {
+            forget_key(ctx, &k);
+        }
     }
 }
 
+/// The shard label value a workspace's mirrors carry: none in an unsharded replica, else its
+/// namespace's; [`shard::NotServed`] when this replica's shard does not serve the namespace.
+/// Never a label of the workspace itself: its tenant writes that (see [`shard`]).
+fn mirror_shard(ctx: &Context, ws: &EmrWorkspace) -> Result<Option<String>, shard::NotServed> {
+    match &ctx.settings.shard {
+        None => Ok(None),
+        Some(served) => served.label(&ws.namespace().unwrap_or_default()),
+    }
+}
+
+/// Whether a workspace is no longer this replica's: deleted, or its namespace left the shard.
 fn has_departed(ctx: &Context, ws: &EmrWorkspace) -> bool {
-    let departed = ctx.departed.lock().unwrap_or_else(|p| p.into_inner());
-    !departed.is_empty() && departed.contains_key(&ws.uid().unwrap_or_default())
+    let deleted = {
+        let departed = ctx.departed.lock().unwrap_or_else(|p| p.into_inner());
+        !departed.is_empty() && departed.contains_key(&ws.uid().unwrap_or_default())
+    };
+    deleted || mirror_shard(ctx, ws).is_err()
 }
 
 /// Drops what is remembered about a workspace, and its metric series.

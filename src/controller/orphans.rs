@@ -42,15 +42,18 @@ pub async fn sweep(
     let mut deleted = 0;
     for ((ns, name), mirrors) in by_workspace {
         let here = ObjectRef::<EmrWorkspace>::new(&name).within(&ns);
-        if workspaces
-            .get(&here)
-            .is_some_and(|ws| ws.metadata.deletion_timestamp.is_none())
-        {
-            wake.push(here);
-            continue;
+        if let Some(ws) = workspaces.get(&here) {
+            if super::mirror_shard(ctx, &ws).is_err() {
+                // Its namespace is another shard's, which adopts the mirrors when it arrives.
+                continue;
+            }
+            if ws.metadata.deletion_timestamp.is_none() {
+                wake.push(here);
+                continue;
+            }
         }
         match workspace_exists(ctx, &ns, &name).await {
-            // Being deleted, or served by another shard (which adopts on arrival): not ours.
+            // Being deleted, or not in the cache yet: not ours to delete.
             Ok(true) => continue,
             Ok(false) => {}
             Err(e) => {

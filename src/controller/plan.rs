@@ -38,13 +38,15 @@ pub struct Owner {
     pub workspace_id: String,
     pub region_id: String,
     pub policy: GoneClusterPolicy,
-    /// The workspace's shard label ([`LABEL_SHARD`]), copied onto its mirrors so that a shard's
-    /// mirror watch sees exactly its own workspaces' mirrors.
+    /// The shard label ([`LABEL_SHARD`]) of the workspace's namespace in a sharded replica,
+    /// put on its mirrors so that a shard's mirror watch sees exactly its own mirrors.
     pub shard: Option<String>,
 }
 
 impl Owner {
-    pub fn of(ws: &EmrWorkspace) -> Self {
+    /// The owner for `ws`, whose mirrors carry the shard label value `shard` (its namespace's,
+    /// never one the workspace itself carries: see [`super::shard`]).
+    pub fn of(ws: &EmrWorkspace, shard: Option<String>) -> Self {
         Owner {
             namespace: ws.namespace().unwrap_or_default(),
             name: ws.name_any(),
@@ -52,7 +54,7 @@ impl Owner {
             workspace_id: ws.spec.workspace_id.clone(),
             region_id: ws.spec.region_id.clone(),
             policy: ws.spec.gone_cluster_policy,
-            shard: ws.labels().get(LABEL_SHARD).cloned(),
+            shard,
         }
     }
 
@@ -98,7 +100,7 @@ impl Owner {
     }
 
     /// Whether `m` already has the metadata and spec this owner gives it: spec, labels (a shard
-    /// label the workspace no longer has is removed too), cluster-ID annotation, controller.
+    /// label the owner does not give is removed too), cluster-ID annotation, controller.
     fn metadata_matches(&self, m: &CachedMirror, cluster_id: &str) -> bool {
         let labels = self.labels(cluster_id);
         m.controlled_by(&self.uid)

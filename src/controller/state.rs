@@ -218,7 +218,7 @@ pub struct WorkspaceState {
     /// The state of each listed cluster, as exported in the `cluster_state` metric.
     pub exported_states: Arc<crate::metrics::ClusterStateMap>,
     /// Sharded replicas: the workspace's mirrors labelled for another shard have been looked
-    /// up (once after this replica took the workspace over) and taken into the plan.
+    /// up (once after its namespace joined this replica's shard) and taken into the plan.
     pub adopted: bool,
     /// The inputs of the last plan that found nothing to write and nothing to report.
     pub settled: Option<Settled>,

@@ -158,12 +158,17 @@ pub(super) async fn write_mirrors(
     st: &mut WorkspaceState,
     backoff_cap: Duration,
 ) {
-    let owner = plan::Owner::of(ws);
+    let Ok(shard) = super::mirror_shard(ctx, ws) else {
+        // Its namespace just left this shard: the new one writes the mirrors.
+        return;
+    };
+    let owner = plan::Owner::of(ws, shard);
     let mut existing = ctx.mirrors.current(&owner.namespace, &owner.uid);
-    // A workspace just moved into this shard: its mirrors still labelled for another shard are
-    // invisible to the mirror watch. Take them into the plan once (they are relabelled — not
-    // created again — and gone ones are deleted or kept like any other).
-    let adopting = ctx.settings.sharded && !st.adopted;
+    // A workspace whose namespace just moved into this shard: its mirrors still labelled for
+    // another shard are invisible to the mirror watch. Take them into the plan once (they are
+    // relabelled — not created again — and gone ones are deleted or kept like any other).
+    let sharded = ctx.settings.shard.is_some();
+    let adopting = sharded && !st.adopted;
     let mut adopted = false;
     if adopting {
         match mirrors_of_other_shards(ctx, &owner).await {
@@ -203,7 +208,7 @@ pub(super) async fn write_mirrors(
     }
     st.settled = None;
     // A shard's cache lacks other shards' mirrors: names it would create are asked for.
-    let held_in_other_shards = if ctx.settings.sharded {
+    let held_in_other_shards = if sharded {
         names_held_in_other_shards(ctx, &owner, st.listing.as_deref(), &existing).await
     } else {
         HashMap::new()

@@ -13,7 +13,10 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use futures::StreamExt;
+use k8s_openapi::api::core::v1::Namespace;
+use kube::ResourceExt;
 use kube::api::Api;
+use kube::core::PartialObjectMeta;
 use kube::runtime::events::{Recorder, Reporter};
 use kube::runtime::reflector::{self, reflector};
 use kube::runtime::{Controller, WatchStreamExt, controller, watcher};
@@ -23,6 +26,7 @@ use tracing::{info, warn};
 use crate::api::{EmrRayCluster, EmrWorkspace, Interval, LABEL_MANAGED_BY, MANAGED_BY};
 use crate::controller::apply::WriteLimiter;
 use crate::controller::cache::MirrorStore;
+use crate::controller::shard::{Change, ShardNamespaces};
 use crate::controller::state::{MirrorCache, MirrorChanges};
 use crate::controller::{Context, Settings, error_policy, reconcile};
 use crate::emr::endpoint::{EndpointPattern, EndpointPolicy};
@@ -320,7 +324,7 @@ fn mirror_watch(
 ) {
     let store = Arc::new(MirrorStore::default());
     let changes = Arc::new(MirrorChanges::default());
-    // A shard caches only its own workspaces' mirrors (they carry their workspace's shard label).
+    // A shard caches only its own workspaces' mirrors (they carry their namespace's shard label).
     let mut selector = format!("{LABEL_MANAGED_BY}={MANAGED_BY}");
     if let Some(shard) = shard {
         selector.push_str(&format!(",{shard}"));
@@ -343,6 +347,61 @@ fn mirror_watch(
     (store, changes, stream)
 }
 
+/// A shard's namespace watch: the namespaces its selector matches (one, with `--namespaces`),
+/// metadata only, into `served`. A namespace that joins the shard (or is relabelled within it)
+/// wakes its workspaces; one that leaves has them forgotten. Runs until `token` is cancelled.
+#[allow(clippy::too_many_arguments)]
+async fn watch_namespaces(
+    client: kube::Client,
+    ns: Option<String>,
+    selector: ShardSelector,
+    served: Arc<ShardNamespaces>,
+    ctx: Arc<Context>,
+    workspaces: reflector::Store<EmrWorkspace>,
+    wake: futures::channel::mpsc::UnboundedSender<reflector::ObjectRef<EmrWorkspace>>,
+    token: CancellationToken,
+) {
+    let mut cfg = watcher::Config::default().labels(&selector.to_string());
+    if let Some(ns) = &ns {
+        cfg = cfg.fields(&format!("metadata.name={ns}"));
+    }
+    // Metadata only: a namespace's labels are all a shard needs.
+    let mut events = watcher(Api::<PartialObjectMeta<Namespace>>::all(client), cfg)
+        .default_backoff()
+        .boxed();
+    loop {
+        let ev = tokio::select! {
+            _ = token.cancelled() => return,
+            ev = events.next() => ev,
+        };
+        let ev = match ev {
+            Some(Ok(ev)) => ev,
+            Some(Err(e)) => {
+                warn!(error = %e, shard = %selector, "watching the shard's namespaces failed; retrying");
+                continue;
+            }
+            None => return,
+        };
+        for change in served.apply(&ev) {
+            let namespace = change.namespace();
+            match &change {
+                Change::Joined(_) | Change::Relabelled(_) => {
+                    info!(%namespace, shard = %selector, ?change, "serving the namespace's workspaces");
+                    for ws in workspaces.state() {
+                        if ws.namespace().as_deref() == Some(namespace) {
+                            let _ = wake.unbounded_send(reflector::ObjectRef::from_obj(&*ws));
+                        }
+                    }
+                }
+                Change::Left(_) => {
+                    info!(%namespace, shard = %selector, "the namespace left the shard; forgetting its workspaces");
+                    crate::controller::namespace_left(&ctx, namespace);
+                }
+            }
+        }
+    }
+}
+
 async fn run_controller(
     shared: &Shared,
     ns: Option<&str>,
@@ -356,6 +415,8 @@ async fn run_controller(
     // Secrets are never listed or watched (their data would reach the operator and its caches):
     // a sync reads the one Secret it needs with `get`.
     let shard = shared.cfg.shard_selector.as_ref();
+    // In a shard: the namespaces it serves, as its namespace watch reports them.
+    let served = shard.map(|_| Arc::new(ShardNamespaces::default()));
     let (mirrors, changes, mirror_stream) =
         mirror_watch(mirrors_api, shard.map(ToString::to_string));
     // Our own reflector for workspaces, so that its readiness can be awaited (its stream is
@@ -377,30 +438,44 @@ async fn run_controller(
             endpoints: EndpointPolicy::with(shared.cfg.allowed_endpoints.clone()),
             listings_per_namespace: shared.cfg.listings_per_namespace(),
             status_heartbeat: shared.cfg.status_heartbeat,
-            sharded: shard.is_some(),
+            shard: served.clone(),
         },
         shared.write_limiter.clone(),
         token.clone(),
     ));
-    let ws_config = match shard {
-        Some(s) => watcher::Config::default().labels(&s.to_string()),
-        None => watcher::Config::default(),
-    };
-    // A workspace leaving the watch (deleted, or relabelled into another shard) is forgotten at
-    // once: its mirrors are not touched, and it starts afresh should it come back.
+    // Workspaces woken to take over mirrors: left without an owner (see controller::orphans),
+    // or of a namespace that joined this shard.
+    let (wake, woken) = futures::channel::mpsc::unbounded();
+    if let (Some(selector), Some(served)) = (shard, &served) {
+        tokio::spawn(watch_namespaces(
+            client.clone(),
+            ns.map(str::to_string),
+            selector.clone(),
+            served.clone(),
+            ctx.clone(),
+            ws_store.clone(),
+            wake.clone(),
+            token.clone(),
+        ));
+        // Which workspaces are ours is known from the namespace watch's first list on.
+        tokio::select! {
+            _ = token.cancelled() => return,
+            _ = served.wait_ready() => {}
+        }
+    }
+    // Every workspace in scope is watched, whatever its labels: in a shard, its namespace's
+    // label says whether it is served (reconcile looks it up; a tenant cannot move its
+    // workspace by labelling it). A deleted workspace is forgotten at once: its mirrors are
+    // not touched.
     let forget_ctx = ctx.clone();
-    let ws_stream = reflector(ws_writer, watcher(workspaces, ws_config))
+    let ws_stream = reflector(ws_writer, watcher(workspaces, watcher::Config::default()))
         .default_backoff()
-        .inspect(move |ev| match ev {
-            Ok(watcher::Event::Delete(ws)) => crate::controller::forget(&forget_ctx, ws),
-            Ok(watcher::Event::Apply(ws) | watcher::Event::InitApply(ws)) => {
-                crate::controller::arrived(&forget_ctx, ws)
+        .inspect(move |ev| {
+            if let Ok(watcher::Event::Delete(ws)) = ev {
+                crate::controller::forget(&forget_ctx, ws);
             }
-            _ => {}
         })
         .applied_objects();
-    // Workspaces woken to take over mirrors left without an owner (see controller::orphans).
-    let (wake, woken) = futures::channel::mpsc::unbounded();
     let ctrl = Controller::for_stream(ws_stream, ws_store.clone()).reconcile_on(woken);
     let ws_store_ready = ws_store.clone();
     let m2 = mirrors.clone();

@@ -1,9 +1,11 @@
-//! Horizontal sharding, the way Flux does it: each operator Deployment serves the
-//! `EmrWorkspace`s whose [`LABEL_SHARD`] label matches its `--shard-selector`, and caches only
-//! the mirrors of those workspaces (mirrors carry their workspace's shard label).
+//! Horizontal sharding: each operator Deployment serves the `EmrWorkspace`s of the
+//! **namespaces** whose [`LABEL_SHARD`] label matches its `--shard-selector`, and caches only
+//! the mirrors of those workspaces (mirrors carry their namespace's shard label). Shards are a
+//! cluster admin's tool, so the label is read from the Namespace, which tenants cannot change;
+//! a label on an `EmrWorkspace` means nothing (see [`crate::controller::shard`]).
 //!
 //! The selector may only constrain [`LABEL_SHARD`]: it is applied to the mirror watch as well,
-//! and mirrors carry no other label of their workspace. A selector on any other key would hide
+//! and mirrors carry no other label of their namespace. A selector on any other key would hide
 //! a shard's own mirrors from it.
 
 use std::fmt;
@@ -28,7 +30,7 @@ enum Requirement {
 
 impl ShardSelector {
     /// Parses a selector (`key=a`, `key!=a`, `key in (a,b)`, `key notin (a,b)`, `key`, `!key`,
-    /// comma-separated, all on [`LABEL_SHARD`]). Empty: `Ok(None)`, every workspace.
+    /// comma-separated, all on [`LABEL_SHARD`]). Empty: `Ok(None)`, every namespace.
     pub fn parse(s: &str) -> Result<Option<ShardSelector>, String> {
         let s = s.trim();
         if s.is_empty() {
@@ -41,7 +43,7 @@ impl ShardSelector {
         Ok(Some(ShardSelector { requirements }))
     }
 
-    /// Whether a workspace (or mirror) whose shard label is `value` is selected.
+    /// Whether a namespace (or mirror) whose shard label is `value` is selected.
     pub fn matches(&self, value: Option<&str>) -> bool {
         self.requirements.iter().all(|r| match (r, value) {
             (Requirement::Exists, v) => v.is_some(),

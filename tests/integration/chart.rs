@@ -111,6 +111,7 @@ fn run(mut cmd: Command) -> String {
 const VALUE_SETS: &[&[&str]] = &[
     &[],
     &["shards[0].name=a", "shards[1].name=b"],
+    &["shards[0].name=a", "watchNamespaces={team-a,team-b}"],
     &["watchNamespaces={team-a,team-b}"],
     &["replicas=2"],
     &[
@@ -352,6 +353,7 @@ fn helm_template_renders_every_value_set() {
             .find_map(|s| s.strip_prefix("watchNamespaces={"))
             .map(|s| s.trim_end_matches('}').split(',').collect())
             .unwrap_or_default();
+        let sharded = set.iter().any(|s| s.starts_with("shards["));
         let operator_cluster_role = find(&docs, "ClusterRole", "emr-ray-operator-emr-system");
         if watched.is_empty() {
             let cr = operator_cluster_role.expect("operator ClusterRole");
@@ -361,21 +363,47 @@ fn helm_template_renders_every_value_set() {
             assert_eq!(crb["subjects"][0]["namespace"], "emr-system");
         } else {
             assert!(operator_cluster_role.is_none());
-            // The only cluster-wide grant: reading cluster credentials and namespaces.
-            let crbs: Vec<_> = kinds(&docs, "ClusterRoleBinding")
+            // The only cluster-wide grants: reading cluster credentials and namespaces, and in
+            // shards watching the watched namespaces.
+            let mut crbs: Vec<String> = kinds(&docs, "ClusterRoleBinding")
                 .into_iter()
-                .filter(|c| {
-                    !c["metadata"]["name"]
-                        .as_str()
-                        .unwrap()
-                        .ends_with("-metrics-auth")
-                })
+                .map(|c| c["metadata"]["name"].as_str().unwrap().to_string())
+                .filter(|name| !name.ends_with("-metrics-auth"))
                 .collect();
-            assert_eq!(crbs.len(), 1, "{crbs:?}");
+            crbs.sort();
+            let mut want = vec!["emr-ray-operator-emr-system-cluster-credentials"];
+            if sharded {
+                want.push("emr-ray-operator-emr-system-shards");
+            }
+            assert_eq!(crbs, want);
+        }
+        // Namespaces are listed and watched only by shards (their label assigns a shard), and
+        // then only the watched ones when they are listed.
+        let shards_role = find(&docs, "ClusterRole", "emr-ray-operator-emr-system-shards");
+        assert_eq!(shards_role.is_some(), sharded, "{set:?}");
+        if let Some(role) = shards_role {
             assert_eq!(
-                crbs[0]["metadata"]["name"],
-                "emr-ray-operator-emr-system-cluster-credentials"
+                rules_of(role),
+                vec![(
+                    "".to_string(),
+                    "namespaces".to_string(),
+                    vec!["list".to_string(), "watch".to_string()]
+                )]
             );
+            let names = &role["rules"][0]["resourceNames"];
+            if watched.is_empty() {
+                assert!(names.is_null(), "{names}");
+            } else {
+                assert_eq!(*names, json!(watched));
+            }
+            let crb = find(
+                &docs,
+                "ClusterRoleBinding",
+                "emr-ray-operator-emr-system-shards",
+            )
+            .unwrap();
+            assert_eq!(crb["roleRef"]["name"], role["metadata"]["name"]);
+            assert_eq!(crb["subjects"][0]["name"], SA);
         }
         // Cluster credentials and namespaces: get only, in every mode.
         let ccr = find(
@@ -953,9 +981,9 @@ fn helm_template_renders_one_instance_per_shard() {
     }
     // RBAC is shared; the leader-election Role names every instance's Lease.
     assert_eq!(kinds(&docs, "ServiceAccount").len(), 1);
-    // The operator's, the cluster-credentials reader's and (secure metrics) the token
-    // reviewer's.
-    assert_eq!(kinds(&docs, "ClusterRoleBinding").len(), 3);
+    // The operator's, the cluster-credentials reader's, (secure metrics) the token
+    // reviewer's and the shards' namespace watchers'.
+    assert_eq!(kinds(&docs, "ClusterRoleBinding").len(), 4);
     let role = find(&docs, "Role", "emr-ray-operator-leader-election").unwrap();
     let mut names: Vec<String> = role["rules"][1]["resourceNames"]
         .as_array()
@@ -982,9 +1010,9 @@ fn run_help() -> String {
 // ---------------------------------------------------------------------------------------------
 
 /// `helm install` into `ns`, watching `ns` only (so the read-only policy binding applies to
-/// this namespace alone and never to other tests' namespaces). CRDs are installed by
-/// `common::install_crds` (shared, never deleted).
-fn helm_install(ns: &str) {
+/// this namespace alone and never to other tests' namespaces), with the values of `set`. CRDs
+/// are installed by `common::install_crds` (shared, never deleted).
+fn helm_install(ns: &str, set: &[&str]) {
     let mut cmd = common::helm();
     cmd.current_dir(repo()).args([
         "install",
@@ -996,6 +1024,9 @@ fn helm_install(ns: &str) {
         "--set",
         &format!("watchNamespaces={{{ns}}}"),
     ]);
+    for s in set {
+        cmd.args(["--set", s]);
+    }
     run(cmd);
 }
 
@@ -1049,7 +1080,7 @@ async fn helm_install_enforces_read_only_mirrors() {
     let name = ns.name.clone();
     tokio::task::spawn_blocking({
         let n = name.clone();
-        move || helm_install(&n)
+        move || helm_install(&n, &[])
     })
     .await
     .unwrap();
@@ -1251,7 +1282,7 @@ async fn operator_runs_with_exactly_the_chart_rbac() {
     let ns = env.ns.name.clone();
     tokio::task::spawn_blocking({
         let n = ns.clone();
-        move || helm_install(&n)
+        move || helm_install(&n, &[])
     })
     .await
     .unwrap();
@@ -1408,6 +1439,63 @@ async fn operator_runs_with_exactly_the_chart_rbac() {
             .any(|l| l.starts_with("emr_ray_operator_sync_failures_total{")),
         "sync failures recorded:\n{text}"
     );
+
+    tokio::task::spawn_blocking({
+        let n = ns.clone();
+        move || helm_uninstall(&n)
+    })
+    .await
+    .unwrap();
+    env.teardown().await;
+}
+
+/// A shard with exactly the chart's RBAC (`shards` and `watchNamespaces`): it lists and watches
+/// its namespace by name (the ClusterRole names the watched namespaces), serves the workspaces
+/// of the namespace labelled for it, and labels their mirrors with the namespace's label.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_shard_runs_with_exactly_the_chart_rbac() {
+    use emr_ray_operator::api::LABEL_SHARD;
+    use emr_ray_operator::operator::shard::ShardSelector;
+    use k8s_openapi::api::core::v1::Namespace;
+
+    let mut env = Env::new("chart-shard").await;
+    let ns = env.ns.name.clone();
+    tokio::task::spawn_blocking({
+        let n = ns.clone();
+        move || helm_install(&n, &["shards[0].name=a"])
+    })
+    .await
+    .unwrap();
+    let sa_client = common::service_account_client(&env.client, &ns, SA).await;
+    Api::<Namespace>::all(env.client.clone())
+        .patch(
+            &ns,
+            &PatchParams::default(),
+            &Patch::Merge(json!({"metadata": {"labels": {LABEL_SHARD: "a"}}})),
+        )
+        .await
+        .expect("namespace labelled");
+    env.create_workspace("prod", json!({})).await;
+    let cfg = OperatorConfig {
+        identity: "chart-shard-a".into(),
+        shard_selector: ShardSelector::parse(&format!("{LABEL_SHARD}=a")).unwrap(),
+        ..operator_config(&ns)
+    };
+    env.operators.push(start_operator(&sa_client, cfg));
+
+    let st = env
+        .wait_ready("prod", "True", Some("Synced"), Duration::from_secs(90))
+        .await;
+    assert_eq!(st.clusters, Some(1));
+    let m = env
+        .wait_mirror(
+            EXAMPLE_CLUSTER,
+            Duration::from_secs(30),
+            "example mirror labelled for shard a",
+            |m| m.metadata.labels.as_ref().and_then(|l| l.get(LABEL_SHARD)) == Some(&"a".into()),
+        )
+        .await;
+    assert_eq!(m.spec.cluster_id, EXAMPLE_CLUSTER);
 
     tokio::task::spawn_blocking({
         let n = ns.clone();

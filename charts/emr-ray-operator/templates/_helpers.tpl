@@ -128,8 +128,9 @@ only the default instance is rendered, exactly as without sharding.
 {{- if and .shard (hasKey .shard "replicas") }}{{ .shard.replicas }}{{ else }}{{ .Values.replicas }}{{ end }}
 {{- end }}
 
-{{/* The workspaces an instance serves (SHARD_SELECTOR); the default one serves every
-workspace without a known shard label, as Flux's main instance does. */}}
+{{/* The namespaces whose workspaces an instance serves (SHARD_SELECTOR, on the Namespace's
+label); the default one serves every namespace without a known shard label, so that none is
+left unserved. */}}
 {{- define "emr-ray-operator.shardSelector" -}}
 {{- $key := include "emr-ray-operator.shardKey" . }}
 {{- if .shard }}

@@ -7,7 +7,6 @@ use std::time::{Duration, Instant};
 use anyhow::{Context as _, bail};
 use futures::StreamExt;
 use kube::api::{Api, Patch, PatchParams};
-use kube::runtime::reflector::Store;
 use kube::{Resource, ResourceExt};
 use rand::seq::SliceRandom;
 use serde_json::json;
@@ -61,7 +60,7 @@ pub(super) async fn initial_sync(
     setup.sim.state.reset_stats();
     let child = spawn_operator(
         args,
-        &setup.ns,
+        &setup.namespaces,
         &format!("127.0.0.1:{port}"),
         "127.0.0.1:0",
         None,
@@ -72,7 +71,7 @@ pub(super) async fn initial_sync(
     let mut until_written: HashMap<String, u64> = HashMap::new();
     let start = Instant::now();
     loop {
-        for ws in workspaces_written(&watch.store, expected, args.clusters) {
+        for ws in workspaces_written(watch, expected, args.clusters) {
             if let std::collections::hash_map::Entry::Vacant(e) = until_written.entry(ws) {
                 let n = setup.sim.state.stats().by_workspace.get(e.key()).copied();
                 e.insert(n.unwrap_or(0));
@@ -92,7 +91,7 @@ pub(super) async fn initial_sync(
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     // (and no mirror more than expected)
-    wait_all_correct(&watch.store, expected, SYNC_LIMIT).await?;
+    wait_all_correct(watch, expected, SYNC_LIMIT).await?;
     let time = start.elapsed();
     let requests = setup.sim.state.stats().requests;
     tokio::time::sleep(Duration::from_secs(1)).await;
@@ -110,12 +109,12 @@ pub(super) async fn initial_sync(
 
 /// The workspaces (remote IDs) whose `per_workspace` mirrors are all correct.
 fn workspaces_written(
-    store: &Store<EmrRayCluster>,
+    watch: &MirrorWatch,
     expected: &HashMap<String, Option<String>>,
     per_workspace: usize,
 ) -> Vec<String> {
     let mut correct: HashMap<String, usize> = HashMap::new();
-    for m in store.state() {
+    for m in watch.mirrors() {
         let ok = expected.get(&m.spec.cluster_id).is_some_and(|want| {
             m.status
                 .as_ref()
@@ -132,12 +131,13 @@ fn workspaces_written(
         .collect()
 }
 
-/// The release operator as a child process, watching `ns` only, serving plain `/metrics` on
-/// `metrics_addr` and `/readyz` on `health_addr`, and with `shard`, only the workspaces whose
+/// The release operator as a child process, watching `namespaces` only, serving plain
+/// `/metrics` on `metrics_addr` and `/readyz` on `health_addr`, and with `shard`, only the
+/// workspaces of the namespaces whose
 /// shard key is `shard`.
 pub(super) fn spawn_operator(
     args: &Args,
-    ns: &str,
+    namespaces: &[String],
     metrics_addr: &str,
     health_addr: &str,
     shard: Option<&str>,
@@ -147,7 +147,7 @@ pub(super) fn spawn_operator(
         .args([
             "run",
             "--namespaces",
-            ns,
+            &namespaces.join(","),
             "--leader-election=false",
             "--allowed-endpoints",
             "http://127.0.0.1:*",

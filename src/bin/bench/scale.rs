@@ -24,10 +24,16 @@ pub(super) struct Idle {
 /// Starts the operator on a fresh, empty namespace, waits until `/readyz` answers OK and 5 s
 /// more, and reads its RSS.
 pub(super) async fn idle_rss(args: &Args, client: &kube::Client) -> anyhow::Result<Idle> {
-    let ns = create_namespace(client).await?;
+    let ns = create_namespace(client, None).await?;
     println!("bench: idle RSS: the operator on empty namespace {ns}");
     let port = free_port()?;
-    let mut child = spawn_operator(args, &ns, "127.0.0.1:0", &format!("127.0.0.1:{port}"), None)?;
+    let mut child = spawn_operator(
+        args,
+        std::slice::from_ref(&ns),
+        "127.0.0.1:0",
+        &format!("127.0.0.1:{port}"),
+        None,
+    )?;
     let op = Proc::of(&child);
     let start = Instant::now();
     let http = reqwest::Client::new();
@@ -83,11 +89,11 @@ pub(super) async fn scale_point(
     let clusters = args.clusters.max(1);
     let workspaces = ((mirrors + clusters / 2) / clusters).max(1);
     let setup = setup(args, client, "scale point", workspaces, 0).await?;
-    let watch = watch_mirrors(client, &setup.ns).await?;
+    let watch = watch_mirrors(client, &setup.namespaces).await?;
     let expected = expected_states(&setup);
-    let mut child = spawn_operator(args, &setup.ns, "127.0.0.1:0", "127.0.0.1:0", None)?;
+    let mut child = spawn_operator(args, &setup.namespaces, "127.0.0.1:0", "127.0.0.1:0", None)?;
     let op = Proc::of(&child);
-    let time = match wait_all_correct(&watch.store, &expected, SYNC_LIMIT).await {
+    let time = match wait_all_correct(&watch, &expected, SYNC_LIMIT).await {
         Ok(time) => time,
         Err(e) => {
             stop_operator(&mut child).await;
@@ -106,7 +112,7 @@ pub(super) async fn scale_point(
         rss: op.status_kb("VmRSS:"),
     };
     stop_operator(&mut child).await;
-    watch.task.abort();
+    watch.stop();
     delete_namespace(client, &setup.ns).await?;
     setup.sim.shutdown().await;
     Ok(point)

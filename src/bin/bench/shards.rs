@@ -25,26 +25,33 @@ pub(super) struct Sharded {
     pub(super) procs: Vec<ShardProc>,
 }
 
-/// W × C in a fresh namespace, the workspaces labelled with `shards` shard keys in turn, and one
-/// operator process per key (`--shard-selector sharding.emr.aliyun.io/key=<key>`), all started
-/// at once; the time until every mirror is correct, and each process's peak RSS and CPU a
-/// second later. The namespace is gone when this returns.
+/// W × C in `shards` fresh namespaces, each labelled with its shard key (the workspaces taking
+/// them in turn), and one operator process per key, each watching every namespace of the
+/// setup (`--shard-selector sharding.emr.aliyun.io/key=<key>`: it serves its namespace's
+/// workspaces), all started at once; the time until every mirror is correct, and each
+/// process's peak RSS and CPU a second later. The namespaces are gone when this returns.
 pub(super) async fn sharded_sync(
     args: &Args,
     client: &kube::Client,
     shards: usize,
 ) -> anyhow::Result<Sharded> {
     let setup = setup(args, client, "shards", args.workspaces, shards).await?;
-    let watch = watch_mirrors(client, &setup.ns).await?;
+    let watch = watch_mirrors(client, &setup.namespaces).await?;
     let expected = expected_states(&setup);
     setup.sim.state.reset_stats();
     let mut children = Vec::new();
     for i in 0..shards {
         let key = shard_key(i);
-        let child = spawn_operator(args, &setup.ns, "127.0.0.1:0", "127.0.0.1:0", Some(&key))?;
+        let child = spawn_operator(
+            args,
+            &setup.namespaces,
+            "127.0.0.1:0",
+            "127.0.0.1:0",
+            Some(&key),
+        )?;
         children.push((key, child));
     }
-    let synced = wait_all_correct(&watch.store, &expected, SYNC_LIMIT).await;
+    let synced = wait_all_correct(&watch, &expected, SYNC_LIMIT).await;
     let requests = setup.sim.state.stats().requests;
     tokio::time::sleep(Duration::from_secs(1)).await;
     let procs = children
@@ -61,8 +68,10 @@ pub(super) async fn sharded_sync(
     for (_, child) in &mut children {
         stop_operator(child).await;
     }
-    watch.task.abort();
-    delete_namespace(client, &setup.ns).await?;
+    watch.stop();
+    for ns in &setup.namespaces {
+        delete_namespace(client, ns).await?;
+    }
     setup.sim.shutdown().await;
     Ok(Sharded {
         time: synced?,

@@ -419,6 +419,28 @@ fn remote_ids_that_map_to_one_name_never_share_a_mirror() {
 }
 
 #[test]
+fn the_shard_label_of_mirrors_is_the_namespaces_never_the_workspaces() {
+    let mut ws = EmrWorkspace::new(
+        "ws",
+        serde_json::from_value(serde_json::json!({
+            "regionId": "cn-hangzhou", "workspaceId": "w-1",
+            "credentials": {"secretRef": {"name": "s"}}
+        }))
+        .unwrap(),
+    );
+    // The tenant labels its workspace for shard b; its namespace is in shard a (or in none).
+    ws.metadata.labels = Some([(LABEL_SHARD.to_string(), "b".to_string())].into());
+    for namespace in [Some("a"), None] {
+        let o = Owner::of(&ws, namespace.map(String::from));
+        assert_eq!(o.shard.as_deref(), namespace);
+        assert_eq!(
+            o.labels("ray-a").get(LABEL_SHARD).map(String::as_str),
+            namespace
+        );
+    }
+}
+
+#[test]
 fn a_workspace_moved_to_another_shard_relabels_its_mirrors() {
     let a = cluster("ray-a", ClusterState::Running);
     let b = cluster("ray-b", ClusterState::Running);
