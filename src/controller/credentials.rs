@@ -10,6 +10,10 @@ use std::collections::BTreeMap;
 use k8s_openapi::api::core::v1::Namespace;
 use kube::core::{Selector, SelectorExt};
 
+use kube::Resource;
+use kube::runtime::events::{EventType, Recorder};
+use tracing::warn;
+
 use super::SyncError;
 use crate::api::{
     EmrClusterCredentials, EmrClusterCredentialsSpec, EmrWorkspace, Reason, RrsaCredentials,
@@ -65,10 +69,14 @@ pub async fn from_secret(
                 format!("Secret {display} does not exist"),
             ));
         }
+        // The API server's text names the operator's identity: not repeated.
         Err(kube::Error::Api(s)) if s.code == 403 => {
             return Err(SyncError::local(
                 Reason::CredentialsUnavailable,
-                format!("the operator may not read Secret {display}: {}", s.message),
+                format!(
+                    "the operator may not read Secret {display} (it needs get on Secrets in \
+                     namespace {ns}, which the chart grants)"
+                ),
             ));
         }
         Err(e) => {
@@ -104,11 +112,18 @@ pub fn endpoint_permitted(
 /// or cluster credentials that allow its namespace and that endpoint — checked before their
 /// Secret is read or STS is called. Nothing in a namespaced spec can name a file, a role or
 /// the operator's own identity.
+///
+/// Once cluster credentials are granted, what goes wrong with them is the cluster admin's to
+/// fix and partly theirs to know (the admin Secret's name, the operator's identity, the token
+/// file, STS's answer): the tenant's status says only that they cannot be used and where the
+/// admin looks; the cause goes to the operator's log and an Event on the
+/// `EmrClusterCredentials`.
 pub async fn for_workspace(
     ws: &EmrWorkspace,
     endpoint: &url::Url,
     client: &kube::Client,
     resolver: &CredentialResolver,
+    recorder: &Recorder,
 ) -> Result<Credentials, SyncError> {
     let ns = ws.metadata.namespace.clone().unwrap_or_default();
     let c: &WorkspaceCredentials = &ws.spec.credentials;
@@ -122,6 +137,22 @@ pub async fn for_workspace(
         ));
     };
     let cc = permitted_cluster_credentials(client, &r.name, &ns).await?;
+    match granted(&cc, &r.name, endpoint, client, resolver).await {
+        Ok(c) => Ok(c),
+        // The tenant may act on an endpoint it chose: that answer stays whole.
+        Err(e) if e.reason() == Reason::EndpointNotAllowed => Err(e),
+        Err(e) => Err(admins_only(ws, &cc, e, recorder).await),
+    }
+}
+
+/// The access key of cluster credentials granted to the workspace's namespace.
+async fn granted(
+    cc: &EmrClusterCredentials,
+    name: &str,
+    endpoint: &url::Url,
+    client: &kube::Client,
+    resolver: &CredentialResolver,
+) -> Result<Credentials, SyncError> {
     let allowed_endpoints = cc
         .spec
         .allowed_endpoints
@@ -131,10 +162,10 @@ pub async fn for_workspace(
         .map_err(|e| {
             SyncError::local(
                 Reason::CredentialsUnavailable,
-                format!("EmrClusterCredentials {}: allowedEndpoints: {e}", r.name),
+                format!("EmrClusterCredentials {name}: allowedEndpoints: {e}"),
             )
         })?;
-    endpoint_permitted(&r.name, &allowed_endpoints, endpoint)?;
+    endpoint_permitted(name, &allowed_endpoints, endpoint)?;
     let src = &cc.spec.source;
     if let Some(sr) = &src.secret_ref {
         from_secret(client, &sr.namespace, &sr.secret).await
@@ -144,6 +175,43 @@ pub async fn for_workspace(
             .await?)
     } else {
         Ok(resolver.resolve(&CredentialSource::Environment).await?)
+    }
+}
+
+/// What the tenant is told of a failure of granted cluster credentials (see [`for_workspace`]):
+/// the same reason — it decides the backoff — with a message that names only the cluster
+/// credentials; the cause is logged and published as an Event on them.
+async fn admins_only(
+    ws: &EmrWorkspace,
+    cc: &EmrClusterCredentials,
+    e: SyncError,
+    recorder: &Recorder,
+) -> SyncError {
+    let name = cc.metadata.name.clone().unwrap_or_default();
+    let ns = ws.metadata.namespace.clone().unwrap_or_default();
+    let workspace = ws.metadata.name.clone().unwrap_or_default();
+    let reason = e.reason();
+    warn!(cluster_credentials = %name, namespace = %ns, workspace = %workspace, reason = %reason, error = %e, "cluster credentials cannot be used");
+    super::apply::publish(
+        recorder,
+        &cc.object_ref(&()),
+        EventType::Warning,
+        reason.as_str(),
+        format!("used by EmrWorkspace {ns}/{workspace}: {e}"),
+    )
+    .await;
+    let message = format!(
+        "the cluster credentials {name} cannot be used now ({reason}); a cluster admin finds \
+         the cause in the Events of EmrClusterCredentials {name} and the operator's log"
+    );
+    match e {
+        SyncError::Remote(r) => SyncError::Remote(crate::emr::EmrError {
+            message,
+            code: None,
+            request_id: None,
+            ..r
+        }),
+        SyncError::Local { reason, .. } => SyncError::local(reason, message),
     }
 }
 
@@ -164,10 +232,15 @@ async fn permitted_cluster_credentials(
             ),
         )
     };
+    // The API server's text may name the operator's identity: logged, not shown.
     let unavailable = |e: kube::Error| {
+        warn!(cluster_credentials = %name, namespace = %ns, error = %e, "reading cluster credentials failed");
         SyncError::local(
             Reason::CredentialsUnavailable,
-            format!("reading EmrClusterCredentials {name} failed: {e}"),
+            format!(
+                "reading EmrClusterCredentials {name} failed; retried (the operator's log has \
+                 the cause)"
+            ),
         )
     };
     let api: Api<EmrClusterCredentials> = Api::all(client.clone());
@@ -191,10 +264,12 @@ async fn permitted_cluster_credentials(
     match grants(&cc.spec, ns, &labels) {
         Ok(true) => Ok(cc),
         Ok(false) => Err(denied()),
-        Err(e) => Err(SyncError::local(
-            Reason::CredentialsUnavailable,
-            format!("EmrClusterCredentials {name}: invalid namespaceSelector: {e}"),
-        )),
+        // The admin's mistake, answered to the tenant like any refusal (an answer of its
+        // own would tell which cluster credentials exist).
+        Err(e) => {
+            warn!(cluster_credentials = %name, namespace = %ns, error = %e, "cluster credentials have an invalid namespaceSelector: they grant no namespace");
+            Err(denied())
+        }
     }
 }
 

@@ -125,7 +125,8 @@ async fn list_workspace(ws: &EmrWorkspace, ctx: &Context) -> Result<Listing, Syn
         ));
     }
     let credentials =
-        credentials::for_workspace(ws, &endpoint, &ctx.client, &ctx.credentials).await?;
+        credentials::for_workspace(ws, &endpoint, &ctx.client, &ctx.credentials, &ctx.recorder)
+            .await?;
     let ns = ws.namespace().unwrap_or_default();
     let timeout = ctx
         .settings

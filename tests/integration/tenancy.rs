@@ -431,6 +431,75 @@ async fn cluster_credentials_endpoints_are_checked_before_their_secret_is_read()
     )
     .await;
     assert_eq!(env.sim.state.stats().requests, 0, "still nothing called");
+    // The admin's Secret is the admin's business: the tenant is told where the admin looks, the
+    // cause is in an Event on the cluster credentials (Events of cluster-scoped objects are in
+    // `default`).
+    let st = env.status("narrow").await;
+    let msg = &condition(&st.conditions, "Ready").unwrap().message;
+    assert!(
+        !msg.contains("does-not-exist")
+            && msg.contains(&format!("Events of EmrClusterCredentials {cc_name}")),
+        "{msg}"
+    );
+    let admin_event = common::wait_for(
+        Duration::from_secs(30),
+        "an Event on the cluster credentials",
+        || async {
+            Api::<k8s_openapi::api::events::v1::Event>::namespaced(env.client.clone(), "default")
+                .list(&Default::default())
+                .await
+                .unwrap()
+                .items
+                .into_iter()
+                .find(|e| {
+                    e.regarding.as_ref().and_then(|r| r.name.as_deref()) == Some(cc_name.as_str())
+                })
+        },
+    )
+    .await;
+    let note = admin_event.note.unwrap_or_default();
+    assert!(
+        note.contains("does-not-exist") && note.contains("narrow"),
+        "{note}"
+    );
+
+    // An invalid namespaceSelector grants nothing, and answers exactly like cluster
+    // credentials that do not exist (a tenant cannot probe which exist).
+    ccs.patch(
+        &cc_name,
+        &PatchParams::default(),
+        &Patch::Merge(json!({"spec": {"namespaces": [], "namespaceSelector":
+            {"matchExpressions": [{"key": "team", "operator": "Bogus", "values": ["x"]}]}}})),
+    )
+    .await
+    .unwrap();
+    let st = env
+        .wait_ready(
+            "narrow",
+            "False",
+            Some("CredentialsNotPermitted"),
+            Duration::from_secs(60),
+        )
+        .await;
+    let invalid = condition(&st.conditions, "Ready").unwrap().message.clone();
+    env.create_workspace(
+        "absent",
+        json!({"workspaceId": "w-absent", "credentials": {"clusterCredentialsRef": {"name": cc_name.clone() + "-absent"}}}),
+    )
+    .await;
+    let st = env
+        .wait_ready(
+            "absent",
+            "False",
+            Some("CredentialsNotPermitted"),
+            Duration::from_secs(60),
+        )
+        .await;
+    let absent = condition(&st.conditions, "Ready").unwrap().message.clone();
+    assert_eq!(
+        invalid.replace(&cc_name, "X"),
+        absent.replace(&format!("{cc_name}-absent"), "X")
+    );
     let _ = ccs.delete(&cc_name, &DeleteParams::default()).await;
     env.teardown().await;
 }
