@@ -117,6 +117,11 @@ pub fn states_for(state: &str) -> impl Iterator<Item = &str> {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct NamespaceLabels {
+    pub namespace: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct FailureLabels {
     pub namespace: String,
     pub workspace: String,
@@ -176,6 +181,8 @@ pub struct Metrics {
     pub metrics_auth_reviews: Family<ReviewLabels, Counter>,
     /// `/metrics` requests refused without a review: the review budget was spent.
     pub metrics_auth_throttled: Counter,
+    /// Listings in flight per namespace (each holds one of the controller's reconcile slots).
+    pub namespace_listings: Family<NamespaceLabels, Gauge>,
 }
 
 fn duration_histogram() -> Histogram {
@@ -205,6 +212,7 @@ impl Default for Metrics {
             is_leader: Gauge::default(),
             metrics_auth_reviews: Family::default(),
             metrics_auth_throttled: Counter::default(),
+            namespace_listings: Family::default(),
             registry: Registry::default(),
         };
         m.register_into(&mut registry);
@@ -292,6 +300,12 @@ impl Metrics {
             "metrics_auth_throttled",
             "/metrics requests refused (429) without a review because the review budget was spent",
             m.metrics_auth_throttled.clone(),
+        );
+        registry.register(
+            "namespace_listings_in_flight",
+            "Remote listings in flight per namespace, each holding one of the operator's reconcile \
+             slots (at most the namespace's share, --namespace-share of --concurrency)",
+            m.namespace_listings.clone(),
         );
     }
 

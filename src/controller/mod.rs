@@ -48,7 +48,7 @@ use crate::api::{
     ANNOTATION_REQUESTED_AT, DurationError, EmrWorkspace, EndpointNetwork, Interval, Reason,
 };
 use crate::emr::{CredentialResolver, EmrClient, EmrError};
-use crate::metrics::{Metrics, WorkspaceLabels};
+use crate::metrics::{Metrics, NamespaceLabels, WorkspaceLabels};
 use crate::time::now_rfc3339;
 use apply::WriteLimiter;
 use state::{Failure, MirrorCache, WorkspaceState, WorkspaceStates};
@@ -343,12 +343,21 @@ async fn sync(ws: &EmrWorkspace, ctx: &Context, st: &mut WorkspaceState) -> Resu
     );
     // The namespace's listing slot, or none now: then this reconcile gives its slot back and
     // the listing comes again shortly, still due.
+    let ns = ws.namespace().unwrap_or_default();
     let slot = due
-        .then(|| {
-            ctx.namespace_slots
-                .try_acquire(&ws.namespace().unwrap_or_default())
-        })
-        .flatten();
+        .then(|| ctx.namespace_slots.try_acquire(&ns))
+        .flatten()
+        .map(|permit| {
+            let held = ctx
+                .metrics
+                .namespace_listings
+                .get_or_create(&NamespaceLabels {
+                    namespace: ns.clone(),
+                })
+                .clone();
+            held.inc();
+            (permit, Held(held))
+        });
     if due && slot.is_none() {
         due = false;
         st.next_due = Instant::now().checked_add(jitter(NAMESPACE_BUSY_RETRY, 0.5));
@@ -544,6 +553,16 @@ pub fn prune_deleted(ctx: &Context, workspaces: &Store<EmrWorkspace>) {
             debug!(workspace = %k, "workspace deleted; forgetting it");
             forget_key(ctx, &k);
         }
+    }
+}
+
+/// A listing slot counted in `namespace_listings` while held (also when the reconcile holding
+/// it is dropped: leadership lost).
+struct Held(prometheus_client::metrics::gauge::Gauge);
+
+impl Drop for Held {
+    fn drop(&mut self) {
+        self.0.dec();
     }
 }
 

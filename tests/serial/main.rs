@@ -6,6 +6,7 @@ mod common;
 #[path = "../support/mod.rs"]
 mod support;
 
+mod fairness;
 mod fault_suite;
 mod steady_state;
 mod write_refusals;
