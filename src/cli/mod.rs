@@ -50,7 +50,7 @@ enum LogFormat {
 #[derive(Subcommand, Debug)]
 enum Command {
     /// Run the operator (the container's command).
-    Run(RunArgs),
+    Run(Box<RunArgs>),
     /// List the Ray clusters of a workspace, to check credentials before installing.
     List(list::ListArgs),
     /// Ask the operator to sync a workspace now (sets `reconcile.emr.aliyun.io/requestedAt`).
@@ -89,6 +89,12 @@ struct RunArgs {
     /// Remote API requests per second, shared by all workspaces.
     #[arg(long, env = "EMR_REQUESTS_PER_SECOND", default_value_t = 10.0)]
     requests_per_second: f64,
+    /// Remote API requests per second one credential identity (AccessKey ID) may send, all
+    /// namespaces using it together (each at most its --namespace-share of it): set it under
+    /// the remote's quota for one AccessKey, so that tenants sharing cluster credentials cannot
+    /// get them throttled for each other. Unset: --requests-per-second.
+    #[arg(long, env = "EMR_REQUESTS_PER_SECOND_PER_IDENTITY")]
+    requests_per_second_per_identity: Option<f64>,
     /// Remote API request burst.
     #[arg(long, env = "EMR_REQUEST_BURST", default_value_t = 20)]
     burst: u32,
@@ -254,7 +260,7 @@ pub async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     init_tracing(cli.log_format, &cli.log_level);
     match cli.command {
-        Command::Run(a) => run(a).await,
+        Command::Run(a) => run(*a).await,
         Command::List(a) => list::run(a).await,
         Command::Sync(a) => sync::run(a).await,
         Command::Crdgen { out_dir } => {
@@ -310,6 +316,7 @@ async fn run(a: RunArgs) -> anyhow::Result<()> {
         leader_election,
         identity,
         requests_per_second: a.requests_per_second,
+        requests_per_second_per_identity: a.requests_per_second_per_identity,
         burst: a.burst.max(1),
         request_timeout: Duration::from_secs(a.request_timeout_seconds.max(1)),
         listing_timeout: Duration::from_secs(a.listing_timeout_seconds.max(1)),

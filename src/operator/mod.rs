@@ -52,6 +52,8 @@ pub struct OperatorConfig {
     pub leader_election: Option<LeaseConfig>,
     pub identity: String,
     pub requests_per_second: f64,
+    /// Remote requests per second of one credential identity (`None`: `requests_per_second`).
+    pub requests_per_second_per_identity: Option<f64>,
     pub burst: u32,
     pub request_timeout: Duration,
     pub listing_timeout: Duration,
@@ -95,6 +97,7 @@ impl OperatorConfig {
             leader_election: None,
             identity: identity.to_string(),
             requests_per_second: 10.0,
+            requests_per_second_per_identity: None,
             burst: 20,
             request_timeout: Duration::from_secs(10),
             listing_timeout: Duration::from_secs(120),
@@ -141,6 +144,7 @@ pub async fn run(
         max_listing_bytes: cfg.max_listing_bytes,
         max_listing_bytes_in_flight: cfg.max_listing_bytes_in_flight,
         budget_share: cfg.namespace_share.clamp(0.01, 1.0),
+        identity_requests_per_second: cfg.requests_per_second_per_identity,
         observer: Some(Arc::new(move |o: &crate::emr::RequestOutcome| {
             observer_metrics
                 .remote_requests

@@ -751,3 +751,55 @@ async fn bytes_held_by_all_listings_at_once_are_bounded() {
     assert_eq!(list("c").await.unwrap().clusters.len(), 250);
     sim.shutdown().await;
 }
+
+/// One credential identity (AccessKey ID) sends at most its rate, whichever namespaces use it,
+/// and one namespace at most its share of it: tenants sharing cluster credentials cannot get
+/// them throttled for each other. Lower bounds only (a rate limit guarantees them).
+#[tokio::test]
+async fn one_credential_identity_keeps_its_rate_whatever_the_namespaces() {
+    let sim = sim().await;
+    let ws = "w-identity";
+    sim.state.ensure_workspace(ws);
+    // pageSize 1: 21 requests a listing.
+    sim.state.generate(ws, 20, "i");
+    let url = sim.base_url();
+    let run = |share: f64| {
+        client(ClientConfig {
+            page_size: 1,
+            burst: 2,
+            budget_share: share,
+            // The operator-wide budget does not bite: the identity's does.
+            identity_requests_per_second: Some(20.0),
+            ..cfg()
+        })
+    };
+    let list = |c: &EmrClient, ns: &'static str| {
+        let (c, url) = (c.clone(), url.clone());
+        async move {
+            c.list_ray_clusters_within(Some(ns), &url, ws, &creds())
+                .await
+                .unwrap()
+        }
+    };
+    // Alone, a namespace gets half the identity's rate: 21 requests at 10/s.
+    let half = run(0.5);
+    let t0 = Instant::now();
+    assert_eq!(list(&half, "a").await.requests, 21);
+    assert!(
+        t0.elapsed() >= Duration::from_millis(1700),
+        "{:?}",
+        t0.elapsed()
+    );
+    // Two namespaces on one identity share its 20/s: 42 requests take about 2 s, although
+    // each namespace alone could send 20/s.
+    let whole = run(1.0);
+    let t0 = Instant::now();
+    let (a, b) = tokio::join!(list(&whole, "a"), list(&whole, "b"));
+    assert_eq!(a.requests + b.requests, 42);
+    assert!(
+        t0.elapsed() >= Duration::from_millis(1700),
+        "{:?}",
+        t0.elapsed()
+    );
+    sim.shutdown().await;
+}

@@ -79,6 +79,11 @@ pub struct ClientConfig {
     /// The share (0–1] of the rate one budget key (a namespace) may use, so that one tenant's
     /// huge or slow workspaces cannot take the whole budget; 1: no per-key limit.
     pub budget_share: f64,
+    /// Requests per second one credential identity (AccessKey ID) may send, whatever the
+    /// namespaces using it — set it under the remote's quota for one AccessKey, so that no
+    /// tenant can get a shared identity throttled; within it, one budget key may use its
+    /// `budget_share`. `None`: `requests_per_second`.
+    pub identity_requests_per_second: Option<f64>,
     /// Called once per HTTP attempt.
     pub observer: Option<Observer>,
 }
@@ -103,6 +108,7 @@ impl Default for ClientConfig {
             max_listing_bytes_in_flight: 128 * 1024 * 1024,
             max_clusters: 10_000,
             budget_share: 1.0,
+            identity_requests_per_second: None,
             observer: None,
         }
     }
@@ -128,6 +134,10 @@ impl fmt::Debug for ClientConfig {
             )
             .field("max_clusters", &self.max_clusters)
             .field("budget_share", &self.budget_share)
+            .field(
+                "identity_requests_per_second",
+                &self.identity_requests_per_second,
+            )
             .field("observer", &self.observer.is_some())
             .finish()
     }
@@ -162,8 +172,18 @@ struct Inner {
     limiter: DefaultDirectRateLimiter,
     /// Per budget key (a namespace): its share of the rate.
     shares: Option<governor::DefaultKeyedRateLimiter<String>>,
+    /// Per credential identity: its rate; per identity and budget key: its share of that.
+    identities: Option<Identities>,
     /// What all listings hold at once.
     in_flight: Arc<inflight::InFlight>,
+}
+
+/// The rate limits of credential identities (see
+/// [`ClientConfig::identity_requests_per_second`]). Keys are AccessKey IDs (not secrets).
+struct Identities {
+    each: governor::DefaultKeyedRateLimiter<String>,
+    /// Keyed by identity and budget key.
+    shares: governor::DefaultKeyedRateLimiter<String>,
 }
 
 /// EMR Serverless Spark client: one HTTP connection pool and one rate limiter, shared by clones.
@@ -244,19 +264,32 @@ impl EmrClient {
             .pool_idle_timeout(Duration::from_secs(60))
             .build()
             .map_err(|e| bad(&format!("cannot build HTTP client: {e}")))?;
-        let shares = if cfg.budget_share < 1.0 {
-            let share = cfg.budget_share.max(0.01);
-            let rate = cfg.requests_per_second * share;
-            let period = Duration::try_from_secs_f64(1.0 / rate)
-                .map_err(|_| bad("requests_per_second × budget_share is too low"))?;
+        // `share` of `rate` (and of the burst), as a quota.
+        let quota_of = |rate: f64, share: f64| -> Result<Quota, EmrError> {
+            let share = share.clamp(0.01, 1.0);
+            let period = Duration::try_from_secs_f64(1.0 / (rate * share))
+                .map_err(|_| bad("a requests-per-second share is too low"))?;
             let burst = NonZeroU32::new(((f64::from(cfg.burst) * share) as u32).max(1))
                 .unwrap_or(NonZeroU32::MIN);
-            let q = Quota::with_period(period)
+            Ok(Quota::with_period(period)
                 .ok_or_else(|| bad("requests_per_second is too high"))?
-                .allow_burst(burst);
-            Some(RateLimiter::keyed(q))
+                .allow_burst(burst))
+        };
+        let shares = if cfg.budget_share < 1.0 {
+            Some(RateLimiter::keyed(quota_of(
+                cfg.requests_per_second,
+                cfg.budget_share,
+            )?))
         } else {
             None
+        };
+        let identities = match cfg.identity_requests_per_second {
+            Some(rate) if rate.is_finite() && rate > 0.0 => Some(Identities {
+                each: RateLimiter::keyed(quota_of(rate, 1.0)?),
+                shares: RateLimiter::keyed(quota_of(rate, cfg.budget_share)?),
+            }),
+            Some(_) => return Err(bad("identity_requests_per_second must be positive")),
+            None => None,
         };
         let in_flight = inflight::InFlight::new(
             cfg.max_listing_bytes_in_flight.max(cfg.max_body_bytes),
@@ -267,6 +300,7 @@ impl EmrClient {
                 http,
                 limiter: RateLimiter::direct(quota),
                 shares,
+                identities,
                 in_flight,
                 cfg,
             }),
@@ -463,6 +497,13 @@ impl EmrClient {
         loop {
             if let (Some(shares), Some(key)) = (&self.inner.shares, budget) {
                 shares.until_key_ready(&key.to_string()).await;
+            }
+            if let Some(ids) = &self.inner.identities {
+                let id = &creds.access_key_id;
+                if let Some(key) = budget {
+                    ids.shares.until_key_ready(&format!("{id}\n{key}")).await;
+                }
+                ids.each.until_key_ready(id).await;
             }
             self.inner.limiter.until_ready().await;
             // This page's largest body, on top of what the listing read so far.
