@@ -178,6 +178,9 @@ struct Inner {
     in_flight: Arc<inflight::InFlight>,
 }
 
+/// Budget keys remembered before idle ones are forgotten.
+const MAX_IDLE_KEYS: usize = 4096;
+
 /// The rate limits of credential identities (see
 /// [`ClientConfig::identity_requests_per_second`]). Keys are AccessKey IDs (not secrets).
 struct Identities {
@@ -499,6 +502,11 @@ impl EmrClient {
                 shares.until_key_ready(&key.to_string()).await;
             }
             if let Some(ids) = &self.inner.identities {
+                // Keys come from tenants' Secrets: forget idle ones rather than grow.
+                if ids.shares.len() > MAX_IDLE_KEYS {
+                    ids.shares.retain_recent();
+                    ids.each.retain_recent();
+                }
                 let id = &creds.access_key_id;
                 if let Some(key) = budget {
                     ids.shares.until_key_ready(&format!("{id}\n{key}")).await;
