@@ -170,7 +170,7 @@ pub fn decode_error(e: &serde_json::Error) -> String {
     let full = e.to_string();
     let position = format!(" at line {} column {}", e.line(), e.column());
     let what = full.strip_suffix(&position).unwrap_or(&full);
-    let what = clean_text(what, MAX_MESSAGE_CHARS / 2);
+    let what = clean_text(what, MAX_MESSAGE_CHARS);
     if e.line() == 0 {
         what
     } else {
@@ -324,7 +324,7 @@ mod tests {
         }
         let e = serde_json::from_str::<T>(&body).unwrap_err();
         let m = decode_error(&e);
-        assert!(m.len() < 300, "{m}");
+        assert!(m.chars().count() < MAX_MESSAGE_CHARS + 40, "{m}");
         assert!(m.starts_with("invalid type: string"), "{m}");
         assert!(m.ends_with(&format!("column {}", e.column())), "{m}");
         assert!(!m.chars().any(|c| c.is_control() || is_invisible(c)), "{m}");
