@@ -20,8 +20,11 @@ pub struct WorkspaceLabels {
 /// The end of an OpenMetrics exposition.
 const EOF: &str = "# EOF\n";
 
-/// A workspace's listed clusters: cluster ID → (mirror name, state).
-pub type ClusterStateMap = BTreeMap<String, (String, String)>;
+/// A workspace's listed clusters: cluster ID → (mirror name, state label). The label is one of
+/// [`ClusterState::LABELS`](crate::emr::ClusterState::LABELS): a remote server cannot grow the
+/// label set (its cluster IDs are [`is_cluster_id`](crate::emr::text::is_cluster_id), its mirror
+/// names DNS labels).
+pub type ClusterStateMap = BTreeMap<String, (String, &'static str)>;
 
 /// The `cluster_state` series: 1 for each listed cluster's current state and 0 for the other
 /// documented states (kube-state-metrics' StateSet shape). Encoded at scrape time from one small
@@ -87,7 +90,7 @@ impl ClusterStates {
                         escape_label_value(v, &mut out);
                         out.push('"');
                     }
-                    out.push_str(if s == state { "} 1\n" } else { "} 0\n" });
+                    out.push_str(if s == *state { "} 1\n" } else { "} 0\n" });
                 }
             }
             out
@@ -109,8 +112,9 @@ fn escape_label_value(v: &str, out: &mut String) {
     }
 }
 
-/// The documented states, plus the cluster's own when it is not one of them.
-pub fn states_for(state: &str) -> impl Iterator<Item = &str> {
+/// The documented states, plus the cluster's own label when it is not one of them (`Other`,
+/// `Unknown`).
+pub fn states_for(state: &'static str) -> impl Iterator<Item = &'static str> {
     const KNOWN: [&str; 5] = crate::emr::ClusterState::KNOWN;
     let own = (!KNOWN.contains(&state)).then_some(state);
     KNOWN.iter().copied().chain(own)
@@ -377,15 +381,15 @@ mod tests {
     #[test]
     fn cluster_states_are_a_state_set_per_listed_cluster() {
         let m = Metrics::default();
-        let map = |v: &[(&str, &str)]| -> Arc<ClusterStateMap> {
+        let map = |v: &[(&str, &'static str)]| -> Arc<ClusterStateMap> {
             Arc::new(
                 v.iter()
-                    .map(|(id, s)| (id.to_string(), (format!("m-{id}"), s.to_string())))
+                    .map(|(id, s)| (id.to_string(), (format!("m-{id}"), *s)))
                     .collect(),
             )
         };
         m.cluster_state
-            .set("ns", "ws", map(&[("a", "Running"), ("b", "Resizing")]));
+            .set("ns", "ws", map(&[("a", "Running"), ("b", "Other")]));
         let text = m.encode();
         let line = |id: &str, state: &str, v: i64| {
             format!(
@@ -395,8 +399,8 @@ mod tests {
         assert!(text.contains("# TYPE emr_ray_operator_cluster_state gauge"));
         assert!(text.contains(&line("a", "Running", 1)), "{text}");
         assert!(text.contains(&line("a", "Error", 0)));
-        // A state outside the documented five gets a series of its own.
-        assert!(text.contains(&line("b", "Resizing", 1)));
+        // A state outside the documented five is `Other`, a series of its own.
+        assert!(text.contains(&line("b", "Other", 1)));
         assert!(text.contains(&line("b", "Stopped", 0)));
         assert_eq!(m.cluster_state.len(), 2);
         assert_eq!(
@@ -422,7 +426,7 @@ mod tests {
         m.reconciles.inc();
         let hostile = Arc::new(ClusterStateMap::from([(
             "a\"b\\c\nd".to_string(),
-            ("m".to_string(), "Weird\"}".to_string()),
+            ("m".to_string(), "Weird\"}"),
         )]));
         m.cluster_state.set("ns", "ws", hostile);
         let text = m.encode();

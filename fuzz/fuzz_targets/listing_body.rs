@@ -1,6 +1,7 @@
 //! A `ListRayCluster` response body, as a hostile or broken endpoint may send it, through
 //! everything that turns a remote cluster into a mirror: its name, label value, status and
-//! conditions.
+//! conditions — every string of which is clean (no control or invisible character) and capped —
+//! or into a decoding error, which is short and clean.
 #![no_main]
 
 use emr_ray_operator::api::Reason;
@@ -8,7 +9,29 @@ use emr_ray_operator::controller::mirror::{
     Staleness, label_value, mirror_conditions, mirror_name, remote_status,
 };
 use emr_ray_operator::emr::ListRayClusterResponse;
+use emr_ray_operator::emr::text::{MAX_MESSAGE_CHARS, MAX_TEXT, decode_error, is_invisible};
 use libfuzzer_sys::fuzz_target;
+use serde_json::Value;
+
+fn check_clean(s: &str, what: &str) {
+    assert!(
+        !s.chars().any(|c| c.is_control() || is_invisible(c)),
+        "{what}: uncleaned character in {s:?}"
+    );
+}
+
+/// Every string of a status (conditions included) is clean and within the largest cap.
+fn walk(v: &Value, path: &str) {
+    match v {
+        Value::String(s) => {
+            check_clean(s, path);
+            assert!(s.len() <= MAX_TEXT, "{path}: {} bytes", s.len());
+        }
+        Value::Array(a) => a.iter().for_each(|v| walk(v, path)),
+        Value::Object(o) => o.iter().for_each(|(k, v)| walk(v, &format!("{path}.{k}"))),
+        _ => {}
+    }
+}
 
 fn is_dns_label(s: &str) -> bool {
     !s.is_empty()
@@ -68,9 +91,18 @@ fn check_redacted(shown: &str) {
 }
 
 fuzz_target!(|data: &[u8]| {
-    let Ok(page) = serde_json::from_slice::<ListRayClusterResponse>(data) else {
-        return;
+    let page = match serde_json::from_slice::<ListRayClusterResponse>(data) {
+        Ok(page) => page,
+        Err(e) => {
+            let m = decode_error(&e);
+            check_clean(&m, "decode error");
+            assert!(m.chars().count() <= MAX_MESSAGE_CHARS + 64, "{m}");
+            return;
+        }
     };
+    if let Some(id) = &page.request_id {
+        check_clean(id, "requestId");
+    }
     for c in page.ray_clusters.iter().flatten() {
         let name = mirror_name(&c.cluster_id);
         assert!(is_dns_label(&name), "{:?} -> {name:?}", c.cluster_id);
@@ -108,12 +140,16 @@ fuzz_target!(|data: &[u8]| {
         {
             assert!(is_rfc3339_utc(t), "timestamp {t:?}");
         }
-        serde_json::to_vec(&status).expect("the status serialises");
+        walk(
+            &serde_json::to_value(&status).expect("the status serialises"),
+            "status",
+        );
 
         let stale = Staleness::from_failure(Reason::Throttled, Some("Throttling.User"), None);
         let first = mirror_conditions(&status, &[], Some(1), None, "t1");
         let again = mirror_conditions(&status, &first, Some(2), Some(&stale), "t2");
         for cond in first.iter().chain(&again) {
+            check_clean(&cond.message, "condition message");
             assert!(
                 is_condition_reason(&cond.reason),
                 "reason {:?}",

@@ -202,7 +202,9 @@ pub struct EmrWorkspaceStatus {
     /// Clusters in `Running` state in the last complete listing.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ready_clusters: Option<i64>,
-    /// Clusters per remote state in the last complete listing.
+    /// Clusters per remote state in the last complete listing (`Unknown`: no state). At most 8
+    /// states outside the documented five are named; the clusters of any others count as
+    /// `Other`.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub clusters_by_state: BTreeMap<String, i64>,
     /// The sync interval in effect (`spec.syncInterval` or the operator's default).
@@ -309,7 +311,7 @@ pub struct EmrRayClusterStatus {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub observed_generation: Option<i64>,
     /// Remote state: `Starting`, `Running`, `Stopping`, `Stopped`, `Error` (other values are
-    /// kept as returned).
+    /// kept, without control or invisible characters and cut to 64 bytes).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub state: Option<String>,
     /// The remote cluster's name.

@@ -76,21 +76,14 @@ fn is_dns_label(s: &str) -> bool {
         && !s.ends_with('-')
 }
 
-/// The status fields that come from the remote cluster (everything but conditions).
-/// Longest free text copied from the remote API (description, message), in bytes.
-pub const MAX_TEXT: usize = 4096;
-/// Longest other remote string (names, versions, quantities, IDs), in bytes.
-pub const MAX_SHORT: usize = 512;
-/// Longest endpoint URL, in bytes.
-pub const MAX_URL: usize = 2048;
+pub use crate::emr::text::{MAX_SHORT, MAX_TEXT, MAX_URL, TRUNCATED};
 /// Most worker groups mirrored.
 pub const MAX_WORKER_GROUPS: usize = 64;
-/// What a truncated string ends with.
-pub const TRUNCATED: &str = "…[truncated]";
 
-/// `s` cut to at most `max` bytes (at a character boundary) with a visible marker: remote
-/// strings are untrusted, and every mirror must stay far below the API server's object size
-/// limit (a mirror is at most ≈ 64 × 9 × 512 + 2 × 4096 + … ≈ 310 KiB).
+/// `s` cut to at most `max` bytes (at a character boundary) with a visible marker, for text
+/// the operator builds (Event notes) and endpoints after redaction (which may percent-encode
+/// and so lengthen them). Every mirror stays far below the API server's object size limit (a
+/// mirror is at most ≈ 64 × 9 × 512 + 2 × 4096 + … ≈ 310 KiB).
 pub fn truncated(s: &str, max: usize) -> String {
     if s.len() <= max {
         return s.to_string();
@@ -102,14 +95,9 @@ pub fn truncated(s: &str, max: usize) -> String {
     format!("{}{TRUNCATED}", &s[..end])
 }
 
-fn short(s: &Option<String>) -> Option<String> {
-    s.as_deref().map(|s| truncated(s, MAX_SHORT))
-}
-
-fn text(s: &Option<String>) -> Option<String> {
-    s.as_deref().map(|s| truncated(s, MAX_TEXT))
-}
-
+/// The status fields that come from the remote cluster (everything but conditions). Its strings
+/// were cleaned and capped as the listing was decoded (`emr::text`); only the worker groups
+/// are capped here, and the endpoints, which are redacted here.
 pub fn remote_status(c: &RayCluster) -> EmrRayClusterStatus {
     let head = c.head_spec.as_ref();
     let workers = c.worker_spec.as_deref().unwrap_or_default();
@@ -129,18 +117,18 @@ pub fn remote_status(c: &RayCluster) -> EmrRayClusterStatus {
     EmrRayClusterStatus {
         conditions: Vec::new(),
         observed_generation: None,
-        state: c.state.as_ref().map(|s| truncated(s.as_str(), MAX_SHORT)),
-        display_name: short(&c.name),
-        description: text(&c.description),
-        release_version: short(&c.display_release_version),
-        network_service_name: short(&c.network_service_name),
+        state: c.state.as_ref().map(ClusterState::to_string),
+        display_name: c.name.clone(),
+        description: c.description.clone(),
+        release_version: c.display_release_version.clone(),
+        network_service_name: c.network_service_name.clone(),
         endpoints: (endpoints != RayEndpoints::default()).then_some(endpoints),
         head_spec: head.map(|h| RayHeadSpec {
-            queue_name: short(&h.queue_name),
-            cpu: short(&h.cpu),
-            memory: short(&h.memory),
+            queue_name: h.queue_name.clone(),
+            cpu: h.cpu.clone(),
+            memory: h.memory.clone(),
             replicas: h.replica,
-            gpu_spec: short(&h.gpu_spec),
+            gpu_spec: h.gpu_spec.clone(),
             enable_auto_scaling: h.enable_auto_scaling,
             idle_timeout_seconds: h.idle_timeout_seconds,
         }),
@@ -148,15 +136,15 @@ pub fn remote_status(c: &RayCluster) -> EmrRayClusterStatus {
             .iter()
             .take(MAX_WORKER_GROUPS)
             .map(|w| RayWorkerGroup {
-                group_name: short(&w.group_name),
-                worker_type: short(&w.worker_type),
+                group_name: w.group_name.clone(),
+                worker_type: w.worker_type.clone(),
                 replicas: w.replica,
                 min_replicas: w.min_replica,
                 max_replicas: w.max_replica,
-                queue_name: short(&w.queue_name),
-                cpu: short(&w.cpu),
-                memory: short(&w.memory),
-                gpu_spec: short(&w.gpu_spec),
+                queue_name: w.queue_name.clone(),
+                cpu: w.cpu.clone(),
+                memory: w.memory.clone(),
+                gpu_spec: w.gpu_spec.clone(),
             })
             .collect(),
         desired_worker_replicas: totals.workers,
@@ -164,14 +152,14 @@ pub fn remote_status(c: &RayCluster) -> EmrRayClusterStatus {
         desired_memory: totals
             .memory_gi
             .map(|m| format!("{}Gi", format_quantity(m))),
-        creator: short(&c.creator),
-        creator_name: short(&c.creator_name),
-        modifier: short(&c.modifier),
-        modifier_name: short(&c.modifier_name),
-        user_id: short(&c.user_id),
-        instance_id: short(&c.instance_id),
+        creator: c.creator.clone(),
+        creator_name: c.creator_name.clone(),
+        modifier: c.modifier.clone(),
+        modifier_name: c.modifier_name.clone(),
+        user_id: c.user_id.clone(),
+        instance_id: c.instance_id.clone(),
         modified: c.modified,
-        message: text(&c.message),
+        message: c.message.clone(),
         create_time: c.create_time.and_then(rfc3339_millis),
         start_time: c.start_time.and_then(rfc3339_millis),
         modified_time: c.modified_time.and_then(rfc3339_millis),
@@ -327,28 +315,28 @@ mod tests {
 
     #[test]
     fn hostile_sizes_are_bounded() {
-        let long = "é".repeat(1_000_000);
-        let c = RayCluster {
-            cluster_id: "c".into(),
-            name: Some(long.clone()),
-            description: Some(long.clone()),
-            dashboard_url: Some(format!("https://h/{long}")),
-            worker_spec: Some(vec![
-                crate::emr::WorkerSpec {
-                    group_name: Some("x".repeat(600)),
-                    ..Default::default()
-                };
-                10_000
-            ]),
-            ..Default::default()
-        };
+        // As decoded from a hostile page: the strings are capped by the decoding (`emr::text`),
+        // the worker groups and the redacted endpoints here.
+        let long = format!("\u{202E}{}", "é".repeat(1_000_000));
+        let c: RayCluster = serde_json::from_value(serde_json::json!({
+            "clusterId": "c",
+            "name": long,
+            "description": long,
+            "dashboardUrl": format!("https://h/{long}"),
+            "workerSpec": vec![serde_json::json!({"groupName": "x".repeat(600)}); 10_000],
+        }))
+        .unwrap();
         let s = remote_status(&c);
         assert!(s.display_name.as_ref().unwrap().len() <= MAX_SHORT);
         assert!(s.display_name.as_ref().unwrap().ends_with(TRUNCATED));
+        assert!(s.display_name.as_ref().unwrap().starts_with('é'));
         assert!(s.description.as_ref().unwrap().len() <= MAX_TEXT);
-        assert!(s.endpoints.unwrap().dashboard.unwrap().len() <= MAX_URL);
+        // Percent-encoded by the redaction (6 bytes per é), cut again.
+        let dashboard = s.endpoints.as_ref().unwrap().dashboard.clone().unwrap();
+        assert!(dashboard.len() <= MAX_URL && dashboard.ends_with(TRUNCATED));
         assert_eq!(s.worker_groups.len(), MAX_WORKER_GROUPS);
-        let size = serde_json::to_vec(&remote_status(&c)).unwrap().len();
+        assert!(s.worker_groups[0].group_name.as_ref().unwrap().len() <= MAX_SHORT);
+        let size = serde_json::to_vec(&s).unwrap().len();
         assert!(size < 512 * 1024, "{size} bytes");
         assert_eq!(truncated("abc", 3), "abc");
     }

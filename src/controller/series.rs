@@ -1,11 +1,13 @@
 //! The `cluster_state` series of the listed clusters: replaced when a listing changes them,
-//! dropped when a workspace is deleted (see [`crate::metrics::ClusterStates`]).
+//! dropped when a workspace is deleted (see [`crate::metrics::ClusterStates`]). Their `state`
+//! label is one of a fixed set ([`ClusterState::label`]).
 
 use std::sync::Arc;
 
 use super::state::WorkspaceState;
 use super::{Context, mirror};
 use crate::api::EmrWorkspace;
+use crate::emr::ClusterState;
 use crate::metrics::ClusterStateMap;
 use kube::ResourceExt;
 
@@ -16,7 +18,7 @@ pub(super) fn update(ws: &EmrWorkspace, ctx: &Context, st: &mut WorkspaceState) 
         || listing.states().any(|(id, state)| {
             st.exported_states
                 .get(id)
-                .is_none_or(|(_, old)| old != state_of(state))
+                .is_none_or(|(_, old)| *old != ClusterState::label(state))
         });
     if !changed {
         return;
@@ -26,7 +28,7 @@ pub(super) fn update(ws: &EmrWorkspace, ctx: &Context, st: &mut WorkspaceState) 
         .map(|(id, state)| {
             (
                 id.clone(),
-                (mirror::mirror_name(id), state_of(state).to_string()),
+                (mirror::mirror_name(id), ClusterState::label(state)),
             )
         })
         .collect();
@@ -36,8 +38,4 @@ pub(super) fn update(ws: &EmrWorkspace, ctx: &Context, st: &mut WorkspaceState) 
         &ws.name_any(),
         st.exported_states.clone(),
     );
-}
-
-fn state_of(state: Option<&crate::emr::ClusterState>) -> &str {
-    state.map_or("Unknown", |s| s.as_str())
 }

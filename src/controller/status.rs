@@ -3,7 +3,10 @@
 //! listing succeeded **and** every mirror it implies was written.
 
 use crate::api::conditions::{ConditionSet, READY, RECONCILING};
+use std::collections::{BTreeMap, HashMap};
+
 use crate::api::{EmrWorkspaceStatus, Reason};
+use crate::emr::ClusterState;
 
 use super::state::WorkspaceState;
 
@@ -51,10 +54,7 @@ pub fn workspace_status(i: &Input<'_>) -> EmrWorkspaceStatus {
     match &st.listing {
         Some(l) => {
             s.clusters = Some(l.len() as i64);
-            for (_, state) in l.states() {
-                let state = state.map_or("Unknown", |s| s.as_str());
-                *s.clusters_by_state.entry(state.to_string()).or_default() += 1;
-            }
+            s.clusters_by_state = clusters_by_state(l.states().map(|(_, state)| state));
             s.ready_clusters = Some(s.clusters_by_state.get("Running").copied().unwrap_or(0));
         }
         None => {
@@ -102,6 +102,40 @@ pub fn workspace_status(i: &Input<'_>) -> EmrWorkspaceStatus {
     }
     s.conditions = c.build();
     s
+}
+
+/// Most states outside the documented five that `clustersByState` names: the clusters of any
+/// further ones (the fewest clusters first, then by name) count under `Other`, so that a remote
+/// server cannot grow the workspace's status or the series kube-state-metrics derives from it.
+pub const MAX_OTHER_STATES: usize = 8;
+
+/// Clusters per state: the documented states and `Unknown` (no state) by name, at most
+/// [`MAX_OTHER_STATES`] other states by their (cleaned, capped) name, the rest as `Other`. Pure.
+pub fn clusters_by_state<'a>(
+    states: impl Iterator<Item = Option<&'a ClusterState>>,
+) -> BTreeMap<String, i64> {
+    let mut out: BTreeMap<String, i64> = BTreeMap::new();
+    let mut others: HashMap<&str, i64> = HashMap::new();
+    for state in states {
+        match state {
+            Some(ClusterState::Other(name)) => *others.entry(name).or_default() += 1,
+            known => {
+                *out.entry(ClusterState::label(known).to_string())
+                    .or_default() += 1
+            }
+        }
+    }
+    let mut others: Vec<(&str, i64)> = others.into_iter().collect();
+    others.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(b.0)));
+    let (named, rest) = others.split_at(others.len().min(MAX_OTHER_STATES));
+    for (name, n) in named {
+        *out.entry((*name).to_string()).or_default() += n;
+    }
+    let rest: i64 = rest.iter().map(|(_, n)| n).sum();
+    if rest > 0 {
+        *out.entry("Other".to_string()).or_default() += rest;
+    }
+    out
 }
 
 /// Whether `new` must be written over `prev`: when anything but the sync times changed, or when
@@ -331,6 +365,38 @@ mod tests {
             (wf.reason.as_str(), wf.mirrors, wf.failed),
             ("Forbidden", 500, 88)
         );
+    }
+
+    #[test]
+    fn clusters_by_state_has_a_bounded_set_of_keys() {
+        let other = |s: &str| Some(ClusterState::Other(s.to_string()));
+        let mut states = vec![
+            Some(ClusterState::Running),
+            Some(ClusterState::Running),
+            None,
+            other("Hibernating"),
+            other("Hibernating"),
+            other("Resizing"),
+        ];
+        let m = clusters_by_state(states.iter().map(Option::as_ref));
+        let expected = [
+            ("Hibernating", 2),
+            ("Resizing", 1),
+            ("Running", 2),
+            ("Unknown", 1),
+        ];
+        assert_eq!(
+            m,
+            expected.iter().map(|(k, v)| (k.to_string(), *v)).collect()
+        );
+        // A hostile endpoint with a state per cluster: the most common keep their names.
+        states.extend((0..1000).map(|i| other(&format!("S{i:04}"))));
+        let m = clusters_by_state(states.iter().map(Option::as_ref));
+        assert_eq!(m.len(), 3 + MAX_OTHER_STATES, "{m:?}");
+        assert_eq!(m.get("Hibernating"), Some(&2));
+        assert_eq!(m.get("S0000"), Some(&1));
+        assert_eq!(m.get("Other"), Some(&(1002 - MAX_OTHER_STATES as i64)));
+        assert_eq!(m.values().sum::<i64>(), states.len() as i64);
     }
 
     #[test]

@@ -216,7 +216,11 @@ impl fmt::Debug for CredentialResolver {
 
 #[derive(Deserialize)]
 struct StsResponse {
-    #[serde(rename = "RequestId")]
+    #[serde(
+        rename = "RequestId",
+        default,
+        deserialize_with = "super::text::de::request_id"
+    )]
     request_id: Option<String>,
     #[serde(rename = "Credentials")]
     credentials: Option<StsCredentials>,
@@ -428,16 +432,28 @@ fn parse_sts_response(status: u16, bytes: &[u8]) -> Result<Cached, EmrError> {
         e.http_status = Some(status);
         return Err(e);
     }
-    let parsed: StsResponse = serde_json::from_slice(bytes)
-        .map_err(|e| cred_err(format!("RRSA: malformed AssumeRoleWithOIDC response: {e}")))?;
+    // Only where the body is malformed, never serde's text: it quotes the body, which carries
+    // credentials.
+    let parsed: StsResponse = serde_json::from_slice(bytes).map_err(|e| {
+        cred_err(format!(
+            "RRSA: malformed AssumeRoleWithOIDC response ({:?} error at line {} column {})",
+            e.classify(),
+            e.line(),
+            e.column()
+        ))
+    })?;
     let c = parsed.credentials.ok_or_else(|| {
         cred_err("RRSA: AssumeRoleWithOIDC response has no Credentials".to_string())
             .with_request_id(parsed.request_id.clone())
     })?;
-    let expiration: jiff::Timestamp = c
-        .expiration
-        .parse()
-        .map_err(|e| cred_err(format!("RRSA: invalid Expiration {:?}: {e}", c.expiration)))?;
+    let expiration: jiff::Timestamp = c.expiration.parse().map_err(|e: jiff::Error| {
+        // jiff's error quotes the input too.
+        cred_err(format!(
+            "RRSA: invalid Expiration {:?}: {}",
+            super::text::excerpt(&c.expiration),
+            super::text::clean_text(&e.to_string(), super::text::MAX_MESSAGE_CHARS / 2)
+        ))
+    })?;
     Ok(Cached {
         creds: Credentials {
             access_key_id: c.access_key_id,

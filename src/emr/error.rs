@@ -114,7 +114,7 @@ impl EmrError {
             _ if body.is_empty() => format!("HTTP {status} without an error body"),
             _ => format!("HTTP {status} with a body that is not the documented error JSON"),
         };
-        let request_id = request_id.map(|r| clean_text(&r, MAX_CODE_CHARS));
+        let request_id = request_id.map(|r| super::text::request_id(&r));
         EmrError {
             kind,
             code,
@@ -179,46 +179,8 @@ pub fn code_label(code: &str) -> &'static str {
         .unwrap_or("other")
 }
 
-/// Longest remote error message kept (characters).
-pub const MAX_MESSAGE_CHARS: usize = 256;
-/// Longest remote error code or request ID kept (characters).
-pub const MAX_CODE_CHARS: usize = 64;
-
-/// `s` without control characters, with runs of whitespace collapsed, cut to `max` characters
-/// (with `…` when cut).
-pub fn clean_text(s: &str, max: usize) -> String {
-    let mut out = String::new();
-    let mut n = 0;
-    let mut space = false;
-    for c in s.trim().chars() {
-        // Bidirectional overrides and zero-width characters can make `kubectl describe` show
-        // something other than what is there: dropped like control characters.
-        let invisible = matches!(c, '\u{200B}'..='\u{200F}' | '\u{202A}'..='\u{202E}' | '\u{2066}'..='\u{2069}' | '\u{FEFF}');
-        if invisible {
-            continue;
-        }
-        if c.is_whitespace() || c.is_control() {
-            space = true;
-            continue;
-        }
-        if space && !out.is_empty() {
-            if n + 1 >= max {
-                out.push('…');
-                return out;
-            }
-            out.push(' ');
-            n += 1;
-        }
-        space = false;
-        if n >= max {
-            out.push('…');
-            return out;
-        }
-        out.push(c);
-        n += 1;
-    }
-    out
-}
+// The cleaning of remote text has one home, `super::text`; these are its error-text caps.
+pub use super::text::{MAX_CODE_CHARS, MAX_MESSAGE_CHARS, clean_text};
 
 /// Error body `{"RequestId","HostId","Code","Message","Recommend"}`, also lower-case variants.
 #[derive(Debug, Deserialize)]
@@ -374,14 +336,5 @@ mod tests {
         assert_eq!(code_label("200"), "200");
         assert_eq!(code_label("Evil.{label=\"x\"}"), "other");
         assert_eq!(code_label(&"A".repeat(10_000)), "other");
-    }
-
-    #[test]
-    fn clean_text_caps_and_strips_controls() {
-        assert_eq!(clean_text("  a\n\tb\x1b[31m  c ", 100), "a b [31m c");
-        assert_eq!(clean_text("abcdef", 3), "abc…");
-        assert_eq!(clean_text("ab cdef", 3), "ab…");
-        assert_eq!(clean_text("", 3), "");
-        assert_eq!(clean_text("a\u{202E}b\u{200B}c", 10), "abc");
     }
 }

@@ -5,7 +5,8 @@
 //! * [`client`]: `ListRayCluster` with paging, retries, timeouts and a client-side rate limit;
 //! * [`credentials`]: static, environment and RRSA credentials;
 //! * [`endpoint`]: endpoint resolution; [`redact`]: endpoints without tokens;
-//! * [`error`]: classified errors; [`model`]: the response types.
+//! * [`error`]: classified errors; [`model`]: the response types; [`text`]: every remote
+//!   string cleaned and capped as it is decoded.
 //!
 //! This layer knows nothing of Kubernetes or of the command line.
 
@@ -16,6 +17,7 @@ pub mod error;
 pub mod model;
 pub mod redact;
 pub mod sign;
+pub mod text;
 
 pub use client::{ClientConfig, EmrClient, Listing, RequestOutcome, SignatureVersion};
 pub use credentials::{

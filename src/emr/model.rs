@@ -1,8 +1,14 @@
 //! Typed model of the `ListRayCluster` response (see `shared/reference/list-ray-cluster.md`).
 //!
 //! Every field is optional on the wire: a missing optional field never fails a listing, unknown
-//! extra fields are ignored, and an unknown `state` value is kept as-is.
+//! extra fields are ignored, and an unknown `state` value is kept (cleaned and capped).
+//!
+//! Every string is cleaned and capped here, as it is decoded ([`super::text`]): whatever uses a
+//! decoded [`RayCluster`] (status, Events, logs, metrics, error messages) only ever sees bounded
+//! text without control, bidirectional or invisible characters. A `clusterId` that is not an EMR
+//! cluster ID ([`super::text::is_cluster_id`]) fails the page instead: it is never altered.
 
+use super::text::{self, de};
 use serde::{Deserialize, Serialize};
 use std::fmt;
 
@@ -10,7 +16,7 @@ use std::fmt;
 #[derive(Clone, Debug, Default, Deserialize, Serialize, PartialEq)]
 #[serde(rename_all = "camelCase")]
 pub struct ListRayClusterResponse {
-    #[serde(default, alias = "RequestId")]
+    #[serde(default, alias = "RequestId", deserialize_with = "de::request_id")]
     pub request_id: Option<String>,
     /// `None` when the field is absent (a malformed page); `Some(vec![])` for an empty page.
     #[serde(default)]
@@ -21,15 +27,32 @@ pub struct ListRayClusterResponse {
 #[derive(Clone, Debug, Default, Deserialize, Serialize, PartialEq)]
 #[serde(rename_all = "camelCase")]
 pub struct RayCluster {
-    #[serde(default)]
+    /// Empty when the page has none (the listing fails); otherwise [`text::is_cluster_id`].
+    #[serde(default, deserialize_with = "de::cluster_id")]
     pub cluster_id: String,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        deserialize_with = "de::short",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub name: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        deserialize_with = "de::short",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub display_release_version: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        deserialize_with = "de::text",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub description: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        deserialize_with = "de::short",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub network_service_name: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub state: Option<ClusterState>,
@@ -40,26 +63,62 @@ pub struct RayCluster {
     pub modified_time: Option<i64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub start_time: Option<i64>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        deserialize_with = "de::short",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub creator: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        deserialize_with = "de::short",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub creator_name: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        deserialize_with = "de::short",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub modifier: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        deserialize_with = "de::short",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub modifier_name: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        deserialize_with = "de::short",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub user_id: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        deserialize_with = "de::short",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub instance_id: Option<String>,
     /// Carries an access token in its query: never copy it anywhere unredacted.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        deserialize_with = "de::url",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub dashboard_url: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        deserialize_with = "de::url",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub grpc_endpoint: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub modified: Option<bool>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        deserialize_with = "de::text",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub message: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub head_spec: Option<HeadSpec>,
@@ -70,15 +129,31 @@ pub struct RayCluster {
 #[derive(Clone, Debug, Default, Deserialize, Serialize, PartialEq)]
 #[serde(rename_all = "camelCase")]
 pub struct HeadSpec {
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        deserialize_with = "de::short",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub queue_name: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        deserialize_with = "de::short",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub cpu: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        deserialize_with = "de::short",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub memory: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub replica: Option<i64>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        deserialize_with = "de::short",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub gpu_spec: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub enable_auto_scaling: Option<bool>,
@@ -89,19 +164,43 @@ pub struct HeadSpec {
 #[derive(Clone, Debug, Default, Deserialize, Serialize, PartialEq)]
 #[serde(rename_all = "camelCase")]
 pub struct WorkerSpec {
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        deserialize_with = "de::short",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub group_name: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        deserialize_with = "de::short",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub worker_type: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub replica: Option<i64>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        deserialize_with = "de::short",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub queue_name: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        deserialize_with = "de::short",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub cpu: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        deserialize_with = "de::short",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub memory: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        deserialize_with = "de::short",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub gpu_spec: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub min_replica: Option<i64>,
@@ -109,7 +208,8 @@ pub struct WorkerSpec {
     pub max_replica: Option<i64>,
 }
 
-/// The remote state. Values outside the reference are kept verbatim in `Other`.
+/// The remote state. Values outside the reference are kept in `Other`, cleaned and capped at
+/// [`text::MAX_STATE`] bytes; as a metric label they are all `Other` ([`ClusterState::label`]).
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub enum ClusterState {
     Starting,
@@ -134,18 +234,50 @@ impl ClusterState {
 
     /// The five states the reference documents.
     pub const KNOWN: [&'static str; 5] = ["Starting", "Running", "Stopping", "Stopped", "Error"];
+
+    /// The label of a state in metrics: one of [`Self::LABELS`], so that a remote server cannot
+    /// grow the label set (`Other` for every state outside the reference, `Unknown` for none).
+    pub fn label(state: Option<&ClusterState>) -> &'static str {
+        match state {
+            None => "Unknown",
+            Some(ClusterState::Other(_)) => "Other",
+            Some(ClusterState::Starting) => "Starting",
+            Some(ClusterState::Running) => "Running",
+            Some(ClusterState::Stopping) => "Stopping",
+            Some(ClusterState::Stopped) => "Stopped",
+            Some(ClusterState::Error) => "Error",
+        }
+    }
+
+    /// Every value [`Self::label`] gives.
+    pub const LABELS: [&'static str; 7] = [
+        "Starting", "Running", "Stopping", "Stopped", "Error", "Other", "Unknown",
+    ];
 }
 
-impl From<&str> for ClusterState {
-    fn from(s: &str) -> Self {
-        match s {
+impl ClusterState {
+    fn known(s: &str) -> Option<Self> {
+        Some(match s {
             "Starting" => ClusterState::Starting,
             "Running" => ClusterState::Running,
             "Stopping" => ClusterState::Stopping,
             "Stopped" => ClusterState::Stopped,
             "Error" => ClusterState::Error,
-            other => ClusterState::Other(other.to_string()),
+            _ => return None,
+        })
+    }
+}
+
+/// A state as decoded: cleaned first ([`text::clean`], so that what is shown and what is
+/// matched are the same text: ` Running\u{200B}` is `Running`), then one of the documented
+/// five or `Other`.
+impl From<&str> for ClusterState {
+    fn from(s: &str) -> Self {
+        if let Some(known) = ClusterState::known(s) {
+            return known;
         }
+        let cleaned = text::clean(s, text::MAX_STATE);
+        ClusterState::known(&cleaned).unwrap_or(ClusterState::Other(cleaned))
     }
 }
 
@@ -173,6 +305,69 @@ mod tests {
     use super::*;
 
     #[test]
+    fn every_string_is_cleaned_and_capped_as_it_is_decoded() {
+        let huge = format!("a\u{202E}\u{200B}\n{}", "é".repeat(1 << 20));
+        let page = serde_json::json!({
+            "requestId": huge, "rayClusters": [{
+                "clusterId": "ray-abc", "name": huge, "description": huge, "message": huge,
+                "state": huge, "dashboardUrl": huge, "creatorName": "\u{202E}evil\u{7}",
+                "headSpec": {"queueName": huge, "cpu": " 2\u{200B} "},
+                "workerSpec": [{"groupName": huge, "memory": huge}],
+            }]
+        });
+        let page: ListRayClusterResponse = serde_json::from_value(page).unwrap();
+        let id = page.request_id.unwrap();
+        assert!(id.starts_with("a é") && id.chars().count() <= text::MAX_CODE_CHARS + 1);
+        let c = &page.ray_clusters.unwrap()[0];
+        let cap = |s: &Option<String>, max: usize| {
+            let s = s.as_deref().unwrap();
+            assert!(
+                s.len() <= max && s.ends_with(text::TRUNCATED),
+                "{}",
+                s.len()
+            );
+            assert!(s.starts_with("a é"), "{}", &s[..10]);
+        };
+        cap(&c.name, text::MAX_SHORT);
+        cap(&c.description, text::MAX_TEXT);
+        cap(&c.message, text::MAX_TEXT);
+        cap(&c.dashboard_url, text::MAX_URL);
+        let head = c.head_spec.as_ref().unwrap();
+        cap(&head.queue_name, text::MAX_SHORT);
+        assert_eq!(head.cpu.as_deref(), Some("2"));
+        cap(
+            &c.worker_spec.as_ref().unwrap()[0].group_name,
+            text::MAX_SHORT,
+        );
+        cap(&c.worker_spec.as_ref().unwrap()[0].memory, text::MAX_SHORT);
+        assert_eq!(c.creator_name.as_deref(), Some("evil"));
+        let ClusterState::Other(state) = c.state.clone().unwrap() else {
+            panic!("{:?}", c.state)
+        };
+        assert!(state.len() <= text::MAX_STATE && state.ends_with(text::TRUNCATED));
+        assert_eq!(ClusterState::label(c.state.as_ref()), "Other");
+        // Decoded again (a packed listing), nothing changes.
+        let again: RayCluster = serde_json::from_value(serde_json::to_value(c).unwrap()).unwrap();
+        assert_eq!(&again, c);
+    }
+
+    #[test]
+    fn a_cluster_id_that_is_not_one_fails_the_page_with_a_short_quote() {
+        let id = format!("ray-\u{202E}{}", "x".repeat(1 << 20));
+        let body = serde_json::json!({"rayClusters": [{"clusterId": id}]}).to_string();
+        let e = serde_json::from_str::<ListRayClusterResponse>(&body).unwrap_err();
+        let m = text::decode_error(&e);
+        assert!(
+            m.contains("is not an EMR cluster ID") && m.len() < 400,
+            "{m}"
+        );
+        assert!(!m.contains('\u{202E}'), "{m}");
+        let ok: ListRayClusterResponse =
+            serde_json::from_str(r#"{"rayClusters":[{"name":"no id"}]}"#).unwrap();
+        assert_eq!(ok.ray_clusters.unwrap()[0].cluster_id, "");
+    }
+
+    #[test]
     fn unknown_state_and_fields_are_tolerated() {
         let page: ListRayClusterResponse = serde_json::from_str(
             r#"{"requestId":"r","rayClusters":[{"clusterId":"c","state":"Hibernating","newField":1}]}"#,
@@ -180,6 +375,14 @@ mod tests {
         .unwrap();
         let c = &page.ray_clusters.unwrap()[0];
         assert_eq!(c.state, Some(ClusterState::Other("Hibernating".into())));
+        assert_eq!(
+            ClusterState::from(" Run\u{200B}ning\n"),
+            ClusterState::Running
+        );
+        assert_eq!(
+            ClusterState::from("Hi\u{202E}ber\tnating"),
+            ClusterState::Other("Hiber nating".into())
+        );
         assert_eq!(c.name, None);
     }
 }

@@ -270,7 +270,7 @@ fn exported_metric_names() -> BTreeSet<String> {
     m.cluster_state.set(
         "ns",
         "ws",
-        std::sync::Arc::new([("c".into(), ("n".into(), "Error".into()))].into()),
+        std::sync::Arc::new([("c".into(), ("n".into(), "Error"))].into()),
     );
     m.sync_attempts.get_or_create(&ws).inc();
     m.sync_failures

@@ -27,6 +27,7 @@ use std::time::{Duration, Instant};
 use crate::support::*;
 use emr_ray_operator::api::{ANNOTATION_CLUSTER_ID, EmrRayCluster, EmrRayClusterStatus};
 use emr_ray_operator::controller::mirror::{mirror_name, remote_status};
+use emr_ray_operator::emr::text::MAX_CLUSTER_ID;
 use emr_ray_operator::emr::{ClusterState, HeadSpec, RayCluster, WorkerSpec};
 use emr_ray_operator::sim::Faults;
 use futures::FutureExt;
@@ -111,8 +112,13 @@ fn remote_part(s: Option<&EmrRayClusterStatus>) -> Value {
     serde_json::to_value(s).expect("status serializes")
 }
 
+/// The status of the simulator's cluster `c` as the operator sees it: sent and decoded
+/// (decoding cleans and caps its strings).
 fn expected(c: &RayCluster) -> Value {
-    remote_part(Some(&remote_status(c)))
+    let json = serde_json::to_value(c).expect("a cluster serializes");
+    let decoded: RayCluster =
+        serde_json::from_value(json).expect("the simulator's cluster decodes");
+    remote_part(Some(&remote_status(&decoded)))
 }
 
 /// The top-level keys whose values differ, with both values shortened (they can be 1 MB).
@@ -930,8 +936,9 @@ fn is_label_value(s: &str) -> bool {
         && s.chars().last().is_none_or(|c| c.is_ascii_alphanumeric())
 }
 
-/// Unknown states, missing fields, empty worker groups, huge strings and cluster IDs that are
-/// not Kubernetes names are mirrored without failing the workspace.
+/// Unknown states, missing fields, empty worker groups, huge strings, text with control, bidi
+/// and zero-width characters, and cluster IDs that are not Kubernetes names are mirrored without
+/// failing the workspace.
 async fn odd_remote_data() {
     let mut env = Env::new("fault-odd").await;
     let running = Some(ClusterState::Running);
@@ -1002,15 +1009,18 @@ async fn odd_remote_data() {
             state: running.clone(),
             ..Default::default()
         },
+        // The longest ID accepted: longer than a name or a label value.
         RayCluster {
-            cluster_id: "a".repeat(300),
+            cluster_id: "a".repeat(MAX_CLUSTER_ID),
             state: running.clone(),
             ..Default::default()
         },
+        // Text with control, bidi and zero-width characters: mirrored cleaned.
         RayCluster {
-            cluster_id: "集群-ünïcode-🚀".into(),
-            name: Some("名字 ✓".into()),
-            state: running.clone(),
+            cluster_id: "ray-unicode".into(),
+            name: Some("名字 ✓\u{202E}\u{200B}\n".into()),
+            message: Some("a\u{1b}[31m\tb".into()),
+            state: Some(ClusterState::Other("\u{2066}Resizing\u{2069}".into())),
             ..Default::default()
         },
         RayCluster {
@@ -1036,6 +1046,7 @@ async fn odd_remote_data() {
     .await;
     let st = env.status("odd").await;
     assert_eq!(st.clusters_by_state.get("Hibernating"), Some(&1), "{st:?}");
+    assert_eq!(st.clusters_by_state.get("Resizing"), Some(&1), "{st:?}");
 
     let mirrors = env.mirror_list().await;
     assert_eq!(mirrors.len(), truth.len());
@@ -1080,6 +1091,16 @@ async fn odd_remote_data() {
         emr_ray_operator::controller::mirror::MAX_TEXT
     );
     assert!(description.ends_with(emr_ray_operator::controller::mirror::TRUNCATED));
+    let unicode = env
+        .mirrors()
+        .get("ray-unicode")
+        .await
+        .unwrap()
+        .status
+        .unwrap();
+    assert_eq!(unicode.display_name.as_deref(), Some("名字 ✓"));
+    assert_eq!(unicode.message.as_deref(), Some("a [31m b"));
+    assert_eq!(unicode.state.as_deref(), Some("Resizing"));
 
     // Nothing flaps: a further sync rewrites no mirror.
     let before = snapshot(&mirrors);

@@ -419,6 +419,8 @@ impl EmrClient {
                 )
                 .with_request_id(request_id));
             }
+            // Decoding accepted only valid cluster IDs (`text::is_cluster_id`: at most 128
+            // characters of a label-safe set), so quoting one in a message is safe.
             for c in page {
                 if c.cluster_id.is_empty() {
                     return Err(EmrError::new(

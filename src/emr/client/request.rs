@@ -4,7 +4,7 @@
 use super::{SignatureVersion, parse_retry_after};
 use crate::emr::error::{EmrError, ErrorKind};
 use crate::emr::model::{ListRayClusterResponse, RayCluster};
-use crate::emr::{API_VERSION, Credentials, sign};
+use crate::emr::{API_VERSION, Credentials, sign, text};
 
 /// A response: the page's clusters, request ID and body size, or an error with the outcome
 /// code for the observer.
@@ -13,11 +13,12 @@ pub(super) async fn read_response(
     max_body_bytes: usize,
 ) -> Result<(Vec<RayCluster>, Option<String>, usize), (EmrError, String)> {
     let status = resp.status().as_u16();
+    // Cleaned and capped here, like every remote string (`text`).
     let header_request_id = resp
         .headers()
         .get("x-acs-request-id")
         .and_then(|v| v.to_str().ok())
-        .map(str::to_string);
+        .map(text::request_id);
     let retry_after = resp
         .headers()
         .get("x-acs-retry-after")
@@ -39,7 +40,10 @@ pub(super) async fn read_response(
     };
     let page: ListRayClusterResponse = serde_json::from_slice(&body).map_err(|e| {
         malformed(
-            format!("response body is not the expected JSON: {e}"),
+            format!(
+                "response body is not the expected JSON: {}",
+                text::decode_error(&e)
+            ),
             header_request_id.clone(),
         )
     })?;
