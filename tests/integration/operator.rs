@@ -548,8 +548,9 @@ async fn deleting_the_workspace_garbage_collects_its_mirrors() {
     env.teardown().await;
 }
 
-/// Deletes workspace `ws` with `--cascade=orphan` and waits until its 3 mirrors have no owner.
-async fn orphan_workspace(env: &Env) {
+/// Deletes workspace `ws` with `--cascade=orphan` and waits until it is gone, with its 3 mirrors
+/// left without an owner (`operator_running`: or already swept away).
+async fn orphan_workspace(env: &Env, operator_running: bool) {
     env.workspaces()
         .delete("ws", &DeleteParams::orphan())
         .await
@@ -560,8 +561,9 @@ async fn orphan_workspace(env: &Env) {
         || async {
             let gone = env.workspaces().get_opt("ws").await.unwrap().is_none();
             let l = env.mirror_list().await;
-            (gone && l.len() == 3 && l.iter().all(|m| m.owner_references().is_empty()))
-                .then_some(())
+            let orphaned = l.len() == 3 && l.iter().all(|m| m.owner_references().is_empty());
+            let swept = operator_running && l.iter().all(|m| m.owner_references().is_empty());
+            (gone && (orphaned || swept)).then_some(())
         },
     )
     .await;
@@ -594,7 +596,7 @@ async fn orphaned_mirrors_are_adopted_again_or_deleted() {
     // The workspace comes back while the operator is down: at its start the new workspace
     // takes over the very same objects.
     env.operators.pop().unwrap().stop().await;
-    orphan_workspace(&env).await;
+    orphan_workspace(&env, false).await;
     env.create_workspace("ws", json!({"syncInterval": "10m"}))
         .await;
     let uid = env.workspaces().get("ws").await.unwrap().uid().unwrap();
@@ -622,7 +624,7 @@ async fn orphaned_mirrors_are_adopted_again_or_deleted() {
 
     // Orphaned while the operator runs, and no workspace comes back: deleted within a sweep
     // (every 10 s), the namespace left clean.
-    orphan_workspace(&env).await;
+    orphan_workspace(&env, true).await;
     common::wait_for(
         Duration::from_secs(45),
         "orphaned mirrors deleted",
