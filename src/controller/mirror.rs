@@ -76,9 +76,9 @@ fn is_dns_label(s: &str) -> bool {
         && !s.ends_with('-')
 }
 
-pub use crate::emr::text::{MAX_SHORT, MAX_TEXT, MAX_URL, TRUNCATED};
 /// Most worker groups mirrored.
-pub const MAX_WORKER_GROUPS: usize = 64;
+pub use crate::emr::model::MAX_WORKER_GROUPS;
+pub use crate::emr::text::{MAX_SHORT, MAX_TEXT, MAX_URL, TRUNCATED};
 
 /// `s` cut to at most `max` bytes (at a character boundary) with a visible marker, for text
 /// the operator builds (Event notes) and endpoints after redaction (which may percent-encode

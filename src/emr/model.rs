@@ -122,8 +122,54 @@ pub struct RayCluster {
     pub message: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub head_spec: Option<HeadSpec>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    /// At most [`MAX_WORKER_GROUPS`]: the rest are skipped as they are read (a page of `{},`
+    /// would otherwise decode to hundreds of bytes per three it sent).
+    #[serde(
+        default,
+        deserialize_with = "worker_groups",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub worker_spec: Option<Vec<WorkerSpec>>,
+}
+
+/// Most worker groups kept of a cluster (the mirror shows them all, the totals add them up).
+pub const MAX_WORKER_GROUPS: usize = 64;
+
+/// `workerSpec`, keeping the first [`MAX_WORKER_GROUPS`] and skipping the rest unbuilt.
+fn worker_groups<'de, D: serde::Deserializer<'de>>(
+    d: D,
+) -> Result<Option<Vec<WorkerSpec>>, D::Error> {
+    struct Groups;
+    impl<'de> serde::de::Visitor<'de> for Groups {
+        type Value = Option<Vec<WorkerSpec>>;
+        fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+            f.write_str("a list of worker groups")
+        }
+        fn visit_none<E>(self) -> Result<Self::Value, E> {
+            Ok(None)
+        }
+        fn visit_unit<E>(self) -> Result<Self::Value, E> {
+            Ok(None)
+        }
+        fn visit_some<D2: serde::Deserializer<'de>>(self, d: D2) -> Result<Self::Value, D2::Error> {
+            d.deserialize_seq(self)
+        }
+        fn visit_seq<A: serde::de::SeqAccess<'de>>(
+            self,
+            mut seq: A,
+        ) -> Result<Self::Value, A::Error> {
+            let mut kept = Vec::new();
+            while kept.len() < MAX_WORKER_GROUPS {
+                match seq.next_element::<WorkerSpec>()? {
+                    Some(w) => kept.push(w),
+                    None => return Ok(Some(kept)),
+                }
+            }
+            while seq.next_element::<serde::de::IgnoredAny>()?.is_some() {}
+            Ok(Some(kept))
+        }
+    }
+    d.deserialize_option(Groups)
 }
 
 #[derive(Clone, Debug, Default, Deserialize, Serialize, PartialEq)]
@@ -365,6 +411,24 @@ mod tests {
         let ok: ListRayClusterResponse =
             serde_json::from_str(r#"{"rayClusters":[{"name":"no id"}]}"#).unwrap();
         assert_eq!(ok.ray_clusters.unwrap()[0].cluster_id, "");
+    }
+
+    #[test]
+    fn worker_groups_past_the_cap_are_skipped_unbuilt() {
+        let groups = vec!["{}"; MAX_WORKER_GROUPS * 100].join(",");
+        let json = format!(r#"{{"clusterId":"c","workerSpec":[{groups}],"name":"after"}}"#);
+        let c: RayCluster = serde_json::from_str(&json).unwrap();
+        assert_eq!(c.worker_spec.unwrap().len(), MAX_WORKER_GROUPS);
+        assert_eq!(
+            c.name.as_deref(),
+            Some("after"),
+            "the rest of the object is read"
+        );
+        let c: RayCluster = serde_json::from_str(r#"{"clusterId":"c","workerSpec":null}"#).unwrap();
+        assert_eq!(c.worker_spec, None);
+        let c: RayCluster =
+            serde_json::from_str(r#"{"clusterId":"c","workerSpec":[{"replica":2}]}"#).unwrap();
+        assert_eq!(c.worker_spec.unwrap()[0].replica, Some(2));
     }
 
     #[test]

@@ -386,7 +386,8 @@ async fn hostile_ids_states_and_text_are_cleaned_and_bounded() {
     let f = st.last_failure.expect("lastFailure");
     println!("hostile ID -> {}: {}", f.reason, f.message);
     assert!(
-        f.message.contains("is not an EMR cluster ID (1 to 128 bytes of"),
+        f.message
+            .contains("is not an EMR cluster ID (1 to 128 bytes of"),
         "{}",
         f.message
     );
