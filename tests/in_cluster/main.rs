@@ -363,7 +363,7 @@ async fn secure_metrics(client: &Client, scraper: &Scraper) {
     // A certificate from a Secret, verified against its CA.
     let secret = format!("{RELEASE}-metrics-tls");
     let host = format!("{RELEASE}-metrics.{RELEASE_NS}.svc");
-    let (ca, cert, key) = test_certificate(&host);
+    let (ca, cert, key) = common::test_certificate("in-cluster test CA", &[&host]);
     use base64::Engine as _;
     let b64 = |s: &str| base64::engine::general_purpose::STANDARD.encode(s);
     kubectl_apply(json!({
@@ -392,28 +392,6 @@ async fn secure_metrics(client: &Client, scraper: &Scraper) {
         let body = r.text().await.expect("metrics body");
         assert!(body.contains("emr_ray_operator_leader"), "{body}");
     }
-}
-
-/// A test CA and a serving certificate it signed for `host`: (CA PEM, certificate PEM, key PEM).
-fn test_certificate(host: &str) -> (String, String, String) {
-    let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
-    ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
-    ca_params.key_usages = vec![
-        rcgen::KeyUsagePurpose::KeyCertSign,
-        rcgen::KeyUsagePurpose::CrlSign,
-    ];
-    ca_params
-        .distinguished_name
-        .push(rcgen::DnType::CommonName, "in-cluster test CA");
-    let ca_key = rcgen::KeyPair::generate().unwrap();
-    let ca = ca_params.self_signed(&ca_key).unwrap();
-    let issuer = rcgen::Issuer::new(ca_params, ca_key);
-    let key = rcgen::KeyPair::generate().unwrap();
-    let cert = rcgen::CertificateParams::new(vec![host.to_string()])
-        .unwrap()
-        .signed_by(&key, &issuer)
-        .unwrap();
-    (ca.pem(), cert.pem(), key.serialize_pem())
 }
 
 /// RRSA for real: the kubelet projects the chart's ServiceAccount token (audience

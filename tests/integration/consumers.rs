@@ -32,14 +32,6 @@ use serde_json::{Value, json};
 
 const KSM_CONFIG: &str = "deploy/kube-state-metrics/custom-resource-config.yaml";
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 // ---------------------------------------------------------------------------------------------
 // Scraping
 // ---------------------------------------------------------------------------------------------
@@ -184,8 +176,8 @@ impl KubeStateMetrics {
         let dir = tempfile::tempdir().unwrap();
         let kubeconfig = sa_kubeconfig(&client, ns, &sa_name, dir.path()).await;
 
-        let port = free_port();
-        let telemetry = free_port();
+        let port = common::free_port();
+        let telemetry = common::free_port();
         let log_path =
             PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(format!("kube-state-metrics-{ns}.log"));
         let log = std::fs::File::create(&log_path).unwrap();
@@ -890,7 +882,7 @@ fn report(source: &str, rules: &str, promtool: &str, firing: &BTreeMap<&str, Vec
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn alerts_fire_end_to_end_from_scraped_series() {
     let mut env = Env::new("alerts").await;
-    let port = free_port();
+    let port = common::free_port();
     let mut cfg = operator_config(&env.ns.name);
     cfg.metrics_addr = Some(([127, 0, 0, 1], port).into());
     env.operators.push(start_operator(&env.client, cfg));

@@ -20,38 +20,14 @@ use serde_json::json;
 const REVIEWS_PER_SECOND: u32 = 2;
 const REVIEW_BURST: u32 = 4;
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 /// A test CA and a serving certificate it signed for 127.0.0.1 and localhost, written as
 /// `tls.crt`/`tls.key` into `dir` (what a mounted kubernetes.io/tls Secret holds). Returns the
 /// CA's PEM.
 fn write_certificate(dir: &Path) -> String {
-    let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
-    ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
-    ca_params.key_usages = vec![
-        rcgen::KeyUsagePurpose::KeyCertSign,
-        rcgen::KeyUsagePurpose::CrlSign,
-    ];
-    ca_params
-        .distinguished_name
-        .push(rcgen::DnType::CommonName, "metrics test CA");
-    let ca_key = rcgen::KeyPair::generate().unwrap();
-    let ca_cert = ca_params.self_signed(&ca_key).unwrap();
-    let issuer = rcgen::Issuer::new(ca_params, ca_key);
-    let leaf_params =
-        rcgen::CertificateParams::new(vec!["127.0.0.1".to_string(), "localhost".to_string()])
-            .unwrap();
-    let leaf_key = rcgen::KeyPair::generate().unwrap();
-    let leaf = leaf_params.signed_by(&leaf_key, &issuer).unwrap();
-    std::fs::write(dir.join("tls.crt"), leaf.pem()).unwrap();
-    std::fs::write(dir.join("tls.key"), leaf_key.serialize_pem()).unwrap();
-    ca_cert.pem()
+    let (ca, cert, key) = common::test_certificate("metrics test CA", &["127.0.0.1", "localhost"]);
+    std::fs::write(dir.join("tls.crt"), cert).unwrap();
+    std::fs::write(dir.join("tls.key"), key).unwrap();
+    ca
 }
 
 /// The operator binary; killed on drop. Its log goes to a file shown on failure.
@@ -118,7 +94,7 @@ async fn secure_metrics_of_the_operator_process() {
     let certs = dir.path().join("metrics-tls");
     std::fs::create_dir(&certs).unwrap();
     let ca = write_certificate(&certs);
-    let (port, health_port) = (free_port(), free_port());
+    let (port, health_port) = (common::free_port(), common::free_port());
     let log = dir.path().join("operator.log");
     let op = OperatorProcess {
         child: Command::new(env!("CARGO_BIN_EXE_emr-ray-operator"))

@@ -273,14 +273,7 @@ async fn secure_metrics_need_a_token_and_the_reader_role() {
     use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding};
     let mut env = Env::new("secure-metrics").await;
     let ns = env.ns.name.clone();
-    let free_port = || {
-        std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port()
-    };
-    let (port, health_port) = (free_port(), free_port());
+    let (port, health_port) = (common::free_port(), common::free_port());
     let mut cfg = operator_config(&ns);
     cfg.metrics_addr = Some(([127, 0, 0, 1], port).into());
     cfg.health_addr = Some(([127, 0, 0, 1], health_port).into());

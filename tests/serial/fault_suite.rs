@@ -307,14 +307,6 @@ fn mirror_writes(op: &Operator) -> u64 {
     mirror_writes_in(&op.metrics.encode())
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .expect("bind a free port")
-        .local_addr()
-        .expect("local addr")
-        .port()
-}
-
 fn log_path(name: &str) -> PathBuf {
     PathBuf::from(env!("CARGO_TARGET_TMPDIR"))
         .join(format!("fault-suite-{}-{name}.log", std::process::id()))
@@ -672,7 +664,7 @@ async fn apiserver_restart_mid_sync() {
         .expect("temp dir");
     let data = dir.path().join("data");
     let log = dir.path().join("kcp.log");
-    let port = free_port();
+    let port = common::free_port();
     let mut kcp = {
         let (data, log) = (data.clone(), log.clone());
         tokio::task::spawn_blocking(move || common::Kcp::start(&data, port, &log))
@@ -776,7 +768,7 @@ struct OperatorProcess {
 
 impl OperatorProcess {
     fn start(ns: &str, kubeconfig: &Path, log: &Path) -> OperatorProcess {
-        let port = free_port();
+        let port = common::free_port();
         let log_file = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
