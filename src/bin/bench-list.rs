@@ -146,24 +146,20 @@ struct HeapUse {
     total: i64,
 }
 
-/// Runs `list` with this thread's allocations counted; returns the listing (its clusters
-/// dropped), the number of clusters, the wall time and the heap use.
-fn counted_listing(
-    list: impl FnOnce() -> Result<Listing, EmrError>,
-) -> anyhow::Result<(Listing, usize, Duration, HeapUse)> {
+/// Runs `f` with this thread's allocations counted; returns its result, the wall time and the
+/// heap use. `release` lets go of what the caller will not keep, before the after-drop figure.
+fn measured<T>(f: impl FnOnce() -> T, release: impl FnOnce(&mut T)) -> (T, Duration, HeapUse) {
     COUNTED.with(|c| c.set(true));
     let base = CURRENT.load(Ordering::Relaxed);
     PEAK.store(base, Ordering::Relaxed);
     let total0 = TOTAL.load(Ordering::Relaxed);
     let t = Instant::now();
-    let listing = list();
+    let mut out = f();
     let wall = t.elapsed();
     let peak = PEAK.load(Ordering::Relaxed) - base;
     let retained = CURRENT.load(Ordering::Relaxed) - base;
     let total = TOTAL.load(Ordering::Relaxed) - total0;
-    let mut listing = listing?;
-    let n = listing.clusters.len();
-    drop(std::mem::take(&mut listing.clusters));
+    release(&mut out);
     let after_drop = CURRENT.load(Ordering::Relaxed) - base;
     COUNTED.with(|c| c.set(false));
     let heap = HeapUse {
@@ -172,7 +168,22 @@ fn counted_listing(
         after_drop,
         total,
     };
-    Ok((listing, n, wall, heap))
+    (out, wall, heap)
+}
+
+/// Runs `list` [`measured`]; returns the listing (its clusters dropped), the
+/// number of clusters, the wall time and the heap use.
+fn counted_listing(
+    list: impl FnOnce() -> Result<Listing, EmrError>,
+) -> anyhow::Result<(Listing, usize, Duration, HeapUse)> {
+    let mut n = 0;
+    let (listing, wall, heap) = measured(list, |l: &mut Result<Listing, EmrError>| {
+        if let Ok(l) = l {
+            n = l.clusters.len();
+            drop(std::mem::take(&mut l.clusters));
+        }
+    });
+    Ok((listing?, n, wall, heap))
 }
 
 fn main() -> anyhow::Result<()> {
@@ -307,26 +318,25 @@ fn hostile(
         mib(PAGE as i64)
     );
     let ws = "w-hostile";
-    let (outcome, _, wall, heap) = counted_listing(|| {
-        Ok(client_rt
+    // Runs `f` measured and prints its figures beside what it says of its outcome.
+    let report = |what: &str, f: &dyn Fn() -> String| {
+        let (outcome, wall, heap) = measured(f, |_| {});
+        println!(
+            "hostile, {what}: {} requests wall={:.1} ms peak_heap={} after={} -> {outcome}",
+            served.swap(0, Ordering::Relaxed),
+            wall.as_secs_f64() * 1000.0,
+            mib(heap.peak),
+            mib(heap.after_drop),
+        );
+    };
+    report("1 listing", &|| {
+        client_rt
             .block_on(client.list_ray_clusters_within(Some("ns-0"), &url, ws, creds))
             .map(|l| format!("listed {} clusters", l.clusters.len()))
-            .unwrap_or_else(|e| format!("{:?}: {}", e.kind, e.message)))
-        .map(|o| Listing {
-            request_ids: vec![o],
-            ..Listing::default()
-        })
-    })?;
-    println!(
-        "hostile, 1 listing: {} requests wall={:.1} ms peak_heap={} after={} -> {}",
-        served.swap(0, Ordering::Relaxed),
-        wall.as_secs_f64() * 1000.0,
-        mib(heap.peak),
-        mib(heap.after_drop),
-        outcome.request_ids[0]
-    );
+            .unwrap_or_else(|e| format!("{:?}: {}", e.kind, e.message))
+    });
     let n = args.hostile_listings;
-    let (outcome, _, wall, heap) = counted_listing(|| {
+    report(&format!("{n} listings at once"), &|| {
         let all = client_rt.block_on(futures::future::join_all((0..n).map(|i| {
             let (client, url) = (client.clone(), url.clone());
             async move {
@@ -346,19 +356,8 @@ fn hostile(
             };
             *kinds.entry(k).or_default() += 1;
         }
-        Ok(Listing {
-            request_ids: vec![format!("{kinds:?}")],
-            ..Listing::default()
-        })
-    })?;
-    println!(
-        "hostile, {n} listings at once: {} requests wall={:.1} ms peak_heap={} after={} -> {}",
-        served.swap(0, Ordering::Relaxed),
-        wall.as_secs_f64() * 1000.0,
-        mib(heap.peak),
-        mib(heap.after_drop),
-        outcome.request_ids[0]
-    );
+        format!("{kinds:?}")
+    });
     println!(
         "process: VmHWM={} VmRSS={} (process-wide, the hostile server's bodies included)",
         vm_status("VmHWM:"),
