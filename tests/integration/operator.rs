@@ -549,25 +549,39 @@ async fn deleting_the_workspace_garbage_collects_its_mirrors() {
 }
 
 /// Deletes workspace `ws` with `--cascade=orphan` and waits until it is gone, with its 3 mirrors
-/// left without an owner (`operator_running`: or already swept away). The garbage collector
-/// takes its time under the whole suite's load (seen over 60 s).
+/// left without an owner (`operator_running`: or already swept away). On a timeout the panic
+/// shows what was last seen (the workspace's finalizers, each mirror's owners).
 async fn orphan_workspace(env: &Env, operator_running: bool) {
     env.workspaces()
         .delete("ws", &DeleteParams::orphan())
         .await
         .unwrap();
-    common::wait_for(
-        Duration::from_secs(180),
-        "workspace gone, mirrors without an owner",
-        || async {
-            let gone = env.workspaces().get_opt("ws").await.unwrap().is_none();
-            let l = env.mirror_list().await;
-            let orphaned = l.len() == 3 && l.iter().all(|m| m.owner_references().is_empty());
-            let swept = operator_running && l.iter().all(|m| m.owner_references().is_empty());
-            (gone && (orphaned || swept)).then_some(())
-        },
-    )
-    .await;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(120);
+    loop {
+        let ws = env.workspaces().get_opt("ws").await.unwrap();
+        let l = env.mirror_list().await;
+        let orphaned = l.len() == 3 && l.iter().all(|m| m.owner_references().is_empty());
+        let swept = operator_running && l.iter().all(|m| m.owner_references().is_empty());
+        if ws.is_none() && (orphaned || swept) {
+            return;
+        }
+        let seen = format!(
+            "workspace: {:?}; mirrors: {:?}",
+            ws.map(|w| (
+                w.metadata.deletion_timestamp.is_some(),
+                w.finalizers().to_vec()
+            )),
+            l.iter()
+                .map(|m| (m.name_any(), m.owner_references().len()))
+                .collect::<Vec<_>>()
+        );
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the workspace was not orphaned within 120 s; last seen {}",
+            seen
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
 }
 
 /// `kubectl delete emrworkspace --cascade=orphan` leaves the mirrors without an owner: a
@@ -578,6 +592,7 @@ async fn orphaned_mirrors_are_adopted_again_or_deleted() {
     let mut env = Env::new("e2e-orphan").await;
     env.sim.state.generate(WS, 2, "ray-orphan");
     // A long interval: nothing here waits for a periodic sync.
+    env.wait_garbage_collector_watches_crds().await;
     env.create_workspace("ws", json!({"syncInterval": "10m"}))
         .await;
     env.start();

@@ -183,6 +183,73 @@ impl Env {
             .expect("workspace applied");
     }
 
+    /// Waits until the garbage collector demonstrably watches both CRDs: it orphans a probe
+    /// mirror when its probe workspace is deleted with `propagationPolicy: Orphan`.
+    ///
+    /// The garbage collector finds new resources by rediscovery (every 30 s) and orphans only
+    /// the dependents its own graph already holds: a workspace deleted before it watches
+    /// `emrrayclusters` loses its orphan finalizer with the mirrors still owned, and they are
+    /// then collected as garbage instead. Call this before the operator starts (the probe
+    /// workspace would be synced) and before a test relies on `--cascade=orphan`.
+    pub async fn wait_garbage_collector_watches_crds(&self) {
+        let mirrors = self.mirrors();
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(180);
+        for attempt in 1.. {
+            let name = format!("gc-probe-{attempt}");
+            self.create_workspace(&name, json!({"workspaceId": format!("w-{name}")}))
+                .await;
+            let uid = self
+                .workspaces()
+                .get(&name)
+                .await
+                .unwrap()
+                .metadata
+                .uid
+                .unwrap();
+            let probe: EmrRayCluster = serde_json::from_value(json!({
+                "apiVersion": "emr.aliyun.io/v1alpha1", "kind": "EmrRayCluster",
+                "metadata": {"name": name, "ownerReferences": [{
+                    "apiVersion": "emr.aliyun.io/v1alpha1", "kind": "EmrWorkspace",
+                    "name": name, "uid": uid, "controller": true,
+                }]},
+                "spec": {"workspaceRef": name, "workspaceId": format!("w-{name}"),
+                         "regionId": "cn-hangzhou", "clusterId": name},
+            }))
+            .unwrap();
+            mirrors
+                .create(&Default::default(), &probe)
+                .await
+                .expect("probe mirror");
+            self.workspaces()
+                .delete(&name, &kube::api::DeleteParams::orphan())
+                .await
+                .expect("delete probe workspace");
+            // Orphaned: gone workspace, probe without owner. Collected (or still owned after
+            // the workspace went): the collector did not know the mirror yet; try again.
+            let orphaned =
+                common::wait_for(Duration::from_secs(60), "probe workspace gone", || async {
+                    let gone = self.workspaces().get_opt(&name).await.unwrap().is_none();
+                    let m = mirrors.get_opt(&name).await.unwrap();
+                    gone.then(|| {
+                        m.is_some_and(|m| {
+                            m.metadata.owner_references.unwrap_or_default().is_empty()
+                        })
+                    })
+                })
+                .await;
+            let _ = mirrors.delete(&name, &Default::default()).await;
+            if orphaned {
+                return;
+            }
+            eprintln!("garbage-collector probe {attempt}: the probe mirror was not orphaned");
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "the garbage collector never orphaned a probe mirror ({attempt} attempts)"
+            );
+            tokio::time::sleep(Duration::from_secs(5)).await;
+        }
+    }
+
     pub fn workspaces(&self) -> Api<EmrWorkspace> {
         Api::namespaced(self.client.clone(), &self.ns.name)
     }
