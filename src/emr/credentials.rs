@@ -9,17 +9,20 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-/// A secret that never shows in `Debug` / `Display` output.
-#[derive(Clone, PartialEq, Eq)]
-pub struct SecretString(Arc<str>);
+/// A secret (an AccessKey secret, an STS token): `secrecy`'s `SecretString`, so it never shows
+/// in `Debug`/`Display` output and its bytes are zeroized when dropped, behind an `Arc` so that
+/// the clones the resolver hands to every listing share one allocation (zeroized when the last
+/// clone goes) instead of copying the secret.
+#[derive(Clone)]
+pub struct SecretString(Arc<secrecy::SecretString>);
 
 impl SecretString {
     pub fn new(s: impl Into<String>) -> Self {
-        SecretString(Arc::from(s.into()))
+        SecretString(Arc::new(secrecy::SecretString::from(s.into())))
     }
     /// The secret itself: only for signing.
     pub fn expose(&self) -> &str {
-        &self.0
+        secrecy::ExposeSecret::expose_secret(&*self.0)
     }
 }
 
