@@ -10,7 +10,6 @@
 use std::collections::{BTreeSet, HashMap};
 use std::hash::{DefaultHasher, Hash, Hasher};
 use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
-use std::time::Duration;
 
 use kube::ResourceExt;
 use kube::runtime::watcher;
@@ -115,7 +114,6 @@ struct Objects {
     relist: Option<HashMap<String, Arc<CachedMirror>>>,
     /// Keys of the current mirrors without a controlling owner (see [`MirrorStore::orphans`]).
     orphans: BTreeSet<String>,
-    ready: bool,
 }
 
 impl Objects {
@@ -139,7 +137,11 @@ impl Objects {
 /// The watch-fed store of [`CachedMirror`]s (what a kube reflector store is, for records that
 /// are not Kubernetes objects).
 #[derive(Default)]
-pub struct MirrorStore(RwLock<Objects>);
+pub struct MirrorStore {
+    objects: RwLock<Objects>,
+    /// Set once the first complete list has been seen (a signal, not polled).
+    ready: tokio::sync::watch::Sender<bool>,
+}
 
 fn key(ns: &str, name: &str) -> String {
     format!("{ns}/{name}")
@@ -147,11 +149,11 @@ fn key(ns: &str, name: &str) -> String {
 
 impl MirrorStore {
     fn read(&self) -> RwLockReadGuard<'_, Objects> {
-        self.0.read().unwrap_or_else(|p| p.into_inner())
+        self.objects.read().unwrap_or_else(|p| p.into_inner())
     }
 
     fn write(&self) -> RwLockWriteGuard<'_, Objects> {
-        self.0.write().unwrap_or_else(|p| p.into_inner())
+        self.objects.write().unwrap_or_else(|p| p.into_inner())
     }
 
     /// Applies one watch event. Returns the controller UID of the record it replaced or
@@ -188,11 +190,14 @@ impl MirrorStore {
                     .filter(|(_, c)| c.controller_uid.is_none())
                     .map(|(k, _)| k.clone())
                     .collect();
-                o.ready = true;
                 None
             }
             _ => None,
         };
+        if matches!(ev, watcher::Event::InitDone) {
+            drop(o);
+            self.ready.send_replace(true);
+        }
         replaced.and_then(|r| r.controller_uid.clone())
     }
 
@@ -233,14 +238,13 @@ impl MirrorStore {
 
     /// Whether the first complete list has been seen.
     pub fn is_ready(&self) -> bool {
-        self.read().ready
+        *self.ready.borrow()
     }
 
     /// Waits until the first complete list has been seen.
     pub async fn wait_ready(&self) {
-        while !self.is_ready() {
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+        // The sender lives in `self`, so the wait ends only by readiness.
+        let _ = self.ready.subscribe().wait_for(|ready| *ready).await;
     }
 }
 

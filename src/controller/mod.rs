@@ -199,6 +199,9 @@ fn jitter(d: Duration, fraction: f64) -> Duration {
     d.saturating_add(d.mul_f64(f))
 }
 
+/// How long a reconcile waits for the first complete list of the caches it decides on.
+const CACHES_READY_TIMEOUT: Duration = Duration::from_secs(30);
+
 /// Reconciles one workspace; stops at once (writing nothing more) when leadership is lost.
 pub async fn reconcile(ws: Arc<EmrWorkspace>, ctx: Arc<Context>) -> Result<Action, Error> {
     let stop = ctx.stop.clone();
@@ -212,7 +215,7 @@ pub async fn reconcile(ws: Arc<EmrWorkspace>, ctx: Arc<Context>) -> Result<Actio
 async fn reconcile_workspace(ws: Arc<EmrWorkspace>, ctx: Arc<Context>) -> Result<Action, Error> {
     // Decisions need the mirror, workspace and namespace caches: wait for their first
     // complete list.
-    let _ = tokio::time::timeout(Duration::from_secs(30), async {
+    let caches = tokio::time::timeout(CACHES_READY_TIMEOUT, async {
         ctx.mirrors.store().wait_ready().await;
         wait_ready(&ctx.workspaces).await;
         if let Some(shard) = &ctx.settings.shard {
@@ -220,6 +223,11 @@ async fn reconcile_workspace(ws: Arc<EmrWorkspace>, ctx: Arc<Context>) -> Result
         }
     })
     .await;
+    if caches.is_err() {
+        // Deciding on a partial cache could create duplicates or miss mirrors to prune.
+        warn!(workspace = %key(&ws), "caches not listed after {CACHES_READY_TIMEOUT:?}; trying again later");
+        return Ok(Action::requeue(CACHES_READY_TIMEOUT));
+    }
     let k = key(&ws);
     if mirror_shard(&ctx, &ws).is_err() {
         // Another shard's workspace (a sharded replica watches every workspace and serves those
@@ -531,6 +539,10 @@ where
     K: kube::Resource + Clone + 'static,
     K::DynamicType: Eq + std::hash::Hash + Clone,
 {
+    // Not one plain `wait_until_ready().await`: kube-runtime's readiness is a oneshot receiver
+    // behind a mutex, which keeps the waker of only the last task that polled it, so with
+    // several waiters (reconciles, the sweep) some are never woken (seen: the orphan sweep never
+    // started). A fresh future every 100 ms re-checks. Err (writer dropped) ends the wait too.
     while tokio::time::timeout(Duration::from_millis(100), store.wait_until_ready())
         .await
         .is_err()
