@@ -149,6 +149,7 @@ pub async fn run(
             observer_metrics
                 .remote_requests
                 .get_or_create(&CodeLabels {
+                    operation: o.operation.to_string(),
                     code: crate::emr::error::code_label(&o.code).to_string(),
                 })
                 .inc();
