@@ -77,7 +77,9 @@ pub(super) async fn api(State(st): State<SimState>, req: Request) -> Response {
     if let Some(refused) = check_signature_and_action(&st, &received, route.action(), &reply) {
         return refused;
     }
-    if let Some(failure) = injected_failure(&st, &faults, &reply) {
+    let applies = faults.applies_to(route.action());
+    let faults = if applies { faults } else { Faults::default() };
+    if applies && let Some(failure) = injected_failure(&st, &faults, &reply) {
         return failure;
     }
     match &route {

@@ -139,6 +139,16 @@ pub struct Faults {
     /// After page 1, return an empty page although more exist.
     #[serde(alias = "end_early")]
     pub end_early: bool,
+    /// When not empty, the faults above (latency aside) apply only to requests of these
+    /// actions (`ListRayCluster`, `GetRayCluster`).
+    pub actions: Vec<String>,
+}
+
+impl Faults {
+    /// Whether the faults apply to a request of `action`.
+    pub fn applies_to(&self, action: &str) -> bool {
+        self.actions.is_empty() || self.actions.iter().any(|a| a == action)
+    }
 }
 
 #[derive(Clone, Debug, Default, Serialize)]
