@@ -355,7 +355,9 @@ fn write_for(
         Some(p) if p.state != desired.state => Some(MirrorEvent::StateChanged {
             from: p.state.clone(),
             to: desired.state.clone(),
-            message: desired.message.clone(),
+            // The failing instance when the instances name one (`head: OOMKilled, exit 137`).
+            message: super::diagnose::failing_summary(&desired.instances)
+                .or_else(|| desired.message.clone()),
         }),
         Some(p) if !p.gone && desired.gone => Some(MirrorEvent::Gone),
         _ => None,

@@ -120,6 +120,22 @@ async fn an_error_cluster_names_its_failing_instance_once_per_change() {
     assert_eq!(head.start_time.as_deref(), Some("2024-08-15T11:44:40Z"));
     assert_eq!(s.instances[1].container_exit_code, Some(0));
     assert_eq!(get_calls(&env), 1, "one GetRayCluster for one change");
+    // The Warning Event of the state change names the failing instance too.
+    let note = common::wait_for(Duration::from_secs(10), "the Error event", || async {
+        Api::<k8s_openapi::api::events::v1::Event>::namespaced(env.client.clone(), &env.ns.name)
+            .list(&ListParams::default())
+            .await
+            .unwrap()
+            .items
+            .into_iter()
+            .filter(|e| e.type_.as_deref() == Some("Warning"))
+            .find_map(|e| e.note.filter(|n| n.contains("to Error")))
+    })
+    .await;
+    assert_eq!(
+        note,
+        "state changed from Running to Error: head: OOMKilled, exit 137"
+    );
     let op = &env.operators[0];
     assert_eq!(
         op.metric(
