@@ -22,8 +22,12 @@ use crate::time::rfc3339_millis;
 
 use super::state::Listing;
 
-/// Most `GetRayCluster` calls one sync of a workspace makes; the rest wait for the next sync.
+/// Most `GetRayCluster` calls one sync of a workspace makes, so that a workspace with many
+/// newly failed clusters does not hold its reconcile slot long; the rest follow in reconciles
+/// [`BACKLOG_PAUSE`] apart (no listing in between).
 pub const MAX_FETCHES_PER_SYNC: usize = 16;
+/// The pause between the reconciles that fetch a backlog.
+pub const BACKLOG_PAUSE: Duration = Duration::from_secs(1);
 
 /// The remembered diagnoses of one workspace's clusters, by cluster ID.
 ///
@@ -195,15 +199,16 @@ impl Diagnoses {
         }
     }
 
-    /// When a retry, or a cluster's stuck bound, is next due.
-    pub fn next_wakeup(&self, stuck_after: Duration) -> Option<Instant> {
+    /// When a retry, a cluster's stuck bound, or (shortly after `now`) the rest of a backlog
+    /// longer than [`MAX_FETCHES_PER_SYNC`] is next due.
+    pub fn next_wakeup(&self, stuck_after: Duration, now: Instant) -> Option<Instant> {
         self.entries
             .values()
             .filter_map(|e| {
                 if !e.unhealthy {
                     e.since.checked_add(stuck_after)
                 } else if e.fetched_for != Some(e.listed) {
-                    e.retry_at
+                    e.retry_at.or_else(|| now.checked_add(BACKLOG_PAUSE))
                 } else {
                     None
                 }
@@ -438,7 +443,10 @@ mod tests {
         d.record("c", d.listed("c").unwrap(), Err(None), later, stuck);
         assert_eq!(d.view("c"), View::Keep);
         assert!(d.due(later + Duration::from_secs(1)).is_empty());
-        assert_eq!(d.next_wakeup(stuck), Some(later + Duration::from_secs(5)));
+        assert_eq!(
+            d.next_wakeup(stuck, later),
+            Some(later + Duration::from_secs(5))
+        );
         assert_eq!(d.due(later + Duration::from_secs(5)), vec!["c".to_string()]);
         d.record(
             "c",
@@ -491,8 +499,16 @@ mod tests {
             .map(|(a, b, c)| (a.as_str(), b.clone(), *c))
             .collect();
         let mut d = Diagnoses::default();
-        let due = d.observe(&listing(&refs), Instant::now(), Duration::from_secs(600));
+        let now = Instant::now();
+        let stuck = Duration::from_secs(600);
+        let due = d.observe(&listing(&refs), now, stuck);
         assert_eq!(due.len(), MAX_FETCHES_PER_SYNC);
         assert_eq!(due[0], "c000");
+        for id in &due {
+            d.record(id, d.listed(id).unwrap(), Ok(Vec::new()), now, stuck);
+        }
+        // The rest soon, without waiting for a listing.
+        assert_eq!(d.next_wakeup(stuck, now), Some(now + BACKLOG_PAUSE));
+        assert_eq!(d.due(now)[0], format!("c{:03}", MAX_FETCHES_PER_SYNC));
     }
 }

@@ -264,10 +264,17 @@ async fn reconcile_workspace(ws: Arc<EmrWorkspace>, ctx: Arc<Context>) -> Result
     }
     status?;
     let now = Instant::now();
-    let wakeup = match (
-        st.next_wakeup(),
-        st.diagnoses.next_wakeup(ctx.settings.stuck_cluster_after),
-    ) {
+    // Instances are fetched only while the listing succeeds: after a failed one, its retry
+    // comes first.
+    let diagnoses = st
+        .failure
+        .is_none()
+        .then(|| {
+            st.diagnoses
+                .next_wakeup(ctx.settings.stuck_cluster_after, now)
+        })
+        .flatten();
+    let wakeup = match (st.next_wakeup(), diagnoses) {
         (Some(a), Some(b)) => Some(a.min(b)),
         (a, b) => a.or(b),
     };
