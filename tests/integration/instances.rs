@@ -487,3 +487,79 @@ async fn no_secret_of_get_ray_cluster_reaches_objects_events_logs_or_metrics() {
     assert!(found.is_empty(), "a secret reached: {found:?}");
     env.teardown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cluster_starting_for_too_long_shows_why() {
+    let mut env = Env::new("e2e-instances-stuck").await;
+    assert!(env.sim.state.set_detail(
+        WS,
+        EXAMPLE_CLUSTER,
+        detail(json!({"instances": [
+            {"type": "head", "instanceId": "ray-uiulpgow9xljimm1-head-0", "phase": "Pending",
+             "containerState": "Waiting", "containerStateReason": "ImagePullBackOff",
+             "containerStateMessage": "Back-off pulling image"},
+        ]})),
+    ));
+    assert!(
+        env.sim
+            .state
+            .set_state(WS, EXAMPLE_CLUSTER, ClusterState::Starting)
+    );
+    env.create_workspace("prod", json!({})).await;
+    let stuck_after = Duration::from_secs(15);
+    env.operators.push(start_operator(
+        &env.client,
+        emr_ray_operator::operator::OperatorConfig {
+            stuck_cluster_after: stuck_after,
+            ..operator_config(&env.ns.name)
+        },
+    ));
+    let started = tokio::time::Instant::now();
+    env.wait_mirror(EXAMPLE_CLUSTER, ONE_INTERVAL, "Starting mirror", |m| {
+        m.status.as_ref().unwrap().state.as_deref() == Some("Starting")
+    })
+    .await;
+    assert_eq!(get_calls(&env), 0, "not stuck yet");
+    let m = env
+        .wait_mirror(
+            EXAMPLE_CLUSTER,
+            Duration::from_secs(45),
+            "stuck: instances",
+            |m| !m.status.as_ref().unwrap().instances.is_empty(),
+        )
+        .await;
+    assert!(
+        started.elapsed() >= stuck_after,
+        "fetched after {:?}",
+        started.elapsed()
+    );
+    let s = m.status.unwrap();
+    let reconciling = condition(&s.conditions, "Reconciling").unwrap();
+    assert_eq!(
+        reconciling.message,
+        "Ray cluster is Starting; head: ImagePullBackOff"
+    );
+    assert!(
+        condition(&s.conditions, "Stalled").is_none(),
+        "still Starting: kstatus InProgress, not Failed"
+    );
+    assert_eq!(get_calls(&env), 1);
+    env.wait_next_sync(0, "prod", ONE_INTERVAL).await;
+    assert_eq!(get_calls(&env), 1, "once per change");
+    assert!(
+        env.sim
+            .state
+            .set_state(WS, EXAMPLE_CLUSTER, ClusterState::Running)
+    );
+    env.wait_mirror(
+        EXAMPLE_CLUSTER,
+        ONE_INTERVAL,
+        "running: no instances",
+        |m| {
+            let s = m.status.as_ref().unwrap();
+            s.state.as_deref() == Some("Running") && s.instances.is_empty()
+        },
+    )
+    .await;
+    env.teardown().await;
+}
