@@ -134,6 +134,8 @@ pub struct FailureLabels {
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct CodeLabels {
+    /// The EMR API action (`ListRayCluster`, `GetRayCluster`): a fixed set.
+    pub operation: String,
     pub code: String,
 }
 
@@ -245,7 +247,7 @@ impl Metrics {
         );
         registry.register(
             "remote_requests",
-            "HTTP requests to the EMR OpenAPI by result code",
+            "HTTP requests to the EMR OpenAPI by action (operation) and result code",
             m.remote_requests.clone(),
         );
         registry.register(

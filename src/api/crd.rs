@@ -368,9 +368,49 @@ pub struct EmrRayClusterStatus {
     pub start_time: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub modified_time: Option<String>,
+    /// The cluster's nodes (pods), from `GetRayCluster`, while the cluster is unhealthy:
+    /// `Error`, or `Starting`/`Stopping` for longer than the operator's `--stuck-cluster-after`.
+    /// Fetched once per change of the listed cluster; empty again once it is healthy. At most
+    /// 32, every string cleaned and capped; no secret of the remote body is ever kept.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub instances: Vec<RayClusterInstance>,
     /// True when the remote cluster is no longer listed (with `goneClusterPolicy: Keep`).
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub gone: bool,
+}
+
+/// One node of a Ray cluster, as `GetRayCluster` reports it.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct RayClusterInstance {
+    /// The node type (the head or a worker), as the remote names it.
+    #[serde(default, rename = "type", skip_serializing_if = "Option::is_none")]
+    pub instance_type: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub instance_id: Option<String>,
+    /// The pod phase (`Pending`, `Running`, `Failed`, ...).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub phase: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
+    /// The main container's state (`Running`, `Waiting`, `Terminated`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub container_state: Option<String>,
+    /// E.g. `OOMKilled`, `CrashLoopBackOff`, `Error`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub container_state_reason: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub container_state_message: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub container_exit_code: Option<i32>,
+    /// RFC 3339.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub create_time: Option<String>,
+    /// RFC 3339.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub start_time: Option<String>,
 }
 
 #[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]

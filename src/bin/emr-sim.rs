@@ -13,7 +13,7 @@ use std::path::PathBuf;
 #[derive(Parser, Debug)]
 #[command(
     name = "emr-sim",
-    about = "Simulator of the EMR Serverless Spark ListRayCluster API"
+    about = "Simulator of the EMR Serverless Spark ListRayCluster and GetRayCluster APIs"
 )]
 struct Args {
     /// Address to listen on (port 0 picks a free port).

@@ -152,6 +152,11 @@ struct RunArgs {
     /// metrics are exact).
     #[arg(long, env = "STATUS_HEARTBEAT", default_value = "5m", value_parser = parse_interval)]
     status_heartbeat: Interval,
+    /// A Ray cluster `Starting` or `Stopping` for longer than this (as this process has listed
+    /// it) is stuck: its instances are fetched with `GetRayCluster` once per change and shown
+    /// in its mirror's `status.instances`, as an `Error` cluster's are at once.
+    #[arg(long, env = "STUCK_CLUSTER_AFTER", default_value = "10m", value_parser = parse_interval)]
+    stuck_cluster_after: Interval,
     /// Serve /metrics over HTTPS, and only to callers whose bearer token a TokenReview accepts
     /// and whom a SubjectAccessReview allows `get` on the non-resource URL /metrics (the
     /// operator then needs `create` on tokenreviews and subjectaccessreviews). `false`: plain
@@ -342,6 +347,7 @@ async fn run(a: RunArgs) -> anyhow::Result<()> {
             .max_listing_bytes_in_flight
             .max(a.max_response_bytes.max(64 * 1024)),
         status_heartbeat: a.status_heartbeat.as_duration(),
+        stuck_cluster_after: a.stuck_cluster_after.as_duration(),
         namespace_share: if a.namespace_share.is_finite() {
             a.namespace_share.clamp(0.01, 1.0)
         } else {

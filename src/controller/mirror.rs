@@ -12,6 +12,8 @@ use crate::emr::redact::redact_endpoint;
 use crate::emr::{ClusterState, RayCluster};
 use crate::time::rfc3339_millis;
 
+use super::diagnose::failing_summary;
+
 /// Kubernetes object names are at most 253 characters; we stay within a DNS label (63) so the
 /// name can also be used as a label value.
 const MAX_NAME: usize = 63;
@@ -163,6 +165,8 @@ pub fn remote_status(c: &RayCluster) -> EmrRayClusterStatus {
         create_time: c.create_time.and_then(rfc3339_millis),
         start_time: c.start_time.and_then(rfc3339_millis),
         modified_time: c.modified_time.and_then(rfc3339_millis),
+        // Set by the plan, from `GetRayCluster` (`diagnose`).
+        instances: Vec::new(),
         gone: false,
     }
 }
@@ -201,8 +205,9 @@ impl Staleness {
 }
 
 /// The kstatus conditions of a mirror: `Ready` (True only when Running), `Reconciling` (only
-/// while Starting/Stopping), `Stalled` (only on Error, with the remote message), and `Synced`
-/// (False while the data may be stale).
+/// while Starting/Stopping), `Stalled` (only on Error, naming the failing instance when the
+/// instances name one, else with the remote message), and `Synced` (False while the data may
+/// be stale).
 pub fn mirror_conditions(
     status: &EmrRayClusterStatus,
     previous: &[Condition],
@@ -235,14 +240,18 @@ pub fn mirror_conditions(
             ),
             Some(s) => out.set(READY, false, s.as_str(), format!("Ray cluster is {s}")),
         };
+        // The failing instance, when `GetRayCluster` named one (`head: OOMKilled, exit 137`).
+        let failing = failing_summary(&status.instances);
         if let Some(s @ (ClusterState::Starting | ClusterState::Stopping)) = &state {
-            out.set(RECONCILING, true, s.as_str(), format!("Ray cluster is {s}"));
+            let msg = match &failing {
+                Some(f) => format!("Ray cluster is {s}; {f}"),
+                None => format!("Ray cluster is {s}"),
+            };
+            out.set(RECONCILING, true, s.as_str(), msg);
         }
         if let Some(ClusterState::Error) = &state {
-            let msg = status
-                .message
-                .clone()
-                .filter(|m| !m.is_empty())
+            let msg = failing
+                .or_else(|| status.message.clone().filter(|m| !m.is_empty()))
                 .unwrap_or_else(|| "the remote cluster is in Error state".to_string());
             out.set(STALLED, true, "ClusterError", msg);
         }

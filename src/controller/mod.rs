@@ -21,6 +21,7 @@
 pub mod apply;
 pub mod cache;
 pub mod credentials;
+pub mod diagnose;
 pub mod mirror;
 pub mod orphans;
 pub mod packed;
@@ -110,6 +111,9 @@ pub struct Settings {
     pub listings_per_namespace: usize,
     /// A status whose only news is the sync times is written at most this often.
     pub status_heartbeat: Duration,
+    /// A cluster `Starting` or `Stopping` for longer than this is unhealthy: its instances
+    /// are fetched (`GetRayCluster`), as an `Error` cluster's are at once.
+    pub stuck_cluster_after: Duration,
     /// This replica serves one shard: the namespaces it serves (fed by its namespace watch),
     /// with their shard label, which their workspaces' mirrors carry. `None`: every namespace,
     /// and mirrors carry no shard label.
@@ -268,7 +272,21 @@ async fn reconcile_workspace(ws: Arc<EmrWorkspace>, ctx: Arc<Context>) -> Result
     }
     status?;
     let now = Instant::now();
-    Ok(match st.next_wakeup() {
+    // Instances are fetched only while the listing succeeds: after a failed one, its retry
+    // comes first.
+    let diagnoses = st
+        .failure
+        .is_none()
+        .then(|| {
+            st.diagnoses
+                .next_wakeup(ctx.settings.stuck_cluster_after, now)
+        })
+        .flatten();
+    let wakeup = match (st.next_wakeup(), diagnoses) {
+        (Some(a), Some(b)) => Some(a.min(b)),
+        (a, b) => a.or(b),
+    };
+    Ok(match wakeup {
         Some(t)
             if !ws.spec.suspend
                 && st
@@ -378,6 +396,8 @@ async fn sync(ws: &EmrWorkspace, ctx: &Context, st: &mut WorkspaceState) -> Resu
             st.handled_request = requested;
         }
     }
+    // Why unhealthy clusters are unhealthy: once per change, retried on its own backoff.
+    sync::diagnose(ws, ctx, st, interval).await;
     series::update(ws, ctx, st);
     if st.may_write(Instant::now()) && !has_departed(ctx, ws) {
         // Refused writes are retried at least once an interval, so that a fixed cause is

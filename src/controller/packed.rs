@@ -30,6 +30,11 @@ impl Packed {
         serde_json::from_slice(&json).ok()
     }
 
+    /// The deflated bytes (equal values pack to equal bytes).
+    pub fn bytes(&self) -> &[u8] {
+        &self.0
+    }
+
     /// Bytes held.
     pub fn len(&self) -> usize {
         self.0.len()

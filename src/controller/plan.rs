@@ -10,7 +10,9 @@
 //!   `Synced=False` with the failure's reason;
 //! * a listing that ended exactly on a page boundary never removes anything
 //!   (`RemovalUnconfirmed`);
-//! * a name held by another workspace's mirror is left alone (`MirrorNameConflict`).
+//! * a name held by another workspace's mirror is left alone (`MirrorNameConflict`);
+//! * an unhealthy cluster's mirror shows its fetched instances; a failed fetch keeps what it
+//!   shows; a healthy cluster's mirror shows none (`diagnose`).
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
@@ -19,6 +21,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
 use kube::{Resource, ResourceExt};
 
 use super::cache::{CachedMirror, shape_digest};
+use super::diagnose::{Diagnoses, View};
 use super::mirror::{self, Staleness};
 use super::state::Listing;
 use crate::api::{
@@ -182,6 +185,8 @@ pub struct Input<'a> {
     pub held_elsewhere: &'a dyn Fn(&str) -> Option<String>,
     /// Mirrors whose last write was refused: planned last.
     pub refused: &'a HashSet<String>,
+    /// The instances of unhealthy clusters (`GetRayCluster`).
+    pub diagnoses: &'a Diagnoses,
     pub now: &'a str,
 }
 
@@ -197,6 +202,15 @@ pub fn plan(input: &Input<'_>) -> Plan {
             let prev = input.existing.get(id).cloned();
             let prev_status = prev.as_ref().and_then(|p| p.status());
             let mut desired = mirror::remote_status(&cluster);
+            desired.instances = match input.diagnoses.view(id) {
+                View::Fetched(i) => i.to_vec(),
+                // A failed fetch (or none yet in this process) never blanks what a mirror shows.
+                View::Keep => prev_status
+                    .as_ref()
+                    .map(|s| s.instances.clone())
+                    .unwrap_or_default(),
+                View::Drop => Vec::new(),
+            };
             let generation = prev.as_ref().and_then(|p| p.generation).or(Some(1));
             let prev_conds = prev_status
                 .as_ref()
@@ -341,7 +355,9 @@ fn write_for(
         Some(p) if p.state != desired.state => Some(MirrorEvent::StateChanged {
             from: p.state.clone(),
             to: desired.state.clone(),
-            message: desired.message.clone(),
+            // The failing instance when the instances name one (`head: OOMKilled, exit 137`).
+            message: super::diagnose::failing_summary(&desired.instances)
+                .or_else(|| desired.message.clone()),
         }),
         Some(p) if !p.gone && desired.gone => Some(MirrorEvent::Gone),
         _ => None,

@@ -86,6 +86,15 @@ impl Listing {
         self.clusters.iter().map(|(id, c)| (id, c.state.as_ref()))
     }
 
+    /// A digest of cluster `id` as listed (equal digests: the listing gave the same cluster).
+    pub fn digest(&self, id: &str) -> Option<u64> {
+        let c = self.clusters.get(id)?;
+        let mut h = std::hash::DefaultHasher::new();
+        std::hash::Hash::hash(&c.packed.as_ref().map(Packed::bytes), &mut h);
+        std::hash::Hash::hash(&c.state.as_ref().map(ClusterState::as_str), &mut h);
+        Some(std::hash::Hasher::finish(&h))
+    }
+
     /// Each cluster, decoded, in ID order.
     pub fn clusters(&self) -> impl Iterator<Item = (&String, RayCluster)> {
         self.clusters.iter().map(|(id, c)| {
@@ -222,6 +231,8 @@ pub struct WorkspaceState {
     pub adopted: bool,
     /// The inputs of the last plan that found nothing to write and nothing to report.
     pub settled: Option<Settled>,
+    /// Why its unhealthy clusters are unhealthy: what `GetRayCluster` gave, and when to ask.
+    pub diagnoses: super::diagnose::Diagnoses,
 }
 
 /// What a plan that needed no write was made from: the same listing (the same `Arc`: a listing

@@ -105,9 +105,67 @@ pub(super) async fn list_remote(
     }
 }
 
-/// Checks the endpoint, resolves the credentials, then lists the workspace within its
-/// namespace's share of the listing slots and of the remote request budget.
-async fn list_workspace(ws: &EmrWorkspace, ctx: &Context) -> Result<Listing, SyncError> {
+/// Fetches the instances of the workspace's unhealthy clusters whose details are due
+/// (`diagnose`: once per listed form of a cluster, failures retried after a backoff), within
+/// the namespace's share of the remote request budget. After a failed listing nothing is
+/// fetched: the listing's retry comes first.
+pub(super) async fn diagnose(
+    ws: &EmrWorkspace,
+    ctx: &Context,
+    st: &mut WorkspaceState,
+    interval: Interval,
+) {
+    let Some(listing) = st.listing.clone().filter(|_| st.failure.is_none()) else {
+        return;
+    };
+    let due = st
+        .diagnoses
+        .observe(&listing, Instant::now(), ctx.settings.stuck_cluster_after);
+    if due.is_empty() {
+        return;
+    }
+    let cap = interval.as_duration();
+    let access = remote_access(ws, ctx).await;
+    let ns = ws.namespace().unwrap_or_default();
+    for id in due {
+        let Some(listed) = st.diagnoses.listed(&id) else {
+            continue;
+        };
+        let result = match &access {
+            Ok((endpoint, creds)) => ctx
+                .emr
+                .get_ray_cluster_within(Some(&ns), endpoint, &ws.spec.workspace_id, &id, creds)
+                .await
+                .map_err(SyncError::from),
+            Err(e) => Err(SyncError::local(e.reason(), e.to_string())),
+        };
+        let recorded = match result {
+            Ok(detail) => {
+                debug!(workspace = %key(ws), cluster = %id, instances = detail.instances.as_ref().map_or(0, Vec::len), "fetched the instances of an unhealthy cluster");
+                Ok(detail
+                    .instances
+                    .unwrap_or_default()
+                    .iter()
+                    .map(super::diagnose::instance_status)
+                    .collect())
+            }
+            Err(e) => {
+                // Only the error's reason and cleaned message: never a body.
+                warn!(workspace = %key(ws), cluster = %id, reason = %e.reason(), error = %e, "GetRayCluster failed; the mirror keeps its instances and the call is retried after a backoff");
+                Err(e.remote().and_then(|r| r.retry_after))
+            }
+        };
+        st.diagnoses
+            .record(&id, listed, recorded, Instant::now(), cap);
+    }
+}
+
+/// The endpoint (checked against the allowed ones before any credential is read) and the
+/// workspace's credentials.
+async fn remote_access(
+    ws: &EmrWorkspace,
+    ctx: &Context,
+) -> Result<(url::Url, crate::emr::Credentials), SyncError> {
     let endpoint = crate::emr::endpoint::resolve(
         &ws.spec.region_id,
         ws.spec.network == EndpointNetwork::Vpc,
@@ -127,6 +185,13 @@ async fn list_workspace(ws: &EmrWorkspace, ctx: &Context) -> Result<Listing, Syn
     let credentials =
         credentials::for_workspace(ws, &endpoint, &ctx.client, &ctx.credentials, &ctx.recorder)
             .await?;
+    Ok((endpoint, credentials))
+}
+
+/// Checks the endpoint, resolves the credentials, then lists the workspace within its
+/// namespace's share of the listing slots and of the remote request budget.
+async fn list_workspace(ws: &EmrWorkspace, ctx: &Context) -> Result<Listing, SyncError> {
+    let (endpoint, credentials) = remote_access(ws, ctx).await?;
     let ns = ws.namespace().unwrap_or_default();
     let timeout = ctx
         .settings
@@ -202,7 +267,8 @@ pub(super) async fn write_mirrors(
         .failure
         .as_ref()
         .map(|f| Staleness::from_failure(f.reason, f.code.as_deref(), st.last_success.as_deref()));
-    let inputs = plan_inputs(&owner, &existing);
+    // What the plan reads of the diagnoses changes their generation.
+    let inputs = plan_inputs(&owner, &existing).wrapping_add(st.diagnoses.generation());
     let clean = !adopting && stale.is_none() && st.write_trouble.is_none();
     if clean && Settled::covers(st.settled.as_ref(), st.listing.as_ref(), inputs) {
         return;
@@ -235,6 +301,7 @@ pub(super) async fn write_mirrors(
         existing: &existing,
         held_elsewhere: &held_elsewhere,
         refused: &refused,
+        diagnoses: &st.diagnoses,
         now: &now,
     });
     let workspace = ws.object_ref(&());

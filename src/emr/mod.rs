@@ -2,7 +2,8 @@
 //!
 //! * [`sign`]: pure canonicalization / signing (ACS3-HMAC-SHA256 and ROA HMAC-SHA1), shared with
 //!   the simulator's verifier;
-//! * [`client`]: `ListRayCluster` with paging, retries, timeouts and a client-side rate limit;
+//! * [`client`]: `ListRayCluster` with paging, retries, timeouts and a client-side rate limit,
+//!   and `GetRayCluster` (one cluster's instances) under the same protections;
 //! * [`credentials`]: static, environment and RRSA credentials;
 //! * [`endpoint`]: endpoint resolution; [`redact`]: endpoints without tokens;
 //! * [`error`]: classified errors; [`model`]: the response types; [`text`]: every remote
@@ -30,3 +31,5 @@ pub use model::*;
 pub const API_VERSION: &str = "2023-08-08";
 /// Action name of the listing.
 pub const ACTION_LIST_RAY_CLUSTER: &str = "ListRayCluster";
+/// Action name of one cluster's details (`instances[]`).
+pub const ACTION_GET_RAY_CLUSTER: &str = "GetRayCluster";

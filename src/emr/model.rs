@@ -139,11 +139,23 @@ pub const MAX_WORKER_GROUPS: usize = 64;
 fn worker_groups<'de, D: serde::Deserializer<'de>>(
     d: D,
 ) -> Result<Option<Vec<WorkerSpec>>, D::Error> {
-    struct Groups;
-    impl<'de> serde::de::Visitor<'de> for Groups {
-        type Value = Option<Vec<WorkerSpec>>;
+    capped(d, MAX_WORKER_GROUPS)
+}
+
+/// A list, keeping its first `max` elements and skipping the rest unbuilt (a body of `{},`
+/// would otherwise decode to hundreds of bytes per three it sent).
+fn capped<'de, D: serde::Deserializer<'de>, T: Deserialize<'de>>(
+    d: D,
+    max: usize,
+) -> Result<Option<Vec<T>>, D::Error> {
+    struct Capped<T> {
+        max: usize,
+        of: std::marker::PhantomData<T>,
+    }
+    impl<'de, T: Deserialize<'de>> serde::de::Visitor<'de> for Capped<T> {
+        type Value = Option<Vec<T>>;
         fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
-            f.write_str("a list of worker groups")
+            f.write_str("a list")
         }
         fn visit_none<E>(self) -> Result<Self::Value, E> {
             Ok(None)
@@ -159,8 +171,8 @@ fn worker_groups<'de, D: serde::Deserializer<'de>>(
             mut seq: A,
         ) -> Result<Self::Value, A::Error> {
             let mut kept = Vec::new();
-            while kept.len() < MAX_WORKER_GROUPS {
-                match seq.next_element::<WorkerSpec>()? {
+            while kept.len() < self.max {
+                match seq.next_element::<T>()? {
                     Some(w) => kept.push(w),
                     None => return Ok(Some(kept)),
                 }
@@ -169,7 +181,10 @@ fn worker_groups<'de, D: serde::Deserializer<'de>>(
             Ok(Some(kept))
         }
     }
-    d.deserialize_option(Groups)
+    d.deserialize_option(Capped {
+        max,
+        of: std::marker::PhantomData,
+    })
 }
 
 #[derive(Clone, Debug, Default, Deserialize, Serialize, PartialEq)]
@@ -252,6 +267,136 @@ pub struct WorkerSpec {
     pub min_replica: Option<i64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_replica: Option<i64>,
+}
+
+/// `GetRayCluster` (`GET /api/v1/workspaces/{workspaceId}/rayCluster/{clusterId}`, as the official
+/// SDK `alibabacloud-emr-serverless-spark20230808` 2.3.0 gives it: a flat body, no `data`
+/// wrapper), reduced to what the operator keeps.
+///
+/// **Only these fields are ever decoded.** The body also carries secrets — `submitToken`,
+/// `headSpec.gftConfig.{redisPassword,redisUsername,redisUrl}`, the head and worker `env`,
+/// `rayStartParams`, `extraParam`, and the tokens in `jobUrl`, `jobUrlInner` and
+/// `dashboardUrl` — which no struct here names, so serde skips them without building a string
+/// (the rest of the cluster the listing already gives).
+#[derive(Clone, Debug, Default, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct GetRayClusterResponse {
+    #[serde(default, alias = "RequestId", deserialize_with = "de::request_id")]
+    pub request_id: Option<String>,
+    /// Empty when the body has none; otherwise [`text::is_cluster_id`] (or the body fails).
+    #[serde(default, deserialize_with = "de::cluster_id")]
+    pub cluster_id: String,
+    #[serde(default)]
+    pub state: Option<ClusterState>,
+    /// At most [`MAX_INSTANCES`]: the rest are skipped unbuilt.
+    #[serde(default, deserialize_with = "instances")]
+    pub instances: Option<Vec<RayInstance>>,
+}
+
+/// Most instances (pods) kept of a cluster: enough to name the failing ones, bounded whatever
+/// the size of the cluster.
+pub const MAX_INSTANCES: usize = 32;
+/// Longest instance message kept, in bytes (two per instance, [`MAX_INSTANCES`] instances).
+pub const MAX_INSTANCE_MESSAGE: usize = 1024;
+
+fn instances<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Vec<RayInstance>>, D::Error> {
+    capped(d, MAX_INSTANCES)
+}
+
+/// One node (pod) of a Ray cluster, as `GetRayCluster`'s `instances[]` gives it; every string
+/// cleaned and capped, the exit code a bounded integer.
+#[derive(Clone, Debug, Default, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct RayInstance {
+    /// The node type (head or worker).
+    #[serde(default, rename = "type", deserialize_with = "de::short")]
+    pub instance_type: Option<String>,
+    #[serde(default, deserialize_with = "de::short")]
+    pub instance_id: Option<String>,
+    /// The pod phase.
+    #[serde(default, deserialize_with = "de::short")]
+    pub phase: Option<String>,
+    #[serde(default, deserialize_with = "de::short")]
+    pub reason: Option<String>,
+    #[serde(default, deserialize_with = "instance_message")]
+    pub message: Option<String>,
+    /// The main container's state.
+    #[serde(default, deserialize_with = "de::short")]
+    pub container_state: Option<String>,
+    #[serde(default, deserialize_with = "de::short")]
+    pub container_state_reason: Option<String>,
+    #[serde(default, deserialize_with = "instance_message")]
+    pub container_state_message: Option<String>,
+    /// In `i32` (a Kubernetes exit code); anything else is dropped, never fails the body.
+    #[serde(default, deserialize_with = "exit_code")]
+    pub container_exit_code: Option<i32>,
+    /// Epoch milliseconds.
+    #[serde(default, deserialize_with = "lenient_i64")]
+    pub create_time: Option<i64>,
+    #[serde(default, deserialize_with = "lenient_i64")]
+    pub start_time: Option<i64>,
+}
+
+fn instance_message<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<String>, D::Error> {
+    Ok(Option::<String>::deserialize(d)?.map(|s| text::clean(&s, MAX_INSTANCE_MESSAGE)))
+}
+
+/// A number that fits `i64` (floats with no fraction too); `None` for anything else (a string,
+/// a huge or fractional number, an object: skipped, not built).
+fn lenient_i64<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<i64>, D::Error> {
+    struct Lenient;
+    impl<'de> serde::de::Visitor<'de> for Lenient {
+        type Value = Option<i64>;
+        fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+            f.write_str("an integer")
+        }
+        fn visit_i64<E>(self, v: i64) -> Result<Self::Value, E> {
+            Ok(Some(v))
+        }
+        fn visit_u64<E>(self, v: u64) -> Result<Self::Value, E> {
+            Ok(i64::try_from(v).ok())
+        }
+        fn visit_f64<E>(self, v: f64) -> Result<Self::Value, E> {
+            Ok((v.fract() == 0.0 && v.abs() < 9e15).then_some(v as i64))
+        }
+        fn visit_unit<E>(self) -> Result<Self::Value, E> {
+            Ok(None)
+        }
+        fn visit_none<E>(self) -> Result<Self::Value, E> {
+            Ok(None)
+        }
+        fn visit_some<D2: serde::Deserializer<'de>>(self, d: D2) -> Result<Self::Value, D2::Error> {
+            d.deserialize_any(self)
+        }
+        fn visit_str<E>(self, _: &str) -> Result<Self::Value, E> {
+            Ok(None)
+        }
+        fn visit_bool<E>(self, _: bool) -> Result<Self::Value, E> {
+            Ok(None)
+        }
+        fn visit_seq<A: serde::de::SeqAccess<'de>>(
+            self,
+            mut a: A,
+        ) -> Result<Self::Value, A::Error> {
+            while a.next_element::<serde::de::IgnoredAny>()?.is_some() {}
+            Ok(None)
+        }
+        fn visit_map<A: serde::de::MapAccess<'de>>(
+            self,
+            mut a: A,
+        ) -> Result<Self::Value, A::Error> {
+            while a
+                .next_entry::<serde::de::IgnoredAny, serde::de::IgnoredAny>()?
+                .is_some()
+            {}
+            Ok(None)
+        }
+    }
+    d.deserialize_option(Lenient)
+}
+
+fn exit_code<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<i32>, D::Error> {
+    Ok(lenient_i64(d)?.and_then(|v| i32::try_from(v).ok()))
 }
 
 /// The remote state. Values outside the reference are kept in `Other`, cleaned and capped at
@@ -429,6 +574,52 @@ mod tests {
         let c: RayCluster =
             serde_json::from_str(r#"{"clusterId":"c","workerSpec":[{"replica":2}]}"#).unwrap();
         assert_eq!(c.worker_spec.unwrap()[0].replica, Some(2));
+    }
+
+    #[test]
+    fn get_ray_cluster_keeps_capped_instances_and_never_a_secret() {
+        let huge = format!("x\u{202E}{}", "m".repeat(1 << 16));
+        let instance = serde_json::json!({
+            "type": "head", "phase": "Failed", "reason": huge, "message": huge,
+            "containerState": "Terminated", "containerStateReason": "OOMKilled",
+            "containerStateMessage": huge, "containerExitCode": 137,
+            "createTime": 1723722279800i64, "startTime": "soon", "instanceId": "ray-1-head",
+        });
+        let mut many = vec![instance.clone(); MAX_INSTANCES * 10];
+        many[1]["containerExitCode"] = serde_json::json!(1e300);
+        many[2]["containerExitCode"] = serde_json::json!(-(1i64 << 40));
+        many[3]["containerExitCode"] = serde_json::json!("137");
+        many[4]["containerExitCode"] = serde_json::json!({"nested": [1, 2]});
+        let body = serde_json::json!({
+            "requestId": "R", "clusterId": "ray-1", "state": "Error", "instances": many,
+            "submitToken": "SECRET", "jobUrl": "https://x?token=SECRET", "extraParam": "SECRET",
+            "headSpec": {"env": "SECRET", "rayStartParams": "SECRET",
+                         "gftConfig": {"redisPassword": "SECRET"}},
+            "workerSpec": [{"env": "SECRET"}], "dashboardUrl": "https://d?token=SECRET",
+        });
+        let r: GetRayClusterResponse = serde_json::from_value(body).unwrap();
+        assert_eq!(r.cluster_id, "ray-1");
+        assert_eq!(r.state, Some(ClusterState::Error));
+        let list = r.instances.clone().unwrap();
+        assert_eq!(list.len(), MAX_INSTANCES);
+        let first = &list[0];
+        assert_eq!(first.instance_type.as_deref(), Some("head"));
+        assert_eq!(first.container_state_reason.as_deref(), Some("OOMKilled"));
+        assert_eq!(first.container_exit_code, Some(137));
+        assert_eq!(first.create_time, Some(1723722279800));
+        assert_eq!(first.start_time, None, "a string is not a time");
+        assert!(first.reason.as_ref().unwrap().len() <= text::MAX_SHORT);
+        for m in [&first.message, &first.container_state_message] {
+            let m = m.as_deref().unwrap();
+            assert!(m.len() <= MAX_INSTANCE_MESSAGE && m.ends_with(text::TRUNCATED));
+            assert!(!m.contains('\u{202E}'));
+        }
+        for bad in &list[1..5] {
+            assert_eq!(bad.container_exit_code, None, "{bad:?}");
+        }
+        assert!(!format!("{r:?}").contains("SECRET"));
+        let r: GetRayClusterResponse = serde_json::from_str(r#"{"instances":null}"#).unwrap();
+        assert_eq!(r.instances, None);
     }
 
     #[test]

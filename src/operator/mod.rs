@@ -80,6 +80,8 @@ pub struct OperatorConfig {
     pub namespace_share: f64,
     /// A status whose only news is the sync times is written at most this often.
     pub status_heartbeat: Duration,
+    /// A cluster `Starting`/`Stopping` for longer than this has its instances fetched.
+    pub stuck_cluster_after: Duration,
     /// The workspaces (and their mirrors) this replica set serves; `None`: all of them.
     pub shard_selector: Option<ShardSelector>,
 }
@@ -113,6 +115,7 @@ impl OperatorConfig {
             max_listing_bytes_in_flight: 128 * 1024 * 1024,
             namespace_share: 0.5,
             status_heartbeat: Duration::from_secs(300),
+            stuck_cluster_after: Duration::from_secs(600),
             shard_selector: None,
         }
     }
@@ -149,6 +152,7 @@ pub async fn run(
             observer_metrics
                 .remote_requests
                 .get_or_create(&CodeLabels {
+                    operation: o.operation.to_string(),
                     code: crate::emr::error::code_label(&o.code).to_string(),
                 })
                 .inc();
@@ -442,6 +446,7 @@ async fn run_controller(
             endpoints: EndpointPolicy::with(shared.cfg.allowed_endpoints.clone()),
             listings_per_namespace: shared.cfg.listings_per_namespace(),
             status_heartbeat: shared.cfg.status_heartbeat,
+            stuck_cluster_after: shared.cfg.stuck_cluster_after,
             shard: served.clone(),
         },
         shared.write_limiter.clone(),

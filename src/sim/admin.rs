@@ -1,7 +1,7 @@
 //! The unsigned admin API under `/admin/` (listed in the module documentation of [`super`]):
 //! one handler per route, each a thin wrapper over a [`SimState`] method.
 
-use super::{Faults, SimState};
+use super::{ClusterDetail, Faults, SimState};
 use crate::emr::model::{ClusterState, RayCluster};
 use axum::Router;
 use axum::extract::{Path, State};
@@ -27,6 +27,10 @@ pub(super) fn router() -> Router<SimState> {
             put(admin_put_cluster).delete(admin_delete_cluster),
         )
         .route("/workspaces/{ws}/clusters/{id}/state", put(admin_set_state))
+        .route(
+            "/workspaces/{ws}/clusters/{id}/detail",
+            get(admin_get_detail).put(admin_put_detail),
+        )
         .route("/workspaces/{ws}/generate", post(admin_generate))
         .route("/faults", get(admin_get_faults).put(admin_put_faults))
         .route("/stats", get(admin_get_stats).delete(admin_delete_stats))
@@ -114,6 +118,28 @@ async fn admin_set_state(
     axum::Json(req): axum::Json<StateRequest>,
 ) -> StatusCode {
     if st.set_state(&ws, &id, ClusterState::from(req.state.as_str())) {
+        StatusCode::NO_CONTENT
+    } else {
+        StatusCode::NOT_FOUND
+    }
+}
+
+async fn admin_get_detail(
+    State(st): State<SimState>,
+    Path((ws, id)): Path<(String, String)>,
+) -> Response {
+    match st.cluster(&ws, &id) {
+        Some(_) => axum::Json(st.detail(&ws, &id).unwrap_or_default()).into_response(),
+        None => StatusCode::NOT_FOUND.into_response(),
+    }
+}
+
+async fn admin_put_detail(
+    State(st): State<SimState>,
+    Path((ws, id)): Path<(String, String)>,
+    axum::Json(d): axum::Json<ClusterDetail>,
+) -> StatusCode {
+    if st.set_detail(&ws, &id, d) {
         StatusCode::NO_CONTENT
     } else {
         StatusCode::NOT_FOUND

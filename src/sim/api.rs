@@ -1,6 +1,7 @@
 //! The EMR side of the simulator: the signed `ListRayCluster` (`GET
-//! /api/v1/workspaces/{ws}/rayCluster`) and the unsigned STS `AssumeRoleWithOIDC`, answered in the
-//! order of checks documented in [`super`].
+//! /api/v1/workspaces/{ws}/rayCluster`) and `GetRayCluster` (`GET
+//! /api/v1/workspaces/{ws}/rayCluster/{clusterId}`), and the unsigned STS `AssumeRoleWithOIDC`,
+//! answered in the order of checks documented in [`super`].
 
 use super::verify::Received;
 use super::{Faults, SimState, chance};
@@ -52,9 +53,12 @@ pub(super) async fn api(State(st): State<SimState>, req: Request) -> Response {
         tokio::time::sleep(Duration::from_millis(faults.latency_ms)).await;
     }
 
-    let ws = route_workspace(&raw_path).filter(|_| method == "GET");
-    st.count_request(ws.as_deref());
-    let Some(ws) = ws else {
+    let route = route(&raw_path).filter(|_| method == "GET");
+    st.count_request(
+        route.as_ref().map(|r| r.workspace()),
+        route.as_ref().map(Route::action),
+    );
+    let Some(route) = route else {
         return reply.error(
             404,
             "InvalidAction.NotFound",
@@ -70,13 +74,39 @@ pub(super) async fn api(State(st): State<SimState>, req: Request) -> Response {
         headers: &headers,
         body: &body,
     };
-    if let Some(refused) = check_signature_and_action(&st, &received, &reply) {
+    if let Some(refused) = check_signature_and_action(&st, &received, route.action(), &reply) {
         return refused;
     }
-    if let Some(failure) = injected_failure(&st, &faults, &reply) {
+    let applies = faults.applies_to(route.action());
+    let faults = if applies { faults } else { Faults::default() };
+    if applies && let Some(failure) = injected_failure(&st, &faults, &reply) {
         return failure;
     }
-    list_ray_cluster(&st, &ws, &query, &faults, &reply)
+    match &route {
+        Route::List(ws) => list_ray_cluster(&st, ws, &query, &faults, &reply),
+        Route::Get(ws, id) => get_ray_cluster(&st, ws, id, &faults, &reply),
+    }
+}
+
+/// `GetRayCluster`: the listed cluster, its [`super::detail::ClusterDetail`], the body faults.
+fn get_ray_cluster(st: &SimState, ws: &str, id: &str, faults: &Faults, reply: &Reply) -> Response {
+    if !st.workspaces().contains_key(ws) {
+        return reply.error(
+            404,
+            "InvalidWorkspaceId.NotFound",
+            &format!("The specified workspace {ws} does not exist."),
+        );
+    }
+    let Some(cluster) = st.cluster(ws, id) else {
+        return reply.error(
+            404,
+            "InvalidRayClusterId.NotFound",
+            &format!("The specified Ray cluster {id} does not exist."),
+        );
+    };
+    let detail = st.detail(ws, id);
+    let bytes = super::detail::body(&cluster, detail.as_ref(), &reply.request_id);
+    body_with_faults(st, faults, reply, bytes)
 }
 
 /// Signature (see [`super::verify`]), then `x-acs-version` and `x-acs-action`: the refusal, if
@@ -84,6 +114,7 @@ pub(super) async fn api(State(st): State<SimState>, req: Request) -> Response {
 fn check_signature_and_action(
     st: &SimState,
     received: &Received<'_>,
+    expected_action: &str,
     reply: &Reply,
 ) -> Option<Response> {
     if let Err(r) = st.verify(received) {
@@ -111,7 +142,7 @@ fn check_signature_and_action(
         }
     }
     if let Some(action) = header("x-acs-action")
-        && action != crate::emr::ACTION_LIST_RAY_CLUSTER
+        && action != expected_action
     {
         return Some(reply.error(
             404,
@@ -212,8 +243,17 @@ fn page_body(
     reply: &Reply,
     response: ListRayClusterResponse,
 ) -> Response {
+    body_with_faults(
+        st,
+        faults,
+        reply,
+        serde_json::to_vec(&response).unwrap_or_default(),
+    )
+}
+
+/// The 200 answer `bytes`, or a truncated or malformed one as the body faults say.
+fn body_with_faults(st: &SimState, faults: &Faults, reply: &Reply, mut bytes: Vec<u8>) -> Response {
     let request_id = &reply.request_id;
-    let mut bytes = serde_json::to_vec(&response).unwrap_or_default();
     if chance(faults.truncated_body_rate) {
         st.bump(|s| s.faults_injected += 1);
         bytes.truncate(bytes.len() / 2);
@@ -381,14 +421,44 @@ impl Reply {
     }
 }
 
-/// `/api/v1/workspaces/{ws}/rayCluster` → decoded `ws`.
-fn route_workspace(raw_path: &str) -> Option<String> {
+/// What an API path asks for, with its decoded path parameters.
+#[derive(Debug, PartialEq)]
+enum Route {
+    /// `/api/v1/workspaces/{ws}/rayCluster`.
+    List(String),
+    /// `/api/v1/workspaces/{ws}/rayCluster/{clusterId}`.
+    Get(String, String),
+}
+
+impl Route {
+    fn workspace(&self) -> &str {
+        match self {
+            Route::List(ws) | Route::Get(ws, _) => ws,
+        }
+    }
+
+    fn action(&self) -> &'static str {
+        match self {
+            Route::List(_) => crate::emr::ACTION_LIST_RAY_CLUSTER,
+            Route::Get(..) => crate::emr::ACTION_GET_RAY_CLUSTER,
+        }
+    }
+}
+
+fn route(raw_path: &str) -> Option<Route> {
     let rest = raw_path.strip_prefix("/api/v1/workspaces/")?;
-    let ws = rest.strip_suffix("/rayCluster")?;
-    if ws.is_empty() || ws.contains('/') {
+    let (ws, rest) = rest.split_once('/')?;
+    if ws.is_empty() {
         return None;
     }
-    Some(sign::percent_decode(ws))
+    let ws = sign::percent_decode(ws);
+    match rest.strip_prefix("rayCluster")? {
+        "" => Some(Route::List(ws)),
+        id => {
+            let id = id.strip_prefix('/')?;
+            (!id.is_empty() && !id.contains('/')).then(|| Route::Get(ws, sign::percent_decode(id)))
+        }
+    }
 }
 
 fn parse_int_param(
@@ -416,15 +486,17 @@ mod tests {
 
     #[test]
     fn routes() {
+        let list = |ws: &str| Some(Route::List(ws.into()));
+        assert_eq!(route("/api/v1/workspaces/w-1/rayCluster"), list("w-1"));
+        assert_eq!(route("/api/v1/workspaces/w%20x/rayCluster"), list("w x"));
+        assert!(route("/api/v1/workspaces//rayCluster").is_none());
+        assert!(route("/api/v1/workspaces/a/b/rayCluster").is_none());
         assert_eq!(
-            route_workspace("/api/v1/workspaces/w-1/rayCluster").as_deref(),
-            Some("w-1")
+            route("/api/v1/workspaces/w-1/rayCluster/ray-a%2Fb"),
+            Some(Route::Get("w-1".into(), "ray-a/b".into()))
         );
-        assert_eq!(
-            route_workspace("/api/v1/workspaces/w%20x/rayCluster").as_deref(),
-            Some("w x")
-        );
-        assert!(route_workspace("/api/v1/workspaces//rayCluster").is_none());
-        assert!(route_workspace("/api/v1/workspaces/a/b/rayCluster").is_none());
+        assert!(route("/api/v1/workspaces/w-1/rayCluster/").is_none());
+        assert!(route("/api/v1/workspaces/w-1/rayCluster/a/b").is_none());
+        assert!(route("/api/v1/workspaces/w-1/rayClusters").is_none());
     }
 }

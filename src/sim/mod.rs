@@ -1,6 +1,8 @@
 //! In-process simulator of the EMR Serverless Spark `ListRayCluster` API
-//! (`shared/reference/list-ray-cluster.md`, `alibaba-openapi.md`), with signature verification,
-//! fault injection, statistics and an unsigned admin API under `/admin/`.
+//! (`shared/reference/list-ray-cluster.md`, `alibaba-openapi.md`) and of `GetRayCluster`
+//! (`GET /api/v1/workspaces/{ws}/rayCluster/{clusterId}`, no query parameters, a flat body:
+//! as the official SDK 2.3.0 gives it, see [`detail`]), with signature verification, fault
+//! injection, statistics and an unsigned admin API under `/admin/`.
 //!
 //! Behaviour choices where the reference is silent (documented here):
 //! * an unknown workspace answers **404 `InvalidWorkspaceId.NotFound`**: the real service checks
@@ -12,7 +14,11 @@
 //!   400 `InvalidParameter`;
 //! * an unknown path or method answers 404 `InvalidAction.NotFound`;
 //! * `x-acs-version` must be `2023-08-08` (400 `InvalidVersion` otherwise); `x-acs-action`, when
-//!   present, must be `ListRayCluster`;
+//!   present, must be the path's action (`ListRayCluster` or `GetRayCluster`);
+//! * `GetRayCluster` of an unknown workspace answers 404 `InvalidWorkspaceId.NotFound`, of an
+//!   unknown cluster 404 `InvalidRayClusterId.NotFound` (the reference documents no code; this
+//!   follows the workspace's); the throttling, server-error, truncated and malformed-body
+//!   faults apply to it as to a page;
 //! * order of checks: route, signature (see [`verify`]), version, faults (throttling, 5xx),
 //!   parameters, workspace, body faults. Latency is added before everything;
 //! * STS `AssumeRoleWithOIDC` (unsigned, `POST /?Action=AssumeRoleWithOIDC...`) issues
@@ -26,6 +32,8 @@
 //! `GET /admin/workspaces`, `GET|POST /admin/workspaces/{ws}/clusters`,
 //! `PUT|DELETE /admin/workspaces/{ws}/clusters/{id}`,
 //! `PUT /admin/workspaces/{ws}/clusters/{id}/state {"state":"Stopped"}`,
+//! `GET|PUT /admin/workspaces/{ws}/clusters/{id}/detail` (a [`ClusterDetail`]: instances and
+//! the secret fields `GetRayCluster` adds),
 //! `POST /admin/workspaces/{ws}/generate {"count":N,"prefix":"..."}`,
 //! `PUT|DELETE /admin/workspaces/{ws}` (create empty / delete), `GET|PUT /admin/faults`,
 //! `GET|DELETE /admin/stats`, `POST /admin/access-keys {"accessKeyId","accessKeySecret",
@@ -33,11 +41,13 @@
 
 mod admin;
 mod api;
+pub mod detail;
 pub mod generate;
 pub mod oidc;
 mod state;
 pub mod verify;
 
+pub use detail::ClusterDetail;
 pub use state::SimState;
 
 use crate::emr::model::{ListRayClusterResponse, RayCluster};
@@ -129,6 +139,16 @@ pub struct Faults {
     /// After page 1, return an empty page although more exist.
     #[serde(alias = "end_early")]
     pub end_early: bool,
+    /// When not empty, the faults above (latency aside) apply only to requests of these
+    /// actions (`ListRayCluster`, `GetRayCluster`).
+    pub actions: Vec<String>,
+}
+
+impl Faults {
+    /// Whether the faults apply to a request of `action`.
+    pub fn applies_to(&self, action: &str) -> bool {
+        self.actions.is_empty() || self.actions.iter().any(|a| a == action)
+    }
 }
 
 #[derive(Clone, Debug, Default, Serialize)]
@@ -137,6 +157,8 @@ pub struct SimStats {
     /// API requests (admin excluded), whatever their outcome.
     pub requests: u64,
     pub by_workspace: BTreeMap<String, u64>,
+    /// API requests by action (`ListRayCluster`, `GetRayCluster`), whatever their outcome.
+    pub by_action: BTreeMap<String, u64>,
     /// Genuine 200 listings.
     pub ok: u64,
     /// Rejected by signature / key / token / time / nonce checks.

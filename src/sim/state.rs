@@ -1,6 +1,7 @@
 //! The simulator's shared state: workspaces and their clusters, access keys, seen nonces,
 //! fault settings and statistics. Every operation of the admin API is a method here.
 
+use super::detail::ClusterDetail;
 use super::oidc::OidcProvider;
 use super::verify::{self, KeyEntry, NonceCache, Received, Rejection};
 use super::{Faults, SimConfig, SimStats, chance, generate};
@@ -17,6 +18,8 @@ struct StatsInner {
 
 struct Inner {
     workspaces: Mutex<BTreeMap<String, Vec<RayCluster>>>,
+    /// What `GetRayCluster` adds to a cluster, by workspace and cluster ID.
+    details: Mutex<HashMap<(String, String), ClusterDetail>>,
     keys: Mutex<HashMap<String, KeyEntry>>,
     nonces: Mutex<NonceCache>,
     faults: Mutex<Faults>,
@@ -37,6 +40,7 @@ impl SimState {
     pub fn new(cfg: &SimConfig) -> Self {
         let state = SimState(Arc::new(Inner {
             workspaces: Mutex::new(cfg.workspaces.clone()),
+            details: Mutex::new(HashMap::new()),
             keys: Mutex::new(HashMap::new()),
             nonces: Mutex::new(NonceCache::default()),
             faults: Mutex::new(Faults::default()),
@@ -59,7 +63,33 @@ impl SimState {
         }
     }
 
+    /// Sets what `GetRayCluster` answers for a cluster beyond its listed fields (instances,
+    /// secrets); `false` when the cluster does not exist.
+    pub fn set_detail(&self, ws: &str, id: &str, detail: ClusterDetail) -> bool {
+        if self.cluster(ws, id).is_none() {
+            return false;
+        }
+        lock(&self.0.details).insert((ws.to_string(), id.to_string()), detail);
+        true
+    }
+
+    pub fn detail(&self, ws: &str, id: &str) -> Option<ClusterDetail> {
+        lock(&self.0.details)
+            .get(&(ws.to_string(), id.to_string()))
+            .cloned()
+    }
+
+    /// One cluster as listed.
+    pub fn cluster(&self, ws: &str, id: &str) -> Option<RayCluster> {
+        lock(&self.0.workspaces)
+            .get(ws)?
+            .iter()
+            .find(|c| c.cluster_id == id)
+            .cloned()
+    }
+
     pub fn remove_cluster(&self, ws: &str, id: &str) -> bool {
+        lock(&self.0.details).remove(&(ws.to_string(), id.to_string()));
         let mut w = lock(&self.0.workspaces);
         match w.get_mut(ws) {
             Some(list) => {
@@ -205,10 +235,13 @@ impl SimState {
         lock(&self.0.keys).get(id).cloned()
     }
 
-    pub(super) fn count_request(&self, ws: Option<&str>) {
+    pub(super) fn count_request(&self, ws: Option<&str>, action: Option<&str>) {
         let now = Instant::now();
         let mut s = lock(&self.0.stats);
         s.stats.requests += 1;
+        if let Some(action) = action {
+            *s.stats.by_action.entry(action.to_string()).or_default() += 1;
+        }
         if let Some(ws) = ws {
             *s.stats.by_workspace.entry(ws.to_string()).or_default() += 1;
         }

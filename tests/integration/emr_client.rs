@@ -803,3 +803,126 @@ async fn one_credential_identity_keeps_its_rate_whatever_the_namespaces() {
     );
     sim.shutdown().await;
 }
+
+const EXAMPLE: &str = "ray-uiulpgow9xljimm1";
+
+fn oom_detail() -> emr_ray_operator::sim::ClusterDetail {
+    serde_json::from_value(serde_json::json!({
+        "instances": [{"type": "head", "containerStateReason": "OOMKilled",
+                       "containerExitCode": 137, "createTime": 1723722279800i64}],
+        "submitToken": "secret-token",
+    }))
+    .unwrap()
+}
+
+#[tokio::test]
+async fn get_ray_cluster_with_both_signatures_decodes_only_the_instances() {
+    let sim = sim().await;
+    assert!(
+        sim.state
+            .set_detail(DEFAULT_WORKSPACE, EXAMPLE, oom_detail())
+    );
+    for sig in [
+        SignatureVersion::Acs3HmacSha256,
+        SignatureVersion::RoaHmacSha1,
+    ] {
+        let mut c = cfg();
+        c.signature = sig;
+        let seen = recording(&mut c);
+        let d = client(c)
+            .get_ray_cluster_within(None, &sim.base_url(), DEFAULT_WORKSPACE, EXAMPLE, &creds())
+            .await
+            .unwrap_or_else(|e| panic!("{sig:?}: {e}"));
+        assert_eq!(d.cluster_id, EXAMPLE);
+        assert!(d.request_id.is_some());
+        let i = &d.instances.as_ref().unwrap()[0];
+        assert_eq!(i.container_state_reason.as_deref(), Some("OOMKilled"));
+        assert_eq!(i.container_exit_code, Some(137));
+        assert!(!format!("{d:?}").contains("secret-token"));
+        let seen = seen.lock().unwrap();
+        assert_eq!(seen.len(), 1);
+        assert_eq!(
+            (seen[0].operation, seen[0].code.as_str()),
+            ("GetRayCluster", "200")
+        );
+    }
+    let st = sim.state.stats();
+    assert_eq!((st.requests, st.ok, st.rejected_auth), (2, 2, 0));
+    assert_eq!(st.by_action["GetRayCluster"], 2);
+    sim.shutdown().await;
+}
+
+#[tokio::test]
+async fn get_ray_cluster_refusals_and_faults() {
+    let sim = sim().await;
+    let get = |c: ClientConfig, creds: Credentials, id: &'static str| {
+        let url = sim.base_url();
+        async move {
+            client(c)
+                .get_ray_cluster_within(Some("ns"), &url, DEFAULT_WORKSPACE, id, &creds)
+                .await
+        }
+    };
+    // An unknown cluster: 404, not retried.
+    let e = get(cfg(), creds(), "ray-nope").await.unwrap_err();
+    assert_eq!(e.kind, ErrorKind::NotFound);
+    assert_eq!(e.code.as_deref(), Some("InvalidRayClusterId.NotFound"));
+    assert_eq!(sim.state.stats().requests, 1);
+    // A wrong secret: refused by the signature check, not retried.
+    let e = get(
+        cfg(),
+        Credentials::new(DEFAULT_ACCESS_KEY_ID, "wrong"),
+        EXAMPLE,
+    )
+    .await
+    .unwrap_err();
+    assert_eq!(e.kind, ErrorKind::Auth);
+    assert_eq!(sim.state.stats().rejected_auth, 1);
+    // Throttled with x-acs-retry-after: waited for, then answered.
+    sim.state.reset_stats();
+    sim.state.set_faults(Faults {
+        throttle_next: 1,
+        throttle_retry_after_secs: 1,
+        ..Faults::default()
+    });
+    let t0 = Instant::now();
+    get(cfg(), creds(), EXAMPLE).await.unwrap();
+    assert!(
+        t0.elapsed() >= Duration::from_millis(950),
+        "{:?}",
+        t0.elapsed()
+    );
+    assert_eq!(sim.state.stats().by_action["GetRayCluster"], 2);
+    // Persistent 5xx on GetRayCluster only: retried max_retries times, then reported.
+    sim.state.reset_stats();
+    sim.state.set_faults(Faults {
+        server_error_rate: 1.0,
+        actions: vec!["GetRayCluster".into()],
+        ..Faults::default()
+    });
+    let e = get(cfg(), creds(), EXAMPLE).await.unwrap_err();
+    assert_eq!(e.kind, ErrorKind::Transient);
+    assert_eq!(sim.state.stats().requests, u64::from(cfg().max_retries) + 1);
+    client(cfg())
+        .list_ray_clusters(&sim.base_url(), DEFAULT_WORKSPACE, &creds())
+        .await
+        .expect("the listing is not faulted");
+    // A body over the cap fails as malformed without being read whole.
+    sim.state.set_faults(Faults::default());
+    let mut big = oom_detail();
+    big.instances[0].message = Some("m".repeat(64 * 1024));
+    assert!(sim.state.set_detail(DEFAULT_WORKSPACE, EXAMPLE, big));
+    let e = get(
+        ClientConfig {
+            max_body_bytes: 16 * 1024,
+            ..cfg()
+        },
+        creds(),
+        EXAMPLE,
+    )
+    .await
+    .unwrap_err();
+    assert_eq!(e.kind, ErrorKind::Malformed);
+    assert!(e.message.contains("larger than the limit"), "{e}");
+    sim.shutdown().await;
+}

@@ -282,7 +282,10 @@ fn exported_metric_names() -> BTreeSet<String> {
         .inc();
     m.sync_duration.get_or_create(&ws).observe(0.2);
     m.remote_requests
-        .get_or_create(&CodeLabels { code: "200".into() })
+        .get_or_create(&CodeLabels {
+            operation: "ListRayCluster".into(),
+            code: "200".into(),
+        })
         .inc();
     m.last_success.get_or_create(&ws).set(1.0);
     m.workspace_clusters.get_or_create(&ws).set(1);

@@ -121,6 +121,7 @@ fn run(case: &Case) -> Plan {
         existing: &existing,
         held_elsewhere: &held,
         refused: &HashSet::new(),
+        diagnoses: &Default::default(),
         now: NOW,
     })
 }
@@ -362,6 +363,7 @@ fn many_creations_are_summarised_and_refused_mirrors_go_last() {
         existing: &HashMap::new(),
         held_elsewhere: &|_| None,
         refused: &refused,
+        diagnoses: &Default::default(),
         now: NOW,
     });
     assert!(p.summarize_events);
@@ -386,6 +388,7 @@ fn metadata_drift_is_repaired() {
         existing: &existing,
         held_elsewhere: &|_| None,
         refused: &HashSet::new(),
+        diagnoses: &Default::default(),
         now: NOW,
     });
     assert_eq!(outcome(&p, "ray-a"), "repair");
@@ -411,6 +414,7 @@ fn remote_ids_that_map_to_one_name_never_share_a_mirror() {
         existing: &HashMap::new(),
         held_elsewhere: &|_| None,
         refused: &HashSet::new(),
+        diagnoses: &Default::default(),
         now: NOW,
     });
     assert_eq!(p.actions.len(), 1, "one object, one writer");
@@ -453,6 +457,7 @@ fn a_workspace_moved_to_another_shard_relabels_its_mirrors() {
             existing,
             held_elsewhere: &|_| None,
             refused: &HashSet::new(),
+            diagnoses: &Default::default(),
             now: NOW,
         })
     };
@@ -480,4 +485,90 @@ fn a_workspace_moved_to_another_shard_relabels_its_mirrors() {
             "{what}"
         );
     }
+}
+
+#[test]
+fn instances_are_shown_kept_on_a_failed_fetch_and_dropped_when_healthy() {
+    use crate::api::RayClusterInstance;
+    use crate::controller::diagnose::Diagnoses;
+    use std::time::{Duration, Instant};
+    let o = owner(GoneClusterPolicy::Delete);
+    let stuck = Duration::from_secs(600);
+    let oom = vec![RayClusterInstance {
+        instance_type: Some("head".into()),
+        container_state_reason: Some("OOMKilled".into()),
+        container_exit_code: Some(137),
+        ..Default::default()
+    }];
+    let run_with =
+        |c: &RayCluster, existing: &HashMap<String, Arc<CachedMirror>>, d: &Diagnoses| {
+            let listing = Listing::new(vec![c.clone()], 100);
+            plan(&Input {
+                owner: &o,
+                listing: Some(&listing),
+                listing_is_current: true,
+                stale: None,
+                existing,
+                held_elsewhere: &|_| None,
+                refused: &HashSet::new(),
+                diagnoses: d,
+                now: NOW,
+            })
+        };
+    let status_of = |p: &Plan| match &p.actions[0].write {
+        Write::Status(s) | Write::Apply(s) => s.clone(),
+        Write::Delete => panic!("deleted"),
+    };
+    let stalled = |s: &EmrRayClusterStatus| {
+        s.conditions
+            .iter()
+            .find(|c| c.type_ == "Stalled" && c.status == "True")
+            .map(|c| c.message.clone())
+    };
+    // An Error cluster whose instances were fetched: shown, and named by Stalled.
+    let failed = RayCluster {
+        message: Some("the cluster failed".into()),
+        ..cluster("ray-a", ClusterState::Error)
+    };
+    let mut d = Diagnoses::default();
+    let now = Instant::now();
+    let listing = Listing::new(vec![failed.clone()], 100);
+    assert_eq!(d.observe(&listing, now, stuck), vec!["ray-a".to_string()]);
+    let running_mirror = mirrored(&o, &cluster("ray-a", ClusterState::Running));
+    let existing = HashMap::from([("ray-a".to_string(), running_mirror)]);
+    // Nothing fetched yet: the remote message, no instances.
+    let s = status_of(&run_with(&failed, &existing, &d));
+    assert!(s.instances.is_empty());
+    assert_eq!(stalled(&s).as_deref(), Some("the cluster failed"));
+    d.record(
+        "ray-a",
+        d.listed("ray-a").unwrap(),
+        Ok(oom.clone()),
+        now,
+        stuck,
+    );
+    let s = status_of(&run_with(&failed, &existing, &d));
+    assert_eq!(s.instances, oom);
+    assert_eq!(stalled(&s).as_deref(), Some("head: OOMKilled, exit 137"));
+    // Another process (a restart) whose fetch failed: the mirror keeps what it shows.
+    let mut shown = mirror_object(&o, &failed);
+    shown.status = Some(s.clone());
+    let existing = HashMap::from([("ray-a".to_string(), Arc::new(CachedMirror::of(&shown)))]);
+    let mut restarted = Diagnoses::default();
+    restarted.observe(&listing, now, stuck);
+    restarted.record(
+        "ray-a",
+        restarted.listed("ray-a").unwrap(),
+        Err(None),
+        now,
+        stuck,
+    );
+    let p = run_with(&failed, &existing, &restarted);
+    assert_eq!(outcome(&p, "ray-a"), "unchanged", "{:?}", p.actions);
+    // Running again: the instances go.
+    let healthy = cluster("ray-a", ClusterState::Running);
+    restarted.observe(&Listing::new(vec![healthy.clone()], 100), now, stuck);
+    let s = status_of(&run_with(&healthy, &existing, &restarted));
+    assert!(s.instances.is_empty());
+    assert_eq!(stalled(&s), None);
 }

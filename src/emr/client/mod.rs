@@ -1,4 +1,5 @@
-//! `ListRayCluster` client: signing, paging, retries, timeouts, client-side rate limiting.
+//! `ListRayCluster` client: signing, paging, retries, timeouts, client-side rate limiting; and
+//! `GetRayCluster` (one cluster's instances) under the same protections.
 //!
 //! Paging follows the reference: `pageSize` (default 100 here) and `pageNum` from 1, until a page
 //! comes back shorter than `pageSize`. There is no total count and no continuation token, so:
@@ -22,9 +23,9 @@ pub(crate) use request::read_body;
 pub use request::{host_header, signed_headers};
 
 use super::error::{EmrError, ErrorKind};
-use super::model::RayCluster;
+use super::model::{GetRayClusterResponse, RayCluster};
 use super::sign;
-use super::{ACTION_LIST_RAY_CLUSTER, Credentials};
+use super::{ACTION_GET_RAY_CLUSTER, ACTION_LIST_RAY_CLUSTER, Credentials};
 use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
 use rand::Rng as _;
 use request::{read_response, transport_error};
@@ -146,6 +147,8 @@ impl fmt::Debug for ClientConfig {
 /// One HTTP attempt, as reported to [`ClientConfig::observer`].
 #[derive(Clone, Debug)]
 pub struct RequestOutcome {
+    /// The API action: [`ACTION_LIST_RAY_CLUSTER`] or [`ACTION_GET_RAY_CLUSTER`].
+    pub operation: &'static str,
     /// `"200"`, the remote error code (`Throttling.User`, ...), the HTTP status when the error
     /// body has no code, or `"timeout"` / `"connect"` / `"network"` / `"malformed"`.
     pub code: String,
@@ -500,22 +503,7 @@ impl EmrClient {
             return Err(listing_too_large());
         }
         loop {
-            if let (Some(shares), Some(key)) = (&self.inner.shares, budget) {
-                shares.until_key_ready(&key.to_string()).await;
-            }
-            if let Some(ids) = &self.inner.identities {
-                // Keys come from tenants' Secrets: forget idle ones rather than grow.
-                if ids.shares.len() > MAX_IDLE_KEYS {
-                    ids.shares.retain_recent();
-                    ids.each.retain_recent();
-                }
-                let id = &creds.access_key_id;
-                if let Some(key) = budget {
-                    ids.shares.until_key_ready(&format!("{id}\n{key}")).await;
-                }
-                ids.each.until_key_ready(id).await;
-            }
-            self.inner.limiter.until_ready().await;
+            self.wait_turn(budget, creds).await;
             // This page's largest body, on top of what the listing read so far.
             if let Err(r) = hold.resize(listing.bytes.saturating_add(max_body)) {
                 return Err(too_much_in_flight(r));
@@ -527,21 +515,11 @@ impl EmrClient {
             // Only the bodies kept stay held.
             let _ = hold.resize(listing.bytes + result.as_ref().map_or(0, |(_, _, b)| *b));
             listing.requests += 1;
-            let outcome = match &result {
-                Ok(_) => RequestOutcome {
-                    code: "200".into(),
-                    http_status: Some(200),
-                    duration: started.elapsed(),
-                },
-                Err((e, code)) => RequestOutcome {
-                    code: code.clone(),
-                    http_status: e.http_status,
-                    duration: started.elapsed(),
-                },
-            };
-            if let Some(obs) = &cfg.observer {
-                obs(&outcome);
-            }
+            let outcome = self.observe(
+                ACTION_LIST_RAY_CLUSTER,
+                started,
+                result.as_ref().map(|_| ()),
+            );
             let err = match result {
                 Ok((page, request_id, bytes)) => {
                     listing.bytes += bytes;
@@ -566,34 +544,206 @@ impl EmrClient {
                 request_id = err.request_id.as_deref().unwrap_or(""),
                 "EMR request failed: {err}"
             );
-            let retry = match err.kind {
-                ErrorKind::Throttled | ErrorKind::Transient | ErrorKind::Timeout => {
-                    attempt < cfg.max_retries
-                }
-                ErrorKind::Malformed => {
-                    malformed += 1;
-                    malformed <= MALFORMED_RETRIES && attempt < cfg.max_retries
-                }
-                _ => false,
-            };
-            if !retry {
-                return Err(err);
+            match retry_delay(&err, attempt, &mut malformed, cfg.max_retries, deadline) {
+                Some(delay) => tokio::time::sleep(delay).await,
+                None => return Err(err),
             }
-            let delay = match (err.kind, err.retry_after) {
-                (_, Some(d)) => d,
-                (ErrorKind::Throttled, None) => Duration::from_millis(500) + backoff_delay(attempt),
-                _ => backoff_delay(attempt),
-            };
-            if Instant::now()
-                .checked_add(delay)
-                .is_none_or(|t| t >= deadline)
-            {
-                // Waiting would overrun the listing deadline: report the real cause now.
-                return Err(err);
-            }
-            tokio::time::sleep(delay).await;
             attempt += 1;
         }
+    }
+
+    /// Waits for this request's turn: the budget key's share, the credential identity's rate
+    /// (and the key's share of it), then the client's rate.
+    async fn wait_turn(&self, budget: Option<&str>, creds: &Credentials) {
+        if let (Some(shares), Some(key)) = (&self.inner.shares, budget) {
+            shares.until_key_ready(&key.to_string()).await;
+        }
+        if let Some(ids) = &self.inner.identities {
+            // Keys come from tenants' Secrets: forget idle ones rather than grow.
+            if ids.shares.len() > MAX_IDLE_KEYS {
+                ids.shares.retain_recent();
+                ids.each.retain_recent();
+            }
+            let id = &creds.access_key_id;
+            if let Some(key) = budget {
+                ids.shares.until_key_ready(&format!("{id}\n{key}")).await;
+            }
+            ids.each.until_key_ready(id).await;
+        }
+        self.inner.limiter.until_ready().await;
+    }
+
+    /// Reports one HTTP attempt to the observer; returns what was reported.
+    fn observe(
+        &self,
+        operation: &'static str,
+        started: std::time::Instant,
+        result: Result<(), &(EmrError, String)>,
+    ) -> RequestOutcome {
+        let outcome = match result {
+            Ok(()) => RequestOutcome {
+                operation,
+                code: "200".into(),
+                http_status: Some(200),
+                duration: started.elapsed(),
+            },
+            Err((e, code)) => RequestOutcome {
+                operation,
+                code: code.clone(),
+                http_status: e.http_status,
+                duration: started.elapsed(),
+            },
+        };
+        if let Some(obs) = &self.inner.cfg.observer {
+            obs(&outcome);
+        }
+        outcome
+    }
+
+    /// One cluster's details (`GetRayCluster`), of which only the instances, state and ID are
+    /// decoded (see [`GetRayClusterResponse`]): signed, no redirect, within the request timeout
+    /// and the listing timeout (retries included), its body capped at `max_body_bytes` and held
+    /// in the bytes-in-flight budget while it is read, every attempt rate limited like a page
+    /// (the `budget` key's share, the identity's rate), throttling and 5xx retried with backoff
+    /// (or the `x-acs-retry-after` asked for).
+    pub async fn get_ray_cluster_within(
+        &self,
+        budget: Option<&str>,
+        endpoint: &url::Url,
+        workspace_id: &str,
+        cluster_id: &str,
+        creds: &Credentials,
+    ) -> Result<GetRayClusterResponse, EmrError> {
+        if workspace_id.trim().is_empty() || cluster_id.trim().is_empty() {
+            return Err(EmrError::new(
+                ErrorKind::InvalidRequest,
+                "workspace or cluster id is empty",
+            ));
+        }
+        if endpoint.scheme() != "http" && endpoint.scheme() != "https" {
+            return Err(EmrError::new(
+                ErrorKind::Config,
+                format!("endpoint must be http or https, not {}", endpoint.scheme()),
+            ));
+        }
+        let timeout = self.inner.cfg.listing_timeout;
+        let Some(deadline) = Instant::now().checked_add(timeout) else {
+            return Err(EmrError::new(
+                ErrorKind::Config,
+                "listing timeout is too long",
+            ));
+        };
+        let get = self.get_inner(budget, endpoint, workspace_id, cluster_id, creds, deadline);
+        match tokio::time::timeout_at(deadline, get).await {
+            Ok(r) => r,
+            // Cluster IDs reaching here were listed, so valid (`text::is_cluster_id`): safe to quote.
+            Err(_) => Err(EmrError::new(
+                ErrorKind::Timeout,
+                format!(
+                    "GetRayCluster of cluster {cluster_id} did not complete within {timeout:?}"
+                ),
+            )),
+        }
+    }
+
+    async fn get_inner(
+        &self,
+        budget: Option<&str>,
+        endpoint: &url::Url,
+        workspace_id: &str,
+        cluster_id: &str,
+        creds: &Credentials,
+        deadline: Instant,
+    ) -> Result<GetRayClusterResponse, EmrError> {
+        let cfg = &self.inner.cfg;
+        let url = Self::cluster_url(endpoint, workspace_id, cluster_id);
+        let mut hold = self.inner.in_flight.hold(budget);
+        let mut attempt = 0u32;
+        let mut malformed = 0u32;
+        loop {
+            self.wait_turn(budget, creds).await;
+            if let Err(r) = hold.resize(cfg.max_body_bytes) {
+                return Err(too_much_in_flight(r));
+            }
+            let started = std::time::Instant::now();
+            let result = self
+                .send_signed(&url, creds, ACTION_GET_RAY_CLUSTER)
+                .await
+                .map(|resp| (resp, cfg.max_body_bytes));
+            let result = match result {
+                Ok((resp, max)) => request::read_detail(resp, max).await,
+                Err(e) => Err(e),
+            };
+            // Nothing is kept past the decoding.
+            let _ = hold.resize(0);
+            let outcome =
+                self.observe(ACTION_GET_RAY_CLUSTER, started, result.as_ref().map(|_| ()));
+            let err = match result {
+                Ok((detail, _, _)) if detail.cluster_id != cluster_id => {
+                    return Err(EmrError::new(
+                        ErrorKind::Malformed,
+                        format!(
+                            "GetRayCluster of cluster {cluster_id} answered for another cluster"
+                        ),
+                    )
+                    .with_request_id(detail.request_id));
+                }
+                Ok((detail, request_id, _)) => {
+                    return Ok(GetRayClusterResponse {
+                        request_id,
+                        ..detail
+                    });
+                }
+                Err((e, _)) => e,
+            };
+            tracing::debug!(
+                workspace = workspace_id,
+                cluster = cluster_id,
+                attempt,
+                code = outcome.code.as_str(),
+                request_id = err.request_id.as_deref().unwrap_or(""),
+                "EMR GetRayCluster failed: {err}"
+            );
+            match retry_delay(&err, attempt, &mut malformed, cfg.max_retries, deadline) {
+                Some(delay) => tokio::time::sleep(delay).await,
+                None => return Err(err),
+            }
+            attempt += 1;
+        }
+    }
+
+    /// The request URL of one cluster's `GetRayCluster` (no query: the SDK sends none).
+    pub fn cluster_url(endpoint: &url::Url, workspace_id: &str, cluster_id: &str) -> url::Url {
+        let mut url = endpoint.clone();
+        let base = endpoint.path().trim_end_matches('/').to_string();
+        url.set_path(&format!(
+            "{base}/api/v1/workspaces/{}/rayCluster/{}",
+            sign::rfc3986_encode(workspace_id),
+            sign::rfc3986_encode(cluster_id)
+        ));
+        url.set_query(None);
+        url.set_fragment(None);
+        url
+    }
+
+    /// Sends one signed, body-less GET within the request timeout.
+    async fn send_signed(
+        &self,
+        url: &url::Url,
+        creds: &Credentials,
+        action: &str,
+    ) -> Result<reqwest::Response, (EmrError, String)> {
+        let cfg = &self.inner.cfg;
+        let headers = signed_headers(cfg.signature, "GET", url, &cfg.user_agent, creds, action);
+        let mut req = self
+            .inner
+            .http
+            .get(url.clone())
+            .timeout(cfg.request_timeout);
+        for (k, v) in &headers {
+            req = req.header(k.as_str(), v.as_str());
+        }
+        req.send().await.map_err(transport_error)
     }
 
     /// Builds the request URL of one page.
@@ -625,25 +775,43 @@ impl EmrClient {
     ) -> Result<(Vec<RayCluster>, Option<String>, usize), (EmrError, String)> {
         let cfg = &self.inner.cfg;
         let url = Self::page_url(endpoint, workspace_id, page_num, cfg.page_size);
-        let headers = signed_headers(
-            cfg.signature,
-            "GET",
-            &url,
-            &cfg.user_agent,
-            creds,
-            ACTION_LIST_RAY_CLUSTER,
-        );
-        let mut req = self
-            .inner
-            .http
-            .get(url.clone())
-            .timeout(cfg.request_timeout);
-        for (k, v) in &headers {
-            req = req.header(k.as_str(), v.as_str());
-        }
-        let resp = req.send().await.map_err(transport_error)?;
+        let resp = self
+            .send_signed(&url, creds, ACTION_LIST_RAY_CLUSTER)
+            .await?;
         read_response(resp, max_body).await
     }
+}
+
+/// How long to wait before retrying after `err` (attempt `attempt`, from 0), or `None` when it
+/// is not retried: throttling, 5xx, network errors and timeouts up to `max_retries`, malformed
+/// bodies up to [`MALFORMED_RETRIES`], never past `deadline` (then the real cause is reported).
+fn retry_delay(
+    err: &EmrError,
+    attempt: u32,
+    malformed: &mut u32,
+    max_retries: u32,
+    deadline: Instant,
+) -> Option<Duration> {
+    let retry = match err.kind {
+        ErrorKind::Throttled | ErrorKind::Transient | ErrorKind::Timeout => attempt < max_retries,
+        ErrorKind::Malformed => {
+            *malformed += 1;
+            *malformed <= MALFORMED_RETRIES && attempt < max_retries
+        }
+        _ => false,
+    };
+    if !retry {
+        return None;
+    }
+    let delay = match (err.kind, err.retry_after) {
+        (_, Some(d)) => d,
+        (ErrorKind::Throttled, None) => Duration::from_millis(500) + backoff_delay(attempt),
+        _ => backoff_delay(attempt),
+    };
+    Instant::now()
+        .checked_add(delay)
+        .filter(|t| *t < deadline)
+        .map(|_| delay)
 }
 
 /// The longest `x-acs-retry-after` honoured; longer values are capped (never overflow).

@@ -3,7 +3,7 @@
 
 use super::{SignatureVersion, parse_retry_after};
 use crate::emr::error::{EmrError, ErrorKind};
-use crate::emr::model::{ListRayClusterResponse, RayCluster};
+use crate::emr::model::{GetRayClusterResponse, ListRayClusterResponse, RayCluster};
 use crate::emr::{API_VERSION, Credentials, sign, text};
 
 /// A response: the page's clusters, request ID and body size, or an error with the outcome
@@ -12,6 +12,52 @@ pub(super) async fn read_response(
     resp: reqwest::Response,
     max_body_bytes: usize,
 ) -> Result<(Vec<RayCluster>, Option<String>, usize), (EmrError, String)> {
+    let (page, header_request_id, len, status): (ListRayClusterResponse, _, _, _) =
+        read_json(resp, max_body_bytes).await?;
+    let request_id = page.request_id.clone().or(header_request_id);
+    match page.ray_clusters {
+        Some(c) => Ok((c, request_id, len)),
+        None => Err(malformed(
+            status,
+            "response has no rayClusters field".to_string(),
+            request_id,
+        )),
+    }
+}
+
+/// A `GetRayCluster` response: the cluster's kept fields, its request ID and body size.
+pub(super) async fn read_detail(
+    resp: reqwest::Response,
+    max_body_bytes: usize,
+) -> Result<(GetRayClusterResponse, Option<String>, usize), (EmrError, String)> {
+    let (detail, header_request_id, len, status): (GetRayClusterResponse, _, _, _) =
+        read_json(resp, max_body_bytes).await?;
+    let request_id = detail.request_id.clone().or(header_request_id);
+    if detail.cluster_id.is_empty() {
+        return Err(malformed(
+            status,
+            "response has no clusterId field".to_string(),
+            request_id,
+        ));
+    }
+    Ok((detail, request_id, len))
+}
+
+fn malformed(status: u16, m: String, rid: Option<String>) -> (EmrError, String) {
+    (
+        EmrError::new(ErrorKind::Malformed, m)
+            .with_request_id(rid)
+            .with_status(status),
+        "malformed".to_string(),
+    )
+}
+
+/// A 2xx body decoded as `T` (with the header's request ID, the body size and the status), or
+/// the remote error.
+async fn read_json<T: serde::de::DeserializeOwned>(
+    resp: reqwest::Response,
+    max_body_bytes: usize,
+) -> Result<(T, Option<String>, usize, u16), (EmrError, String)> {
     let status = resp.status().as_u16();
     // Cleaned and capped here, like every remote string (`text`).
     let header_request_id = resp
@@ -30,16 +76,9 @@ pub(super) async fn read_response(
         let code = e.code.clone().unwrap_or_else(|| status.to_string());
         return Err((e, code));
     }
-    let malformed = |m: String, rid: Option<String>| {
-        (
-            EmrError::new(ErrorKind::Malformed, m)
-                .with_request_id(rid)
-                .with_status(status),
-            "malformed".to_string(),
-        )
-    };
-    let page: ListRayClusterResponse = serde_json::from_slice(&body).map_err(|e| {
+    let value: T = serde_json::from_slice(&body).map_err(|e| {
         malformed(
+            status,
             format!(
                 "response body is not the expected JSON: {}",
                 text::decode_error(&e)
@@ -47,14 +86,7 @@ pub(super) async fn read_response(
             header_request_id.clone(),
         )
     })?;
-    let request_id = page.request_id.clone().or(header_request_id);
-    match page.ray_clusters {
-        Some(c) => Ok((c, request_id, body.len())),
-        None => Err(malformed(
-            "response has no rayClusters field".to_string(),
-            request_id,
-        )),
-    }
+    Ok((value, header_request_id, body.len(), status))
 }
 
 /// Reads a response body, failing (as a malformed answer) once it exceeds `max` bytes.
