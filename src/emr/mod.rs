@@ -5,6 +5,7 @@
 //! * [`client`]: `ListRayCluster` with paging, retries, timeouts and a client-side rate limit;
 //! * [`credentials`]: static, environment and RRSA credentials;
 //! * [`endpoint`]: endpoint resolution; [`redact`]: endpoints without tokens;
+//! * [`queues`]: the `ListWorkspaceQueues` model and its resource quantities;
 //! * [`error`]: classified errors; [`model`]: the response types; [`text`]: every remote
 //!   string cleaned and capped as it is decoded.
 //!
@@ -15,6 +16,7 @@ pub mod credentials;
 pub mod endpoint;
 pub mod error;
 pub mod model;
+pub mod queues;
 pub mod redact;
 pub mod sign;
 pub mod text;
@@ -25,6 +27,9 @@ pub use credentials::{
 };
 pub use error::{EmrError, ErrorKind};
 pub use model::*;
+pub use queues::{
+    ACTION_LIST_WORKSPACE_QUEUES, ListWorkspaceQueuesResponse, QueueResources, WorkspaceQueue,
+};
 
 /// Product API version.
 pub const API_VERSION: &str = "2023-08-08";

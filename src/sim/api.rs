@@ -52,9 +52,9 @@ pub(super) async fn api(State(st): State<SimState>, req: Request) -> Response {
         tokio::time::sleep(Duration::from_millis(faults.latency_ms)).await;
     }
 
-    let ws = route_workspace(&raw_path).filter(|_| method == "GET");
-    st.count_request(ws.as_deref());
-    let Some(ws) = ws else {
+    let route = route(&raw_path).filter(|_| method == "GET");
+    st.count_request(route.as_ref().map(Route::workspace));
+    let Some(route) = route else {
         return reply.error(
             404,
             "InvalidAction.NotFound",
@@ -70,13 +70,16 @@ pub(super) async fn api(State(st): State<SimState>, req: Request) -> Response {
         headers: &headers,
         body: &body,
     };
-    if let Some(refused) = check_signature_and_action(&st, &received, &reply) {
+    if let Some(refused) = check_signature_and_action(&st, &received, route.action(), &reply) {
         return refused;
     }
     if let Some(failure) = injected_failure(&st, &faults, &reply) {
         return failure;
     }
-    list_ray_cluster(&st, &ws, &query, &faults, &reply)
+    match &route {
+        Route::RayClusters(ws) => list_ray_cluster(&st, ws, &query, &faults, &reply),
+        Route::Queues(ws) => super::queues::list_workspace_queues(&st, ws, &query, &faults, &reply),
+    }
 }
 
 /// Signature (see [`super::verify`]), then `x-acs-version` and `x-acs-action`: the refusal, if
@@ -84,6 +87,7 @@ pub(super) async fn api(State(st): State<SimState>, req: Request) -> Response {
 fn check_signature_and_action(
     st: &SimState,
     received: &Received<'_>,
+    expected_action: &str,
     reply: &Reply,
 ) -> Option<Response> {
     if let Err(r) = st.verify(received) {
@@ -111,7 +115,7 @@ fn check_signature_and_action(
         }
     }
     if let Some(action) = header("x-acs-action")
-        && action != crate::emr::ACTION_LIST_RAY_CLUSTER
+        && action != expected_action
     {
         return Some(reply.error(
             404,
@@ -123,7 +127,7 @@ fn check_signature_and_action(
 }
 
 /// The throttling and server-error faults: the injected failure, if any.
-fn injected_failure(st: &SimState, faults: &Faults, reply: &Reply) -> Option<Response> {
+pub(super) fn injected_failure(st: &SimState, faults: &Faults, reply: &Reply) -> Option<Response> {
     if st.take_throttle() {
         st.bump(|s| s.faults_injected += 1);
         let mut r = reply.error(
@@ -202,18 +206,18 @@ fn list_ray_cluster(
         request_id: Some(reply.request_id.clone()),
         ray_clusters: Some(page),
     };
-    page_body(st, faults, reply, response)
+    page_body(st, faults, reply, &response)
 }
 
 /// The 200 answer, or a truncated or malformed one as the body faults say.
-fn page_body(
+pub(super) fn page_body(
     st: &SimState,
     faults: &Faults,
     reply: &Reply,
-    response: ListRayClusterResponse,
+    response: &impl serde::Serialize,
 ) -> Response {
     let request_id = &reply.request_id;
-    let mut bytes = serde_json::to_vec(&response).unwrap_or_default();
+    let mut bytes = serde_json::to_vec(response).unwrap_or_default();
     if chance(faults.truncated_body_rate) {
         st.bump(|s| s.faults_injected += 1);
         bytes.truncate(bytes.len() / 2);
@@ -355,14 +359,14 @@ fn json_response(status: u16, request_id: &str, body: Vec<u8>) -> Response {
 }
 
 /// Who an answer is for: every error body names the request ID and the host.
-struct Reply {
+pub(super) struct Reply {
     host: String,
-    request_id: String,
+    pub(super) request_id: String,
 }
 
 impl Reply {
     /// Error body `{"RequestId","HostId","Code","Message","Recommend"}`.
-    fn error(&self, status: u16, code: &str, message: &str) -> Response {
+    pub(super) fn error(&self, status: u16, code: &str, message: &str) -> Response {
         let request_id = &self.request_id;
         let body = serde_json::json!({
             "RequestId": request_id,
@@ -381,17 +385,53 @@ impl Reply {
     }
 }
 
-/// `/api/v1/workspaces/{ws}/rayCluster` → decoded `ws`.
-fn route_workspace(raw_path: &str) -> Option<String> {
+/// A signed API route, with its decoded workspace ID.
+enum Route {
+    /// `/api/v1/workspaces/{ws}/rayCluster`: `ListRayCluster`.
+    RayClusters(String),
+    /// `/api/v1/workspaces/{ws}/queues`: `ListWorkspaceQueues`.
+    Queues(String),
+}
+
+impl Route {
+    fn workspace(&self) -> &str {
+        match self {
+            Route::RayClusters(ws) | Route::Queues(ws) => ws,
+        }
+    }
+
+    /// The `x-acs-action` the route answers to.
+    fn action(&self) -> &'static str {
+        match self {
+            Route::RayClusters(_) => crate::emr::ACTION_LIST_RAY_CLUSTER,
+            Route::Queues(_) => crate::emr::ACTION_LIST_WORKSPACE_QUEUES,
+        }
+    }
+}
+
+fn route(raw_path: &str) -> Option<Route> {
     let rest = raw_path.strip_prefix("/api/v1/workspaces/")?;
-    let ws = rest.strip_suffix("/rayCluster")?;
+    let (ws, make): (&str, fn(String) -> Route) = if let Some(ws) = rest.strip_suffix("/rayCluster")
+    {
+        (ws, Route::RayClusters)
+    } else {
+        (rest.strip_suffix("/queues")?, Route::Queues)
+    };
     if ws.is_empty() || ws.contains('/') {
         return None;
     }
-    Some(sign::percent_decode(ws))
+    Some(make(sign::percent_decode(ws)))
 }
 
-fn parse_int_param(
+#[cfg(test)]
+fn route_workspace(raw_path: &str) -> Option<String> {
+    match route(raw_path)? {
+        Route::RayClusters(ws) => Some(ws),
+        Route::Queues(_) => None,
+    }
+}
+
+pub(super) fn parse_int_param(
     query: &[(String, String)],
     name: &str,
     default: i64,
@@ -426,5 +466,10 @@ mod tests {
         );
         assert!(route_workspace("/api/v1/workspaces//rayCluster").is_none());
         assert!(route_workspace("/api/v1/workspaces/a/b/rayCluster").is_none());
+        assert!(matches!(
+            route("/api/v1/workspaces/w-1/queues"),
+            Some(Route::Queues(ws)) if ws == "w-1"
+        ));
+        assert!(route("/api/v1/workspaces/w-1/queues/x").is_none());
     }
 }

@@ -1,4 +1,5 @@
-//! In-process simulator of the EMR Serverless Spark `ListRayCluster` API
+//! In-process simulator of the EMR Serverless Spark `ListRayCluster` and `ListWorkspaceQueues`
+//! APIs
 //! (`shared/reference/list-ray-cluster.md`, `alibaba-openapi.md`), with signature verification,
 //! fault injection, statistics and an unsigned admin API under `/admin/`.
 //!
@@ -12,7 +13,8 @@
 //!   400 `InvalidParameter`;
 //! * an unknown path or method answers 404 `InvalidAction.NotFound`;
 //! * `x-acs-version` must be `2023-08-08` (400 `InvalidVersion` otherwise); `x-acs-action`, when
-//!   present, must be `ListRayCluster`;
+//!   present, must be the route's (`ListRayCluster`, `ListWorkspaceQueues`);
+//! * `ListWorkspaceQueues` (`GET /api/v1/workspaces/{ws}/queues`): see [`queues`];
 //! * order of checks: route, signature (see [`verify`]), version, faults (throttling, 5xx),
 //!   parameters, workspace, body faults. Latency is added before everything;
 //! * STS `AssumeRoleWithOIDC` (unsigned, `POST /?Action=AssumeRoleWithOIDC...`) issues
@@ -27,7 +29,10 @@
 //! `PUT|DELETE /admin/workspaces/{ws}/clusters/{id}`,
 //! `PUT /admin/workspaces/{ws}/clusters/{id}/state {"state":"Stopped"}`,
 //! `POST /admin/workspaces/{ws}/generate {"count":N,"prefix":"..."}`,
-//! `PUT|DELETE /admin/workspaces/{ws}` (create empty / delete), `GET|PUT /admin/faults`,
+//! `PUT|DELETE /admin/workspaces/{ws}` (create empty / delete),
+//! `GET|PUT /admin/workspaces/{ws}/queues` (the API's queue objects),
+//! `PUT /admin/workspaces/{ws}/queues/{name}/usage {"cpu","memoryGi","gpu"}` or `{"raw":"..."}`,
+//! `GET|PUT /admin/faults`,
 //! `GET|DELETE /admin/stats`, `POST /admin/access-keys {"accessKeyId","accessKeySecret",
 //! "securityToken"?}`.
 
@@ -35,6 +40,7 @@ mod admin;
 mod api;
 pub mod generate;
 pub mod oidc;
+pub mod queues;
 mod state;
 pub mod verify;
 

@@ -19,5 +19,6 @@ mod hostile;
 mod metrics_security;
 mod operator;
 mod release;
+mod sdk_conformance;
 mod sharding;
 mod tenancy;
