@@ -25,6 +25,7 @@ pub mod mirror;
 pub mod orphans;
 pub mod packed;
 pub mod plan;
+pub mod queues;
 mod series;
 pub mod shard;
 pub mod state;
@@ -371,6 +372,7 @@ async fn sync(ws: &EmrWorkspace, ctx: &Context, st: &mut WorkspaceState) -> Resu
         }
     }
     series::update(ws, ctx, st);
+    queues::update_series(ws, ctx, st);
     if st.may_write(Instant::now()) && !has_departed(ctx, ws) {
         // Refused writes are retried at least once an interval, so that a fixed cause is
         // repaired within one interval.
@@ -521,6 +523,7 @@ fn forget_key(ctx: &Context, k: &str) {
     ctx.metrics.sync_attempts.remove(&l);
     ctx.metrics.sync_duration.remove(&l);
     ctx.metrics.cluster_state.remove(namespace, workspace);
+    queues::remove_series(ctx, namespace, workspace, st.exported_queues.as_deref());
 }
 
 /// Waits until a reflector store has its first complete list. Polls, rather than relying on

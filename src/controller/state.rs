@@ -222,6 +222,12 @@ pub struct WorkspaceState {
     pub adopted: bool,
     /// The inputs of the last plan that found nothing to write and nothing to report.
     pub settled: Option<Settled>,
+    /// The queues of the last complete queue listing (`None` before the first).
+    pub queues: Option<Arc<Vec<crate::api::WorkspaceQueueStatus>>>,
+    /// Set while queue listings fail.
+    pub queue_failure: Option<crate::api::QueueListingFailure>,
+    /// The queues as exported in the `queue_resource` metric.
+    pub exported_queues: Option<Arc<Vec<crate::api::WorkspaceQueueStatus>>>,
 }
 
 /// What a plan that needed no write was made from: the same listing (the same `Arc`: a listing
