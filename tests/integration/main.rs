@@ -18,6 +18,7 @@ mod gitops;
 mod hostile;
 mod metrics_security;
 mod operator;
+mod queue_status;
 mod queues;
 mod release;
 mod sdk_conformance;
