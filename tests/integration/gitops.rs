@@ -297,6 +297,15 @@ fn exported_metric_names() -> BTreeSet<String> {
     m.count_reconcile_error("StatusWrite");
     m.reconciles.inc();
     m.is_leader.set(1);
+    m.queue_resource
+        .get_or_create(&emr_ray_operator::metrics::QueueLabels {
+            namespace: "ns".into(),
+            workspace: "ws".into(),
+            queue: "q".into(),
+            resource: "cpu".into(),
+            kind: "max".into(),
+        })
+        .set(1.0);
     let text = m.encode();
     let names: BTreeSet<String> = common::parse_metrics(&text)
         .into_iter()
