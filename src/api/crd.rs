@@ -258,16 +258,25 @@ pub struct WorkspaceQueueStatus {
 }
 
 /// Quantities of a queue: `cpu` in cores, `memory` in GiB (`Gi` suffix), `gpu` in devices.
+/// `cpu` and `gpu` are plain decimal numbers (what kube-state-metrics reads as a gauge value).
 #[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct QueueQuantities {
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(pattern(QUEUE_NUMBER_PATTERN))]
     pub cpu: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(pattern(QUEUE_MEMORY_PATTERN))]
     pub memory: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(pattern(QUEUE_NUMBER_PATTERN))]
     pub gpu: Option<String>,
 }
+
+/// A queue's `cpu` and `gpu`: a non-negative decimal number (`16`, `0.5`).
+pub const QUEUE_NUMBER_PATTERN: &str = r"^[0-9]+(\.[0-9]+)?$";
+/// A queue's `memory`: GiB with the `Gi` suffix (`64Gi`, `0.5Gi`).
+pub const QUEUE_MEMORY_PATTERN: &str = r"^[0-9]+(\.[0-9]+)?Gi$";
 
 /// A failing queue listing, for people and alerts.
 #[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]

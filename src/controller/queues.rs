@@ -215,6 +215,40 @@ mod tests {
     }
 
     #[test]
+    fn quantities_always_fit_the_crd_patterns() {
+        // `^[0-9]+(\.[0-9]+)?$` (and `Gi` after it for memory): the API server refuses a status
+        // that does not match, so no remote value may produce anything else.
+        let decimal = |s: &str| {
+            let (int, frac) = s.split_once('.').unwrap_or((s, "0"));
+            !int.is_empty()
+                && !frac.is_empty()
+                && int.bytes().all(|b| b.is_ascii_digit())
+                && frac.bytes().all(|b| b.is_ascii_digit())
+        };
+        for v in [
+            "0",
+            "0.0001",
+            "1e300",
+            "123456789012345678901",
+            "2.5",
+            "1.23456789",
+            "500m",
+        ] {
+            let wire = format!(r#"{{"cpu":"{v}","memory":"{v}","gpu":{v}}}"#);
+            let s = queue_statuses(&[q("x", &wire, "{}")]);
+            let Some(max) = s[0].max.clone() else {
+                continue;
+            };
+            for n in [&max.cpu, &max.gpu].into_iter().flatten() {
+                assert!(decimal(n), "{v:?} -> {n:?}");
+            }
+            if let Some(m) = &max.memory {
+                assert!(decimal(m.strip_suffix("Gi").unwrap()), "{v:?} -> {m:?}");
+            }
+        }
+    }
+
+    #[test]
     fn a_failed_listing_keeps_the_queues_and_reports_once() {
         let mut st = WorkspaceState::default();
         let ok = || Ok(vec![q("a", r#"{"cpu":"4"}"#, r#"{"cpu":"1"}"#)]);

@@ -682,6 +682,10 @@ fn is_numeric_or_time(schema: &Value, path: &[String]) -> bool {
         && path
             .last()
             .is_some_and(|l| l.ends_with("Time") || l.ends_with("Timestamp")))
+        // A string the CRD restricts to a decimal number (a queue's cpu, gpu): kube-state-metrics
+        // parses it (tests/integration/consumers.rs reads such series from a real one).
+        || (schema["type"] == "string"
+            && schema["pattern"] == emr_ray_operator::api::QUEUE_NUMBER_PATTERN)
 }
 
 /// Checks one resource of the config; returns the full metric names it defines.
