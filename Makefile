@@ -50,10 +50,13 @@ lint:
 # end to end on a real node (a second control plane with a kubelet, containerd and the image
 # `make image` built: tests/in_cluster/). The real consumers of deploy/ (promtool,
 # kube-state-metrics, gopher-lua, kstatus, actionlint) are built by tests/tools/tools.sh, cached
-# in .cache/bin like the control plane.
+# in .cache/bin like the control plane. The official Python SDK, the simulator's conformance
+# client (tests/integration/sdk_conformance.rs), is installed into .cache/sdk/ by
+# tests/sdk_conformance/sdk.sh.
 test: lint
 	$(KCP) build
 	$(TOOLS) build
+	tests/sdk_conformance/sdk.sh setup
 	image/build.sh
 	$(KCP) up
 	source .cache/kcp/env && EMR_TEST_KUBECONFIG="$$KUBECONFIG" \

@@ -189,6 +189,19 @@ pub struct Metrics {
     pub metrics_auth_throttled: Counter,
     /// Listings in flight per namespace (each holds one of the controller's reconcile slots).
     pub namespace_listings: Family<NamespaceLabels, Gauge>,
+    /// Capacity and use of each resource queue of a workspace.
+    pub queue_resource: Family<QueueLabels, Gauge<f64, AtomicU64>>,
+}
+
+/// One quantity of one queue: `resource` is `cpu` (cores), `memory_gibibytes` or `gpu`
+/// (devices); `kind` is `min`, `max` or `used`. At most 64 queues per workspace.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct QueueLabels {
+    pub namespace: String,
+    pub workspace: String,
+    pub queue: String,
+    pub resource: String,
+    pub kind: String,
 }
 
 fn duration_histogram() -> Histogram {
@@ -219,6 +232,7 @@ impl Default for Metrics {
             metrics_auth_reviews: Family::default(),
             metrics_auth_throttled: Counter::default(),
             namespace_listings: Family::default(),
+            queue_resource: Family::default(),
             registry: Registry::default(),
         };
         m.register_into(&mut registry);
@@ -312,6 +326,13 @@ impl Metrics {
             "Remote listings in flight per namespace, each holding one of the operator's reconcile \
              slots (at most the namespace's share, --namespace-share of --concurrency)",
             m.namespace_listings.clone(),
+        );
+        registry.register(
+            "queue_resource",
+            "Capacity (kind min, max) and use (kind used) of each resource queue of a workspace, \
+             in cores (cpu), GiB (memory_gibibytes) or devices (gpu), from the last complete \
+             queue listing",
+            m.queue_resource.clone(),
         );
     }
 

@@ -223,6 +223,70 @@ pub struct EmrWorkspaceStatus {
     /// written as desired.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_write_failure: Option<WriteFailure>,
+    /// The workspace's resource queues (`ListWorkspaceQueues`) from the last complete queue
+    /// listing, by name (at most 64). Quantities are Kubernetes quantities: `cpu` in cores
+    /// (`16`, `0.5`), `memory` in GiB (`64Gi`), `gpu` in devices; a value the service did not
+    /// send or sent unreadable is absent. A failed queue listing keeps these as they were and
+    /// sets `queueListingFailure` (the workspace stays Ready when its clusters synced).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub queues: Vec<WorkspaceQueueStatus>,
+    /// Set while listing the queues fails; cleared by the next complete queue listing.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub queue_listing_failure: Option<QueueListingFailure>,
+}
+
+/// One resource queue of the workspace.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct WorkspaceQueueStatus {
+    pub name: String,
+    /// The queue's status as the service reports it (e.g. `RUNNING`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub status: Option<String>,
+    /// `instance` or `instanceChildren`.
+    #[serde(default, rename = "type", skip_serializing_if = "Option::is_none")]
+    pub queue_type: Option<String>,
+    /// Guaranteed capacity (`minResource`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub min: Option<QueueQuantities>,
+    /// Capacity limit (`maxResource`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max: Option<QueueQuantities>,
+    /// In use (`usedResource`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub used: Option<QueueQuantities>,
+}
+
+/// Quantities of a queue: `cpu` in cores, `memory` in GiB (`Gi` suffix), `gpu` in devices.
+/// `cpu` and `gpu` are plain decimal numbers (what kube-state-metrics reads as a gauge value).
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct QueueQuantities {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(pattern(QUEUE_NUMBER_PATTERN))]
+    pub cpu: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(pattern(QUEUE_MEMORY_PATTERN))]
+    pub memory: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(pattern(QUEUE_NUMBER_PATTERN))]
+    pub gpu: Option<String>,
+}
+
+/// A queue's `cpu` and `gpu`: a non-negative decimal number (`16`, `0.5`).
+pub const QUEUE_NUMBER_PATTERN: &str = r"^[0-9]+(\.[0-9]+)?$";
+/// A queue's `memory`: GiB with the `Gi` suffix (`64Gi`, `0.5Gi`).
+pub const QUEUE_MEMORY_PATTERN: &str = r"^[0-9]+(\.[0-9]+)?Gi$";
+
+/// A failing queue listing, for people and alerts.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct QueueListingFailure {
+    /// Why it failed (the reasons of `lastFailure`: `Throttled`, `AuthFailed`, ...).
+    pub reason: String,
+    pub message: String,
+    /// When queue listings started failing (RFC 3339).
+    pub since: String,
 }
 
 /// Mirror writes the Kubernetes API server refused, for people and alerts.

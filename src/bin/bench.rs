@@ -359,6 +359,8 @@ async fn setup(
         .collect();
     for id in &ws_ids {
         sim.state.generate(id, args.clusters, &format!("ray-{id}"));
+        // The product's two default queues: each sync lists them (one ListWorkspaceQueues page).
+        sim.state.set_queues(id, bench_queues());
     }
     let total = n_workspaces * args.clusters;
     let endpoint = sim.base_url().as_str().trim_end_matches('/').to_string();
@@ -473,4 +475,26 @@ async fn watch_mirrors(
         rx,
         tasks,
     })
+}
+
+/// `root_queue` and `dev_queue`, as a new workspace has them.
+fn bench_queues() -> Vec<emr_ray_operator::emr::WorkspaceQueue> {
+    ["root_queue", "dev_queue"]
+        .into_iter()
+        .map(|name| {
+            let r = |cpu: f64| emr_ray_operator::emr::QueueResources {
+                cpu: Some(cpu),
+                memory_gi: Some(cpu * 4.0),
+                gpu: Some(0.0),
+            };
+            emr_ray_operator::emr::WorkspaceQueue {
+                queue_name: Some(name.into()),
+                queue_status: Some("RUNNING".into()),
+                queue_type: Some("instance".into()),
+                max_resource: Some(r(1000.0).to_wire()),
+                used_resource: Some(r(10.0).to_wire()),
+                ..Default::default()
+            }
+        })
+        .collect()
 }

@@ -26,6 +26,7 @@ pub mod mirror;
 pub mod orphans;
 pub mod packed;
 pub mod plan;
+pub mod queues;
 mod series;
 pub mod shard;
 pub mod state;
@@ -399,6 +400,7 @@ async fn sync(ws: &EmrWorkspace, ctx: &Context, st: &mut WorkspaceState) -> Resu
     // Why unhealthy clusters are unhealthy: once per change, retried on its own backoff.
     sync::diagnose(ws, ctx, st, interval).await;
     series::update(ws, ctx, st);
+    queues::update_series(ws, ctx, st);
     if st.may_write(Instant::now()) && !has_departed(ctx, ws) {
         // Refused writes are retried at least once an interval, so that a fixed cause is
         // repaired within one interval.
@@ -549,6 +551,7 @@ fn forget_key(ctx: &Context, k: &str) {
     ctx.metrics.sync_attempts.remove(&l);
     ctx.metrics.sync_duration.remove(&l);
     ctx.metrics.cluster_state.remove(namespace, workspace);
+    queues::remove_series(ctx, namespace, workspace, st.exported_queues.as_deref());
 }
 
 /// Waits until a reflector store has its first complete list. Polls, rather than relying on

@@ -233,6 +233,12 @@ pub struct WorkspaceState {
     pub settled: Option<Settled>,
     /// Why its unhealthy clusters are unhealthy: what `GetRayCluster` gave, and when to ask.
     pub diagnoses: super::diagnose::Diagnoses,
+    /// The queues of the last complete queue listing (`None` before the first).
+    pub queues: Option<Arc<Vec<crate::api::WorkspaceQueueStatus>>>,
+    /// Set while queue listings fail.
+    pub queue_failure: Option<crate::api::QueueListingFailure>,
+    /// The queues as exported in the `queue_resource` metric.
+    pub exported_queues: Option<Arc<Vec<crate::api::WorkspaceQueueStatus>>>,
 }
 
 /// What a plan that needed no write was made from: the same listing (the same `Arc`: a listing

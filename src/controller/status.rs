@@ -49,6 +49,12 @@ pub fn workspace_status(i: &Input<'_>) -> EmrWorkspaceStatus {
             .handled_request
             .clone()
             .or_else(|| i.prev.last_handled_reconcile_at.clone()),
+        // A failed queue listing (or none yet since a restart) keeps the queues shown.
+        queues: st
+            .queues
+            .as_deref()
+            .map_or_else(|| i.prev.queues.clone(), |q| q.clone()),
+        queue_listing_failure: st.queue_failure.clone(),
         ..Default::default()
     };
     match &st.listing {

@@ -38,7 +38,32 @@ pub(super) async fn list_remote(
     ctx.metrics.sync_attempts.get_or_create(&labels).inc();
     st.last_attempt = Some(now_rfc3339());
     match list_workspace(ws, ctx).await {
-        Ok(listing) => {
+        Ok((listing, queue_outcome)) => {
+            let now = now_rfc3339();
+            match super::queues::record(st, queue_outcome, &now) {
+                (Some(message), _) => {
+                    warn!(workspace = %key(ws), "{message}");
+                    publish(
+                        &ctx.recorder,
+                        &ws.object_ref(&()),
+                        EventType::Warning,
+                        "QueueListingFailed",
+                        format!("{message}; status.queues keeps the last complete listing"),
+                    )
+                    .await;
+                }
+                (None, true) => {
+                    publish(
+                        &ctx.recorder,
+                        &ws.object_ref(&()),
+                        EventType::Normal,
+                        "QueueListingRecovered",
+                        "listing the workspace's queues succeeded again".to_string(),
+                    )
+                    .await;
+                }
+                (None, false) => {}
+            }
             if let Some(prev) = st.failure.take() {
                 publish(
                     &ctx.recorder,
@@ -189,8 +214,12 @@ async fn remote_access(
 }
 
 /// Checks the endpoint, resolves the credentials, then lists the workspace within its
-/// namespace's share of the listing slots and of the remote request budget.
-async fn list_workspace(ws: &EmrWorkspace, ctx: &Context) -> Result<Listing, SyncError> {
+/// namespace's share of the listing slots and of the remote request budget; after a complete
+/// cluster listing, its queues (whose failure does not fail the sync: see `queues`).
+async fn list_workspace(
+    ws: &EmrWorkspace,
+    ctx: &Context,
+) -> Result<(Listing, Result<Vec<crate::emr::WorkspaceQueue>, SyncError>), SyncError> {
     let (endpoint, credentials) = remote_access(ws, ctx).await?;
     let ns = ws.namespace().unwrap_or_default();
     let timeout = ctx
@@ -213,8 +242,28 @@ async fn list_workspace(ws: &EmrWorkspace, ctx: &Context) -> Result<Listing, Syn
         )
     })??;
     debug!(workspace = %key(ws), clusters = listing.clusters.len(), requests = listing.requests, "listed");
+    let queues = tokio::time::timeout(
+        timeout,
+        ctx.emr.list_workspace_queues_within(
+            Some(&ns),
+            &endpoint,
+            &ws.spec.workspace_id,
+            &credentials,
+        ),
+    )
+    .await
+    .map_err(|_| {
+        SyncError::from(EmrError::new(
+            crate::emr::ErrorKind::Timeout,
+            format!(
+                "listing the queues did not finish within {}s",
+                ctx.settings.listing_timeout.as_secs()
+            ),
+        ))
+    })
+    .and_then(|r| r.map(|l| l.queues).map_err(SyncError::from));
     let page = ctx.emr.config().page_size.max(1) as usize;
-    Ok(Listing::new(listing.clusters, page))
+    Ok((Listing::new(listing.clusters, page), queues))
 }
 
 /// Plans and performs the mirror writes, and records what the API server refused.

@@ -6,6 +6,7 @@
 //!   and `GetRayCluster` (one cluster's instances) under the same protections;
 //! * [`credentials`]: static, environment and RRSA credentials;
 //! * [`endpoint`]: endpoint resolution; [`redact`]: endpoints without tokens;
+//! * [`queues`]: the `ListWorkspaceQueues` model and its resource quantities;
 //! * [`error`]: classified errors; [`model`]: the response types; [`text`]: every remote
 //!   string cleaned and capped as it is decoded.
 //!
@@ -16,6 +17,7 @@ pub mod credentials;
 pub mod endpoint;
 pub mod error;
 pub mod model;
+pub mod queues;
 pub mod redact;
 pub mod sign;
 pub mod text;
@@ -26,6 +28,9 @@ pub use credentials::{
 };
 pub use error::{EmrError, ErrorKind};
 pub use model::*;
+pub use queues::{
+    ACTION_LIST_WORKSPACE_QUEUES, ListWorkspaceQueuesResponse, QueueResources, WorkspaceQueue,
+};
 
 /// Product API version.
 pub const API_VERSION: &str = "2023-08-08";

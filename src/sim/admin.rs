@@ -3,6 +3,7 @@
 
 use super::{ClusterDetail, Faults, SimState};
 use crate::emr::model::{ClusterState, RayCluster};
+use crate::emr::queues::{QueueResources, WorkspaceQueue};
 use axum::Router;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
@@ -32,6 +33,14 @@ pub(super) fn router() -> Router<SimState> {
             get(admin_get_detail).put(admin_put_detail),
         )
         .route("/workspaces/{ws}/generate", post(admin_generate))
+        .route(
+            "/workspaces/{ws}/queues",
+            get(admin_get_queues).put(admin_put_queues),
+        )
+        .route(
+            "/workspaces/{ws}/queues/{name}/usage",
+            put(admin_put_queue_usage),
+        )
         .route("/faults", get(admin_get_faults).put(admin_put_faults))
         .route("/stats", get(admin_get_stats).delete(admin_delete_stats))
         .route("/access-keys", post(admin_add_key))
@@ -189,4 +198,56 @@ async fn admin_add_key(
         None => st.add_access_key(&k.access_key_id, &k.access_key_secret),
     }
     StatusCode::NO_CONTENT
+}
+
+async fn admin_get_queues(State(st): State<SimState>, Path(ws): Path<String>) -> Response {
+    match st.queues(&ws) {
+        Some(q) => axum::Json(q).into_response(),
+        None => StatusCode::NOT_FOUND.into_response(),
+    }
+}
+
+/// Replaces the workspace's queues (the API's queue objects; resources as JSON strings).
+async fn admin_put_queues(
+    State(st): State<SimState>,
+    Path(ws): Path<String>,
+    axum::Json(queues): axum::Json<Vec<WorkspaceQueue>>,
+) -> StatusCode {
+    st.set_queues(&ws, queues);
+    StatusCode::NO_CONTENT
+}
+
+/// What a queue uses: `{"cpu": 2, "memoryGi": 8, "gpu": 0}` (numbers), or `{"raw": "..."}` to
+/// send any `usedResource` string (hostile values included).
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct UsageRequest {
+    #[serde(default)]
+    cpu: Option<f64>,
+    #[serde(default)]
+    memory_gi: Option<f64>,
+    #[serde(default)]
+    gpu: Option<f64>,
+    #[serde(default)]
+    raw: Option<String>,
+}
+
+async fn admin_put_queue_usage(
+    State(st): State<SimState>,
+    Path((ws, name)): Path<(String, String)>,
+    axum::Json(u): axum::Json<UsageRequest>,
+) -> StatusCode {
+    let used = u.raw.unwrap_or_else(|| {
+        QueueResources {
+            cpu: u.cpu,
+            memory_gi: u.memory_gi,
+            gpu: u.gpu,
+        }
+        .to_wire()
+    });
+    if st.set_queue_usage(&ws, &name, used) {
+        StatusCode::NO_CONTENT
+    } else {
+        StatusCode::NOT_FOUND
+    }
 }

@@ -85,6 +85,7 @@ pub(super) async fn api(State(st): State<SimState>, req: Request) -> Response {
     match &route {
         Route::List(ws) => list_ray_cluster(&st, ws, &query, &faults, &reply),
         Route::Get(ws, id) => get_ray_cluster(&st, ws, id, &faults, &reply),
+        Route::Queues(ws) => super::queues::list_workspace_queues(&st, ws, &query, &faults, &reply),
     }
 }
 
@@ -154,7 +155,7 @@ fn check_signature_and_action(
 }
 
 /// The throttling and server-error faults: the injected failure, if any.
-fn injected_failure(st: &SimState, faults: &Faults, reply: &Reply) -> Option<Response> {
+pub(super) fn injected_failure(st: &SimState, faults: &Faults, reply: &Reply) -> Option<Response> {
     if st.take_throttle() {
         st.bump(|s| s.faults_injected += 1);
         let mut r = reply.error(
@@ -233,15 +234,15 @@ fn list_ray_cluster(
         request_id: Some(reply.request_id.clone()),
         ray_clusters: Some(page),
     };
-    page_body(st, faults, reply, response)
+    page_body(st, faults, reply, &response)
 }
 
 /// The 200 answer, or a truncated or malformed one as the body faults say.
-fn page_body(
+pub(super) fn page_body(
     st: &SimState,
     faults: &Faults,
     reply: &Reply,
-    response: ListRayClusterResponse,
+    response: &impl serde::Serialize,
 ) -> Response {
     body_with_faults(
         st,
@@ -395,14 +396,14 @@ fn json_response(status: u16, request_id: &str, body: Vec<u8>) -> Response {
 }
 
 /// Who an answer is for: every error body names the request ID and the host.
-struct Reply {
+pub(super) struct Reply {
     host: String,
-    request_id: String,
+    pub(super) request_id: String,
 }
 
 impl Reply {
     /// Error body `{"RequestId","HostId","Code","Message","Recommend"}`.
-    fn error(&self, status: u16, code: &str, message: &str) -> Response {
+    pub(super) fn error(&self, status: u16, code: &str, message: &str) -> Response {
         let request_id = &self.request_id;
         let body = serde_json::json!({
             "RequestId": request_id,
@@ -424,23 +425,27 @@ impl Reply {
 /// What an API path asks for, with its decoded path parameters.
 #[derive(Debug, PartialEq)]
 enum Route {
-    /// `/api/v1/workspaces/{ws}/rayCluster`.
+    /// `/api/v1/workspaces/{ws}/rayCluster`: `ListRayCluster`.
     List(String),
-    /// `/api/v1/workspaces/{ws}/rayCluster/{clusterId}`.
+    /// `/api/v1/workspaces/{ws}/rayCluster/{clusterId}`: `GetRayCluster`.
     Get(String, String),
+    /// `/api/v1/workspaces/{ws}/queues`: `ListWorkspaceQueues`.
+    Queues(String),
 }
 
 impl Route {
     fn workspace(&self) -> &str {
         match self {
-            Route::List(ws) | Route::Get(ws, _) => ws,
+            Route::List(ws) | Route::Get(ws, _) | Route::Queues(ws) => ws,
         }
     }
 
+    /// The `x-acs-action` the route answers to.
     fn action(&self) -> &'static str {
         match self {
             Route::List(_) => crate::emr::ACTION_LIST_RAY_CLUSTER,
             Route::Get(..) => crate::emr::ACTION_GET_RAY_CLUSTER,
+            Route::Queues(_) => crate::emr::ACTION_LIST_WORKSPACE_QUEUES,
         }
     }
 }
@@ -452,6 +457,9 @@ fn route(raw_path: &str) -> Option<Route> {
         return None;
     }
     let ws = sign::percent_decode(ws);
+    if rest == "queues" {
+        return Some(Route::Queues(ws));
+    }
     match rest.strip_prefix("rayCluster")? {
         "" => Some(Route::List(ws)),
         id => {
@@ -461,7 +469,7 @@ fn route(raw_path: &str) -> Option<Route> {
     }
 }
 
-fn parse_int_param(
+pub(super) fn parse_int_param(
     query: &[(String, String)],
     name: &str,
     default: i64,
@@ -498,5 +506,10 @@ mod tests {
         assert!(route("/api/v1/workspaces/w-1/rayCluster/").is_none());
         assert!(route("/api/v1/workspaces/w-1/rayCluster/a/b").is_none());
         assert!(route("/api/v1/workspaces/w-1/rayClusters").is_none());
+        assert_eq!(
+            route("/api/v1/workspaces/w-1/queues"),
+            Some(Route::Queues("w-1".into()))
+        );
+        assert!(route("/api/v1/workspaces/w-1/queues/x").is_none());
     }
 }

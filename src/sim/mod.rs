@@ -1,8 +1,9 @@
 //! In-process simulator of the EMR Serverless Spark `ListRayCluster` API
-//! (`shared/reference/list-ray-cluster.md`, `alibaba-openapi.md`) and of `GetRayCluster`
+//! (`shared/reference/list-ray-cluster.md`, `alibaba-openapi.md`), of `GetRayCluster`
 //! (`GET /api/v1/workspaces/{ws}/rayCluster/{clusterId}`, no query parameters, a flat body:
-//! as the official SDK 2.3.0 gives it, see [`detail`]), with signature verification, fault
-//! injection, statistics and an unsigned admin API under `/admin/`.
+//! as the official SDK 2.3.0 gives it, see [`detail`]) and of `ListWorkspaceQueues` (see
+//! [`queues`]), with signature verification, fault injection, statistics and an unsigned admin
+//! API under `/admin/`.
 //!
 //! Behaviour choices where the reference is silent (documented here):
 //! * an unknown workspace answers **404 `InvalidWorkspaceId.NotFound`**: the real service checks
@@ -14,11 +15,12 @@
 //!   400 `InvalidParameter`;
 //! * an unknown path or method answers 404 `InvalidAction.NotFound`;
 //! * `x-acs-version` must be `2023-08-08` (400 `InvalidVersion` otherwise); `x-acs-action`, when
-//!   present, must be the path's action (`ListRayCluster` or `GetRayCluster`);
+//!   present, must be the route's (`ListRayCluster`, `GetRayCluster`, `ListWorkspaceQueues`);
 //! * `GetRayCluster` of an unknown workspace answers 404 `InvalidWorkspaceId.NotFound`, of an
 //!   unknown cluster 404 `InvalidRayClusterId.NotFound` (the reference documents no code; this
 //!   follows the workspace's); the throttling, server-error, truncated and malformed-body
 //!   faults apply to it as to a page;
+//! * `ListWorkspaceQueues` (`GET /api/v1/workspaces/{ws}/queues`): see [`queues`];
 //! * order of checks: route, signature (see [`verify`]), version, faults (throttling, 5xx),
 //!   parameters, workspace, body faults. Latency is added before everything;
 //! * STS `AssumeRoleWithOIDC` (unsigned, `POST /?Action=AssumeRoleWithOIDC...`) issues
@@ -35,7 +37,10 @@
 //! `GET|PUT /admin/workspaces/{ws}/clusters/{id}/detail` (a [`ClusterDetail`]: instances and
 //! the secret fields `GetRayCluster` adds),
 //! `POST /admin/workspaces/{ws}/generate {"count":N,"prefix":"..."}`,
-//! `PUT|DELETE /admin/workspaces/{ws}` (create empty / delete), `GET|PUT /admin/faults`,
+//! `PUT|DELETE /admin/workspaces/{ws}` (create empty / delete),
+//! `GET|PUT /admin/workspaces/{ws}/queues` (the API's queue objects),
+//! `PUT /admin/workspaces/{ws}/queues/{name}/usage {"cpu","memoryGi","gpu"}` or `{"raw":"..."}`,
+//! `GET|PUT /admin/faults`,
 //! `GET|DELETE /admin/stats`, `POST /admin/access-keys {"accessKeyId","accessKeySecret",
 //! "securityToken"?}`.
 
@@ -44,6 +49,7 @@ mod api;
 pub mod detail;
 pub mod generate;
 pub mod oidc;
+pub mod queues;
 mod state;
 pub mod verify;
 

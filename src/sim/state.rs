@@ -6,6 +6,7 @@ use super::oidc::OidcProvider;
 use super::verify::{self, KeyEntry, NonceCache, Received, Rejection};
 use super::{Faults, SimConfig, SimStats, chance, generate};
 use crate::emr::model::{ClusterState, RayCluster};
+use crate::emr::queues::WorkspaceQueue;
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant, SystemTime};
@@ -26,6 +27,8 @@ struct Inner {
     stats: Mutex<StatsInner>,
     /// OIDC providers of STS `AssumeRoleWithOIDC`, by ARN.
     oidc: Mutex<BTreeMap<String, OidcProvider>>,
+    /// Queues of `ListWorkspaceQueues`, by workspace (a workspace exists by `workspaces`).
+    queues: Mutex<BTreeMap<String, Vec<WorkspaceQueue>>>,
 }
 
 /// Shared simulator state; every operation of the admin API is available here.
@@ -46,6 +49,7 @@ impl SimState {
             faults: Mutex::new(Faults::default()),
             stats: Mutex::new(StatsInner::default()),
             oidc: Mutex::new(BTreeMap::new()),
+            queues: Mutex::new(BTreeMap::new()),
         }));
         for (id, secret) in &cfg.access_keys {
             state.add_access_key(id, secret);
@@ -135,9 +139,40 @@ impl SimState {
         lock(&self.0.workspaces).entry(ws.to_string()).or_default();
     }
 
-    /// Deletes a workspace and its clusters.
+    /// Deletes a workspace, its clusters and its queues.
     pub fn remove_workspace(&self, ws: &str) -> bool {
+        lock(&self.0.queues).remove(ws);
         lock(&self.0.workspaces).remove(ws).is_some()
+    }
+
+    /// Replaces the queues of a workspace (creating the workspace if needed).
+    pub fn set_queues(&self, ws: &str, queues: Vec<WorkspaceQueue>) {
+        self.ensure_workspace(ws);
+        lock(&self.0.queues).insert(ws.to_string(), queues);
+    }
+
+    /// The queues of a workspace; `None` when the workspace does not exist.
+    pub fn queues(&self, ws: &str) -> Option<Vec<WorkspaceQueue>> {
+        if !lock(&self.0.workspaces).contains_key(ws) {
+            return None;
+        }
+        Some(lock(&self.0.queues).get(ws).cloned().unwrap_or_default())
+    }
+
+    /// Sets what queue `name` of `ws` uses (the API's `usedResource` string); `false` when there
+    /// is no such queue.
+    pub fn set_queue_usage(&self, ws: &str, name: &str, used_resource: String) -> bool {
+        let mut q = lock(&self.0.queues);
+        match q
+            .get_mut(ws)
+            .and_then(|l| l.iter_mut().find(|q| q.queue_name.as_deref() == Some(name)))
+        {
+            Some(queue) => {
+                queue.used_resource = Some(used_resource);
+                true
+            }
+            None => false,
+        }
     }
 
     /// Workspace IDs with their cluster counts.

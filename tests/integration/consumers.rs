@@ -257,6 +257,24 @@ fn rfc3339_secs(v: &Value) -> f64 {
 async fn kube_state_metrics_serves_workspace_and_mirror_series() {
     let mut env = Env::new("ksm").await;
     let generated = env.sim.state.generate(WS, 2, "ray-ksm");
+    let queue = |name: &str, max: &str, used: &str| emr_ray_operator::emr::WorkspaceQueue {
+        queue_name: Some(name.into()),
+        max_resource: Some(max.into()),
+        used_resource: Some(used.into()),
+        ..Default::default()
+    };
+    env.sim.state.set_queues(
+        WS,
+        vec![
+            queue(
+                "root_queue",
+                r#"{"cpu":"100","memory":"400Gi"}"#,
+                r#"{"cpu":"95.5","memory":"8Gi"}"#,
+            ),
+            // No used cpu: no used series (not a 0).
+            queue("dev_queue", r#"{"cpu":"16"}"#, r#"{"memory":"1Gi"}"#),
+        ],
+    );
     env.sim
         .state
         .set_state(WS, &generated[0], ClusterState::Error);
@@ -383,6 +401,23 @@ async fn kube_state_metrics_serves_workspace_and_mirror_series() {
         Some(remote.len() as f64),
         "kube_emrworkspace_clusters"
     );
+    // Queues: status.queues[] quantities (cores as strings) become one series per queue.
+    for (name, max, used) in [
+        ("root_queue", Some(100.0), Some(95.5)),
+        ("dev_queue", Some(16.0), None),
+    ] {
+        let l = with_labels(&wb, &[("queue", name)]);
+        assert_eq!(
+            s.get("kube_emrworkspace_queue_max_cpu", &l),
+            max,
+            "{name} max cpu"
+        );
+        assert_eq!(
+            s.get("kube_emrworkspace_queue_used_cpu", &l),
+            used,
+            "{name} used cpu"
+        );
+    }
     assert_eq!(
         s.get("kube_emrworkspace_ready_clusters", &with_labels(&wb, &[])),
         Some(by_state.get("Running").copied().unwrap_or(0) as f64),

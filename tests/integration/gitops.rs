@@ -300,6 +300,15 @@ fn exported_metric_names() -> BTreeSet<String> {
     m.count_reconcile_error("StatusWrite");
     m.reconciles.inc();
     m.is_leader.set(1);
+    m.queue_resource
+        .get_or_create(&emr_ray_operator::metrics::QueueLabels {
+            namespace: "ns".into(),
+            workspace: "ws".into(),
+            queue: "q".into(),
+            resource: "cpu".into(),
+            kind: "max".into(),
+        })
+        .set(1.0);
     let text = m.encode();
     let names: BTreeSet<String> = common::parse_metrics(&text)
         .into_iter()
@@ -676,6 +685,10 @@ fn is_numeric_or_time(schema: &Value, path: &[String]) -> bool {
         && path
             .last()
             .is_some_and(|l| l.ends_with("Time") || l.ends_with("Timestamp")))
+        // A string the CRD restricts to a decimal number (a queue's cpu, gpu): kube-state-metrics
+        // parses it (tests/integration/consumers.rs reads such series from a real one).
+        || (schema["type"] == "string"
+            && schema["pattern"] == emr_ray_operator::api::QUEUE_NUMBER_PATTERN)
 }
 
 /// Checks one resource of the config; returns the full metric names it defines.

@@ -1136,10 +1136,10 @@ async fn sync_on_request_lists_once_now() {
         m.status.as_ref().unwrap().state.as_deref() == Some("Stopping")
     })
     .await;
-    // One listing (one page), not a loop: the handled value is remembered. (A bound after the
-    // signal above that the requested sync ran.)
+    // One listing (one page of clusters, one of queues), not a loop: the handled value is
+    // remembered. (A bound after the signal above that the requested sync ran.)
     tokio::time::sleep(Duration::from_secs(3)).await;
-    assert_eq!(env.sim.state.stats().requests - requests, 1);
+    assert_eq!(env.sim.state.stats().requests - requests, 2);
     env.teardown().await;
 }
 

@@ -17,8 +17,10 @@
 //! together; requests and responses are in `request.rs`; about a fifth is unit tests.)
 
 mod inflight;
+mod queues;
 mod request;
 
+pub use queues::{MAX_QUEUE_PAGES, MAX_QUEUES, QueueListing};
 pub(crate) use request::read_body;
 pub use request::{host_header, signed_headers};
 
@@ -167,6 +169,19 @@ pub struct Listing {
     pub request_ids: Vec<String>,
     /// Bytes of the page bodies read.
     pub bytes: usize,
+}
+
+/// What one page request is: for [`EmrClient::fetch`].
+struct Call<'a> {
+    budget: Option<&'a str>,
+    url: &'a url::Url,
+    action: &'static str,
+    /// For messages.
+    workspace_id: &'a str,
+    /// From 1, for messages.
+    page_num: u32,
+    creds: &'a Credentials,
+    deadline: Instant,
 }
 
 struct Inner {
@@ -469,7 +484,7 @@ impl EmrClient {
         ))
     }
 
-    /// One page, with retries.
+    /// One page of `ListRayCluster`, with retries.
     #[allow(clippy::too_many_arguments)]
     async fn fetch_page(
         &self,
@@ -482,11 +497,44 @@ impl EmrClient {
         listing: &mut Listing,
         hold: &mut inflight::Hold,
     ) -> Result<(Vec<RayCluster>, Option<String>), EmrError> {
+        let url = Self::page_url(endpoint, workspace_id, page_num, self.inner.cfg.page_size);
+        let call = Call {
+            budget,
+            url: &url,
+            action: ACTION_LIST_RAY_CLUSTER,
+            workspace_id,
+            page_num,
+            creds,
+            deadline,
+        };
+        let (page, request_id): (crate::emr::ListRayClusterResponse, _) = self
+            .fetch(&call, &mut listing.bytes, &mut listing.requests, hold)
+            .await?;
+        Ok((page.ray_clusters.unwrap_or_default(), request_id))
+    }
+
+    /// One page of any listing, with retries, rate limits and the byte budgets; `bytes` and
+    /// `requests` are the listing's running totals.
+    async fn fetch<P: request::Page>(
+        &self,
+        call: &Call<'_>,
+        bytes: &mut usize,
+        requests: &mut u32,
+        hold: &mut inflight::Hold,
+    ) -> Result<(P, Option<String>), EmrError> {
+        let Call {
+            budget,
+            workspace_id,
+            page_num,
+            creds,
+            deadline,
+            ..
+        } = *call;
         let cfg = &self.inner.cfg;
         let mut attempt = 0u32;
         let mut malformed = 0u32;
         // What this page may still read of the listing's byte budget.
-        let remaining = cfg.max_listing_bytes.saturating_sub(listing.bytes);
+        let remaining = cfg.max_listing_bytes.saturating_sub(*bytes);
         let max_body = cfg.max_body_bytes.min(remaining);
         let listing_too_large = || {
             EmrError::new(
@@ -505,24 +553,20 @@ impl EmrClient {
         loop {
             self.wait_turn(budget, creds).await;
             // This page's largest body, on top of what the listing read so far.
-            if let Err(r) = hold.resize(listing.bytes.saturating_add(max_body)) {
+            if let Err(r) = hold.resize(bytes.saturating_add(max_body)) {
                 return Err(too_much_in_flight(r));
             }
             let started = std::time::Instant::now();
             let result = self
-                .send_once(endpoint, workspace_id, page_num, creds, max_body)
+                .send_once::<P>(call.url, call.action, creds, max_body)
                 .await;
             // Only the bodies kept stay held.
-            let _ = hold.resize(listing.bytes + result.as_ref().map_or(0, |(_, _, b)| *b));
-            listing.requests += 1;
-            let outcome = self.observe(
-                ACTION_LIST_RAY_CLUSTER,
-                started,
-                result.as_ref().map(|_| ()),
-            );
+            let _ = hold.resize(*bytes + result.as_ref().map_or(0, |(_, _, b)| *b));
+            *requests += 1;
+            let outcome = self.observe(call.action, started, result.as_ref().map(|_| ()));
             let err = match result {
-                Ok((page, request_id, bytes)) => {
-                    listing.bytes += bytes;
+                Ok((page, request_id, read)) => {
+                    *bytes += read;
                     return Ok((page, request_id));
                 }
                 // A successful page over what the listing may still read (an error's body
@@ -765,19 +809,14 @@ impl EmrClient {
     }
 
     /// One signed HTTP attempt. The error carries the outcome code for the observer.
-    async fn send_once(
+    async fn send_once<P: request::Page>(
         &self,
-        endpoint: &url::Url,
-        workspace_id: &str,
-        page_num: u32,
+        url: &url::Url,
+        action: &str,
         creds: &Credentials,
         max_body: usize,
-    ) -> Result<(Vec<RayCluster>, Option<String>, usize), (EmrError, String)> {
-        let cfg = &self.inner.cfg;
-        let url = Self::page_url(endpoint, workspace_id, page_num, cfg.page_size);
-        let resp = self
-            .send_signed(&url, creds, ACTION_LIST_RAY_CLUSTER)
-            .await?;
+    ) -> Result<(P, Option<String>, usize), (EmrError, String)> {
+        let resp = self.send_signed(url, creds, action).await?;
         read_response(resp, max_body).await
     }
 }

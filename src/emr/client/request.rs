@@ -3,23 +3,50 @@
 
 use super::{SignatureVersion, parse_retry_after};
 use crate::emr::error::{EmrError, ErrorKind};
-use crate::emr::model::{GetRayClusterResponse, ListRayClusterResponse, RayCluster};
+use crate::emr::model::{GetRayClusterResponse, ListRayClusterResponse};
+use crate::emr::queues::ListWorkspaceQueuesResponse;
 use crate::emr::{API_VERSION, Credentials, sign, text};
 
-/// A response: the page's clusters, request ID and body size, or an error with the outcome
-/// code for the observer.
-pub(super) async fn read_response(
+/// A page type: its request ID and whether it has the field that holds its items (a 200 without
+/// it is malformed).
+pub(super) trait Page: serde::de::DeserializeOwned {
+    fn request_id(&self) -> Option<String>;
+    /// The name of the missing items field, if it is missing.
+    fn missing_items(&self) -> Option<&'static str>;
+}
+
+impl Page for ListRayClusterResponse {
+    fn request_id(&self) -> Option<String> {
+        self.request_id.clone()
+    }
+    fn missing_items(&self) -> Option<&'static str> {
+        self.ray_clusters.is_none().then_some("rayClusters")
+    }
+}
+
+impl Page for ListWorkspaceQueuesResponse {
+    fn request_id(&self) -> Option<String> {
+        self.request_id.clone()
+    }
+    fn missing_items(&self) -> Option<&'static str> {
+        self.queues.is_none().then_some("queues")
+    }
+}
+
+/// A response: the page, its request ID and body size, or an error with the outcome code for
+/// the observer.
+pub(super) async fn read_response<P: Page>(
     resp: reqwest::Response,
     max_body_bytes: usize,
-) -> Result<(Vec<RayCluster>, Option<String>, usize), (EmrError, String)> {
-    let (page, header_request_id, len, status): (ListRayClusterResponse, _, _, _) =
+) -> Result<(P, Option<String>, usize), (EmrError, String)> {
+    let (page, header_request_id, len, status): (P, _, _, _) =
         read_json(resp, max_body_bytes).await?;
-    let request_id = page.request_id.clone().or(header_request_id);
-    match page.ray_clusters {
-        Some(c) => Ok((c, request_id, len)),
-        None => Err(malformed(
+    let request_id = page.request_id().or(header_request_id);
+    match page.missing_items() {
+        None => Ok((page, request_id, len)),
+        Some(field) => Err(malformed(
             status,
-            "response has no rayClusters field".to_string(),
+            format!("response has no {field} field"),
             request_id,
         )),
     }
