@@ -47,14 +47,20 @@ pub(super) async fn api(State(st): State<SimState>, req: Request) -> Response {
         return sts_assume_role_with_oidc(&st, &body, &reply);
     }
 
+    let routed = route_workspace(&raw_path)
+        .map(|ws| (ws, crate::emr::ACTION_LIST_RAY_CLUSTER))
+        .or_else(|| super::jobs::route(&raw_path).map(|ws| (ws, crate::emr::ACTION_LIST_RAY_JOB)))
+        .filter(|_| method == "GET");
+    let action = routed.as_ref().map(|(_, a)| *a);
     let faults = st.faults();
+    let faulty = action.is_none_or(|a| faults.apply_to(a));
+    let faults = if faulty { faults } else { Faults::default() };
     if faults.latency_ms > 0 {
         tokio::time::sleep(Duration::from_millis(faults.latency_ms)).await;
     }
 
-    let ws = route_workspace(&raw_path).filter(|_| method == "GET");
-    st.count_request(ws.as_deref());
-    let Some(ws) = ws else {
+    st.count_request(routed.as_ref().map(|(ws, _)| ws.as_str()), action);
+    let Some((ws, action)) = routed else {
         return reply.error(
             404,
             "InvalidAction.NotFound",
@@ -70,13 +76,43 @@ pub(super) async fn api(State(st): State<SimState>, req: Request) -> Response {
         headers: &headers,
         body: &body,
     };
-    if let Some(refused) = check_signature_and_action(&st, &received, &reply) {
+    if let Some(refused) = check_signature_and_action(&st, &received, action, &reply) {
         return refused;
     }
-    if let Some(failure) = injected_failure(&st, &faults, &reply) {
+    if faulty && let Some(failure) = injected_failure(&st, &faults, &reply) {
         return failure;
     }
+    if action == crate::emr::ACTION_LIST_RAY_JOB {
+        return list_ray_job(&st, &ws, &query, &faults, &reply);
+    }
     list_ray_cluster(&st, &ws, &query, &faults, &reply)
+}
+
+/// `ListRayJob`: parameters, workspace, then the page with the body faults.
+fn list_ray_job(
+    st: &SimState,
+    ws: &str,
+    query: &[(String, String)],
+    faults: &Faults,
+    reply: &Reply,
+) -> Response {
+    let q = match super::jobs::JobQuery::parse(query) {
+        Ok(q) => q,
+        Err(m) => return reply.error(400, "InvalidParameter", &m),
+    };
+    if !st.has_workspace(ws) {
+        return reply.error(
+            404,
+            "InvalidWorkspaceId.NotFound",
+            &format!("The specified workspace {ws} does not exist."),
+        );
+    }
+    let mut page = super::jobs::page(&st.jobs(ws), &q, faults);
+    if q.page_num > 1 && (faults.repeat_page || faults.end_early) {
+        st.bump(|s| s.faults_injected += 1);
+    }
+    page.request_id = Some(reply.request_id.clone());
+    page_body(st, faults, reply, &page)
 }
 
 /// Signature (see [`super::verify`]), then `x-acs-version` and `x-acs-action`: the refusal, if
@@ -84,6 +120,7 @@ pub(super) async fn api(State(st): State<SimState>, req: Request) -> Response {
 fn check_signature_and_action(
     st: &SimState,
     received: &Received<'_>,
+    expected: &str,
     reply: &Reply,
 ) -> Option<Response> {
     if let Err(r) = st.verify(received) {
@@ -111,7 +148,7 @@ fn check_signature_and_action(
         }
     }
     if let Some(action) = header("x-acs-action")
-        && action != crate::emr::ACTION_LIST_RAY_CLUSTER
+        && action != expected
     {
         return Some(reply.error(
             404,
@@ -202,7 +239,7 @@ fn list_ray_cluster(
         request_id: Some(reply.request_id.clone()),
         ray_clusters: Some(page),
     };
-    page_body(st, faults, reply, response)
+    page_body(st, faults, reply, &response)
 }
 
 /// The 200 answer, or a truncated or malformed one as the body faults say.
@@ -210,10 +247,10 @@ fn page_body(
     st: &SimState,
     faults: &Faults,
     reply: &Reply,
-    response: ListRayClusterResponse,
+    response: &impl serde::Serialize,
 ) -> Response {
     let request_id = &reply.request_id;
-    let mut bytes = serde_json::to_vec(&response).unwrap_or_default();
+    let mut bytes = serde_json::to_vec(response).unwrap_or_default();
     if chance(faults.truncated_body_rate) {
         st.bump(|s| s.faults_injected += 1);
         bytes.truncate(bytes.len() / 2);
@@ -391,7 +428,7 @@ fn route_workspace(raw_path: &str) -> Option<String> {
     Some(sign::percent_decode(ws))
 }
 
-fn parse_int_param(
+pub(super) fn parse_int_param(
     query: &[(String, String)],
     name: &str,
     default: i64,

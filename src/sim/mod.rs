@@ -22,18 +22,24 @@
 //!   404 `EntityNotExist.OIDCProvider`, a token that fails 400 `AuthenticationFail.OIDCToken.Invalid`.
 //!   With none registered any non-empty token is accepted.
 //!
+//! * `ListRayJob` (`GET /api/v1/workspaces/{ws}/rayJob`) is answered as the official SDK calls
+//!   it: see [`jobs`]; `x-acs-action`, when present, must name the route's action.
+//!
 //! Admin API (unsigned, JSON):
 //! `GET /admin/workspaces`, `GET|POST /admin/workspaces/{ws}/clusters`,
 //! `PUT|DELETE /admin/workspaces/{ws}/clusters/{id}`,
 //! `PUT /admin/workspaces/{ws}/clusters/{id}/state {"state":"Stopped"}`,
 //! `POST /admin/workspaces/{ws}/generate {"count":N,"prefix":"..."}`,
 //! `PUT|DELETE /admin/workspaces/{ws}` (create empty / delete), `GET|PUT /admin/faults`,
-//! `GET|DELETE /admin/stats`, `POST /admin/access-keys {"accessKeyId","accessKeySecret",
+//! `GET|DELETE /admin/stats`, `GET|POST /admin/workspaces/{ws}/jobs` (a job in the SDK's
+//! field names, plus an optional `taskBizId`), `PUT|DELETE /admin/workspaces/{ws}/jobs/{id}`,
+//! `POST /admin/workspaces/{ws}/generate-jobs {"count":N,"prefix":"..","spreadSecs":S}`, `POST /admin/access-keys {"accessKeyId","accessKeySecret",
 //! "securityToken"?}`.
 
 mod admin;
 mod api;
 pub mod generate;
+pub mod jobs;
 pub mod oidc;
 mod state;
 pub mod verify;
@@ -129,6 +135,17 @@ pub struct Faults {
     /// After page 1, return an empty page although more exist.
     #[serde(alias = "end_early")]
     pub end_early: bool,
+    /// When set, every fault above applies only to requests of this action (`ListRayCluster`,
+    /// `ListRayJob`); the others are answered normally.
+    #[serde(alias = "only_action", skip_serializing_if = "Option::is_none")]
+    pub only_action: Option<String>,
+}
+
+impl Faults {
+    /// Whether these faults apply to a request of `action`.
+    pub fn apply_to(&self, action: &str) -> bool {
+        self.only_action.as_deref().is_none_or(|a| a == action)
+    }
 }
 
 #[derive(Clone, Debug, Default, Serialize)]
@@ -137,6 +154,8 @@ pub struct SimStats {
     /// API requests (admin excluded), whatever their outcome.
     pub requests: u64,
     pub by_workspace: BTreeMap<String, u64>,
+    /// API requests per routed action (`ListRayCluster`, `ListRayJob`).
+    pub by_action: BTreeMap<String, u64>,
     /// Genuine 200 listings.
     pub ok: u64,
     /// Rejected by signature / key / token / time / nonce checks.

@@ -17,6 +17,8 @@ struct StatsInner {
 
 struct Inner {
     workspaces: Mutex<BTreeMap<String, Vec<RayCluster>>>,
+    /// Ray jobs by workspace (see [`super::jobs`]).
+    jobs: Mutex<BTreeMap<String, Vec<super::jobs::SimJob>>>,
     keys: Mutex<HashMap<String, KeyEntry>>,
     nonces: Mutex<NonceCache>,
     faults: Mutex<Faults>,
@@ -37,6 +39,7 @@ impl SimState {
     pub fn new(cfg: &SimConfig) -> Self {
         let state = SimState(Arc::new(Inner {
             workspaces: Mutex::new(cfg.workspaces.clone()),
+            jobs: Mutex::new(BTreeMap::new()),
             keys: Mutex::new(HashMap::new()),
             nonces: Mutex::new(NonceCache::default()),
             faults: Mutex::new(Faults::default()),
@@ -105,9 +108,19 @@ impl SimState {
         lock(&self.0.workspaces).entry(ws.to_string()).or_default();
     }
 
-    /// Deletes a workspace and its clusters.
+    /// Deletes a workspace, its clusters and its jobs.
     pub fn remove_workspace(&self, ws: &str) -> bool {
+        lock(&self.0.jobs).remove(ws);
         lock(&self.0.workspaces).remove(ws).is_some()
+    }
+
+    /// Whether workspace `ws` exists.
+    pub fn has_workspace(&self, ws: &str) -> bool {
+        lock(&self.0.workspaces).contains_key(ws)
+    }
+
+    pub(super) fn jobs_lock(&self) -> MutexGuard<'_, BTreeMap<String, Vec<super::jobs::SimJob>>> {
+        lock(&self.0.jobs)
     }
 
     /// Workspace IDs with their cluster counts.
@@ -205,10 +218,13 @@ impl SimState {
         lock(&self.0.keys).get(id).cloned()
     }
 
-    pub(super) fn count_request(&self, ws: Option<&str>) {
+    pub(super) fn count_request(&self, ws: Option<&str>, action: Option<&str>) {
         let now = Instant::now();
         let mut s = lock(&self.0.stats);
         s.stats.requests += 1;
+        if let Some(action) = action {
+            *s.stats.by_action.entry(action.to_string()).or_default() += 1;
+        }
         if let Some(ws) = ws {
             *s.stats.by_workspace.entry(ws.to_string()).or_default() += 1;
         }

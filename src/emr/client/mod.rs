@@ -16,13 +16,16 @@
 //! together; requests and responses are in `request.rs`; about a fifth is unit tests.)
 
 mod inflight;
+mod jobs;
 mod request;
+
+pub use jobs::JobListing;
 
 pub(crate) use request::read_body;
 pub use request::{host_header, signed_headers};
 
 use super::error::{EmrError, ErrorKind};
-use super::model::RayCluster;
+use super::model::{ListRayClusterResponse, RayCluster};
 use super::sign;
 use super::{ACTION_LIST_RAY_CLUSTER, Credentials};
 use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
@@ -151,6 +154,13 @@ pub struct RequestOutcome {
     pub code: String,
     pub http_status: Option<u16>,
     pub duration: Duration,
+}
+
+/// What a listing has spent so far (requests and body bytes), kept across its pages.
+#[derive(Clone, Copy, Debug, Default)]
+struct Progress {
+    requests: u32,
+    bytes: usize,
 }
 
 /// A complete listing of one workspace.
@@ -393,18 +403,27 @@ impl EmrClient {
         let mut seen: HashSet<String> = HashSet::new();
         let mut hold = self.inner.in_flight.hold(budget);
         for page_num in 1..=cfg.max_pages {
-            let (page, request_id) = self
-                .fetch_page(
+            let url = Self::page_url(endpoint, workspace_id, page_num, cfg.page_size);
+            let mut progress = Progress {
+                requests: listing.requests,
+                bytes: listing.bytes,
+            };
+            let result = self
+                .fetch_page::<ListRayClusterResponse>(
                     budget,
-                    endpoint,
+                    &url,
+                    ACTION_LIST_RAY_CLUSTER,
                     workspace_id,
                     page_num,
                     creds,
                     deadline,
-                    listing,
+                    &mut progress,
                     &mut hold,
                 )
-                .await?;
+                .await;
+            (listing.requests, listing.bytes) = (progress.requests, progress.bytes);
+            let (page, request_id) = result?;
+            let page = page.ray_clusters.unwrap_or_default();
             listing.pages = page_num;
             if let Some(id) = request_id.clone() {
                 listing.request_ids.push(id);
@@ -466,19 +485,20 @@ impl EmrClient {
         ))
     }
 
-    /// One page, with retries.
+    /// One page at `url`, with retries.
     #[allow(clippy::too_many_arguments)]
-    async fn fetch_page(
+    async fn fetch_page<P: request::Page>(
         &self,
         budget: Option<&str>,
-        endpoint: &url::Url,
+        url: &url::Url,
+        action: &str,
         workspace_id: &str,
         page_num: u32,
         creds: &Credentials,
         deadline: Instant,
-        listing: &mut Listing,
+        listing: &mut Progress,
         hold: &mut inflight::Hold,
-    ) -> Result<(Vec<RayCluster>, Option<String>), EmrError> {
+    ) -> Result<(P, Option<String>), EmrError> {
         let cfg = &self.inner.cfg;
         let mut attempt = 0u32;
         let mut malformed = 0u32;
@@ -521,9 +541,7 @@ impl EmrClient {
                 return Err(too_much_in_flight(r));
             }
             let started = std::time::Instant::now();
-            let result = self
-                .send_once(endpoint, workspace_id, page_num, creds, max_body)
-                .await;
+            let result = self.send_once::<P>(url, action, creds, max_body).await;
             // Only the bodies kept stay held.
             let _ = hold.resize(listing.bytes + result.as_ref().map_or(0, |(_, _, b)| *b));
             listing.requests += 1;
@@ -615,24 +633,15 @@ impl EmrClient {
     }
 
     /// One signed HTTP attempt. The error carries the outcome code for the observer.
-    async fn send_once(
+    async fn send_once<P: request::Page>(
         &self,
-        endpoint: &url::Url,
-        workspace_id: &str,
-        page_num: u32,
+        url: &url::Url,
+        action: &str,
         creds: &Credentials,
         max_body: usize,
-    ) -> Result<(Vec<RayCluster>, Option<String>, usize), (EmrError, String)> {
+    ) -> Result<(P, Option<String>, usize), (EmrError, String)> {
         let cfg = &self.inner.cfg;
-        let url = Self::page_url(endpoint, workspace_id, page_num, cfg.page_size);
-        let headers = signed_headers(
-            cfg.signature,
-            "GET",
-            &url,
-            &cfg.user_agent,
-            creds,
-            ACTION_LIST_RAY_CLUSTER,
-        );
+        let headers = signed_headers(cfg.signature, "GET", url, &cfg.user_agent, creds, action);
         let mut req = self
             .inner
             .http

@@ -3,15 +3,44 @@
 
 use super::{SignatureVersion, parse_retry_after};
 use crate::emr::error::{EmrError, ErrorKind};
-use crate::emr::model::{ListRayClusterResponse, RayCluster};
+use crate::emr::job::ListRayJobResponse;
+use crate::emr::model::ListRayClusterResponse;
 use crate::emr::{API_VERSION, Credentials, sign, text};
 
-/// A response: the page's clusters, request ID and body size, or an error with the outcome
-/// code for the observer.
-pub(super) async fn read_response(
+/// A decoded page of a listing: where its request ID is, and whether it has its items field.
+pub(super) trait Page: serde::de::DeserializeOwned {
+    /// The name of the items field, for messages (`rayClusters`, `rayJobs`).
+    const ITEMS: &'static str;
+    fn request_id(&self) -> Option<String>;
+    fn has_items(&self) -> bool;
+}
+
+impl Page for ListRayClusterResponse {
+    const ITEMS: &'static str = "rayClusters";
+    fn request_id(&self) -> Option<String> {
+        self.request_id.clone()
+    }
+    fn has_items(&self) -> bool {
+        self.ray_clusters.is_some()
+    }
+}
+
+impl Page for ListRayJobResponse {
+    const ITEMS: &'static str = "rayJobs";
+    fn request_id(&self) -> Option<String> {
+        self.request_id.clone()
+    }
+    fn has_items(&self) -> bool {
+        self.ray_jobs.is_some()
+    }
+}
+
+/// A response: the decoded page (its items field present), request ID and body size, or an
+/// error with the outcome code for the observer.
+pub(super) async fn read_response<P: Page>(
     resp: reqwest::Response,
     max_body_bytes: usize,
-) -> Result<(Vec<RayCluster>, Option<String>, usize), (EmrError, String)> {
+) -> Result<(P, Option<String>, usize), (EmrError, String)> {
     let status = resp.status().as_u16();
     // Cleaned and capped here, like every remote string (`text`).
     let header_request_id = resp
@@ -38,7 +67,7 @@ pub(super) async fn read_response(
             "malformed".to_string(),
         )
     };
-    let page: ListRayClusterResponse = serde_json::from_slice(&body).map_err(|e| {
+    let page: P = serde_json::from_slice(&body).map_err(|e| {
         malformed(
             format!(
                 "response body is not the expected JSON: {}",
@@ -47,13 +76,14 @@ pub(super) async fn read_response(
             header_request_id.clone(),
         )
     })?;
-    let request_id = page.request_id.clone().or(header_request_id);
-    match page.ray_clusters {
-        Some(c) => Ok((c, request_id, body.len())),
-        None => Err(malformed(
-            "response has no rayClusters field".to_string(),
+    let request_id = page.request_id().or(header_request_id);
+    if page.has_items() {
+        Ok((page, request_id, body.len()))
+    } else {
+        Err(malformed(
+            format!("response has no {} field", P::ITEMS),
             request_id,
-        )),
+        ))
     }
 }
 
