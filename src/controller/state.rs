@@ -222,6 +222,8 @@ pub struct WorkspaceState {
     pub adopted: bool,
     /// The inputs of the last plan that found nothing to write and nothing to report.
     pub settled: Option<Settled>,
+    /// The job mirrors (`spec.jobs`).
+    pub jobs: super::jobs::JobsState,
 }
 
 /// What a plan that needed no write was made from: the same listing (the same `Arc`: a listing

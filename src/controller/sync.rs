@@ -38,7 +38,14 @@ pub(super) async fn list_remote(
     ctx.metrics.sync_attempts.get_or_create(&labels).inc();
     st.last_attempt = Some(now_rfc3339());
     match list_workspace(ws, ctx).await {
-        Ok(listing) => {
+        Ok((listing, jobs)) => {
+            if let Some((retention, result)) = jobs {
+                if let Err(e) = &result {
+                    let reason = e.reason();
+                    warn!(workspace = %key(ws), %reason, error = %e, "remote job listing failed");
+                }
+                super::jobs::record(st, retention, result, &now_rfc3339());
+            }
             if let Some(prev) = st.failure.take() {
                 publish(
                     &ctx.recorder,
@@ -107,7 +114,14 @@ pub(super) async fn list_remote(
 
 /// Checks the endpoint, resolves the credentials, then lists the workspace within its
 /// namespace's share of the listing slots and of the remote request budget.
-async fn list_workspace(ws: &EmrWorkspace, ctx: &Context) -> Result<Listing, SyncError> {
+/// The job listing of a round (`spec.jobs.enabled`): the retention and the listing or why it
+/// failed.
+type JobRound = Option<(Interval, super::jobs::JobResult)>;
+
+async fn list_workspace(
+    ws: &EmrWorkspace,
+    ctx: &Context,
+) -> Result<(Listing, JobRound), SyncError> {
     let endpoint = crate::emr::endpoint::resolve(
         &ws.spec.region_id,
         ws.spec.network == EndpointNetwork::Vpc,
@@ -149,7 +163,52 @@ async fn list_workspace(ws: &EmrWorkspace, ctx: &Context) -> Result<Listing, Syn
     })??;
     debug!(workspace = %key(ws), clusters = listing.clusters.len(), requests = listing.requests, "listed");
     let page = ctx.emr.config().page_size.max(1) as usize;
-    Ok(Listing::new(listing.clusters, page))
+    let jobs = match ws.spec.jobs_enabled() {
+        None => None,
+        Some(spec) => Some(match spec.retention() {
+            Err(e) => (
+                crate::api::Interval::from_secs(0),
+                Err(SyncError::local(
+                    Reason::InvalidSpec,
+                    format!("jobs.retention: {e}"),
+                )),
+            ),
+            Ok(retention) => {
+                let window = crate::emr::SubmitWindow::last(
+                    retention.as_duration(),
+                    jiff::Timestamp::now().as_millisecond(),
+                );
+                let listed = tokio::time::timeout(
+                    timeout,
+                    ctx.emr.list_ray_jobs(
+                        Some(&ns),
+                        &endpoint,
+                        &ws.spec.workspace_id,
+                        &credentials,
+                        window,
+                        ctx.settings.max_jobs_per_workspace,
+                    ),
+                )
+                .await
+                .map_err(|_| {
+                    EmrError::new(
+                        crate::emr::ErrorKind::Timeout,
+                        format!(
+                            "job listing did not finish within {}s",
+                            ctx.settings.listing_timeout.as_secs()
+                        ),
+                    )
+                })
+                .and_then(|r| r)
+                .map_err(SyncError::from);
+                if let Ok(l) = &listed {
+                    debug!(workspace = %key(ws), jobs = l.jobs.len(), requests = l.requests, "listed jobs");
+                }
+                (retention, listed)
+            }
+        }),
+    };
+    Ok((Listing::new(listing.clusters, page), jobs))
 }
 
 /// Plans and performs the mirror writes, and records what the API server refused.
