@@ -16,6 +16,7 @@ mod emr_client;
 mod emr_sim;
 mod gitops;
 mod hostile;
+mod jobs;
 mod metrics_security;
 mod operator;
 mod release;
