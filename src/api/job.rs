@@ -70,7 +70,8 @@ pub struct WorkspaceJobsStatus {
     /// eight count as `Other`).
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub by_state: BTreeMap<String, i64>,
-    /// Last time a complete job listing succeeded (RFC 3339).
+    /// Last time a complete job listing succeeded (RFC 3339; like the sync times, written at
+    /// most every `--status-heartbeat` when nothing else changed).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_successful_list_time: Option<String>,
     /// Why the latest job listing failed (`Throttled`, `IncompleteListing`, `TooManyJobs`, …);

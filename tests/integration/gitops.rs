@@ -287,6 +287,8 @@ fn exported_metric_names() -> BTreeSet<String> {
     m.last_success.get_or_create(&ws).set(1.0);
     m.workspace_clusters.get_or_create(&ws).set(1);
     m.workspace_ready.get_or_create(&ws).set(1);
+    m.workspace_jobs.get_or_create(&ws).set(3);
+    m.workspace_jobs_failed.get_or_create(&ws).set(1);
     m.workspace_mirrors_unwritten.get_or_create(&ws).set(0);
     m.workspace_suspended.get_or_create(&ws).set(0);
     m.count_write("emrrayclusters", "apply");

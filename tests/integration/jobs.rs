@@ -81,10 +81,21 @@ async fn wait_jobs_status<F>(env: &Env, ws: &str, what: &str, pred: F) -> Worksp
 where
     F: Fn(&WorkspaceJobsStatus) -> bool,
 {
-    common::wait_for(ONE_INTERVAL, what, || async {
-        env.status(ws).await.jobs.filter(|j| pred(j))
-    })
-    .await
+    let deadline = std::time::Instant::now() + ONE_INTERVAL;
+    loop {
+        let st = env.status(ws).await;
+        if let Some(j) = st.jobs.clone().filter(|j| pred(j)) {
+            return j;
+        }
+        if std::time::Instant::now() > deadline {
+            panic!(
+                "timed out waiting for {what}: status {st:?}; simulator {:?}",
+                env.sim.state.stats()
+            );
+        }
+        // A bound between polls, not a signal: the status is what is waited for.
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
 }
 
 fn state_of(m: &EmrRayJob) -> Option<&str> {
@@ -221,15 +232,21 @@ async fn jobs_are_mirrored_updated_pruned_and_never_pruned_by_a_bad_listing() {
         "{text}"
     );
 
-    // Steady state: a sync with nothing changed writes no job mirror.
+    // Steady state: a sync with nothing changed writes no job mirror and no workspace status.
     env.wait_next_sync(0, "prod", ONE_INTERVAL).await;
     let writes = env.operators[0].writes_to("emrrayjobs");
+    let status_writes = env.operators[0].writes_to("emrworkspaces");
     env.wait_next_sync(0, "prod", ONE_INTERVAL).await;
     env.wait_next_sync(0, "prod", ONE_INTERVAL).await;
     assert_eq!(
         env.operators[0].writes_to("emrrayjobs"),
         writes,
         "steady state wrote job mirrors"
+    );
+    assert_eq!(
+        env.operators[0].writes_to("emrworkspaces"),
+        status_writes,
+        "steady state wrote the workspace status"
     );
 
     // A job's change reaches its mirror.
@@ -273,9 +290,10 @@ async fn jobs_are_mirrored_updated_pruned_and_never_pruned_by_a_bad_listing() {
     });
     env.sim.state.remove_job(WS, "raysubmit_bad");
     let js = wait_jobs_status(&env, "prod", "job listing failure in status", |j| {
-        j.reason.as_deref() == Some("RemoteUnavailable")
+        j.reason.is_some()
     })
     .await;
+    assert_eq!(js.reason.as_deref(), Some("RemoteUnavailable"), "{js:?}");
     assert_eq!(
         js.total,
         Some(2),
@@ -316,10 +334,11 @@ async fn jobs_are_mirrored_updated_pruned_and_never_pruned_by_a_bad_listing() {
         ..Default::default()
     });
     env.sim.state.remove_job(WS, "raysubmit_bad");
-    wait_jobs_status(&env, "prod", "partial job listing in status", |j| {
-        j.reason.as_deref() == Some("IncompleteListing")
+    let js = wait_jobs_status(&env, "prod", "partial job listing in status", |j| {
+        j.reason.is_some()
     })
     .await;
+    assert_eq!(js.reason.as_deref(), Some("IncompleteListing"), "{js:?}");
     env.wait_next_sync(0, "prod", ONE_INTERVAL).await;
     assert_eq!(
         job_mirrors(&env).await.len(),
