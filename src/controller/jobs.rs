@@ -413,6 +413,11 @@ pub async fn write_jobs(ws: &EmrWorkspace, ctx: &Context, st: &mut WorkspaceStat
     let owner = Owner::of(ws, shard);
     let existing = match list_existing(ctx, &owner).await {
         Ok(e) => e,
+        // No EmrRayJob CRD installed (older CRDs): there is no job mirror to delete.
+        Err(kube::Error::Api(e)) if e.code == 404 && !enabled => {
+            st.jobs.cleaned = true;
+            return;
+        }
         Err(e) => {
             warn!(workspace = %key(ws), error = %e, "listing the workspace's job mirrors failed; retrying next round");
             return;
