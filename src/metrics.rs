@@ -178,6 +178,10 @@ pub struct Metrics {
     pub workspace_ready: Family<WorkspaceLabels, Gauge>,
     pub workspace_mirrors_unwritten: Family<WorkspaceLabels, Gauge>,
     pub workspace_suspended: Family<WorkspaceLabels, Gauge>,
+    /// Ray jobs in the retention window (last complete job listing), for `spec.jobs`.
+    pub workspace_jobs: Family<WorkspaceLabels, Gauge>,
+    /// Of those, `Failed` or `Timeout`.
+    pub workspace_jobs_failed: Family<WorkspaceLabels, Gauge>,
     pub kube_writes: Family<WriteLabels, Counter>,
     pub kube_write_refusals: Family<RefusalLabels, Counter>,
     pub reconcile_errors: Family<ErrorLabels, Counter>,
@@ -224,6 +228,8 @@ impl Default for Metrics {
             workspace_ready: Family::default(),
             workspace_mirrors_unwritten: Family::default(),
             workspace_suspended: Family::default(),
+            workspace_jobs: Family::default(),
+            workspace_jobs_failed: Family::default(),
             kube_writes: Family::default(),
             kube_write_refusals: Family::default(),
             reconcile_errors: Family::default(),
@@ -289,6 +295,18 @@ impl Metrics {
             "workspace_suspended",
             "1 while the workspace has spec.suspend set (its alerts are silenced on purpose)",
             m.workspace_suspended.clone(),
+        );
+        registry.register(
+            "workspace_jobs",
+            "Ray jobs in the retention window at the last complete job listing, per workspace \
+             with spec.jobs.enabled",
+            m.workspace_jobs.clone(),
+        );
+        registry.register(
+            "workspace_jobs_failed",
+            "Ray jobs Failed or Timeout in the retention window at the last complete job \
+             listing, per workspace with spec.jobs.enabled",
+            m.workspace_jobs_failed.clone(),
         );
         registry.register(
             "kube_writes",

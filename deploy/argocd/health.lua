@@ -1,6 +1,7 @@
--- Argo CD health check for emr.aliyun.io EmrWorkspace and EmrRayCluster.
--- Register it in argocd-cm as resource.customizations.health.emr.aliyun.io_EmrWorkspace and
--- resource.customizations.health.emr.aliyun.io_EmrRayCluster (see argocd-cm-patch.yaml).
+-- Argo CD health check for emr.aliyun.io EmrWorkspace, EmrRayCluster and EmrRayJob.
+-- Register it in argocd-cm as resource.customizations.health.emr.aliyun.io_EmrWorkspace,
+-- resource.customizations.health.emr.aliyun.io_EmrRayCluster and
+-- resource.customizations.health.emr.aliyun.io_EmrRayJob (see argocd-cm-patch.yaml).
 --
 -- Order of the checks:
 --   no status yet                        -> Progressing
@@ -8,10 +9,12 @@
 --   status.gone (EmrRayCluster)          -> Degraded (the remote cluster no longer exists and
 --                                           goneClusterPolicy is Keep: someone should look)
 --   status.observedGeneration < generation -> Progressing
---   Stalled=True                         -> Degraded
---   Ready=True                           -> Healthy
---   Reconciling=True                     -> Progressing
+--   Stalled=True                         -> Degraded (a Failed or Timeout EmrRayJob too)
+--   Ready=True                           -> Healthy (a Succeeded EmrRayJob too)
+--   Reconciling=True                     -> Progressing (a Submitted, Pending, Running or
+--                                           Cancelling EmrRayJob too)
 --   status.state Stopped (EmrRayCluster) -> Suspended
+--   status.state Cancelled (EmrRayJob)   -> Suspended (cancelled on purpose: final, not failed)
 --   anything else                        -> Progressing
 local hs = {}
 
@@ -103,6 +106,12 @@ end
 if status.state == "Stopped" then
   hs.status = "Suspended"
   hs.message = describe(ready, "Ray cluster is Stopped")
+  return hs
+end
+
+if obj.kind == "EmrRayJob" and status.state == "Cancelled" then
+  hs.status = "Suspended"
+  hs.message = describe(ready, "Ray job was cancelled")
   return hs
 end
 

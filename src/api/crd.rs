@@ -10,6 +10,7 @@ use serde::{Deserialize, Serialize};
 
 use super::credentials::{EmrClusterCredentials, WorkspaceCredentials};
 use super::duration::{DurationError, Interval};
+use super::job::{EmrRayJob, WorkspaceJobs, WorkspaceJobsStatus};
 
 pub const GROUP: &str = "emr.aliyun.io";
 pub const VERSION: &str = "v1alpha1";
@@ -55,6 +56,12 @@ pub const DEFAULT_SYNC_INTERVAL: &str = "60s";
     printcolumn(name = "Workspace", type_ = "string", json_path = ".spec.workspaceId"),
     printcolumn(name = "Region", type_ = "string", json_path = ".spec.regionId"),
     printcolumn(name = "Clusters", type_ = "integer", json_path = ".status.clusters"),
+    printcolumn(
+        name = "Jobs",
+        type_ = "integer",
+        priority = "1",
+        json_path = ".status.jobs.total"
+    ),
     printcolumn(
         name = "Ready",
         type_ = "string",
@@ -118,6 +125,9 @@ pub struct EmrWorkspaceSpec {
     /// `Delete` (default) removes it, `Keep` keeps it with `status.gone: true`.
     #[serde(default)]
     pub gone_cluster_policy: GoneClusterPolicy,
+    /// Mirror the workspace's Ray jobs as `EmrRayJob`s (opt-in; see `WorkspaceJobs`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub jobs: Option<WorkspaceJobs>,
 }
 
 #[derive(Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, JsonSchema)]
@@ -136,6 +146,11 @@ pub enum GoneClusterPolicy {
 }
 
 impl EmrWorkspaceSpec {
+    /// `spec.jobs` when it enables job mirrors.
+    pub fn jobs_enabled(&self) -> Option<&WorkspaceJobs> {
+        self.jobs.as_ref().filter(|j| j.enabled)
+    }
+
     /// `syncInterval` as an [`Interval`]: `Ok(None)` when unset (the operator's default
     /// applies); an error when it does not parse (admission normally prevents that).
     pub fn sync_interval(&self) -> Result<Option<Interval>, DurationError> {
@@ -223,6 +238,10 @@ pub struct EmrWorkspaceStatus {
     /// written as desired.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_write_failure: Option<WriteFailure>,
+    /// The job mirrors (`spec.jobs.enabled`): counts of the last complete job listing, and why
+    /// the latest one failed, if it did.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub jobs: Option<WorkspaceJobsStatus>,
     /// The workspace's resource queues (`ListWorkspaceQueues`) from the last complete queue
     /// listing, by name (at most 64). Quantities are Kubernetes quantities: `cpu` in cores
     /// (`16`, `0.5`), `memory` in GiB (`64Gi`), `gpu` in devices; a value the service did not
@@ -545,6 +564,10 @@ pub fn crd_yamls() -> Vec<(&'static str, String)> {
             "emr.aliyun.io_emrrayclusters.yaml",
             serde_yaml::to_string(&EmrRayCluster::crd()).expect("CRD serialises"),
         ),
+        (
+            "emr.aliyun.io_emrrayjobs.yaml",
+            serde_yaml::to_string(&EmrRayJob::crd()).expect("CRD serialises"),
+        ),
     ]
 }
 
@@ -559,6 +582,7 @@ pub async fn install_crds(client: &kube::Client) -> Result<(), kube::Error> {
         EmrClusterCredentials::crd(),
         EmrWorkspace::crd(),
         EmrRayCluster::crd(),
+        EmrRayJob::crd(),
     ] {
         let name = crd.metadata.name.clone().unwrap_or_default();
         api.patch(

@@ -1,14 +1,16 @@
-//! The operator's API: the two custom resources ([`crd`]), their conditions, the reasons they
+//! The operator's API: the custom resources ([`crd`], [`job`]), their conditions, the reasons they
 //! report, and the duration type of their specs. Pure data; no I/O.
 
 pub mod conditions;
 pub mod crd;
 pub mod credentials;
 pub mod duration;
+pub mod job;
 pub mod reason;
 
 pub use conditions::{ConditionSet, condition};
 pub use crd::*;
 pub use credentials::*;
 pub use duration::{DurationError, Interval};
+pub use job::*;
 pub use reason::{Reason, WriteRefusal};

@@ -77,6 +77,9 @@ reasons! {
     EndpointNotAllowed => true,
     /// The workspace has more clusters than the operator mirrors (`--max-clusters-per-workspace`).
     TooManyClusters => true,
+    /// The workspace has more Ray jobs in its retention window than the operator mirrors
+    /// (`--max-jobs-per-workspace`): shorten `spec.jobs.retention`.
+    TooManyJobs => true,
     /// Another `EmrWorkspace` of the namespace mirrors the same remote workspace.
     DuplicateWorkspace => true,
     /// The API server refused mirror writes. Whether it stalls depends on the refusal:

@@ -17,7 +17,10 @@
 //!   of peak RSS per mirror and its projection to 100,000 mirrors;
 //! * raw writer: the same mirrors and statuses server-side-applied with the operator's write
 //!   parallelism and nothing else, the floor of the initial sync (`--raw-writer`);
-//! * shards: the same initial sync split over `--shards` operator processes.
+//! * shards: the same initial sync split over `--shards` operator processes;
+//! * jobs (`--jobs-per-workspace`, 0 skips it): `spec.jobs` on `--jobs-workspaces` workspaces
+//!   with that many jobs in the window each: remote requests and job mirror writes per
+//!   interval, memory per job mirror (see `bench/jobs.rs`). `--only-jobs` runs nothing else.
 //!
 //! Every figure with a goal is printed beside it, and whether it was met.
 //!
@@ -25,6 +28,8 @@
 
 // A binary's root file looks for its modules beside it, in src/bin/, where Cargo would take
 // them for binaries of their own; they live in src/bin/bench/ instead.
+#[path = "bench/jobs.rs"]
+mod jobs;
 #[path = "bench/measure.rs"]
 mod measure;
 #[path = "bench/phases.rs"]
@@ -101,6 +106,15 @@ struct Args {
     /// Measure the operator's RSS on an empty namespace.
     #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
     idle_rss: bool,
+    /// Ray jobs in the retention window per workspace of the jobs run (0 skips it).
+    #[arg(long, default_value_t = 1000)]
+    jobs_per_workspace: usize,
+    /// Workspaces of the jobs run (each with `--clusters` clusters).
+    #[arg(long, default_value_t = 10)]
+    jobs_workspaces: usize,
+    /// Run only the jobs run.
+    #[arg(long, default_value_t = false)]
+    only_jobs: bool,
 }
 
 impl Args {
@@ -240,6 +254,17 @@ async fn main() -> anyhow::Result<()> {
     crd::install_crds(&client).await?;
 
     let start = Instant::now();
+    let jobs_run = match args.jobs_per_workspace {
+        0 => None,
+        _ => Some(jobs::jobs_run(&args, &client).await?),
+    };
+    progress("jobs run", start);
+    if args.only_jobs {
+        if let Some(r) = &jobs_run {
+            jobs::report_jobs(r, args.interval);
+        }
+        return Ok(());
+    }
     let idle = match args.idle_rss {
         true => Some(scale::idle_rss(&args, &client).await?),
         false => None,
@@ -272,6 +297,9 @@ async fn main() -> anyhow::Result<()> {
         raw,
         shards,
     });
+    if let Some(r) = &jobs_run {
+        jobs::report_jobs(r, args.interval);
+    }
     if missed > 0 {
         bail!("{missed} churn changes were not mirrored in time");
     }

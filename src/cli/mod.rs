@@ -128,6 +128,10 @@ struct RunArgs {
     /// and keeps its mirrors as they are.
     #[arg(long, env = "MAX_CLUSTERS_PER_WORKSPACE", default_value_t = 10_000)]
     max_clusters_per_workspace: usize,
+    /// Most Ray jobs mirrored per workspace with spec.jobs.enabled; a workspace with more in
+    /// its retention window reports TooManyJobs in status.jobs and keeps its job mirrors.
+    #[arg(long, env = "MAX_JOBS_PER_WORKSPACE", default_value_t = 5_000)]
+    max_jobs_per_workspace: usize,
     /// Largest remote response body per page, in bytes.
     #[arg(long, env = "MAX_RESPONSE_BYTES", default_value_t = 8 * 1024 * 1024)]
     max_response_bytes: usize,
@@ -341,6 +345,7 @@ async fn run(a: RunArgs) -> anyhow::Result<()> {
             .collect::<Result<_, _>>()
             .map_err(anyhow::Error::msg)?,
         max_clusters_per_workspace: a.max_clusters_per_workspace.max(1),
+        max_jobs_per_workspace: a.max_jobs_per_workspace.max(1),
         max_response_bytes: a.max_response_bytes.max(64 * 1024),
         max_listing_bytes: a.max_listing_bytes.max(a.max_response_bytes.max(64 * 1024)),
         max_listing_bytes_in_flight: a

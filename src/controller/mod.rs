@@ -22,6 +22,7 @@ pub mod apply;
 pub mod cache;
 pub mod credentials;
 pub mod diagnose;
+pub mod jobs;
 pub mod mirror;
 pub mod orphans;
 pub mod packed;
@@ -119,6 +120,9 @@ pub struct Settings {
     /// with their shard label, which their workspaces' mirrors carry. `None`: every namespace,
     /// and mirrors carry no shard label.
     pub shard: Option<Arc<shard::ShardNamespaces>>,
+    /// Most Ray jobs one workspace's retention window may hold (`spec.jobs`); more fails its
+    /// job listing (`TooManyJobs`) without deleting any job mirror.
+    pub max_jobs_per_workspace: usize,
 }
 
 /// Everything the reconciler needs, shared by all workspaces of one controller.
@@ -407,6 +411,9 @@ async fn sync(ws: &EmrWorkspace, ctx: &Context, st: &mut WorkspaceState) -> Resu
         let cap = ctx.settings.write_backoff_cap.min(interval.as_duration());
         sync::write_mirrors(ws, ctx, st, cap).await;
     }
+    if !has_departed(ctx, ws) {
+        jobs::write_jobs(ws, ctx, st).await;
+    }
     if due && st.failure.is_none() {
         // The next listing is an interval after this sync's writes, not after its listing:
         // when the API server is slow to take the writes (an initial sync), a workspace is not
@@ -425,7 +432,7 @@ async fn write_status(
 ) -> Result<(), Error> {
     let prev = ws.status.clone().unwrap_or_default();
     let now = now_rfc3339();
-    let s = status::workspace_status(&status::Input {
+    let mut s = status::workspace_status(&status::Input {
         prev: &prev,
         generation: ws.meta().generation,
         suspended: ws.spec.suspend,
@@ -443,6 +450,7 @@ async fn write_status(
         .map(|u| u.to_string()),
         now: &now,
     });
+    s.jobs = ws.spec.jobs_enabled().and(st.jobs.summary.clone());
     let labels = labels(ws);
     ctx.metrics
         .workspace_clusters
@@ -548,6 +556,7 @@ fn forget_key(ctx: &Context, k: &str) {
     ctx.metrics.workspace_ready.remove(&l);
     ctx.metrics.workspace_mirrors_unwritten.remove(&l);
     ctx.metrics.workspace_suspended.remove(&l);
+    jobs::forget_metrics(ctx, &l);
     ctx.metrics.sync_attempts.remove(&l);
     ctx.metrics.sync_duration.remove(&l);
     ctx.metrics.cluster_state.remove(namespace, workspace);

@@ -239,6 +239,8 @@ pub struct WorkspaceState {
     pub queue_failure: Option<crate::api::QueueListingFailure>,
     /// The queues as exported in the `queue_resource` metric.
     pub exported_queues: Option<Arc<Vec<crate::api::WorkspaceQueueStatus>>>,
+    /// The job mirrors (`spec.jobs`).
+    pub jobs: super::jobs::JobsState,
 }
 
 /// What a plan that needed no write was made from: the same listing (the same `Arc`: a listing

@@ -159,6 +159,10 @@ pub fn needs_write(
     let without_times = |s: &EmrWorkspaceStatus| EmrWorkspaceStatus {
         last_sync_attempt_time: None,
         last_successful_sync_time: None,
+        jobs: s.jobs.clone().map(|j| crate::api::WorkspaceJobsStatus {
+            last_successful_list_time: None,
+            ..j
+        }),
         ..s.clone()
     };
     if without_times(new) != without_times(prev) {
@@ -435,6 +439,30 @@ mod tests {
         assert!(needs_write(&news, &prev, hb, at(60)), "news");
         let first = EmrWorkspaceStatus::default();
         assert!(needs_write(&later(1), &first, hb, at(1)));
+        // The job listing time is a sync time too; the job counts are news.
+        let jobs = |time: &str, failed: i64| crate::api::WorkspaceJobsStatus {
+            total: Some(10),
+            failed: Some(failed),
+            last_successful_list_time: Some(time.into()),
+            ..Default::default()
+        };
+        let with_jobs = |secs: i64, time: &str, failed: i64| EmrWorkspaceStatus {
+            jobs: Some(jobs(time, failed)),
+            ..later(secs)
+        };
+        let prev_jobs = with_jobs(0, "2026-01-01T00:00:00Z", 1);
+        assert!(!needs_write(
+            &with_jobs(60, "2026-01-01T00:01:00Z", 1),
+            &prev_jobs,
+            hb,
+            at(60)
+        ));
+        assert!(needs_write(
+            &with_jobs(60, "2026-01-01T00:01:00Z", 2),
+            &prev_jobs,
+            hb,
+            at(60)
+        ));
     }
 
     #[test]

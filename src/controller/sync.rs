@@ -38,7 +38,14 @@ pub(super) async fn list_remote(
     ctx.metrics.sync_attempts.get_or_create(&labels).inc();
     st.last_attempt = Some(now_rfc3339());
     match list_workspace(ws, ctx).await {
-        Ok((listing, queue_outcome)) => {
+        Ok((listing, queue_outcome, jobs)) => {
+            if let Some((retention, result)) = jobs {
+                if let Err(e) = &result {
+                    let reason = e.reason();
+                    warn!(workspace = %key(ws), %reason, error = %e, "remote job listing failed");
+                }
+                super::jobs::record(st, retention, result, &now_rfc3339());
+            }
             let now = now_rfc3339();
             match super::queues::record(st, queue_outcome, &now) {
                 (Some(message), _) => {
@@ -216,10 +223,16 @@ async fn remote_access(
 /// Checks the endpoint, resolves the credentials, then lists the workspace within its
 /// namespace's share of the listing slots and of the remote request budget; after a complete
 /// cluster listing, its queues (whose failure does not fail the sync: see `queues`).
+/// The queue listing of a round: the queues or why listing them failed.
+type QueueRound = Result<Vec<crate::emr::WorkspaceQueue>, SyncError>;
+/// The job listing of a round (`spec.jobs.enabled`): the retention and the listing or why it
+/// failed.
+type JobRound = Option<(Interval, super::jobs::JobResult)>;
+
 async fn list_workspace(
     ws: &EmrWorkspace,
     ctx: &Context,
-) -> Result<(Listing, Result<Vec<crate::emr::WorkspaceQueue>, SyncError>), SyncError> {
+) -> Result<(Listing, QueueRound, JobRound), SyncError> {
     let (endpoint, credentials) = remote_access(ws, ctx).await?;
     let ns = ws.namespace().unwrap_or_default();
     let timeout = ctx
@@ -263,7 +276,52 @@ async fn list_workspace(
     })
     .and_then(|r| r.map(|l| l.queues).map_err(SyncError::from));
     let page = ctx.emr.config().page_size.max(1) as usize;
-    Ok((Listing::new(listing.clusters, page), queues))
+    let jobs = match ws.spec.jobs_enabled() {
+        None => None,
+        Some(spec) => Some(match spec.retention() {
+            Err(e) => (
+                crate::api::Interval::from_secs(0),
+                Err(SyncError::local(
+                    Reason::InvalidSpec,
+                    format!("jobs.retention: {e}"),
+                )),
+            ),
+            Ok(retention) => {
+                let window = crate::emr::SubmitWindow::last(
+                    retention.as_duration(),
+                    jiff::Timestamp::now().as_millisecond(),
+                );
+                let listed = tokio::time::timeout(
+                    timeout,
+                    ctx.emr.list_ray_jobs(
+                        Some(&ns),
+                        &endpoint,
+                        &ws.spec.workspace_id,
+                        &credentials,
+                        window,
+                        ctx.settings.max_jobs_per_workspace,
+                    ),
+                )
+                .await
+                .map_err(|_| {
+                    EmrError::new(
+                        crate::emr::ErrorKind::Timeout,
+                        format!(
+                            "job listing did not finish within {}s",
+                            ctx.settings.listing_timeout.as_secs()
+                        ),
+                    )
+                })
+                .and_then(|r| r)
+                .map_err(SyncError::from);
+                if let Ok(l) = &listed {
+                    debug!(workspace = %key(ws), jobs = l.jobs.len(), requests = l.requests, "listed jobs");
+                }
+                (retention, listed)
+            }
+        }),
+    };
+    Ok((Listing::new(listing.clusters, page), queues, jobs))
 }
 
 /// Plans and performs the mirror writes, and records what the API server refused.

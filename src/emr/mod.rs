@@ -16,17 +16,19 @@ pub mod client;
 pub mod credentials;
 pub mod endpoint;
 pub mod error;
+pub mod job;
 pub mod model;
 pub mod queues;
 pub mod redact;
 pub mod sign;
 pub mod text;
 
-pub use client::{ClientConfig, EmrClient, Listing, RequestOutcome, SignatureVersion};
+pub use client::{ClientConfig, EmrClient, JobListing, Listing, RequestOutcome, SignatureVersion};
 pub use credentials::{
     CredentialResolver, CredentialSource, Credentials, RrsaConfig, SecretString,
 };
 pub use error::{EmrError, ErrorKind};
+pub use job::{ACTION_LIST_RAY_JOB, RayJob, SubmitWindow};
 pub use model::*;
 pub use queues::{
     ACTION_LIST_WORKSPACE_QUEUES, ListWorkspaceQueuesResponse, QueueResources, WorkspaceQueue,

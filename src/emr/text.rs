@@ -207,6 +207,11 @@ pub mod de {
         optional(d, |s| clean(s, MAX_URL))
     }
 
+    /// States: [`MAX_STATE`].
+    pub fn state<'de, D: Deserializer<'de>>(d: D) -> Result<Option<String>, D::Error> {
+        optional(d, |s| clean(s, MAX_STATE))
+    }
+
     /// Request IDs: [`request_id`].
     pub fn request_id<'de, D: Deserializer<'de>>(d: D) -> Result<Option<String>, D::Error> {
         optional(d, super::request_id)

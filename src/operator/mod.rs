@@ -70,6 +70,9 @@ pub struct OperatorConfig {
     pub allowed_endpoints: Vec<EndpointPattern>,
     /// Most clusters mirrored per workspace (more: `TooManyClusters`, nothing pruned).
     pub max_clusters_per_workspace: usize,
+    /// Most Ray jobs mirrored per workspace with `spec.jobs` (more in the retention window:
+    /// `TooManyJobs`, nothing pruned).
+    pub max_jobs_per_workspace: usize,
     /// Largest remote response body per page, in bytes.
     pub max_response_bytes: usize,
     /// Largest sum of the response bodies of one workspace's listing, in bytes.
@@ -110,6 +113,7 @@ impl OperatorConfig {
             write_backoff_cap: Duration::from_secs(300),
             allowed_endpoints: Vec::new(),
             max_clusters_per_workspace: 10_000,
+            max_jobs_per_workspace: 5_000,
             max_response_bytes: 8 * 1024 * 1024,
             max_listing_bytes: 64 * 1024 * 1024,
             max_listing_bytes_in_flight: 128 * 1024 * 1024,
@@ -448,6 +452,7 @@ async fn run_controller(
             status_heartbeat: shared.cfg.status_heartbeat,
             stuck_cluster_after: shared.cfg.stuck_cluster_after,
             shard: served.clone(),
+            max_jobs_per_workspace: shared.cfg.max_jobs_per_workspace,
         },
         shared.write_limiter.clone(),
         token.clone(),

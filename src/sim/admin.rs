@@ -1,6 +1,7 @@
 //! The unsigned admin API under `/admin/` (listed in the module documentation of [`super`]):
 //! one handler per route, each a thin wrapper over a [`SimState`] method.
 
+use super::jobs::SimJob;
 use super::{ClusterDetail, Faults, SimState};
 use crate::emr::model::{ClusterState, RayCluster};
 use crate::emr::queues::{QueueResources, WorkspaceQueue};
@@ -41,6 +42,15 @@ pub(super) fn router() -> Router<SimState> {
             "/workspaces/{ws}/queues/{name}/usage",
             put(admin_put_queue_usage),
         )
+        .route(
+            "/workspaces/{ws}/jobs",
+            get(admin_list_jobs).post(admin_post_job),
+        )
+        .route(
+            "/workspaces/{ws}/jobs/{id}",
+            put(admin_put_job).delete(admin_delete_job),
+        )
+        .route("/workspaces/{ws}/generate-jobs", post(admin_generate_jobs))
         .route("/faults", get(admin_get_faults).put(admin_put_faults))
         .route("/stats", get(admin_get_stats).delete(admin_delete_stats))
         .route("/access-keys", post(admin_add_key))
@@ -250,4 +260,88 @@ async fn admin_put_queue_usage(
     } else {
         StatusCode::NOT_FOUND
     }
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct GenerateJobsRequest {
+    count: usize,
+    #[serde(default)]
+    prefix: Option<String>,
+    /// Jobs are submitted within the last this many seconds (default a day).
+    #[serde(default)]
+    spread_secs: Option<u64>,
+}
+
+async fn admin_list_jobs(State(st): State<SimState>, Path(ws): Path<String>) -> impl IntoResponse {
+    let jobs: Vec<serde_json::Value> = st
+        .jobs(&ws)
+        .into_iter()
+        .map(|j| {
+            let mut v = serde_json::to_value(&j.job).unwrap_or_default();
+            if let (Some(o), Some(t)) = (v.as_object_mut(), j.task_biz_id) {
+                o.insert("taskBizId".into(), t.into());
+            }
+            v
+        })
+        .collect();
+    axum::Json(jobs)
+}
+
+/// Adds or replaces a job (by `submissionId`).
+async fn admin_post_job(
+    State(st): State<SimState>,
+    Path(ws): Path<String>,
+    axum::Json(v): axum::Json<serde_json::Value>,
+) -> Response {
+    match SimJob::from_json(v) {
+        Ok(j) if !j.job.submission_id.is_empty() => {
+            st.upsert_job(&ws, j.clone());
+            (StatusCode::OK, axum::Json(j.job)).into_response()
+        }
+        Ok(_) => (StatusCode::BAD_REQUEST, "submissionId is required").into_response(),
+        Err(e) => (StatusCode::BAD_REQUEST, e).into_response(),
+    }
+}
+
+async fn admin_put_job(
+    State(st): State<SimState>,
+    Path((ws, id)): Path<(String, String)>,
+    axum::Json(mut v): axum::Json<serde_json::Value>,
+) -> Response {
+    if let Some(o) = v.as_object_mut() {
+        o.insert("submissionId".into(), id.into());
+    }
+    match SimJob::from_json(v) {
+        Ok(j) => {
+            st.upsert_job(&ws, j.clone());
+            axum::Json(j.job).into_response()
+        }
+        Err(e) => (StatusCode::BAD_REQUEST, e).into_response(),
+    }
+}
+
+async fn admin_delete_job(
+    State(st): State<SimState>,
+    Path((ws, id)): Path<(String, String)>,
+) -> StatusCode {
+    if st.remove_job(&ws, &id) {
+        StatusCode::NO_CONTENT
+    } else {
+        StatusCode::NOT_FOUND
+    }
+}
+
+async fn admin_generate_jobs(
+    State(st): State<SimState>,
+    Path(ws): Path<String>,
+    axum::Json(req): axum::Json<GenerateJobsRequest>,
+) -> Response {
+    if req.count > 1_000_000 {
+        return (StatusCode::BAD_REQUEST, "count must be at most 1000000").into_response();
+    }
+    let prefix = req.prefix.unwrap_or_else(|| "ray-job".to_string());
+    let spread = std::time::Duration::from_secs(req.spread_secs.unwrap_or(86_400).max(1));
+    let ids = st.generate_jobs(&ws, req.count, &prefix, spread);
+    axum::Json(serde_json::json!({ "generated": ids.len(), "submissionIds": ids })).into_response()
 }

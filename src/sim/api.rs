@@ -86,6 +86,7 @@ pub(super) async fn api(State(st): State<SimState>, req: Request) -> Response {
         Route::List(ws) => list_ray_cluster(&st, ws, &query, &faults, &reply),
         Route::Get(ws, id) => get_ray_cluster(&st, ws, id, &faults, &reply),
         Route::Queues(ws) => super::queues::list_workspace_queues(&st, ws, &query, &faults, &reply),
+        Route::Jobs(ws) => list_ray_job(&st, ws, &query, &faults, &reply),
     }
 }
 
@@ -108,6 +109,33 @@ fn get_ray_cluster(st: &SimState, ws: &str, id: &str, faults: &Faults, reply: &R
     let detail = st.detail(ws, id);
     let bytes = super::detail::body(&cluster, detail.as_ref(), &reply.request_id);
     body_with_faults(st, faults, reply, bytes)
+}
+
+/// `ListRayJob`: parameters, workspace, then the page with the body faults.
+fn list_ray_job(
+    st: &SimState,
+    ws: &str,
+    query: &[(String, String)],
+    faults: &Faults,
+    reply: &Reply,
+) -> Response {
+    let q = match super::jobs::JobQuery::parse(query) {
+        Ok(q) => q,
+        Err(m) => return reply.error(400, "InvalidParameter", &m),
+    };
+    if !st.has_workspace(ws) {
+        return reply.error(
+            404,
+            "InvalidWorkspaceId.NotFound",
+            &format!("The specified workspace {ws} does not exist."),
+        );
+    }
+    let mut page = super::jobs::page(&st.jobs(ws), &q, faults);
+    if q.page_num > 1 && (faults.repeat_page || faults.end_early) {
+        st.bump(|s| s.faults_injected += 1);
+    }
+    page.request_id = Some(reply.request_id.clone());
+    page_body(st, faults, reply, &page)
 }
 
 /// Signature (see [`super::verify`]), then `x-acs-version` and `x-acs-action`: the refusal, if
@@ -431,12 +459,14 @@ enum Route {
     Get(String, String),
     /// `/api/v1/workspaces/{ws}/queues`: `ListWorkspaceQueues`.
     Queues(String),
+    /// `/api/v1/workspaces/{ws}/rayJob`: `ListRayJob`.
+    Jobs(String),
 }
 
 impl Route {
     fn workspace(&self) -> &str {
         match self {
-            Route::List(ws) | Route::Get(ws, _) | Route::Queues(ws) => ws,
+            Route::List(ws) | Route::Get(ws, _) | Route::Queues(ws) | Route::Jobs(ws) => ws,
         }
     }
 
@@ -446,6 +476,7 @@ impl Route {
             Route::List(_) => crate::emr::ACTION_LIST_RAY_CLUSTER,
             Route::Get(..) => crate::emr::ACTION_GET_RAY_CLUSTER,
             Route::Queues(_) => crate::emr::ACTION_LIST_WORKSPACE_QUEUES,
+            Route::Jobs(_) => crate::emr::ACTION_LIST_RAY_JOB,
         }
     }
 }
@@ -457,8 +488,10 @@ fn route(raw_path: &str) -> Option<Route> {
         return None;
     }
     let ws = sign::percent_decode(ws);
-    if rest == "queues" {
-        return Some(Route::Queues(ws));
+    match rest {
+        "queues" => return Some(Route::Queues(ws)),
+        "rayJob" => return Some(Route::Jobs(ws)),
+        _ => {}
     }
     match rest.strip_prefix("rayCluster")? {
         "" => Some(Route::List(ws)),
@@ -511,5 +544,10 @@ mod tests {
             Some(Route::Queues("w-1".into()))
         );
         assert!(route("/api/v1/workspaces/w-1/queues/x").is_none());
+        assert_eq!(
+            route("/api/v1/workspaces/w-1/rayJob"),
+            Some(Route::Jobs("w-1".into()))
+        );
+        assert!(route("/api/v1/workspaces/w-1/rayJob/x").is_none());
     }
 }

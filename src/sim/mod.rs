@@ -30,6 +30,9 @@
 //!   404 `EntityNotExist.OIDCProvider`, a token that fails 400 `AuthenticationFail.OIDCToken.Invalid`.
 //!   With none registered any non-empty token is accepted.
 //!
+//! * `ListRayJob` (`GET /api/v1/workspaces/{ws}/rayJob`) is answered as the official SDK calls
+//!   it: see [`jobs`]; `x-acs-action`, when present, must name the route's action.
+//!
 //! Admin API (unsigned, JSON):
 //! `GET /admin/workspaces`, `GET|POST /admin/workspaces/{ws}/clusters`,
 //! `PUT|DELETE /admin/workspaces/{ws}/clusters/{id}`,
@@ -40,6 +43,9 @@
 //! `PUT|DELETE /admin/workspaces/{ws}` (create empty / delete),
 //! `GET|PUT /admin/workspaces/{ws}/queues` (the API's queue objects),
 //! `PUT /admin/workspaces/{ws}/queues/{name}/usage {"cpu","memoryGi","gpu"}` or `{"raw":"..."}`,
+//! `GET|POST /admin/workspaces/{ws}/jobs` (a job in the SDK's field names, plus an optional
+//! `taskBizId`), `PUT|DELETE /admin/workspaces/{ws}/jobs/{id}`,
+//! `POST /admin/workspaces/{ws}/generate-jobs {"count":N,"prefix":"..","spreadSecs":S}`,
 //! `GET|PUT /admin/faults`,
 //! `GET|DELETE /admin/stats`, `POST /admin/access-keys {"accessKeyId","accessKeySecret",
 //! "securityToken"?}`.
@@ -48,6 +54,7 @@ mod admin;
 mod api;
 pub mod detail;
 pub mod generate;
+pub mod jobs;
 pub mod oidc;
 pub mod queues;
 mod state;
@@ -146,14 +153,19 @@ pub struct Faults {
     #[serde(alias = "end_early")]
     pub end_early: bool,
     /// When not empty, the faults above (latency aside) apply only to requests of these
-    /// actions (`ListRayCluster`, `GetRayCluster`).
+    /// actions (`ListRayCluster`, `GetRayCluster`, `ListRayJob`, ...).
     pub actions: Vec<String>,
+    /// When set, the faults apply only to requests of this action (a shorthand for one
+    /// `actions` entry).
+    #[serde(alias = "only_action", skip_serializing_if = "Option::is_none")]
+    pub only_action: Option<String>,
 }
 
 impl Faults {
     /// Whether the faults apply to a request of `action`.
     pub fn applies_to(&self, action: &str) -> bool {
-        self.actions.is_empty() || self.actions.iter().any(|a| a == action)
+        (self.actions.is_empty() || self.actions.iter().any(|a| a == action))
+            && self.only_action.as_deref().is_none_or(|a| a == action)
     }
 }
 
@@ -163,7 +175,8 @@ pub struct SimStats {
     /// API requests (admin excluded), whatever their outcome.
     pub requests: u64,
     pub by_workspace: BTreeMap<String, u64>,
-    /// API requests by action (`ListRayCluster`, `GetRayCluster`), whatever their outcome.
+    /// API requests by action (`ListRayCluster`, `GetRayCluster`, `ListRayJob`, ...), whatever
+    /// their outcome.
     pub by_action: BTreeMap<String, u64>,
     /// Genuine 200 listings.
     pub ok: u64,

@@ -21,6 +21,8 @@ struct Inner {
     workspaces: Mutex<BTreeMap<String, Vec<RayCluster>>>,
     /// What `GetRayCluster` adds to a cluster, by workspace and cluster ID.
     details: Mutex<HashMap<(String, String), ClusterDetail>>,
+    /// Ray jobs by workspace (see [`super::jobs`]).
+    jobs: Mutex<BTreeMap<String, Vec<super::jobs::SimJob>>>,
     keys: Mutex<HashMap<String, KeyEntry>>,
     nonces: Mutex<NonceCache>,
     faults: Mutex<Faults>,
@@ -44,6 +46,7 @@ impl SimState {
         let state = SimState(Arc::new(Inner {
             workspaces: Mutex::new(cfg.workspaces.clone()),
             details: Mutex::new(HashMap::new()),
+            jobs: Mutex::new(BTreeMap::new()),
             keys: Mutex::new(HashMap::new()),
             nonces: Mutex::new(NonceCache::default()),
             faults: Mutex::new(Faults::default()),
@@ -139,10 +142,20 @@ impl SimState {
         lock(&self.0.workspaces).entry(ws.to_string()).or_default();
     }
 
-    /// Deletes a workspace, its clusters and its queues.
+    /// Deletes a workspace, its clusters, its queues and its jobs.
     pub fn remove_workspace(&self, ws: &str) -> bool {
         lock(&self.0.queues).remove(ws);
+        lock(&self.0.jobs).remove(ws);
         lock(&self.0.workspaces).remove(ws).is_some()
+    }
+
+    /// Whether workspace `ws` exists.
+    pub fn has_workspace(&self, ws: &str) -> bool {
+        lock(&self.0.workspaces).contains_key(ws)
+    }
+
+    pub(super) fn jobs_lock(&self) -> MutexGuard<'_, BTreeMap<String, Vec<super::jobs::SimJob>>> {
+        lock(&self.0.jobs)
     }
 
     /// Replaces the queues of a workspace (creating the workspace if needed).

@@ -10,7 +10,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::support::*;
-use emr_ray_operator::api::EmrRayCluster;
+use emr_ray_operator::api::{EmrRayCluster, EmrRayJob};
 use emr_ray_operator::metrics::Metrics;
 use emr_ray_operator::operator::OperatorConfig;
 use emr_ray_operator::operator::leader::LeaseConfig;
@@ -30,7 +30,8 @@ const CHART: &str = "charts/emr-ray-operator";
 /// Release name; the chart's fullname and ServiceAccount name are then `emr-ray-operator`.
 const RELEASE: &str = "emr-ray-operator";
 const SA: &str = "emr-ray-operator";
-const DENIED: &str = "EmrRayCluster objects are read-only mirrors written by emr-ray-operator";
+const DENIED: &str =
+    "EmrRayCluster and EmrRayJob objects are read-only mirrors written by emr-ray-operator";
 
 fn repo() -> PathBuf {
     common::repo_root()
@@ -243,6 +244,12 @@ fn expected_rules() -> Vec<(String, String, Vec<String>)> {
             &["list", "watch", "create", "patch", "delete"],
         ),
         v("emr.aliyun.io", "emrrayclusters/status", &["patch"]),
+        v(
+            "emr.aliyun.io",
+            "emrrayjobs",
+            &["list", "create", "patch", "delete"],
+        ),
+        v("emr.aliyun.io", "emrrayjobs/status", &["patch"]),
         v("", "secrets", &["get"]),
         v("events.k8s.io", "events", &["create", "patch"]),
     ];
@@ -452,7 +459,7 @@ fn helm_template_renders_every_value_set() {
         for cr in kinds(&docs, "ClusterRole") {
             for (g, r, verbs) in rules_of(&cr) {
                 if g == "emr.aliyun.io"
-                    && r.starts_with("emrrayclusters")
+                    && (r.starts_with("emrrayclusters") || r.starts_with("emrrayjobs"))
                     && cr != *operator_cluster_role.unwrap_or(&Value::Null)
                 {
                     assert!(
@@ -486,14 +493,24 @@ fn helm_template_renders_every_value_set() {
             assert_eq!(rules["operations"], json!(["CREATE", "UPDATE", "DELETE"]));
             assert_eq!(
                 rules["resources"],
-                json!(["emrrayclusters", "emrrayclusters/status"])
+                json!([
+                    "emrrayclusters",
+                    "emrrayclusters/status",
+                    "emrrayjobs",
+                    "emrrayjobs/status"
+                ])
             );
             let binding = &kinds(&docs, "ValidatingAdmissionPolicyBinding")[0];
             assert_eq!(binding["spec"]["policyName"], vap["metadata"]["name"]);
             assert_eq!(binding["spec"]["validationActions"], json!(["Deny"]));
             assert_eq!(
                 binding["spec"]["matchResources"]["resourceRules"][0]["resources"],
-                json!(["emrrayclusters", "emrrayclusters/status"])
+                json!([
+                    "emrrayclusters",
+                    "emrrayclusters/status",
+                    "emrrayjobs",
+                    "emrrayjobs/status"
+                ])
             );
             let sel = &binding["spec"]["matchResources"]["namespaceSelector"];
             if watched.is_empty() {
@@ -1036,6 +1053,16 @@ fn helm_uninstall(ns: &str) {
     run(cmd);
 }
 
+fn job_obj(name: &str) -> Value {
+    json!({
+        "apiVersion": "emr.aliyun.io/v1alpha1",
+        "kind": "EmrRayJob",
+        "metadata": {"name": name},
+        "spec": {"workspaceRef": "prod", "workspaceId": "w-1", "regionId": "cn-hangzhou",
+                 "submissionId": name},
+    })
+}
+
 fn mirror_obj(name: &str) -> Value {
     json!({
         "apiVersion": "emr.aliyun.io/v1alpha1",
@@ -1130,7 +1157,8 @@ async fn helm_install_enforces_read_only_mirrors() {
             &serde_json::from_value(json!({
                 "metadata": {"name": "mirror-writer"},
                 "rules": [{"apiGroups": ["emr.aliyun.io"],
-                           "resources": ["emrrayclusters", "emrrayclusters/status"],
+                           "resources": ["emrrayclusters", "emrrayclusters/status",
+                                         "emrrayjobs", "emrrayjobs/status"],
                            "verbs": ["get", "list", "create", "update", "patch", "delete"]}],
             }))
             .unwrap(),
@@ -1190,7 +1218,7 @@ async fn helm_install_enforces_read_only_mirrors() {
     assert!(
         status
             .message
-            .contains("change the remote Ray cluster or its EmrWorkspace instead"),
+            .contains("change the remote Ray cluster or job, or its EmrWorkspace, instead"),
         "{}",
         status.message
     );
@@ -1258,6 +1286,55 @@ async fn helm_install_enforces_read_only_mirrors() {
         .await
         .expect_err("user delete is denied");
     assert!(is_policy_denial(&err), "{err}");
+
+    // Job mirrors are read-only the same way: the operator writes them, the user may not
+    // create, change (status included) or delete one.
+    let user_jobs: Api<EmrRayJob> = Api::namespaced(user.clone(), &name);
+    let op_jobs: Api<EmrRayJob> = Api::namespaced(operator.clone(), &name);
+    let err = user_jobs
+        .patch(
+            "user-job",
+            &PatchParams::apply("someone"),
+            &Patch::Apply(job_obj("user-job")),
+        )
+        .await
+        .expect_err("user job create is denied");
+    assert!(is_policy_denial(&err), "{err}");
+    op_jobs
+        .patch("op-job", &pp, &Patch::Apply(job_obj("op-job")))
+        .await
+        .expect("the operator's ServiceAccount creates a job mirror");
+    op_jobs
+        .patch_status(
+            "op-job",
+            &pp,
+            &Patch::Apply(json!({
+                "apiVersion": "emr.aliyun.io/v1alpha1", "kind": "EmrRayJob",
+                "metadata": {"name": "op-job"},
+                "status": {"state": "Failed"},
+            })),
+        )
+        .await
+        .expect("the operator's ServiceAccount writes a job mirror's status");
+    let err = user_jobs
+        .patch_status(
+            "op-job",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"status": {"state": "Succeeded"}})),
+        )
+        .await
+        .expect_err("user job status update is denied");
+    assert!(is_policy_denial(&err), "{err}");
+    let err = user_jobs
+        .delete("op-job", &DeleteParams::default())
+        .await
+        .expect_err("user job delete is denied");
+    assert!(is_policy_denial(&err), "{err}");
+    let j = Api::<EmrRayJob>::namespaced(admin.clone(), &name)
+        .get("op-job")
+        .await
+        .unwrap();
+    assert_eq!(j.status.unwrap().state.as_deref(), Some("Failed"));
 
     tokio::task::spawn_blocking({
         let n = name.clone();

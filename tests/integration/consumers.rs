@@ -689,6 +689,132 @@ async fn kstatus_and_argocd_health_of_objects_read_back() {
     env.teardown().await;
 }
 
+/// Job mirrors (`spec.jobs`): kstatus and Argo CD health of each job state, and the
+/// kube-state-metrics series of `deploy/kube-state-metrics/` for them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn job_mirrors_through_kstatus_argocd_health_and_kube_state_metrics() {
+    use emr_ray_operator::api::EmrRayJob;
+    use emr_ray_operator::controller::jobs::job_name;
+    use emr_ray_operator::emr::RayJob;
+    use emr_ray_operator::sim::jobs::SimJob;
+
+    let mut env = Env::new("health-jobs").await;
+    let now = jiff::Timestamp::now().as_millisecond();
+    // (state, kstatus, Argo CD health)
+    let cases = [
+        ("Succeeded", "Current", "Healthy"),
+        ("Failed", "Failed", "Degraded"),
+        ("Timeout", "Failed", "Degraded"),
+        ("Running", "InProgress", "Progressing"),
+        ("Pending", "InProgress", "Progressing"),
+        // kstatus reads Ready=False as in progress; Argo CD shows the final, deliberate state.
+        ("Cancelled", "InProgress", "Suspended"),
+    ];
+    for (i, (state, _, _)) in cases.iter().enumerate() {
+        env.sim.state.upsert_job(
+            WS,
+            SimJob {
+                job: RayJob {
+                    submission_id: format!("raysubmit_{}", state.to_lowercase()),
+                    status: Some(state.to_string()),
+                    submit_time: Some(now - 60_000 * (i as i64 + 1)),
+                    cu_hours: Some(0.25),
+                    ..Default::default()
+                },
+                task_biz_id: None,
+            },
+        );
+    }
+    env.create_workspace(
+        "prod",
+        json!({"syncInterval": "1h", "jobs": {"enabled": true}}),
+    )
+    .await;
+    env.start();
+    let jobs: Api<EmrRayJob> = Api::namespaced(env.client.clone(), &env.ns.name);
+    common::wait_for(Duration::from_secs(60), "every job mirrored", || async {
+        let l = jobs.list(&ListParams::default()).await.unwrap().items;
+        (l.len() == cases.len() && l.iter().all(|j| j.status.is_some())).then_some(())
+    })
+    .await;
+
+    let ar = ApiResource::erase::<EmrRayJob>(&());
+    let api = Api::<DynamicObject>::namespaced_with(env.client.clone(), &env.ns.name, &ar);
+    let objects: Vec<Value> = api
+        .list(&ListParams::default())
+        .await
+        .unwrap()
+        .items
+        .into_iter()
+        .map(|o| {
+            let mut v = serde_json::to_value(&o).unwrap();
+            v["apiVersion"] = json!(ar.api_version);
+            v["kind"] = json!("EmrRayJob");
+            v
+        })
+        .collect();
+    let want: BTreeMap<(String, String), (&str, &str)> = cases
+        .iter()
+        .map(|(state, k, h)| {
+            let name = job_name(&format!("raysubmit_{}", state.to_lowercase()));
+            (("EmrRayJob".to_string(), name), (*k, *h))
+        })
+        .collect();
+    check_consumers(&objects, &want);
+
+    // kube-state-metrics: one state series per job, 1 for its status.
+    let ksm = KubeStateMetrics::start(&env).await;
+    let ns = env.ns.name.clone();
+    let s = scrape_until(
+        &ksm.url,
+        Duration::from_secs(90),
+        "kube-state-metrics to serve every job mirror",
+        |s| {
+            s.values(
+                "kube_emrrayjob_state",
+                &[("namespace", &ns), ("state", "Failed")],
+            )
+            .len()
+                == cases.len()
+        },
+    )
+    .await;
+    for (state, _, _) in &cases {
+        let id = format!("raysubmit_{}", state.to_lowercase());
+        let name = job_name(&id);
+        let labels = [
+            ("namespace", ns.as_str()),
+            ("name", name.as_str()),
+            ("workspace", "prod"),
+            ("submission_id", id.as_str()),
+        ];
+        assert_eq!(
+            s.get(
+                "kube_emrrayjob_state",
+                &with_labels(&labels, &[("state", state)])
+            ),
+            Some(1.0),
+            "{state}"
+        );
+        let other = if *state == "Failed" {
+            "Succeeded"
+        } else {
+            "Failed"
+        };
+        assert_eq!(
+            s.get(
+                "kube_emrrayjob_state",
+                &with_labels(&labels, &[("state", other)])
+            ),
+            Some(0.0),
+            "{state}"
+        );
+        assert_eq!(s.get("kube_emrrayjob_cu_hours", &labels), Some(0.25));
+    }
+    ksm.stop().await;
+    env.teardown().await;
+}
+
 fn check_consumers(objects: &[Value], want: &BTreeMap<(String, String), (&str, &str)>) {
     let kstatus = consumer_tools::kstatus(objects);
     let health = consumer_tools::argocd_health(

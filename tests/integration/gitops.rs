@@ -239,14 +239,14 @@ fn argocd_health_check_maps_statuses() {
 }
 
 #[test]
-fn argocd_cm_patch_embeds_the_health_check_for_both_kinds() {
+fn argocd_cm_patch_embeds_the_health_check_for_every_kind() {
     let script = read("deploy/argocd/health.lua");
     let docs = yaml_docs(&read("deploy/argocd/argocd-cm-patch.yaml"));
     assert_eq!(docs.len(), 1);
     let cm = &docs[0];
     assert_eq!(cm["kind"], "ConfigMap");
     assert_eq!(cm["metadata"]["name"], "argocd-cm");
-    for kind in ["EmrWorkspace", "EmrRayCluster"] {
+    for kind in ["EmrWorkspace", "EmrRayCluster", "EmrRayJob"] {
         let key = format!("resource.customizations.health.emr.aliyun.io_{kind}");
         assert_eq!(
             cm["data"][&key].as_str(),
@@ -290,6 +290,8 @@ fn exported_metric_names() -> BTreeSet<String> {
     m.last_success.get_or_create(&ws).set(1.0);
     m.workspace_clusters.get_or_create(&ws).set(1);
     m.workspace_ready.get_or_create(&ws).set(1);
+    m.workspace_jobs.get_or_create(&ws).set(3);
+    m.workspace_jobs_failed.get_or_create(&ws).set(1);
     m.workspace_mirrors_unwritten.get_or_create(&ws).set(0);
     m.workspace_suspended.get_or_create(&ws).set(0);
     m.count_write("emrrayclusters", "apply");
@@ -395,6 +397,7 @@ fn check_operator_rules(rules: &Value, file: &str) {
     let alerts: BTreeSet<&str> = rules.iter().map(|(n, _)| n.as_str()).collect();
     for want in [
         "EmrRayClusterError",
+        "EmrRayJobFailed",
         "EmrWorkspaceSyncFailing",
         "EmrWorkspaceSyncStale",
     ] {
@@ -789,8 +792,8 @@ fn ksm_metric_names() -> BTreeSet<String> {
         .collect();
     assert_eq!(
         kinds,
-        BTreeSet::from(["EmrRayCluster", "EmrWorkspace"]),
-        "both kinds are covered"
+        BTreeSet::from(["EmrRayCluster", "EmrRayJob", "EmrWorkspace"]),
+        "every kind is covered"
     );
     resources.iter().flat_map(check_ksm_resource).collect()
 }
@@ -801,6 +804,7 @@ fn kube_state_metrics_config_references_real_fields() {
     for want in [
         "kube_emrraycluster_state",
         "kube_emrraycluster_info",
+        "kube_emrrayjob_state",
         "kube_emrworkspace_condition",
         "kube_emrworkspace_clusters",
         "kube_emrworkspace_last_successful_sync_timestamp_seconds",
@@ -827,6 +831,7 @@ fn kube_state_metrics_rules_use_configured_metrics() {
     }
     for want in [
         "EmrRayClusterError",
+        "EmrRayJobFailed",
         "EmrWorkspaceSyncFailing",
         "EmrWorkspaceSyncStale",
     ] {

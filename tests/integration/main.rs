@@ -17,6 +17,7 @@ mod emr_sim;
 mod gitops;
 mod hostile;
 mod instances;
+mod jobs;
 mod metrics_security;
 mod operator;
 mod queue_status;

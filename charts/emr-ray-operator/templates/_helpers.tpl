@@ -87,6 +87,13 @@ RBAC rules for the watched scope: exactly what the operator calls.
 - apiGroups: ["emr.aliyun.io"]
   resources: ["emrrayclusters/status"]
   verbs: ["patch"]
+# Job mirrors (spec.jobs): listed by workspace label each round, never watched.
+- apiGroups: ["emr.aliyun.io"]
+  resources: ["emrrayjobs"]
+  verbs: ["list", "create", "patch", "delete"]
+- apiGroups: ["emr.aliyun.io"]
+  resources: ["emrrayjobs/status"]
+  verbs: ["patch"]
 # Secrets are only read one at a time, by name: never listed or watched.
 - apiGroups: [""]
   resources: ["secrets"]

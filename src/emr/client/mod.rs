@@ -17,9 +17,11 @@
 //! together; requests and responses are in `request.rs`; about a fifth is unit tests.)
 
 mod inflight;
+mod jobs;
 mod queues;
 mod request;
 
+pub use jobs::JobListing;
 pub use queues::{MAX_QUEUE_PAGES, MAX_QUEUES, QueueListing};
 pub(crate) use request::read_body;
 pub use request::{host_header, signed_headers};

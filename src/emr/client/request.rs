@@ -3,6 +3,7 @@
 
 use super::{SignatureVersion, parse_retry_after};
 use crate::emr::error::{EmrError, ErrorKind};
+use crate::emr::job::ListRayJobResponse;
 use crate::emr::model::{GetRayClusterResponse, ListRayClusterResponse};
 use crate::emr::queues::ListWorkspaceQueuesResponse;
 use crate::emr::{API_VERSION, Credentials, sign, text};
@@ -21,6 +22,15 @@ impl Page for ListRayClusterResponse {
     }
     fn missing_items(&self) -> Option<&'static str> {
         self.ray_clusters.is_none().then_some("rayClusters")
+    }
+}
+
+impl Page for ListRayJobResponse {
+    fn request_id(&self) -> Option<String> {
+        self.request_id.clone()
+    }
+    fn missing_items(&self) -> Option<&'static str> {
+        self.ray_jobs.is_none().then_some("rayJobs")
     }
 }
 

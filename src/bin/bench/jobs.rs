@@ -1,0 +1,195 @@
+//! The jobs run (`--jobs-per-workspace`, 0 skips it): `--jobs-workspaces` workspaces of
+//! `--clusters` clusters and `--jobs-per-workspace` Ray jobs in the retention window each. The
+//! operator first mirrors the clusters with jobs off; then `spec.jobs` is enabled on every
+//! workspace and the run measures: the time until every job is mirrored, the remote requests
+//! (per action) and the writes to job mirrors per interval in the steady state, the writes of
+//! one interval where 1% of the jobs change, and the memory per job mirror (the operator's
+//! RSS and peak RSS with jobs on, minus the same with jobs off, over the job count).
+
+use std::time::{Duration, Instant};
+
+use anyhow::bail;
+use kube::api::{Api, ListParams, Patch, PatchParams};
+use serde_json::json;
+
+use emr_ray_operator::api::{EmrRayCluster, EmrRayJob};
+use emr_ray_operator::emr::{ACTION_LIST_RAY_CLUSTER, ACTION_LIST_RAY_JOB};
+
+use super::phases::{SYNC_LIMIT, spawn_operator, stop_operator};
+use super::{Args, Proc, delete_namespace, free_port, setup, writes};
+
+/// What the jobs run measured.
+pub(super) struct JobsRun {
+    pub(super) workspaces: usize,
+    pub(super) jobs: usize,
+    pub(super) initial: Duration,
+    /// Per steady interval: (ListRayJob requests, ListRayCluster requests, job mirror writes).
+    pub(super) steady: Vec<(u64, u64, f64)>,
+    /// Jobs changed in the churn interval, and the job mirror writes it took.
+    pub(super) churned: usize,
+    pub(super) churn_writes: f64,
+    /// Operator RSS and peak RSS (KiB) with jobs off, then on.
+    pub(super) rss_off: (u64, u64),
+    pub(super) rss_on: (u64, u64),
+}
+
+async fn count<K>(api: &Api<K>) -> anyhow::Result<usize>
+where
+    K: kube::Resource<DynamicType = ()> + Clone + serde::de::DeserializeOwned + std::fmt::Debug,
+{
+    Ok(api.list_metadata(&ListParams::default()).await?.items.len())
+}
+
+async fn wait_count<K>(api: &Api<K>, want: usize, what: &str) -> anyhow::Result<Duration>
+where
+    K: kube::Resource<DynamicType = ()> + Clone + serde::de::DeserializeOwned + std::fmt::Debug,
+{
+    let start = Instant::now();
+    loop {
+        let n = count(api).await?;
+        if n == want {
+            return Ok(start.elapsed());
+        }
+        if start.elapsed() > SYNC_LIMIT {
+            bail!("{what}: {n} of {want} after {}s", SYNC_LIMIT.as_secs());
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}
+
+pub(super) async fn jobs_run(args: &Args, client: &kube::Client) -> anyhow::Result<JobsRun> {
+    let interval = Duration::from_secs(args.interval);
+    let n_ws = args.jobs_workspaces;
+    let per_ws = args.jobs_per_workspace;
+    let setup = setup(args, client, "jobs run", n_ws, 0).await?;
+    for id in &setup.ws_ids {
+        // Within the last 12 h: all inside the 24 h window.
+        setup.sim.state.generate_jobs(
+            id,
+            per_ws,
+            &format!("job-{id}"),
+            Duration::from_secs(12 * 3600),
+        );
+    }
+    let jobs_total = n_ws * per_ws;
+    println!(
+        "bench: jobs run: {n_ws} workspaces x {per_ws} jobs = {jobs_total} jobs in the window"
+    );
+    let port = free_port()?;
+    let mut child = spawn_operator(
+        args,
+        &setup.namespaces,
+        &format!("127.0.0.1:{port}"),
+        "127.0.0.1:0",
+        None,
+    )?;
+    let op = Proc {
+        pid: Proc::of(&child).pid,
+        metrics: Some(port),
+    };
+    let clusters: Api<EmrRayCluster> = Api::namespaced(client.clone(), &setup.ns);
+    let jobs: Api<EmrRayJob> = Api::namespaced(client.clone(), &setup.ns);
+    wait_count(&clusters, setup.total, "cluster mirrors").await?;
+    tokio::time::sleep(interval).await;
+    let rss_off = (op.status_kb("VmRSS:"), op.status_kb("VmHWM:"));
+
+    // Jobs on.
+    for i in 0..n_ws {
+        setup
+            .workspaces
+            .patch(
+                &format!("ws-{i:04}"),
+                &PatchParams::default(),
+                &Patch::Merge(json!({"spec": {"jobs": {"enabled": true, "retention": "24h"}}})),
+            )
+            .await?;
+    }
+    let initial = wait_count(&jobs, jobs_total, "job mirrors").await?;
+    tokio::time::sleep(interval).await;
+
+    // Steady state: nothing changes.
+    let mut steady = Vec::new();
+    for _ in 0..args.steady_intervals.max(1) {
+        setup.sim.state.reset_stats();
+        let w0 = writes(client, &op, "emrrayjobs").await?;
+        tokio::time::sleep(interval).await;
+        let w = writes(client, &op, "emrrayjobs").await? - w0;
+        let by = setup.sim.state.stats().by_action;
+        steady.push((
+            by.get(ACTION_LIST_RAY_JOB).copied().unwrap_or(0),
+            by.get(ACTION_LIST_RAY_CLUSTER).copied().unwrap_or(0),
+            w.own,
+        ));
+    }
+    let rss_on = (op.status_kb("VmRSS:"), op.status_kb("VmHWM:"));
+
+    // Churn: 1% of the jobs change status.
+    let w0 = writes(client, &op, "emrrayjobs").await?;
+    let mut churned = 0;
+    for id in &setup.ws_ids {
+        let mut all = setup.sim.state.jobs(id);
+        for j in all.iter_mut().take(per_ws.div_ceil(100)) {
+            j.job.status = Some(
+                if j.job.status.as_deref() == Some("Failed") {
+                    "Succeeded"
+                } else {
+                    "Failed"
+                }
+                .into(),
+            );
+            churned += 1;
+        }
+        setup.sim.state.set_jobs(id, all);
+    }
+    tokio::time::sleep(interval + Duration::from_secs(5)).await;
+    let churn_writes = (writes(client, &op, "emrrayjobs").await? - w0).own;
+
+    stop_operator(&mut child).await;
+    delete_namespace(client, &setup.ns).await?;
+    setup.sim.shutdown().await;
+    Ok(JobsRun {
+        workspaces: n_ws,
+        jobs: jobs_total,
+        initial,
+        steady,
+        churned,
+        churn_writes,
+        rss_off,
+        rss_on,
+    })
+}
+
+/// Prints the jobs run's figures.
+pub(super) fn report_jobs(r: &JobsRun, interval: u64) {
+    println!(
+        "\n## Jobs ({} workspaces x {} jobs in the window = {} job mirrors, syncInterval {interval}s)",
+        r.workspaces,
+        r.jobs / r.workspaces.max(1),
+        r.jobs
+    );
+    println!(
+        "initial job sync (jobs enabled -> every job mirrored): {:.1}s",
+        r.initial.as_secs_f64()
+    );
+    for (i, (jobs, clusters, w)) in r.steady.iter().enumerate() {
+        println!(
+            "steady interval {}: remote requests ListRayJob {jobs} ({:.1}/workspace), ListRayCluster {clusters}; writes to emrrayjobs {w:.0}",
+            i + 1,
+            *jobs as f64 / r.workspaces.max(1) as f64
+        );
+    }
+    println!(
+        "churn interval: {} jobs changed, {:.0} writes to emrrayjobs (status only: one per change)",
+        r.churned, r.churn_writes
+    );
+    let per = |on: u64, off: u64| (on.saturating_sub(off) as f64 * 1024.0) / r.jobs.max(1) as f64;
+    println!(
+        "operator RSS jobs off {} KiB, on {} KiB: {:.0} bytes per job mirror; peak RSS off {} KiB, on {} KiB: {:.0} bytes per job mirror",
+        r.rss_off.0,
+        r.rss_on.0,
+        per(r.rss_on.0, r.rss_off.0),
+        r.rss_off.1,
+        r.rss_on.1,
+        per(r.rss_on.1, r.rss_off.1)
+    );
+}

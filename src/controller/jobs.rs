@@ -1,0 +1,729 @@
+//! `EmrRayJob` mirrors of the workspaces that opt in (`spec.jobs.enabled`).
+//!
+//! Each remote listing round of such a workspace also lists its jobs submitted within the
+//! retention window (`ListRayJob` with the `submitTime` filter, same endpoint, credentials and
+//! remote budget as the cluster listing), then:
+//!
+//! * [`plan_jobs`] (pure, table-tested below) decides the writes from the job listing and the
+//!   job mirrors that exist: a listed job gets a mirror, written only where it differs (a
+//!   steady workspace makes no write); a mirror whose job is not in the listing (it left the
+//!   window, or vanished) is deleted **only** when the listing is complete — a failed or
+//!   partial job listing writes and deletes nothing, and the mirrors keep their data;
+//! * [`write_jobs`] performs them (server-side apply with the operator's field manager;
+//!   status through the status subresource).
+//!
+//! The existing job mirrors are read with one LIST by the workspace's label per round, served
+//! from the API server's watch cache (`resourceVersion=0`); there is no job watch, so a job
+//! mirror deleted by hand comes back at the next round rather than at once.
+//!
+//! Disabling jobs (or never enabling them) deletes the workspace's job mirrors: they are an
+//! opt-in view, and a mirror that is no longer kept current would lie. This is looked at once
+//! per workspace after the operator starts and after each change of the spec, never every
+//! interval.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::Arc;
+
+use kube::api::{Api, DeleteParams, ListParams};
+use kube::runtime::events::EventType;
+use kube::{Resource, ResourceExt};
+use tracing::{debug, warn};
+
+use super::apply::{self, publish};
+use super::mirror::{self, label_value};
+use super::plan::Owner;
+use super::state::WorkspaceState;
+use super::{Context, SyncError, key};
+use crate::api::conditions::{ConditionSet, READY, RECONCILING, STALLED};
+use crate::api::{
+    Condition, EmrRayJob, EmrRayJobSpec, EmrRayJobStatus, EmrWorkspace, Interval, LABEL_MANAGED_BY,
+    LABEL_SHARD, LABEL_SUBMISSION_ID, LABEL_WORKSPACE, LABEL_WORKSPACE_ID, MANAGED_BY, Reason,
+    WorkspaceJobsStatus,
+};
+use crate::emr::job::JOB_STATES;
+use crate::emr::redact::redact_endpoint;
+use crate::emr::{ErrorKind, JobListing, RayJob};
+use crate::metrics::WorkspaceLabels;
+use crate::time::{now_rfc3339, rfc3339_millis};
+
+/// What is remembered between rounds about a workspace's jobs.
+#[derive(Clone, Debug, Default)]
+pub struct JobsState {
+    /// The job listing of the latest round, when it was complete; taken by the write pass.
+    pub pending: Option<Arc<JobListing>>,
+    /// The summary shown in `status.jobs` (counts of the last complete listing).
+    pub summary: Option<WorkspaceJobsStatus>,
+    /// The job mirrors of a disabled workspace have been looked for (and deleted) since the
+    /// operator started or the spec changed.
+    pub cleaned: bool,
+}
+
+/// The job listing of one round: complete, or why not.
+pub type JobResult = Result<JobListing, SyncError>;
+
+/// Records a round's job listing in the workspace state (the summary keeps the counts of the
+/// last complete listing when this one failed).
+pub fn record(st: &mut WorkspaceState, retention: Interval, result: JobResult, now: &str) {
+    let jobs = &mut st.jobs;
+    jobs.cleaned = false;
+    let mut summary = jobs.summary.take().unwrap_or_default();
+    summary.retention = Some(retention.to_string());
+    match result {
+        Ok(listing) => {
+            let (by_state, failed) = count(&listing.jobs);
+            summary.total = Some(listing.jobs.len() as i64);
+            summary.failed = Some(failed);
+            summary.by_state = by_state;
+            summary.last_successful_list_time = Some(now.to_string());
+            summary.reason = None;
+            summary.message = None;
+            jobs.pending = Some(Arc::new(listing));
+        }
+        Err(e) => {
+            let reason = job_reason(&e);
+            summary.reason = Some(reason.as_str().to_string());
+            summary.message = Some(mirror::truncated(&e.to_string(), 1024));
+            jobs.pending = None;
+        }
+    }
+    jobs.summary = Some(summary);
+}
+
+/// A job listing's failure as a reason: too many jobs is its own.
+fn job_reason(e: &SyncError) -> Reason {
+    match e {
+        SyncError::Remote(r) if r.kind == ErrorKind::TooManyClusters => Reason::TooManyJobs,
+        e => e.reason(),
+    }
+}
+
+/// Jobs per state (the SDK's eight, the rest as `Other`) and the failed ones.
+fn count(jobs: &[RayJob]) -> (BTreeMap<String, i64>, i64) {
+    let mut by_state = BTreeMap::new();
+    let mut failed = 0;
+    for j in jobs {
+        let s = j.status.as_deref().unwrap_or("Unknown");
+        let label = if JOB_STATES.contains(&s) || s == "Unknown" {
+            s
+        } else {
+            "Other"
+        };
+        *by_state.entry(label.to_string()).or_insert(0) += 1;
+        failed += i64::from(j.failed());
+    }
+    (by_state, failed)
+}
+
+/// The labels of a job mirror.
+pub fn job_labels(owner: &Owner, submission_id: &str) -> BTreeMap<String, String> {
+    let mut labels = BTreeMap::from([
+        (LABEL_WORKSPACE.to_string(), label_value(&owner.name)),
+        (
+            LABEL_WORKSPACE_ID.to_string(),
+            label_value(&owner.workspace_id),
+        ),
+        (LABEL_SUBMISSION_ID.to_string(), label_value(submission_id)),
+        (LABEL_MANAGED_BY.to_string(), MANAGED_BY.to_string()),
+    ]);
+    if let Some(shard) = &owner.shard {
+        labels.insert(LABEL_SHARD.to_string(), shard.clone());
+    }
+    labels
+}
+
+fn job_spec(owner: &Owner, submission_id: &str) -> EmrRayJobSpec {
+    EmrRayJobSpec {
+        workspace_ref: owner.name.clone(),
+        workspace_id: owner.workspace_id.clone(),
+        region_id: owner.region_id.clone(),
+        submission_id: submission_id.to_string(),
+    }
+}
+
+/// The status fields that come from the remote job (everything but conditions): times in
+/// RFC 3339, the duration as `1h2m3s`, the dashboard URL without its token.
+pub fn remote_job_status(j: &RayJob) -> EmrRayJobStatus {
+    EmrRayJobStatus {
+        conditions: Vec::new(),
+        observed_generation: None,
+        state: j.status.clone(),
+        submission_id: Some(j.submission_id.clone()),
+        name: j.name.clone(),
+        resource_queue: j.resource_queue.clone(),
+        cluster_state: j.cluster_state.clone(),
+        submit_time: j.submit_time.and_then(rfc3339_millis),
+        start_time: j.start_time.and_then(rfc3339_millis),
+        end_time: j.end_time.and_then(rfc3339_millis),
+        duration: j
+            .duration
+            .filter(|d| *d >= 0)
+            .map(|d| Interval::from_secs(d as u64).min(Interval::MAX).to_string()),
+        cu_hours: j.cu_hours.filter(|c| c.is_finite()),
+        creator_name: j.creator_name.clone(),
+        dashboard_url: j
+            .dashboard_url
+            .as_deref()
+            .filter(|u| !u.is_empty())
+            .map(|u| mirror::truncated(&redact_endpoint(u), mirror::MAX_URL)),
+    }
+}
+
+/// kstatus conditions of a job mirror, like KubeRay's RayJob: `Ready=True` once `Succeeded`;
+/// `Stalled=True` when `Failed` or `Timeout`; `Reconciling=True` while `Submitted`, `Pending`,
+/// `Running` or `Cancelling`; `Cancelled` is `Ready=False` and final.
+pub fn job_conditions(
+    status: &EmrRayJobStatus,
+    previous: &[Condition],
+    generation: Option<i64>,
+    now: &str,
+) -> Vec<Condition> {
+    let state = status.state.as_deref().unwrap_or("Unknown");
+    let mut out = ConditionSet::new(previous, generation, now);
+    let said = format!("Ray job is {state}");
+    match state {
+        "Succeeded" => out.set(READY, true, "Succeeded", said),
+        "Failed" | "Timeout" => {
+            let why = if state == "Timeout" {
+                "Ray job was cancelled after its timeout".to_string()
+            } else {
+                "Ray job failed".to_string()
+            };
+            out.set(READY, false, state, why.clone());
+            out.set(STALLED, true, state, why)
+        }
+        "Submitted" | "Pending" | "Running" | "Cancelling" => {
+            out.set(READY, false, state, said.clone());
+            out.set(RECONCILING, true, state, said)
+        }
+        "Cancelled" => out.set(READY, false, "Cancelled", said),
+        _ => out.set(
+            READY,
+            false,
+            "UnknownState",
+            format!("Ray job reports state {state:?}"),
+        ),
+    };
+    out.build()
+}
+
+/// A job mirror as listed.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ExistingJob {
+    pub name: String,
+    pub submission_id: String,
+    pub generation: Option<i64>,
+    /// Controlled by this workspace (by UID).
+    pub ours: bool,
+    /// Spec and labels as this owner gives them.
+    pub shaped: bool,
+    pub status: Option<EmrRayJobStatus>,
+}
+
+impl ExistingJob {
+    pub fn of(m: &EmrRayJob, owner: &Owner) -> Self {
+        let ours = m
+            .owner_references()
+            .iter()
+            .any(|o| o.controller == Some(true) && o.uid == owner.uid);
+        let want = job_labels(owner, &m.spec.submission_id);
+        let labels = m.labels();
+        let shaped = m.spec == job_spec(owner, &m.spec.submission_id)
+            && want.iter().all(|(k, v)| labels.get(k) == Some(v))
+            && (owner.shard.is_some() || !labels.contains_key(LABEL_SHARD));
+        ExistingJob {
+            name: m.name_any(),
+            submission_id: m.spec.submission_id.clone(),
+            generation: m.metadata.generation,
+            ours,
+            shaped,
+            status: m.status.clone(),
+        }
+    }
+}
+
+/// One job mirror's write.
+#[derive(Clone, Debug, PartialEq)]
+pub enum JobWrite {
+    /// Metadata and spec (creation or repair), then the status.
+    Apply {
+        name: String,
+        submission_id: String,
+        status: Box<EmrRayJobStatus>,
+    },
+    /// Only the status differs.
+    Status {
+        name: String,
+        status: Box<EmrRayJobStatus>,
+    },
+    Delete {
+        name: String,
+    },
+}
+
+/// The writes of one round. `listing`: the complete job listing of this round (`None`: the
+/// listing failed or was partial — then nothing is written or deleted); `enabled`: jobs are on
+/// (off: every mirror of this workspace is deleted). Pure.
+pub fn plan_jobs(
+    listing: Option<&[RayJob]>,
+    enabled: bool,
+    existing: &[ExistingJob],
+    now: &str,
+) -> (Vec<JobWrite>, Vec<String>) {
+    let mut writes = Vec::new();
+    let mut conflicts = Vec::new();
+    let ours: HashMap<&str, &ExistingJob> = existing
+        .iter()
+        .filter(|e| e.ours)
+        .map(|e| (e.submission_id.as_str(), e))
+        .collect();
+    let foreign: HashSet<&str> = existing
+        .iter()
+        .filter(|e| !e.ours)
+        .map(|e| e.name.as_str())
+        .collect();
+    if !enabled {
+        let mut names: Vec<&String> = ours.values().map(|e| &e.name).collect();
+        names.sort();
+        return (
+            names
+                .into_iter()
+                .map(|n| JobWrite::Delete { name: n.clone() })
+                .collect(),
+            conflicts,
+        );
+    }
+    let Some(jobs) = listing else {
+        return (writes, conflicts);
+    };
+    let mut listed: HashSet<&str> = HashSet::new();
+    let mut names: HashSet<String> = HashSet::new();
+    for j in jobs {
+        let id = j.submission_id.as_str();
+        listed.insert(id);
+        let prev = ours.get(id).copied();
+        let name = prev.map(|p| p.name.clone()).unwrap_or_else(|| job_name(id));
+        if !names.insert(name.clone()) || (prev.is_none() && foreign.contains(name.as_str())) {
+            conflicts.push(name);
+            continue;
+        }
+        let generation = prev.and_then(|p| p.generation).or(Some(1));
+        let prev_status = prev.and_then(|p| p.status.as_ref());
+        let mut desired = remote_job_status(j);
+        desired.observed_generation = generation;
+        desired.conditions = job_conditions(
+            &desired,
+            prev_status
+                .map(|s| s.conditions.as_slice())
+                .unwrap_or_default(),
+            generation,
+            now,
+        );
+        match prev {
+            Some(p) if p.shaped => {
+                if p.status.as_ref() != Some(&desired) {
+                    writes.push(JobWrite::Status {
+                        name,
+                        status: Box::new(desired),
+                    });
+                }
+            }
+            _ => writes.push(JobWrite::Apply {
+                name,
+                submission_id: id.to_string(),
+                status: Box::new(desired),
+            }),
+        }
+    }
+    let mut gone: Vec<&String> = ours
+        .values()
+        .filter(|e| !listed.contains(e.submission_id.as_str()))
+        .map(|e| &e.name)
+        .collect();
+    gone.sort();
+    writes.extend(
+        gone.into_iter()
+            .map(|n| JobWrite::Delete { name: n.clone() }),
+    );
+    conflicts.sort();
+    (writes, conflicts)
+}
+
+/// A job mirror's name: `job-` and the mirror name of its submission ID (DNS-safe, stable).
+pub fn job_name(submission_id: &str) -> String {
+    let base = mirror::mirror_name(submission_id);
+    if base.len() + 4 <= 63 {
+        format!("job-{base}")
+    } else {
+        mirror::mirror_name(&format!("job-{submission_id}"))
+    }
+}
+
+/// The job mirrors of `owner`'s workspace (its label, from the watch cache).
+async fn list_existing(ctx: &Context, owner: &Owner) -> Result<Vec<ExistingJob>, kube::Error> {
+    let api: Api<EmrRayJob> = Api::namespaced(ctx.client.clone(), &owner.namespace);
+    let selector = format!(
+        "{LABEL_MANAGED_BY}={MANAGED_BY},{LABEL_WORKSPACE}={}",
+        label_value(&owner.name)
+    );
+    let list = api
+        .list(&ListParams::default().labels(&selector).match_any())
+        .await?;
+    Ok(list
+        .items
+        .iter()
+        .map(|m| ExistingJob::of(m, owner))
+        .collect())
+}
+
+/// The job mirror writes of one round (after a job listing, or once for a workspace without
+/// jobs), and the job metrics.
+pub async fn write_jobs(ws: &EmrWorkspace, ctx: &Context, st: &mut WorkspaceState) {
+    let enabled = ws.spec.jobs_enabled().is_some();
+    let listing = st.jobs.pending.take();
+    let labels = WorkspaceLabels {
+        namespace: ws.namespace().unwrap_or_default(),
+        workspace: ws.name_any(),
+    };
+    if enabled {
+        let s = st.jobs.summary.as_ref();
+        ctx.metrics
+            .workspace_jobs
+            .get_or_create(&labels)
+            .set(s.and_then(|s| s.total).unwrap_or(0));
+        ctx.metrics
+            .workspace_jobs_failed
+            .get_or_create(&labels)
+            .set(s.and_then(|s| s.failed).unwrap_or(0));
+    } else {
+        ctx.metrics.workspace_jobs.remove(&labels);
+        ctx.metrics.workspace_jobs_failed.remove(&labels);
+        st.jobs.summary = None;
+    }
+    let needed = if enabled {
+        listing.is_some()
+    } else {
+        !st.jobs.cleaned
+    };
+    if !needed {
+        return;
+    }
+    let Ok(shard) = super::mirror_shard(ctx, ws) else {
+        return;
+    };
+    let owner = Owner::of(ws, shard);
+    let existing = match list_existing(ctx, &owner).await {
+        Ok(e) => e,
+        // No EmrRayJob CRD installed (older CRDs): there is no job mirror to delete.
+        Err(kube::Error::Api(e)) if e.code == 404 && !enabled => {
+            st.jobs.cleaned = true;
+            return;
+        }
+        Err(e) => {
+            warn!(workspace = %key(ws), error = %e, "listing the workspace's job mirrors failed; retrying next round");
+            return;
+        }
+    };
+    let now = now_rfc3339();
+    let (writes, conflicts) = plan_jobs(
+        listing.as_ref().map(|l| l.jobs.as_slice()),
+        enabled,
+        &existing,
+        &now,
+    );
+    if !conflicts.is_empty() {
+        warn!(workspace = %key(ws), conflicts = ?conflicts, "job mirror names held by another workspace");
+    }
+    let api: Api<EmrRayJob> = Api::namespaced(ctx.client.clone(), &owner.namespace);
+    let (mut created, mut deleted, mut failed) = (0usize, 0usize, 0usize);
+    let mut first_error: Option<String> = None;
+    for w in writes {
+        if ctx.stop.is_cancelled() {
+            return;
+        }
+        let result = write_one(ctx, &api, &owner, &w).await;
+        match (&w, result) {
+            (_, Err(e)) => {
+                failed += 1;
+                let refused = apply::Refused::from_error(&e);
+                ctx.metrics.count_refusal("emrrayjobs", refused.refusal);
+                first_error.get_or_insert(refused.message);
+            }
+            (JobWrite::Apply { .. }, Ok(())) => created += 1,
+            (JobWrite::Delete { .. }, Ok(())) => deleted += 1,
+            _ => {}
+        }
+    }
+    debug!(workspace = %key(ws), created, deleted, failed, "job mirrors written");
+    if let Some(message) = first_error {
+        publish(
+            &ctx.recorder,
+            &ws.object_ref(&()),
+            EventType::Warning,
+            Reason::MirrorWriteFailed.as_str(),
+            format!("{failed} job mirror write(s) refused: {message}"),
+        )
+        .await;
+    } else if !enabled {
+        st.jobs.cleaned = true;
+    }
+}
+
+async fn write_one(
+    ctx: &Context,
+    api: &Api<EmrRayJob>,
+    owner: &Owner,
+    w: &JobWrite,
+) -> Result<(), kube::Error> {
+    let _permit = ctx.write_limiter.wait().await;
+    match w {
+        JobWrite::Apply {
+            name,
+            submission_id,
+            status,
+        } => {
+            let body = serde_json::json!({
+                "metadata": {
+                    "labels": job_labels(owner, submission_id),
+                    "ownerReferences": [owner.reference()],
+                },
+                "spec": job_spec(owner, submission_id),
+            });
+            apply::apply_ssa(api, name, body, false).await?;
+            ctx.metrics.count_write("emrrayjobs", "apply");
+            let _permit2 = ctx.write_limiter.wait().await;
+            apply::apply_ssa(api, name, serde_json::json!({ "status": status }), true).await?;
+            ctx.metrics.count_write("emrrayjobs", "apply-status");
+        }
+        JobWrite::Status { name, status } => {
+            apply::apply_ssa(api, name, serde_json::json!({ "status": status }), true).await?;
+            ctx.metrics.count_write("emrrayjobs", "apply-status");
+        }
+        JobWrite::Delete { name } => {
+            match api.delete(name, &DeleteParams::default()).await {
+                Ok(_) => {}
+                Err(kube::Error::Api(e)) if e.code == 404 => {}
+                Err(e) => return Err(e),
+            }
+            ctx.metrics.count_write("emrrayjobs", "delete");
+        }
+    }
+    Ok(())
+}
+
+/// Forgets the job metrics of a workspace.
+pub fn forget_metrics(ctx: &Context, labels: &WorkspaceLabels) {
+    ctx.metrics.workspace_jobs.remove(labels);
+    ctx.metrics.workspace_jobs_failed.remove(labels);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const NOW: &str = "2026-01-01T00:00:00Z";
+
+    fn job(id: &str, status: &str) -> RayJob {
+        RayJob {
+            submission_id: id.into(),
+            name: Some(format!("n-{id}")),
+            status: Some(status.into()),
+            submit_time: Some(1_700_000_000_000),
+            duration: Some(3723),
+            dashboard_url: Some("https://gw.example/jobs/x?token=SECRET".into()),
+            ..Default::default()
+        }
+    }
+
+    /// The mirror a previous round wrote for `j`.
+    fn mirrored(j: &RayJob) -> ExistingJob {
+        let (writes, _) = plan_jobs(Some(std::slice::from_ref(j)), true, &[], NOW);
+        let JobWrite::Apply { status, name, .. } = writes[0].clone() else {
+            panic!("{writes:?}")
+        };
+        ExistingJob {
+            name,
+            submission_id: j.submission_id.clone(),
+            generation: Some(1),
+            ours: true,
+            shaped: true,
+            status: Some(*status),
+        }
+    }
+
+    fn kinds(w: &[JobWrite]) -> Vec<String> {
+        w.iter()
+            .map(|w| match w {
+                JobWrite::Apply { name, .. } => format!("apply {name}"),
+                JobWrite::Status { name, .. } => format!("status {name}"),
+                JobWrite::Delete { name } => format!("delete {name}"),
+            })
+            .collect()
+    }
+
+    #[test]
+    fn the_rules_of_job_mirrors() {
+        let a = job("raysubmit_a", "Running");
+        let b = job("raysubmit_b", "Succeeded");
+        let ma = mirrored(&a);
+        let mb = mirrored(&b);
+        let mut a_failed = a.clone();
+        a_failed.status = Some("Failed".into());
+        let foreign = ExistingJob {
+            ours: false,
+            ..mirrored(&job("raysubmit_c", "Running"))
+        };
+        let mut unshaped = mb.clone();
+        unshaped.shaped = false;
+        type Row<'a> = (
+            &'a str,
+            Option<Vec<RayJob>>,
+            bool,
+            Vec<ExistingJob>,
+            Vec<&'a str>,
+        );
+        let rows: Vec<Row> = vec![
+            (
+                "new jobs are created",
+                Some(vec![a.clone(), b.clone()]),
+                true,
+                vec![],
+                vec!["apply job-raysubmit-a-", "apply job-raysubmit-b-"],
+            ),
+            (
+                "steady state writes nothing",
+                Some(vec![a.clone(), b.clone()]),
+                true,
+                vec![ma.clone(), mb.clone()],
+                vec![],
+            ),
+            (
+                "a changed job is a status write",
+                Some(vec![a_failed.clone(), b.clone()]),
+                true,
+                vec![ma.clone(), mb.clone()],
+                vec!["status job-raysubmit-a-"],
+            ),
+            (
+                "a job out of a complete listing is deleted",
+                Some(vec![a.clone()]),
+                true,
+                vec![ma.clone(), mb.clone()],
+                vec!["delete job-raysubmit-b-"],
+            ),
+            (
+                "a failed or partial listing deletes nothing",
+                None,
+                true,
+                vec![ma.clone(), mb.clone()],
+                vec![],
+            ),
+            (
+                "an empty complete listing deletes all",
+                Some(vec![]),
+                true,
+                vec![ma.clone(), mb.clone()],
+                vec!["delete job-raysubmit-a-", "delete job-raysubmit-b-"],
+            ),
+            (
+                "disabled deletes every mirror, listing or not",
+                None,
+                false,
+                vec![ma.clone(), mb.clone(), foreign.clone()],
+                vec!["delete job-raysubmit-a-", "delete job-raysubmit-b-"],
+            ),
+            (
+                "another workspace's mirror is never touched",
+                Some(vec![]),
+                true,
+                vec![foreign.clone()],
+                vec![],
+            ),
+            (
+                "a name held by another workspace is not taken",
+                Some(vec![job("raysubmit_c", "Running")]),
+                true,
+                vec![foreign.clone()],
+                vec![],
+            ),
+            (
+                "a mirror with a wrong shape is repaired",
+                Some(vec![b.clone()]),
+                true,
+                vec![unshaped],
+                vec!["apply job-raysubmit-b-"],
+            ),
+        ];
+        for (what, listing, enabled, existing, want) in rows {
+            let (writes, _) = plan_jobs(listing.as_deref(), enabled, &existing, NOW);
+            let got = kinds(&writes);
+            assert_eq!(got.len(), want.len(), "{what}: {got:?}");
+            for (g, w) in got.iter().zip(&want) {
+                assert!(g.starts_with(w), "{what}: {got:?} vs {want:?}");
+            }
+        }
+    }
+
+    #[test]
+    fn status_is_cleaned_redacted_and_conditions_follow_kuberay() {
+        let s = remote_job_status(&job("raysubmit_a", "Failed"));
+        assert_eq!(s.duration.as_deref(), Some("1h2m3s"));
+        assert_eq!(s.submit_time.as_deref(), Some("2023-11-14T22:13:20Z"));
+        assert_eq!(
+            s.dashboard_url.as_deref(),
+            Some("https://gw.example/jobs/x")
+        );
+        let c = |state: &str| {
+            let mut s = s.clone();
+            s.state = Some(state.into());
+            job_conditions(&s, &[], Some(1), NOW)
+                .into_iter()
+                .map(|c| format!("{}={}:{}", c.type_, c.status, c.reason))
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(c("Succeeded"), ["Ready=True:Succeeded"]);
+        assert_eq!(c("Failed"), ["Ready=False:Failed", "Stalled=True:Failed"]);
+        assert_eq!(
+            c("Timeout"),
+            ["Ready=False:Timeout", "Stalled=True:Timeout"]
+        );
+        assert_eq!(
+            c("Running"),
+            ["Ready=False:Running", "Reconciling=True:Running"]
+        );
+        assert_eq!(c("Cancelled"), ["Ready=False:Cancelled"]);
+        assert_eq!(c("Weird"), ["Ready=False:UnknownState"]);
+    }
+
+    #[test]
+    fn names_are_dns_labels_and_distinct() {
+        let a = job_name("raysubmit_ABC");
+        assert!(a.starts_with("job-") && a.len() <= 63, "{a}");
+        assert_ne!(a, job_name("raysubmit_abc"));
+        assert!(job_name(&"x".repeat(128)).len() <= 63);
+    }
+
+    #[test]
+    fn record_keeps_counts_when_a_listing_fails() {
+        let mut st = WorkspaceState::default();
+        let listing = JobListing {
+            jobs: vec![job("a", "Failed"), job("b", "Succeeded"), job("c", "Odd")],
+            ..Default::default()
+        };
+        record(&mut st, Interval::from_secs(3600), Ok(listing), NOW);
+        let s = st.jobs.summary.clone().unwrap();
+        assert_eq!((s.total, s.failed), (Some(3), Some(1)));
+        assert_eq!(s.by_state.get("Other"), Some(&1));
+        assert!(st.jobs.pending.is_some());
+        let err = SyncError::Remote(crate::emr::EmrError::new(
+            ErrorKind::TooManyClusters,
+            "many",
+        ));
+        record(&mut st, Interval::from_secs(3600), Err(err), NOW);
+        let s = st.jobs.summary.clone().unwrap();
+        assert_eq!(
+            (s.total, s.reason.as_deref()),
+            (Some(3), Some("TooManyJobs"))
+        );
+        assert!(st.jobs.pending.is_none());
+    }
+}
