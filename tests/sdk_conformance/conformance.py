@@ -26,6 +26,7 @@ import inspect
 import json
 import re
 import sys
+import time
 import urllib.request
 import uuid
 
@@ -240,7 +241,82 @@ def check_list_workspace_queues(ctx, style):
     ctx.admin("DELETE", f"/workspaces/{ws}")
 
 
-CHECKS = [check_list_ray_cluster, check_list_workspace_queues]
+def check_get_ray_cluster(ctx, style):
+    """GetRayCluster: the listed cluster plus instances[] and the secret-bearing fields, every one
+    typed as the SDK's models say; an unknown cluster is a 404 InvalidRayClusterId.NotFound."""
+    ws = f"w-sdk{uuid.uuid4().hex[:10]}"
+    ctx.admin("PUT", f"/workspaces/{ws}")
+    cid = ctx.admin("POST", f"/workspaces/{ws}/generate", {"count": 1, "prefix": "sdk"})["clusterIds"][0]
+    ctx.admin("PUT", f"/workspaces/{ws}/clusters/{cid}/detail", {
+        "instances": [
+            {"type": "head", "instanceId": f"{cid}-head-0", "phase": "Failed", "reason": "Error",
+             "message": "The node was low on resource: memory.", "containerState": "Terminated",
+             "containerStateReason": "OOMKilled", "containerStateMessage": "Killed",
+             "containerExitCode": 137, "createTime": 1723722279800, "startTime": 1723722280800},
+            {"type": "worker", "instanceId": f"{cid}-worker-0", "phase": "Running",
+             "containerState": "Running", "containerExitCode": 0},
+        ],
+        "submitToken": "sdk-submit-token", "jobUrl": "https://job.example/?token=t",
+        "jobUrlInner": "https://job.internal/?token=t", "extraParam": "{\"k\": \"v\"}",
+        "volumeIds": ["v-1"],
+        "headSpec": {"env": "{\"A\": \"b\"}", "rayStartParams": "{\"num-cpus\": \"1\"}",
+                     "gftEnabled": True,
+                     "gftConfig": {"redisPassword": "p", "redisUrl": "redis://h:6379", "redisUsername": "u"}},
+        "workerSpec": {"env": "{\"A\": \"b\"}", "rayStartParams": "{}"},
+    })
+    body = ctx.call(style, "get_ray_cluster", ws, cid).body
+    expect(body.request_id, f"{style} GetRayCluster: no requestId")
+    expect(body.cluster_id == cid and body.state, f"{style} GetRayCluster: cluster {body.cluster_id!r} state {body.state!r}")
+    kinds = [(i.type, i.container_state_reason, i.container_exit_code) for i in body.instances]
+    expect(kinds == [("head", "OOMKilled", 137), ("worker", None, 0)], f"{style} GetRayCluster instances: {kinds}")
+    expect(body.submit_token == "sdk-submit-token", f"{style} GetRayCluster: submitToken {body.submit_token!r}")
+    expect(body.head_spec.gft_config.redis_password == "p", f"{style} GetRayCluster: headSpec.gftConfig")
+    expect(all(w.env for w in body.worker_spec), f"{style} GetRayCluster: workerSpec[].env")
+    try:
+        ctx.clients[style].get_ray_cluster(ws, "ray-sdk-unknown")
+    except Exception as e:
+        code = getattr(e, "code", None) or str(e)
+        expect("InvalidRayClusterId.NotFound" in str(code), f"{style} GetRayCluster unknown cluster: {code}")
+    else:
+        raise Failure(f"{style} GetRayCluster: an unknown cluster was answered")
+    ctx.refused(style, "get_ray_cluster", ws, cid)
+    ctx.admin("DELETE", f"/workspaces/{ws}")
+
+
+def check_list_ray_job(ctx, style):
+    """ListRayJob: pageNum/pageSize paging with totalCount, and the submitTime window (an object
+    the SDK sends JSON-encoded in one query parameter) filtering what is listed."""
+    ws = f"w-sdk{uuid.uuid4().hex[:10]}"
+    ctx.admin("PUT", f"/workspaces/{ws}")
+    generated = ctx.admin("POST", f"/workspaces/{ws}/generate-jobs", {"count": 25, "prefix": "sdk", "spreadSecs": 3600})
+    want = set(generated["submissionIds"])
+    seen = []
+    total = None
+    for page in range(1, 10):
+        req = models.ListRayJobRequest(page_num=page, page_size=10)
+        body = ctx.call(style, "list_ray_job", ws, req).body
+        expect(body.request_id, f"{style} ListRayJob page {page}: no requestId")
+        total = body.total_count
+        seen += [j.submission_id for j in body.ray_jobs]
+        for j in body.ray_jobs:
+            expect(isinstance(j.submit_time, int) and j.status, f"{style}: job {j.submission_id} submitTime/status")
+        if len(body.ray_jobs) < 10:
+            break
+    expect(total == 25, f"{style} ListRayJob: totalCount {total}")
+    expect(len(seen) == 25 and set(seen) == want, f"{style} ListRayJob: listed {len(seen)} jobs, generated 25")
+    # A window that ends before every job was submitted lists none; one around them lists all.
+    now_ms = int(time.time() * 1000)
+    before = models.ListRayJobRequestSubmitTime(start_time=now_ms - 30 * 86_400_000, end_time=now_ms - 2 * 3_600_000)
+    empty = ctx.call(style, "list_ray_job", ws, models.ListRayJobRequest(page_num=1, page_size=100, submit_time=before)).body
+    expect(not empty.ray_jobs and empty.total_count == 0, f"{style} ListRayJob: window before the jobs listed {empty.total_count}")
+    around = models.ListRayJobRequestSubmitTime(start_time=now_ms - 2 * 3_600_000, end_time=now_ms + 60_000)
+    every = ctx.call(style, "list_ray_job", ws, models.ListRayJobRequest(page_num=1, page_size=100, submit_time=around)).body
+    expect(every.total_count == 25, f"{style} ListRayJob: window around the jobs listed {every.total_count}")
+    ctx.refused(style, "list_ray_job", ws, models.ListRayJobRequest(page_num=1, page_size=10))
+    ctx.admin("DELETE", f"/workspaces/{ws}")
+
+
+CHECKS = [check_list_ray_cluster, check_get_ray_cluster, check_list_ray_job, check_list_workspace_queues]
 
 
 def main():
