@@ -120,8 +120,10 @@ print_env() {
 ensure_node_packages() {
   local missing=() p
   for p in "${NODE_PACKAGES[@]}"; do
-    # A tool found on PATH (wherever another package put it) counts as present.
-    [[ -e "${p#*:}" ]] || command -v "$(basename "${p#*:}")" >/dev/null 2>&1 || missing+=("${p%%:*}")
+    # A tool found on PATH (wherever another package put it) counts as present; a CNI plugin
+    # does not (iproute2's `bridge` command is not the CNI bridge plugin).
+    [[ -e "${p#*:}" ]] || { [[ "${p#*:}" != /usr/lib/* ]] &&
+      command -v "$(basename "${p#*:}")" >/dev/null 2>&1; } || missing+=("${p%%:*}")
   done
   ((${#missing[@]})) || return 0
   if dpkg -s containerd.io >/dev/null 2>&1; then
@@ -148,7 +150,8 @@ ensure_node_packages() {
     fi
   done
   for p in "${NODE_PACKAGES[@]}"; do
-    if [[ ! -e "${p#*:}" ]] && ! command -v "$(basename "${p#*:}")" >/dev/null 2>&1; then
+    if [[ ! -e "${p#*:}" ]] && { [[ "${p#*:}" == /usr/lib/* ]] ||
+      ! command -v "$(basename "${p#*:}")" >/dev/null 2>&1; }; then
       log "the Debian package '${p%%:*}' is installed but ${p#*:} is missing"
       return 1
     fi
