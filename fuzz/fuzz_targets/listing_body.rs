@@ -4,34 +4,17 @@
 //! or into a decoding error, which is short and clean.
 #![no_main]
 
+#[path = "common/mod.rs"]
+mod common;
+
 use emr_ray_operator::api::Reason;
 use emr_ray_operator::controller::mirror::{
     Staleness, label_value, mirror_conditions, mirror_name, remote_status,
 };
 use emr_ray_operator::emr::ListRayClusterResponse;
-use emr_ray_operator::emr::text::{MAX_MESSAGE_CHARS, MAX_TEXT, decode_error, is_invisible};
+use emr_ray_operator::emr::text::{MAX_MESSAGE_CHARS, MAX_TEXT, decode_error};
+use common::{check_clean, walk};
 use libfuzzer_sys::fuzz_target;
-use serde_json::Value;
-
-fn check_clean(s: &str, what: &str) {
-    assert!(
-        !s.chars().any(|c| c.is_control() || is_invisible(c)),
-        "{what}: uncleaned character in {s:?}"
-    );
-}
-
-/// Every string of a status (conditions included) is clean and within the largest cap.
-fn walk(v: &Value, path: &str) {
-    match v {
-        Value::String(s) => {
-            check_clean(s, path);
-            assert!(s.len() <= MAX_TEXT, "{path}: {} bytes", s.len());
-        }
-        Value::Array(a) => a.iter().for_each(|v| walk(v, path)),
-        Value::Object(o) => o.iter().for_each(|(k, v)| walk(v, &format!("{path}.{k}"))),
-        _ => {}
-    }
-}
 
 fn is_dns_label(s: &str) -> bool {
     !s.is_empty()
@@ -143,6 +126,7 @@ fuzz_target!(|data: &[u8]| {
         walk(
             &serde_json::to_value(&status).expect("the status serialises"),
             "status",
+            MAX_TEXT,
         );
 
         let stale = Staleness::from_failure(Reason::Throttled, Some("Throttling.User"), None);
