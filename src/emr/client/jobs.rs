@@ -67,25 +67,8 @@ impl EmrClient {
         window: SubmitWindow,
         max_jobs: usize,
     ) -> Result<JobListing, EmrError> {
-        if workspace_id.trim().is_empty() {
-            return Err(EmrError::new(
-                ErrorKind::InvalidRequest,
-                "workspace id is empty",
-            ));
-        }
-        if endpoint.scheme() != "http" && endpoint.scheme() != "https" {
-            return Err(EmrError::new(
-                ErrorKind::Config,
-                format!("endpoint must be http or https, not {}", endpoint.scheme()),
-            ));
-        }
-        let timeout = self.inner.cfg.listing_timeout;
-        let Some(deadline) = Instant::now().checked_add(timeout) else {
-            return Err(EmrError::new(
-                ErrorKind::Config,
-                "listing timeout is too long",
-            ));
-        };
+        let (deadline, timeout) =
+            self.preflight(endpoint, &[workspace_id], "workspace id is empty")?;
         let mut listing = JobListing {
             window: Some(window),
             ..Default::default()

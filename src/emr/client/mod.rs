@@ -354,25 +354,8 @@ impl EmrClient {
         workspace_id: &str,
         creds: &Credentials,
     ) -> Result<Listing, EmrError> {
-        if workspace_id.trim().is_empty() {
-            return Err(EmrError::new(
-                ErrorKind::InvalidRequest,
-                "workspace id is empty",
-            ));
-        }
-        if endpoint.scheme() != "http" && endpoint.scheme() != "https" {
-            return Err(EmrError::new(
-                ErrorKind::Config,
-                format!("endpoint must be http or https, not {}", endpoint.scheme()),
-            ));
-        }
-        let timeout = self.inner.cfg.listing_timeout;
-        let Some(deadline) = Instant::now().checked_add(timeout) else {
-            return Err(EmrError::new(
-                ErrorKind::Config,
-                "listing timeout is too long",
-            ));
-        };
+        let (deadline, timeout) =
+            self.preflight(endpoint, &[workspace_id], "workspace id is empty")?;
         let mut listing = Listing::default();
         match tokio::time::timeout_at(
             deadline,
@@ -646,6 +629,33 @@ impl EmrClient {
         outcome
     }
 
+    /// What every call checks before its first request: no empty ID (`empty` says which), an
+    /// http(s) endpoint; then its deadline, `listing_timeout` from now (and that timeout).
+    fn preflight(
+        &self,
+        endpoint: &url::Url,
+        ids: &[&str],
+        empty: &'static str,
+    ) -> Result<(Instant, Duration), EmrError> {
+        if ids.iter().any(|id| id.trim().is_empty()) {
+            return Err(EmrError::new(ErrorKind::InvalidRequest, empty));
+        }
+        if endpoint.scheme() != "http" && endpoint.scheme() != "https" {
+            return Err(EmrError::new(
+                ErrorKind::Config,
+                format!("endpoint must be http or https, not {}", endpoint.scheme()),
+            ));
+        }
+        let timeout = self.inner.cfg.listing_timeout;
+        match Instant::now().checked_add(timeout) {
+            Some(deadline) => Ok((deadline, timeout)),
+            None => Err(EmrError::new(
+                ErrorKind::Config,
+                "listing timeout is too long",
+            )),
+        }
+    }
+
     /// One cluster's details (`GetRayCluster`), of which only the instances, state and ID are
     /// decoded (see [`GetRayClusterResponse`]): signed, no redirect, within the request timeout
     /// and the listing timeout (retries included), its body capped at `max_body_bytes` and held
@@ -660,25 +670,11 @@ impl EmrClient {
         cluster_id: &str,
         creds: &Credentials,
     ) -> Result<GetRayClusterResponse, EmrError> {
-        if workspace_id.trim().is_empty() || cluster_id.trim().is_empty() {
-            return Err(EmrError::new(
-                ErrorKind::InvalidRequest,
-                "workspace or cluster id is empty",
-            ));
-        }
-        if endpoint.scheme() != "http" && endpoint.scheme() != "https" {
-            return Err(EmrError::new(
-                ErrorKind::Config,
-                format!("endpoint must be http or https, not {}", endpoint.scheme()),
-            ));
-        }
-        let timeout = self.inner.cfg.listing_timeout;
-        let Some(deadline) = Instant::now().checked_add(timeout) else {
-            return Err(EmrError::new(
-                ErrorKind::Config,
-                "listing timeout is too long",
-            ));
-        };
+        let (deadline, timeout) = self.preflight(
+            endpoint,
+            &[workspace_id, cluster_id],
+            "workspace or cluster id is empty",
+        )?;
         let get = self.get_inner(budget, endpoint, workspace_id, cluster_id, creds, deadline);
         match tokio::time::timeout_at(deadline, get).await {
             Ok(r) => r,

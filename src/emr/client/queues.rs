@@ -51,25 +51,8 @@ impl EmrClient {
         workspace_id: &str,
         creds: &Credentials,
     ) -> Result<QueueListing, EmrError> {
-        if workspace_id.trim().is_empty() {
-            return Err(EmrError::new(
-                ErrorKind::InvalidRequest,
-                "workspace id is empty",
-            ));
-        }
-        if endpoint.scheme() != "http" && endpoint.scheme() != "https" {
-            return Err(EmrError::new(
-                ErrorKind::Config,
-                format!("endpoint must be http or https, not {}", endpoint.scheme()),
-            ));
-        }
-        let timeout = self.inner.cfg.listing_timeout;
-        let Some(deadline) = Instant::now().checked_add(timeout) else {
-            return Err(EmrError::new(
-                ErrorKind::Config,
-                "listing timeout is too long",
-            ));
-        };
+        let (deadline, timeout) =
+            self.preflight(endpoint, &[workspace_id], "workspace id is empty")?;
         let mut listing = QueueListing::default();
         let run = self.queues_inner(
             budget,
