@@ -92,12 +92,8 @@ pub(super) async fn api(State(st): State<SimState>, req: Request) -> Response {
 
 /// `GetRayCluster`: the listed cluster, its [`super::detail::ClusterDetail`], the body faults.
 fn get_ray_cluster(st: &SimState, ws: &str, id: &str, faults: &Faults, reply: &Reply) -> Response {
-    if !st.workspaces().contains_key(ws) {
-        return reply.error(
-            404,
-            "InvalidWorkspaceId.NotFound",
-            &format!("The specified workspace {ws} does not exist."),
-        );
+    if !st.has_workspace(ws) {
+        return reply.unknown_workspace(ws);
     }
     let Some(cluster) = st.cluster(ws, id) else {
         return reply.error(
@@ -124,11 +120,7 @@ fn list_ray_job(
         Err(m) => return reply.error(400, "InvalidParameter", &m),
     };
     if !st.has_workspace(ws) {
-        return reply.error(
-            404,
-            "InvalidWorkspaceId.NotFound",
-            &format!("The specified workspace {ws} does not exist."),
-        );
+        return reply.unknown_workspace(ws);
     }
     let mut page = super::jobs::page(&st.jobs(ws), &q, faults);
     if q.page_num > 1 && (faults.repeat_page || faults.end_early) {
@@ -248,11 +240,7 @@ fn list_ray_cluster(
     };
 
     let Some(page) = st.page(ws, page_num, page_size, faults) else {
-        return reply.error(
-            404,
-            "InvalidWorkspaceId.NotFound",
-            &format!("The specified workspace {ws} does not exist."),
-        );
+        return reply.unknown_workspace(ws);
     };
     if page_num > 1 && (faults.repeat_page || faults.end_early) {
         st.bump(|s| s.faults_injected += 1);
@@ -431,6 +419,16 @@ pub(super) struct Reply {
 
 impl Reply {
     /// Error body `{"RequestId","HostId","Code","Message","Recommend"}`.
+    /// 404 `InvalidWorkspaceId.NotFound`: what every API answers for a workspace that does not
+    /// exist.
+    pub(super) fn unknown_workspace(&self, ws: &str) -> Response {
+        self.error(
+            404,
+            "InvalidWorkspaceId.NotFound",
+            &format!("The specified workspace {ws} does not exist."),
+        )
+    }
+
     pub(super) fn error(&self, status: u16, code: &str, message: &str) -> Response {
         let request_id = &self.request_id;
         let body = serde_json::json!({

@@ -84,11 +84,7 @@ pub(super) fn list_workspace_queues(
         );
     }
     let Some(all) = st.queues(ws) else {
-        return reply.error(
-            404,
-            "InvalidWorkspaceId.NotFound",
-            &format!("The specified workspace {ws} does not exist."),
-        );
+        return reply.unknown_workspace(ws);
     };
     let all: Vec<WorkspaceQueue> = all
         .into_iter()
