@@ -9,7 +9,8 @@
 
 use std::collections::{BTreeSet, HashMap};
 use std::hash::{DefaultHasher, Hash, Hasher};
-use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
+use std::sync::{Arc, Mutex, RwLock, RwLockReadGuard, RwLockWriteGuard};
+use std::time::{Duration, Instant};
 
 use kube::ResourceExt;
 use kube::runtime::watcher;
@@ -134,11 +135,45 @@ impl Objects {
     }
 }
 
+/// How long the store remembers that it saw an object deleted (as long as the operator's own
+/// writes may override the store: see `state::Written`).
+pub const DELETES_KEPT: Duration = Duration::from_secs(30);
+
+/// The objects the watch saw deleted lately, by `namespace/name`: the deleted object's UID and
+/// when. A mirror the operator created and someone deleted before the operator looked again is
+/// then known to be gone, not "not seen yet".
+#[derive(Default)]
+struct RecentDeletes {
+    by_key: HashMap<String, (String, Instant)>,
+    /// Size at which old entries are next dropped (amortised: a mass delete stays linear).
+    prune_at: usize,
+}
+
+impl RecentDeletes {
+    fn insert(&mut self, k: String, uid: String, now: Instant) {
+        if self.by_key.len() >= self.prune_at {
+            self.by_key
+                .retain(|_, (_, at)| now.duration_since(*at) < DELETES_KEPT);
+            self.prune_at = (self.by_key.len() * 2).max(64);
+        }
+        self.by_key.insert(k, (uid, now));
+    }
+
+    fn contains(&self, k: &str, uid: &str, now: Instant) -> bool {
+        self.by_key
+            .get(k)
+            .is_some_and(|(u, at)| u == uid && now.duration_since(*at) < DELETES_KEPT)
+    }
+}
+
 /// The watch-fed store of [`CachedMirror`]s (what a kube reflector store is, for records that
 /// are not Kubernetes objects).
+///
+/// Lock order: `objects` before `deletes`; neither is held while taking another lock.
 #[derive(Default)]
 pub struct MirrorStore {
     objects: RwLock<Objects>,
+    deletes: Mutex<RecentDeletes>,
     /// Set once the first complete list has been seen (a signal, not polled).
     ready: tokio::sync::watch::Sender<bool>,
 }
@@ -194,11 +229,35 @@ impl MirrorStore {
             }
             _ => None,
         };
-        if matches!(ev, watcher::Event::InitDone) {
-            drop(o);
-            self.ready.send_replace(true);
+        drop(o);
+        match ev {
+            watcher::Event::InitDone => {
+                self.ready.send_replace(true);
+            }
+            watcher::Event::Delete(m) => {
+                if let Some(uid) = &m.metadata.uid {
+                    self.deletes
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .insert(
+                            key(&m.namespace().unwrap_or_default(), &m.name_any()),
+                            uid.clone(),
+                            Instant::now(),
+                        );
+                }
+            }
+            _ => {}
         }
         replaced.and_then(|r| r.controller_uid.clone())
+    }
+
+    /// Whether the watch saw the object `ns/name` with UID `uid` deleted (within
+    /// [`DELETES_KEPT`]).
+    pub fn saw_deleted(&self, ns: &str, name: &str, uid: &str) -> bool {
+        self.deletes
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .contains(&key(ns, name), uid, Instant::now())
     }
 
     pub fn get(&self, ns: &str, name: &str) -> Option<Arc<CachedMirror>> {

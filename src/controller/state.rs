@@ -360,13 +360,17 @@ pub type MirrorsByName = HashMap<String, Arc<CachedMirror>>;
 
 /// Our own write of a mirror, overriding the store until the store has seen it.
 ///
-/// Invariant: the store has not caught up while the object it holds is absent (for a create) or
-/// still has one of `stale_versions` (the version before our writes, and the versions our
-/// earlier writes in the same chain produced). Any other version is our write or newer.
+/// Invariant: the store has not caught up while the object it holds is absent (for a create,
+/// unless the store saw that very object deleted since) or still has one of `stale_versions`
+/// (the version before our writes, and the versions our earlier writes in the same chain
+/// produced). Any other version is our write or newer.
 #[derive(Clone, Debug)]
 struct Written {
     /// The object our last write returned (`None`: we deleted it).
     obj: Option<Arc<CachedMirror>>,
+    /// Its UID: a create seen by the watch and deleted again (by hand, before the operator
+    /// looked) must not read as "not in the store yet".
+    uid: Option<String>,
     stale_versions: Vec<String>,
     /// The store had no such object before our writes.
     created: bool,
@@ -475,11 +479,13 @@ impl MirrorCache {
             ),
         };
         stale_versions.dedup();
+        let uid = obj.and_then(|o| o.metadata.uid.clone());
         let obj = obj.map(|o| Arc::new(CachedMirror::of(o)));
         written.insert(
             key,
             Written {
                 obj,
+                uid,
                 stale_versions,
                 created,
                 at: now,
@@ -520,7 +526,8 @@ impl MirrorCache {
                 return true;
             };
             let in_store = self.get(ns, name);
-            if !caught_up(e, in_store.as_deref()) {
+            let deleted = |uid: &str| self.store.saw_deleted(ns, name, uid);
+            if !caught_up(e, in_store.as_deref(), deleted) {
                 match &e.obj {
                     Some(ours) if owned(ours) => {
                         by_name.insert(name.to_string(), ours.clone());
@@ -547,13 +554,14 @@ impl MirrorCache {
     }
 }
 
-/// Whether the store has seen our write (see [`Written`]'s invariant).
-fn caught_up(w: &Written, in_store: Option<&CachedMirror>) -> bool {
+/// Whether the store has seen our write (see [`Written`]'s invariant). `deleted(uid)`: whether
+/// the store saw the object with that UID deleted.
+fn caught_up(w: &Written, in_store: Option<&CachedMirror>, deleted: impl Fn(&str) -> bool) -> bool {
     match (in_store, &w.obj) {
         // Deleted by us and gone from the store.
         (None, None) => true,
-        // Created by us and not in the store yet.
-        (None, Some(_)) => !w.created,
+        // Created by us and not in the store yet, unless the store saw it and then its delete.
+        (None, Some(_)) => !w.created || w.uid.as_deref().is_some_and(deleted),
         (Some(s), _) => !w
             .stale_versions
             .iter()
@@ -583,6 +591,7 @@ mod tests {
     fn written(obj: Option<&str>, stale: &[&str], created: bool) -> Written {
         Written {
             obj: obj.map(|rv| Arc::new(mirror("m", rv))),
+            uid: obj.map(|_| "uid-m".into()),
             stale_versions: stale.iter().map(|s| s.to_string()).collect(),
             created,
             at: Instant::now(),
@@ -591,24 +600,92 @@ mod tests {
 
     #[test]
     fn overlay_holds_until_the_store_shows_another_version() {
+        let none = |_: &str| false;
         // Updated from version "a" (our writes produced "b" then "c").
         let w = written(Some("c"), &["a", "b"], false);
-        assert!(!caught_up(&w, Some(&mirror("m", "a"))));
+        assert!(!caught_up(&w, Some(&mirror("m", "a")), none));
         assert!(
-            !caught_up(&w, Some(&mirror("m", "b"))),
+            !caught_up(&w, Some(&mirror("m", "b")), none),
             "first of two writes seen"
         );
-        assert!(caught_up(&w, Some(&mirror("m", "c"))));
+        assert!(caught_up(&w, Some(&mirror("m", "c")), none));
         // Versions are opaque: a "smaller" string is as new as any other.
-        assert!(caught_up(&w, Some(&mirror("m", "0"))));
-        // Created by us: absent from the store means not caught up.
+        assert!(caught_up(&w, Some(&mirror("m", "0")), none));
+        // Created by us: absent from the store means not caught up...
         let w = written(Some("x"), &[], true);
-        assert!(!caught_up(&w, None));
-        assert!(caught_up(&w, Some(&mirror("m", "x"))));
+        assert!(!caught_up(&w, None, none));
+        assert!(caught_up(&w, Some(&mirror("m", "x")), none));
+        // ...unless the store saw that very object deleted (not another one of the same name).
+        assert!(caught_up(&w, None, |uid| uid == "uid-m"));
+        assert!(!caught_up(&w, None, |uid| uid == "uid-other"));
         // Deleted by us.
         let w = written(None, &["a"], false);
-        assert!(!caught_up(&w, Some(&mirror("m", "a"))));
-        assert!(caught_up(&w, None));
+        assert!(!caught_up(&w, Some(&mirror("m", "a")), none));
+        assert!(caught_up(&w, None, none));
+    }
+
+    /// The CI failure of stop 18: the operator creates a mirror (two writes: metadata, then
+    /// status); the watch shows both and then a hand delete, all before the workspace is
+    /// reconciled again. The mirror must read as absent (to be created again), not as our
+    /// create "not in the store yet".
+    #[test]
+    fn a_mirror_we_created_and_someone_deleted_reads_as_absent() {
+        use kube::runtime::watcher::Event;
+        let full = |rv: &str| {
+            let mut m = EmrRayCluster::new(
+                "m",
+                EmrRayClusterSpec {
+                    workspace_ref: "ws".into(),
+                    workspace_id: "w".into(),
+                    region_id: "r".into(),
+                    cluster_id: "c-1".into(),
+                },
+            );
+            m.metadata.namespace = Some("ns".into());
+            m.metadata.uid = Some("uid-m".into());
+            m.metadata.resource_version = Some(rv.into());
+            m.metadata.owner_references = Some(vec![
+                k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference {
+                    uid: "ws-uid".into(),
+                    controller: Some(true),
+                    ..Default::default()
+                },
+            ]);
+            m
+        };
+        let store = Arc::new(MirrorStore::default());
+        let changes = Arc::new(MirrorChanges::default());
+        let cache = MirrorCache::new(store.clone(), changes.clone());
+        store.apply(&Event::Init);
+        store.apply(&Event::InitDone);
+        assert!(cache.current("ns", "ws-uid").is_empty());
+        cache.record_write("ns", "m", None, Some(&full("1")));
+        let first = cache.current("ns", "ws-uid");
+        assert!(
+            first.contains_key("c-1"),
+            "our create, before the watch shows it"
+        );
+        let created = first["c-1"].clone();
+        cache.record_write("ns", "m", Some(&created), Some(&full("2")));
+        for ev in [
+            Event::Apply(full("1")),
+            Event::Apply(full("2")),
+            Event::Delete(full("3")),
+        ] {
+            store.apply(&ev);
+            if let Event::Apply(m) | Event::Delete(m) = &ev {
+                changes.touched(m, None);
+            }
+        }
+        assert!(
+            cache.current("ns", "ws-uid").is_empty(),
+            "deleted by hand: to be created again"
+        );
+        // A create of the same name after that is ours again until the watch shows it.
+        let mut again = full("4");
+        again.metadata.uid = Some("uid-m2".into());
+        cache.record_write("ns", "m", None, Some(&again));
+        assert!(cache.current("ns", "ws-uid").contains_key("c-1"));
     }
 
     #[test]
