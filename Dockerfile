@@ -1,8 +1,8 @@
 # syntax=docker/dockerfile:1
 # emr-ray-operator for people with a container engine. The release image is NOT built from
 # this file: it is built by `make image` (image/build.sh, no engine, reproducible), natively on
-# each architecture. Both build the same binary the same way (profile `image`, no `sim`
-# feature, the same path remapping) on Debian bookworm and stage the same files with
+# each architecture. Both build the same binary the same way (profile `image`, the operator
+# package alone: no simulator, no bench; the same path remapping) on Debian bookworm and stage the same files with
 # image/rootfs.sh: the binary, glibc's loader and libraries, /etc/passwd and /etc/group with
 # user 65532, /etc/nsswitch.conf and /tmp; no shell, no package manager; user 65532.
 #
@@ -23,13 +23,18 @@ ENV CARGO_INCREMENTAL=0 \
     RUSTFLAGS="--remap-path-prefix=/src=/src --remap-path-prefix=/usr/local/cargo=/cargo"
 COPY Cargo.toml Cargo.lock ./
 COPY src ./src
-# The library embeds the simulator's reference example.
+# The other workspace members (only the operator package is built), and the reference example
+# its unit tests and the simulator embed.
+COPY sim ./sim
+COPY bench ./bench
+COPY fuzz/Cargo.toml ./fuzz/Cargo.toml
+COPY fuzz/fuzz_targets ./fuzz/fuzz_targets
 COPY tests/data ./tests/data
 COPY image ./image
 RUN --mount=type=cache,target=/usr/local/cargo/registry \
     --mount=type=cache,target=/src/target,sharing=locked \
     set -eux; \
-    cargo build --locked --profile image --no-default-features --bin emr-ray-operator; \
+    cargo build --locked --profile image -p emr-ray-operator --bin emr-ray-operator; \
     image/rootfs.sh target/image-build/image/emr-ray-operator /rootfs
 
 FROM scratch

@@ -26,13 +26,13 @@ demo: image
 	$(KCP) build
 	$(KCP) up --node
 	$(KCP) node-import target/image/emr-ray-operator.oci.tar
-	$(CARGO) build --bin emr-ray-operator
+	$(CARGO) build -p emr-sim --bin emr-demo
 	source .cache/kcp-node/env && KUBECTL=.cache/bin/kubectl HELM=.cache/bin/helm \
-	  ./target/debug/emr-ray-operator demo $(DEMO_ARGS)
+	  ./target/debug/emr-demo $(DEMO_ARGS)
 else
 demo: control-plane
-	$(CARGO) build --bin emr-ray-operator
-	source .cache/kcp/env && KUBECTL=.cache/bin/kubectl ./target/debug/emr-ray-operator demo $(DEMO_ARGS)
+	$(CARGO) build -p emr-sim --bin emr-demo
+	source .cache/kcp/env && KUBECTL=.cache/bin/kubectl ./target/debug/emr-demo $(DEMO_ARGS)
 endif
 
 crds:
@@ -44,7 +44,7 @@ image:
 
 lint:
 	$(CARGO) fmt --check
-	$(CARGO) clippy --all-targets -- -D warnings
+	$(CARGO) clippy --workspace --all-targets -- -D warnings
 
 # Unit tests, then every integration test against one shared real control plane, then the chart
 # end to end on a real node (a second control plane with a kubelet, containerd and the image
@@ -60,7 +60,7 @@ test: lint
 	image/build.sh
 	$(KCP) up
 	source .cache/kcp/env && EMR_TEST_KUBECONFIG="$$KUBECONFIG" \
-	  $(CARGO) test --all-targets -- --test-threads=8; \
+	  $(CARGO) test --workspace --all-targets -- --test-threads=8; \
 	  status=$$?; $(KCP) down; exit $$status
 	$(KCP) up --node
 	source .cache/kcp-node/env && EMR_TEST_KUBECONFIG="$$KUBECONFIG" \
@@ -74,7 +74,7 @@ test: lint
 # with e.g. BENCH_ARGS="--scales '' --shards 0 --raw-writer false --idle-rss false
 # --naive-intervals 0".
 bench: control-plane
-	$(CARGO) build --release --bin emr-ray-operator --bin bench --bin bench-list
+	$(CARGO) build --release -p emr-ray-operator -p emr-bench
 	source .cache/kcp/env && ./target/release/bench $(BENCH_ARGS)
 	./target/release/bench-list
 

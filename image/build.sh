@@ -12,8 +12,8 @@
 #   IMAGE_SOURCE    org.opencontainers.image.source
 #   IMAGE_OUT       where the archive goes
 #
-# What goes in (the same as the Dockerfile's final stage): the release binary built without
-# the `sim` feature, the C libraries it is linked against (glibc: this toolchain has no musl
+# What goes in (the same as the Dockerfile's final stage): the operator's release binary (its
+# package has no simulator: that is the emr-sim crate), the C libraries it is linked against (glibc: this toolchain has no musl
 # target), /etc/passwd and /etc/group naming the non-root user 65532, /etc/nsswitch.conf
 # (host names from /etc/hosts, then DNS) and an empty /tmp. No shell, no package manager.
 set -euo pipefail
@@ -52,8 +52,8 @@ unset CARGO_ENCODED_RUSTFLAGS
 export RUSTFLAGS="--remap-path-prefix=$REPO=/src --remap-path-prefix=$cargo_home=/cargo"
 export CARGO_TARGET_DIR="$REPO/target/image-build"
 export CARGO_INCREMENTAL=0 SOURCE_DATE_EPOCH=0
-echo "image/build.sh: cargo build --profile image --no-default-features (no simulator)" >&2
-"$CARGO" build --locked --profile image --no-default-features --bin emr-ray-operator
+echo "image/build.sh: cargo build --profile image -p emr-ray-operator (no simulator, no bench)" >&2
+"$CARGO" build --locked --profile image -p emr-ray-operator --bin emr-ray-operator
 bin="$CARGO_TARGET_DIR/image/emr-ray-operator"
 
 rootfs="$(mktemp -d "${TMPDIR:-/tmp}/emr-ray-operator-rootfs.XXXXXX")"

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # image/rootfs.sh BINARY DIR: stages the image's whole file system in DIR (used by both
 # image/build.sh and the Dockerfile, so the two images hold the same files):
-#   /usr/local/bin/emr-ray-operator   the release binary (built without the `sim` feature)
+#   /usr/local/bin/emr-ray-operator   the operator's release binary (no simulator)
 #   the dynamic loader and the libraries ldd resolves (glibc, libgcc_s), at their paths
 #   /etc/passwd, /etc/group           root and the non-root user/group 65532 ("nonroot")
 #   /etc/nsswitch.conf                hosts: files (the pod's /etc/hosts, hostAliases), then dns

@@ -10,10 +10,11 @@
 //! 4. [`metrics`] — the Prometheus registry;
 //! 5. [`controller`] — the reconciler: a pure `plan` and `status`, thin `apply`, `state`;
 //! 6. [`operator`] — wiring: controllers per namespace, HTTP endpoints, leader election;
-//! 7. [`cli`] — the subcommands (`run`, `list`, `crdgen`, `demo`).
+//! 7. [`cli`] — the subcommands (`run`, `list`, `sync`, `crdgen`).
 //!
-//! [`sim`], the EMR simulator for the demo, tests and benchmarks, uses only [`emr`] and
-//! [`time`], and is built only with the `sim` feature (on by default, off in the image).
+//! No test machinery lives here: the EMR simulator and the demo are the `emr-sim` crate
+//! (`sim/`, using only [`emr`], [`time`] and, for the demo, [`operator`]), the benchmarks the
+//! `emr-bench` crate (`bench/`), the fuzz targets `fuzz/`.
 
 pub mod api;
 pub mod cli;
@@ -21,6 +22,4 @@ pub mod controller;
 pub mod emr;
 pub mod metrics;
 pub mod operator;
-#[cfg(feature = "sim")]
-pub mod sim;
 pub mod time;

@@ -7,10 +7,10 @@
 #[path = "common/mod.rs"]
 mod common;
 
+use common::{check_clean, walk};
 use emr_ray_operator::controller::diagnose::{failing_summary, instance_status};
 use emr_ray_operator::emr::model::{GetRayClusterResponse, MAX_INSTANCE_MESSAGE, MAX_INSTANCES};
 use emr_ray_operator::emr::text::{MAX_MESSAGE_CHARS, decode_error};
-use common::{check_clean, walk};
 use libfuzzer_sys::fuzz_target;
 
 /// `YYYY-MM-DDTHH:MM:SS[.fff]Z`.
@@ -19,7 +19,8 @@ fn is_rfc3339_utc(s: &str) -> bool {
         && s.ends_with('Z')
         && s.as_bytes()[4] == b'-'
         && s.as_bytes()[10] == b'T'
-        && s.bytes().all(|c| c.is_ascii_digit() || b"-T:.Z".contains(&c))
+        && s.bytes()
+            .all(|c| c.is_ascii_digit() || b"-T:.Z".contains(&c))
 }
 
 fuzz_target!(|data: &[u8]| {
@@ -41,7 +42,11 @@ fuzz_target!(|data: &[u8]| {
         .flatten()
         .map(instance_status)
         .collect();
-    assert!(instances.len() <= MAX_INSTANCES, "{} instances", instances.len());
+    assert!(
+        instances.len() <= MAX_INSTANCES,
+        "{} instances",
+        instances.len()
+    );
     for i in &instances {
         for t in [&i.create_time, &i.start_time].into_iter().flatten() {
             assert!(is_rfc3339_utc(t), "timestamp {t:?}");

@@ -61,7 +61,10 @@ fuzz_target!(|data: &[u8]| {
     // An endpoint pattern (operator flag, EmrClusterCredentials.allowedEndpoints): parsing and
     // matching never panic, and what parses prints back as itself.
     if let Ok(p) = region.parse::<EndpointPattern>() {
-        assert_eq!(p.to_string().parse::<EndpointPattern>().ok(), Some(p.clone()));
+        assert_eq!(
+            p.to_string().parse::<EndpointPattern>().ok(),
+            Some(p.clone())
+        );
         if let Some(Ok(u)) = explicit.map(url::Url::parse) {
             let _ = p.matches(&u);
         }

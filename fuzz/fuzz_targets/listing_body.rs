@@ -7,13 +7,13 @@
 #[path = "common/mod.rs"]
 mod common;
 
+use common::{check_clean, walk};
 use emr_ray_operator::api::Reason;
 use emr_ray_operator::controller::mirror::{
     Staleness, label_value, mirror_conditions, mirror_name, remote_status,
 };
 use emr_ray_operator::emr::ListRayClusterResponse;
 use emr_ray_operator::emr::text::{MAX_MESSAGE_CHARS, MAX_TEXT, decode_error};
-use common::{check_clean, walk};
 use libfuzzer_sys::fuzz_target;
 
 fn is_dns_label(s: &str) -> bool {

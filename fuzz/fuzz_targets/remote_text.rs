@@ -67,14 +67,21 @@ fuzz_target!(|data: &[u8]| {
             cut.ends_with(TRUNCATED) || max < TRUNCATED.len(),
             "a cut is marked: {cut:?}"
         );
-        assert!(full.starts_with(kept), "{kept:?} is not a prefix of {full:?}");
+        assert!(
+            full.starts_with(kept),
+            "{kept:?} is not a prefix of {full:?}"
+        );
     }
 
     // `clean_text`: a character cap with `…`.
     let t = clean_text(s, usize::from(flags));
     check_clean(&t, "clean_text");
     assert!(t.chars().count() <= usize::from(flags) + 1);
-    assert_eq!(clean_text(&t, usize::from(flags) + 1), t, "clean_text is idempotent");
+    assert_eq!(
+        clean_text(&t, usize::from(flags) + 1),
+        t,
+        "clean_text is idempotent"
+    );
     let id = request_id(s);
     check_clean(&id, "request_id");
     assert!(id.chars().count() <= MAX_CODE_CHARS + 1);
@@ -82,10 +89,17 @@ fuzz_target!(|data: &[u8]| {
     // A state: cleaned, capped, a fixed set of labels, stable when decoded again.
     let state = ClusterState::from(s);
     check_bytes(state.as_str(), MAX_STATE, "state");
-    assert_eq!(ClusterState::from(state.as_str()), state, "states decode stably");
+    assert_eq!(
+        ClusterState::from(state.as_str()),
+        state,
+        "states decode stably"
+    );
     assert!(ClusterState::LABELS.contains(&ClusterState::label(Some(&state))));
     if let ClusterState::Other(o) = &state {
-        assert!(!ClusterState::KNOWN.contains(&o.as_str()), "{o:?} is a known state");
+        assert!(
+            !ClusterState::KNOWN.contains(&o.as_str()),
+            "{o:?} is a known state"
+        );
     }
 
     // A cluster ID: accepted as it is, or refused with a short clean message.

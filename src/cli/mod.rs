@@ -1,8 +1,6 @@
-//! The command line: `run` (the operator), `list` (check credentials), `crdgen`, and `demo`
-//! (the operator on the local control plane with the EMR simulator; with the `sim` feature).
+//! The command line: `run` (the operator), `list` (check credentials), `sync` and `crdgen`.
+//! (The demo, the operator with the EMR simulator, is `emr-demo` in the `emr-sim` crate.)
 
-#[cfg(feature = "sim")]
-pub mod demo;
 pub mod list;
 pub mod sync;
 
@@ -42,7 +40,7 @@ struct Cli {
 }
 
 #[derive(Clone, Copy, Debug, ValueEnum)]
-enum LogFormat {
+pub enum LogFormat {
     Text,
     Json,
 }
@@ -61,10 +59,6 @@ enum Command {
         #[arg(long)]
         out_dir: Option<PathBuf>,
     },
-    /// Demo on the local control plane: starts the EMR simulator and the operator, creates an
-    /// example workspace and shows the mirrored clusters.
-    #[cfg(feature = "sim")]
-    Demo(demo::DemoArgs),
 }
 
 #[derive(clap::Args, Debug)]
@@ -221,7 +215,8 @@ pub(crate) fn parse_interval(s: &str) -> Result<Interval, String> {
     Interval::parse_at_least(s, Interval::from_secs(1)).map_err(|e| e.to_string())
 }
 
-fn init_tracing(format: LogFormat, level: &str) {
+/// Logs to stderr as `format`, filtered by `level` (EnvFilter syntax).
+pub fn init_tracing(format: LogFormat, level: &str) {
     let filter = tracing_subscriber::EnvFilter::try_new(level)
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     // Colour only for a person at a terminal: `make demo > file` and a pod's log stay plain.
@@ -286,8 +281,6 @@ pub async fn main() -> anyhow::Result<()> {
             }
             Ok(())
         }
-        #[cfg(feature = "sim")]
-        Command::Demo(a) => demo::run(a, shutdown_on_signals()).await,
     }
 }
 

@@ -11,8 +11,8 @@ use std::process::Command;
 
 use serde_json::Value;
 
-/// A string only the simulator's admin API has: its absence shows the binary was built without
-/// the `sim` feature.
+/// A string only the simulator's admin API has: its absence shows the binary holds no simulator
+/// (the operator package has none since the simulator became its own crate, `sim/`).
 const SIM_MARKER: &[u8] = b"/workspaces/{ws}/generate";
 
 struct Image {
@@ -247,13 +247,27 @@ fn image_is_reproducible_minimal_non_root_and_annotated() {
         .expect("the operator binary");
     assert!(
         !binary.windows(SIM_MARKER.len()).any(|w| w == SIM_MARKER),
-        "the image's binary was built without the simulator (`sim` feature)"
+        "the image's binary holds no simulator"
     );
-    // The marker is the simulator's: the default build (with `sim`) has it.
-    let with_sim = std::fs::read(env!("CARGO_BIN_EXE_emr-ray-operator")).unwrap();
+    // Nor does the operator's debug build; the marker is the simulator's: emr-sim has it
+    // (built beside this test by `cargo test --workspace`, as `make test` runs it).
+    let has_marker = |bin: &[u8]| bin.windows(SIM_MARKER.len()).any(|w| w == SIM_MARKER);
+    let operator = std::fs::read(env!("CARGO_BIN_EXE_emr-ray-operator")).unwrap();
     assert!(
-        with_sim.windows(SIM_MARKER.len()).any(|w| w == SIM_MARKER),
-        "the marker is not in a binary built with the simulator: pick another"
+        !has_marker(&operator),
+        "a plain build of the operator holds no simulator"
+    );
+    let sim_bin =
+        std::path::Path::new(env!("CARGO_BIN_EXE_emr-ray-operator")).with_file_name("emr-sim");
+    let with_sim = std::fs::read(&sim_bin).unwrap_or_else(|e| {
+        panic!(
+            "{}: {e} (build the workspace: cargo test --workspace)",
+            sim_bin.display()
+        )
+    });
+    assert!(
+        has_marker(&with_sim),
+        "the marker is not in the simulator's binary: pick another"
     );
     let size = std::fs::metadata(&a).unwrap().len();
     eprintln!(
@@ -268,12 +282,10 @@ fn image_is_reproducible_minimal_non_root_and_annotated() {
 fn dockerfile_builds_what_make_image_builds() {
     let docker = std::fs::read_to_string(common::repo_root().join("Dockerfile")).unwrap();
     let build = std::fs::read_to_string(common::repo_root().join("image/build.sh")).unwrap();
-    let cargo = "cargo build --locked --profile image --no-default-features --bin emr-ray-operator";
+    let cargo = "cargo build --locked --profile image -p emr-ray-operator --bin emr-ray-operator";
     assert!(docker.contains(cargo), "Dockerfile: {cargo}");
     assert!(
-        build.contains(
-            "build --locked --profile image --no-default-features --bin emr-ray-operator"
-        ),
+        build.contains("build --locked --profile image -p emr-ray-operator --bin emr-ray-operator"),
         "image/build.sh: {cargo}"
     );
     assert!(docker.contains("image/rootfs.sh target/image-build/image/emr-ray-operator /rootfs"));

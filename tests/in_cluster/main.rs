@@ -20,8 +20,8 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use emr_ray_operator::api::EmrRayCluster;
-use emr_ray_operator::sim::oidc::OidcProvider;
-use emr_ray_operator::sim::{SimConfig, SimHandle, Simulator};
+use emr_sim::oidc::OidcProvider;
+use emr_sim::{SimConfig, SimHandle, Simulator};
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::{Node, Pod, ServiceAccount};
@@ -137,8 +137,8 @@ async fn install_and_mirror(
         "apiVersion": "v1", "kind": "Secret",
         "metadata": {"name": "emr-credentials", "namespace": TENANT_NS},
         "stringData": {
-            "accessKeyId": emr_ray_operator::sim::DEFAULT_ACCESS_KEY_ID,
-            "accessKeySecret": emr_ray_operator::sim::DEFAULT_ACCESS_KEY_SECRET,
+            "accessKeyId": emr_sim::DEFAULT_ACCESS_KEY_ID,
+            "accessKeySecret": emr_sim::DEFAULT_ACCESS_KEY_SECRET,
         },
     }));
     kubectl_apply(workspace(

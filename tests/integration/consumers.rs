@@ -24,7 +24,7 @@ use crate::support::*;
 use emr_ray_operator::api::{EmrRayCluster, EmrWorkspace};
 use emr_ray_operator::controller::mirror::mirror_name;
 use emr_ray_operator::emr::ClusterState;
-use emr_ray_operator::sim::{Faults, SimConfig, Simulator};
+use emr_sim::{Faults, SimConfig, Simulator};
 use k8s_openapi::api::core::v1::ServiceAccount;
 use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding};
 use kube::api::{Api, ApiResource, DeleteParams, DynamicObject, ListParams, Patch, PatchParams};
@@ -696,7 +696,7 @@ async fn job_mirrors_through_kstatus_argocd_health_and_kube_state_metrics() {
     use emr_ray_operator::api::EmrRayJob;
     use emr_ray_operator::controller::jobs::job_name;
     use emr_ray_operator::emr::RayJob;
-    use emr_ray_operator::sim::jobs::SimJob;
+    use emr_sim::jobs::SimJob;
 
     let mut env = Env::new("health-jobs").await;
     let now = jiff::Timestamp::now().as_millisecond();

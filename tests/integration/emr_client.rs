@@ -5,7 +5,7 @@ use emr_ray_operator::emr::{
     ClientConfig, CredentialResolver, CredentialSource, Credentials, EmrClient, ErrorKind,
     RequestOutcome, RrsaConfig, SignatureVersion,
 };
-use emr_ray_operator::sim::{
+use emr_sim::{
     DEFAULT_ACCESS_KEY_ID, DEFAULT_ACCESS_KEY_SECRET, DEFAULT_WORKSPACE, Faults, SimConfig,
     SimHandle, SimState, Simulator,
 };
@@ -806,7 +806,7 @@ async fn one_credential_identity_keeps_its_rate_whatever_the_namespaces() {
 
 const EXAMPLE: &str = "ray-uiulpgow9xljimm1";
 
-fn oom_detail() -> emr_ray_operator::sim::ClusterDetail {
+fn oom_detail() -> emr_sim::ClusterDetail {
     serde_json::from_value(serde_json::json!({
         "instances": [{"type": "head", "containerStateReason": "OOMKilled",
                        "containerExitCode": 137, "createTime": 1723722279800i64}],

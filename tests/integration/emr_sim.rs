@@ -1,12 +1,12 @@
 //! The simulator's verifier and admin API, with requests built by hand (reqwest + the sign
-//! module), plus the `emr-sim` binary.
+//! module). (The `emr-sim` binary is tested in `sim/tests/`.)
 
 use emr_ray_operator::api::Reason;
 use emr_ray_operator::emr::client::{host_header, signed_headers};
 use emr_ray_operator::emr::{
     ClientConfig, Credentials, EmrClient, EmrError, ErrorKind, SignatureVersion, sign,
 };
-use emr_ray_operator::sim::{
+use emr_sim::{
     DEFAULT_ACCESS_KEY_ID, DEFAULT_ACCESS_KEY_SECRET, DEFAULT_WORKSPACE, SimConfig, SimHandle,
     Simulator,
 };
@@ -209,8 +209,7 @@ async fn hand_signed_requests_are_accepted_and_shaped_like_the_reference() {
         assert_eq!(a.status, 200, "{sig:?}: {}", a.body);
         let rid = a.body["requestId"].as_str().unwrap();
         assert_eq!(a.headers["x-acs-request-id"].to_str().unwrap(), rid);
-        let expected: Value =
-            serde_json::from_str(emr_ray_operator::sim::REFERENCE_EXAMPLE).unwrap();
+        let expected: Value = serde_json::from_str(emr_sim::REFERENCE_EXAMPLE).unwrap();
         assert_eq!(a.body["rayClusters"], expected["rayClusters"]);
     }
     sim.shutdown().await;
@@ -573,59 +572,4 @@ async fn admin_api() {
         .unwrap();
     assert_eq!(listing.clusters.len(), 3);
     sim.shutdown().await;
-}
-
-#[tokio::test]
-async fn emr_sim_binary() {
-    use tokio::io::AsyncBufReadExt;
-    let dir = tempfile::tempdir().unwrap();
-    let fixture = dir.path().join("fixture.json");
-    std::fs::write(
-        &fixture,
-        r#"{"workspaces":{"w-bin":[{"clusterId":"ray-a","state":"Running"},{"clusterId":"ray-b","state":"Error"}]}}"#,
-    )
-    .unwrap();
-    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_emr-sim"))
-        .args([
-            "--listen",
-            "127.0.0.1:0",
-            "--access-key",
-            "AKbin:SKbin",
-            "--access-key",
-            "STS.bin:SKsts:CAIStok",
-            "--fixture",
-        ])
-        .arg(&fixture)
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::null())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
-    let mut lines = tokio::io::BufReader::new(child.stdout.take().unwrap()).lines();
-    let line = tokio::time::timeout(Duration::from_secs(30), lines.next_line())
-        .await
-        .expect("ready in time")
-        .unwrap()
-        .unwrap();
-    let url = line
-        .strip_prefix("EMR_SIM_READY url=")
-        .unwrap_or_else(|| panic!("unexpected line {line:?}"));
-    let listing = EmrClient::new(ClientConfig::default())
-        .unwrap()
-        .list_ray_clusters(
-            &url::Url::parse(url).unwrap(),
-            "w-bin",
-            &Credentials::new("AKbin", "SKbin"),
-        )
-        .await
-        .unwrap();
-    assert_eq!(listing.clusters.len(), 2);
-    let sts = Credentials::new("STS.bin", "SKsts").with_security_token("CAIStok");
-    let listing = EmrClient::new(ClientConfig::default())
-        .unwrap()
-        .list_ray_clusters(&url::Url::parse(url).unwrap(), "w-bin", &sts)
-        .await
-        .unwrap();
-    assert_eq!(listing.clusters[1].cluster_id, "ray-b");
-    child.kill().await.unwrap();
 }

@@ -9,9 +9,7 @@ use std::time::Duration;
 
 use crate::support::*;
 use emr_ray_operator::emr::{ClusterState, Credentials, EmrClient, RayCluster, SignatureVersion};
-use emr_ray_operator::sim::{
-    ClusterDetail, DEFAULT_ACCESS_KEY_ID, DEFAULT_ACCESS_KEY_SECRET, Faults,
-};
+use emr_sim::{ClusterDetail, DEFAULT_ACCESS_KEY_ID, DEFAULT_ACCESS_KEY_SECRET, Faults};
 use kube::api::{Api, DynamicObject, ListParams};
 use kube::discovery::{Discovery, Scope, verbs};
 use serde_json::json;

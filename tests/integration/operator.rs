@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use crate::support::*;
 use emr_ray_operator::emr::{ClusterState, RayCluster};
-use emr_ray_operator::sim::Faults;
+use emr_sim::Faults;
 use k8s_openapi::api::events::v1::Event as KubeEvent;
 use kube::ResourceExt;
 use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams};
@@ -426,7 +426,7 @@ async fn failed_listings_never_delete_or_change_mirrors() {
                 Box::pin(async move {
                     e.put_secret(
                         "emr-credentials",
-                        emr_ray_operator::sim::DEFAULT_ACCESS_KEY_ID,
+                        emr_sim::DEFAULT_ACCESS_KEY_ID,
                         "wrong-secret",
                     )
                     .await;
@@ -488,8 +488,8 @@ async fn failed_listings_never_delete_or_change_mirrors() {
         env.sim.state.set_faults(Faults::default());
         env.put_secret(
             "emr-credentials",
-            emr_ray_operator::sim::DEFAULT_ACCESS_KEY_ID,
-            emr_ray_operator::sim::DEFAULT_ACCESS_KEY_SECRET,
+            emr_sim::DEFAULT_ACCESS_KEY_ID,
+            emr_sim::DEFAULT_ACCESS_KEY_SECRET,
         )
         .await;
         if let Some(c) = removed {
@@ -776,8 +776,8 @@ async fn credential_problems_give_clear_conditions() {
     // name at each sync, never watched).
     env.put_secret(
         "nope",
-        emr_ray_operator::sim::DEFAULT_ACCESS_KEY_ID,
-        emr_ray_operator::sim::DEFAULT_ACCESS_KEY_SECRET,
+        emr_sim::DEFAULT_ACCESS_KEY_ID,
+        emr_sim::DEFAULT_ACCESS_KEY_SECRET,
     )
     .await;
     env.wait_ready("missing", "True", Some("Synced"), Duration::from_secs(20))
@@ -1050,11 +1050,11 @@ async fn list_reads_a_secret_made_as_the_readme_says() {
         ])
         .arg(format!(
             "--from-literal=accessKeyId={}",
-            emr_ray_operator::sim::DEFAULT_ACCESS_KEY_ID
+            emr_sim::DEFAULT_ACCESS_KEY_ID
         ))
         .arg(format!(
             "--from-literal=accessKeySecret={}",
-            emr_ray_operator::sim::DEFAULT_ACCESS_KEY_SECRET
+            emr_sim::DEFAULT_ACCESS_KEY_SECRET
         ))
         .env("KUBECONFIG", common::kubeconfig_path())
         .output()

@@ -7,7 +7,7 @@ use emr_ray_operator::emr::{
     ACTION_LIST_WORKSPACE_QUEUES, ClientConfig, Credentials, EmrClient, ErrorKind, QueueResources,
     SignatureVersion, WorkspaceQueue,
 };
-use emr_ray_operator::sim::{
+use emr_sim::{
     DEFAULT_ACCESS_KEY_ID, DEFAULT_ACCESS_KEY_SECRET, Faults, SimConfig, SimHandle, Simulator,
 };
 use serde_json::Value;

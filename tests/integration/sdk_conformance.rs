@@ -5,9 +5,7 @@
 //! SDK's virtual environment is set up (cached in `.cache/sdk/`) by `tests/sdk_conformance/sdk.sh`.
 
 use crate::common::repo_root;
-use emr_ray_operator::sim::{
-    DEFAULT_ACCESS_KEY_ID, DEFAULT_ACCESS_KEY_SECRET, SimConfig, Simulator,
-};
+use emr_sim::{DEFAULT_ACCESS_KEY_ID, DEFAULT_ACCESS_KEY_SECRET, SimConfig, Simulator};
 use std::time::Duration;
 use tokio::process::Command;
 

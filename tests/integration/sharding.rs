@@ -20,7 +20,7 @@ use emr_ray_operator::api::{
 use emr_ray_operator::controller::mirror::mirror_name;
 use emr_ray_operator::operator::OperatorConfig;
 use emr_ray_operator::operator::shard::ShardSelector;
-use emr_ray_operator::sim::{DEFAULT_ACCESS_KEY_ID, DEFAULT_ACCESS_KEY_SECRET};
+use emr_sim::{DEFAULT_ACCESS_KEY_ID, DEFAULT_ACCESS_KEY_SECRET};
 use k8s_openapi::api::core::v1::{Namespace, Secret};
 use k8s_openapi::api::events::v1::Event as KubeEvent;
 use kube::ResourceExt;

@@ -29,7 +29,7 @@ use emr_ray_operator::api::{ANNOTATION_CLUSTER_ID, EmrRayCluster, EmrRayClusterS
 use emr_ray_operator::controller::mirror::{mirror_name, remote_status};
 use emr_ray_operator::emr::text::MAX_CLUSTER_ID;
 use emr_ray_operator::emr::{ClusterState, HeadSpec, RayCluster, WorkerSpec};
-use emr_ray_operator::sim::Faults;
+use emr_sim::Faults;
 use futures::FutureExt;
 use futures::future::BoxFuture;
 use k8s_openapi::api::coordination::v1::Lease;

@@ -8,7 +8,7 @@ use std::time::Duration;
 use emr_ray_operator::api::{Condition, EmrRayCluster, EmrWorkspace, EmrWorkspaceStatus};
 use emr_ray_operator::metrics::Metrics;
 use emr_ray_operator::operator::{self, OperatorConfig};
-use emr_ray_operator::sim::{
+use emr_sim::{
     DEFAULT_ACCESS_KEY_ID, DEFAULT_ACCESS_KEY_SECRET, DEFAULT_WORKSPACE, SimConfig, SimHandle,
     Simulator,
 };

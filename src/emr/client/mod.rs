@@ -23,7 +23,7 @@ mod request;
 
 pub use jobs::JobListing;
 pub use queues::{MAX_QUEUE_PAGES, MAX_QUEUES, QueueListing};
-pub(crate) use request::read_body;
+pub use request::read_body;
 pub use request::{host_header, signed_headers};
 
 use super::error::{EmrError, ErrorKind};

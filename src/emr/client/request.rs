@@ -127,7 +127,7 @@ async fn read_json<T: serde::de::DeserializeOwned>(
 }
 
 /// Reads a response body, failing (as a malformed answer) once it exceeds `max` bytes.
-pub(crate) async fn read_body(
+pub async fn read_body(
     mut resp: reqwest::Response,
     max: usize,
 ) -> Result<Vec<u8>, (EmrError, String)> {

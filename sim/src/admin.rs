@@ -3,13 +3,13 @@
 
 use super::jobs::SimJob;
 use super::{ClusterDetail, Faults, SimState};
-use crate::emr::model::{ClusterState, RayCluster};
-use crate::emr::queues::{QueueResources, WorkspaceQueue};
 use axum::Router;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post, put};
+use emr_ray_operator::emr::model::{ClusterState, RayCluster};
+use emr_ray_operator::emr::queues::{QueueResources, WorkspaceQueue};
 use serde::Deserialize;
 
 /// The admin routes, to be nested under `/admin`.

@@ -1,4 +1,4 @@
-//! `emr-ray-operator demo`: the operator's main job on an embedded default. It needs a
+//! `emr-demo`: the operator's main job on an embedded default. It needs a
 //! Kubernetes API (the local control plane from `tests/control-plane/kcp.sh up`, via
 //! KUBECONFIG); it starts the EMR simulator in-process with the reference's example cluster plus a
 //! few generated ones, installs the CRDs, creates an example workspace and credentials Secret,
@@ -19,12 +19,24 @@ use serde_json::json;
 use tokio_util::sync::CancellationToken;
 use tracing::info;
 
-use crate::api::{self as crd, EmrWorkspace, FIELD_MANAGER};
-use crate::operator::{self, OperatorConfig};
-use crate::sim::{SimConfig, SimHandle, Simulator};
+use clap::Parser;
+use emr_ray_operator::api::{self as crd, EmrWorkspace, FIELD_MANAGER};
+use emr_ray_operator::cli::{LogFormat, init_tracing, shutdown_on_signals};
+use emr_ray_operator::operator::{self, OperatorConfig};
+use emr_sim::{SimConfig, SimHandle, Simulator};
 
-#[derive(clap::Args, Debug)]
+#[derive(Parser, Debug)]
+#[command(
+    name = "emr-demo",
+    about = "The operator on the local control plane, mirroring the EMR simulator"
+)]
 pub struct DemoArgs {
+    /// Log format.
+    #[arg(long, env = "LOG_FORMAT", default_value = "text")]
+    pub log_format: LogFormat,
+    /// Log filter (tracing EnvFilter syntax).
+    #[arg(long, env = "RUST_LOG", default_value = "info")]
+    pub log_level: String,
     /// Namespace for the example workspace.
     #[arg(long, default_value = "emr-demo")]
     pub namespace: String,
@@ -60,7 +72,14 @@ pub struct DemoArgs {
 /// The host name the pod reaches the simulator by (`hostAliases`) with --in-cluster.
 const SIM_HOST: &str = "emr-sim.test";
 
-pub async fn run(args: DemoArgs, shutdown: CancellationToken) -> anyhow::Result<()> {
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let args = DemoArgs::parse();
+    init_tracing(args.log_format, &args.log_level);
+    run(args, shutdown_on_signals()).await
+}
+
+async fn run(args: DemoArgs, shutdown: CancellationToken) -> anyhow::Result<()> {
     let client = kube::Client::try_default()
         .await
         .context("no Kubernetes API: start the local control plane first (tests/control-plane/kcp.sh up) and export KUBECONFIG")?;

@@ -26,21 +26,12 @@
 //!
 //! Needs KUBECONFIG pointing at a control plane (`tests/control-plane/kcp.sh up`).
 
-// A binary's root file looks for its modules beside it, in src/bin/, where Cargo would take
-// them for binaries of their own; they live in src/bin/bench/ instead.
-#[path = "bench/jobs.rs"]
 mod jobs;
-#[path = "bench/measure.rs"]
 mod measure;
-#[path = "bench/phases.rs"]
 mod phases;
-#[path = "bench/raw.rs"]
 mod raw;
-#[path = "bench/report.rs"]
 mod report;
-#[path = "bench/scale.rs"]
 mod scale;
-#[path = "bench/shards.rs"]
 mod shards;
 
 use std::collections::HashMap;
@@ -62,9 +53,7 @@ use measure::{Proc, Writes, apiserver_writes, free_port, writes};
 use phases::{churn, initial_sync, naive_baseline, steady_state, stop_operator};
 use report::{MainRun, Results, report};
 
-use emr_ray_operator::sim::{
-    DEFAULT_ACCESS_KEY_ID, DEFAULT_ACCESS_KEY_SECRET, SimConfig, SimHandle, Simulator,
-};
+use emr_sim::{DEFAULT_ACCESS_KEY_ID, DEFAULT_ACCESS_KEY_SECRET, SimConfig, SimHandle, Simulator};
 
 #[derive(Parser, Debug)]
 #[command(name = "bench", about = "Scale benchmark of emr-ray-operator")]

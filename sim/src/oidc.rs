@@ -119,7 +119,7 @@ async fn fetch(http: &reqwest::Client, url: &str) -> anyhow::Result<Vec<u8>> {
         "GET {url}: HTTP {}",
         resp.status()
     );
-    crate::emr::client::read_body(resp, MAX_DOCUMENT_BYTES)
+    emr_ray_operator::emr::client::read_body(resp, MAX_DOCUMENT_BYTES)
         .await
         .map_err(|(e, _)| anyhow::anyhow!("GET {url}: {e}"))
 }

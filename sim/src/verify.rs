@@ -1,7 +1,7 @@
 //! Signature verification as the real gateway does it, recomputed from what was received
 //! (method, raw path, raw query, headers, body) with the same functions the client signs with.
 
-use crate::emr::sign;
+use emr_ray_operator::emr::sign;
 use std::collections::HashMap;
 use std::time::{Duration, Instant, SystemTime};
 

@@ -10,7 +10,7 @@
 //! workspace exists); the admin API adds, replaces, removes and generates jobs.
 
 use super::{Faults, SimState};
-use crate::emr::job::{ListRayJobResponse, RayJob, SubmitWindow};
+use emr_ray_operator::emr::job::{ListRayJobResponse, RayJob, SubmitWindow};
 use rand::Rng as _;
 
 /// A stored job: the listed fields and the data-development node ID `taskBizId` filters on

@@ -1,6 +1,6 @@
 //! Realistic generated Ray clusters.
 
-use crate::emr::model::{ClusterState, HeadSpec, RayCluster, WorkerSpec};
+use emr_ray_operator::emr::model::{ClusterState, HeadSpec, RayCluster, WorkerSpec};
 use rand::Rng as _;
 
 const ALNUM: &[u8] = b"abcdefghijklmnopqrstuvwxyz0123456789";

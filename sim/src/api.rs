@@ -5,12 +5,12 @@
 
 use super::verify::Received;
 use super::{Faults, SimState, chance};
-use crate::emr::model::ListRayClusterResponse;
-use crate::emr::sign;
 use axum::body::Body;
 use axum::extract::{Request, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode};
 use axum::response::Response;
+use emr_ray_operator::emr::model::ListRayClusterResponse;
+use emr_ray_operator::emr::sign;
 use rand::Rng as _;
 use std::collections::HashMap;
 use std::time::{Duration, SystemTime};
@@ -150,7 +150,7 @@ fn check_signature_and_action(
             .map(|(_, v)| v.as_str())
     };
     match header("x-acs-version") {
-        Some(crate::emr::API_VERSION) => {}
+        Some(emr_ray_operator::emr::API_VERSION) => {}
         other => {
             return Some(reply.error(
                 400,
@@ -371,7 +371,7 @@ fn sts_assume_role_with_oidc(st: &SimState, body: &[u8], reply: &Reply) -> Respo
     let token = format!("CAIS{}", rand_str(&mut rng, 120));
     let expiration = SystemTime::now() + Duration::from_secs(duration);
     st.add_sts_credentials(&id, &secret, &token, Some(expiration));
-    let exp = crate::time::rfc3339_system(expiration).unwrap_or_default();
+    let exp = emr_ray_operator::time::rfc3339_system(expiration).unwrap_or_default();
     let session = form
         .get("RoleSessionName")
         .cloned()
@@ -471,10 +471,10 @@ impl Route {
     /// The `x-acs-action` the route answers to.
     fn action(&self) -> &'static str {
         match self {
-            Route::List(_) => crate::emr::ACTION_LIST_RAY_CLUSTER,
-            Route::Get(..) => crate::emr::ACTION_GET_RAY_CLUSTER,
-            Route::Queues(_) => crate::emr::ACTION_LIST_WORKSPACE_QUEUES,
-            Route::Jobs(_) => crate::emr::ACTION_LIST_RAY_JOB,
+            Route::List(_) => emr_ray_operator::emr::ACTION_LIST_RAY_CLUSTER,
+            Route::Get(..) => emr_ray_operator::emr::ACTION_GET_RAY_CLUSTER,
+            Route::Queues(_) => emr_ray_operator::emr::ACTION_LIST_WORKSPACE_QUEUES,
+            Route::Jobs(_) => emr_ray_operator::emr::ACTION_LIST_RAY_JOB,
         }
     }
 }

@@ -63,8 +63,8 @@ pub mod verify;
 pub use detail::ClusterDetail;
 pub use state::SimState;
 
-use crate::emr::model::{ListRayClusterResponse, RayCluster};
 use axum::Router;
+use emr_ray_operator::emr::model::{ListRayClusterResponse, RayCluster};
 use rand::Rng as _;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;

@@ -14,7 +14,7 @@ use serde_json::json;
 use emr_ray_operator::api::{EmrRayCluster, EmrWorkspace, LABEL_SHARD};
 use emr_ray_operator::controller::mirror;
 use emr_ray_operator::emr::{ClientConfig, ClusterState, Credentials, EmrClient, RayCluster};
-use emr_ray_operator::sim::{DEFAULT_ACCESS_KEY_ID, DEFAULT_ACCESS_KEY_SECRET};
+use emr_sim::{DEFAULT_ACCESS_KEY_ID, DEFAULT_ACCESS_KEY_SECRET};
 
 use super::{
     Args, MirrorWatch, Proc, Setup, Writes, apiserver_writes, free_port, wait_all_correct, writes,

@@ -3,7 +3,7 @@
 //! Prints `EMR_SIM_READY url=http://...` once listening.
 
 use clap::Parser;
-use emr_ray_operator::sim::{
+use emr_sim::{
     DEFAULT_ACCESS_KEY_ID, DEFAULT_ACCESS_KEY_SECRET, SimConfig, Simulator, parse_fixture,
 };
 use std::io::Write as _;

@@ -2,7 +2,7 @@
 //! workspace, lists them with the client, and prints requests, wall time and the peak heap
 //! allocated by the listing, plus the process's VmHWM.
 //!
-//! `cargo run --release --bin bench-list [-- --clusters 10000 --iterations 3]`
+//! `cargo run --release -p emr-bench --bin bench-list [-- --clusters 10000 --iterations 3]`
 //!
 //! Heap accounting: a counting global allocator counts only allocations made on threads that
 //! are marked as "client" (the main thread, which runs the client on a current-thread tokio
@@ -11,9 +11,7 @@
 
 use clap::Parser;
 use emr_ray_operator::emr::{ClientConfig, Credentials, EmrClient, EmrError, Listing};
-use emr_ray_operator::sim::{
-    DEFAULT_ACCESS_KEY_ID, DEFAULT_ACCESS_KEY_SECRET, SimConfig, Simulator,
-};
+use emr_sim::{DEFAULT_ACCESS_KEY_ID, DEFAULT_ACCESS_KEY_SECRET, SimConfig, Simulator};
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::cell::Cell;
 use std::sync::atomic::{AtomicI64, Ordering};

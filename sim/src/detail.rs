@@ -5,7 +5,7 @@
 //! (`PUT /admin/workspaces/{ws}/clusters/{id}/detail`); strings are sent exactly as set, so
 //! tests can seed hostile or secret values.
 
-use crate::emr::model::RayCluster;
+use emr_ray_operator::emr::model::RayCluster;
 use serde::{Deserialize, Serialize};
 
 /// Everything `GetRayCluster` answers beyond the listed cluster.

@@ -19,10 +19,10 @@
 
 use super::api::{Reply, page_body, parse_int_param};
 use super::{Faults, SimState};
-use crate::emr::queues::{ListWorkspaceQueuesResponse, WorkspaceQueue};
-use crate::emr::sign;
 use axum::response::Response;
 use base64::Engine as _;
+use emr_ray_operator::emr::queues::{ListWorkspaceQueuesResponse, WorkspaceQueue};
+use emr_ray_operator::emr::sign;
 
 const TOKEN_ENGINE: base64::engine::GeneralPurpose =
     base64::engine::general_purpose::URL_SAFE_NO_PAD;

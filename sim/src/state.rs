@@ -5,8 +5,8 @@ use super::detail::ClusterDetail;
 use super::oidc::OidcProvider;
 use super::verify::{self, KeyEntry, NonceCache, Received, Rejection};
 use super::{Faults, SimConfig, SimStats, chance, generate};
-use crate::emr::model::{ClusterState, RayCluster};
-use crate::emr::queues::WorkspaceQueue;
+use emr_ray_operator::emr::model::{ClusterState, RayCluster};
+use emr_ray_operator::emr::queues::WorkspaceQueue;
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant, SystemTime};
@@ -357,7 +357,7 @@ impl SimState {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::sim::DEFAULT_WORKSPACE;
+    use crate::DEFAULT_WORKSPACE;
 
     #[test]
     fn state_ops() {
