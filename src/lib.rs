@@ -3,7 +3,7 @@
 //!
 //! Layers, each importing only those below it:
 //!
-//! 1. [`time`] — the one timestamp format;
+//! 1. [`time`] — the one timestamp format; [`backoff`] — the one backoff formula;
 //! 2. [`emr`] — the EMR OpenAPI client: signing, credentials, endpoints, errors, model,
 //!    redaction (no Kubernetes, no command line);
 //! 3. [`api`] — the custom resources, their conditions, reasons and durations (pure data);
@@ -17,6 +17,7 @@
 //! `emr-bench` crate (`bench/`), the fuzz targets `fuzz/`.
 
 pub mod api;
+pub mod backoff;
 pub mod cli;
 pub mod controller;
 pub mod emr;

@@ -203,10 +203,7 @@ pub fn effective_interval(ws: &EmrWorkspace, default: Interval) -> Result<Interv
         .max(Interval::MIN_SYNC))
 }
 
-fn jitter(d: Duration, fraction: f64) -> Duration {
-    let f = rand::rng().random_range(0.0..fraction.max(f64::MIN_POSITIVE));
-    d.saturating_add(d.mul_f64(f))
-}
+use crate::backoff::jitter;
 
 /// How long a reconcile waits for the first complete list of the caches it decides on.
 const CACHES_READY_TIMEOUT: Duration = Duration::from_secs(30);
@@ -737,9 +734,7 @@ pub fn error_policy(ws: Arc<EmrWorkspace>, err: &Error, ctx: Arc<Context>) -> Ac
         *n
     };
     ctx.metrics.count_reconcile_error(err.metric_label());
-    let wait = Duration::from_secs(5)
-        .saturating_mul(1 << n.saturating_sub(1).min(6))
-        .min(Duration::from_secs(300));
+    let wait = crate::backoff::exponential(n, Duration::from_secs(5), Duration::from_secs(300));
     warn!(workspace = %key(&ws), error = %err, retry_in = ?wait, "reconcile failed; backing off");
     Action::requeue(jitter(wait, 0.2))
 }

@@ -197,8 +197,8 @@ impl WriteTrouble {
     /// Backoff after the `n`-th consecutive failed write pass: 5 s doubling up to `cap`, or the
     /// API server's `Retry-After` when it asked for longer.
     pub fn backoff(n: u32, cap: Duration, retry_after: Option<Duration>) -> Duration {
-        let exp = Duration::from_secs(5).saturating_mul(1u32 << n.saturating_sub(1).min(16));
-        exp.min(cap).max(retry_after.unwrap_or_default().min(cap))
+        crate::backoff::exponential(n, Duration::from_secs(5), cap)
+            .max(retry_after.unwrap_or_default().min(cap))
     }
 }
 

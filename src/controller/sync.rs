@@ -125,9 +125,8 @@ pub(super) async fn list_remote(
             warn!(workspace = %key(ws), %reason, error = %e, "remote listing failed");
             let n = failure.consecutive.clamp(1, 16) as u32;
             st.failure = Some(failure);
-            let backoff = Duration::from_secs(5)
-                .saturating_mul(1 << (n - 1))
-                .min(interval.as_duration());
+            let backoff =
+                crate::backoff::exponential(n, Duration::from_secs(5), interval.as_duration());
             let backoff = match e.remote().and_then(|r| r.retry_after) {
                 Some(ra) => ra.max(Duration::from_secs(1)),
                 None => backoff,

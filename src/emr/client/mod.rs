@@ -250,9 +250,7 @@ const BACKOFF_CAP: Duration = Duration::from_secs(5);
 
 /// Exponential backoff with full jitter: uniform in `[0, min(cap, base * 2^attempt)]`.
 pub fn backoff_delay(attempt: u32) -> Duration {
-    let max = BACKOFF_BASE
-        .saturating_mul(1u32 << attempt.min(16))
-        .min(BACKOFF_CAP);
+    let max = crate::backoff::exponential(attempt.saturating_add(1), BACKOFF_BASE, BACKOFF_CAP);
     let ms = rand::rng().random_range(0..=max.as_millis() as u64);
     Duration::from_millis(ms)
 }
