@@ -19,7 +19,9 @@ pub fn exponential(failures: u32, base: Duration, cap: Duration) -> Duration {
 
 /// `d` lengthened by `fraction` of itself (`fraction` drawn with [`draw`]; 0 in tests). Pure.
 pub fn stretch(d: Duration, fraction: f64) -> Duration {
-    d.saturating_add(d.mul_f64(fraction.clamp(0.0, 1.0)))
+    let extra = Duration::try_from_secs_f64(d.as_secs_f64() * fraction.clamp(0.0, 1.0))
+        .unwrap_or(Duration::MAX);
+    d.saturating_add(extra)
 }
 
 /// A random fraction in `[0, max)`: the jitter a caller passes to the pure decisions.

@@ -172,6 +172,8 @@ pub struct Metrics {
     pub sync_attempts: Family<WorkspaceLabels, Counter>,
     pub sync_failures: Family<FailureLabels, Counter>,
     pub sync_duration: Family<WorkspaceLabels, Histogram>,
+    /// Every reconcile, however it ends (see [`Metrics::reconcile_timer`]).
+    pub reconcile_duration: Histogram,
     pub remote_requests: Family<CodeLabels, Counter>,
     pub last_success: Family<WorkspaceLabels, Gauge<f64, AtomicU64>>,
     pub workspace_clusters: Family<WorkspaceLabels, Gauge>,
@@ -222,6 +224,7 @@ impl Default for Metrics {
             sync_attempts: Family::default(),
             sync_failures: Family::default(),
             sync_duration: Family::new_with_constructor(duration_histogram),
+            reconcile_duration: duration_histogram(),
             remote_requests: Family::default(),
             last_success: Family::default(),
             workspace_clusters: Family::default(),
@@ -264,6 +267,11 @@ impl Metrics {
             "sync_duration_seconds",
             "Duration of a workspace sync (remote listing, mirror writes and status write); its count is the number of syncs completed",
             m.sync_duration.clone(),
+        );
+        registry.register(
+            "reconcile_duration_seconds",
+            "Duration of every reconcile of a workspace, however it ends (most neither list nor write)",
+            m.reconcile_duration.clone(),
         );
         registry.register(
             "remote_requests",
@@ -389,6 +397,15 @@ impl Metrics {
             .inc();
     }
 
+    /// A guard that observes `reconcile_duration_seconds` when dropped: a reconcile's time is
+    /// recorded however it ends (an error, leadership lost, a cancelled future).
+    pub fn reconcile_timer(&self) -> Timer {
+        Timer {
+            started: std::time::Instant::now(),
+            histogram: self.reconcile_duration.clone(),
+        }
+    }
+
     pub fn count_reconcile_error(&self, label: &str) {
         self.reconcile_errors
             .get_or_create(&ErrorLabels {
@@ -412,6 +429,18 @@ impl Metrics {
                 operation: operation.to_string(),
             })
             .inc();
+    }
+}
+
+/// Observes the time from its creation to its drop (see [`Metrics::reconcile_timer`]).
+pub struct Timer {
+    started: std::time::Instant,
+    histogram: Histogram,
+}
+
+impl Drop for Timer {
+    fn drop(&mut self) {
+        self.histogram.observe(self.started.elapsed().as_secs_f64());
     }
 }
 
@@ -479,7 +508,10 @@ mod tests {
         // Every line is a comment or a sample: no value broke out of its quotes.
         for line in text.lines() {
             assert!(
-                line.starts_with('#') || line.ends_with(" 0") || line.ends_with(" 1"),
+                line.starts_with('#')
+                    || line
+                        .rsplit_once(' ')
+                        .is_some_and(|(_, v)| v.parse::<f64>().is_ok()),
                 "{line}"
             );
         }

@@ -14,7 +14,7 @@ use kube::Resource;
 use kube::runtime::events::{EventType, Recorder};
 use tracing::warn;
 
-use super::SyncError;
+use super::error::SyncError;
 use crate::api::{
     EmrClusterCredentials, EmrClusterCredentialsSpec, EmrWorkspace, Reason, RrsaCredentials,
     SecretCredentials, WorkspaceCredentials,

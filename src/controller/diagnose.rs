@@ -179,8 +179,7 @@ impl Diagnoses {
             }
             Err(retry_after) => {
                 e.failures = e.failures.saturating_add(1);
-                let backoff =
-                    crate::backoff::exponential(e.failures, Duration::from_secs(5), cap);
+                let backoff = crate::backoff::exponential(e.failures, Duration::from_secs(5), cap);
                 let wait = retry_after.map_or(backoff, |r| r.max(Duration::from_secs(1)));
                 e.retry_at = now.checked_add(wait);
             }

@@ -30,10 +30,11 @@ use kube::{Resource, ResourceExt};
 use tracing::{debug, warn};
 
 use super::apply::{self, publish};
+use super::context::{Context, key};
+use super::error::SyncError;
 use super::mirror::{self, label_value};
 use super::plan::Owner;
 use super::state::WorkspaceState;
-use super::{Context, SyncError, key};
 use crate::api::conditions::{ConditionSet, READY, RECONCILING, STALLED};
 use crate::api::{
     Condition, EmrRayJob, EmrRayJobSpec, EmrRayJobStatus, EmrWorkspace, Interval, LABEL_MANAGED_BY,
@@ -407,7 +408,7 @@ pub async fn write_jobs(ws: &EmrWorkspace, ctx: &Context, st: &mut WorkspaceStat
     if !needed {
         return;
     }
-    let Ok(shard) = super::mirror_shard(ctx, ws) else {
+    let Ok(shard) = super::lifecycle::mirror_shard(ctx, ws) else {
         return;
     };
     let owner = Owner::of(ws, shard);

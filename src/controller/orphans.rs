@@ -43,7 +43,7 @@ pub async fn sweep(
     for ((ns, name), mirrors) in by_workspace {
         let here = ObjectRef::<EmrWorkspace>::new(&name).within(&ns);
         if let Some(ws) = workspaces.get(&here) {
-            if super::mirror_shard(ctx, &ws).is_err() {
+            if super::lifecycle::mirror_shard(ctx, &ws).is_err() {
                 // Its namespace is another shard's, which adopts the mirrors when it arrives.
                 continue;
             }

@@ -4,8 +4,9 @@
 
 use std::sync::Arc;
 
+use super::context::{Context, labels};
+use super::error::SyncError;
 use super::state::WorkspaceState;
-use super::{Context, SyncError, labels};
 use crate::api::{EmrWorkspace, QueueListingFailure, QueueQuantities, WorkspaceQueueStatus};
 use crate::emr::model::format_quantity;
 use crate::emr::{QueueResources, WorkspaceQueue};

@@ -271,6 +271,13 @@ impl WorkspaceState {
     }
 
     /// Mirror writes may be sent now (not backing off after refusals).
+    /// Drops the failure being reported if it has this reason (its cause is gone).
+    pub fn clear_failure(&mut self, reason: Reason) {
+        if self.failure.as_ref().is_some_and(|f| f.reason == reason) {
+            self.failure = None;
+        }
+    }
+
     pub fn may_write(&self, now: Instant) -> bool {
         self.write_trouble
             .as_ref()

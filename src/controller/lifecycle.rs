@@ -1,0 +1,121 @@
+//! Workspaces that leave this replica (deleted, or their namespace moved to another shard):
+//! what is remembered about them and their metric series are dropped; their mirrors are left
+//! as they are. And the wait for a reflector store's first complete list.
+
+use std::time::{Duration, Instant};
+
+use kube::ResourceExt;
+use kube::runtime::reflector::Store;
+use tracing::debug;
+
+use super::context::{Context, key};
+use super::{jobs, queues, shard};
+use crate::api::EmrWorkspace;
+use crate::metrics::WorkspaceLabels;
+
+/// Forgets a workspace that left this replica's watch (deleted): what is remembered about it
+/// and its metric series. Its mirrors are left as they are.
+pub fn forget(ctx: &Context, ws: &EmrWorkspace) {
+    ctx.departed
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .insert(ws.uid().unwrap_or_default(), Instant::now());
+    forget_key(ctx, &key(ws));
+}
+
+/// Namespace `ns` left this replica's shard: what is remembered about its workspaces, and their
+/// metric series, is dropped. Their mirrors are left to the shard that serves them now; a
+/// reconcile still in flight writes nothing more (see [`has_departed`]).
+pub fn namespace_left(ctx: &Context, ns: &str) {
+    for k in ctx.states.keys() {
+        if k.split_once('/').is_some_and(|(n, _)| n == ns) {
+            forget_key(ctx, &k);
+        }
+    }
+}
+
+/// The shard label value a workspace's mirrors carry: none in an unsharded replica, else its
+/// namespace's; [`shard::NotServed`] when this replica's shard does not serve the namespace.
+/// Never a label of the workspace itself: its tenant writes that (see [`shard`]).
+pub(super) fn mirror_shard(
+    ctx: &Context,
+    ws: &EmrWorkspace,
+) -> Result<Option<String>, shard::NotServed> {
+    match &ctx.settings.shard {
+        None => Ok(None),
+        Some(served) => served.label(&ws.namespace().unwrap_or_default()),
+    }
+}
+
+/// Whether a workspace is no longer this replica's: deleted, or its namespace left the shard.
+pub(super) fn has_departed(ctx: &Context, ws: &EmrWorkspace) -> bool {
+    let deleted = {
+        let departed = ctx.departed.lock().unwrap_or_else(|p| p.into_inner());
+        !departed.is_empty() && departed.contains_key(&ws.uid().unwrap_or_default())
+    };
+    deleted || mirror_shard(ctx, ws).is_err()
+}
+
+/// Drops what is remembered about a workspace, and its metric series.
+pub(super) fn forget_key(ctx: &Context, k: &str) {
+    ctx.errors
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .remove(k);
+    let Some(st) = ctx.states.remove(k) else {
+        return;
+    };
+    ctx.mirrors.forget_owner(&st.uid);
+    let (namespace, workspace) = k.split_once('/').unwrap_or(("", k));
+    let l = WorkspaceLabels {
+        namespace: namespace.to_string(),
+        workspace: workspace.to_string(),
+    };
+    ctx.metrics.last_success.remove(&l);
+    ctx.metrics.workspace_clusters.remove(&l);
+    ctx.metrics.workspace_ready.remove(&l);
+    ctx.metrics.workspace_mirrors_unwritten.remove(&l);
+    ctx.metrics.workspace_suspended.remove(&l);
+    jobs::forget_metrics(ctx, &l);
+    ctx.metrics.sync_attempts.remove(&l);
+    ctx.metrics.sync_duration.remove(&l);
+    ctx.metrics.cluster_state.remove(namespace, workspace);
+    queues::remove_series(ctx, namespace, workspace, st.exported_queues.as_deref());
+}
+
+/// Waits until a reflector store has its first complete list. Polls, rather than relying on
+/// `Store::wait_until_ready`'s wake-up alone, which was seen to hang here when awaited before
+/// the store became ready (kube-runtime 5.0).
+pub async fn wait_ready<K>(store: &Store<K>)
+where
+    K: kube::Resource + Clone + 'static,
+    K::DynamicType: Eq + std::hash::Hash + Clone,
+{
+    // Not one plain `wait_until_ready().await`: kube-runtime's readiness is a oneshot receiver
+    // behind a mutex, which keeps the waker of only the last task that polled it, so with
+    // several waiters (reconciles, the sweep) some are never woken (seen: the orphan sweep never
+    // started). A fresh future every 100 ms re-checks. Err (writer dropped) ends the wait too.
+    while tokio::time::timeout(Duration::from_millis(100), store.wait_until_ready())
+        .await
+        .is_err()
+    {}
+}
+
+/// How long a departed workspace's in-flight reconcile is watched for (longer than any sync).
+const DEPARTED_TTL: Duration = Duration::from_secs(600);
+
+/// Forgets workspaces that no longer exist (deleted workspaces are not reconciled again).
+pub fn prune_deleted(ctx: &Context, workspaces: &Store<EmrWorkspace>) {
+    ctx.departed
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .retain(|_, at| at.elapsed() < DEPARTED_TTL);
+    let live: std::collections::HashSet<String> =
+        workspaces.state().iter().map(|ws| key(ws)).collect();
+    for k in ctx.states.keys() {
+        if !live.contains(&k) {
+            debug!(workspace = %k, "workspace deleted; forgetting it");
+            forget_key(ctx, &k);
+        }
+    }
+}

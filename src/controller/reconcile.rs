@@ -1,0 +1,323 @@
+//! The reconcile of one `EmrWorkspace`, read top to bottom. Each step is a function in the
+//! file its name gives; every decision is a pure function of [`super::decide`] (or of
+//! [`super::plan`] and [`super::status`]):
+//!
+//! 1. **guards** (here): the caches are listed, this replica serves the namespace, the
+//!    workspace is not being deleted;
+//! 2. **spec** (here, [`admit`]): the sync interval, suspension, duplicates
+//!    ([`decide::senior_to`]);
+//! 3. **listing** ([`super::listing`]): when due ([`decide::listing_due`]) and the namespace
+//!    has a slot free: the endpoint, the credentials ([`super::credentials`]), then
+//!    `ListRayCluster`, the queues and the jobs;
+//! 4. **diagnosis** ([`super::listing::diagnose`]): `GetRayCluster` for unhealthy clusters;
+//! 5. **mirrors** ([`super::write`]: [`super::plan`] decides, [`super::apply`] writes) and job
+//!    mirrors ([`super::jobs`]);
+//! 6. **status** ([`super::write::write_status`], built by [`super::status`]);
+//! 7. **requeue** ([`decide::requeue_after`]); a failed reconcile, [`error_policy`].
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use kube::runtime::controller::Action;
+use kube::{Resource, ResourceExt};
+use tracing::{Instrument as _, warn};
+
+use super::context::{Context, key, labels};
+use super::error::Error;
+use super::lifecycle::{forget_key, has_departed, mirror_shard, wait_ready};
+use super::state::{Failure, WorkspaceState};
+use super::{decide, jobs, listing, queues, series, write};
+use crate::api::{EmrWorkspace, Interval, Reason};
+use crate::backoff::{draw, jitter};
+use crate::metrics::NamespaceLabels;
+use crate::time::now_rfc3339;
+
+/// How long a reconcile waits for the first complete list of the caches it decides on.
+const CACHES_READY_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// How soon a due workspace whose namespace had no listing slot free tries again.
+const NAMESPACE_BUSY_RETRY: Duration = Duration::from_secs(1);
+
+/// Reconciles one workspace; stops at once (writing nothing more) when leadership is lost.
+/// Everything it logs carries the workspace's namespace and name (its span).
+pub async fn reconcile(ws: Arc<EmrWorkspace>, ctx: Arc<Context>) -> Result<Action, Error> {
+    let span = tracing::info_span!(
+        "reconcile",
+        namespace = %ws.namespace().unwrap_or_default(),
+        workspace = %ws.name_any(),
+    );
+    let _timer = ctx.metrics.reconcile_timer();
+    let stop = ctx.stop.clone();
+    async move {
+        tokio::select! {
+            biased;
+            _ = stop.cancelled() => Ok(Action::await_change()),
+            r = reconcile_workspace(ws, ctx) => r,
+        }
+    }
+    .instrument(span)
+    .await
+}
+
+async fn reconcile_workspace(ws: Arc<EmrWorkspace>, ctx: Arc<Context>) -> Result<Action, Error> {
+    // 1. Guards. Decisions need the mirror, workspace and namespace caches: wait for their
+    // first complete list (deciding on a partial cache could create duplicates or miss mirrors
+    // to prune).
+    if !caches_ready(&ctx).await {
+        warn!("caches not listed after {CACHES_READY_TIMEOUT:?}; trying again later");
+        return Ok(Action::requeue(CACHES_READY_TIMEOUT));
+    }
+    let k = key(&ws);
+    if mirror_shard(&ctx, &ws).is_err() {
+        // Another shard's workspace (a sharded replica watches every workspace and serves those
+        // of its namespaces), or one whose namespace just left: nothing is written or kept.
+        forget_key(&ctx, &k);
+        return Ok(Action::await_change());
+    }
+    ctx.metrics.reconciles.inc();
+    if ws.meta().deletion_timestamp.is_some() {
+        forget_key(&ctx, &k);
+        return Ok(Action::await_change());
+    }
+    let mut st = ctx.states.get(&k, &ws.uid().unwrap_or_default());
+    let started = Instant::now();
+    // 2.–5. The sync.
+    let attempted = sync(&ws, &ctx, &mut st).await;
+    ctx.states.put(&k, st.clone());
+    if has_departed(&ctx, &ws) {
+        // Deleted, or its namespace moved to another shard meanwhile: not ours to write or
+        // remember any more (the series this sync touched go too).
+        forget_key(&ctx, &k);
+        return Ok(Action::await_change());
+    }
+    // 6. Status.
+    write::write_status(&ws, &ctx, &st, attempted).await?;
+    if attempted {
+        // A sync is listing, mirror writes and status write: its end is observable here.
+        ctx.metrics
+            .sync_duration
+            .get_or_create(&labels(&ws))
+            .observe(started.elapsed().as_secs_f64());
+    }
+    ctx.errors
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .remove(&k);
+    // 7. Requeue. Instances are fetched only while the listing succeeds: after a failed one,
+    // its retry comes first.
+    let now = Instant::now();
+    let next_diagnosis = st
+        .failure
+        .is_none()
+        .then(|| {
+            st.diagnoses
+                .next_wakeup(ctx.settings.stuck_cluster_after, now)
+        })
+        .flatten();
+    let invalid_spec = st
+        .failure
+        .as_ref()
+        .is_some_and(|f| f.reason == Reason::InvalidSpec);
+    Ok(
+        match decide::requeue_after(
+            now,
+            st.next_wakeup(),
+            next_diagnosis,
+            ws.spec.suspend,
+            invalid_spec,
+        ) {
+            Some(after) => Action::requeue(after),
+            None => Action::await_change(),
+        },
+    )
+}
+
+/// Whether the mirror, workspace and (in a shard) namespace caches have their first complete
+/// list, waiting at most [`CACHES_READY_TIMEOUT`].
+async fn caches_ready(ctx: &Context) -> bool {
+    tokio::time::timeout(CACHES_READY_TIMEOUT, async {
+        ctx.mirrors.store().wait_ready().await;
+        wait_ready(&ctx.workspaces).await;
+        if let Some(shard) = &ctx.settings.shard {
+            shard.wait_ready().await;
+        }
+    })
+    .await
+    .is_ok()
+}
+
+/// Steps 2–5: the spec, then the listing when due, the diagnosis, the mirror and job writes
+/// unless backing off. Returns whether a remote listing was attempted.
+async fn sync(ws: &EmrWorkspace, ctx: &Context, st: &mut WorkspaceState) -> bool {
+    // 2. Spec.
+    let Some(interval) = admit(ws, ctx, st) else {
+        return false;
+    };
+    // 3. Listing.
+    let requested = decide::requested_sync(ws, st);
+    let mut due = decide::listing_due(
+        Instant::now(),
+        st.next_due,
+        st.failure
+            .as_ref()
+            .is_some_and(|f| decide::called_the_remote(f.reason)),
+        st.synced_generation != ws.meta().generation || requested.is_some(),
+    );
+    // The namespace's listing slot, or none now: then this reconcile gives its slot back and
+    // the listing comes again shortly, still due.
+    let slot = due.then(|| listing_slot(ws, ctx)).flatten();
+    if due && slot.is_none() {
+        due = false;
+        st.next_due = Instant::now().checked_add(jitter(NAMESPACE_BUSY_RETRY, 0.5));
+    }
+    if due {
+        st.synced_generation = ws.meta().generation;
+        listing::list_remote(ws, ctx, st, interval).await;
+        drop(slot);
+        if requested.is_some() {
+            st.handled_request = requested;
+        }
+    }
+    // 4. Diagnosis: why unhealthy clusters are unhealthy, once per change, retried on its own
+    // backoff.
+    listing::diagnose(ws, ctx, st, interval).await;
+    series::update(ws, ctx, st);
+    queues::update_series(ws, ctx, st);
+    // 5. Mirrors, then job mirrors.
+    if st.may_write(Instant::now()) && !has_departed(ctx, ws) {
+        // Refused writes are retried at least once an interval, so that a fixed cause is
+        // repaired within one interval.
+        let cap = ctx.settings.write_backoff_cap.min(interval.as_duration());
+        write::write_mirrors(ws, ctx, st, cap, draw(0.1)).await;
+    }
+    if !has_departed(ctx, ws) {
+        jobs::write_jobs(ws, ctx, st).await;
+    }
+    if due && st.failure.is_none() {
+        // The next listing is an interval after this sync's writes, not after its listing:
+        // when the API server is slow to take the writes (an initial sync), a workspace is not
+        // listed again before its mirrors are written.
+        st.next_due = Instant::now().checked_add(jitter(interval.as_duration(), 0.1));
+    }
+    due
+}
+
+/// Step 2: the workspace's sync interval, or `None` when it is not to be synced now: an
+/// invalid interval (`InvalidSpec`), suspended, or a duplicate of another workspace of the
+/// namespace (`DuplicateWorkspace`, looked at again every interval). Clears those failures
+/// once they no longer hold.
+fn admit(ws: &EmrWorkspace, ctx: &Context, st: &mut WorkspaceState) -> Option<Interval> {
+    let interval = match decide::effective_interval(ws, ctx.settings.default_interval) {
+        Ok(i) => i,
+        Err(e) => {
+            st.failure = Some(Failure::next(
+                st.failure.as_ref(),
+                Reason::InvalidSpec,
+                format!("syncInterval: {e}"),
+                None,
+                None,
+                &now_rfc3339(),
+            ));
+            st.next_due = None;
+            return None;
+        }
+    };
+    st.clear_failure(Reason::InvalidSpec);
+    if ws.spec.suspend {
+        return None;
+    }
+    if let Some(original) = duplicate_of(ws, ctx) {
+        // Another workspace of the namespace owns the mirrors of this remote workspace.
+        let msg = format!(
+            "EmrWorkspace {original} of this namespace already mirrors remote workspace {} \
+             ({}); delete this one",
+            ws.spec.workspace_id, ws.spec.region_id
+        );
+        st.failure = Some(Failure::next(
+            st.failure.as_ref(),
+            Reason::DuplicateWorkspace,
+            msg,
+            None,
+            None,
+            &now_rfc3339(),
+        ));
+        // Looked at again every interval: when the original goes, this one takes over.
+        st.next_due = Instant::now().checked_add(interval.as_duration());
+        return None;
+    }
+    st.clear_failure(Reason::DuplicateWorkspace);
+    Some(interval)
+}
+
+/// One of the namespace's listing slots, if one is free, counted in `namespace_listings`
+/// while held.
+fn listing_slot(
+    ws: &EmrWorkspace,
+    ctx: &Context,
+) -> Option<(tokio::sync::OwnedSemaphorePermit, Held)> {
+    let ns = ws.namespace().unwrap_or_default();
+    let permit = ctx.namespace_slots.try_acquire(&ns)?;
+    let held = ctx
+        .metrics
+        .namespace_listings
+        .get_or_create(&NamespaceLabels { namespace: ns })
+        .clone();
+    held.inc();
+    Some((permit, Held(held)))
+}
+
+/// A listing slot counted in `namespace_listings` while held (also when the reconcile holding
+/// it is dropped: leadership lost).
+struct Held(prometheus_client::metrics::gauge::Gauge);
+
+impl Drop for Held {
+    fn drop(&mut self) {
+        self.0.dec();
+    }
+}
+
+/// The workspace of the same namespace that already mirrors the same remote workspace, if any:
+/// the one that owns mirrors; when none (or both) do, the first created (on a tie, the first
+/// name).
+fn duplicate_of(ws: &EmrWorkspace, ctx: &Context) -> Option<String> {
+    let ns = ws.namespace();
+    let others: Vec<Arc<EmrWorkspace>> = ctx
+        .workspaces
+        .state()
+        .into_iter()
+        .filter(|o| o.namespace() == ns && o.uid() != ws.uid())
+        .filter(|o| o.meta().deletion_timestamp.is_none())
+        // (The cheap comparison first: most workspaces differ in their ID.)
+        .filter(|o| {
+            o.spec.workspace_id == ws.spec.workspace_id
+                && decide::remote_identity(&o.spec) == decide::remote_identity(&ws.spec)
+        })
+        .collect();
+    if others.is_empty() {
+        return None;
+    }
+    let ns = ns.unwrap_or_default();
+    let seniority = |w: &EmrWorkspace| decide::Seniority {
+        owns_no_mirrors: ctx
+            .mirrors
+            .current(&ns, &w.uid().unwrap_or_default())
+            .is_empty(),
+        created: w.meta().creation_timestamp.clone(),
+        name: w.name_any(),
+    };
+    decide::senior_to(&seniority(ws), others.iter().map(|o| seniority(o)))
+}
+
+/// Retries a failed reconcile with a per-workspace backoff ([`decide::reconcile_retry`]).
+pub fn error_policy(ws: Arc<EmrWorkspace>, err: &Error, ctx: Arc<Context>) -> Action {
+    let failures = {
+        let mut errors = ctx.errors.lock().unwrap_or_else(|p| p.into_inner());
+        let n = errors.entry(key(&ws)).or_default();
+        *n = n.saturating_add(1);
+        *n
+    };
+    ctx.metrics.count_reconcile_error(err.metric_label());
+    let wait = decide::reconcile_retry(failures, draw(0.2));
+    warn!(workspace = %key(&ws), error = %err, retry_in = ?wait, "reconcile failed; backing off");
+    Action::requeue(wait)
+}

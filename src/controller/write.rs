@@ -1,0 +1,470 @@
+//! Steps 5 and 6 of a reconcile: the mirror writes ([`super::plan`] decides them,
+//! [`super::apply`] performs them) with what the API server refused, and the status write.
+
+use std::collections::HashMap;
+use std::hash::{DefaultHasher, Hash, Hasher};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use k8s_openapi::api::core::v1::ObjectReference;
+use kube::api::{Api, ListParams};
+use kube::runtime::events::EventType;
+use kube::{Resource, ResourceExt};
+use tracing::{debug, warn};
+
+use super::apply::{self, WriteReport, Writer, publish};
+use super::cache::CachedMirror;
+use super::context::{Context, labels};
+use super::error::Error;
+use super::lifecycle::mirror_shard;
+use super::mirror::Staleness;
+use super::state::{Listing, Settled, WorkspaceState, WriteTrouble};
+use super::{decide, plan, status};
+use crate::api::{
+    EmrRayCluster, EmrWorkspace, EndpointNetwork, LABEL_MANAGED_BY, LABEL_SHARD, LABEL_WORKSPACE,
+    MANAGED_BY, Reason, WriteRefusal,
+};
+use crate::time::now_rfc3339;
+
+/// Plans and performs the mirror writes, and records what the API server refused.
+pub(super) async fn write_mirrors(
+    ws: &EmrWorkspace,
+    ctx: &Context,
+    st: &mut WorkspaceState,
+    backoff_cap: Duration,
+    jitter: f64,
+) {
+    let Ok(shard) = mirror_shard(ctx, ws) else {
+        // Its namespace just left this shard: the new one writes the mirrors.
+        return;
+    };
+    let owner = plan::Owner::of(ws, shard);
+    let mut existing = ctx.mirrors.current(&owner.namespace, &owner.uid);
+    // A workspace whose namespace just moved into this shard: its mirrors still labelled for
+    // another shard are invisible to the mirror watch. Take them into the plan once (they are
+    // relabelled — not created again — and gone ones are deleted or kept like any other).
+    let sharded = ctx.settings.shard.is_some();
+    let adopting = sharded && !st.adopted;
+    let mut adopted = false;
+    if adopting {
+        match mirrors_of_other_shards(ctx, &owner).await {
+            Ok(found) => {
+                adopted = true;
+                if !found.is_empty() {
+                    debug!(
+                        mirrors = found.len(),
+                        "taking over mirrors labelled for another shard"
+                    );
+                }
+                for m in found {
+                    existing.entry(m.cluster_id.clone()).or_insert(m);
+                }
+            }
+            Err(e) => {
+                warn!(error = %e, "listing the workspace's mirrors of other shards failed; retrying on the next pass")
+            }
+        }
+    }
+    // Mirrors left without an owner by a workspace of this name deleted with
+    // `--cascade=orphan`: this one takes them over (kept, relabelled or deleted by the plan like
+    // its own).
+    let orphans = ctx
+        .mirrors
+        .store()
+        .orphans(Some((&owner.namespace, &owner.name)));
+    let adopting = adopting || !orphans.is_empty();
+    for m in orphans {
+        existing.entry(m.cluster_id.clone()).or_insert(m);
+    }
+    let stale = st
+        .failure
+        .as_ref()
+        .map(|f| Staleness::from_failure(f.reason, f.code.as_deref(), st.last_success.as_deref()));
+    // What the plan reads of the diagnoses changes their generation.
+    let inputs = plan_inputs(&owner, &existing).wrapping_add(st.diagnoses.generation());
+    let clean = !adopting && stale.is_none() && st.write_trouble.is_none();
+    if clean && Settled::covers(st.settled.as_ref(), st.listing.as_ref(), inputs) {
+        return;
+    }
+    st.settled = None;
+    // A shard's cache lacks other shards' mirrors: names it would create are asked for.
+    let held_in_other_shards = if sharded {
+        names_held_in_other_shards(ctx, &owner, st.listing.as_deref(), &existing).await
+    } else {
+        HashMap::new()
+    };
+    let held_elsewhere = |name: &str| {
+        ctx.mirrors
+            .get(&owner.namespace, name)
+            .filter(|m| m.controller_uid.as_ref().is_some_and(|u| *u != owner.uid))
+            .map(|m| m.workspace_ref.clone())
+            .or_else(|| held_in_other_shards.get(name).cloned())
+    };
+    let refused = st
+        .write_trouble
+        .as_ref()
+        .map(|t| t.refused.clone())
+        .unwrap_or_default();
+    let now = now_rfc3339();
+    let plan = plan::plan(&plan::Input {
+        owner: &owner,
+        listing: st.listing.as_deref(),
+        listing_is_current: st.listing_is_current(),
+        stale: stale.as_ref(),
+        existing: &existing,
+        held_elsewhere: &held_elsewhere,
+        refused: &refused,
+        diagnoses: &st.diagnoses,
+        now: &now,
+    });
+    let workspace = ws.object_ref(&());
+    report_conflicts(ctx, ws, &plan.conflicts).await;
+    if plan.actions.is_empty() {
+        st.write_trouble = None;
+        st.adopted |= adopted;
+        if clean && plan.conflicts.is_empty() {
+            st.settled = st
+                .listing
+                .clone()
+                .map(|listing| Settled { listing, inputs });
+        }
+        return;
+    }
+    let writer = Writer {
+        api: Api::namespaced(ctx.client.clone(), &owner.namespace),
+        owner: &owner,
+        workspace: workspace.clone(),
+        cache: &ctx.mirrors,
+        recorder: &ctx.recorder,
+        metrics: &ctx.metrics,
+        limiter: &ctx.write_limiter,
+        now: &now,
+    };
+    let probe = st.write_trouble.is_some();
+    let report = apply::apply_plan(&writer, plan, probe).await;
+    let before = st.write_trouble.as_ref().map(|t| t.refusal);
+    st.write_trouble = next_write_trouble(
+        st.write_trouble.take(),
+        report,
+        (&now, Instant::now()),
+        backoff_cap,
+        jitter,
+    );
+    // Until every write went through, the mirrors of other shards are looked up again.
+    st.adopted |= adopted && st.write_trouble.is_none();
+    report_write_trouble(ctx, &workspace, before, st.write_trouble.as_ref()).await;
+}
+
+/// A digest of a plan's inputs besides the listing: the owner and each mirror's name, cluster
+/// and version (in any order).
+fn plan_inputs(owner: &plan::Owner, existing: &HashMap<String, Arc<CachedMirror>>) -> u64 {
+    let digest = |v: &dyn Fn(&mut DefaultHasher)| {
+        let mut h = DefaultHasher::new();
+        v(&mut h);
+        h.finish()
+    };
+    existing
+        .values()
+        .fold(digest(&|h| owner.hash(h)), |acc, m| {
+            acc.wrapping_add(digest(&|h| {
+                (&m.name, &m.cluster_id, &m.resource_version).hash(h)
+            }))
+        })
+}
+
+/// The workspace's mirrors labelled for another shard (or for none, in a shard), which the
+/// mirror watch of this shard does not show. Served from the API server's watch cache.
+async fn mirrors_of_other_shards(
+    ctx: &Context,
+    owner: &plan::Owner,
+) -> Result<Vec<Arc<CachedMirror>>, kube::Error> {
+    let not_ours = match &owner.shard {
+        Some(shard) => format!("{LABEL_SHARD}!={shard}"),
+        None => LABEL_SHARD.to_string(),
+    };
+    let selector = format!(
+        "{LABEL_MANAGED_BY}={MANAGED_BY},{LABEL_WORKSPACE}={},{not_ours}",
+        super::mirror::label_value(&owner.name)
+    );
+    let api: Api<EmrRayCluster> = Api::namespaced(ctx.client.clone(), &owner.namespace);
+    let list = api
+        .list(&ListParams::default().labels(&selector).match_any())
+        .await?;
+    Ok(list
+        .items
+        .into_iter()
+        .filter(|m| {
+            let controller = m
+                .owner_references()
+                .iter()
+                .find(|o| o.controller == Some(true));
+            // Its own, or left without an owner by a workspace of this name.
+            controller.is_none_or(|o| o.uid == owner.uid)
+        })
+        .map(|m| Arc::new(CachedMirror::of(&m)))
+        .collect())
+}
+
+/// Of the mirrors this sync would create, those whose name another workspace's mirror holds
+/// (by name, with that workspace): one metadata LIST by name per creation (served from the API
+/// server's watch cache; the operator may list, not get, mirrors), in sharded replicas only.
+async fn names_held_in_other_shards(
+    ctx: &Context,
+    owner: &plan::Owner,
+    listing: Option<&Listing>,
+    existing: &HashMap<String, Arc<CachedMirror>>,
+) -> HashMap<String, String> {
+    let Some(listing) = listing else {
+        return HashMap::new();
+    };
+    let api: Api<EmrRayCluster> = Api::namespaced(ctx.client.clone(), &owner.namespace);
+    let mut held = HashMap::new();
+    for id in listing.ids().filter(|id| !existing.contains_key(*id)) {
+        let name = super::mirror::mirror_name(id);
+        let by_name = ListParams::default()
+            .fields(&format!("metadata.name={name}"))
+            .match_any();
+        match api.list_metadata(&by_name).await {
+            Ok(list) => {
+                let holder = list.items.iter().find_map(|m| {
+                    m.owner_references()
+                        .iter()
+                        .find(|o| o.controller == Some(true) && o.uid != owner.uid)
+                        .map(|o| o.name.clone())
+                });
+                if let Some(holder) = holder {
+                    held.insert(name, holder);
+                }
+            }
+            Err(e) => debug!(mirror = %name, error = %e, "checking a mirror name failed"),
+        }
+    }
+    held
+}
+
+/// The write trouble after a pass: `None` when nothing was refused; otherwise the refusal, with
+/// a backoff that grows with each consecutive refused pass, lengthened by `jitter` (drawn by
+/// the caller). `now`/`at`: the time as status shows it and as the clock measures it. Pure.
+fn next_write_trouble(
+    prev: Option<WriteTrouble>,
+    report: WriteReport,
+    (now, at): (&str, Instant),
+    cap: Duration,
+    jitter: f64,
+) -> Option<WriteTrouble> {
+    let first = report.first?;
+    // Planned last next time: the mirrors refused now, and those refused before that were not
+    // tried now. Mirrors only skipped go first: they may well be accepted.
+    let mut refused = report.refused;
+    if let Some(p) = &prev {
+        refused.extend(p.refused.intersection(&report.skipped).cloned());
+    }
+    let consecutive = prev.as_ref().map_or(1, |p| p.consecutive.saturating_add(1));
+    let since = match &prev {
+        Some(p) if p.refusal == first.refusal => p.since.clone(),
+        _ => now.to_string(),
+    };
+    let wait = WriteTrouble::backoff(consecutive, cap, first.retry_after);
+    Some(WriteTrouble {
+        refusal: first.refusal,
+        message: first.message,
+        mirrors: report.mirrors,
+        failed: report.failed,
+        since,
+        consecutive,
+        retry_at: at
+            .checked_add(crate::backoff::stretch(wait, jitter))
+            .unwrap_or(at),
+        refused,
+    })
+}
+
+/// Mirror names held by another workspace's mirror: a Warning Event and a log line.
+async fn report_conflicts(ctx: &Context, ws: &EmrWorkspace, conflicts: &[plan::Conflict]) {
+    if conflicts.is_empty() {
+        return;
+    }
+    let names: Vec<String> = conflicts
+        .iter()
+        .map(|c| format!("{} (owned by {})", c.name, c.owner))
+        .collect();
+    warn!(conflicts = ?names, "mirror names held by another workspace");
+    publish(
+        &ctx.recorder,
+        &ws.object_ref(&()),
+        EventType::Warning,
+        Reason::MirrorNameConflict.as_str(),
+        format!(
+            "{} cluster(s) are already mirrored by another EmrWorkspace in this namespace \
+             (the same remote workspace twice?): {}",
+            names.len(),
+            names.join(", ")
+        ),
+    )
+    .await;
+}
+
+/// One Warning Event when writes start being refused (or for another reason), one Normal
+/// Event when they are all accepted again.
+async fn report_write_trouble(
+    ctx: &Context,
+    workspace: &ObjectReference,
+    before: Option<WriteRefusal>,
+    now: Option<&WriteTrouble>,
+) {
+    match (now, before) {
+        (Some(t), prev) if prev != Some(t.refusal) => {
+            publish(
+                &ctx.recorder,
+                workspace,
+                EventType::Warning,
+                Reason::MirrorWriteFailed.as_str(),
+                format!(
+                    "{} of {} mirrors not written ({}): {}",
+                    t.failed, t.mirrors, t.refusal, t.message
+                ),
+            )
+            .await;
+        }
+        (None, Some(prev)) => {
+            publish(
+                &ctx.recorder,
+                workspace,
+                EventType::Normal,
+                "MirrorWritesRecovered",
+                format!("every mirror is written again (after {prev} refusals)"),
+            )
+            .await;
+        }
+        _ => {}
+    }
+}
+
+/// Builds the workspace status and writes it when it differs.
+pub(super) async fn write_status(
+    ws: &EmrWorkspace,
+    ctx: &Context,
+    st: &WorkspaceState,
+    attempted: bool,
+) -> Result<(), Error> {
+    let prev = ws.status.clone().unwrap_or_default();
+    let now = now_rfc3339();
+    let mut s = status::workspace_status(&status::Input {
+        prev: &prev,
+        generation: ws.meta().generation,
+        suspended: ws.spec.suspend,
+        state: st,
+        attempted,
+        interval: decide::effective_interval(ws, ctx.settings.default_interval)
+            .ok()
+            .map(|i| i.to_string()),
+        endpoint: crate::emr::endpoint::resolve(
+            &ws.spec.region_id,
+            ws.spec.network == EndpointNetwork::Vpc,
+            ws.spec.endpoint.as_deref(),
+        )
+        .ok()
+        .map(|u| u.to_string()),
+        now: &now,
+    });
+    s.jobs = ws.spec.jobs_enabled().and(st.jobs.summary.clone());
+    let labels = labels(ws);
+    ctx.metrics
+        .workspace_clusters
+        .get_or_create(&labels)
+        .set(s.clusters.unwrap_or(0));
+    ctx.metrics
+        .workspace_ready
+        .get_or_create(&labels)
+        .set(i64::from(crate::api::conditions::is_true(
+            &s.conditions,
+            crate::api::conditions::READY,
+        )));
+    ctx.metrics
+        .workspace_mirrors_unwritten
+        .get_or_create(&labels)
+        .set(st.write_trouble.as_ref().map_or(0, |t| t.failed as i64));
+    ctx.metrics
+        .workspace_suspended
+        .get_or_create(&labels)
+        .set(i64::from(ws.spec.suspend));
+    if !status::needs_write(
+        &s,
+        &prev,
+        ctx.settings.status_heartbeat,
+        jiff::Timestamp::now(),
+    ) {
+        return Ok(());
+    }
+    let api: Api<EmrWorkspace> = Api::namespaced(ctx.client.clone(), &labels.namespace);
+    let _permit = ctx.write_limiter.wait().await;
+    let body = serde_json::json!({ "status": s });
+    match apply::apply_ssa(&api, &ws.name_any(), body, true).await {
+        Ok(_) => {}
+        // The workspace was deleted meanwhile.
+        Err(kube::Error::Api(e)) if e.code == 404 => return Ok(()),
+        Err(e) => {
+            let refused = apply::Refused::from_error(&e);
+            ctx.metrics.count_refusal("emrworkspaces", refused.refusal);
+            return Err(Error::StatusWrite(e));
+        }
+    }
+    ctx.metrics.count_write("emrworkspaces", "apply-status");
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use apply::Refused;
+
+    fn report(refusal: Option<WriteRefusal>) -> WriteReport {
+        WriteReport {
+            mirrors: 10,
+            failed: usize::from(refusal.is_some()) * 10,
+            first: refusal.map(|refusal| Refused {
+                refusal,
+                message: "no".into(),
+                retry_after: None,
+            }),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn write_trouble_grows_and_clears() {
+        let cap = Duration::from_secs(300);
+        let at = Instant::now();
+        let s = Duration::from_secs;
+        let forbidden = || report(Some(WriteRefusal::Forbidden));
+        assert_eq!(
+            next_write_trouble(None, report(None), ("t0", at), cap, 0.0),
+            None
+        );
+        let t1 = next_write_trouble(None, forbidden(), ("t1", at), cap, 0.0).unwrap();
+        assert_eq!((t1.consecutive, t1.since.as_str()), (1, "t1"));
+        assert_eq!(t1.retry_at, at + s(5), "the first refusal waits 5 s");
+        let t2 = next_write_trouble(Some(t1), forbidden(), ("t2", at), cap, 0.1).unwrap();
+        assert_eq!((t2.consecutive, t2.since.as_str()), (2, "t1"));
+        assert_eq!(
+            t2.retry_at,
+            at + s(11),
+            "10 s, lengthened by the jitter given"
+        );
+        let other = report(Some(WriteRefusal::Invalid));
+        let t3 = next_write_trouble(Some(t2.clone()), other, ("t3", at), cap, 0.0).unwrap();
+        assert_eq!(
+            (t3.consecutive, t3.since.as_str()),
+            (3, "t3"),
+            "another refusal starts its own `since`"
+        );
+        let mut capped = t3;
+        capped.consecutive = 40;
+        let t4 = next_write_trouble(Some(capped), forbidden(), ("t4", at), cap, 0.0).unwrap();
+        assert_eq!(t4.retry_at, at + cap);
+        assert_eq!(
+            next_write_trouble(Some(t2), report(None), ("t5", at), cap, 0.0),
+            None
+        );
+    }
+}
