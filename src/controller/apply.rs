@@ -29,9 +29,9 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tracing::{debug, info, warn};
 
 use super::cache::CachedMirror;
+use super::cache::MirrorCache;
 use super::mirror::truncated;
 use super::plan::{Action, MirrorEvent, Owner, Plan, Write};
-use super::state::MirrorCache;
 use crate::api::conditions::{ConditionSet, SYNCED};
 use crate::api::{
     ANNOTATION_CLUSTER_ID, EmrRayCluster, EmrRayClusterStatus, FIELD_MANAGER, Reason, WriteRefusal,

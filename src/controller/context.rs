@@ -10,8 +10,9 @@ use kube::runtime::reflector::Store;
 use tokio_util::sync::CancellationToken;
 
 use super::apply::WriteLimiter;
+use super::cache::MirrorCache;
 use super::shard;
-use super::state::{self, MirrorCache, WorkspaceStates};
+use super::state::{self, WorkspaceStates};
 use crate::api::{EmrWorkspace, Interval};
 use crate::emr::{CredentialResolver, EmrClient};
 use crate::metrics::{Metrics, WorkspaceLabels};

@@ -16,10 +16,7 @@ use crate::metrics::WorkspaceLabels;
 /// Forgets a workspace that left this replica's watch (deleted): what is remembered about it
 /// and its metric series. Its mirrors are left as they are.
 pub fn forget(ctx: &Context, ws: &EmrWorkspace) {
-    ctx.departed
-        .lock()
-        .unwrap_or_else(|p| p.into_inner())
-        .insert(ws.uid().unwrap_or_default(), Instant::now());
+    crate::controller::lock(&ctx.departed).insert(ws.uid().unwrap_or_default(), Instant::now());
     forget_key(ctx, &key(ws));
 }
 
@@ -50,7 +47,7 @@ pub(super) fn mirror_shard(
 /// Whether a workspace is no longer this replica's: deleted, or its namespace left the shard.
 pub(super) fn has_departed(ctx: &Context, ws: &EmrWorkspace) -> bool {
     let deleted = {
-        let departed = ctx.departed.lock().unwrap_or_else(|p| p.into_inner());
+        let departed = crate::controller::lock(&ctx.departed);
         !departed.is_empty() && departed.contains_key(&ws.uid().unwrap_or_default())
     };
     deleted || mirror_shard(ctx, ws).is_err()
@@ -58,10 +55,7 @@ pub(super) fn has_departed(ctx: &Context, ws: &EmrWorkspace) -> bool {
 
 /// Drops what is remembered about a workspace, and its metric series.
 pub(super) fn forget_key(ctx: &Context, k: &str) {
-    ctx.errors
-        .lock()
-        .unwrap_or_else(|p| p.into_inner())
-        .remove(k);
+    crate::controller::lock(&ctx.errors).remove(k);
     let Some(st) = ctx.states.remove(k) else {
         return;
     };
@@ -106,10 +100,7 @@ const DEPARTED_TTL: Duration = Duration::from_secs(600);
 
 /// Forgets workspaces that no longer exist (deleted workspaces are not reconciled again).
 pub fn prune_deleted(ctx: &Context, workspaces: &Store<EmrWorkspace>) {
-    ctx.departed
-        .lock()
-        .unwrap_or_else(|p| p.into_inner())
-        .retain(|_, at| at.elapsed() < DEPARTED_TTL);
+    crate::controller::lock(&ctx.departed).retain(|_, at| at.elapsed() < DEPARTED_TTL);
     let live: std::collections::HashSet<String> =
         workspaces.state().iter().map(|ws| key(ws)).collect();
     for k in ctx.states.keys() {

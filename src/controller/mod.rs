@@ -45,6 +45,12 @@ pub mod status;
 pub mod write;
 
 pub use context::{Context, Settings};
+
+/// Locks a mutex, recovering the data if a panicking thread poisoned it: every value the
+/// reconciler guards is valid after any partial update (maps of independent entries, counters).
+pub(crate) fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
 pub use decide::effective_interval;
 pub use error::{Error, SyncError};
 pub use lifecycle::{forget, namespace_left, prune_deleted, wait_ready};

@@ -99,10 +99,7 @@ async fn reconcile_workspace(ws: Arc<EmrWorkspace>, ctx: Arc<Context>) -> Result
             .get_or_create(&labels(&ws))
             .observe(started.elapsed().as_secs_f64());
     }
-    ctx.errors
-        .lock()
-        .unwrap_or_else(|p| p.into_inner())
-        .remove(&k);
+    crate::controller::lock(&ctx.errors).remove(&k);
     // 7. Requeue. Instances are fetched only while the listing succeeds: after a failed one,
     // its retry comes first.
     let now = Instant::now();
@@ -311,7 +308,7 @@ fn duplicate_of(ws: &EmrWorkspace, ctx: &Context) -> Option<String> {
 /// Retries a failed reconcile with a per-workspace backoff ([`decide::reconcile_retry`]).
 pub fn error_policy(ws: Arc<EmrWorkspace>, err: &Error, ctx: Arc<Context>) -> Action {
     let failures = {
-        let mut errors = ctx.errors.lock().unwrap_or_else(|p| p.into_inner());
+        let mut errors = crate::controller::lock(&ctx.errors);
         let n = errors.entry(key(&ws)).or_default();
         *n = n.saturating_add(1);
         *n

@@ -145,7 +145,7 @@ impl ShardNamespaces {
     /// Locks the sets, recovering them if a panicking thread poisoned the lock: every update
     /// leaves them valid (maps of independent entries).
     fn lock(&self) -> MutexGuard<'_, Served> {
-        self.served.lock().unwrap_or_else(|p| p.into_inner())
+        crate::controller::lock(&self.served)
     }
 }
 

@@ -268,7 +268,7 @@ impl MetricsAuth {
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, VerdictCache> {
-        self.cache.lock().unwrap_or_else(|p| p.into_inner())
+        crate::controller::lock(&self.cache)
     }
 
     async fn review(&self, token: &str) -> Result<Verdict, kube::Error> {

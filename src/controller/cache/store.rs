@@ -1,111 +1,14 @@
-//! The mirrors as the operator keeps them between syncs: a compact record of each object the
-//! mirror watch reports instead of the object itself.
-//!
-//! A decoded `EmrRayCluster` costs ≈4.5 KiB of heap (metadata maps, owner references, three
-//! dozen optional strings of status); planning needs its name, version, generation, owner, a
-//! digest of the metadata and spec the operator sets, and the status — which is kept
-//! [`Packed`] (≈0.7 KiB) and decoded only while a sync plans its mirrors.
-//! The watch still decodes whole objects, one list page or event at a time.
+//! The watch-fed store of [`CachedMirror`]s, with the deletes it saw lately.
 
 use std::collections::{BTreeSet, HashMap};
-use std::hash::{DefaultHasher, Hash, Hasher};
 use std::sync::{Arc, Mutex, RwLock, RwLockReadGuard, RwLockWriteGuard};
 use std::time::{Duration, Instant};
 
 use kube::ResourceExt;
 use kube::runtime::watcher;
 
-use super::packed::Packed;
-
-use crate::api::{
-    ANNOTATION_CLUSTER_ID, EmrRayCluster, EmrRayClusterSpec, EmrRayClusterStatus, LABEL_CLUSTER_ID,
-    LABEL_MANAGED_BY, LABEL_SHARD, LABEL_WORKSPACE, LABEL_WORKSPACE_ID,
-};
-
-/// The labels whose values the operator sets on every mirror (the shard label only in a shard).
-const SHAPE_LABELS: [&str; 5] = [
-    LABEL_WORKSPACE,
-    LABEL_WORKSPACE_ID,
-    LABEL_CLUSTER_ID,
-    LABEL_MANAGED_BY,
-    LABEL_SHARD,
-];
-
-/// A digest of what the operator sets on a mirror besides its status and owner: the spec, the
-/// values of its labels (absent ones included) and the cluster-ID annotation. Equal digests mean
-/// the metadata needs no repair. Only ever compared within one process.
-pub fn shape_digest<'a>(
-    spec: &EmrRayClusterSpec,
-    label: impl Fn(&str) -> Option<&'a str>,
-    cluster_id_annotation: Option<&str>,
-) -> u64 {
-    let mut h = DefaultHasher::new();
-    spec.workspace_ref.hash(&mut h);
-    spec.workspace_id.hash(&mut h);
-    spec.region_id.hash(&mut h);
-    spec.cluster_id.hash(&mut h);
-    for key in SHAPE_LABELS {
-        label(key).hash(&mut h);
-    }
-    cluster_id_annotation.hash(&mut h);
-    h.finish()
-}
-
-/// One mirror, as cached.
-#[derive(Clone, Debug, PartialEq)]
-pub struct CachedMirror {
-    pub namespace: String,
-    pub name: String,
-    pub resource_version: Option<String>,
-    pub generation: Option<i64>,
-    /// `spec.clusterId`.
-    pub cluster_id: String,
-    /// `spec.workspaceRef`.
-    pub workspace_ref: String,
-    /// UID of the controlling owner reference.
-    pub controller_uid: Option<String>,
-    /// [`shape_digest`] of the object.
-    pub shape: u64,
-    status: Option<Packed>,
-}
-
-impl CachedMirror {
-    pub fn of(m: &EmrRayCluster) -> Self {
-        let labels = m.labels();
-        CachedMirror {
-            namespace: m.namespace().unwrap_or_default(),
-            name: m.name_any(),
-            resource_version: m.resource_version(),
-            generation: m.metadata.generation,
-            cluster_id: m.spec.cluster_id.clone(),
-            workspace_ref: m.spec.workspace_ref.clone(),
-            controller_uid: m
-                .owner_references()
-                .iter()
-                .find(|o| o.controller == Some(true))
-                .map(|o| o.uid.clone()),
-            shape: shape_digest(
-                &m.spec,
-                |k| labels.get(k).map(String::as_str),
-                m.annotations()
-                    .get(ANNOTATION_CLUSTER_ID)
-                    .map(String::as_str),
-            ),
-            status: m.status.as_ref().and_then(Packed::pack),
-        }
-    }
-
-    /// The status, decoded (it was encoded from the same type, so decoding cannot fail short of
-    /// a bug; such a status reads as absent and is rewritten).
-    pub fn status(&self) -> Option<EmrRayClusterStatus> {
-        self.status.as_ref().and_then(Packed::unpack)
-    }
-
-    /// Whether workspace `uid` controls this mirror.
-    pub fn controlled_by(&self, uid: &str) -> bool {
-        self.controller_uid.as_deref() == Some(uid)
-    }
-}
+use super::CachedMirror;
+use crate::api::EmrRayCluster;
 
 #[derive(Default)]
 struct Objects {
@@ -236,14 +139,11 @@ impl MirrorStore {
             }
             watcher::Event::Delete(m) => {
                 if let Some(uid) = &m.metadata.uid {
-                    self.deletes
-                        .lock()
-                        .unwrap_or_else(|p| p.into_inner())
-                        .insert(
-                            key(&m.namespace().unwrap_or_default(), &m.name_any()),
-                            uid.clone(),
-                            Instant::now(),
-                        );
+                    crate::controller::lock(&self.deletes).insert(
+                        key(&m.namespace().unwrap_or_default(), &m.name_any()),
+                        uid.clone(),
+                        Instant::now(),
+                    );
                 }
             }
             _ => {}
@@ -254,10 +154,7 @@ impl MirrorStore {
     /// Whether the watch saw the object `ns/name` with UID `uid` deleted (within
     /// [`DELETES_KEPT`]).
     pub fn saw_deleted(&self, ns: &str, name: &str, uid: &str) -> bool {
-        self.deletes
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .contains(&key(ns, name), uid, Instant::now())
+        crate::controller::lock(&self.deletes).contains(&key(ns, name), uid, Instant::now())
     }
 
     pub fn get(&self, ns: &str, name: &str) -> Option<Arc<CachedMirror>> {
@@ -309,83 +206,8 @@ impl MirrorStore {
 
 #[cfg(test)]
 mod tests {
+    use super::super::tests::mirror;
     use super::*;
-    use crate::api::{EmrRayClusterStatus, MANAGED_BY};
-    use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
-
-    fn mirror(name: &str, rv: &str) -> EmrRayCluster {
-        let mut m = EmrRayCluster::new(
-            name,
-            EmrRayClusterSpec {
-                workspace_ref: "ws".into(),
-                workspace_id: "w-1".into(),
-                region_id: "cn-hangzhou".into(),
-                cluster_id: format!("id-{name}"),
-            },
-        );
-        m.metadata.namespace = Some("ns".into());
-        m.metadata.resource_version = Some(rv.into());
-        m.metadata.labels = Some([(LABEL_MANAGED_BY.to_string(), MANAGED_BY.to_string())].into());
-        m.metadata.owner_references = Some(vec![OwnerReference {
-            uid: "u1".into(),
-            controller: Some(true),
-            ..Default::default()
-        }]);
-        m.status = Some(EmrRayClusterStatus {
-            state: Some("Running".into()),
-            display_name: Some("a cluster".into()),
-            ..Default::default()
-        });
-        m
-    }
-
-    #[test]
-    fn a_record_keeps_what_planning_reads() {
-        let m = mirror("a", "7");
-        let c = CachedMirror::of(&m);
-        assert_eq!((c.namespace.as_str(), c.name.as_str()), ("ns", "a"));
-        assert_eq!(c.resource_version.as_deref(), Some("7"));
-        assert_eq!(
-            (c.cluster_id.as_str(), c.workspace_ref.as_str()),
-            ("id-a", "ws")
-        );
-        assert!(c.controlled_by("u1") && !c.controlled_by("u2"));
-        assert_eq!(c.status(), m.status, "the status round-trips");
-
-        // Any change to the spec, to one of the operator's labels (or a shard label appearing)
-        // or to the annotation changes the shape; other labels do not.
-        let shape = |f: &dyn Fn(&mut EmrRayCluster)| {
-            let mut m = mirror("a", "7");
-            f(&mut m);
-            CachedMirror::of(&m).shape
-        };
-        let labels = |m: &mut EmrRayCluster| m.metadata.labels.get_or_insert_default().clone();
-        assert_eq!(shape(&|_| {}), c.shape);
-        assert_eq!(
-            shape(&|m| {
-                let mut l = labels(m);
-                l.insert("team".into(), "x".into());
-                m.metadata.labels = Some(l);
-            }),
-            c.shape
-        );
-        assert_ne!(shape(&|m| m.spec.region_id = "cn-beijing".into()), c.shape);
-        assert_ne!(
-            shape(&|m| {
-                let mut l = labels(m);
-                l.insert(LABEL_SHARD.into(), "a".into());
-                m.metadata.labels = Some(l);
-            }),
-            c.shape
-        );
-        assert_ne!(shape(&|m| m.metadata.labels = None), c.shape);
-        assert_ne!(
-            shape(&|m| {
-                m.metadata.annotations = Some([(ANNOTATION_CLUSTER_ID.into(), "x".into())].into())
-            }),
-            c.shape
-        );
-    }
 
     #[test]
     fn the_store_follows_events_and_swaps_in_a_relist_when_complete() {
