@@ -54,6 +54,8 @@ pub struct Context {
     pub mirrors: MirrorCache,
     /// Every watched workspace (to find duplicates).
     pub workspaces: Store<EmrWorkspace>,
+    /// Set once `workspaces` has its first complete list.
+    pub workspaces_ready: super::lifecycle::Readiness,
     pub settings: Settings,
     pub write_limiter: WriteLimiter,
     /// Cancelled when this replica stops leading: in-flight reconciles stop writing at once.
@@ -90,6 +92,7 @@ impl Context {
             recorder,
             metrics,
             mirrors,
+            workspaces_ready: super::lifecycle::Readiness::of(workspaces.clone()),
             workspaces,
             settings,
             write_limiter,

@@ -77,22 +77,35 @@ pub(super) fn forget_key(ctx: &Context, k: &str) {
     queues::remove_series(ctx, namespace, workspace, st.exported_queues.as_deref());
 }
 
-/// Waits until a reflector store has its first complete list. Polls, rather than relying on
-/// `Store::wait_until_ready`'s wake-up alone, which was seen to hang here when awaited before
-/// the store became ready (kube-runtime 5.0).
-pub async fn wait_ready<K>(store: &Store<K>)
-where
-    K: kube::Resource + Clone + 'static,
-    K::DynamicType: Eq + std::hash::Hash + Clone,
-{
-    // Not one plain `wait_until_ready().await`: kube-runtime's readiness is a oneshot receiver
-    // behind a mutex, which keeps the waker of only the last task that polled it, so with
-    // several waiters (reconciles, the sweep) some are never woken (seen: the orphan sweep never
-    // started). A fresh future every 100 ms re-checks. Err (writer dropped) ends the wait too.
-    while tokio::time::timeout(Duration::from_millis(100), store.wait_until_ready())
-        .await
-        .is_err()
-    {}
+/// A reflector store's first complete list, as a signal any number of tasks can await.
+///
+/// Not `Store::wait_until_ready` in each task: kube-runtime's readiness is a oneshot receiver
+/// behind a mutex, which keeps the waker of only the last task that polled it, so with several
+/// waiters (reconciles, the orphan sweep) some were never woken. Here one task awaits the store
+/// and publishes the result on a `watch` channel.
+#[derive(Clone, Debug)]
+pub struct Readiness(tokio::sync::watch::Receiver<bool>);
+
+impl Readiness {
+    /// Starts the one task that awaits `store`'s first complete list (or its writer's end).
+    pub fn of<K>(store: Store<K>) -> Self
+    where
+        K: kube::Resource + Clone + Send + Sync + 'static,
+        K::DynamicType: Eq + std::hash::Hash + Clone + Send + Sync,
+    {
+        let (tx, rx) = tokio::sync::watch::channel(false);
+        tokio::spawn(async move {
+            // Err: the writer is gone (the controller stopped); nobody waits for long then.
+            let _ = store.wait_until_ready().await;
+            tx.send_replace(true);
+        });
+        Readiness(rx)
+    }
+
+    /// Waits until the store has its first complete list.
+    pub async fn wait(&self) {
+        let _ = self.0.clone().wait_for(|ready| *ready).await;
+    }
 }
 
 /// How long a departed workspace's in-flight reconcile is watched for (longer than any sync).

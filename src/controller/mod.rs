@@ -53,5 +53,5 @@ pub(crate) fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 }
 pub use decide::effective_interval;
 pub use error::{Error, SyncError};
-pub use lifecycle::{forget, namespace_left, prune_deleted, wait_ready};
+pub use lifecycle::{Readiness, forget, namespace_left, prune_deleted};
 pub use reconcile::{error_policy, reconcile};

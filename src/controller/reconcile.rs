@@ -24,7 +24,7 @@ use tracing::{Instrument as _, warn};
 
 use super::context::{Context, key, labels};
 use super::error::Error;
-use super::lifecycle::{forget_key, has_departed, mirror_shard, wait_ready};
+use super::lifecycle::{forget_key, has_departed, mirror_shard};
 use super::state::{Failure, WorkspaceState};
 use super::{decide, jobs, listing, queues, series, write};
 use crate::api::{EmrWorkspace, Interval, Reason};
@@ -134,7 +134,7 @@ async fn reconcile_workspace(ws: Arc<EmrWorkspace>, ctx: Arc<Context>) -> Result
 async fn caches_ready(ctx: &Context) -> bool {
     tokio::time::timeout(CACHES_READY_TIMEOUT, async {
         ctx.mirrors.store().wait_ready().await;
-        wait_ready(&ctx.workspaces).await;
+        ctx.workspaces_ready.wait().await;
         if let Some(shard) = &ctx.settings.shard {
             shard.wait_ready().await;
         }

@@ -491,11 +491,11 @@ async fn run_controller(
         })
         .applied_objects();
     let ctrl = Controller::for_stream(ws_stream, ws_store.clone()).reconcile_on(woken);
-    let ws_store_ready = ws_store.clone();
+    let (ws_store_ready, ws_ready) = (ws_store.clone(), ctx.workspaces_ready.clone());
     let m2 = mirrors.clone();
     let (prune_ctx, prune_token) = (ctx.clone(), token.clone());
     tokio::spawn(async move {
-        crate::controller::wait_ready(&ws_store_ready).await;
+        ws_ready.wait().await;
         m2.wait_ready().await;
         on_ready();
         loop {
