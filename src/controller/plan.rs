@@ -181,8 +181,9 @@ pub struct Input<'a> {
     pub stale: Option<&'a Staleness>,
     /// The workspace's mirrors by cluster ID.
     pub existing: &'a HashMap<String, Arc<CachedMirror>>,
-    /// The workspace reference of another workspace's mirror holding a name, if any.
-    pub held_elsewhere: &'a dyn Fn(&str) -> Option<String>,
+    /// Mirror names another workspace's mirror holds, with that workspace (a snapshot taken
+    /// before planning: the plan reads no live cache).
+    pub held_elsewhere: &'a HashMap<String, String>,
     /// Mirrors whose last write was refused: planned last.
     pub refused: &'a HashSet<String>,
     /// The instances of unhealthy clusters (`GetRayCluster`).
@@ -233,7 +234,7 @@ pub fn plan(input: &Input<'_>) -> Plan {
             }
             names.insert(name.clone(), id.clone());
             if prev.is_none()
-                && let Some(owner) = (input.held_elsewhere)(&name)
+                && let Some(owner) = input.held_elsewhere.get(&name).cloned()
             {
                 out.mirrors -= 1;
                 out.conflicts.push(Conflict { name, owner });

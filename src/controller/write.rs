@@ -87,19 +87,26 @@ pub(super) async fn write_mirrors(
         return;
     }
     st.settled = None;
-    // A shard's cache lacks other shards' mirrors: names it would create are asked for.
-    let held_in_other_shards = if sharded {
+    // The names this sync would create that another workspace's mirror holds, as the cache
+    // has them now (a shard's cache lacks other shards' mirrors: those names are asked for).
+    let mut held_elsewhere = if sharded {
         names_held_in_other_shards(ctx, &owner, st.listing.as_deref(), &existing).await
     } else {
         HashMap::new()
     };
-    let held_elsewhere = |name: &str| {
-        ctx.mirrors
-            .get(&owner.namespace, name)
-            .filter(|m| m.controller_uid.as_ref().is_some_and(|u| *u != owner.uid))
-            .map(|m| m.workspace_ref.clone())
-            .or_else(|| held_in_other_shards.get(name).cloned())
-    };
+    for id in st.listing.iter().flat_map(|l| l.ids()) {
+        if existing.contains_key(id) {
+            continue;
+        }
+        let name = super::mirror::mirror_name(id);
+        let held = ctx
+            .mirrors
+            .get(&owner.namespace, &name)
+            .filter(|m| m.controller_uid.as_ref().is_some_and(|u| *u != owner.uid));
+        if let Some(m) = held {
+            held_elsewhere.insert(name, m.workspace_ref.clone());
+        }
+    }
     let refused = st
         .write_trouble
         .as_ref()

@@ -111,8 +111,11 @@ fn run(case: &Case) -> Plan {
     let stale = case
         .failed
         .map(|r| Staleness::from_failure(r, None, Some("2025-12-31T23:59:00Z")));
-    let foreign = case.foreign;
-    let held = move |name: &str| foreign.contains(&name).then(|| "other".to_string());
+    let held: HashMap<String, String> = case
+        .foreign
+        .iter()
+        .map(|name| (name.to_string(), "other".to_string()))
+        .collect();
     plan(&Input {
         owner: &o,
         listing: listing.as_ref(),
@@ -361,7 +364,7 @@ fn many_creations_are_summarised_and_refused_mirrors_go_last() {
         listing_is_current: true,
         stale: None,
         existing: &HashMap::new(),
-        held_elsewhere: &|_| None,
+        held_elsewhere: &HashMap::new(),
         refused: &refused,
         diagnoses: &Default::default(),
         now: NOW,
@@ -386,7 +389,7 @@ fn metadata_drift_is_repaired() {
         listing_is_current: true,
         stale: None,
         existing: &existing,
-        held_elsewhere: &|_| None,
+        held_elsewhere: &HashMap::new(),
         refused: &HashSet::new(),
         diagnoses: &Default::default(),
         now: NOW,
@@ -412,7 +415,7 @@ fn remote_ids_that_map_to_one_name_never_share_a_mirror() {
         listing_is_current: true,
         stale: None,
         existing: &HashMap::new(),
-        held_elsewhere: &|_| None,
+        held_elsewhere: &HashMap::new(),
         refused: &HashSet::new(),
         diagnoses: &Default::default(),
         now: NOW,
@@ -455,7 +458,7 @@ fn a_workspace_moved_to_another_shard_relabels_its_mirrors() {
             listing_is_current: true,
             stale: None,
             existing,
-            held_elsewhere: &|_| None,
+            held_elsewhere: &HashMap::new(),
             refused: &HashSet::new(),
             diagnoses: &Default::default(),
             now: NOW,
@@ -509,7 +512,7 @@ fn instances_are_shown_kept_on_a_failed_fetch_and_dropped_when_healthy() {
                 listing_is_current: true,
                 stale: None,
                 existing,
-                held_elsewhere: &|_| None,
+                held_elsewhere: &HashMap::new(),
                 refused: &HashSet::new(),
                 diagnoses: d,
                 now: NOW,
