@@ -28,106 +28,124 @@ pub(super) async fn list_remote(
     st: &mut WorkspaceState,
     interval: Interval,
 ) {
-    let labels = labels(ws);
-    ctx.metrics.sync_attempts.get_or_create(&labels).inc();
+    ctx.metrics.sync_attempts.get_or_create(&labels(ws)).inc();
     st.last_attempt = Some(now_rfc3339());
     match list_workspace(ws, ctx).await {
-        Ok((listing, queue_outcome, jobs)) => {
-            if let Some((retention, result)) = jobs {
-                if let Err(e) = &result {
-                    let reason = e.reason();
-                    warn!(%reason, error = %e, "remote job listing failed");
-                }
-                super::jobs::record(st, retention, result, &now_rfc3339());
-            }
-            let now = now_rfc3339();
-            match super::queues::record(st, queue_outcome, &now) {
-                (Some(message), _) => {
-                    warn!("{message}");
-                    publish(
-                        &ctx.recorder,
-                        &ws.object_ref(&()),
-                        EventType::Warning,
-                        "QueueListingFailed",
-                        format!("{message}; status.queues keeps the last complete listing"),
-                    )
-                    .await;
-                }
-                (None, true) => {
-                    publish(
-                        &ctx.recorder,
-                        &ws.object_ref(&()),
-                        EventType::Normal,
-                        "QueueListingRecovered",
-                        "listing the workspace's queues succeeded again".to_string(),
-                    )
-                    .await;
-                }
-                (None, false) => {}
-            }
-            if let Some(prev) = st.failure.take() {
-                publish(
-                    &ctx.recorder,
-                    &ws.object_ref(&()),
-                    EventType::Normal,
-                    "SyncRecovered",
-                    format!(
-                        "listing succeeded again after {} failed attempt(s) ({})",
-                        prev.consecutive, prev.reason
-                    ),
-                )
-                .await;
-            }
-            // An unchanged listing keeps its `Arc`: a settled workspace skips planning.
-            if st.listing.as_deref() != Some(&listing) {
-                st.listing = Some(Arc::new(listing));
-            }
-            st.last_success = Some(now_rfc3339());
-            ctx.metrics
-                .last_success
-                .get_or_create(&labels)
-                .set(jiff::Timestamp::now().as_millisecond() as f64 / 1000.0);
-        }
-        Err(e) => {
-            let reason = e.reason();
-            ctx.metrics
-                .sync_failures
-                .get_or_create(&FailureLabels {
-                    namespace: labels.namespace.clone(),
-                    workspace: labels.workspace.clone(),
-                    reason: reason.metric_label().to_string(),
-                })
-                .inc();
-            let failure = Failure::next(
-                st.failure.as_ref(),
-                reason,
-                e.to_string(),
-                e.remote().and_then(|r| r.code.clone()),
-                e.remote().and_then(|r| r.request_id.clone()),
-                &now_rfc3339(),
-            );
-            if st.failure.as_ref().map(|f| f.reason) != Some(reason) {
-                publish(
-                    &ctx.recorder,
-                    &ws.object_ref(&()),
-                    EventType::Warning,
-                    "SyncFailed",
-                    failure.message.clone(),
-                )
-                .await;
-            }
-            warn!(%reason, error = %e, "remote listing failed");
-            let n = failure.consecutive.clamp(1, 16) as u32;
-            st.failure = Some(failure);
-            let backoff =
-                crate::backoff::exponential(n, Duration::from_secs(5), interval.as_duration());
-            let backoff = match e.remote().and_then(|r| r.retry_after) {
-                Some(ra) => ra.max(Duration::from_secs(1)),
-                None => backoff,
-            };
-            st.next_due = Instant::now().checked_add(jitter(backoff, 0.2));
-        }
+        Ok(round) => record_listed(ws, ctx, st, round).await,
+        Err(e) => record_failure(ws, ctx, st, &e, interval).await,
     }
+}
+
+/// A complete listing: the clusters, the queues and jobs (their own failures kept apart), and
+/// the Events that say the listings recovered.
+async fn record_listed(
+    ws: &EmrWorkspace,
+    ctx: &Context,
+    st: &mut WorkspaceState,
+    (listing, queue_outcome, jobs): (Listing, QueueRound, JobRound),
+) {
+    if let Some((retention, result)) = jobs {
+        if let Err(e) = &result {
+            let reason = e.reason();
+            warn!(%reason, error = %e, "remote job listing failed");
+        }
+        super::jobs::record(st, retention, result, &now_rfc3339());
+    }
+    let now = now_rfc3339();
+    match super::queues::record(st, queue_outcome, &now) {
+        (Some(message), _) => {
+            warn!("{message}");
+            publish(
+                &ctx.recorder,
+                &ws.object_ref(&()),
+                EventType::Warning,
+                "QueueListingFailed",
+                format!("{message}; status.queues keeps the last complete listing"),
+            )
+            .await;
+        }
+        (None, true) => {
+            publish(
+                &ctx.recorder,
+                &ws.object_ref(&()),
+                EventType::Normal,
+                "QueueListingRecovered",
+                "listing the workspace's queues succeeded again".to_string(),
+            )
+            .await;
+        }
+        (None, false) => {}
+    }
+    if let Some(prev) = st.failure.take() {
+        publish(
+            &ctx.recorder,
+            &ws.object_ref(&()),
+            EventType::Normal,
+            "SyncRecovered",
+            format!(
+                "listing succeeded again after {} failed attempt(s) ({})",
+                prev.consecutive, prev.reason
+            ),
+        )
+        .await;
+    }
+    // An unchanged listing keeps its `Arc`: a settled workspace skips planning.
+    if st.listing.as_deref() != Some(&listing) {
+        st.listing = Some(Arc::new(listing));
+    }
+    st.last_success = Some(now_rfc3339());
+    ctx.metrics
+        .last_success
+        .get_or_create(&labels(ws))
+        .set(jiff::Timestamp::now().as_millisecond() as f64 / 1000.0);
+}
+
+/// A failed listing: the failure (the mirrors keep what they show), an Event when its reason
+/// changes, and the retry after a backoff, or when the remote asks (`x-acs-retry-after`).
+async fn record_failure(
+    ws: &EmrWorkspace,
+    ctx: &Context,
+    st: &mut WorkspaceState,
+    e: &SyncError,
+    interval: Interval,
+) {
+    let labels = labels(ws);
+    let reason = e.reason();
+    ctx.metrics
+        .sync_failures
+        .get_or_create(&FailureLabels {
+            namespace: labels.namespace.clone(),
+            workspace: labels.workspace.clone(),
+            reason: reason.metric_label().to_string(),
+        })
+        .inc();
+    let failure = Failure::next(
+        st.failure.as_ref(),
+        reason,
+        e.to_string(),
+        e.remote().and_then(|r| r.code.clone()),
+        e.remote().and_then(|r| r.request_id.clone()),
+        &now_rfc3339(),
+    );
+    if st.failure.as_ref().map(|f| f.reason) != Some(reason) {
+        publish(
+            &ctx.recorder,
+            &ws.object_ref(&()),
+            EventType::Warning,
+            "SyncFailed",
+            failure.message.clone(),
+        )
+        .await;
+    }
+    warn!(%reason, error = %e, "remote listing failed");
+    let n = failure.consecutive.clamp(1, 16) as u32;
+    st.failure = Some(failure);
+    let backoff = crate::backoff::exponential(n, Duration::from_secs(5), interval.as_duration());
+    let backoff = match e.remote().and_then(|r| r.retry_after) {
+        Some(ra) => ra.max(Duration::from_secs(1)),
+        None => backoff,
+    };
+    st.next_due = Instant::now().checked_add(jitter(backoff, 0.2));
 }
 
 /// Fetches the instances of the workspace's unhealthy clusters whose details are due
@@ -228,56 +246,32 @@ async fn list_workspace(
 ) -> Result<(Listing, QueueRound, JobRound), SyncError> {
     let (endpoint, credentials) = remote_access(ws, ctx).await?;
     let ns = ws.namespace().unwrap_or_default();
-    let timeout = ctx
-        .settings
-        .listing_timeout
-        .saturating_add(Duration::from_secs(5));
-    let listing = tokio::time::timeout(
-        timeout,
+    let id = &ws.spec.workspace_id;
+    let listing = within(
+        ctx,
+        "listing",
         ctx.emr
-            .list_ray_clusters_within(Some(&ns), &endpoint, &ws.spec.workspace_id, &credentials),
+            .list_ray_clusters_within(Some(&ns), &endpoint, id, &credentials),
     )
-    .await
-    .map_err(|_| {
-        EmrError::new(
-            crate::emr::ErrorKind::Timeout,
-            format!(
-                "listing did not finish within {}s",
-                ctx.settings.listing_timeout.as_secs()
-            ),
-        )
-    })??;
+    .await?;
     debug!(
         clusters = listing.clusters.len(),
         requests = listing.requests,
         "listed"
     );
-    let queues = tokio::time::timeout(
-        timeout,
-        ctx.emr.list_workspace_queues_within(
-            Some(&ns),
-            &endpoint,
-            &ws.spec.workspace_id,
-            &credentials,
-        ),
+    let queues = within(
+        ctx,
+        "listing the queues",
+        ctx.emr
+            .list_workspace_queues_within(Some(&ns), &endpoint, id, &credentials),
     )
     .await
-    .map_err(|_| {
-        SyncError::from(EmrError::new(
-            crate::emr::ErrorKind::Timeout,
-            format!(
-                "listing the queues did not finish within {}s",
-                ctx.settings.listing_timeout.as_secs()
-            ),
-        ))
-    })
-    .and_then(|r| r.map(|l| l.queues).map_err(SyncError::from));
-    let page = ctx.emr.config().page_size.max(1) as usize;
+    .map(|l| l.queues);
     let jobs = match ws.spec.jobs_enabled() {
         None => None,
         Some(spec) => Some(match spec.retention() {
             Err(e) => (
-                crate::api::Interval::from_secs(0),
+                Interval::from_secs(0),
                 Err(SyncError::local(
                     Reason::InvalidSpec,
                     format!("jobs.retention: {e}"),
@@ -288,29 +282,19 @@ async fn list_workspace(
                     retention.as_duration(),
                     jiff::Timestamp::now().as_millisecond(),
                 );
-                let listed = tokio::time::timeout(
-                    timeout,
+                let listed = within(
+                    ctx,
+                    "job listing",
                     ctx.emr.list_ray_jobs(
                         Some(&ns),
                         &endpoint,
-                        &ws.spec.workspace_id,
+                        id,
                         &credentials,
                         window,
                         ctx.settings.max_jobs_per_workspace,
                     ),
                 )
-                .await
-                .map_err(|_| {
-                    EmrError::new(
-                        crate::emr::ErrorKind::Timeout,
-                        format!(
-                            "job listing did not finish within {}s",
-                            ctx.settings.listing_timeout.as_secs()
-                        ),
-                    )
-                })
-                .and_then(|r| r)
-                .map_err(SyncError::from);
+                .await;
                 if let Ok(l) = &listed {
                     debug!(jobs = l.jobs.len(), requests = l.requests, "listed jobs");
                 }
@@ -318,5 +302,23 @@ async fn list_workspace(
             }
         }),
     };
+    let page = ctx.emr.config().page_size.max(1) as usize;
     Ok((Listing::new(listing.clusters, page), queues, jobs))
+}
+
+/// One remote call, bounded by the listing timeout (and a margin: the client enforces the
+/// timeout itself; this bounds everything around it). `what` names it in the error.
+async fn within<T>(
+    ctx: &Context,
+    what: &str,
+    call: impl std::future::Future<Output = Result<T, EmrError>>,
+) -> Result<T, SyncError> {
+    let limit = ctx.settings.listing_timeout;
+    match tokio::time::timeout(limit.saturating_add(Duration::from_secs(5)), call).await {
+        Ok(result) => result.map_err(SyncError::from),
+        Err(_) => Err(SyncError::from(EmrError::new(
+            crate::emr::ErrorKind::Timeout,
+            format!("{what} did not finish within {}s", limit.as_secs()),
+        ))),
+    }
 }

@@ -39,43 +39,11 @@ pub(super) async fn write_mirrors(
         return;
     };
     let owner = plan::Owner::of(ws, shard);
-    let mut existing = ctx.mirrors.current(&owner.namespace, &owner.uid);
-    // A workspace whose namespace just moved into this shard: its mirrors still labelled for
-    // another shard are invisible to the mirror watch. Take them into the plan once (they are
-    // relabelled — not created again — and gone ones are deleted or kept like any other).
-    let sharded = ctx.settings.shard.is_some();
-    let adopting = sharded && !st.adopted;
-    let mut adopted = false;
-    if adopting {
-        match mirrors_of_other_shards(ctx, &owner).await {
-            Ok(found) => {
-                adopted = true;
-                if !found.is_empty() {
-                    debug!(
-                        mirrors = found.len(),
-                        "taking over mirrors labelled for another shard"
-                    );
-                }
-                for m in found {
-                    existing.entry(m.cluster_id.clone()).or_insert(m);
-                }
-            }
-            Err(e) => {
-                warn!(error = %e, "listing the workspace's mirrors of other shards failed; retrying on the next pass")
-            }
-        }
-    }
-    // Mirrors left without an owner by a workspace of this name deleted with
-    // `--cascade=orphan`: this one takes them over (kept, relabelled or deleted by the plan like
-    // its own).
-    let orphans = ctx
-        .mirrors
-        .store()
-        .orphans(Some((&owner.namespace, &owner.name)));
-    let adopting = adopting || !orphans.is_empty();
-    for m in orphans {
-        existing.entry(m.cluster_id.clone()).or_insert(m);
-    }
+    let Existing {
+        mirrors: existing,
+        adopting,
+        adopted,
+    } = existing_mirrors(ctx, st, &owner).await;
     let stale = st
         .failure
         .as_ref()
@@ -87,26 +55,7 @@ pub(super) async fn write_mirrors(
         return;
     }
     st.settled = None;
-    // The names this sync would create that another workspace's mirror holds, as the cache
-    // has them now (a shard's cache lacks other shards' mirrors: those names are asked for).
-    let mut held_elsewhere = if sharded {
-        names_held_in_other_shards(ctx, &owner, st.listing.as_deref(), &existing).await
-    } else {
-        HashMap::new()
-    };
-    for id in st.listing.iter().flat_map(|l| l.ids()) {
-        if existing.contains_key(id) {
-            continue;
-        }
-        let name = super::mirror::mirror_name(id);
-        let held = ctx
-            .mirrors
-            .get(&owner.namespace, &name)
-            .filter(|m| m.controller_uid.as_ref().is_some_and(|u| *u != owner.uid));
-        if let Some(m) = held {
-            held_elsewhere.insert(name, m.workspace_ref.clone());
-        }
-    }
+    let held_elsewhere = names_held_elsewhere(ctx, &owner, st.listing.as_deref(), &existing).await;
     let refused = st
         .write_trouble
         .as_ref()
@@ -160,6 +109,89 @@ pub(super) async fn write_mirrors(
     // Until every write went through, the mirrors of other shards are looked up again.
     st.adopted |= adopted && st.write_trouble.is_none();
     report_write_trouble(ctx, &workspace, before, st.write_trouble.as_ref()).await;
+}
+
+/// The mirrors a plan starts from, and whether it takes over mirrors it did not write.
+struct Existing {
+    /// By cluster ID.
+    mirrors: HashMap<String, Arc<CachedMirror>>,
+    /// Mirrors of another shard or left without an owner are taken into the plan.
+    adopting: bool,
+    /// The other shards' mirrors were looked up (once is enough, when every write succeeds).
+    adopted: bool,
+}
+
+/// The workspace's mirrors as the cache has them, with those it takes over: in a shard, once,
+/// those still labelled for another shard (its namespace just moved here: they are invisible
+/// to this shard's watch; they are relabelled, not created again); and those left without an
+/// owner by a workspace of this name deleted with `--cascade=orphan`. Taken-over mirrors are
+/// kept, relabelled or deleted by the plan like its own.
+async fn existing_mirrors(ctx: &Context, st: &WorkspaceState, owner: &plan::Owner) -> Existing {
+    let mut mirrors = ctx.mirrors.current(&owner.namespace, &owner.uid);
+    let mut adopting = ctx.settings.shard.is_some() && !st.adopted;
+    let mut adopted = false;
+    if adopting {
+        match mirrors_of_other_shards(ctx, owner).await {
+            Ok(found) => {
+                adopted = true;
+                if !found.is_empty() {
+                    debug!(
+                        mirrors = found.len(),
+                        "taking over mirrors labelled for another shard"
+                    );
+                }
+                for m in found {
+                    mirrors.entry(m.cluster_id.clone()).or_insert(m);
+                }
+            }
+            Err(e) => {
+                warn!(error = %e, "listing the workspace's mirrors of other shards failed; retrying on the next pass")
+            }
+        }
+    }
+    let orphans = ctx
+        .mirrors
+        .store()
+        .orphans(Some((&owner.namespace, &owner.name)));
+    adopting |= !orphans.is_empty();
+    for m in orphans {
+        mirrors.entry(m.cluster_id.clone()).or_insert(m);
+    }
+    Existing {
+        mirrors,
+        adopting,
+        adopted,
+    }
+}
+
+/// The names this sync would create that another workspace's mirror holds, with that
+/// workspace, as the cache has them now (a shard's cache lacks other shards' mirrors: those
+/// names are asked for).
+async fn names_held_elsewhere(
+    ctx: &Context,
+    owner: &plan::Owner,
+    listing: Option<&Listing>,
+    existing: &HashMap<String, Arc<CachedMirror>>,
+) -> HashMap<String, String> {
+    let mut held = if ctx.settings.shard.is_some() {
+        names_held_in_other_shards(ctx, owner, listing, existing).await
+    } else {
+        HashMap::new()
+    };
+    for id in listing.iter().flat_map(|l| l.ids()) {
+        if existing.contains_key(id) {
+            continue;
+        }
+        let name = super::mirror::mirror_name(id);
+        let holder = ctx
+            .mirrors
+            .get(&owner.namespace, &name)
+            .filter(|m| m.controller_uid.as_ref().is_some_and(|u| *u != owner.uid));
+        if let Some(m) = holder {
+            held.insert(name, m.workspace_ref.clone());
+        }
+    }
+    held
 }
 
 /// A digest of a plan's inputs besides the listing: the owner and each mirror's name, cluster
