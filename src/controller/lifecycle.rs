@@ -77,32 +77,24 @@ pub(super) fn forget_key(ctx: &Context, k: &str) {
     queues::remove_series(ctx, namespace, workspace, st.exported_queues.as_deref());
 }
 
-/// A reflector store's first complete list, as a signal any number of tasks can await.
+/// A watch's first complete list, as a signal any number of tasks can await: set by the watch
+/// stream itself when it sees its first `InitDone` (after the reflector has stored it).
 ///
-/// Not `Store::wait_until_ready` in each task: kube-runtime's readiness is a oneshot receiver
-/// behind a mutex, which keeps the waker of only the last task that polled it, so with several
-/// waiters (reconciles, the orphan sweep) some were never woken. Here one task awaits the store
-/// and publishes the result on a `watch` channel.
+/// Not `Store::wait_until_ready`: kube-runtime's readiness is a oneshot receiver behind a
+/// mutex that keeps the waker of only the last task that polled it, so of several waiters (the
+/// controller, reconciles, the orphan sweep) some are never woken.
 #[derive(Clone, Debug)]
 pub struct Readiness(tokio::sync::watch::Receiver<bool>);
 
 impl Readiness {
-    /// Starts the one task that awaits `store`'s first complete list (or its writer's end).
-    pub fn of<K>(store: Store<K>) -> Self
-    where
-        K: kube::Resource + Clone + Send + Sync + 'static,
-        K::DynamicType: Eq + std::hash::Hash + Clone + Send + Sync,
-    {
+    /// A readiness not set yet, and its setter (`send_replace(true)` on the first `InitDone`).
+    pub fn new() -> (Self, tokio::sync::watch::Sender<bool>) {
         let (tx, rx) = tokio::sync::watch::channel(false);
-        tokio::spawn(async move {
-            // Err: the writer is gone (the controller stopped); nobody waits for long then.
-            let _ = store.wait_until_ready().await;
-            tx.send_replace(true);
-        });
-        Readiness(rx)
+        (Readiness(rx), tx)
     }
 
-    /// Waits until the store has its first complete list.
+    /// Waits until the watch has listed everything once (or its setter is gone: the watch
+    /// stopped with the controller).
     pub async fn wait(&self) {
         let _ = self.0.clone().wait_for(|ready| *ready).await;
     }

@@ -434,6 +434,7 @@ async fn run_controller(
     // Our own reflector for workspaces, so that its readiness can be awaited (its stream is
     // built below, once the context exists).
     let (ws_store, ws_writer) = reflector::store();
+    let (ws_ready, ws_ready_tx) = crate::controller::Readiness::new();
 
     let ctx = Arc::new(Context::new(
         client.clone(),
@@ -443,6 +444,7 @@ async fn run_controller(
         shared.metrics.clone(),
         MirrorCache::new(mirrors.clone(), changes),
         ws_store.clone(),
+        ws_ready.clone(),
         Settings {
             listing_timeout: shared.cfg.listing_timeout,
             default_interval: shared.cfg.default_sync_interval,
@@ -484,14 +486,17 @@ async fn run_controller(
     let forget_ctx = ctx.clone();
     let ws_stream = reflector(ws_writer, watcher(workspaces, watcher::Config::default()))
         .default_backoff()
-        .inspect(move |ev| {
-            if let Ok(watcher::Event::Delete(ws)) = ev {
-                crate::controller::forget(&forget_ctx, ws);
+        .inspect(move |ev| match ev {
+            Ok(watcher::Event::Delete(ws)) => crate::controller::forget(&forget_ctx, ws),
+            // The reflector has stored the complete list by now.
+            Ok(watcher::Event::InitDone) => {
+                ws_ready_tx.send_replace(true);
             }
+            _ => {}
         })
         .applied_objects();
     let ctrl = Controller::for_stream(ws_stream, ws_store.clone()).reconcile_on(woken);
-    let (ws_store_ready, ws_ready) = (ws_store.clone(), ctx.workspaces_ready.clone());
+    let ws_store_ready = ws_store.clone();
     let m2 = mirrors.clone();
     let (prune_ctx, prune_token) = (ctx.clone(), token.clone());
     tokio::spawn(async move {
