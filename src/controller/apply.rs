@@ -32,11 +32,14 @@ use super::cache::CachedMirror;
 use super::mirror::truncated;
 use super::plan::{Action, MirrorEvent, Owner, Plan, Write};
 use super::state::MirrorCache;
-use crate::api::conditions::{ConditionSet, SYNCED};
+use crate::api::conditions::{ConditionSet, ConditionType};
 use crate::api::{
     ANNOTATION_CLUSTER_ID, EmrRayCluster, EmrRayClusterStatus, FIELD_MANAGER, Reason, WriteRefusal,
 };
+use crate::api::{AsReason, EventReason};
+use crate::emr::ClusterState;
 use crate::metrics::Metrics;
+use crate::time::Time;
 
 /// Concurrent Kubernetes writes per workspace sync.
 pub const WRITE_CONCURRENCY: usize = 16;
@@ -214,7 +217,7 @@ pub struct Writer<'a> {
     pub recorder: &'a Recorder,
     pub metrics: &'a Metrics,
     pub limiter: &'a WriteLimiter,
-    pub now: &'a str,
+    pub now: &'a Time,
 }
 
 /// Performs the plan's actions. `probe`: the previous pass was refused, so one write goes alone
@@ -265,7 +268,7 @@ pub async fn apply_plan(w: &Writer<'_>, plan: Plan, probe: bool) -> WriteReport 
             w.recorder,
             &w.workspace,
             EventType::Normal,
-            "MirrorsSynced",
+            EventReason::MirrorsSynced,
             format!(
                 "created {} and deleted {} EmrRayCluster mirrors",
                 report.created, report.deleted
@@ -420,10 +423,9 @@ async fn mark_unwritable(w: &Writer<'_>, prev: &CachedMirror, r: &Refused) {
         return;
     }
     let mut status: EmrRayClusterStatus = prev.status().unwrap_or_default();
-    let already = status
-        .conditions
-        .iter()
-        .any(|c| c.type_ == SYNCED && c.reason == Reason::MirrorWriteFailed.as_str());
+    let already = status.conditions.iter().any(|c| {
+        c.type_ == ConditionType::Synced && c.reason == Reason::MirrorWriteFailed.as_str()
+    });
     if already {
         return;
     }
@@ -434,11 +436,16 @@ async fn mark_unwritable(w: &Writer<'_>, prev: &CachedMirror, r: &Refused) {
     let mut conds: Vec<_> = status
         .conditions
         .iter()
-        .filter(|c| c.type_ != SYNCED)
+        .filter(|c| c.type_ != ConditionType::Synced)
         .cloned()
         .collect();
-    let mut synced = ConditionSet::new(&status.conditions, prev.generation, w.now);
-    synced.set(SYNCED, false, Reason::MirrorWriteFailed.as_str(), message);
+    let mut synced = ConditionSet::new(&status.conditions, prev.generation, *w.now);
+    synced.set(
+        ConditionType::Synced,
+        false,
+        Reason::MirrorWriteFailed,
+        message,
+    );
     conds.extend(synced.build());
     status.conditions = conds;
     let _permit = w.limiter.wait().await;
@@ -466,7 +473,7 @@ async fn announce(
         MirrorEvent::Created { .. } | MirrorEvent::Deleted if summarize => return,
         MirrorEvent::Created { state } => (
             EventType::Normal,
-            "Created",
+            EventReason::Created,
             format!(
                 "mirroring remote Ray cluster {cluster_id} ({})",
                 state.as_deref().unwrap_or("state unknown")
@@ -474,7 +481,7 @@ async fn announce(
         ),
         MirrorEvent::Deleted => (
             EventType::Normal,
-            "MirrorDeleted",
+            EventReason::MirrorDeleted,
             format!(
                 "deleted EmrRayCluster {name}: remote cluster {cluster_id} is no longer listed"
             ),
@@ -485,22 +492,21 @@ async fn announce(
                 "state changed from {} to {to}",
                 from.as_deref().unwrap_or("Unknown")
             );
-            if to == "Error"
-                && let Some(m) = message.as_deref().filter(|m| !m.is_empty())
-            {
+            let error = ClusterState::from(to) == ClusterState::Error;
+            if error && let Some(m) = message.as_deref().filter(|m| !m.is_empty()) {
                 note.push_str(": ");
                 note.push_str(m);
             }
-            let kind = if to == "Error" {
+            let kind = if error {
                 EventType::Warning
             } else {
                 EventType::Normal
             };
-            (kind, "StateChanged", note)
+            (kind, EventReason::StateChanged, note)
         }
         MirrorEvent::Gone => (
             EventType::Warning,
-            "RemoteClusterGone",
+            EventReason::RemoteClusterGone,
             "the remote Ray cluster is no longer listed; kept because goneClusterPolicy is Keep"
                 .to_string(),
         ),
@@ -516,12 +522,12 @@ pub async fn publish(
     recorder: &Recorder,
     reference: &ObjectReference,
     type_: EventType,
-    reason: &str,
+    reason: impl AsReason,
     note: String,
 ) {
     let ev = Event {
         type_,
-        reason: reason.to_string(),
+        reason: reason.as_reason().to_string(),
         note: Some(truncated(&note, MAX_EVENT_NOTE)),
         action: "Sync".to_string(),
         secondary: None,

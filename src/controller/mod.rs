@@ -431,7 +431,7 @@ async fn write_status(
     attempted: bool,
 ) -> Result<(), Error> {
     let prev = ws.status.clone().unwrap_or_default();
-    let now = now_rfc3339();
+    let now = crate::time::Time::now();
     let mut s = status::workspace_status(&status::Input {
         prev: &prev,
         generation: ws.meta().generation,
@@ -461,7 +461,7 @@ async fn write_status(
         .get_or_create(&labels)
         .set(i64::from(crate::api::conditions::is_true(
             &s.conditions,
-            crate::api::conditions::READY,
+            crate::api::ConditionType::Ready,
         )));
     ctx.metrics
         .workspace_mirrors_unwritten

@@ -28,6 +28,7 @@ use crate::api::{
     EmrRayClusterSpec, EmrRayClusterStatus, EmrWorkspace, GoneClusterPolicy, LABEL_CLUSTER_ID,
     LABEL_MANAGED_BY, LABEL_SHARD, LABEL_WORKSPACE, LABEL_WORKSPACE_ID, MANAGED_BY,
 };
+use crate::time::Time;
 
 /// Per-mirror Events are replaced by one summary above this many creations and deletions.
 pub const MAX_MIRROR_EVENTS_PER_SYNC: usize = 20;
@@ -187,7 +188,7 @@ pub struct Input<'a> {
     pub refused: &'a HashSet<String>,
     /// The instances of unhealthy clusters (`GetRayCluster`).
     pub diagnoses: &'a Diagnoses,
-    pub now: &'a str,
+    pub now: &'a Time,
 }
 
 /// Decides the writes of one sync. Pure.
@@ -217,8 +218,13 @@ pub fn plan(input: &Input<'_>) -> Plan {
                 .map(|s| s.conditions.as_slice())
                 .unwrap_or_default();
             desired.observed_generation = generation;
-            desired.conditions =
-                mirror::mirror_conditions(&desired, prev_conds, generation, input.stale, input.now);
+            desired.conditions = mirror::mirror_conditions(
+                &desired,
+                prev_conds,
+                generation,
+                input.stale,
+                *input.now,
+            );
             let name = prev
                 .as_ref()
                 .map(|p| p.name.clone())
@@ -318,13 +324,14 @@ fn keep(
     id: &str,
     gone: bool,
     stale: Option<&Staleness>,
-    now: &str,
+    now: &Time,
 ) -> Option<Action> {
     let prev_status = m.status();
     let mut desired = prev_status.clone().unwrap_or_default();
     desired.gone = desired.gone || gone;
     let prev_conds = std::mem::take(&mut desired.conditions);
-    desired.conditions = mirror::mirror_conditions(&desired, &prev_conds, m.generation, stale, now);
+    desired.conditions =
+        mirror::mirror_conditions(&desired, &prev_conds, m.generation, stale, *now);
     write_for(
         owner,
         m.name.clone(),

@@ -19,8 +19,8 @@ use super::mirror::Staleness;
 use super::state::{Failure, Listing, Settled, WorkspaceState, WriteTrouble};
 use super::{Context, SyncError, credentials, jitter, key, labels, plan};
 use crate::api::{
-    EmrRayCluster, EmrWorkspace, EndpointNetwork, Interval, LABEL_MANAGED_BY, LABEL_SHARD,
-    LABEL_WORKSPACE, MANAGED_BY, Reason, WriteRefusal,
+    EmrRayCluster, EmrWorkspace, EndpointNetwork, EventReason, Interval, LABEL_MANAGED_BY,
+    LABEL_SHARD, LABEL_WORKSPACE, MANAGED_BY, Reason, WriteRefusal,
 };
 use crate::emr::EmrError;
 use crate::metrics::FailureLabels;
@@ -54,7 +54,7 @@ pub(super) async fn list_remote(
                         &ctx.recorder,
                         &ws.object_ref(&()),
                         EventType::Warning,
-                        "QueueListingFailed",
+                        EventReason::QueueListingFailed,
                         format!("{message}; status.queues keeps the last complete listing"),
                     )
                     .await;
@@ -64,7 +64,7 @@ pub(super) async fn list_remote(
                         &ctx.recorder,
                         &ws.object_ref(&()),
                         EventType::Normal,
-                        "QueueListingRecovered",
+                        EventReason::QueueListingRecovered,
                         "listing the workspace's queues succeeded again".to_string(),
                     )
                     .await;
@@ -76,7 +76,7 @@ pub(super) async fn list_remote(
                     &ctx.recorder,
                     &ws.object_ref(&()),
                     EventType::Normal,
-                    "SyncRecovered",
+                    EventReason::SyncRecovered,
                     format!(
                         "listing succeeded again after {} failed attempt(s) ({})",
                         prev.consecutive, prev.reason
@@ -117,7 +117,7 @@ pub(super) async fn list_remote(
                     &ctx.recorder,
                     &ws.object_ref(&()),
                     EventType::Warning,
-                    "SyncFailed",
+                    EventReason::SyncFailed,
                     failure.message.clone(),
                 )
                 .await;
@@ -399,7 +399,7 @@ pub(super) async fn write_mirrors(
         .as_ref()
         .map(|t| t.refused.clone())
         .unwrap_or_default();
-    let now = now_rfc3339();
+    let now = crate::time::Time::now();
     let plan = plan::plan(&plan::Input {
         owner: &owner,
         listing: st.listing.as_deref(),
@@ -437,7 +437,12 @@ pub(super) async fn write_mirrors(
     let probe = st.write_trouble.is_some();
     let report = apply::apply_plan(&writer, plan, probe).await;
     let before = st.write_trouble.as_ref().map(|t| t.refusal);
-    st.write_trouble = next_write_trouble(st.write_trouble.take(), report, &now, backoff_cap);
+    st.write_trouble = next_write_trouble(
+        st.write_trouble.take(),
+        report,
+        &now.to_string(),
+        backoff_cap,
+    );
     // Until every write went through, the mirrors of other shards are looked up again.
     st.adopted |= adopted && st.write_trouble.is_none();
     report_write_trouble(ctx, &workspace, before, st.write_trouble.as_ref()).await;
@@ -579,7 +584,7 @@ async fn report_conflicts(ctx: &Context, ws: &EmrWorkspace, conflicts: &[plan::C
         &ctx.recorder,
         &ws.object_ref(&()),
         EventType::Warning,
-        Reason::MirrorNameConflict.as_str(),
+        Reason::MirrorNameConflict,
         format!(
             "{} cluster(s) are already mirrored by another EmrWorkspace in this namespace \
              (the same remote workspace twice?): {}",
@@ -604,7 +609,7 @@ async fn report_write_trouble(
                 &ctx.recorder,
                 workspace,
                 EventType::Warning,
-                Reason::MirrorWriteFailed.as_str(),
+                Reason::MirrorWriteFailed,
                 format!(
                     "{} of {} mirrors not written ({}): {}",
                     t.failed, t.mirrors, t.refusal, t.message
@@ -617,7 +622,7 @@ async fn report_write_trouble(
                 &ctx.recorder,
                 workspace,
                 EventType::Normal,
-                "MirrorWritesRecovered",
+                EventReason::MirrorWritesRecovered,
                 format!("every mirror is written again (after {prev} refusals)"),
             )
             .await;

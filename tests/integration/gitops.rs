@@ -79,7 +79,7 @@ fn mirror(state: Option<&str>, gone: bool, stale: bool) -> Value {
         &[] as &[Condition],
         Some(1),
         staleness.as_ref(),
-        "2025-01-01T00:00:00Z",
+        "2025-01-01T00:00:00Z".parse().unwrap(),
     );
     json!({"apiVersion": "emr.aliyun.io/v1alpha1", "kind": "EmrRayCluster",
            "metadata": {"name": "ray-abc", "namespace": "ns", "generation": 1},
