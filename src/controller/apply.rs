@@ -116,12 +116,21 @@ pub fn ssa_body<K: Resource<DynamicType = ()>>(
     body
 }
 
-/// Server-side applies `fields` of `K` (`status: true`: through the status subresource).
+/// Which part of an object a server-side apply writes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Subresource {
+    /// The object itself (metadata and spec).
+    Main,
+    /// The status subresource.
+    Status,
+}
+
+/// Server-side applies `fields` of `K` to the object or its status subresource.
 pub async fn apply_ssa<K>(
     api: &Api<K>,
     name: &str,
     fields: serde_json::Value,
-    status: bool,
+    to: Subresource,
 ) -> Result<K, kube::Error>
 where
     K: Resource<DynamicType = ()>
@@ -132,10 +141,9 @@ where
 {
     let pp = PatchParams::apply(FIELD_MANAGER).force();
     let body = ssa_body::<K>(name, fields);
-    if status {
-        api.patch_status(name, &pp, &Patch::Apply(&body)).await
-    } else {
-        api.patch(name, &pp, &Patch::Apply(&body)).await
+    match to {
+        Subresource::Status => api.patch_status(name, &pp, &Patch::Apply(&body)).await,
+        Subresource::Main => api.patch(name, &pp, &Patch::Apply(&body)).await,
     }
 }
 
@@ -348,7 +356,7 @@ async fn write_action(w: &Writer<'_>, mut a: Action, summarize: bool) -> Result<
                 "spec": w.owner.spec(&a.cluster_id),
             });
             let _permit = w.limiter.wait().await;
-            let res = apply_ssa(&w.api, &a.name, fields, false)
+            let res = apply_ssa(&w.api, &a.name, fields, Subresource::Main)
                 .await
                 .map_err(refused)?;
             w.metrics.count_write("emrrayclusters", "apply");
@@ -370,7 +378,7 @@ async fn write_action(w: &Writer<'_>, mut a: Action, summarize: bool) -> Result<
     };
     let permit = w.limiter.wait().await;
     let fields = json!({ "status": &status });
-    let res = apply_ssa(&w.api, &a.name, fields, true).await;
+    let res = apply_ssa(&w.api, &a.name, fields, Subresource::Status).await;
     // Released before `mark_unwritable` takes a permit of its own.
     drop(permit);
     let res = match res {
@@ -449,7 +457,14 @@ async fn mark_unwritable(w: &Writer<'_>, prev: &CachedMirror, r: &Refused) {
     conds.extend(synced.build());
     status.conditions = conds;
     let _permit = w.limiter.wait().await;
-    match apply_ssa(&w.api, &prev.name, json!({ "status": status }), true).await {
+    match apply_ssa(
+        &w.api,
+        &prev.name,
+        json!({ "status": status }),
+        Subresource::Status,
+    )
+    .await
+    {
         Ok(res) => {
             w.metrics.count_write("emrrayclusters", "apply-status");
             w.cache

@@ -490,14 +490,26 @@ async fn write_one(
                 },
                 "spec": job_spec(owner, submission_id),
             });
-            apply::apply_ssa(api, name, body, false).await?;
+            apply::apply_ssa(api, name, body, apply::Subresource::Main).await?;
             ctx.metrics.count_write("emrrayjobs", "apply");
             let _permit2 = ctx.write_limiter.wait().await;
-            apply::apply_ssa(api, name, serde_json::json!({ "status": status }), true).await?;
+            apply::apply_ssa(
+                api,
+                name,
+                serde_json::json!({ "status": status }),
+                apply::Subresource::Status,
+            )
+            .await?;
             ctx.metrics.count_write("emrrayjobs", "apply-status");
         }
         JobWrite::Status { name, status } => {
-            apply::apply_ssa(api, name, serde_json::json!({ "status": status }), true).await?;
+            apply::apply_ssa(
+                api,
+                name,
+                serde_json::json!({ "status": status }),
+                apply::Subresource::Status,
+            )
+            .await?;
             ctx.metrics.count_write("emrrayjobs", "apply-status");
         }
         JobWrite::Delete { name } => {

@@ -482,7 +482,7 @@ async fn write_status(
     let api: Api<EmrWorkspace> = Api::namespaced(ctx.client.clone(), &labels.namespace);
     let _permit = ctx.write_limiter.wait().await;
     let body = serde_json::json!({ "status": s });
-    match apply::apply_ssa(&api, &ws.name_any(), body, true).await {
+    match apply::apply_ssa(&api, &ws.name_any(), body, apply::Subresource::Status).await {
         Ok(_) => {}
         // The workspace was deleted meanwhile.
         Err(kube::Error::Api(e)) if e.code == 404 => return Ok(()),

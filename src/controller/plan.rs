@@ -264,6 +264,24 @@ pub fn plan(input: &Input<'_>) -> Plan {
     out
 }
 
+/// What the last listing says of a mirror whose cluster it does not contain.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Unlisted {
+    /// A complete, current listing: the cluster is gone.
+    Gone,
+    /// A current listing that ended on a page boundary: it may have been cut short.
+    Unconfirmed,
+    /// No trustworthy listing: nothing is known.
+    NoListing,
+}
+
+/// Whether a kept mirror's remote cluster is known to be gone.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Remote {
+    Gone,
+    MaybeListed,
+}
+
 /// Mirrors whose cluster the last listing does not contain: deleted or marked gone only after a
 /// complete, current listing; otherwise kept with their data and marked.
 fn plan_unlisted(input: &Input<'_>, out: &mut Plan) {
@@ -272,16 +290,15 @@ fn plan_unlisted(input: &Input<'_>, out: &mut Plan) {
         if input.listing.is_some_and(|l| l.contains(id)) {
             continue;
         }
-        let removal = if !input.listing_is_current {
-            None
+        let unlisted = if !input.listing_is_current {
+            Unlisted::NoListing
         } else if input.listing.is_some_and(|l| l.on_page_boundary) {
-            Some(false)
+            Unlisted::Unconfirmed
         } else {
-            Some(true)
+            Unlisted::Gone
         };
-        match removal {
-            // Complete, current listing: the cluster is gone.
-            Some(true) if input.owner.policy == GoneClusterPolicy::Delete => {
+        match unlisted {
+            Unlisted::Gone if input.owner.policy == GoneClusterPolicy::Delete => {
                 out.actions.push(Action {
                     name: m.name.clone(),
                     cluster_id: id.clone(),
@@ -290,28 +307,33 @@ fn plan_unlisted(input: &Input<'_>, out: &mut Plan) {
                     event: Some(MirrorEvent::Deleted),
                 });
             }
-            Some(true) => {
+            Unlisted::Gone => {
                 out.mirrors += 1;
                 out.actions
-                    .extend(keep(input.owner, m, id, true, None, input.now));
+                    .extend(keep(input.owner, m, id, Remote::Gone, None, input.now));
             }
-            // Ended on a page boundary: may have been cut short.
-            Some(false) => {
+            Unlisted::Unconfirmed => {
                 out.mirrors += 1;
                 out.actions.extend(keep(
                     input.owner,
                     m,
                     id,
-                    false,
+                    Remote::MaybeListed,
                     Some(&unconfirmed),
                     input.now,
                 ));
             }
-            // No trustworthy listing: keep the last known data, only say it is stale.
-            None => {
+            // Keep the last known data, only say it is stale.
+            Unlisted::NoListing => {
                 out.mirrors += 1;
-                out.actions
-                    .extend(keep(input.owner, m, id, false, input.stale, input.now));
+                out.actions.extend(keep(
+                    input.owner,
+                    m,
+                    id,
+                    Remote::MaybeListed,
+                    input.stale,
+                    input.now,
+                ));
             }
         }
     }
@@ -322,13 +344,13 @@ fn keep(
     owner: &Owner,
     m: &Arc<CachedMirror>,
     id: &str,
-    gone: bool,
+    remote: Remote,
     stale: Option<&Staleness>,
     now: &Time,
 ) -> Option<Action> {
     let prev_status = m.status();
     let mut desired = prev_status.clone().unwrap_or_default();
-    desired.gone = desired.gone || gone;
+    desired.gone = desired.gone || remote == Remote::Gone;
     let prev_conds = std::mem::take(&mut desired.conditions);
     desired.conditions =
         mirror::mirror_conditions(&desired, &prev_conds, m.generation, stale, *now);
