@@ -38,7 +38,7 @@ use crate::api::{
 };
 use crate::api::{AsReason, EventReason};
 use crate::emr::ClusterState;
-use crate::metrics::Metrics;
+use crate::metrics::{KubeResource, Metrics, WriteOperation};
 use crate::time::Time;
 
 /// Concurrent Kubernetes writes per workspace sync.
@@ -301,7 +301,8 @@ async fn run_action(w: &Writer<'_>, a: Action, stop: &AtomicBool, summarize: boo
     match write_action(w, a, summarize).await {
         Ok(o) => o,
         Err(refused) => {
-            w.metrics.count_refusal("emrrayclusters", refused.refusal);
+            w.metrics
+                .count_refusal(KubeResource::EmrRayClusters, refused.refusal);
             if refused.refusal.is_permanent() {
                 stop.store(true, Ordering::SeqCst);
             }
@@ -339,7 +340,8 @@ async fn write_action(w: &Writer<'_>, mut a: Action, summarize: bool) -> Result<
                 Err(kube::Error::Api(s)) if s.code == 404 => return Ok(Outcome::Unchanged),
                 Err(e) => return Err(refused(e)),
             }
-            w.metrics.count_write("emrrayclusters", "delete");
+            w.metrics
+                .count_write(KubeResource::EmrRayClusters, WriteOperation::Delete);
             w.cache.record_write(ns, &a.name, before, None);
             if let Some(ev) = &a.event {
                 announce(w, &a.name, &a.cluster_id, None, ev, summarize).await;
@@ -359,7 +361,8 @@ async fn write_action(w: &Writer<'_>, mut a: Action, summarize: bool) -> Result<
             let res = apply_ssa(&w.api, &a.name, fields, Subresource::Main)
                 .await
                 .map_err(refused)?;
-            w.metrics.count_write("emrrayclusters", "apply");
+            w.metrics
+                .count_write(KubeResource::EmrRayClusters, WriteOperation::Apply);
             w.cache.record_write(ns, &a.name, before, Some(&res));
             if a.prev.is_none() && res.status.is_some() {
                 // It existed already, unseen by this replica (labelled for another shard, say):
@@ -391,7 +394,8 @@ async fn write_action(w: &Writer<'_>, mut a: Action, summarize: bool) -> Result<
             return Err(r);
         }
     };
-    w.metrics.count_write("emrrayclusters", "apply-status");
+    w.metrics
+        .count_write(KubeResource::EmrRayClusters, WriteOperation::ApplyStatus);
     // Until the watch delivers this status, a reconcile must not take the store's older object
     // for the current one and write the status again.
     w.cache.record_write(ns, &a.name, before, Some(&res));
@@ -466,7 +470,8 @@ async fn mark_unwritable(w: &Writer<'_>, prev: &CachedMirror, r: &Refused) {
     .await
     {
         Ok(res) => {
-            w.metrics.count_write("emrrayclusters", "apply-status");
+            w.metrics
+                .count_write(KubeResource::EmrRayClusters, WriteOperation::ApplyStatus);
             w.cache
                 .record_write(&w.owner.namespace, &prev.name, Some(prev), Some(&res));
         }

@@ -44,7 +44,7 @@ use crate::api::{
 use crate::emr::JobState;
 use crate::emr::redact::redact_endpoint;
 use crate::emr::{ErrorKind, JobListing, RayJob};
-use crate::metrics::WorkspaceLabels;
+use crate::metrics::{KubeResource, WorkspaceLabels, WriteOperation};
 use crate::time::{Time, rfc3339_millis};
 
 /// What is remembered between rounds about a workspace's jobs.
@@ -447,7 +447,8 @@ pub async fn write_jobs(ws: &EmrWorkspace, ctx: &Context, st: &mut WorkspaceStat
             (_, Err(e)) => {
                 failed += 1;
                 let refused = apply::Refused::from_error(&e);
-                ctx.metrics.count_refusal("emrrayjobs", refused.refusal);
+                ctx.metrics
+                    .count_refusal(KubeResource::EmrRayJobs, refused.refusal);
                 first_error.get_or_insert(refused.message);
             }
             (JobWrite::Apply { .. }, Ok(())) => created += 1,
@@ -491,7 +492,8 @@ async fn write_one(
                 "spec": job_spec(owner, submission_id),
             });
             apply::apply_ssa(api, name, body, apply::Subresource::Main).await?;
-            ctx.metrics.count_write("emrrayjobs", "apply");
+            ctx.metrics
+                .count_write(KubeResource::EmrRayJobs, WriteOperation::Apply);
             let _permit2 = ctx.write_limiter.wait().await;
             apply::apply_ssa(
                 api,
@@ -500,7 +502,8 @@ async fn write_one(
                 apply::Subresource::Status,
             )
             .await?;
-            ctx.metrics.count_write("emrrayjobs", "apply-status");
+            ctx.metrics
+                .count_write(KubeResource::EmrRayJobs, WriteOperation::ApplyStatus);
         }
         JobWrite::Status { name, status } => {
             apply::apply_ssa(
@@ -510,7 +513,8 @@ async fn write_one(
                 apply::Subresource::Status,
             )
             .await?;
-            ctx.metrics.count_write("emrrayjobs", "apply-status");
+            ctx.metrics
+                .count_write(KubeResource::EmrRayJobs, WriteOperation::ApplyStatus);
         }
         JobWrite::Delete { name } => {
             match api.delete(name, &DeleteParams::default()).await {
@@ -518,7 +522,8 @@ async fn write_one(
                 Err(kube::Error::Api(e)) if e.code == 404 => {}
                 Err(e) => return Err(e),
             }
-            ctx.metrics.count_write("emrrayjobs", "delete");
+            ctx.metrics
+                .count_write(KubeResource::EmrRayJobs, WriteOperation::Delete);
         }
     }
     Ok(())

@@ -488,11 +488,15 @@ async fn write_status(
         Err(kube::Error::Api(e)) if e.code == 404 => return Ok(()),
         Err(e) => {
             let refused = apply::Refused::from_error(&e);
-            ctx.metrics.count_refusal("emrworkspaces", refused.refusal);
+            ctx.metrics
+                .count_refusal(crate::metrics::KubeResource::EmrWorkspaces, refused.refusal);
             return Err(Error::StatusWrite(e));
         }
     }
-    ctx.metrics.count_write("emrworkspaces", "apply-status");
+    ctx.metrics.count_write(
+        crate::metrics::KubeResource::EmrWorkspaces,
+        crate::metrics::WriteOperation::ApplyStatus,
+    );
     Ok(())
 }
 
