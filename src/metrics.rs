@@ -4,12 +4,88 @@ use std::collections::BTreeMap;
 use std::sync::atomic::AtomicU64;
 use std::sync::{Arc, RwLock};
 
-use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::encoding::{EncodeLabelSet, EncodeLabelValue, LabelValueEncoder};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
+
+/// Declares a metric label value enum: a fixed set, each variant with its string on the wire.
+macro_rules! label_values {
+    ($(#[$m:meta])* $enum_name:ident { $( $(#[$doc:meta])* $name:ident => $s:literal ),* $(,)? }) => {
+        $(#[$m])*
+        #[derive(Clone, Copy, Debug, Hash, PartialEq, Eq, PartialOrd, Ord)]
+        pub enum $enum_name {
+            $( $(#[$doc])* $name, )*
+        }
+
+        impl $enum_name {
+            pub const ALL: &'static [$enum_name] = &[$($enum_name::$name),*];
+
+            pub const fn as_str(self) -> &'static str {
+                match self {
+                    $( $enum_name::$name => $s, )*
+                }
+            }
+        }
+
+        impl EncodeLabelValue for $enum_name {
+            fn encode(&self, encoder: &mut LabelValueEncoder<'_>) -> Result<(), std::fmt::Error> {
+                std::fmt::Write::write_str(encoder, self.as_str())
+            }
+        }
+
+        impl std::fmt::Display for $enum_name {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str(self.as_str())
+            }
+        }
+    };
+}
+
+label_values! {
+    /// The Kubernetes resources the operator writes (`resource` of `kube_writes` and
+    /// `kube_write_refusals`).
+    KubeResource {
+        EmrRayClusters => "emrrayclusters",
+        EmrRayJobs => "emrrayjobs",
+        EmrWorkspaces => "emrworkspaces",
+    }
+}
+
+label_values! {
+    /// The kinds of write the operator sends (`operation` of `kube_writes`).
+    WriteOperation {
+        /// Server-side apply of the object.
+        Apply => "apply",
+        /// Server-side apply of the status subresource.
+        ApplyStatus => "apply-status",
+        Delete => "delete",
+        /// Deleting a mirror whose workspace is gone.
+        DeleteOrphan => "delete-orphan",
+    }
+}
+
+label_values! {
+    /// A resource queue's quantity (`resource` of `queue_resource`).
+    QueueResource {
+        /// Cores.
+        Cpu => "cpu",
+        MemoryGibibytes => "memory_gibibytes",
+        /// Devices.
+        Gpu => "gpu",
+    }
+}
+
+label_values! {
+    /// Which of a queue's figures (`kind` of `queue_resource`).
+    QueueFigure {
+        Min => "min",
+        Max => "max",
+        Used => "used",
+    }
+}
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct WorkspaceLabels {
@@ -141,7 +217,7 @@ pub struct CodeLabels {
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct RefusalLabels {
-    pub resource: String,
+    pub resource: KubeResource,
     /// A [`WriteRefusal`](crate::api::WriteRefusal): a fixed set.
     pub reason: String,
 }
@@ -154,8 +230,8 @@ pub struct ErrorLabels {
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct WriteLabels {
-    pub resource: String,
-    pub operation: String,
+    pub resource: KubeResource,
+    pub operation: WriteOperation,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -206,8 +282,8 @@ pub struct QueueLabels {
     pub namespace: String,
     pub workspace: String,
     pub queue: String,
-    pub resource: String,
-    pub kind: String,
+    pub resource: QueueResource,
+    pub kind: QueueFigure,
 }
 
 fn duration_histogram() -> Histogram {
@@ -388,10 +464,10 @@ impl Metrics {
         self.exposition().collect()
     }
 
-    pub fn count_refusal(&self, resource: &str, refusal: crate::api::WriteRefusal) {
+    pub fn count_refusal(&self, resource: KubeResource, refusal: crate::api::WriteRefusal) {
         self.kube_write_refusals
             .get_or_create(&RefusalLabels {
-                resource: resource.to_string(),
+                resource,
                 reason: refusal.metric_label().to_string(),
             })
             .inc();
@@ -422,11 +498,11 @@ impl Metrics {
             .inc();
     }
 
-    pub fn count_write(&self, resource: &str, operation: &str) {
+    pub fn count_write(&self, resource: KubeResource, operation: WriteOperation) {
         self.kube_writes
             .get_or_create(&WriteLabels {
-                resource: resource.to_string(),
-                operation: operation.to_string(),
+                resource,
+                operation,
             })
             .inc();
     }
@@ -447,6 +523,35 @@ impl Drop for Timer {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn typed_labels_keep_their_strings() {
+        let m = Metrics::default();
+        m.count_write(KubeResource::EmrRayClusters, WriteOperation::ApplyStatus);
+        m.count_write(KubeResource::EmrRayJobs, WriteOperation::DeleteOrphan);
+        m.count_refusal(
+            KubeResource::EmrWorkspaces,
+            crate::api::WriteRefusal::Forbidden,
+        );
+        m.queue_resource
+            .get_or_create(&QueueLabels {
+                namespace: "ns".into(),
+                workspace: "ws".into(),
+                queue: "q".into(),
+                resource: QueueResource::MemoryGibibytes,
+                kind: QueueFigure::Used,
+            })
+            .set(1.0);
+        let text = m.encode();
+        for want in [
+            r#"kube_writes_total{resource="emrrayclusters",operation="apply-status"} 1"#,
+            r#"kube_writes_total{resource="emrrayjobs",operation="delete-orphan"} 1"#,
+            r#"kube_write_refusals_total{resource="emrworkspaces",reason="Forbidden"} 1"#,
+            r#"resource="memory_gibibytes",kind="used"} 1"#,
+        ] {
+            assert!(text.contains(want), "{want} in {text}");
+        }
+    }
 
     #[test]
     fn cluster_states_are_a_state_set_per_listed_cluster() {

@@ -1,6 +1,60 @@
 //! The one RFC 3339 formatter (whole seconds, UTC, `Z`), used by the EMR client's signatures, the
 //! simulator, and every timestamp the operator writes into status.
 
+/// A point in time as the operator writes it into status (conditions' `lastTransitionTime`):
+/// whole seconds, on the wire the one [`rfc3339`] string. Made with [`Time::now`] (truncated to
+/// the second) or parsed from any RFC 3339 string.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Time(jiff::Timestamp);
+
+impl Time {
+    /// Now, truncated to the second.
+    pub fn now() -> Self {
+        Self::from_timestamp(jiff::Timestamp::now())
+    }
+
+    /// `t` truncated to the second.
+    pub fn from_timestamp(t: jiff::Timestamp) -> Self {
+        Time(jiff::Timestamp::from_second(t.as_second()).unwrap_or(t))
+    }
+
+    pub fn timestamp(self) -> jiff::Timestamp {
+        self.0
+    }
+
+    /// `s` seconds after the epoch (tests: `Time::test(1)`, `Time::test(2)`, ...).
+    #[cfg(test)]
+    pub(crate) const fn test(s: i64) -> Self {
+        Time(jiff::Timestamp::constant(s, 0))
+    }
+}
+
+impl std::fmt::Display for Time {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&rfc3339(self.0))
+    }
+}
+
+impl std::str::FromStr for Time {
+    type Err = jiff::Error;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        s.parse().map(Time)
+    }
+}
+
+impl serde::Serialize for Time {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for Time {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = std::borrow::Cow::<str>::deserialize(d)?;
+        s.parse().map_err(serde::de::Error::custom)
+    }
+}
+
 /// `2024-08-15T11:44:39Z`.
 pub fn rfc3339(t: jiff::Timestamp) -> String {
     t.strftime("%Y-%m-%dT%H:%M:%SZ").to_string()
@@ -47,5 +101,19 @@ mod tests {
         assert_eq!(rfc3339_millis(-62_200_000_000_000), None);
         assert_eq!(rfc3339_millis(i64::MIN), None);
         assert!(now_rfc3339().ends_with('Z'));
+    }
+
+    #[test]
+    fn time_is_the_one_format_on_the_wire() {
+        let t: Time = serde_json::from_str("\"2024-08-15T11:44:39Z\"").unwrap();
+        assert_eq!(
+            serde_json::to_string(&t).unwrap(),
+            "\"2024-08-15T11:44:39Z\""
+        );
+        assert_eq!(t.to_string(), "2024-08-15T11:44:39Z");
+        let now = Time::now();
+        assert_eq!(now.timestamp().subsec_nanosecond(), 0);
+        assert_eq!(now.to_string().parse::<Time>().unwrap(), now);
+        assert!(serde_json::from_str::<Time>("\"t1\"").is_err());
     }
 }

@@ -14,6 +14,7 @@ use emr_ray_operator::controller::mirror::{
 };
 use emr_ray_operator::emr::ListRayClusterResponse;
 use emr_ray_operator::emr::text::{MAX_MESSAGE_CHARS, MAX_TEXT, decode_error};
+use emr_ray_operator::time::Time;
 use libfuzzer_sys::fuzz_target;
 
 fn is_dns_label(s: &str) -> bool {
@@ -130,8 +131,10 @@ fuzz_target!(|data: &[u8]| {
         );
 
         let stale = Staleness::from_failure(Reason::Throttled, Some("Throttling.User"), None);
-        let first = mirror_conditions(&status, &[], Some(1), None, "t1");
-        let again = mirror_conditions(&status, &first, Some(2), Some(&stale), "t2");
+        let t1: Time = "2024-01-01T00:00:01Z".parse().expect("a time");
+        let t2: Time = "2024-01-01T00:00:02Z".parse().expect("a time");
+        let first = mirror_conditions(&status, &[], Some(1), None, t1);
+        let again = mirror_conditions(&status, &first, Some(2), Some(&stale), t2);
         for cond in first.iter().chain(&again) {
             check_clean(&cond.message, "condition message");
             assert!(

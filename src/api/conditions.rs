@@ -2,33 +2,135 @@
 //! built so that `lastTransitionTime` moves only when a condition's status really changes.
 
 use super::crd::Condition;
-use super::reason::Reason;
+use super::reason::{AsReason, Reason};
+use crate::time::Time;
 
-pub const READY: &str = "Ready";
-pub const RECONCILING: &str = "Reconciling";
-pub const STALLED: &str = "Stalled";
-pub const SYNCED: &str = "Synced";
+/// A condition's `type`: the four the operator writes, and any other kept as read.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub enum ConditionType {
+    Ready,
+    Reconciling,
+    Stalled,
+    /// The mirrors' condition: `False` while their data may be stale.
+    Synced,
+    /// A type the operator does not write (kept as read).
+    Other(String),
+}
+
+impl ConditionType {
+    pub fn as_str(&self) -> &str {
+        match self {
+            ConditionType::Ready => "Ready",
+            ConditionType::Reconciling => "Reconciling",
+            ConditionType::Stalled => "Stalled",
+            ConditionType::Synced => "Synced",
+            ConditionType::Other(s) => s,
+        }
+    }
+}
+
+impl From<&str> for ConditionType {
+    fn from(s: &str) -> Self {
+        match s {
+            "Ready" => ConditionType::Ready,
+            "Reconciling" => ConditionType::Reconciling,
+            "Stalled" => ConditionType::Stalled,
+            "Synced" => ConditionType::Synced,
+            other => ConditionType::Other(other.to_string()),
+        }
+    }
+}
+
+impl std::fmt::Display for ConditionType {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl serde::Serialize for ConditionType {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(self.as_str())
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for ConditionType {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        Ok(ConditionType::from(
+            std::borrow::Cow::<str>::deserialize(d)?.as_ref(),
+        ))
+    }
+}
+
+/// A condition's `status`, `True`, `False` or `Unknown` on the wire. Any other string (which
+/// the operator never writes) reads as `Unknown`, as Kubernetes' conventions define it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum ConditionStatus {
+    True,
+    False,
+    Unknown,
+}
+
+impl ConditionStatus {
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            ConditionStatus::True => "True",
+            ConditionStatus::False => "False",
+            ConditionStatus::Unknown => "Unknown",
+        }
+    }
+}
+
+impl From<bool> for ConditionStatus {
+    fn from(b: bool) -> Self {
+        if b {
+            ConditionStatus::True
+        } else {
+            ConditionStatus::False
+        }
+    }
+}
+
+impl std::fmt::Display for ConditionStatus {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl serde::Serialize for ConditionStatus {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(self.as_str())
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for ConditionStatus {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        Ok(match std::borrow::Cow::<str>::deserialize(d)?.as_ref() {
+            "True" => ConditionStatus::True,
+            "False" => ConditionStatus::False,
+            _ => ConditionStatus::Unknown,
+        })
+    }
+}
 
 /// Builds a condition, keeping `lastTransitionTime` from `previous` when the status is the same.
 pub fn condition(
     previous: &[Condition],
-    type_: &str,
+    type_: ConditionType,
     status: bool,
-    reason: &str,
+    reason: impl AsReason,
     message: String,
     generation: Option<i64>,
-    now: &str,
+    now: Time,
 ) -> Condition {
-    let status = if status { "True" } else { "False" };
+    let status = ConditionStatus::from(status);
     let last_transition_time = previous
         .iter()
         .find(|c| c.type_ == type_ && c.status == status)
-        .map(|c| c.last_transition_time.clone())
-        .unwrap_or_else(|| now.to_string());
+        .map_or(now, |c| c.last_transition_time);
     Condition {
-        type_: type_.to_string(),
-        status: status.to_string(),
-        reason: reason.to_string(),
+        type_,
+        status,
+        reason: reason.as_reason().to_string(),
         message,
         last_transition_time,
         observed_generation: generation,
@@ -39,12 +141,12 @@ pub fn condition(
 pub struct ConditionSet<'a> {
     previous: &'a [Condition],
     generation: Option<i64>,
-    now: &'a str,
+    now: Time,
     out: Vec<Condition>,
 }
 
 impl<'a> ConditionSet<'a> {
-    pub fn new(previous: &'a [Condition], generation: Option<i64>, now: &'a str) -> Self {
+    pub fn new(previous: &'a [Condition], generation: Option<i64>, now: Time) -> Self {
         ConditionSet {
             previous,
             generation,
@@ -53,7 +155,13 @@ impl<'a> ConditionSet<'a> {
         }
     }
 
-    pub fn set(&mut self, type_: &str, status: bool, reason: &str, message: String) -> &mut Self {
+    pub fn set(
+        &mut self,
+        type_: ConditionType,
+        status: bool,
+        reason: impl AsReason,
+        message: String,
+    ) -> &mut Self {
         self.out.push(condition(
             self.previous,
             type_,
@@ -68,14 +176,14 @@ impl<'a> ConditionSet<'a> {
 
     /// `Ready=False` plus `Stalled=True` (a person must act) or `Reconciling=True` (retrying).
     pub fn failing(&mut self, reason: Reason, stalled: bool, message: String) -> &mut Self {
-        self.set(READY, false, reason.as_str(), message.clone());
+        self.set(ConditionType::Ready, false, reason, message.clone());
         if stalled {
-            self.set(STALLED, true, reason.as_str(), message)
+            self.set(ConditionType::Stalled, true, reason, message)
         } else {
             self.set(
-                RECONCILING,
+                ConditionType::Reconciling,
                 true,
-                Reason::RetryingAfterError.as_str(),
+                Reason::RetryingAfterError,
                 format!("retrying after {reason}: {message}"),
             )
         }
@@ -87,10 +195,10 @@ impl<'a> ConditionSet<'a> {
 }
 
 /// Whether `conditions` hold `type_` with status `True`.
-pub fn is_true(conditions: &[Condition], type_: &str) -> bool {
+pub fn is_true(conditions: &[Condition], type_: ConditionType) -> bool {
     conditions
         .iter()
-        .any(|c| c.type_ == type_ && c.status == "True")
+        .any(|c| c.type_ == type_ && c.status == ConditionStatus::True)
 }
 
 #[cfg(test)]
@@ -99,21 +207,40 @@ mod tests {
 
     #[test]
     fn transition_time_moves_only_on_status_change() {
-        let c1 = ConditionSet::new(&[], Some(1), "t1")
-            .set(READY, true, "Synced", "ok".into())
+        let (t1, t2, t3) = (Time::test(1), Time::test(2), Time::test(3));
+        let c1 = ConditionSet::new(&[], Some(1), t1)
+            .set(ConditionType::Ready, true, Reason::Synced, "ok".into())
             .clone_out();
-        let c2 = ConditionSet::new(&c1, Some(2), "t2")
-            .set(READY, true, "Synced", "still ok".into())
+        let c2 = ConditionSet::new(&c1, Some(2), t2)
+            .set(
+                ConditionType::Ready,
+                true,
+                Reason::Synced,
+                "still ok".into(),
+            )
             .clone_out();
-        assert_eq!(c2[0].last_transition_time, "t1");
+        assert_eq!(c2[0].last_transition_time, t1);
         assert_eq!(c2[0].observed_generation, Some(2));
-        let c3 = ConditionSet::new(&c2, Some(2), "t3")
+        let c3 = ConditionSet::new(&c2, Some(2), t3)
             .failing(Reason::Throttled, false, "slow down".into())
             .clone_out();
-        assert_eq!(c3[0].last_transition_time, "t3");
-        assert_eq!(c3[1].type_, RECONCILING);
-        assert!(!is_true(&c3, READY));
-        assert!(is_true(&c3, RECONCILING));
+        assert_eq!(c3[0].last_transition_time, t3);
+        assert_eq!(c3[1].type_, ConditionType::Reconciling);
+        assert!(!is_true(&c3, ConditionType::Ready));
+        assert!(is_true(&c3, ConditionType::Reconciling));
+    }
+
+    #[test]
+    fn wire_format_is_unchanged() {
+        let json = r#"{"type":"Ready","status":"True","reason":"Synced","message":"m","lastTransitionTime":"2024-08-15T11:44:39Z","observedGeneration":3}"#;
+        let c: Condition = serde_json::from_str(json).unwrap();
+        assert_eq!(c.type_, ConditionType::Ready);
+        assert_eq!(c.status, ConditionStatus::True);
+        assert_eq!(serde_json::to_string(&c).unwrap(), json);
+        let other = r#"{"type":"Custom","status":"Maybe","reason":"X","message":"","lastTransitionTime":"2024-08-15T11:44:39Z"}"#;
+        let c: Condition = serde_json::from_str(other).unwrap();
+        assert_eq!(c.type_, ConditionType::Other("Custom".into()));
+        assert_eq!(c.status, ConditionStatus::Unknown);
     }
 
     impl ConditionSet<'_> {

@@ -8,9 +8,11 @@ use kube::{CustomResource, CustomResourceExt, KubeSchema};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
+use super::conditions::{ConditionStatus, ConditionType};
 use super::credentials::{EmrClusterCredentials, WorkspaceCredentials};
 use super::duration::{DurationError, Interval};
 use super::job::{EmrRayJob, WorkspaceJobs, WorkspaceJobsStatus};
+use crate::time::Time;
 
 pub const GROUP: &str = "emr.aliyun.io";
 pub const VERSION: &str = "v1alpha1";
@@ -166,14 +168,18 @@ impl EmrWorkspaceSpec {
 #[serde(rename_all = "camelCase")]
 pub struct Condition {
     #[serde(rename = "type")]
-    pub type_: String,
+    #[schemars(with = "String")]
+    pub type_: ConditionType,
     /// `True`, `False` or `Unknown`.
-    pub status: String,
+    #[schemars(with = "String")]
+    pub status: ConditionStatus,
+    // Written from the typed reasons only (`crate::api::reason::AsReason`); kept as read.
     pub reason: String,
     #[serde(default)]
     pub message: String,
     /// RFC 3339.
-    pub last_transition_time: String,
+    #[schemars(with = "String")]
+    pub last_transition_time: Time,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub observed_generation: Option<i64>,
 }

@@ -8,9 +8,9 @@ pub mod duration;
 pub mod job;
 pub mod reason;
 
-pub use conditions::{ConditionSet, condition};
+pub use conditions::{ConditionSet, ConditionStatus, ConditionType, condition};
 pub use crd::*;
 pub use credentials::*;
 pub use duration::{DurationError, Interval};
 pub use job::*;
-pub use reason::{Reason, WriteRefusal};
+pub use reason::{AsReason, EventReason, MirrorReason, Reason, WriteRefusal};

@@ -2,7 +2,7 @@
 //! reason string, whether a person must act (`Stalled`) or the operator retries by itself
 //! (`Reconciling`), and the metric label. Nothing else matches reasons by hand.
 
-use crate::emr::ErrorKind;
+use crate::emr::{ClusterState, ErrorKind};
 
 macro_rules! reasons {
     ($( $(#[$doc:meta])* $name:ident => $stalls:expr ),* $(,)?) => {
@@ -120,6 +120,118 @@ impl From<ErrorKind> for Reason {
             ErrorKind::Config => Reason::InvalidEndpoint,
             ErrorKind::TooManyClusters => Reason::TooManyClusters,
         }
+    }
+}
+
+/// A reason the operator writes (a condition's `reason`, an Event's `reason`). Only the typed
+/// reasons implement it ([`Reason`], [`MirrorReason`], [`EventReason`], and the remote job
+/// states, [`crate::emr::JobState`]), so a string literal cannot be written as one.
+pub trait AsReason: Copy {
+    fn as_reason(self) -> &'static str;
+}
+
+impl AsReason for Reason {
+    fn as_reason(self) -> &'static str {
+        self.as_str()
+    }
+}
+
+/// Declares a fieldless enum whose variant names are its strings (`as_str`, `ALL`, `Display`,
+/// [`AsReason`]).
+macro_rules! named_reasons {
+    ($(#[$m:meta])* $enum_name:ident { $( $(#[$doc:meta])* $name:ident ),* $(,)? }) => {
+        $(#[$m])*
+        #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+        pub enum $enum_name {
+            $( $(#[$doc])* $name, )*
+        }
+
+        impl $enum_name {
+            pub const ALL: &'static [$enum_name] = &[$($enum_name::$name),*];
+
+            pub const fn as_str(self) -> &'static str {
+                match self {
+                    $( $enum_name::$name => stringify!($name), )*
+                }
+            }
+        }
+
+        impl std::fmt::Display for $enum_name {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str(self.as_str())
+            }
+        }
+
+        impl AsReason for $enum_name {
+            fn as_reason(self) -> &'static str {
+                self.as_str()
+            }
+        }
+    };
+}
+
+named_reasons! {
+    /// The reasons of a mirror's own conditions (`EmrRayCluster`, `EmrRayJob`) beside the
+    /// workspace [`Reason`]s their `Synced` condition repeats and the job states.
+    MirrorReason {
+        /// The remote cluster is Running (`Ready=True`).
+        Running,
+        /// The remote cluster is Starting.
+        Starting,
+        /// The remote cluster is Stopping.
+        Stopping,
+        /// The remote cluster is Stopped.
+        Stopped,
+        /// The remote cluster is in Error (`Ready=False`).
+        Error,
+        /// The remote cluster is in Error (`Stalled=True`).
+        ClusterError,
+        /// A state outside the reference, or none.
+        UnknownState,
+        /// The remote cluster is no longer listed (`goneClusterPolicy: Keep`).
+        RemoteClusterGone,
+        /// `Synced=True`: the status mirrors the last complete listing.
+        ListingSucceeded,
+    }
+}
+
+impl MirrorReason {
+    /// The `Ready` reason of a remote cluster state (`UnknownState` outside the reference).
+    pub fn of_state(state: Option<&ClusterState>) -> Self {
+        match state {
+            Some(ClusterState::Running) => MirrorReason::Running,
+            Some(ClusterState::Starting) => MirrorReason::Starting,
+            Some(ClusterState::Stopping) => MirrorReason::Stopping,
+            Some(ClusterState::Stopped) => MirrorReason::Stopped,
+            Some(ClusterState::Error) => MirrorReason::Error,
+            Some(ClusterState::Other(_)) | None => MirrorReason::UnknownState,
+        }
+    }
+}
+
+named_reasons! {
+    /// The reasons of the Events the operator publishes beside the workspace [`Reason`]s.
+    EventReason {
+        /// A mirror was created.
+        Created,
+        /// A mirror was deleted: its remote cluster is no longer listed.
+        MirrorDeleted,
+        /// A remote cluster changed state.
+        StateChanged,
+        /// A remote cluster is no longer listed; its mirror is kept.
+        RemoteClusterGone,
+        /// Many mirrors were created or deleted at once (one Event for all).
+        MirrorsSynced,
+        /// Mirror writes are accepted again.
+        MirrorWritesRecovered,
+        /// The resource queues could not be listed.
+        QueueListingFailed,
+        /// The resource queues are listed again.
+        QueueListingRecovered,
+        /// A listing failed.
+        SyncFailed,
+        /// A listing succeeded after failures.
+        SyncRecovered,
     }
 }
 
@@ -259,6 +371,21 @@ mod tests {
             assert!(seen.insert(r.as_str()));
             assert!(r.as_str().chars().next().unwrap().is_ascii_uppercase());
         }
+    }
+
+    #[test]
+    fn mirror_and_event_reasons_are_their_names() {
+        assert_eq!(
+            MirrorReason::ListingSucceeded.as_reason(),
+            "ListingSucceeded"
+        );
+        assert_eq!(MirrorReason::of_state(None), MirrorReason::UnknownState);
+        assert_eq!(
+            MirrorReason::of_state(Some(&ClusterState::Error)).as_str(),
+            ClusterState::Error.as_str()
+        );
+        assert_eq!(EventReason::MirrorDeleted.to_string(), "MirrorDeleted");
+        assert_eq!(EventReason::ALL.len(), 10);
     }
 
     #[test]

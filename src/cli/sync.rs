@@ -8,7 +8,7 @@ use anyhow::Context as _;
 use kube::api::{Api, Patch, PatchParams};
 use serde_json::json;
 
-use crate::api::conditions::READY;
+use crate::api::ConditionType;
 use crate::api::{ANNOTATION_REQUESTED_AT, EmrWorkspace};
 
 #[derive(clap::Args, Debug, Clone)]
@@ -48,7 +48,10 @@ pub async fn run(args: SyncArgs) -> anyhow::Result<()> {
         let ws = api.get(name).await?;
         let status = ws.status.unwrap_or_default();
         if status.last_handled_reconcile_at.as_deref() == Some(requested.as_str()) {
-            let ready = status.conditions.iter().find(|c| c.type_ == READY);
+            let ready = status
+                .conditions
+                .iter()
+                .find(|c| c.type_ == ConditionType::Ready);
             match ready {
                 Some(c) => println!("synced: Ready={} ({}): {}", c.status, c.reason, c.message),
                 None => println!("synced"),

@@ -32,11 +32,14 @@ use super::cache::CachedMirror;
 use super::cache::MirrorCache;
 use super::mirror::truncated;
 use super::plan::{Action, MirrorEvent, Owner, Plan, Write};
-use crate::api::conditions::{ConditionSet, SYNCED};
+use crate::api::conditions::{ConditionSet, ConditionType};
 use crate::api::{
     ANNOTATION_CLUSTER_ID, EmrRayCluster, EmrRayClusterStatus, FIELD_MANAGER, Reason, WriteRefusal,
 };
-use crate::metrics::Metrics;
+use crate::api::{AsReason, EventReason};
+use crate::emr::ClusterState;
+use crate::metrics::{KubeResource, Metrics, WriteOperation};
+use crate::time::Time;
 
 /// Concurrent Kubernetes writes per workspace sync.
 pub const WRITE_CONCURRENCY: usize = 16;
@@ -113,12 +116,21 @@ pub fn ssa_body<K: Resource<DynamicType = ()>>(
     body
 }
 
-/// Server-side applies `fields` of `K` (`status: true`: through the status subresource).
+/// Which part of an object a server-side apply writes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Subresource {
+    /// The object itself (metadata and spec).
+    Main,
+    /// The status subresource.
+    Status,
+}
+
+/// Server-side applies `fields` of `K` to the object or its status subresource.
 pub async fn apply_ssa<K>(
     api: &Api<K>,
     name: &str,
     fields: serde_json::Value,
-    status: bool,
+    to: Subresource,
 ) -> Result<K, kube::Error>
 where
     K: Resource<DynamicType = ()>
@@ -129,10 +141,9 @@ where
 {
     let pp = PatchParams::apply(FIELD_MANAGER).force();
     let body = ssa_body::<K>(name, fields);
-    if status {
-        api.patch_status(name, &pp, &Patch::Apply(&body)).await
-    } else {
-        api.patch(name, &pp, &Patch::Apply(&body)).await
+    match to {
+        Subresource::Status => api.patch_status(name, &pp, &Patch::Apply(&body)).await,
+        Subresource::Main => api.patch(name, &pp, &Patch::Apply(&body)).await,
     }
 }
 
@@ -214,7 +225,7 @@ pub struct Writer<'a> {
     pub recorder: &'a Recorder,
     pub metrics: &'a Metrics,
     pub limiter: &'a WriteLimiter,
-    pub now: &'a str,
+    pub now: &'a Time,
 }
 
 /// Performs the plan's actions. `probe`: the previous pass was refused, so one write goes alone
@@ -265,7 +276,7 @@ pub async fn apply_plan(w: &Writer<'_>, plan: Plan, probe: bool) -> WriteReport 
             w.recorder,
             &w.workspace,
             EventType::Normal,
-            "MirrorsSynced",
+            EventReason::MirrorsSynced,
             format!(
                 "created {} and deleted {} EmrRayCluster mirrors",
                 report.created, report.deleted
@@ -290,7 +301,8 @@ async fn run_action(w: &Writer<'_>, a: Action, stop: &AtomicBool, summarize: boo
     match write_action(w, a, summarize).await {
         Ok(o) => o,
         Err(refused) => {
-            w.metrics.count_refusal("emrrayclusters", refused.refusal);
+            w.metrics
+                .count_refusal(KubeResource::EmrRayClusters, refused.refusal);
             if refused.refusal.is_permanent() {
                 stop.store(true, Ordering::SeqCst);
             }
@@ -328,7 +340,8 @@ async fn write_action(w: &Writer<'_>, mut a: Action, summarize: bool) -> Result<
                 Err(kube::Error::Api(s)) if s.code == 404 => return Ok(Outcome::Unchanged),
                 Err(e) => return Err(refused(e)),
             }
-            w.metrics.count_write("emrrayclusters", "delete");
+            w.metrics
+                .count_write(KubeResource::EmrRayClusters, WriteOperation::Delete);
             w.cache.record_write(ns, &a.name, before, None);
             if let Some(ev) = &a.event {
                 announce(w, &a.name, &a.cluster_id, None, ev, summarize).await;
@@ -345,10 +358,11 @@ async fn write_action(w: &Writer<'_>, mut a: Action, summarize: bool) -> Result<
                 "spec": w.owner.spec(&a.cluster_id),
             });
             let _permit = w.limiter.wait().await;
-            let res = apply_ssa(&w.api, &a.name, fields, false)
+            let res = apply_ssa(&w.api, &a.name, fields, Subresource::Main)
                 .await
                 .map_err(refused)?;
-            w.metrics.count_write("emrrayclusters", "apply");
+            w.metrics
+                .count_write(KubeResource::EmrRayClusters, WriteOperation::Apply);
             w.cache.record_write(ns, &a.name, before, Some(&res));
             if a.prev.is_none() && res.status.is_some() {
                 // It existed already, unseen by this replica (labelled for another shard, say):
@@ -367,7 +381,7 @@ async fn write_action(w: &Writer<'_>, mut a: Action, summarize: bool) -> Result<
     };
     let permit = w.limiter.wait().await;
     let fields = json!({ "status": &status });
-    let res = apply_ssa(&w.api, &a.name, fields, true).await;
+    let res = apply_ssa(&w.api, &a.name, fields, Subresource::Status).await;
     // Released before `mark_unwritable` takes a permit of its own.
     drop(permit);
     let res = match res {
@@ -380,7 +394,8 @@ async fn write_action(w: &Writer<'_>, mut a: Action, summarize: bool) -> Result<
             return Err(r);
         }
     };
-    w.metrics.count_write("emrrayclusters", "apply-status");
+    w.metrics
+        .count_write(KubeResource::EmrRayClusters, WriteOperation::ApplyStatus);
     // Until the watch delivers this status, a reconcile must not take the store's older object
     // for the current one and write the status again.
     w.cache.record_write(ns, &a.name, before, Some(&res));
@@ -420,10 +435,9 @@ async fn mark_unwritable(w: &Writer<'_>, prev: &CachedMirror, r: &Refused) {
         return;
     }
     let mut status: EmrRayClusterStatus = prev.status().unwrap_or_default();
-    let already = status
-        .conditions
-        .iter()
-        .any(|c| c.type_ == SYNCED && c.reason == Reason::MirrorWriteFailed.as_str());
+    let already = status.conditions.iter().any(|c| {
+        c.type_ == ConditionType::Synced && c.reason == Reason::MirrorWriteFailed.as_str()
+    });
     if already {
         return;
     }
@@ -434,17 +448,30 @@ async fn mark_unwritable(w: &Writer<'_>, prev: &CachedMirror, r: &Refused) {
     let mut conds: Vec<_> = status
         .conditions
         .iter()
-        .filter(|c| c.type_ != SYNCED)
+        .filter(|c| c.type_ != ConditionType::Synced)
         .cloned()
         .collect();
-    let mut synced = ConditionSet::new(&status.conditions, prev.generation, w.now);
-    synced.set(SYNCED, false, Reason::MirrorWriteFailed.as_str(), message);
+    let mut synced = ConditionSet::new(&status.conditions, prev.generation, *w.now);
+    synced.set(
+        ConditionType::Synced,
+        false,
+        Reason::MirrorWriteFailed,
+        message,
+    );
     conds.extend(synced.build());
     status.conditions = conds;
     let _permit = w.limiter.wait().await;
-    match apply_ssa(&w.api, &prev.name, json!({ "status": status }), true).await {
+    match apply_ssa(
+        &w.api,
+        &prev.name,
+        json!({ "status": status }),
+        Subresource::Status,
+    )
+    .await
+    {
         Ok(res) => {
-            w.metrics.count_write("emrrayclusters", "apply-status");
+            w.metrics
+                .count_write(KubeResource::EmrRayClusters, WriteOperation::ApplyStatus);
             w.cache
                 .record_write(&w.owner.namespace, &prev.name, Some(prev), Some(&res));
         }
@@ -466,7 +493,7 @@ async fn announce(
         MirrorEvent::Created { .. } | MirrorEvent::Deleted if summarize => return,
         MirrorEvent::Created { state } => (
             EventType::Normal,
-            "Created",
+            EventReason::Created,
             format!(
                 "mirroring remote Ray cluster {cluster_id} ({})",
                 state.as_deref().unwrap_or("state unknown")
@@ -474,7 +501,7 @@ async fn announce(
         ),
         MirrorEvent::Deleted => (
             EventType::Normal,
-            "MirrorDeleted",
+            EventReason::MirrorDeleted,
             format!(
                 "deleted EmrRayCluster {name}: remote cluster {cluster_id} is no longer listed"
             ),
@@ -485,22 +512,21 @@ async fn announce(
                 "state changed from {} to {to}",
                 from.as_deref().unwrap_or("Unknown")
             );
-            if to == "Error"
-                && let Some(m) = message.as_deref().filter(|m| !m.is_empty())
-            {
+            let error = ClusterState::from(to) == ClusterState::Error;
+            if error && let Some(m) = message.as_deref().filter(|m| !m.is_empty()) {
                 note.push_str(": ");
                 note.push_str(m);
             }
-            let kind = if to == "Error" {
+            let kind = if error {
                 EventType::Warning
             } else {
                 EventType::Normal
             };
-            (kind, "StateChanged", note)
+            (kind, EventReason::StateChanged, note)
         }
         MirrorEvent::Gone => (
             EventType::Warning,
-            "RemoteClusterGone",
+            EventReason::RemoteClusterGone,
             "the remote Ray cluster is no longer listed; kept because goneClusterPolicy is Keep"
                 .to_string(),
         ),
@@ -516,12 +542,12 @@ pub async fn publish(
     recorder: &Recorder,
     reference: &ObjectReference,
     type_: EventType,
-    reason: &str,
+    reason: impl AsReason,
     note: String,
 ) {
     let ev = Event {
         type_,
-        reason: reason.to_string(),
+        reason: reason.as_reason().to_string(),
         note: Some(truncated(&note, MAX_EVENT_NOTE)),
         action: "Sync".to_string(),
         secondary: None,

@@ -196,7 +196,7 @@ async fn admins_only(
         recorder,
         &cc.object_ref(&()),
         EventType::Warning,
-        reason.as_str(),
+        reason,
         format!("used by EmrWorkspace {ns}/{workspace}: {e}"),
     )
     .await;

@@ -35,17 +35,18 @@ use super::error::SyncError;
 use super::mirror::{self, label_value};
 use super::plan::Owner;
 use super::state::WorkspaceState;
-use crate::api::conditions::{ConditionSet, READY, RECONCILING, STALLED};
+use crate::api::MirrorReason;
+use crate::api::conditions::{ConditionSet, ConditionType};
 use crate::api::{
     Condition, EmrRayJob, EmrRayJobSpec, EmrRayJobStatus, EmrWorkspace, Interval, LABEL_MANAGED_BY,
     LABEL_SHARD, LABEL_SUBMISSION_ID, LABEL_WORKSPACE, LABEL_WORKSPACE_ID, MANAGED_BY, Reason,
     WorkspaceJobsStatus,
 };
-use crate::emr::job::JOB_STATES;
+use crate::emr::JobState;
 use crate::emr::redact::redact_endpoint;
 use crate::emr::{ErrorKind, JobListing, RayJob};
-use crate::metrics::WorkspaceLabels;
-use crate::time::{now_rfc3339, rfc3339_millis};
+use crate::metrics::{KubeResource, WorkspaceLabels, WriteOperation};
+use crate::time::{Time, rfc3339_millis};
 
 /// What is remembered between rounds about a workspace's jobs.
 #[derive(Clone, Debug, Default)]
@@ -103,11 +104,10 @@ fn count(jobs: &[RayJob]) -> (BTreeMap<String, i64>, i64) {
     let mut by_state = BTreeMap::new();
     let mut failed = 0;
     for j in jobs {
-        let s = j.status.as_deref().unwrap_or("Unknown");
-        let label = if JOB_STATES.contains(&s) || s == "Unknown" {
-            s
-        } else {
-            "Other"
+        let label = match (j.state(), j.status.as_deref()) {
+            (Some(state), _) => state.as_str(),
+            (None, None | Some("Unknown")) => "Unknown",
+            (None, Some(_)) => "Other",
         };
         *by_state.entry(label.to_string()).or_insert(0) += 1;
         failed += i64::from(j.failed());
@@ -176,31 +176,34 @@ pub fn job_conditions(
     status: &EmrRayJobStatus,
     previous: &[Condition],
     generation: Option<i64>,
-    now: &str,
+    now: Time,
 ) -> Vec<Condition> {
     let state = status.state.as_deref().unwrap_or("Unknown");
     let mut out = ConditionSet::new(previous, generation, now);
     let said = format!("Ray job is {state}");
-    match state {
-        "Succeeded" => out.set(READY, true, "Succeeded", said),
-        "Failed" | "Timeout" => {
-            let why = if state == "Timeout" {
+    match JobState::parse(state) {
+        Some(s @ JobState::Succeeded) => out.set(ConditionType::Ready, true, s, said),
+        Some(s @ (JobState::Failed | JobState::Timeout)) => {
+            let why = if s == JobState::Timeout {
                 "Ray job was cancelled after its timeout".to_string()
             } else {
                 "Ray job failed".to_string()
             };
-            out.set(READY, false, state, why.clone());
-            out.set(STALLED, true, state, why)
+            out.set(ConditionType::Ready, false, s, why.clone());
+            out.set(ConditionType::Stalled, true, s, why)
         }
-        "Submitted" | "Pending" | "Running" | "Cancelling" => {
-            out.set(READY, false, state, said.clone());
-            out.set(RECONCILING, true, state, said)
+        Some(
+            s
+            @ (JobState::Submitted | JobState::Pending | JobState::Running | JobState::Cancelling),
+        ) => {
+            out.set(ConditionType::Ready, false, s, said.clone());
+            out.set(ConditionType::Reconciling, true, s, said)
         }
-        "Cancelled" => out.set(READY, false, "Cancelled", said),
-        _ => out.set(
-            READY,
+        Some(s @ JobState::Cancelled) => out.set(ConditionType::Ready, false, s, said),
+        None => out.set(
+            ConditionType::Ready,
             false,
-            "UnknownState",
+            MirrorReason::UnknownState,
             format!("Ray job reports state {state:?}"),
         ),
     };
@@ -268,7 +271,7 @@ pub fn plan_jobs(
     listing: Option<&[RayJob]>,
     enabled: bool,
     existing: &[ExistingJob],
-    now: &str,
+    now: Time,
 ) -> (Vec<JobWrite>, Vec<String>) {
     let mut writes = Vec::new();
     let mut conflicts = Vec::new();
@@ -424,12 +427,11 @@ pub async fn write_jobs(ws: &EmrWorkspace, ctx: &Context, st: &mut WorkspaceStat
             return;
         }
     };
-    let now = now_rfc3339();
     let (writes, conflicts) = plan_jobs(
         listing.as_ref().map(|l| l.jobs.as_slice()),
         enabled,
         &existing,
-        &now,
+        Time::now(),
     );
     if !conflicts.is_empty() {
         warn!(workspace = %key(ws), conflicts = ?conflicts, "job mirror names held by another workspace");
@@ -446,7 +448,8 @@ pub async fn write_jobs(ws: &EmrWorkspace, ctx: &Context, st: &mut WorkspaceStat
             (_, Err(e)) => {
                 failed += 1;
                 let refused = apply::Refused::from_error(&e);
-                ctx.metrics.count_refusal("emrrayjobs", refused.refusal);
+                ctx.metrics
+                    .count_refusal(KubeResource::EmrRayJobs, refused.refusal);
                 first_error.get_or_insert(refused.message);
             }
             (JobWrite::Apply { .. }, Ok(())) => created += 1,
@@ -460,7 +463,7 @@ pub async fn write_jobs(ws: &EmrWorkspace, ctx: &Context, st: &mut WorkspaceStat
             &ctx.recorder,
             &ws.object_ref(&()),
             EventType::Warning,
-            Reason::MirrorWriteFailed.as_str(),
+            Reason::MirrorWriteFailed,
             format!("{failed} job mirror write(s) refused: {message}"),
         )
         .await;
@@ -489,15 +492,30 @@ async fn write_one(
                 },
                 "spec": job_spec(owner, submission_id),
             });
-            apply::apply_ssa(api, name, body, false).await?;
-            ctx.metrics.count_write("emrrayjobs", "apply");
+            apply::apply_ssa(api, name, body, apply::Subresource::Main).await?;
+            ctx.metrics
+                .count_write(KubeResource::EmrRayJobs, WriteOperation::Apply);
             let _permit2 = ctx.write_limiter.wait().await;
-            apply::apply_ssa(api, name, serde_json::json!({ "status": status }), true).await?;
-            ctx.metrics.count_write("emrrayjobs", "apply-status");
+            apply::apply_ssa(
+                api,
+                name,
+                serde_json::json!({ "status": status }),
+                apply::Subresource::Status,
+            )
+            .await?;
+            ctx.metrics
+                .count_write(KubeResource::EmrRayJobs, WriteOperation::ApplyStatus);
         }
         JobWrite::Status { name, status } => {
-            apply::apply_ssa(api, name, serde_json::json!({ "status": status }), true).await?;
-            ctx.metrics.count_write("emrrayjobs", "apply-status");
+            apply::apply_ssa(
+                api,
+                name,
+                serde_json::json!({ "status": status }),
+                apply::Subresource::Status,
+            )
+            .await?;
+            ctx.metrics
+                .count_write(KubeResource::EmrRayJobs, WriteOperation::ApplyStatus);
         }
         JobWrite::Delete { name } => {
             match api.delete(name, &DeleteParams::default()).await {
@@ -505,7 +523,8 @@ async fn write_one(
                 Err(kube::Error::Api(e)) if e.code == 404 => {}
                 Err(e) => return Err(e),
             }
-            ctx.metrics.count_write("emrrayjobs", "delete");
+            ctx.metrics
+                .count_write(KubeResource::EmrRayJobs, WriteOperation::Delete);
         }
     }
     Ok(())
@@ -523,6 +542,10 @@ mod tests {
 
     const NOW: &str = "2026-01-01T00:00:00Z";
 
+    fn now() -> Time {
+        NOW.parse().unwrap()
+    }
+
     fn job(id: &str, status: &str) -> RayJob {
         RayJob {
             submission_id: id.into(),
@@ -537,7 +560,7 @@ mod tests {
 
     /// The mirror a previous round wrote for `j`.
     fn mirrored(j: &RayJob) -> ExistingJob {
-        let (writes, _) = plan_jobs(Some(std::slice::from_ref(j)), true, &[], NOW);
+        let (writes, _) = plan_jobs(Some(std::slice::from_ref(j)), true, &[], now());
         let JobWrite::Apply { status, name, .. } = writes[0].clone() else {
             panic!("{writes:?}")
         };
@@ -655,7 +678,7 @@ mod tests {
             ),
         ];
         for (what, listing, enabled, existing, want) in rows {
-            let (writes, _) = plan_jobs(listing.as_deref(), enabled, &existing, NOW);
+            let (writes, _) = plan_jobs(listing.as_deref(), enabled, &existing, now());
             let got = kinds(&writes);
             assert_eq!(got.len(), want.len(), "{what}: {got:?}");
             for (g, w) in got.iter().zip(&want) {
@@ -676,7 +699,7 @@ mod tests {
         let c = |state: &str| {
             let mut s = s.clone();
             s.state = Some(state.into());
-            job_conditions(&s, &[], Some(1), NOW)
+            job_conditions(&s, &[], Some(1), now())
                 .into_iter()
                 .map(|c| format!("{}={}:{}", c.type_, c.status, c.reason))
                 .collect::<Vec<_>>()

@@ -14,7 +14,7 @@ use super::context::{Context, labels};
 use super::credentials;
 use super::error::SyncError;
 use super::state::{Failure, Listing, WorkspaceState};
-use crate::api::{EmrWorkspace, EndpointNetwork, Interval, Reason};
+use crate::api::{EmrWorkspace, EndpointNetwork, EventReason, Interval, Reason};
 use crate::backoff::jitter;
 use crate::emr::EmrError;
 use crate::metrics::FailureLabels;
@@ -59,7 +59,7 @@ async fn record_listed(
                 &ctx.recorder,
                 &ws.object_ref(&()),
                 EventType::Warning,
-                "QueueListingFailed",
+                EventReason::QueueListingFailed,
                 format!("{message}; status.queues keeps the last complete listing"),
             )
             .await;
@@ -69,7 +69,7 @@ async fn record_listed(
                 &ctx.recorder,
                 &ws.object_ref(&()),
                 EventType::Normal,
-                "QueueListingRecovered",
+                EventReason::QueueListingRecovered,
                 "listing the workspace's queues succeeded again".to_string(),
             )
             .await;
@@ -81,7 +81,7 @@ async fn record_listed(
             &ctx.recorder,
             &ws.object_ref(&()),
             EventType::Normal,
-            "SyncRecovered",
+            EventReason::SyncRecovered,
             format!(
                 "listing succeeded again after {} failed attempt(s) ({})",
                 prev.consecutive, prev.reason
@@ -132,7 +132,7 @@ async fn record_failure(
             &ctx.recorder,
             &ws.object_ref(&()),
             EventType::Warning,
-            "SyncFailed",
+            EventReason::SyncFailed,
             failure.message.clone(),
         )
         .await;

@@ -3,14 +3,14 @@
 
 use sha2::{Digest, Sha256};
 
-use crate::api::conditions::{ConditionSet, READY, RECONCILING, STALLED, SYNCED};
+use crate::api::conditions::{ConditionSet, ConditionType};
 use crate::api::{
-    Condition, EmrRayClusterStatus, RayEndpoints, RayHeadSpec, RayWorkerGroup, Reason,
+    Condition, EmrRayClusterStatus, MirrorReason, RayEndpoints, RayHeadSpec, RayWorkerGroup, Reason,
 };
 use crate::emr::model::format_quantity;
 use crate::emr::redact::redact_endpoint;
 use crate::emr::{ClusterState, RayCluster};
-use crate::time::rfc3339_millis;
+use crate::time::{Time, rfc3339_millis};
 
 use super::diagnose::failing_summary;
 
@@ -213,32 +213,40 @@ pub fn mirror_conditions(
     previous: &[Condition],
     generation: Option<i64>,
     stale: Option<&Staleness>,
-    now: &str,
+    now: Time,
 ) -> Vec<Condition> {
     let state = status.state.as_deref().map(ClusterState::from);
     let mut out = ConditionSet::new(previous, generation, now);
     if status.gone {
         out.set(
-            READY,
+            ConditionType::Ready,
             false,
-            "RemoteClusterGone",
+            MirrorReason::RemoteClusterGone,
             "the remote Ray cluster is no longer listed by its workspace".to_string(),
         );
     } else {
         match &state {
-            Some(ClusterState::Running) => {
-                out.set(READY, true, "Running", "Ray cluster is Running".to_string())
-            }
+            Some(ClusterState::Running) => out.set(
+                ConditionType::Ready,
+                true,
+                MirrorReason::Running,
+                "Ray cluster is Running".to_string(),
+            ),
             Some(ClusterState::Other(_)) | None => out.set(
-                READY,
+                ConditionType::Ready,
                 false,
-                "UnknownState",
+                MirrorReason::UnknownState,
                 format!(
                     "Ray cluster reports state {:?}",
                     status.state.as_deref().unwrap_or("Unknown")
                 ),
             ),
-            Some(s) => out.set(READY, false, s.as_str(), format!("Ray cluster is {s}")),
+            Some(s) => out.set(
+                ConditionType::Ready,
+                false,
+                MirrorReason::of_state(Some(s)),
+                format!("Ray cluster is {s}"),
+            ),
         };
         // The failing instance, when `GetRayCluster` named one (`head: OOMKilled, exit 137`).
         let failing = failing_summary(&status.instances);
@@ -247,23 +255,33 @@ pub fn mirror_conditions(
                 Some(f) => format!("Ray cluster is {s}; {f}"),
                 None => format!("Ray cluster is {s}"),
             };
-            out.set(RECONCILING, true, s.as_str(), msg);
+            out.set(
+                ConditionType::Reconciling,
+                true,
+                MirrorReason::of_state(Some(s)),
+                msg,
+            );
         }
         if let Some(ClusterState::Error) = &state {
             let msg = failing
                 .or_else(|| status.message.clone().filter(|m| !m.is_empty()))
                 .unwrap_or_else(|| "the remote cluster is in Error state".to_string());
-            out.set(STALLED, true, "ClusterError", msg);
+            out.set(
+                ConditionType::Stalled,
+                true,
+                MirrorReason::ClusterError,
+                msg,
+            );
         }
     }
     match stale {
         None => out.set(
-            SYNCED,
+            ConditionType::Synced,
             true,
-            "ListingSucceeded",
+            MirrorReason::ListingSucceeded,
             "status mirrors the last complete remote listing".to_string(),
         ),
-        Some(s) => out.set(SYNCED, false, s.reason.as_str(), s.message.clone()),
+        Some(s) => out.set(ConditionType::Synced, false, s.reason, s.message.clone()),
     };
     out.build()
 }
@@ -271,6 +289,7 @@ pub fn mirror_conditions(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::api::ConditionStatus;
     use crate::emr::model::ListRayClusterResponse;
 
     fn example() -> RayCluster {
@@ -358,30 +377,33 @@ mod tests {
         });
         assert_eq!(s.state, None);
         assert_eq!(s.desired_cpu, None);
-        let conds = mirror_conditions(&s, &[], Some(1), None, "t");
+        let conds = mirror_conditions(&s, &[], Some(1), None, Time::test(0));
         assert_eq!(conds[0].reason, "UnknownState");
     }
 
     #[test]
     fn conditions_follow_state_and_keep_transition_times() {
         let mut s = remote_status(&example());
-        let c1 = mirror_conditions(&s, &[], Some(1), None, "t1");
-        assert_eq!(c1[0].status, "True");
+        let c1 = mirror_conditions(&s, &[], Some(1), None, Time::test(1));
+        assert_eq!(c1[0].status, ConditionStatus::True);
         assert_eq!(c1.len(), 2);
-        let c2 = mirror_conditions(&s, &c1, Some(1), None, "t2");
+        let c2 = mirror_conditions(&s, &c1, Some(1), None, Time::test(2));
         assert_eq!(c1, c2, "unchanged state keeps conditions byte-identical");
         s.state = Some("Error".into());
         s.message = Some("quota exceeded".into());
-        let c3 = mirror_conditions(&s, &c2, Some(1), None, "t3");
-        let stalled = c3.iter().find(|c| c.type_ == "Stalled").unwrap();
+        let c3 = mirror_conditions(&s, &c2, Some(1), None, Time::test(3));
+        let stalled = c3
+            .iter()
+            .find(|c| c.type_ == ConditionType::Stalled)
+            .unwrap();
         assert_eq!(stalled.message, "quota exceeded");
-        assert_eq!(c3[0].last_transition_time, "t3");
+        assert_eq!(c3[0].last_transition_time, Time::test(3));
         s.state = Some("Starting".into());
-        let c4 = mirror_conditions(&s, &c3, Some(1), None, "t4");
-        assert!(
-            c4.iter()
-                .any(|c| c.type_ == "Reconciling" && c.status == "True")
-        );
-        assert!(!c4.iter().any(|c| c.type_ == "Stalled"));
+        let c4 = mirror_conditions(&s, &c3, Some(1), None, Time::test(4));
+        assert!(crate::api::conditions::is_true(
+            &c4,
+            ConditionType::Reconciling
+        ));
+        assert!(!c4.iter().any(|c| c.type_ == ConditionType::Stalled));
     }
 }

@@ -17,6 +17,7 @@ use tracing::{debug, info, warn};
 
 use super::Context;
 use crate::api::{EmrRayCluster, EmrWorkspace};
+use crate::metrics::{KubeResource, WriteOperation};
 
 /// Most orphans deleted in one sweep (the rest wait for the next one: never a storm).
 const MAX_DELETES_PER_SWEEP: usize = 100;
@@ -76,7 +77,8 @@ pub async fn sweep(
             match api.delete(&m.name, &dp).await {
                 Ok(_) => {
                     deleted += 1;
-                    ctx.metrics.count_write("emrrayclusters", "delete-orphan");
+                    ctx.metrics
+                        .count_write(KubeResource::EmrRayClusters, WriteOperation::DeleteOrphan);
                     info!(namespace = %ns, mirror = %m.name, workspace = %name, "deleted a mirror whose workspace was deleted with --cascade=orphan");
                 }
                 // Gone already, or changed since (adopted): nothing to do.

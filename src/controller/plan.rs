@@ -28,6 +28,7 @@ use crate::api::{
     EmrRayClusterSpec, EmrRayClusterStatus, EmrWorkspace, GoneClusterPolicy, LABEL_CLUSTER_ID,
     LABEL_MANAGED_BY, LABEL_SHARD, LABEL_WORKSPACE, LABEL_WORKSPACE_ID, MANAGED_BY,
 };
+use crate::time::Time;
 
 /// Per-mirror Events are replaced by one summary above this many creations and deletions.
 pub const MAX_MIRROR_EVENTS_PER_SYNC: usize = 20;
@@ -188,7 +189,7 @@ pub struct Input<'a> {
     pub refused: &'a HashSet<String>,
     /// The instances of unhealthy clusters (`GetRayCluster`).
     pub diagnoses: &'a Diagnoses,
-    pub now: &'a str,
+    pub now: &'a Time,
 }
 
 /// Decides the writes of one sync. Pure.
@@ -218,8 +219,13 @@ pub fn plan(input: &Input<'_>) -> Plan {
                 .map(|s| s.conditions.as_slice())
                 .unwrap_or_default();
             desired.observed_generation = generation;
-            desired.conditions =
-                mirror::mirror_conditions(&desired, prev_conds, generation, input.stale, input.now);
+            desired.conditions = mirror::mirror_conditions(
+                &desired,
+                prev_conds,
+                generation,
+                input.stale,
+                *input.now,
+            );
             let name = prev
                 .as_ref()
                 .map(|p| p.name.clone())
@@ -259,6 +265,24 @@ pub fn plan(input: &Input<'_>) -> Plan {
     out
 }
 
+/// What the last listing says of a mirror whose cluster it does not contain.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Unlisted {
+    /// A complete, current listing: the cluster is gone.
+    Gone,
+    /// A current listing that ended on a page boundary: it may have been cut short.
+    Unconfirmed,
+    /// No trustworthy listing: nothing is known.
+    NoListing,
+}
+
+/// Whether a kept mirror's remote cluster is known to be gone.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Remote {
+    Gone,
+    MaybeListed,
+}
+
 /// Mirrors whose cluster the last listing does not contain: deleted or marked gone only after a
 /// complete, current listing; otherwise kept with their data and marked.
 fn plan_unlisted(input: &Input<'_>, out: &mut Plan) {
@@ -267,16 +291,15 @@ fn plan_unlisted(input: &Input<'_>, out: &mut Plan) {
         if input.listing.is_some_and(|l| l.contains(id)) {
             continue;
         }
-        let removal = if !input.listing_is_current {
-            None
+        let unlisted = if !input.listing_is_current {
+            Unlisted::NoListing
         } else if input.listing.is_some_and(|l| l.on_page_boundary) {
-            Some(false)
+            Unlisted::Unconfirmed
         } else {
-            Some(true)
+            Unlisted::Gone
         };
-        match removal {
-            // Complete, current listing: the cluster is gone.
-            Some(true) if input.owner.policy == GoneClusterPolicy::Delete => {
+        match unlisted {
+            Unlisted::Gone if input.owner.policy == GoneClusterPolicy::Delete => {
                 out.actions.push(Action {
                     name: m.name.clone(),
                     cluster_id: id.clone(),
@@ -285,28 +308,33 @@ fn plan_unlisted(input: &Input<'_>, out: &mut Plan) {
                     event: Some(MirrorEvent::Deleted),
                 });
             }
-            Some(true) => {
+            Unlisted::Gone => {
                 out.mirrors += 1;
                 out.actions
-                    .extend(keep(input.owner, m, id, true, None, input.now));
+                    .extend(keep(input.owner, m, id, Remote::Gone, None, input.now));
             }
-            // Ended on a page boundary: may have been cut short.
-            Some(false) => {
+            Unlisted::Unconfirmed => {
                 out.mirrors += 1;
                 out.actions.extend(keep(
                     input.owner,
                     m,
                     id,
-                    false,
+                    Remote::MaybeListed,
                     Some(&unconfirmed),
                     input.now,
                 ));
             }
-            // No trustworthy listing: keep the last known data, only say it is stale.
-            None => {
+            // Keep the last known data, only say it is stale.
+            Unlisted::NoListing => {
                 out.mirrors += 1;
-                out.actions
-                    .extend(keep(input.owner, m, id, false, input.stale, input.now));
+                out.actions.extend(keep(
+                    input.owner,
+                    m,
+                    id,
+                    Remote::MaybeListed,
+                    input.stale,
+                    input.now,
+                ));
             }
         }
     }
@@ -317,15 +345,16 @@ fn keep(
     owner: &Owner,
     m: &Arc<CachedMirror>,
     id: &str,
-    gone: bool,
+    remote: Remote,
     stale: Option<&Staleness>,
-    now: &str,
+    now: &Time,
 ) -> Option<Action> {
     let prev_status = m.status();
     let mut desired = prev_status.clone().unwrap_or_default();
-    desired.gone = desired.gone || gone;
+    desired.gone = desired.gone || remote == Remote::Gone;
     let prev_conds = std::mem::take(&mut desired.conditions);
-    desired.conditions = mirror::mirror_conditions(&desired, &prev_conds, m.generation, stale, now);
+    desired.conditions =
+        mirror::mirror_conditions(&desired, &prev_conds, m.generation, stale, *now);
     write_for(
         owner,
         m.name.clone(),

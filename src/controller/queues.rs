@@ -10,7 +10,7 @@ use super::state::WorkspaceState;
 use crate::api::{EmrWorkspace, QueueListingFailure, QueueQuantities, WorkspaceQueueStatus};
 use crate::emr::model::format_quantity;
 use crate::emr::{QueueResources, WorkspaceQueue};
-use crate::metrics::QueueLabels;
+use crate::metrics::{QueueFigure, QueueLabels, QueueResource};
 
 /// Most queues a workspace's status (and its metric series) names; further ones (by name) are
 /// left out, so that a remote service cannot grow the status or the series without bound.
@@ -50,18 +50,22 @@ fn quantities(wire: Option<&str>) -> Option<QueueQuantities> {
 
 /// The numbers behind a status entry, per resource and kind (the `queue_resource` series):
 /// `(resource, kind, value)`. Pure.
-pub fn series_values(q: &WorkspaceQueueStatus) -> Vec<(&'static str, &'static str, f64)> {
+pub fn series_values(q: &WorkspaceQueueStatus) -> Vec<(QueueResource, QueueFigure, f64)> {
     let mut out = Vec::new();
-    for (kind, v) in [("min", &q.min), ("max", &q.max), ("used", &q.used)] {
+    for (kind, v) in [
+        (QueueFigure::Min, &q.min),
+        (QueueFigure::Max, &q.max),
+        (QueueFigure::Used, &q.used),
+    ] {
         let Some(v) = v else { continue };
         let num = |s: &Option<String>, strip: &str| {
             s.as_deref()
                 .and_then(|s| s.strip_suffix(strip).unwrap_or(s).parse::<f64>().ok())
         };
         for (resource, value) in [
-            ("cpu", num(&v.cpu, "")),
-            ("memory_gibibytes", num(&v.memory, "Gi")),
-            ("gpu", num(&v.gpu, "")),
+            (QueueResource::Cpu, num(&v.cpu, "")),
+            (QueueResource::MemoryGibibytes, num(&v.memory, "Gi")),
+            (QueueResource::Gpu, num(&v.gpu, "")),
         ] {
             if let Some(value) = value {
                 out.push((resource, kind, value));
@@ -131,8 +135,8 @@ pub(super) fn update_series(ws: &EmrWorkspace, ctx: &Context, st: &mut Workspace
                     namespace: l.namespace.clone(),
                     workspace: l.workspace.clone(),
                     queue: q.name.clone(),
-                    resource: resource.to_string(),
-                    kind: kind.to_string(),
+                    resource,
+                    kind,
                 })
                 .set(value);
         }
@@ -153,8 +157,8 @@ pub(super) fn remove_series(
                 namespace: namespace.to_string(),
                 workspace: workspace.to_string(),
                 queue: q.name.clone(),
-                resource: resource.to_string(),
-                kind: kind.to_string(),
+                resource,
+                kind,
             });
         }
     }
@@ -200,7 +204,10 @@ mod tests {
         );
         assert_eq!(root.used.as_ref().unwrap().memory.as_deref(), Some("0.5Gi"));
         assert_eq!(
-            series_values(root),
+            series_values(root)
+                .into_iter()
+                .map(|(r, k, v)| (r.as_str(), k.as_str(), v))
+                .collect::<Vec<_>>(),
             vec![
                 ("cpu", "max", 100.0),
                 ("memory_gibibytes", "max", 400.0),

@@ -2,11 +2,12 @@
 //! reported, the write refusals, and the kstatus conditions. `Ready=True` only when the last
 //! listing succeeded **and** every mirror it implies was written.
 
-use crate::api::conditions::{ConditionSet, READY, RECONCILING};
+use crate::api::conditions::{ConditionSet, ConditionType};
 use std::collections::{BTreeMap, HashMap};
 
 use crate::api::{EmrWorkspaceStatus, Reason};
 use crate::emr::ClusterState;
+use crate::time::Time;
 
 use super::state::WorkspaceState;
 
@@ -22,7 +23,7 @@ pub struct Input<'a> {
     pub interval: Option<String>,
     /// The endpoint that is called (`None` when it cannot be resolved).
     pub endpoint: Option<String>,
-    pub now: &'a str,
+    pub now: &'a Time,
 }
 
 /// The workspace's status. Pure.
@@ -61,7 +62,12 @@ pub fn workspace_status(i: &Input<'_>) -> EmrWorkspaceStatus {
         Some(l) => {
             s.clusters = Some(l.len() as i64);
             s.clusters_by_state = clusters_by_state(l.states().map(|(_, state)| state));
-            s.ready_clusters = Some(s.clusters_by_state.get("Running").copied().unwrap_or(0));
+            s.ready_clusters = Some(
+                s.clusters_by_state
+                    .get(ClusterState::Running.as_str())
+                    .copied()
+                    .unwrap_or(0),
+            );
         }
         None => {
             s.clusters = i.prev.clusters;
@@ -69,12 +75,12 @@ pub fn workspace_status(i: &Input<'_>) -> EmrWorkspaceStatus {
             s.clusters_by_state = i.prev.clusters_by_state.clone();
         }
     }
-    let mut c = ConditionSet::new(&i.prev.conditions, i.generation, i.now);
+    let mut c = ConditionSet::new(&i.prev.conditions, i.generation, *i.now);
     if i.suspended {
         c.set(
-            READY,
+            ConditionType::Ready,
             false,
-            Reason::Suspended.as_str(),
+            Reason::Suspended,
             "syncing is suspended (spec.suspend); mirrors are kept as they are".into(),
         );
     } else if let Some(f) = &st.failure {
@@ -96,15 +102,15 @@ pub fn workspace_status(i: &Input<'_>) -> EmrWorkspaceStatus {
     } else if st.listing.is_some() {
         let n = s.clusters.unwrap_or(0);
         c.set(
-            READY,
+            ConditionType::Ready,
             true,
-            Reason::Synced.as_str(),
+            Reason::Synced,
             format!("{n} Ray cluster(s) mirrored"),
         );
     } else {
         let msg = "waiting for the first listing".to_string();
-        c.set(READY, false, Reason::Pending.as_str(), msg.clone());
-        c.set(RECONCILING, true, Reason::Pending.as_str(), msg);
+        c.set(ConditionType::Ready, false, Reason::Pending, msg.clone());
+        c.set(ConditionType::Reconciling, true, Reason::Pending, msg);
     }
     s.conditions = c.build();
     s
@@ -186,7 +192,7 @@ mod tests {
 
     use super::*;
     use crate::api::WriteRefusal;
-    use crate::api::conditions::{STALLED, is_true};
+    use crate::api::conditions::is_true;
     use crate::controller::state::{Failure, Listing, WriteTrouble};
     use crate::emr::{ClusterState, RayCluster};
 
@@ -240,13 +246,17 @@ mod tests {
             attempted: true,
             interval: Some("1m".into()),
             endpoint: None,
-            now: NOW,
+            now: &Time::test(0),
         })
     }
 
     fn ready(s: &EmrWorkspaceStatus) -> (String, String) {
-        let c = s.conditions.iter().find(|c| c.type_ == READY).unwrap();
-        (c.status.clone(), c.reason.clone())
+        let c = s
+            .conditions
+            .iter()
+            .find(|c| c.type_ == ConditionType::Ready)
+            .unwrap();
+        (c.status.to_string(), c.reason.clone())
     }
 
     /// `(Ready, reason, Stalled, Reconciling)`.
@@ -335,9 +345,13 @@ mod tests {
         for (what, st, suspended, (r, reason, stalled, reconciling)) in rows {
             let s = status(st, suspended);
             assert_eq!(ready(&s), (r.to_string(), reason.to_string()), "{what}");
-            assert_eq!(is_true(&s.conditions, STALLED), stalled, "{what}: Stalled");
             assert_eq!(
-                is_true(&s.conditions, RECONCILING),
+                is_true(&s.conditions, ConditionType::Stalled),
+                stalled,
+                "{what}: Stalled"
+            );
+            assert_eq!(
+                is_true(&s.conditions, ConditionType::Reconciling),
                 reconciling,
                 "{what}: Reconciling"
             );
@@ -484,7 +498,7 @@ mod tests {
             attempted: false,
             interval: None,
             endpoint: None,
-            now: NOW,
+            now: &Time::test(0),
         });
         assert_eq!(s.clusters, Some(7));
         assert_eq!(s.last_successful_sync_time.as_deref(), Some("t0"));

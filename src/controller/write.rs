@@ -20,11 +20,11 @@ use super::lifecycle::mirror_shard;
 use super::mirror::Staleness;
 use super::state::{Listing, Settled, WorkspaceState, WriteTrouble};
 use super::{decide, plan, status};
+use crate::api::EventReason;
 use crate::api::{
     EmrRayCluster, EmrWorkspace, EndpointNetwork, LABEL_MANAGED_BY, LABEL_SHARD, LABEL_WORKSPACE,
     MANAGED_BY, Reason, WriteRefusal,
 };
-use crate::time::now_rfc3339;
 
 /// Plans and performs the mirror writes, and records what the API server refused.
 pub(super) async fn write_mirrors(
@@ -61,7 +61,7 @@ pub(super) async fn write_mirrors(
         .as_ref()
         .map(|t| t.refused.clone())
         .unwrap_or_default();
-    let now = now_rfc3339();
+    let now = crate::time::Time::now();
     let plan = plan::plan(&plan::Input {
         owner: &owner,
         listing: st.listing.as_deref(),
@@ -102,7 +102,7 @@ pub(super) async fn write_mirrors(
     st.write_trouble = next_write_trouble(
         st.write_trouble.take(),
         report,
-        (&now, Instant::now()),
+        (&now.to_string(), Instant::now()),
         backoff_cap,
         jitter,
     );
@@ -332,7 +332,7 @@ async fn report_conflicts(ctx: &Context, ws: &EmrWorkspace, conflicts: &[plan::C
         &ctx.recorder,
         &ws.object_ref(&()),
         EventType::Warning,
-        Reason::MirrorNameConflict.as_str(),
+        Reason::MirrorNameConflict,
         format!(
             "{} cluster(s) are already mirrored by another EmrWorkspace in this namespace \
              (the same remote workspace twice?): {}",
@@ -357,7 +357,7 @@ async fn report_write_trouble(
                 &ctx.recorder,
                 workspace,
                 EventType::Warning,
-                Reason::MirrorWriteFailed.as_str(),
+                Reason::MirrorWriteFailed,
                 format!(
                     "{} of {} mirrors not written ({}): {}",
                     t.failed, t.mirrors, t.refusal, t.message
@@ -370,7 +370,7 @@ async fn report_write_trouble(
                 &ctx.recorder,
                 workspace,
                 EventType::Normal,
-                "MirrorWritesRecovered",
+                EventReason::MirrorWritesRecovered,
                 format!("every mirror is written again (after {prev} refusals)"),
             )
             .await;
@@ -387,7 +387,7 @@ pub(super) async fn write_status(
     attempted: bool,
 ) -> Result<(), Error> {
     let prev = ws.status.clone().unwrap_or_default();
-    let now = now_rfc3339();
+    let now = crate::time::Time::now();
     let mut s = status::workspace_status(&status::Input {
         prev: &prev,
         generation: ws.meta().generation,
@@ -417,7 +417,7 @@ pub(super) async fn write_status(
         .get_or_create(&labels)
         .set(i64::from(crate::api::conditions::is_true(
             &s.conditions,
-            crate::api::conditions::READY,
+            crate::api::ConditionType::Ready,
         )));
     ctx.metrics
         .workspace_mirrors_unwritten
@@ -438,17 +438,21 @@ pub(super) async fn write_status(
     let api: Api<EmrWorkspace> = Api::namespaced(ctx.client.clone(), &labels.namespace);
     let _permit = ctx.write_limiter.wait().await;
     let body = serde_json::json!({ "status": s });
-    match apply::apply_ssa(&api, &ws.name_any(), body, true).await {
+    match apply::apply_ssa(&api, &ws.name_any(), body, apply::Subresource::Status).await {
         Ok(_) => {}
         // The workspace was deleted meanwhile.
         Err(kube::Error::Api(e)) if e.code == 404 => return Ok(()),
         Err(e) => {
             let refused = apply::Refused::from_error(&e);
-            ctx.metrics.count_refusal("emrworkspaces", refused.refusal);
+            ctx.metrics
+                .count_refusal(crate::metrics::KubeResource::EmrWorkspaces, refused.refusal);
             return Err(Error::StatusWrite(e));
         }
     }
-    ctx.metrics.count_write("emrworkspaces", "apply-status");
+    ctx.metrics.count_write(
+        crate::metrics::KubeResource::EmrWorkspaces,
+        crate::metrics::WriteOperation::ApplyStatus,
+    );
     Ok(())
 }
 

@@ -90,22 +90,71 @@ pub struct RayJob {
     pub dashboard_url: Option<String>,
 }
 
-/// The job states the SDK documents.
-pub const JOB_STATES: [&str; 8] = [
-    "Submitted",
-    "Pending",
-    "Running",
-    "Succeeded",
-    "Failed",
-    "Cancelling",
-    "Cancelled",
-    "Timeout",
-];
+/// The job states the SDK documents (a job mirror's `status.state` and condition reasons).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum JobState {
+    Submitted,
+    Pending,
+    Running,
+    Succeeded,
+    Failed,
+    Cancelling,
+    Cancelled,
+    Timeout,
+}
+
+impl JobState {
+    pub const ALL: [JobState; 8] = [
+        JobState::Submitted,
+        JobState::Pending,
+        JobState::Running,
+        JobState::Succeeded,
+        JobState::Failed,
+        JobState::Cancelling,
+        JobState::Cancelled,
+        JobState::Timeout,
+    ];
+
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            JobState::Submitted => "Submitted",
+            JobState::Pending => "Pending",
+            JobState::Running => "Running",
+            JobState::Succeeded => "Succeeded",
+            JobState::Failed => "Failed",
+            JobState::Cancelling => "Cancelling",
+            JobState::Cancelled => "Cancelled",
+            JobState::Timeout => "Timeout",
+        }
+    }
+
+    /// One of the documented states, by its exact name.
+    pub fn parse(s: &str) -> Option<Self> {
+        JobState::ALL.into_iter().find(|j| j.as_str() == s)
+    }
+}
+
+impl std::fmt::Display for JobState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl crate::api::reason::AsReason for JobState {
+    fn as_reason(self) -> &'static str {
+        self.as_str()
+    }
+}
 
 impl RayJob {
+    /// The job's documented state, if it has one.
+    pub fn state(&self) -> Option<JobState> {
+        self.status.as_deref().and_then(JobState::parse)
+    }
+
     /// The job ended unsuccessfully (`Failed` or `Timeout`).
     pub fn failed(&self) -> bool {
-        matches!(self.status.as_deref(), Some("Failed" | "Timeout"))
+        matches!(self.state(), Some(JobState::Failed | JobState::Timeout))
     }
 }
 

@@ -28,7 +28,7 @@ pub use credentials::{
     CredentialResolver, CredentialSource, Credentials, RrsaConfig, SecretString,
 };
 pub use error::{EmrError, ErrorKind};
-pub use job::{ACTION_LIST_RAY_JOB, RayJob, SubmitWindow};
+pub use job::{ACTION_LIST_RAY_JOB, JobState, RayJob, SubmitWindow};
 pub use model::*;
 pub use queues::{
     ACTION_LIST_WORKSPACE_QUEUES, ListWorkspaceQueuesResponse, QueueResources, WorkspaceQueue,

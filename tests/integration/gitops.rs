@@ -16,7 +16,9 @@ use std::process::Command;
 
 use emr_ray_operator::api::{Condition, EmrRayClusterStatus};
 use emr_ray_operator::controller::mirror::{Staleness, mirror_conditions};
-use emr_ray_operator::metrics::{CodeLabels, FailureLabels, Metrics, WorkspaceLabels};
+use emr_ray_operator::metrics::{
+    CodeLabels, FailureLabels, KubeResource, Metrics, WorkspaceLabels, WriteOperation,
+};
 use promql_parser::parser::Expr;
 use promql_parser::util::{ExprVisitor, walk_expr};
 use serde_json::{Value, json};
@@ -79,7 +81,7 @@ fn mirror(state: Option<&str>, gone: bool, stale: bool) -> Value {
         &[] as &[Condition],
         Some(1),
         staleness.as_ref(),
-        "2025-01-01T00:00:00Z",
+        "2025-01-01T00:00:00Z".parse().unwrap(),
     );
     json!({"apiVersion": "emr.aliyun.io/v1alpha1", "kind": "EmrRayCluster",
            "metadata": {"name": "ray-abc", "namespace": "ns", "generation": 1},
@@ -294,9 +296,9 @@ fn exported_metric_names() -> BTreeSet<String> {
     m.workspace_jobs_failed.get_or_create(&ws).set(1);
     m.workspace_mirrors_unwritten.get_or_create(&ws).set(0);
     m.workspace_suspended.get_or_create(&ws).set(0);
-    m.count_write("emrrayclusters", "apply");
+    m.count_write(KubeResource::EmrRayClusters, WriteOperation::Apply);
     m.count_refusal(
-        "emrrayclusters",
+        KubeResource::EmrRayClusters,
         emr_ray_operator::api::WriteRefusal::Forbidden,
     );
     m.count_reconcile_error("StatusWrite");
@@ -307,8 +309,8 @@ fn exported_metric_names() -> BTreeSet<String> {
             namespace: "ns".into(),
             workspace: "ws".into(),
             queue: "q".into(),
-            resource: "cpu".into(),
-            kind: "max".into(),
+            resource: emr_ray_operator::metrics::QueueResource::Cpu,
+            kind: emr_ray_operator::metrics::QueueFigure::Max,
         })
         .set(1.0);
     let text = m.encode();

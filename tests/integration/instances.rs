@@ -56,7 +56,7 @@ fn crashing_worker() -> ClusterDetail {
 fn stalled_message(m: &emr_ray_operator::api::EmrRayCluster) -> Option<String> {
     let s = m.status.as_ref()?;
     condition(&s.conditions, "Stalled")
-        .filter(|c| c.status == "True")
+        .filter(|c| c.status.as_str() == "True")
         .map(|c| c.message.clone())
 }
 
@@ -251,7 +251,7 @@ async fn a_failing_get_ray_cluster_keeps_the_mirror_and_is_retried() {
     assert_eq!(still.status.as_ref().unwrap().instances.len(), 2);
     let ws = env.status("prod").await;
     assert!(
-        condition(&ws.conditions, "Ready").is_some_and(|c| c.status == "True"),
+        condition(&ws.conditions, "Ready").is_some_and(|c| c.status.as_str() == "True"),
         "the workspace's listing is fine: {:?}",
         ws.conditions
     );

@@ -313,7 +313,7 @@ async fn jobs_are_mirrored_updated_pruned_and_never_pruned_by_a_bad_listing() {
     let ready = condition(&env.status("prod").await.conditions, "Ready")
         .cloned()
         .unwrap();
-    assert_eq!(ready.status, "True");
+    assert_eq!(ready.status.as_str(), "True");
 
     // A partial job listing (the server ends early: fewer jobs than its totalCount) deletes
     // nothing either.

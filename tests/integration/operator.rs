@@ -237,9 +237,15 @@ async fn state_changes_reach_the_mirror_with_events() {
         })
         .await;
     let s = m.status.unwrap();
-    assert_eq!(condition(&s.conditions, "Ready").unwrap().status, "False");
     assert_eq!(
-        condition(&s.conditions, "Reconciling").unwrap().status,
+        condition(&s.conditions, "Ready").unwrap().status.as_str(),
+        "False"
+    );
+    assert_eq!(
+        condition(&s.conditions, "Reconciling")
+            .unwrap()
+            .status
+            .as_str(),
         "True"
     );
 
@@ -255,7 +261,7 @@ async fn state_changes_reach_the_mirror_with_events() {
         .await;
     let s = m.status.unwrap();
     let stalled = condition(&s.conditions, "Stalled").unwrap();
-    assert_eq!(stalled.status, "True");
+    assert_eq!(stalled.status.as_str(), "True");
     assert_eq!(stalled.message, "insufficient quota in root_queue");
     assert!(condition(&s.conditions, "Reconciling").is_none());
 
@@ -455,10 +461,19 @@ async fn failed_listings_never_delete_or_change_mirrors() {
         if reason == "AuthenticationFailed" {
             assert_eq!(f.code.as_deref(), Some("SignatureDoesNotMatch"));
             assert!(f.request_id.is_some(), "{name}: request id kept");
-            assert_eq!(condition(&st.conditions, "Stalled").unwrap().status, "True");
+            assert_eq!(
+                condition(&st.conditions, "Stalled")
+                    .unwrap()
+                    .status
+                    .as_str(),
+                "True"
+            );
         } else {
             assert_eq!(
-                condition(&st.conditions, "Reconciling").unwrap().status,
+                condition(&st.conditions, "Reconciling")
+                    .unwrap()
+                    .status
+                    .as_str(),
                 "True",
                 "{name}"
             );
@@ -469,7 +484,7 @@ async fn failed_listings_never_delete_or_change_mirrors() {
             l.iter()
                 .all(|m| {
                     condition(&m.status.as_ref().unwrap().conditions, "Synced")
-                        .is_some_and(|c| c.status == "False" && c.reason == reason)
+                        .is_some_and(|c| c.status.as_str() == "False" && c.reason == reason)
                 })
                 .then_some(())
         })
@@ -504,7 +519,7 @@ async fn failed_listings_never_delete_or_change_mirrors() {
             (l.len() == 4
                 && l.iter().all(|m| {
                     condition(&m.status.as_ref().unwrap().conditions, "Synced")
-                        .is_some_and(|c| c.status == "True")
+                        .is_some_and(|c| c.status.as_str() == "True")
                 }))
             .then_some(())
         })
@@ -738,7 +753,7 @@ async fn credential_problems_give_clear_conditions() {
             Duration::from_secs(60),
         )
         .await;
-    assert!(condition(&st.conditions, "Stalled").is_some_and(|c| c.status == "True"));
+    assert!(condition(&st.conditions, "Stalled").is_some_and(|c| c.status.as_str() == "True"));
     assert!(
         condition(&st.conditions, "Ready")
             .unwrap()
@@ -959,7 +974,13 @@ async fn two_workspaces_for_one_remote_workspace_do_not_fight() {
         "{}",
         ready.message
     );
-    assert_eq!(condition(&st.conditions, "Stalled").unwrap().status, "True");
+    assert_eq!(
+        condition(&st.conditions, "Stalled")
+            .unwrap()
+            .status
+            .as_str(),
+        "True"
+    );
     let m = env.mirrors().get(EXAMPLE_CLUSTER).await.unwrap();
     assert_eq!(m.owner_references().len(), 1);
     assert_eq!(m.owner_references()[0].name, "first");

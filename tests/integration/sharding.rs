@@ -274,7 +274,7 @@ async fn wait_mirrored(
         let ready = status
             .conditions
             .iter()
-            .any(|c| c.type_ == "Ready" && c.status == "True");
+            .any(|c| c.type_.as_str() == "Ready" && c.status.as_str() == "True");
         (ids == *clusters && labelled && ready && status.clusters == Some(clusters.len() as i64))
             .then_some(())
     })

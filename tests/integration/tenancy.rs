@@ -137,7 +137,13 @@ async fn a_namespace_editor_cannot_borrow_identities_endpoints_or_mirrors() {
             Duration::from_secs(60),
         )
         .await;
-    assert_eq!(condition(&st.conditions, "Stalled").unwrap().status, "True");
+    assert_eq!(
+        condition(&st.conditions, "Stalled")
+            .unwrap()
+            .status
+            .as_str(),
+        "True"
+    );
     assert_eq!(env.sim.state.stats().requests, 0, "no remote call");
 
     // Granted by the admin: mirrored.
@@ -191,7 +197,13 @@ async fn a_namespace_editor_cannot_borrow_identities_endpoints_or_mirrors() {
             Duration::from_secs(60),
         )
         .await;
-    assert_eq!(condition(&st.conditions, "Stalled").unwrap().status, "True");
+    assert_eq!(
+        condition(&st.conditions, "Stalled")
+            .unwrap()
+            .status
+            .as_str(),
+        "True"
+    );
 
     // The remote workspace an EmrWorkspace names is immutable: its ID, and the endpoint it is
     // called at (explicit, or derived from the region and network).

@@ -25,7 +25,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use crate::support::*;
-use emr_ray_operator::api::{ANNOTATION_CLUSTER_ID, EmrRayCluster, EmrRayClusterStatus};
+use emr_ray_operator::api::{
+    ANNOTATION_CLUSTER_ID, ConditionStatus, EmrRayCluster, EmrRayClusterStatus,
+};
 use emr_ray_operator::controller::mirror::{mirror_name, remote_status};
 use emr_ray_operator::emr::text::MAX_CLUSTER_ID;
 use emr_ray_operator::emr::{ClusterState, HeadSpec, RayCluster, WorkerSpec};
@@ -154,7 +156,7 @@ fn diff_keys(got: &Value, want: &Value) -> Vec<String> {
 
 fn synced_of(m: &EmrRayCluster) -> Option<(String, String)> {
     let st = m.status.as_ref()?;
-    condition(&st.conditions, "Synced").map(|c| (c.status.clone(), c.reason.clone()))
+    condition(&st.conditions, "Synced").map(|c| (c.status.to_string(), c.reason.clone()))
 }
 
 /// What is wrong with mirror `m` of cluster `c`: its name, its data, `Synced`.
@@ -240,7 +242,7 @@ fn compare_with_snapshot(mirrors: &[EmrRayCluster], before: &Snapshot) -> Report
 
 fn ready_of(st: &emr_ray_operator::api::EmrWorkspaceStatus) -> (String, String) {
     condition(&st.conditions, "Ready")
-        .map(|c| (c.status.clone(), c.reason.clone()))
+        .map(|c| (c.status.to_string(), c.reason.clone()))
         .unwrap_or_default()
 }
 
@@ -1375,7 +1377,9 @@ async fn end_early_listing_keeps_every_mirror() {
             m.status
                 .as_ref()
                 .and_then(|s| condition(&s.conditions, "Synced"))
-                .is_some_and(|c| c.status == "False" && c.reason == "RemovalUnconfirmed")
+                .is_some_and(|c| {
+                    c.status == ConditionStatus::False && c.reason == "RemovalUnconfirmed"
+                })
         })
         .count();
     let st = env.status("ws").await;

@@ -109,7 +109,7 @@ async fn wait_policy(env: &Env, refused: bool) {
 
 fn ready_of(st: &EmrWorkspaceStatus) -> (String, String, String) {
     let c = condition(&st.conditions, "Ready").expect("Ready condition");
-    (c.status.clone(), c.reason.clone(), c.message.clone())
+    (c.status.to_string(), c.reason.clone(), c.message.clone())
 }
 
 async fn apiserver_mirror_writes(env: &Env) -> f64 {

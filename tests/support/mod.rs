@@ -5,7 +5,9 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use emr_ray_operator::api::{Condition, EmrRayCluster, EmrWorkspace, EmrWorkspaceStatus};
+use emr_ray_operator::api::{
+    Condition, ConditionType, EmrRayCluster, EmrWorkspace, EmrWorkspaceStatus,
+};
 use emr_ray_operator::metrics::Metrics;
 use emr_ray_operator::operator::{self, OperatorConfig};
 use emr_sim::{
@@ -287,7 +289,9 @@ impl Env {
         common::wait_for(timeout, &what, || async {
             let st = self.status(name).await;
             let ok = st.conditions.iter().any(|c| {
-                c.type_ == "Ready" && c.status == status && reason.is_none_or(|r| c.reason == r)
+                c.type_ == ConditionType::Ready
+                    && c.status.as_str() == status
+                    && reason.is_none_or(|r| c.reason == r)
             });
             ok.then_some(st)
         })
@@ -345,5 +349,5 @@ pub fn data_of(m: &EmrRayCluster) -> serde_json::Value {
 }
 
 pub fn condition<'a>(conds: &'a [Condition], type_: &str) -> Option<&'a Condition> {
-    conds.iter().find(|c| c.type_ == type_)
+    conds.iter().find(|c| c.type_.as_str() == type_)
 }

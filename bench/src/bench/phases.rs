@@ -405,7 +405,7 @@ pub(super) async fn apply_mirrors(
     let owner = json!({"apiVersion": EmrWorkspace::api_version(&()), "kind": "EmrWorkspace",
         "name": ws.name_any(), "uid": ws.uid(), "controller": true, "blockOwnerDeletion": true});
     let pp = PatchParams::apply(manager).force();
-    let now = emr_ray_operator::time::now_rfc3339();
+    let now = emr_ray_operator::time::Time::now();
     futures::stream::iter(clusters)
         .map(|c| {
             let (api, owner, pp, now) = (mirrors_api, &owner, &pp, &now);
@@ -417,7 +417,7 @@ pub(super) async fn apply_mirrors(
                             "regionId": ws.spec.region_id,"clusterId": c.cluster_id}});
                 let spec = api.patch(&name, pp, &Patch::Apply(&obj)).await;
                 let mut st = mirror::remote_status(&c);
-                st.conditions = mirror::mirror_conditions(&st, &[], Some(1), None, now);
+                st.conditions = mirror::mirror_conditions(&st, &[], Some(1), None, *now);
                 let obj = json!({"apiVersion":"emr.aliyun.io/v1alpha1","kind":"EmrRayCluster",
                     "metadata":{"name": name},"status": st});
                 let status = api.patch_status(&name, pp, &Patch::Apply(&obj)).await;

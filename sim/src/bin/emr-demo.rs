@@ -287,7 +287,7 @@ async fn wait_for_sync(
         let ready = st
             .conditions
             .iter()
-            .any(|c| c.type_ == "Ready" && c.status == "True");
+            .any(|c| c.type_.as_str() == "Ready" && c.status.as_str() == "True");
         if ready && st.clusters == Some(expected) {
             break;
         }

@@ -1,10 +1,11 @@
 //! Table tests of [`plan`]: one row per rule of the README's gone/keep and condition tables.
 
 use super::*;
-use crate::api::{ANNOTATION_CLUSTER_ID, EmrRayCluster, Reason};
+use crate::api::{ANNOTATION_CLUSTER_ID, ConditionStatus, ConditionType, EmrRayCluster, Reason};
 use crate::emr::{ClusterState, RayCluster};
 
-const NOW: &str = "2026-01-01T00:00:00Z";
+/// 2026-01-01T00:00:00Z.
+const NOW: &Time = &Time::test(1_767_225_600);
 
 fn owner(policy: GoneClusterPolicy) -> Owner {
     Owner {
@@ -45,7 +46,7 @@ fn mirror_object(o: &Owner, c: &RayCluster) -> EmrRayCluster {
     m.metadata.generation = Some(1);
     let mut st = mirror::remote_status(c);
     st.observed_generation = Some(1);
-    st.conditions = mirror::mirror_conditions(&st, &[], Some(1), None, NOW);
+    st.conditions = mirror::mirror_conditions(&st, &[], Some(1), None, *NOW);
     m.status = Some(st);
     m
 }
@@ -67,8 +68,12 @@ fn outcome(p: &Plan, id: &str) -> &'static str {
             Write::Apply(_) => "repair",
             Write::Status(s) if s.gone => "mark-gone",
             Write::Status(s) => {
-                let synced = s.conditions.iter().find(|c| c.type_ == "Synced").unwrap();
-                if synced.status == "False" {
+                let synced = s
+                    .conditions
+                    .iter()
+                    .find(|c| c.type_ == ConditionType::Synced)
+                    .unwrap();
+                if synced.status == ConditionStatus::False {
                     match synced.reason.as_str() {
                         "RemovalUnconfirmed" => "mark-unconfirmed",
                         _ => "mark-stale",
@@ -301,10 +306,14 @@ fn stale_marks_carry_the_failure_reason_and_keep_the_data() {
     let Write::Status(s) = &p.actions[0].write else {
         panic!("{:?}", p.actions[0].write)
     };
-    let synced = s.conditions.iter().find(|c| c.type_ == "Synced").unwrap();
+    let synced = s
+        .conditions
+        .iter()
+        .find(|c| c.type_ == ConditionType::Synced)
+        .unwrap();
     assert_eq!(
-        (synced.status.as_str(), synced.reason.as_str()),
-        ("False", "Throttled")
+        (synced.status, synced.reason.as_str()),
+        (ConditionStatus::False, "Throttled")
     );
     assert_eq!(s.state.as_deref(), Some("Running"));
     assert_eq!(s.display_name.as_deref(), Some("name-ray-a"));
@@ -525,7 +534,7 @@ fn instances_are_shown_kept_on_a_failed_fetch_and_dropped_when_healthy() {
     let stalled = |s: &EmrRayClusterStatus| {
         s.conditions
             .iter()
-            .find(|c| c.type_ == "Stalled" && c.status == "True")
+            .find(|c| c.type_ == ConditionType::Stalled && c.status == ConditionStatus::True)
             .map(|c| c.message.clone())
     };
     // An Error cluster whose instances were fetched: shown, and named by Stalled.

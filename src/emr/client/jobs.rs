@@ -57,7 +57,12 @@ impl EmrClient {
 
     /// Lists every job of `workspace_id` submitted in `window`, or fails; at most `max_jobs`
     /// (more fails the listing as `TooManyClusters`, which the controller reports as
-    /// `TooManyJobs`). Requests count against `budget`'s share like the cluster listing's.
+    /// `TooManyJobs`). Requests count against `budget`'s share like the cluster listing's. In a
+    /// span with the operation and the workspace, like the cluster listing.
+    #[tracing::instrument(
+        skip_all,
+        fields(operation = ACTION_LIST_RAY_JOB, namespace = budget, workspace = workspace_id)
+    )]
     pub async fn list_ray_jobs(
         &self,
         budget: Option<&str>,

@@ -344,7 +344,13 @@ impl EmrClient {
     }
 
     /// [`Self::list_ray_clusters`], with every request also counted against `budget`'s share
-    /// of the rate ([`ClientConfig::budget_share`]).
+    /// of the rate ([`ClientConfig::budget_share`]). In a span with the operation and the
+    /// workspace (and the budget key: the controller's is the namespace), which the lines
+    /// logged inside do not repeat.
+    #[tracing::instrument(
+        skip_all,
+        fields(operation = ACTION_LIST_RAY_CLUSTER, namespace = budget, workspace = workspace_id)
+    )]
     pub async fn list_ray_clusters_within(
         &self,
         budget: Option<&str>,
@@ -564,7 +570,6 @@ impl EmrClient {
                 Err((e, _)) => e,
             };
             tracing::debug!(
-                workspace = workspace_id,
                 page = page_num,
                 attempt,
                 code = outcome.code.as_str(),
@@ -659,7 +664,16 @@ impl EmrClient {
     /// and the listing timeout (retries included), its body capped at `max_body_bytes` and held
     /// in the bytes-in-flight budget while it is read, every attempt rate limited like a page
     /// (the `budget` key's share, the identity's rate), throttling and 5xx retried with backoff
-    /// (or the `x-acs-retry-after` asked for).
+    /// (or the `x-acs-retry-after` asked for). In a span like the listings', with the cluster.
+    #[tracing::instrument(
+        skip_all,
+        fields(
+            operation = ACTION_GET_RAY_CLUSTER,
+            namespace = budget,
+            workspace = workspace_id,
+            cluster = cluster_id
+        )
+    )]
     pub async fn get_ray_cluster_within(
         &self,
         budget: Option<&str>,
@@ -737,8 +751,6 @@ impl EmrClient {
                 Err((e, _)) => e,
             };
             tracing::debug!(
-                workspace = workspace_id,
-                cluster = cluster_id,
                 attempt,
                 code = outcome.code.as_str(),
                 request_id = err.request_id.as_deref().unwrap_or(""),

@@ -43,7 +43,16 @@ pub struct QueueListing {
 
 impl EmrClient {
     /// Lists every queue of `workspace_id`, or fails (see the module documentation). Requests
-    /// count against `budget`'s share of the rate like the cluster listing's.
+    /// count against `budget`'s share of the rate like the cluster listing's. In a span with the
+    /// operation and the workspace, like the cluster listing.
+    #[tracing::instrument(
+        skip_all,
+        fields(
+            operation = ACTION_LIST_WORKSPACE_QUEUES,
+            namespace = budget,
+            workspace = workspace_id
+        )
+    )]
     pub async fn list_workspace_queues_within(
         &self,
         budget: Option<&str>,
