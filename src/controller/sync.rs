@@ -532,7 +532,7 @@ async fn names_held_in_other_shards(
 
 /// The write trouble after a pass: `None` when nothing was refused; otherwise the refusal, with
 /// a backoff that grows with each consecutive refused pass.
-fn next_write_trouble(
+pub(super) fn next_write_trouble(
     prev: Option<WriteTrouble>,
     report: WriteReport,
     now: &str,
