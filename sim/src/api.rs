@@ -191,7 +191,7 @@ pub(super) fn injected_failure(st: &SimState, faults: &Faults, reply: &Reply) ->
         }
         return Some(r);
     }
-    if chance(faults.server_error_rate) {
+    if st.take_server_error() {
         st.bump(|s| s.faults_injected += 1);
         return Some(if rand::rng().random_bool(0.5) {
             reply.error(

@@ -128,6 +128,10 @@ pub struct Faults {
     /// Fraction of requests answered 500 `InternalError` / 503 `ServiceUnavailable`.
     #[serde(alias = "server_error_rate")]
     pub server_error_rate: f64,
+    /// The next N (authenticated) requests are answered 500 / 503, before `serverErrorRate`
+    /// applies (a test that must see a server error does not depend on chance).
+    #[serde(alias = "server_error_next")]
+    pub server_error_next: u32,
     /// Fraction of requests answered 400 `Throttling.User`.
     #[serde(alias = "throttle_rate")]
     pub throttle_rate: f64,
@@ -276,6 +280,8 @@ mod tests {
         let f: Faults =
             serde_json::from_str(r#"{"throttle_next":2,"latencyMs":5,"endEarly":true}"#).unwrap();
         assert_eq!((f.throttle_next, f.latency_ms, f.end_early), (2, 5, true));
+        let f: Faults = serde_json::from_str(r#"{"serverErrorNext":3}"#).unwrap();
+        assert_eq!(f.server_error_next, 3);
         let v = serde_json::to_value(&f).unwrap();
         assert_eq!(v["throttleNext"], 2);
     }

@@ -329,6 +329,18 @@ impl SimState {
         }
     }
 
+    /// Whether this request is answered with a server error: one of the next
+    /// `serverErrorNext`, else by `serverErrorRate`.
+    pub(super) fn take_server_error(&self) -> bool {
+        let mut f = lock(&self.0.faults);
+        if f.server_error_next > 0 {
+            f.server_error_next -= 1;
+            true
+        } else {
+            chance(f.server_error_rate)
+        }
+    }
+
     /// Page `page_num` (from 1) of `page_size` clusters, as bent by the `repeatPage` and
     /// `endEarly` faults; `None` for an unknown workspace.
     pub(super) fn page(

@@ -283,22 +283,52 @@ pub fn helm_path() -> PathBuf {
     bin
 }
 
-/// Poll `f` every 250ms until it returns `Some`, panicking with `what` after `timeout`.
+/// How often [`wait_for`] and [`wait_until`] look.
+pub const POLL_EVERY: Duration = Duration::from_millis(250);
+
+/// The tests' one poll loop: calls `f` every `every` until it returns `Ok`, for at most
+/// `timeout` (`f` is called at least once, and once more at the deadline). `Err` carries the
+/// last value `f` saw, for the caller's message on timeout.
+pub async fn poll<F, Fut, T, E>(timeout: Duration, every: Duration, mut f: F) -> Result<T, E>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<T, E>>,
+{
+    let deadline = tokio::time::Instant::now() + timeout;
+    loop {
+        match f().await {
+            Ok(v) => return Ok(v),
+            Err(last) if tokio::time::Instant::now() >= deadline => return Err(last),
+            Err(_) => tokio::time::sleep(every).await,
+        }
+    }
+}
+
+/// Polls `f` every 250ms until it returns `Some`, panicking with `what` after `timeout`.
 pub async fn wait_for<F, Fut, T>(timeout: Duration, what: &str, mut f: F) -> T
 where
     F: FnMut() -> Fut,
     Fut: Future<Output = Option<T>>,
 {
-    let deadline = tokio::time::Instant::now() + timeout;
-    loop {
-        if let Some(v) = f().await {
-            return v;
-        }
-        if tokio::time::Instant::now() >= deadline {
-            panic!("timed out after {timeout:?} waiting for {what}");
-        }
-        tokio::time::sleep(Duration::from_millis(250)).await;
-    }
+    poll(timeout, POLL_EVERY, || {
+        let seen = f();
+        async move { seen.await.ok_or(()) }
+    })
+    .await
+    .unwrap_or_else(|()| panic!("timed out after {timeout:?} waiting for {what}"))
+}
+
+/// [`wait_for`] whose `f` says what it saw when not done (`Err(seen)`): the panic after
+/// `timeout` shows the last of it.
+pub async fn wait_until<F, Fut, T, D>(timeout: Duration, what: &str, f: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<T, D>>,
+    D: std::fmt::Debug,
+{
+    poll(timeout, POLL_EVERY, f).await.unwrap_or_else(|last| {
+        panic!("timed out after {timeout:?} waiting for {what}; last seen: {last:?}")
+    })
 }
 
 /// A namespace owned by one test.
