@@ -280,9 +280,9 @@ mod tests {
         let f: Faults =
             serde_json::from_str(r#"{"throttle_next":2,"latencyMs":5,"endEarly":true}"#).unwrap();
         assert_eq!((f.throttle_next, f.latency_ms, f.end_early), (2, 5, true));
-        let f: Faults = serde_json::from_str(r#"{"serverErrorNext":3}"#).unwrap();
-        assert_eq!(f.server_error_next, 3);
         let v = serde_json::to_value(&f).unwrap();
         assert_eq!(v["throttleNext"], 2);
+        let f: Faults = serde_json::from_str(r#"{"serverErrorNext":3}"#).unwrap();
+        assert_eq!(f.server_error_next, 3);
     }
 }
