@@ -372,6 +372,18 @@ mod tests {
     use crate::DEFAULT_WORKSPACE;
 
     #[test]
+    fn the_next_server_errors_are_certain() {
+        let st = SimState::new(&SimConfig::with_default_fixture());
+        st.set_faults(Faults {
+            server_error_next: 2,
+            ..Default::default()
+        });
+        let taken: Vec<bool> = (0..3).map(|_| st.take_server_error()).collect();
+        // Then `serverErrorRate` (0) decides.
+        assert_eq!(taken, [true, true, false]);
+    }
+
+    #[test]
     fn state_ops() {
         let st = SimState::new(&SimConfig::with_default_fixture());
         let id = "ray-uiulpgow9xljimm1";
