@@ -48,6 +48,7 @@ pub(super) async fn api(State(st): State<SimState>, req: Request) -> Response {
         return sts_assume_role_with_oidc(&st, &body, &reply);
     }
 
+    st.bump(|s| s.arrived += 1);
     let faults = st.faults();
     if faults.latency_ms > 0 {
         tokio::time::sleep(Duration::from_millis(faults.latency_ms)).await;

@@ -176,8 +176,12 @@ impl Faults {
 #[derive(Clone, Debug, Default, Serialize)]
 #[serde(rename_all = "camelCase")]
 pub struct SimStats {
-    /// API requests (admin excluded), whatever their outcome.
+    /// API requests (admin excluded), whatever their outcome, counted once answered (after the
+    /// latency fault).
     pub requests: u64,
+    /// API requests received (admin and STS excluded), counted on arrival, before the latency
+    /// fault: a test sees a request in flight.
+    pub arrived: u64,
     pub by_workspace: BTreeMap<String, u64>,
     /// API requests by action (`ListRayCluster`, `GetRayCluster`, `ListRayJob`, ...), whatever
     /// their outcome.

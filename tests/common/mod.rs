@@ -318,6 +318,20 @@ where
     .unwrap_or_else(|()| panic!("timed out after {timeout:?} waiting for {what}"))
 }
 
+/// Runs `check` (which asserts) on every poll for `window`: for "nothing happens" assertions,
+/// which have no event to wait for. The caller says why `window` is long enough.
+pub async fn hold_for<F, Fut>(window: Duration, mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = ()>,
+{
+    let _ = poll(window, POLL_EVERY, || {
+        let checked = check();
+        async move { Err::<(), ()>(checked.await) }
+    })
+    .await;
+}
+
 /// [`wait_for`] whose `f` says what it saw when not done (`Err(seen)`): the panic after
 /// `timeout` shows the last of it.
 pub async fn wait_until<F, Fut, T, D>(timeout: Duration, what: &str, f: F) -> T

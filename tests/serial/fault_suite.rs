@@ -238,12 +238,6 @@ fn compare_with_snapshot(mirrors: &[EmrRayCluster], before: &Snapshot) -> Report
     r
 }
 
-fn ready_of(st: &emr_ray_operator::api::EmrWorkspaceStatus) -> (String, String) {
-    condition(&st.conditions, "Ready")
-        .map(|c| (c.status.clone(), c.reason.clone()))
-        .unwrap_or_default()
-}
-
 /// Waits until every workspace `(name, remote id)` is Ready=True/Synced with the right cluster
 /// count and its mirrors match the simulator exactly (see [`compare_with_truth`]). While
 /// waiting, every Ready condition seen must be one of `allowed` (when given): conditions must
@@ -262,7 +256,8 @@ async fn converge(
             let truth = env.sim.state.clusters(id);
             r.merge(compare_with_truth(&mirrors, name, &truth));
             let st = env.status(name).await;
-            let ready = ready_of(&st);
+            let (status, reason, _) = ready_of(&st);
+            let ready = (status, reason);
             if let Some(allowed) = allowed {
                 assert!(
                     allowed
@@ -289,19 +284,6 @@ async fn converge(
         Ok(r) => record(&r),
         Err(r) => assert_ok(&format!("{label} (timed out after {timeout:?})"), r),
     }
-}
-
-/// Writes to `emrrayclusters` in a Prometheus text exposition of the operator's metrics.
-fn mirror_writes_in(metrics_text: &str) -> u64 {
-    common::metric_sum(
-        metrics_text,
-        "emr_ray_operator_kube_writes_total",
-        &[("resource", "emrrayclusters")],
-    ) as u64
-}
-
-fn mirror_writes(op: &Operator) -> u64 {
-    mirror_writes_in(&op.metrics.encode())
 }
 
 /// Mirror writes `op` could not send (the API server unreachable).
@@ -476,9 +458,10 @@ async fn remote_faults() {
     let ready_stays_true = || async {
         for (name, _) in &wss {
             let st = env.status(name).await;
+            let (status, reason, _) = ready_of(&st);
             assert_eq!(
-                ready_of(&st),
-                ("True".to_string(), "Synced".to_string()),
+                (status.as_str(), reason.as_str()),
+                ("True", "Synced"),
                 "short throttling burst: workspace {name} {st:?}"
             );
         }
@@ -495,16 +478,7 @@ async fn remote_faults() {
     // ...then for a window: a "never leaves True" has no event to wait for. The throttled
     // listings retry after the 1 s retry-after and finish within ~3 s of the last throttle; 6 s
     // covers them with a margin.
-    let window = Instant::now() + Duration::from_secs(6);
-    common::wait_for(
-        Duration::from_secs(10),
-        "the end of the throttling window",
-        || async {
-            ready_stays_true().await;
-            (Instant::now() >= window).then_some(())
-        },
-    )
-    .await;
+    common::hold_for(Duration::from_secs(6), ready_stays_true).await;
     assert_eq!(env.sim.state.stats().faults_injected, f0 + 3);
     converge(
         &env,
@@ -698,7 +672,7 @@ async fn apiserver_restart_mid_sync() {
     common::wait_for(
         Duration::from_secs(60),
         "the first mirror writes",
-        || async { (mirror_writes(&env.operators[0]) >= 40).then_some(()) },
+        || async { (env.operators[0].writes_to("emrrayclusters") >= 40).then_some(()) },
     )
     .await;
     let t = Instant::now();
@@ -709,7 +683,7 @@ async fn apiserver_restart_mid_sync() {
     })
     .await
     .unwrap();
-    let writes_at_stop = mirror_writes(&env.operators[0]);
+    let writes_at_stop = env.operators[0].writes_to("emrrayclusters");
     add_faults(1);
     println!(
         "fault suite: apiserver restart: stopped after {writes_at_stop} mirror writes (in {:.1}s)",
@@ -760,7 +734,7 @@ async fn apiserver_restart_mid_sync() {
         "the operator stopped after the API server restart"
     );
     // Its caches follow the API server again: a further sync writes no mirror.
-    let w0 = mirror_writes(&env.operators[0]);
+    let w0 = env.operators[0].writes_to("emrrayclusters");
     let before = snapshot(&env.mirror_list().await);
     env.wait_next_sync(0, "ws", Duration::from_secs(40)).await;
     // What changed, if anything, before how many writes it took.
@@ -769,7 +743,7 @@ async fn apiserver_restart_mid_sync() {
         compare_with_snapshot(&env.mirror_list().await, &before),
     );
     assert_eq!(
-        mirror_writes(&env.operators[0]),
+        env.operators[0].writes_to("emrrayclusters"),
         w0,
         "mirror writes after convergence"
     );
@@ -829,7 +803,7 @@ impl OperatorProcess {
     }
 
     async fn mirror_writes(&self) -> Option<u64> {
-        Some(mirror_writes_in(&self.metrics_text().await?))
+        Some(writes_in(&self.metrics_text().await?, "emrrayclusters"))
     }
 
     fn kill(&mut self) {
@@ -928,7 +902,7 @@ async fn operator_killed_mid_sync() {
             let sum = |name| common::metric_sum(&text, name, &[("workspace", "ws")]);
             let idle = sum("emr_ray_operator_sync_attempts_total")
                 == sum("emr_ray_operator_sync_duration_seconds_count");
-            idle.then(|| mirror_writes_in(&text))
+            idle.then(|| writes_in(&text, "emrrayclusters"))
         },
     )
     .await;
@@ -1142,10 +1116,10 @@ async fn odd_remote_data() {
 
     // Nothing flaps: a further sync rewrites no mirror.
     let before = snapshot(&mirrors);
-    let w0 = mirror_writes(&env.operators[0]);
+    let w0 = env.operators[0].writes_to("emrrayclusters");
     env.wait_next_sync(0, "odd", Duration::from_secs(40)).await;
     assert_eq!(
-        mirror_writes(&env.operators[0]),
+        env.operators[0].writes_to("emrrayclusters"),
         w0,
         "mirror writes on an unchanged listing"
     );
@@ -1238,7 +1212,7 @@ async fn leader_failover_with_faults() {
     a.stop().await;
     add_faults(1);
     let faults_at_stop = env.sim.state.stats().faults_injected;
-    let a_writes = mirror_writes_in(&a_metrics.encode());
+    let a_writes = writes_in(&a_metrics.encode(), "emrrayclusters");
     // Until the new leader has written the changes, poll that no mirror disappears.
     let t = Instant::now();
     common::wait_until(
@@ -1276,7 +1250,7 @@ async fn leader_failover_with_faults() {
         t.elapsed().as_secs_f64()
     );
     assert_eq!(
-        mirror_writes_in(&a_metrics.encode()),
+        writes_in(&a_metrics.encode(), "emrrayclusters"),
         a_writes,
         "the stopped leader wrote"
     );

@@ -7,7 +7,6 @@
 
 use std::time::{Duration, Instant};
 
-use emr_ray_operator::api::EmrWorkspaceStatus;
 use emr_ray_operator::emr::{ClusterState, RayCluster};
 use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
 use kube::core::{ApiResource, DynamicObject, GroupVersionKind};
@@ -107,18 +106,6 @@ async fn wait_policy(env: &Env, refused: bool) {
     .await
 }
 
-fn ready_of(st: &EmrWorkspaceStatus) -> (String, String, String) {
-    let c = condition(&st.conditions, "Ready").expect("Ready condition");
-    (c.status.clone(), c.reason.clone(), c.message.clone())
-}
-
-async fn apiserver_mirror_writes(env: &Env) -> f64 {
-    common::count_write_requests(
-        &common::apiserver_metrics(&env.client).await,
-        "emrrayclusters",
-    )
-}
-
 fn deny_cluster(i: usize) -> RayCluster {
     RayCluster {
         cluster_id: format!("ray-deny-{i}"),
@@ -154,7 +141,7 @@ async fn refused_mirror_writes_are_reported_bounded_and_recovered() {
     // 1. Every mirror write refused.
     refuse_mirrors(&env, "false").await;
     common::wait_no_namespace_terminating(&env.client).await;
-    let writes0 = apiserver_mirror_writes(&env).await;
+    let writes0 = apiserver_mirror_writes(&env.client).await;
     let listings0 = cluster_listings(&env);
     let t0 = Instant::now();
     env.create_workspace("ws", json!({})).await;
@@ -187,7 +174,7 @@ async fn refused_mirror_writes_are_reported_bounded_and_recovered() {
         env.wait_next_sync(0, "ws", Duration::from_secs(40)).await;
     }
     let elapsed = t0.elapsed();
-    let refused = apiserver_mirror_writes(&env).await - writes0;
+    let refused = apiserver_mirror_writes(&env.client).await - writes0;
     let intervals = elapsed.as_secs_f64() / 10.0;
     // The bound: the first pass stops after its first refusal (at most one write per concurrent
     // slot, 16, was already in flight); every later pass, one interval or backoff apart, sends

@@ -6,6 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use emr_ray_operator::api::{Condition, EmrRayCluster, EmrWorkspace, EmrWorkspaceStatus};
+use emr_ray_operator::emr::Credentials;
 use emr_ray_operator::metrics::Metrics;
 use emr_ray_operator::operator::{self, OperatorConfig};
 use emr_sim::{
@@ -21,6 +22,22 @@ use crate::common::{self, TestNamespace};
 
 pub const WS: &str = DEFAULT_WORKSPACE;
 pub const EXAMPLE_CLUSTER: &str = "ray-uiulpgow9xljimm1";
+
+/// The EMR simulator on a loopback port, serving the reference example.
+pub async fn sim() -> SimHandle {
+    Simulator::start(SimConfig::with_default_fixture())
+        .await
+        .expect("simulator starts")
+}
+
+/// The simulator's default credentials.
+#[allow(
+    dead_code,
+    reason = "the serial tests reach the simulator through the operator only"
+)]
+pub fn creds() -> Credentials {
+    Credentials::new(DEFAULT_ACCESS_KEY_ID, DEFAULT_ACCESS_KEY_SECRET)
+}
 
 pub struct Env {
     pub ns: TestNamespace,
@@ -48,10 +65,7 @@ impl Operator {
 
     /// Writes of this replica to `resource` (`emrrayclusters`, `emrworkspaces`).
     pub fn writes_to(&self, resource: &str) -> u64 {
-        self.metric(
-            "emr_ray_operator_kube_writes_total",
-            &[("resource", resource)],
-        ) as u64
+        writes_in(&self.metrics.encode(), resource)
     }
 
     /// Sum of this replica's samples of `name` with the labels of `filter`.
@@ -68,6 +82,16 @@ impl Operator {
     pub fn reconciles(&self) -> u64 {
         self.metric("emr_ray_operator_reconciles_total", &[]) as u64
     }
+}
+
+/// The operator's Kubernetes writes to `resource` in the text of its metrics (of a replica in
+/// this process: [`Operator::writes_to`]; of an operator process: its `/metrics`).
+pub fn writes_in(metrics_text: &str, resource: &str) -> u64 {
+    common::metric_sum(
+        metrics_text,
+        "emr_ray_operator_kube_writes_total",
+        &[("resource", resource)],
+    ) as u64
 }
 
 pub fn operator_config(ns: &str) -> OperatorConfig {
@@ -110,9 +134,7 @@ impl Env {
     pub async fn on(client: kube::Client, prefix: &str) -> Env {
         let ns = TestNamespace::create_on(client.clone(), prefix).await;
         common::install_crds(&client).await;
-        let sim = Simulator::start(SimConfig::with_default_fixture())
-            .await
-            .expect("simulator starts");
+        let sim = sim().await;
         let env = Env {
             ns,
             client,
@@ -193,8 +215,11 @@ impl Env {
     /// workspace would be synced) and before a test relies on `--cascade=orphan`.
     pub async fn wait_garbage_collector_watches_crds(&self) {
         let mirrors = self.mirrors();
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(180);
-        for attempt in 1.. {
+        let attempts = std::sync::atomic::AtomicU32::new(0);
+        // Each attempt is a probe of its own; between them the collector gets 5 s to learn
+        // the resource.
+        let probe = || async {
+            let attempt = attempts.fetch_add(1, std::sync::atomic::Ordering::SeqCst) + 1;
             let name = format!("gc-probe-{attempt}");
             self.create_workspace(&name, json!({"workspaceId": format!("w-{name}")}))
                 .await;
@@ -239,15 +264,17 @@ impl Env {
                 .await;
             let _ = mirrors.delete(&name, &Default::default()).await;
             if orphaned {
-                return;
+                Ok(())
+            } else {
+                eprintln!("garbage-collector probe {attempt}: the probe mirror was not orphaned");
+                Err(attempt)
             }
-            eprintln!("garbage-collector probe {attempt}: the probe mirror was not orphaned");
-            assert!(
-                tokio::time::Instant::now() < deadline,
-                "the garbage collector never orphaned a probe mirror ({attempt} attempts)"
-            );
-            tokio::time::sleep(Duration::from_secs(5)).await;
-        }
+        };
+        common::poll(Duration::from_secs(180), Duration::from_secs(5), probe)
+            .await
+            .unwrap_or_else(|n| {
+                panic!("the garbage collector never orphaned a probe mirror ({n} attempts)")
+            });
     }
 
     pub fn workspaces(&self) -> Api<EmrWorkspace> {
@@ -342,6 +369,26 @@ pub fn data_of(m: &EmrRayCluster) -> serde_json::Value {
         conds.retain(|c| c["type"] != "Synced");
     }
     s
+}
+
+/// The workspace's Ready condition: (status, reason, message); empty when it has none.
+pub fn ready_of(st: &EmrWorkspaceStatus) -> (String, String, String) {
+    condition(&st.conditions, "Ready")
+        .map(|c| (c.status.clone(), c.reason.clone(), c.message.clone()))
+        .unwrap_or_default()
+}
+
+/// Writes to `emrrayclusters` the API server has seen, of the kinds the operator sends.
+/// DELETECOLLECTION is left out: only the namespace controller sends it, once per resource type
+/// for every namespace it cleans up, mirrors or not.
+#[allow(
+    dead_code,
+    reason = "only the serial tests, which run alone, count the API server's writes"
+)]
+pub async fn apiserver_mirror_writes(client: &kube::Client) -> f64 {
+    let metrics = common::apiserver_metrics(client).await;
+    common::count_write_requests(&metrics, "emrrayclusters")
+        - common::count_requests(&metrics, "DELETECOLLECTION", "emrrayclusters")
 }
 
 pub fn condition<'a>(conds: &'a [Condition], type_: &str) -> Option<&'a Condition> {
