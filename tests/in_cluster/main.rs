@@ -9,7 +9,9 @@
 //! (`make image`); `make test` provides both and runs it with `--ignored` (it is ignored in the
 //! plain `cargo test` run, which has no node).
 
-#[path = "../common/mod.rs"]
+// The helpers every test binary shares (not the namespaces, CRDs and API server metrics of
+// `common/mod.rs`: this test runs against the chart as installed).
+#[path = "../common/base.rs"]
 mod common;
 mod image;
 

@@ -256,7 +256,7 @@ async fn converge(
             let truth = env.sim.state.clusters(id);
             r.merge(compare_with_truth(&mirrors, name, &truth));
             let st = env.status(name).await;
-            let (status, reason, _) = ready_of(&st);
+            let (status, reason, _) = crate::ready_of(&st);
             let ready = (status, reason);
             if let Some(allowed) = allowed {
                 assert!(
@@ -346,7 +346,7 @@ async fn run_lane(lane: &'static [Scenario]) -> Vec<(&'static str, Duration, Res
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn fault_suite() {
-    let _serial = common::serial().await;
+    let _serial = crate::serial().await;
     let t = Instant::now();
     let (a, b) = tokio::join!(
         tokio::spawn(run_lane(LANE_A)),
@@ -458,7 +458,7 @@ async fn remote_faults() {
     let ready_stays_true = || async {
         for (name, _) in &wss {
             let st = env.status(name).await;
-            let (status, reason, _) = ready_of(&st);
+            let (status, reason, _) = crate::ready_of(&st);
             assert_eq!(
                 (status.as_str(), reason.as_str()),
                 ("True", "Synced"),
@@ -1364,7 +1364,7 @@ async fn end_early_once() {
 /// removals seen in a listing that ends exactly on a page boundary: no mirror may be lost.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn end_early_listing_keeps_every_mirror() {
-    let _serial = common::serial().await;
+    let _serial = crate::serial().await;
     let mut env = Env::new("fault-early").await;
     env.sim.state.generate(WS, 149, "early");
     env.create_workspace("ws", json!({})).await;
@@ -1406,7 +1406,7 @@ async fn end_early_listing_keeps_every_mirror() {
     record(&during);
     println!(
         "fault suite: end early: workspace Ready={:?} clusters={:?}; mirrors: {}",
-        ready_of(&st),
+        crate::ready_of(&st),
         st.clusters,
         during.describe()
     );

@@ -1,6 +1,5 @@
 //! Operator test environment shared by the end-to-end test files: a test namespace on the real
 //! control plane, the EMR simulator on a loopback port, and the operator running in-process.
-#![allow(dead_code)]
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -74,13 +73,9 @@ impl Operator {
     }
 
     /// Remote listings this replica attempted for workspace `ws` (all namespaces).
+    #[allow(dead_code, reason = "not used by the serial tests")]
     pub fn sync_attempts(&self, ws: &str) -> u64 {
         self.metric("emr_ray_operator_sync_attempts_total", &[("workspace", ws)]) as u64
-    }
-
-    /// Reconciliations this replica ran.
-    pub fn reconciles(&self) -> u64 {
-        self.metric("emr_ray_operator_reconciles_total", &[]) as u64
     }
 }
 
@@ -213,6 +208,7 @@ impl Env {
     /// `emrrayclusters` loses its orphan finalizer with the mirrors still owned, and they are
     /// then collected as garbage instead. Call this before the operator starts (the probe
     /// workspace would be synced) and before a test relies on `--cascade=orphan`.
+    #[allow(dead_code, reason = "not used by the serial tests")]
     pub async fn wait_garbage_collector_watches_crds(&self) {
         let mirrors = self.mirrors();
         let attempts = std::sync::atomic::AtomicU32::new(0);
@@ -369,26 +365,6 @@ pub fn data_of(m: &EmrRayCluster) -> serde_json::Value {
         conds.retain(|c| c["type"] != "Synced");
     }
     s
-}
-
-/// The workspace's Ready condition: (status, reason, message); empty when it has none.
-pub fn ready_of(st: &EmrWorkspaceStatus) -> (String, String, String) {
-    condition(&st.conditions, "Ready")
-        .map(|c| (c.status.clone(), c.reason.clone(), c.message.clone()))
-        .unwrap_or_default()
-}
-
-/// Writes to `emrrayclusters` the API server has seen, of the kinds the operator sends.
-/// DELETECOLLECTION is left out: only the namespace controller sends it, once per resource type
-/// for every namespace it cleans up, mirrors or not.
-#[allow(
-    dead_code,
-    reason = "only the serial tests, which run alone, count the API server's writes"
-)]
-pub async fn apiserver_mirror_writes(client: &kube::Client) -> f64 {
-    let metrics = common::apiserver_metrics(client).await;
-    common::count_write_requests(&metrics, "emrrayclusters")
-        - common::count_requests(&metrics, "DELETECOLLECTION", "emrrayclusters")
 }
 
 pub fn condition<'a>(conds: &'a [Condition], type_: &str) -> Option<&'a Condition> {
