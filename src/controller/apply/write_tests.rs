@@ -714,3 +714,17 @@ async fn write_trouble_backs_off_probes_and_clears() {
     assert_eq!((report.created, report.failed), (2, 0));
     assert!(next_write_trouble(Some(t2), report, "t3", cap).is_none());
 }
+
+#[tokio::test]
+async fn a_creation_that_finds_its_object_takes_it_over_without_a_status_write() {
+    // The API server has the mirror (labelled for another shard, say); this replica's watch has
+    // not shown it, so the plan creates it.
+    let h = Harness::with(vec![mirror("c-1", "Running")], vec![], accept_all());
+    let report = h.apply(plan(vec![create("c-1")]), false).await;
+    assert_eq!((report.created, report.failed), (0, 0), "{report:?}");
+    let seen = h.take();
+    assert_eq!(seen.len(), 1, "the object write only: {seen:#?}");
+    assert!(seen[0].on(Method::PATCH, "m-c-1", ""));
+    assert_ssa(&seen[0], "m-c-1");
+    assert_eq!((h.writes("apply"), h.writes("apply-status")), (1, 0));
+}
