@@ -48,6 +48,7 @@ pub(super) async fn api(State(st): State<SimState>, req: Request) -> Response {
         return sts_assume_role_with_oidc(&st, &body, &reply);
     }
 
+    st.bump(|s| s.arrived += 1);
     let faults = st.faults();
     if faults.latency_ms > 0 {
         tokio::time::sleep(Duration::from_millis(faults.latency_ms)).await;
@@ -191,7 +192,7 @@ pub(super) fn injected_failure(st: &SimState, faults: &Faults, reply: &Reply) ->
         }
         return Some(r);
     }
-    if chance(faults.server_error_rate) {
+    if st.take_server_error() {
         st.bump(|s| s.faults_injected += 1);
         return Some(if rand::rng().random_bool(0.5) {
             reply.error(

@@ -128,6 +128,10 @@ pub struct Faults {
     /// Fraction of requests answered 500 `InternalError` / 503 `ServiceUnavailable`.
     #[serde(alias = "server_error_rate")]
     pub server_error_rate: f64,
+    /// The next N (authenticated) requests are answered 500 / 503, before `serverErrorRate`
+    /// applies (a test that must see a server error does not depend on chance).
+    #[serde(alias = "server_error_next")]
+    pub server_error_next: u32,
     /// Fraction of requests answered 400 `Throttling.User`.
     #[serde(alias = "throttle_rate")]
     pub throttle_rate: f64,
@@ -172,8 +176,12 @@ impl Faults {
 #[derive(Clone, Debug, Default, Serialize)]
 #[serde(rename_all = "camelCase")]
 pub struct SimStats {
-    /// API requests (admin excluded), whatever their outcome.
+    /// API requests (admin excluded), whatever their outcome, counted once answered (after the
+    /// latency fault).
     pub requests: u64,
+    /// API requests received (admin and STS excluded), counted on arrival, before the latency
+    /// fault: a test sees a request in flight.
+    pub arrived: u64,
     pub by_workspace: BTreeMap<String, u64>,
     /// API requests by action (`ListRayCluster`, `GetRayCluster`, `ListRayJob`, ...), whatever
     /// their outcome.
@@ -278,5 +286,7 @@ mod tests {
         assert_eq!((f.throttle_next, f.latency_ms, f.end_early), (2, 5, true));
         let v = serde_json::to_value(&f).unwrap();
         assert_eq!(v["throttleNext"], 2);
+        let f: Faults = serde_json::from_str(r#"{"serverErrorNext":3}"#).unwrap();
+        assert_eq!(f.server_error_next, 3);
     }
 }

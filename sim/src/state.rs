@@ -329,6 +329,18 @@ impl SimState {
         }
     }
 
+    /// Whether this request is answered with a server error: one of the next
+    /// `serverErrorNext`, else by `serverErrorRate`.
+    pub(super) fn take_server_error(&self) -> bool {
+        let mut f = lock(&self.0.faults);
+        if f.server_error_next > 0 {
+            f.server_error_next -= 1;
+            true
+        } else {
+            chance(f.server_error_rate)
+        }
+    }
+
     /// Page `page_num` (from 1) of `page_size` clusters, as bent by the `repeatPage` and
     /// `endEarly` faults; `None` for an unknown workspace.
     pub(super) fn page(
@@ -358,6 +370,18 @@ impl SimState {
 mod tests {
     use super::*;
     use crate::DEFAULT_WORKSPACE;
+
+    #[test]
+    fn the_next_server_errors_are_certain() {
+        let st = SimState::new(&SimConfig::with_default_fixture());
+        st.set_faults(Faults {
+            server_error_next: 2,
+            ..Default::default()
+        });
+        let taken: Vec<bool> = (0..3).map(|_| st.take_server_error()).collect();
+        // Then `serverErrorRate` (0) decides.
+        assert_eq!(taken, [true, true, false]);
+    }
 
     #[test]
     fn state_ops() {

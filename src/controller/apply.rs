@@ -558,6 +558,9 @@ pub async fn publish(
 }
 
 #[cfg(test)]
+mod write_tests;
+
+#[cfg(test)]
 mod tests {
     use super::*;
     use crate::api::EmrWorkspace;

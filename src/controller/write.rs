@@ -284,7 +284,7 @@ async fn names_held_in_other_shards(
 /// The write trouble after a pass: `None` when nothing was refused; otherwise the refusal, with
 /// a backoff that grows with each consecutive refused pass, lengthened by `jitter` (drawn by
 /// the caller). `now`/`at`: the time as status shows it and as the clock measures it. Pure.
-fn next_write_trouble(
+pub(super) fn next_write_trouble(
     prev: Option<WriteTrouble>,
     report: WriteReport,
     (now, at): (&str, Instant),

@@ -13,16 +13,12 @@ use std::sync::OnceLock;
 use serde::Deserialize;
 use serde_json::Value;
 
-pub fn repo() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-}
-
 /// `.cache/bin/<name>`, after `tests/tools/tools.sh build` (once per test process; cheap when
 /// everything is up to date, a cold build takes minutes).
 pub fn bin(name: &str) -> PathBuf {
     static BUILT: OnceLock<()> = OnceLock::new();
     BUILT.get_or_init(|| {
-        let script = repo().join("tests/tools/tools.sh");
+        let script = crate::common::repo_root().join("tests/tools/tools.sh");
         let status = Command::new("bash")
             .arg(&script)
             .arg("build")
@@ -30,7 +26,7 @@ pub fn bin(name: &str) -> PathBuf {
             .unwrap_or_else(|e| panic!("running {} build: {e}", script.display()));
         assert!(status.success(), "{} build failed", script.display());
     });
-    repo().join(".cache/bin").join(name)
+    crate::common::repo_root().join(".cache/bin").join(name)
 }
 
 /// What a consumer said about one object.
@@ -47,7 +43,7 @@ pub struct Verdict {
 fn run_consumers(args: &[&str], objects: &[Value]) -> Vec<Verdict> {
     let mut child = Command::new(bin("consumers"))
         .args(args)
-        .current_dir(repo())
+        .current_dir(crate::common::repo_root())
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -82,7 +78,7 @@ pub fn kstatus(objects: &[Value]) -> Vec<Verdict> {
 pub fn promtool(args: &[&str]) -> Output {
     Command::new(bin("promtool"))
         .args(args)
-        .current_dir(repo())
+        .current_dir(crate::common::repo_root())
         .output()
         .expect("running promtool")
 }

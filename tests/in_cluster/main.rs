@@ -9,13 +9,14 @@
 //! (`make image`); `make test` provides both and runs it with `--ignored` (it is ignored in the
 //! plain `cargo test` run, which has no node).
 
-#[path = "../common/mod.rs"]
+// The helpers every test binary shares (not the namespaces, CRDs and API server metrics of
+// `common/mod.rs`: this test runs against the chart as installed).
+#[path = "../common/base.rs"]
 mod common;
 mod image;
 
 use std::collections::BTreeMap;
 use std::net::{IpAddr, SocketAddr};
-use std::path::PathBuf;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
@@ -214,20 +215,30 @@ async fn two_replicas_one_leader_and_sigterm(
         .delete(&leader, &DeleteParams::default())
         .await
         .expect("deleting the leader pod");
-    let (mut exited, mut released, mut handed_over) = (None, None, None);
-    while t0.elapsed() < Duration::from_secs(grace) && (exited.is_none() || handed_over.is_none()) {
-        if exited.is_none() && !std::path::Path::new(&format!("/proc/{pid}")).exists() {
-            exited = Some(t0.elapsed());
-        }
-        let holder = lease_holder(client).await;
-        if released.is_none() && holder.is_none() {
-            released = Some(t0.elapsed());
-        }
-        if handed_over.is_none() && holder.as_deref().is_some_and(|h| h != leader) {
-            handed_over = Some(t0.elapsed());
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    // When each was first seen (polled every 100 ms: the times are measured).
+    let seen = || std::cell::Cell::new(None::<Duration>);
+    let (exited, released, handed_over) = (seen(), seen(), seen());
+    let _ = common::poll(
+        Duration::from_secs(grace),
+        Duration::from_millis(100),
+        || async {
+            if exited.get().is_none() && !std::path::Path::new(&format!("/proc/{pid}")).exists() {
+                exited.set(Some(t0.elapsed()));
+            }
+            let holder = lease_holder(client).await;
+            if released.get().is_none() && holder.is_none() {
+                released.set(Some(t0.elapsed()));
+            }
+            if handed_over.get().is_none() && holder.as_deref().is_some_and(|h| h != leader) {
+                handed_over.set(Some(t0.elapsed()));
+            }
+            (exited.get().is_some() && handed_over.get().is_some())
+                .then_some(())
+                .ok_or(())
+        },
+    )
+    .await;
+    let (exited, released, handed_over) = (exited.get(), released.get(), handed_over.get());
     let exited = exited.unwrap_or_else(|| panic!("the operator ignored SIGTERM for {grace}s"));
     let handed_over = handed_over.expect("no replica took the Lease over");
     // The standby tries every renew period (5 s): a hand-over well inside that is the leader's
@@ -648,19 +659,15 @@ async fn node_is_ready(client: &Client) {
     );
 }
 
-fn repo() -> PathBuf {
-    common::repo_root()
-}
-
 fn import_image() {
-    let archive = repo().join("target/image/emr-ray-operator.oci.tar");
+    let archive = common::repo_root().join("target/image/emr-ray-operator.oci.tar");
     assert!(
         archive.is_file(),
         "{} is missing: run `make image`",
         archive.display()
     );
     run(Command::new("bash")
-        .arg(repo().join("tests/control-plane/kcp.sh"))
+        .arg(common::repo_root().join("tests/control-plane/kcp.sh"))
         .args(["node-import"])
         .arg(&archive));
 }
@@ -723,7 +730,7 @@ fn helm(args: &[&str], values: &Value) {
     let file = std::env::temp_dir().join(format!("in-cluster-values-{}.yaml", std::process::id()));
     std::fs::write(&file, serde_json::to_string(values).unwrap()).unwrap();
     run(common::helm()
-        .current_dir(repo())
+        .current_dir(common::repo_root())
         .args(args)
         .arg("-f")
         .arg(&file));

@@ -33,10 +33,6 @@ const SA: &str = "emr-ray-operator";
 const DENIED: &str =
     "EmrRayCluster and EmrRayJob objects are read-only mirrors written by emr-ray-operator";
 
-fn repo() -> PathBuf {
-    common::repo_root()
-}
-
 fn yaml_docs(text: &str) -> Vec<Value> {
     serde_yaml::Deserializer::from_str(text)
         .map(|d| {
@@ -65,22 +61,23 @@ fn crds_are_generated_and_copied_into_the_chart() {
     let mut names: Vec<String> = generated.iter().map(|(n, _)| n.to_string()).collect();
     names.sort();
     assert_eq!(
-        list(repo().join("crds")),
+        list(common::repo_root().join("crds")),
         names,
         "crds/ holds exactly the generated CRDs"
     );
     assert_eq!(
-        list(repo().join(CHART).join("crds")),
+        list(common::repo_root().join(CHART).join("crds")),
         names,
         "the chart's crds/ holds exactly the generated CRDs"
     );
     for (name, yaml) in generated {
-        let repo_file = std::fs::read(repo().join("crds").join(name)).unwrap();
+        let repo_file = std::fs::read(common::repo_root().join("crds").join(name)).unwrap();
         assert!(
             repo_file == yaml.as_bytes(),
             "crds/{name} is not what crdgen generates: run `cargo run -- crdgen --out-dir crds`"
         );
-        let chart_file = std::fs::read(repo().join(CHART).join("crds").join(name)).unwrap();
+        let chart_file =
+            std::fs::read(common::repo_root().join(CHART).join("crds").join(name)).unwrap();
         assert!(
             chart_file == repo_file,
             "{CHART}/crds/{name} differs from crds/{name}: cp crds/*.yaml {CHART}/crds/"
@@ -92,7 +89,8 @@ fn crds_are_generated_and_copied_into_the_chart() {
 fn offline_helm() -> Command {
     let bin = common::helm_path();
     let mut cmd = Command::new(bin);
-    cmd.current_dir(repo()).env("KUBECONFIG", "/dev/null");
+    cmd.current_dir(common::repo_root())
+        .env("KUBECONFIG", "/dev/null");
     cmd
 }
 
@@ -1031,7 +1029,7 @@ fn run_help() -> String {
 /// are installed by `common::install_crds` (shared, never deleted).
 fn helm_install(ns: &str, set: &[&str]) {
     let mut cmd = common::helm();
-    cmd.current_dir(repo()).args([
+    cmd.current_dir(common::repo_root()).args([
         "install",
         RELEASE,
         CHART,
@@ -1367,11 +1365,7 @@ async fn operator_runs_with_exactly_the_chart_rbac() {
 
     // Configured like the chart's Deployment: watch the release namespace, lease there.
     let lease_name = "emr-ray-operator-leader";
-    let metrics_port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let metrics_port = common::free_port();
     let cfg = OperatorConfig {
         namespaces: vec![ns.clone()],
         concurrency: 4,

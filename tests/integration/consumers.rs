@@ -140,7 +140,7 @@ impl KubeStateMetrics {
         let pp = PatchParams::apply(common::FIELD_MANAGER).force();
         // The shipped ClusterRole as is, its binding pointed at this test's ServiceAccount.
         let rbac =
-            common::read_yaml_documents(&consumer_tools::repo().join("deploy/kube-state-metrics"));
+            common::read_yaml_documents(&common::repo_root().join("deploy/kube-state-metrics"));
         let role = rbac
             .iter()
             .find(|d| d["kind"] == "ClusterRole")
@@ -182,7 +182,7 @@ impl KubeStateMetrics {
             PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(format!("kube-state-metrics-{ns}.log"));
         let log = std::fs::File::create(&log_path).unwrap();
         let child = Command::new(consumer_tools::bin("kube-state-metrics"))
-            .current_dir(consumer_tools::repo())
+            .current_dir(common::repo_root())
             .args(["--kubeconfig", kubeconfig.to_str().unwrap()])
             .args(["--host", "127.0.0.1", "--port", &port.to_string()])
             .args(["--telemetry-host", "127.0.0.1"])
@@ -818,7 +818,7 @@ async fn job_mirrors_through_kstatus_argocd_health_and_kube_state_metrics() {
 fn check_consumers(objects: &[Value], want: &BTreeMap<(String, String), (&str, &str)>) {
     let kstatus = consumer_tools::kstatus(objects);
     let health = consumer_tools::argocd_health(
-        &consumer_tools::repo().join("deploy/argocd/health.lua"),
+        &common::repo_root().join("deploy/argocd/health.lua"),
         objects,
     );
     let mut seen = BTreeSet::new();
@@ -943,7 +943,7 @@ fn replay(healthy: &Scrape, broken1: &Scrape, broken2: &Scrape, prefix: &str) ->
 /// tests in deploy/prometheus/tests/); expressions, `for:` and labels unchanged.
 fn without_annotations(rel: &str, dir: &Path) -> PathBuf {
     let mut doc: Value =
-        serde_yaml::from_str(&std::fs::read_to_string(consumer_tools::repo().join(rel)).unwrap())
+        serde_yaml::from_str(&std::fs::read_to_string(common::repo_root().join(rel)).unwrap())
             .unwrap();
     for g in doc["groups"].as_array_mut().unwrap() {
         for r in g["rules"].as_array_mut().unwrap() {

@@ -1,26 +1,17 @@
 //! The EMR client against the in-process simulator, over HTTP.
 
+use crate::common;
+use crate::support::{creds, sim};
 use emr_ray_operator::api::Reason;
 use emr_ray_operator::emr::{
     ClientConfig, CredentialResolver, CredentialSource, Credentials, EmrClient, ErrorKind,
     RequestOutcome, RrsaConfig, SignatureVersion,
 };
 use emr_sim::{
-    DEFAULT_ACCESS_KEY_ID, DEFAULT_ACCESS_KEY_SECRET, DEFAULT_WORKSPACE, Faults, SimConfig,
-    SimHandle, SimState, Simulator,
+    DEFAULT_ACCESS_KEY_ID, DEFAULT_ACCESS_KEY_SECRET, DEFAULT_WORKSPACE, Faults, SimState,
 };
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
-
-async fn sim() -> SimHandle {
-    Simulator::start(SimConfig::with_default_fixture())
-        .await
-        .expect("simulator starts")
-}
-
-fn creds() -> Credentials {
-    Credentials::new(DEFAULT_ACCESS_KEY_ID, DEFAULT_ACCESS_KEY_SECRET)
-}
 
 /// Fast retries, generous rate limit: tests control timing explicitly.
 fn cfg() -> ClientConfig {
@@ -302,15 +293,13 @@ async fn unknown_workspace_is_not_found() {
 #[tokio::test]
 async fn endpoint_without_simulator_is_remote_unavailable() {
     // A port that was just free: connection refused, retried, then RemoteUnavailable.
-    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let addr = l.local_addr().unwrap();
-    drop(l);
+    let port = common::free_port();
     let mut c = cfg();
     c.max_retries = 1;
     let seen = recording(&mut c);
     let e = client(c)
         .list_ray_clusters(
-            &url::Url::parse(&format!("http://{addr}/")).unwrap(),
+            &url::Url::parse(&format!("http://127.0.0.1:{port}/")).unwrap(),
             "w-1",
             &creds(),
         )
@@ -715,8 +704,19 @@ async fn bytes_held_by_all_listings_at_once_are_bounded() {
                 .await
         }
     };
+    // A listing holds its bytes before it sends: once its request has reached the simulator.
+    // (Polled often: all of this happens within the first page's 400 ms.)
+    let state = &sim.state;
+    let arrived = |n: u64| async move {
+        common::poll(Duration::from_secs(5), Duration::from_millis(5), || async {
+            let seen = state.stats().arrived;
+            if seen >= n { Ok(()) } else { Err(seen) }
+        })
+        .await
+        .unwrap_or_else(|seen| panic!("{seen} requests arrived, waiting for {n}"))
+    };
     let first = tokio::spawn(list("a"));
-    tokio::time::sleep(Duration::from_millis(150)).await;
+    arrived(1).await;
     let t0 = std::time::Instant::now();
     let same_namespace = list("a").await.expect_err("namespace a holds its share");
     assert_eq!(same_namespace.kind, ErrorKind::Throttled);
@@ -732,7 +732,7 @@ async fn bytes_held_by_all_listings_at_once_are_bounded() {
     );
     assert!(t0.elapsed() < Duration::from_millis(300), "refused at once");
     let other = tokio::spawn(list("b"));
-    tokio::time::sleep(Duration::from_millis(150)).await;
+    arrived(2).await;
     let over_all = list("c")
         .await
         .expect_err("2 MiB held, 3 would be over 2.5");

@@ -1,15 +1,13 @@
 //! The simulator's verifier and admin API, with requests built by hand (reqwest + the sign
 //! module). (The `emr-sim` binary is tested in `sim/tests/`.)
 
+use crate::support::{creds, sim};
 use emr_ray_operator::api::Reason;
 use emr_ray_operator::emr::client::{host_header, signed_headers};
 use emr_ray_operator::emr::{
     ClientConfig, Credentials, EmrClient, EmrError, ErrorKind, SignatureVersion, sign,
 };
-use emr_sim::{
-    DEFAULT_ACCESS_KEY_ID, DEFAULT_ACCESS_KEY_SECRET, DEFAULT_WORKSPACE, SimConfig, SimHandle,
-    Simulator,
-};
+use emr_sim::{DEFAULT_ACCESS_KEY_ID, DEFAULT_ACCESS_KEY_SECRET, DEFAULT_WORKSPACE, SimHandle};
 use serde_json::Value;
 use std::time::{Duration, SystemTime};
 
@@ -17,16 +15,6 @@ const SIGS: [SignatureVersion; 2] = [
     SignatureVersion::Acs3HmacSha256,
     SignatureVersion::RoaHmacSha1,
 ];
-
-async fn sim() -> SimHandle {
-    Simulator::start(SimConfig::with_default_fixture())
-        .await
-        .expect("simulator starts")
-}
-
-fn creds() -> Credentials {
-    Credentials::new(DEFAULT_ACCESS_KEY_ID, DEFAULT_ACCESS_KEY_SECRET)
-}
 
 fn list_url(sim: &SimHandle, ws: &str, query: &str) -> url::Url {
     let mut u = sim.base_url();

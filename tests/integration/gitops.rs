@@ -23,12 +23,8 @@ use promql_parser::parser::Expr;
 use promql_parser::util::{ExprVisitor, walk_expr};
 use serde_json::{Value, json};
 
-fn repo() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-}
-
 fn read(rel: &str) -> String {
-    let p = repo().join(rel);
+    let p = common::repo_root().join(rel);
     std::fs::read_to_string(&p).unwrap_or_else(|e| panic!("reading {}: {e}", p.display()))
 }
 
@@ -226,8 +222,10 @@ fn argocd_health_check_maps_statuses() {
         ),
     ];
     let objects: Vec<Value> = cases.iter().map(|c| c.1.clone()).collect();
-    let verdicts =
-        consumer_tools::argocd_health(&repo().join("deploy/argocd/health.lua"), &objects);
+    let verdicts = consumer_tools::argocd_health(
+        &common::repo_root().join("deploy/argocd/health.lua"),
+        &objects,
+    );
     for ((what, _, want, msg_part), v) in cases.into_iter().zip(verdicts) {
         assert_eq!(v.error, None, "{what}: health.lua failed in gopher-lua");
         let (status, message) = (v.status, v.message);
@@ -430,10 +428,10 @@ fn prometheus_rules_parse_and_use_exported_metrics() {
 }
 
 fn helm_bin() -> PathBuf {
-    let bin = repo().join(".cache/bin/helm");
+    let bin = common::repo_root().join(".cache/bin/helm");
     if !bin.is_file() {
         let status = Command::new("bash")
-            .arg(repo().join("tests/control-plane/kcp.sh"))
+            .arg(common::repo_root().join("tests/control-plane/kcp.sh"))
             .arg("build")
             .status()
             .expect("running kcp.sh build");
@@ -458,7 +456,7 @@ fn rendered_prometheus_rule() -> Value {
             "--set",
             "metrics.serviceMonitor.enabled=true",
         ])
-        .current_dir(repo())
+        .current_dir(common::repo_root())
         .output()
         .expect("running helm template");
     assert!(
@@ -495,7 +493,7 @@ const RULE_FILES: &[&str] = &[
 
 /// The promtool unit-test files, `deploy/prometheus/tests/*.yaml`.
 fn rule_test_files() -> Vec<PathBuf> {
-    let dir = repo().join("deploy/prometheus/tests");
+    let dir = common::repo_root().join("deploy/prometheus/tests");
     let mut files: Vec<PathBuf> = std::fs::read_dir(&dir)
         .unwrap_or_else(|e| panic!("reading {}: {e}", dir.display()))
         .map(|e| e.unwrap().path())
@@ -596,7 +594,7 @@ fn every_shipped_alert_has_a_firing_and_a_silent_unit_test() {
     let mut missing = Vec::new();
     for f in RULE_FILES {
         let contents = read(f);
-        let alerts = alert_names(&repo().join(f));
+        let alerts = alert_names(&common::repo_root().join(f));
         assert!(!alerts.is_empty(), "{f}: no alerts");
         for alert in alerts {
             let (firing, silent) = cases
@@ -856,7 +854,7 @@ fn deploy_readme_mentions_every_asset() {
     ] {
         assert!(readme.contains(f), "deploy/README.md does not mention {f}");
         assert!(
-            Path::new(&repo().join("deploy").join(f)).is_file(),
+            Path::new(&common::repo_root().join("deploy").join(f)).is_file(),
             "{f} missing"
         );
     }

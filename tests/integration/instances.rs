@@ -8,8 +8,8 @@ use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use crate::support::*;
-use emr_ray_operator::emr::{ClusterState, Credentials, EmrClient, RayCluster, SignatureVersion};
-use emr_sim::{ClusterDetail, DEFAULT_ACCESS_KEY_ID, DEFAULT_ACCESS_KEY_SECRET, Faults};
+use emr_ray_operator::emr::{ClusterState, EmrClient, RayCluster, SignatureVersion};
+use emr_sim::{ClusterDetail, Faults};
 use kube::api::{Api, DynamicObject, ListParams};
 use kube::discovery::{Discovery, Scope, verbs};
 use serde_json::json;
@@ -357,7 +357,7 @@ async fn no_secret_of_get_ray_cluster_reaches_objects_events_logs_or_metrics() {
     // The test can fail: the simulator's own signed answer carries every marker.
     let endpoint = env.sim.base_url();
     let url = EmrClient::cluster_url(&endpoint, WS, EXAMPLE_CLUSTER);
-    let creds = Credentials::new(DEFAULT_ACCESS_KEY_ID, DEFAULT_ACCESS_KEY_SECRET);
+    let creds = crate::support::creds();
     let headers = emr_ray_operator::emr::client::signed_headers(
         SignatureVersion::Acs3HmacSha256,
         "GET",

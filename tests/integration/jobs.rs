@@ -81,21 +81,17 @@ async fn wait_jobs_status<F>(env: &Env, ws: &str, what: &str, pred: F) -> Worksp
 where
     F: Fn(&WorkspaceJobsStatus) -> bool,
 {
-    let deadline = std::time::Instant::now() + ONE_INTERVAL;
-    loop {
+    common::wait_until(ONE_INTERVAL, what, || async {
         let st = env.status(ws).await;
-        if let Some(j) = st.jobs.clone().filter(|j| pred(j)) {
-            return j;
-        }
-        if std::time::Instant::now() > deadline {
-            panic!(
-                "timed out waiting for {what}: status {st:?}; simulator {:?}",
+        match st.jobs.clone().filter(|j| pred(j)) {
+            Some(j) => Ok(j),
+            None => Err(format!(
+                "status {st:?}; simulator {:?}",
                 env.sim.state.stats()
-            );
+            )),
         }
-        // A bound between polls, not a signal: the status is what is waited for.
-        tokio::time::sleep(Duration::from_millis(250)).await;
-    }
+    })
+    .await
 }
 
 fn state_of(m: &EmrRayJob) -> Option<&str> {

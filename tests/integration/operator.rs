@@ -571,32 +571,30 @@ async fn orphan_workspace(env: &Env, operator_running: bool) {
         .delete("ws", &DeleteParams::orphan())
         .await
         .unwrap();
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(120);
-    loop {
-        let ws = env.workspaces().get_opt("ws").await.unwrap();
-        let l = env.mirror_list().await;
-        let orphaned = l.len() == 3 && l.iter().all(|m| m.owner_references().is_empty());
-        let swept = operator_running && l.iter().all(|m| m.owner_references().is_empty());
-        if ws.is_none() && (orphaned || swept) {
-            return;
-        }
-        let seen = format!(
-            "workspace: {:?}; mirrors: {:?}",
-            ws.map(|w| (
-                w.metadata.deletion_timestamp.is_some(),
-                w.finalizers().to_vec()
-            )),
-            l.iter()
-                .map(|m| (m.name_any(), m.owner_references().len()))
-                .collect::<Vec<_>>()
-        );
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "the workspace was not orphaned within 120 s; last seen {}",
-            seen
-        );
-        tokio::time::sleep(Duration::from_millis(250)).await;
-    }
+    common::wait_until(
+        Duration::from_secs(120),
+        "the workspace to be orphaned",
+        || async {
+            let ws = env.workspaces().get_opt("ws").await.unwrap();
+            let l = env.mirror_list().await;
+            let orphaned = l.len() == 3 && l.iter().all(|m| m.owner_references().is_empty());
+            let swept = operator_running && l.iter().all(|m| m.owner_references().is_empty());
+            if ws.is_none() && (orphaned || swept) {
+                return Ok(());
+            }
+            Err(format!(
+                "workspace: {:?}; mirrors: {:?}",
+                ws.map(|w| (
+                    w.metadata.deletion_timestamp.is_some(),
+                    w.finalizers().to_vec()
+                )),
+                l.iter()
+                    .map(|m| (m.name_any(), m.owner_references().len()))
+                    .collect::<Vec<_>>()
+            ))
+        },
+    )
+    .await;
 }
 
 /// `kubectl delete emrworkspace --cascade=orphan` leaves the mirrors without an owner: a
@@ -1024,6 +1022,8 @@ async fn a_replica_that_loses_the_lease_stops_writing_at_once() {
         (a.sync_attempts("ws") > attempts).then_some(())
     })
     .await;
+    // The listing started before now: its one page is answered before this.
+    let answered_by = std::time::Instant::now() + Duration::from_secs(6);
 
     // Another holder takes the lease (as after a partition): replica-a sees it at its next
     // renewal and steps down.
@@ -1044,9 +1044,14 @@ async fn a_replica_that_loses_the_lease_stops_writing_at_once() {
     })
     .await;
     let writes = a.writes();
-    // Bound: the in-flight listing (6 s per page) would have ended and written by now.
-    tokio::time::sleep(Duration::from_secs(9)).await;
-    assert_eq!(a.writes(), writes, "writes after losing the lease");
+    // A window, not a signal: "no write" has no event to wait for. It lasts until the in-flight
+    // listing has been answered (6 s latency from its start) and 1 s more, in which its writes
+    // would have followed.
+    let window = answered_by.saturating_duration_since(std::time::Instant::now());
+    common::hold_for(window + Duration::from_secs(1), || async {
+        assert_eq!(a.writes(), writes, "writes after losing the lease");
+    })
+    .await;
     let m = env.mirrors().get(EXAMPLE_CLUSTER).await.unwrap();
     assert_eq!(
         m.status.unwrap().state.as_deref(),
@@ -1158,9 +1163,12 @@ async fn sync_on_request_lists_once_now() {
     })
     .await;
     // One listing (one page of clusters, one of queues), not a loop: the handled value is
-    // remembered. (A bound after the signal above that the requested sync ran.)
-    tokio::time::sleep(Duration::from_secs(3)).await;
-    assert_eq!(env.sim.state.stats().requests - requests, 2);
+    // remembered. A window after the signal above that the requested sync ran: a loop would
+    // list again within a reconcile (milliseconds); 3 s leaves room for a slow machine.
+    common::hold_for(Duration::from_secs(3), || async {
+        assert_eq!(env.sim.state.stats().requests - requests, 2);
+    })
+    .await;
     env.teardown().await;
 }
 

@@ -2,19 +2,14 @@
 //! signatures, retries, the loop and short-listing protections) and the simulator's answers to
 //! hand-made requests (opaque tokens, parameters).
 
+use crate::support::creds;
 use emr_ray_operator::emr::client::signed_headers;
 use emr_ray_operator::emr::{
     ACTION_LIST_WORKSPACE_QUEUES, ClientConfig, Credentials, EmrClient, ErrorKind, QueueResources,
     SignatureVersion, WorkspaceQueue,
 };
-use emr_sim::{
-    DEFAULT_ACCESS_KEY_ID, DEFAULT_ACCESS_KEY_SECRET, Faults, SimConfig, SimHandle, Simulator,
-};
+use emr_sim::{DEFAULT_ACCESS_KEY_ID, Faults, SimConfig, SimHandle, Simulator};
 use serde_json::Value;
-
-fn creds() -> Credentials {
-    Credentials::new(DEFAULT_ACCESS_KEY_ID, DEFAULT_ACCESS_KEY_SECRET)
-}
 
 fn queue(name: &str, max_cpu: f64, used_cpu: f64) -> WorkspaceQueue {
     WorkspaceQueue {

@@ -15,12 +15,8 @@ const RELEASE_WORKFLOW: &str = ".github/workflows/release.yml";
 /// The README section that tells users how to install the chart.
 const INSTALL_SECTION: &str = "## Installing into a real cluster";
 
-fn repo() -> PathBuf {
-    common::repo_root()
-}
-
 fn read(rel: &str) -> String {
-    let p = repo().join(rel);
+    let p = common::repo_root().join(rel);
     std::fs::read_to_string(&p).unwrap_or_else(|e| panic!("reading {}: {e}", p.display()))
 }
 
@@ -39,13 +35,13 @@ fn str_at<'a>(v: &'a Value, path: &[&str], what: &str) -> &'a str {
 
 /// `.github/workflows/*.yml` and `*.yaml`, sorted, relative to the repository.
 fn workflow_files() -> Vec<String> {
-    let dir = repo().join(".github/workflows");
+    let dir = common::repo_root().join(".github/workflows");
     let mut files: Vec<String> = std::fs::read_dir(&dir)
         .unwrap_or_else(|e| panic!("reading {}: {e}", dir.display()))
         .map(|e| e.unwrap().path())
         .filter(|p| p.extension().is_some_and(|e| e == "yml" || e == "yaml"))
         .map(|p| {
-            p.strip_prefix(repo())
+            p.strip_prefix(common::repo_root())
                 .unwrap()
                 .to_string_lossy()
                 .into_owned()
@@ -88,7 +84,7 @@ fn workflows_pass_actionlint() {
     let out = Command::new(&bin)
         .arg("-no-color")
         .args(&files)
-        .current_dir(repo())
+        .current_dir(common::repo_root())
         .output()
         .unwrap_or_else(|e| panic!("running {}: {e}", bin.display()));
     assert!(

@@ -439,7 +439,10 @@ async fn shards_split_namespaces_and_hand_them_over_by_relabelling() {
             }
         }
     }
-    // Let any late write of an old shard show, then check nothing moved back.
+    // Let any late write of an old shard show, then check nothing moved back. A window, not a
+    // signal: a write that should not happen has no event to wait for. Each old shard has
+    // forgotten its workspace above (at the end of its last reconcile of it); 3 s covers a
+    // write already on its way and a reconcile queued before the move.
     tokio::time::sleep(Duration::from_secs(3)).await;
     let all = events(&env, &namespaces).await;
     for i in 0..WORKSPACES {

@@ -58,7 +58,7 @@ async fn flip(env: &Env) -> Duration {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_thousand_failing_workspaces_do_not_starve_another_namespace() {
-    let _serial = common::serial().await;
+    let _serial = crate::serial().await;
     let mut b = Env::new("fair-b").await;
     let a = common::TestNamespace::create_on(b.client.clone(), "fair-a").await;
     // One controller over every namespace, with the operator's default budgets.

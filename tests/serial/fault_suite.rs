@@ -240,12 +240,6 @@ fn compare_with_snapshot(mirrors: &[EmrRayCluster], before: &Snapshot) -> Report
     r
 }
 
-fn ready_of(st: &emr_ray_operator::api::EmrWorkspaceStatus) -> (String, String) {
-    condition(&st.conditions, "Ready")
-        .map(|c| (c.status.to_string(), c.reason.clone()))
-        .unwrap_or_default()
-}
-
 /// Waits until every workspace `(name, remote id)` is Ready=True/Synced with the right cluster
 /// count and its mirrors match the simulator exactly (see [`compare_with_truth`]). While
 /// waiting, every Ready condition seen must be one of `allowed` (when given): conditions must
@@ -257,15 +251,15 @@ async fn converge(
     label: &str,
     allowed: Option<&[(&str, &str)]>,
 ) {
-    let deadline = Instant::now() + timeout;
-    loop {
+    let outcome = common::poll(timeout, Duration::from_millis(500), || async {
         let mirrors = env.mirror_list().await;
         let mut r = Report::default();
         for (name, id) in wss {
             let truth = env.sim.state.clusters(id);
             r.merge(compare_with_truth(&mirrors, name, &truth));
             let st = env.status(name).await;
-            let ready = ready_of(&st);
+            let (status, reason, _) = crate::ready_of(&st);
+            let ready = (status, reason);
             if let Some(allowed) = allowed {
                 assert!(
                     allowed
@@ -285,28 +279,21 @@ async fn converge(
                 ));
             }
         }
-        if r.ok() {
-            record(&r);
-            return;
-        }
-        if Instant::now() > deadline {
-            assert_ok(&format!("{label} (timed out after {timeout:?})"), r);
-        }
-        tokio::time::sleep(Duration::from_millis(500)).await;
+        if r.ok() { Ok(r) } else { Err(r) }
+    })
+    .await;
+    match outcome {
+        Ok(r) => record(&r),
+        Err(r) => assert_ok(&format!("{label} (timed out after {timeout:?})"), r),
     }
 }
 
-/// Writes to `emrrayclusters` in a Prometheus text exposition of the operator's metrics.
-fn mirror_writes_in(metrics_text: &str) -> u64 {
-    common::metric_sum(
-        metrics_text,
-        "emr_ray_operator_kube_writes_total",
-        &[("resource", "emrrayclusters")],
+/// Mirror writes `op` could not send (the API server unreachable).
+fn unavailable_writes(op: &Operator) -> u64 {
+    op.metric(
+        "emr_ray_operator_kube_write_refusals_total",
+        &[("resource", "emrrayclusters"), ("reason", "Unavailable")],
     ) as u64
-}
-
-fn mirror_writes(op: &Operator) -> u64 {
-    mirror_writes_in(&op.metrics.encode())
 }
 
 fn log_path(name: &str) -> PathBuf {
@@ -361,7 +348,7 @@ async fn run_lane(lane: &'static [Scenario]) -> Vec<(&'static str, Duration, Res
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn fault_suite() {
-    let _serial = common::serial().await;
+    let _serial = crate::serial().await;
     let t = Instant::now();
     let (a, b) = tokio::join!(
         tokio::spawn(run_lane(LANE_A)),
@@ -433,31 +420,29 @@ async fn remote_faults() {
     let mut c = env.sim.state.clusters("w-fault-c").remove(3);
     c.description = Some("changed while the remote API fails 30% of the time".into());
     env.sim.state.upsert_cluster("w-fault-c", c);
+    // The first three requests fail for certain (the fault is exercised whatever chance
+    // does), then 30% of them.
     env.sim.state.set_faults(Faults {
+        server_error_next: 3,
         server_error_rate: 0.3,
         ..Default::default()
     });
     let allowed = [("True", "Synced"), ("False", "RemoteUnavailable")];
-    let deadline = Instant::now() + Duration::from_secs(90);
-    loop {
-        // Converged with the new data, and the fault has really been exercised.
-        converge(
-            &env,
-            &wss,
-            Duration::from_secs(60),
-            "30% 5xx",
-            Some(&allowed[..]),
-        )
-        .await;
-        if env.sim.state.stats().faults_injected >= f0 + 3 {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "30% 5xx: fewer than 3 faults injected"
-        );
-        tokio::time::sleep(Duration::from_secs(1)).await;
-    }
+    common::wait_for(
+        Duration::from_secs(30),
+        "30% 5xx: 3 faults injected",
+        || async { (env.sim.state.stats().faults_injected >= f0 + 3).then_some(()) },
+    )
+    .await;
+    // Converged with the new data.
+    converge(
+        &env,
+        &wss,
+        Duration::from_secs(60),
+        "30% 5xx",
+        Some(&allowed[..]),
+    )
+    .await;
     env.sim.state.set_faults(Faults::default());
     converge(&env, &wss, Duration::from_secs(40), "after 30% 5xx", None).await;
     let before = snapshot(&env.mirror_list().await);
@@ -471,30 +456,31 @@ async fn remote_faults() {
         throttle_retry_after_secs: 1,
         ..Default::default()
     });
-    let t = Instant::now();
-    let mut consumed_at = None;
-    loop {
+    // Ready is checked on every poll, first until the burst has been consumed...
+    let ready_stays_true = || async {
         for (name, _) in &wss {
             let st = env.status(name).await;
+            let (status, reason, _) = crate::ready_of(&st);
             assert_eq!(
-                ready_of(&st),
-                ("True".to_string(), "Synced".to_string()),
+                (status.as_str(), reason.as_str()),
+                ("True", "Synced"),
                 "short throttling burst: workspace {name} {st:?}"
             );
         }
-        if consumed_at.is_none() && env.sim.state.stats().faults_injected >= f0 + 3 {
-            consumed_at = Some(Instant::now());
-        }
-        // The throttled listings finish within ~3 retry-after seconds of the last throttle.
-        if consumed_at.is_some_and(|c| c.elapsed() > Duration::from_secs(6)) {
-            break;
-        }
-        assert!(
-            t.elapsed() < Duration::from_secs(45),
-            "the throttling burst was not consumed"
-        );
-        tokio::time::sleep(Duration::from_millis(250)).await;
-    }
+    };
+    common::wait_for(
+        Duration::from_secs(45),
+        "the throttling burst to be consumed",
+        || async {
+            ready_stays_true().await;
+            (env.sim.state.stats().faults_injected >= f0 + 3).then_some(())
+        },
+    )
+    .await;
+    // ...then for a window: a "never leaves True" has no event to wait for. The throttled
+    // listings retry after the 1 s retry-after and finish within ~3 s of the last throttle; 6 s
+    // covers them with a margin.
+    common::hold_for(Duration::from_secs(6), ready_stays_true).await;
     assert_eq!(env.sim.state.stats().faults_injected, f0 + 3);
     converge(
         &env,
@@ -555,15 +541,18 @@ async fn remote_faults() {
     for (label, faults, reason, code) in persistent {
         let t = Instant::now();
         env.sim.state.set_faults(faults);
-        // Requests that read the old faults finish within milliseconds.
-        tokio::time::sleep(Duration::from_millis(200)).await;
         // The remote side also loses a cluster: a failing listing must not delete its mirror.
+        // A listing of ws-d that read the old (no) faults would rightly delete it: first a sync
+        // of ws-d that started under the fault (its syncs never overlap, so no earlier listing
+        // is still running), then the removal, then one more sync that must keep the mirror.
+        env.wait_next_sync(0, "ws-d", Duration::from_secs(90)).await;
         let removed = env.sim.state.clusters("w-fault-d").remove(0);
         assert!(
             env.sim
                 .state
                 .remove_cluster("w-fault-d", &removed.cluster_id)
         );
+        env.wait_next_sync(0, "ws-d", Duration::from_secs(90)).await;
         for (name, _) in &wss {
             let st = env
                 .wait_ready(name, "False", Some(reason), Duration::from_secs(90))
@@ -685,17 +674,18 @@ async fn apiserver_restart_mid_sync() {
     common::wait_for(
         Duration::from_secs(60),
         "the first mirror writes",
-        || async { (mirror_writes(&env.operators[0]) >= 40).then_some(()) },
+        || async { (env.operators[0].writes_to("emrrayclusters") >= 40).then_some(()) },
     )
     .await;
     let t = Instant::now();
+    let unavailable_at_stop = unavailable_writes(&env.operators[0]);
     kcp = tokio::task::spawn_blocking(move || {
         kcp.stop();
         kcp
     })
     .await
     .unwrap();
-    let writes_at_stop = mirror_writes(&env.operators[0]);
+    let writes_at_stop = env.operators[0].writes_to("emrrayclusters");
     add_faults(1);
     println!(
         "fault suite: apiserver restart: stopped after {writes_at_stop} mirror writes (in {:.1}s)",
@@ -711,8 +701,13 @@ async fn apiserver_restart_mid_sync() {
         "the control plane went down only after the first sync had written every mirror \
          ({writes_at_stop} writes): the restart did not interrupt the sync"
     );
-    // Down for a few seconds while the operator keeps trying.
-    tokio::time::sleep(Duration::from_secs(3)).await;
+    // Down until the operator has met the outage: a mirror write it could not send.
+    common::wait_for(
+        Duration::from_secs(60),
+        "a mirror write refused as Unavailable while the control plane is down",
+        || async { (unavailable_writes(&env.operators[0]) > unavailable_at_stop).then_some(()) },
+    )
+    .await;
     let t = Instant::now();
     kcp = {
         let (data, log) = (data.clone(), kcp.log.clone());
@@ -741,7 +736,7 @@ async fn apiserver_restart_mid_sync() {
         "the operator stopped after the API server restart"
     );
     // Its caches follow the API server again: a further sync writes no mirror.
-    let w0 = mirror_writes(&env.operators[0]);
+    let w0 = env.operators[0].writes_to("emrrayclusters");
     let before = snapshot(&env.mirror_list().await);
     env.wait_next_sync(0, "ws", Duration::from_secs(40)).await;
     // What changed, if anything, before how many writes it took.
@@ -750,7 +745,7 @@ async fn apiserver_restart_mid_sync() {
         compare_with_snapshot(&env.mirror_list().await, &before),
     );
     assert_eq!(
-        mirror_writes(&env.operators[0]),
+        env.operators[0].writes_to("emrrayclusters"),
         w0,
         "mirror writes after convergence"
     );
@@ -810,7 +805,7 @@ impl OperatorProcess {
     }
 
     async fn mirror_writes(&self) -> Option<u64> {
-        Some(mirror_writes_in(&self.metrics_text().await?))
+        Some(writes_in(&self.metrics_text().await?, "emrrayclusters"))
     }
 
     fn kill(&mut self) {
@@ -853,9 +848,25 @@ async fn operator_killed_mid_sync() {
     .await;
     first.kill();
     add_faults(1);
-    // Requests already sent may still land: let the API server finish them.
-    tokio::time::sleep(Duration::from_secs(1)).await;
-    let at_kill = env.mirror_list().await;
+    // Requests already sent may still land: the mirrors as they are once the API server has
+    // finished them (two reads a poll apart alike; nobody else writes them until the second
+    // operator starts).
+    let versions = |ms: &[EmrRayCluster]| -> BTreeMap<String, Option<String>> {
+        ms.iter()
+            .map(|m| (m.name_any(), m.resource_version()))
+            .collect()
+    };
+    let last = std::sync::Mutex::new(None);
+    let at_kill = common::wait_for(
+        Duration::from_secs(30),
+        "the mirrors to stop changing after the kill",
+        || async {
+            let now = env.mirror_list().await;
+            let prev = last.lock().unwrap().replace(versions(&now));
+            (prev == Some(versions(&now))).then_some(now)
+        },
+    )
+    .await;
     let done = truth
         .iter()
         .filter(|c| {
@@ -884,11 +895,19 @@ async fn operator_killed_mid_sync() {
         None,
     )
     .await;
-    tokio::time::sleep(Duration::from_secs(1)).await;
-    let writes = second
-        .mirror_writes()
-        .await
-        .expect("restarted operator metrics");
+    // Its mirror writes are counted once no sync is running.
+    let writes = common::wait_for(
+        Duration::from_secs(30),
+        "the restarted operator between syncs",
+        || async {
+            let text = second.metrics_text().await?;
+            let sum = |name| common::metric_sum(&text, name, &[("workspace", "ws")]);
+            let idle = sum("emr_ray_operator_sync_attempts_total")
+                == sum("emr_ray_operator_sync_duration_seconds_count");
+            idle.then(|| writes_in(&text, "emrrayclusters"))
+        },
+    )
+    .await;
     println!(
         "fault suite: operator kill: the restarted operator made {writes} mirror writes for {needed} incomplete mirrors"
     );
@@ -1099,10 +1118,10 @@ async fn odd_remote_data() {
 
     // Nothing flaps: a further sync rewrites no mirror.
     let before = snapshot(&mirrors);
-    let w0 = mirror_writes(&env.operators[0]);
+    let w0 = env.operators[0].writes_to("emrrayclusters");
     env.wait_next_sync(0, "odd", Duration::from_secs(40)).await;
     assert_eq!(
-        mirror_writes(&env.operators[0]),
+        env.operators[0].writes_to("emrrayclusters"),
         w0,
         "mirror writes on an unchanged listing"
     );
@@ -1195,66 +1214,69 @@ async fn leader_failover_with_faults() {
     a.stop().await;
     add_faults(1);
     let faults_at_stop = env.sim.state.stats().faults_injected;
-    let a_writes = mirror_writes_in(&a_metrics.encode());
+    let a_writes = writes_in(&a_metrics.encode(), "emrrayclusters");
     // Until the new leader has written the changes, poll that no mirror disappears.
     let t = Instant::now();
-    loop {
-        let mirrors = env.mirror_list().await;
-        let now: std::collections::BTreeSet<String> =
-            mirrors.iter().map(|m| m.name_any()).collect();
-        let missing: Vec<&String> = names.iter().filter(|n| !now.contains(*n)).collect();
-        if !missing.is_empty() {
-            MIRRORS_LOST.fetch_add(missing.len() as u64, Ordering::SeqCst);
-            panic!("leader failover: mirrors disappeared: {missing:?}");
-        }
-        let done = changed.iter().all(|id| {
-            mirrors.iter().any(|m| {
-                &m.spec.cluster_id == id
-                    && m.status.as_ref().and_then(|s| s.state.as_deref()) == Some("Stopping")
-            })
-        });
-        if done && holder().await.as_deref() == Some("replica-b") && b.writes() > 0 {
-            break;
-        }
-        assert!(
-            t.elapsed() < Duration::from_secs(60),
-            "the standby did not take over (holder {:?}, b wrote {})",
-            holder().await,
-            b.writes()
-        );
-        tokio::time::sleep(Duration::from_millis(300)).await;
-    }
+    common::wait_until(
+        Duration::from_secs(60),
+        "the standby to take over and write the changes",
+        || async {
+            let mirrors = env.mirror_list().await;
+            let now: std::collections::BTreeSet<String> =
+                mirrors.iter().map(|m| m.name_any()).collect();
+            let missing: Vec<&String> = names.iter().filter(|n| !now.contains(*n)).collect();
+            if !missing.is_empty() {
+                MIRRORS_LOST.fetch_add(missing.len() as u64, Ordering::SeqCst);
+                panic!("leader failover: mirrors disappeared: {missing:?}");
+            }
+            let done = changed.iter().all(|id| {
+                mirrors.iter().any(|m| {
+                    &m.spec.cluster_id == id
+                        && m.status.as_ref().and_then(|s| s.state.as_deref()) == Some("Stopping")
+                })
+            });
+            let holder = holder().await;
+            if done && holder.as_deref() == Some("replica-b") && b.writes() > 0 {
+                Ok(())
+            } else {
+                Err(format!(
+                    "changes written: {done}, holder {holder:?}, b wrote {}",
+                    b.writes()
+                ))
+            }
+        },
+    )
+    .await;
     println!(
         "fault suite: leader failover: replica-b took over and wrote the changes in {:.1}s",
         t.elapsed().as_secs_f64()
     );
     assert_eq!(
-        mirror_writes_in(&a_metrics.encode()),
+        writes_in(&a_metrics.encode(), "emrrayclusters"),
         a_writes,
         "the stopped leader wrote"
     );
-    // The new leader keeps syncing under the fault until it has met a 5xx itself.
-    let t = Instant::now();
-    loop {
-        converge(
-            &env,
-            &[("ws", WS)],
-            Duration::from_secs(60),
-            "leader failover: new leader under 30% 5xx",
-            Some(&allowed[..2]),
-        )
-        .await;
-        if env.sim.state.stats().faults_injected > faults_at_stop {
-            break;
-        }
-        // 30% of requests fail: ~9 syncs a minute at two or more requests each make a fault
-        // all but certain (P(none in 3 minutes) < 1e-5).
-        assert!(
-            t.elapsed() < Duration::from_secs(180),
-            "leader failover: the new leader met no fault"
-        );
-        tokio::time::sleep(Duration::from_secs(1)).await;
-    }
+    // The new leader keeps syncing under the fault and meets a 5xx itself: its next request
+    // fails for certain (then 30% of them again).
+    env.sim.state.set_faults(Faults {
+        server_error_next: 1,
+        server_error_rate: 0.3,
+        ..Default::default()
+    });
+    common::wait_for(
+        Duration::from_secs(60),
+        "leader failover: the new leader meets a 5xx",
+        || async { (env.sim.state.stats().faults_injected > faults_at_stop).then_some(()) },
+    )
+    .await;
+    converge(
+        &env,
+        &[("ws", WS)],
+        Duration::from_secs(60),
+        "leader failover: new leader under 30% 5xx",
+        Some(&allowed[..2]),
+    )
+    .await;
     env.sim.state.set_faults(Faults::default());
     converge(
         &env,
@@ -1344,7 +1366,7 @@ async fn end_early_once() {
 /// removals seen in a listing that ends exactly on a page boundary: no mirror may be lost.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn end_early_listing_keeps_every_mirror() {
-    let _serial = common::serial().await;
+    let _serial = crate::serial().await;
     let mut env = Env::new("fault-early").await;
     env.sim.state.generate(WS, 149, "early");
     env.create_workspace("ws", json!({})).await;
@@ -1388,7 +1410,7 @@ async fn end_early_listing_keeps_every_mirror() {
     record(&during);
     println!(
         "fault suite: end early: workspace Ready={:?} clusters={:?}; mirrors: {}",
-        ready_of(&st),
+        crate::ready_of(&st),
         st.clusters,
         during.describe()
     );

@@ -10,19 +10,9 @@ use serde_json::json;
 use crate::common;
 use crate::support::*;
 
-/// Writes to `emrrayclusters` of the kinds the operator sends (create, update, patch, apply,
-/// delete). DELETECOLLECTION is left out: only the namespace controller sends it, once per
-/// resource type for every namespace it cleans up, mirrors or not.
-fn mirror_writes(metrics: &str) -> f64 {
-    ["POST", "PUT", "PATCH", "APPLY", "DELETE"]
-        .iter()
-        .map(|v| common::count_requests(metrics, v, "emrrayclusters"))
-        .sum()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn steady_state_writes_no_mirror() {
-    let _serial = common::serial().await;
+    let _serial = crate::serial().await;
     let mut env = Env::new("e2e-steady").await;
     env.sim.state.generate(WS, 24, "ray-steady");
     env.create_workspace("ws", json!({})).await;
@@ -40,7 +30,7 @@ async fn steady_state_writes_no_mirror() {
     .await;
     // Other test binaries' namespaces may still be being deleted (their mirrors' DELETEs would
     // count as writes): wait until no namespace is terminating.
-    common::wait_no_namespace_terminating(&env.client).await;
+    crate::wait_no_namespace_terminating(&env.client).await;
     // A whole sync after the first one has finished: nothing of the initial sync is in flight.
     env.wait_next_sync(0, "ws", Duration::from_secs(40)).await;
     let versions: Vec<(String, String)> = env
@@ -49,7 +39,7 @@ async fn steady_state_writes_no_mirror() {
         .iter()
         .map(|m| (m.name_any(), m.resource_version().unwrap()))
         .collect();
-    let before = mirror_writes(&common::apiserver_metrics(&env.client).await);
+    let before = crate::apiserver_mirror_writes(&env.client).await;
     let syncs_before = env.sim.state.stats().requests;
     let op_writes_before = env.operators[0].writes();
     let op_mirror_writes_before = env.operators[0].writes_to("emrrayclusters");
@@ -59,7 +49,7 @@ async fn steady_state_writes_no_mirror() {
         env.wait_next_sync(0, "ws", Duration::from_secs(40)).await;
     }
 
-    let after = mirror_writes(&common::apiserver_metrics(&env.client).await);
+    let after = crate::apiserver_mirror_writes(&env.client).await;
     let syncs = env.sim.state.stats().requests - syncs_before;
     assert!(
         syncs >= 2,

@@ -7,7 +7,6 @@
 
 use std::time::{Duration, Instant};
 
-use emr_ray_operator::api::EmrWorkspaceStatus;
 use emr_ray_operator::emr::{ClusterState, RayCluster};
 use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
 use kube::core::{ApiResource, DynamicObject, GroupVersionKind};
@@ -107,18 +106,6 @@ async fn wait_policy(env: &Env, refused: bool) {
     .await
 }
 
-fn ready_of(st: &EmrWorkspaceStatus) -> (String, String, String) {
-    let c = condition(&st.conditions, "Ready").expect("Ready condition");
-    (c.status.to_string(), c.reason.clone(), c.message.clone())
-}
-
-async fn apiserver_mirror_writes(env: &Env) -> f64 {
-    common::count_write_requests(
-        &common::apiserver_metrics(&env.client).await,
-        "emrrayclusters",
-    )
-}
-
 fn deny_cluster(i: usize) -> RayCluster {
     RayCluster {
         cluster_id: format!("ray-deny-{i}"),
@@ -141,7 +128,7 @@ fn cluster_listings(env: &Env) -> u64 {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn refused_mirror_writes_are_reported_bounded_and_recovered() {
-    let _serial = common::serial().await;
+    let _serial = crate::serial().await;
     let mut env = Env::new("e2e-refused").await;
     // 200 clusters: 3 requests per listing (two full pages and the empty one that ends it).
     env.sim.state.generate(WS, 194, "refused");
@@ -153,8 +140,8 @@ async fn refused_mirror_writes_are_reported_bounded_and_recovered() {
 
     // 1. Every mirror write refused.
     refuse_mirrors(&env, "false").await;
-    common::wait_no_namespace_terminating(&env.client).await;
-    let writes0 = apiserver_mirror_writes(&env).await;
+    crate::wait_no_namespace_terminating(&env.client).await;
+    let writes0 = crate::apiserver_mirror_writes(&env.client).await;
     let listings0 = cluster_listings(&env);
     let t0 = Instant::now();
     env.create_workspace("ws", json!({})).await;
@@ -167,7 +154,7 @@ async fn refused_mirror_writes_are_reported_bounded_and_recovered() {
             Duration::from_secs(60),
         )
         .await;
-    let (_, _, msg) = ready_of(&st);
+    let (_, _, msg) = crate::ready_of(&st);
     assert!(msg.starts_with("0 of 200 mirrors written"), "{msg}");
     assert!(msg.contains("refused by the test policy"), "{msg}");
     assert_eq!(
@@ -187,7 +174,7 @@ async fn refused_mirror_writes_are_reported_bounded_and_recovered() {
         env.wait_next_sync(0, "ws", Duration::from_secs(40)).await;
     }
     let elapsed = t0.elapsed();
-    let refused = apiserver_mirror_writes(&env).await - writes0;
+    let refused = crate::apiserver_mirror_writes(&env.client).await - writes0;
     let intervals = elapsed.as_secs_f64() / 10.0;
     // The bound: the first pass stops after its first refusal (at most one write per concurrent
     // slot, 16, was already in flight); every later pass, one interval or backoff apart, sends
@@ -224,13 +211,13 @@ async fn refused_mirror_writes_are_reported_bounded_and_recovered() {
         "195 of 200 mirrors written",
         || async {
             let st = env.status("ws").await;
-            let (_, reason, msg) = ready_of(&st);
+            let (_, reason, msg) = crate::ready_of(&st);
             (reason == "MirrorWriteFailed" && msg.starts_with("195 of 200 mirrors written"))
                 .then_some(st)
         },
     )
     .await;
-    let (_, _, msg) = ready_of(&st);
+    let (_, _, msg) = crate::ready_of(&st);
     assert!(msg.contains("EmrRayCluster ray-deny-"), "{msg}");
     let mirrors = env.mirror_list().await;
     assert_eq!(mirrors.len(), 195);
@@ -263,7 +250,7 @@ async fn refused_mirror_writes_are_reported_bounded_and_recovered() {
 /// large for the API server: every remote string is capped, see `controller::mirror`.)
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_mirror_the_api_server_refuses_affects_only_itself() {
-    let _serial = common::serial().await;
+    let _serial = crate::serial().await;
     let mut env = Env::new("e2e-invalid-mirror").await;
     refuse_mirrors(
         &env,

@@ -1,6 +1,5 @@
 //! Operator test environment shared by the end-to-end test files: a test namespace on the real
 //! control plane, the EMR simulator on a loopback port, and the operator running in-process.
-#![allow(dead_code)]
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -8,6 +7,7 @@ use std::time::Duration;
 use emr_ray_operator::api::{
     Condition, ConditionType, EmrRayCluster, EmrWorkspace, EmrWorkspaceStatus,
 };
+use emr_ray_operator::emr::Credentials;
 use emr_ray_operator::metrics::Metrics;
 use emr_ray_operator::operator::{self, OperatorConfig};
 use emr_sim::{
@@ -23,6 +23,22 @@ use crate::common::{self, TestNamespace};
 
 pub const WS: &str = DEFAULT_WORKSPACE;
 pub const EXAMPLE_CLUSTER: &str = "ray-uiulpgow9xljimm1";
+
+/// The EMR simulator on a loopback port, serving the reference example.
+pub async fn sim() -> SimHandle {
+    Simulator::start(SimConfig::with_default_fixture())
+        .await
+        .expect("simulator starts")
+}
+
+/// The simulator's default credentials.
+#[allow(
+    dead_code,
+    reason = "the serial tests reach the simulator through the operator only"
+)]
+pub fn creds() -> Credentials {
+    Credentials::new(DEFAULT_ACCESS_KEY_ID, DEFAULT_ACCESS_KEY_SECRET)
+}
 
 pub struct Env {
     pub ns: TestNamespace,
@@ -50,10 +66,7 @@ impl Operator {
 
     /// Writes of this replica to `resource` (`emrrayclusters`, `emrworkspaces`).
     pub fn writes_to(&self, resource: &str) -> u64 {
-        self.metric(
-            "emr_ray_operator_kube_writes_total",
-            &[("resource", resource)],
-        ) as u64
+        writes_in(&self.metrics.encode(), resource)
     }
 
     /// Sum of this replica's samples of `name` with the labels of `filter`.
@@ -62,14 +75,20 @@ impl Operator {
     }
 
     /// Remote listings this replica attempted for workspace `ws` (all namespaces).
+    #[allow(dead_code, reason = "not used by the serial tests")]
     pub fn sync_attempts(&self, ws: &str) -> u64 {
         self.metric("emr_ray_operator_sync_attempts_total", &[("workspace", ws)]) as u64
     }
+}
 
-    /// Reconciliations this replica ran.
-    pub fn reconciles(&self) -> u64 {
-        self.metric("emr_ray_operator_reconciles_total", &[]) as u64
-    }
+/// The operator's Kubernetes writes to `resource` in the text of its metrics (of a replica in
+/// this process: [`Operator::writes_to`]; of an operator process: its `/metrics`).
+pub fn writes_in(metrics_text: &str, resource: &str) -> u64 {
+    common::metric_sum(
+        metrics_text,
+        "emr_ray_operator_kube_writes_total",
+        &[("resource", resource)],
+    ) as u64
 }
 
 pub fn operator_config(ns: &str) -> OperatorConfig {
@@ -112,9 +131,7 @@ impl Env {
     pub async fn on(client: kube::Client, prefix: &str) -> Env {
         let ns = TestNamespace::create_on(client.clone(), prefix).await;
         common::install_crds(&client).await;
-        let sim = Simulator::start(SimConfig::with_default_fixture())
-            .await
-            .expect("simulator starts");
+        let sim = sim().await;
         let env = Env {
             ns,
             client,
@@ -193,10 +210,14 @@ impl Env {
     /// `emrrayclusters` loses its orphan finalizer with the mirrors still owned, and they are
     /// then collected as garbage instead. Call this before the operator starts (the probe
     /// workspace would be synced) and before a test relies on `--cascade=orphan`.
+    #[allow(dead_code, reason = "not used by the serial tests")]
     pub async fn wait_garbage_collector_watches_crds(&self) {
         let mirrors = self.mirrors();
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(180);
-        for attempt in 1.. {
+        let attempts = std::sync::atomic::AtomicU32::new(0);
+        // Each attempt is a probe of its own; between them the collector gets 5 s to learn
+        // the resource.
+        let probe = || async {
+            let attempt = attempts.fetch_add(1, std::sync::atomic::Ordering::SeqCst) + 1;
             let name = format!("gc-probe-{attempt}");
             self.create_workspace(&name, json!({"workspaceId": format!("w-{name}")}))
                 .await;
@@ -241,15 +262,17 @@ impl Env {
                 .await;
             let _ = mirrors.delete(&name, &Default::default()).await;
             if orphaned {
-                return;
+                Ok(())
+            } else {
+                eprintln!("garbage-collector probe {attempt}: the probe mirror was not orphaned");
+                Err(attempt)
             }
-            eprintln!("garbage-collector probe {attempt}: the probe mirror was not orphaned");
-            assert!(
-                tokio::time::Instant::now() < deadline,
-                "the garbage collector never orphaned a probe mirror ({attempt} attempts)"
-            );
-            tokio::time::sleep(Duration::from_secs(5)).await;
-        }
+        };
+        common::poll(Duration::from_secs(180), Duration::from_secs(5), probe)
+            .await
+            .unwrap_or_else(|n| {
+                panic!("the garbage collector never orphaned a probe mirror ({n} attempts)")
+            });
     }
 
     pub fn workspaces(&self) -> Api<EmrWorkspace> {
