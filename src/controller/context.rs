@@ -44,63 +44,71 @@ pub struct Settings {
     pub max_jobs_per_workspace: usize,
 }
 
-/// Everything the reconciler needs, shared by all workspaces of one controller.
+/// Everything the reconciler needs, shared by all workspaces of one controller, in four parts:
+/// the Kubernetes side, the EMR side, what the reconciler reads and remembers, and its
+/// settings.
+///
+/// Locks: every lock-guarded map here is in [`Caches`] (four) or in the mirror cache (its
+/// order is written in [`super::cache`]); none of [`Caches`]' maps is held while another lock
+/// is taken, or across an `.await`.
 pub struct Context {
+    pub kube: Kube,
+    pub remote: Remote,
+    pub caches: Caches,
+    pub settings: Settings,
+    pub metrics: Arc<Metrics>,
+    /// Cancelled when this replica stops leading: in-flight reconciles stop writing at once.
+    pub stop: CancellationToken,
+}
+
+/// The Kubernetes side: the client, the Event recorder and the operator-wide write budget.
+pub struct Kube {
     pub client: kube::Client,
+    pub recorder: Recorder,
+    pub write_limiter: WriteLimiter,
+}
+
+/// The EMR side: the OpenAPI client and the credential resolver (with its STS cache).
+pub struct Remote {
     pub emr: EmrClient,
     pub credentials: CredentialResolver,
-    pub recorder: Recorder,
-    pub metrics: Arc<Metrics>,
+}
+
+/// What the reconciler reads and remembers between reconciles.
+pub struct Caches {
+    /// The workspaces' mirrors (the watch-fed store and the overlay of our writes).
     pub mirrors: MirrorCache,
     /// Every watched workspace (to find duplicates).
     pub workspaces: Store<EmrWorkspace>,
     /// Set once `workspaces` has its first complete list.
     pub workspaces_ready: super::lifecycle::Readiness,
-    pub settings: Settings,
-    pub write_limiter: WriteLimiter,
-    /// Cancelled when this replica stops leading: in-flight reconciles stop writing at once.
-    pub stop: CancellationToken,
+    /// Per workspace: the last listing, the schedule, the failure and the write backoff.
     pub(super) states: WorkspaceStates,
     /// Per namespace: the listings it may run at once.
     pub(super) namespace_slots: state::NamespaceSlots,
-    /// Consecutive reconcile errors per workspace, for [`error_policy`]'s backoff.
+    /// Consecutive reconcile errors per workspace, for `error_policy`'s backoff.
     pub(super) errors: Mutex<HashMap<String, u32>>,
     /// UIDs of workspaces that left the watch (deleted), and when: a reconcile still in flight
-    /// writes nothing more for them. Kept for [`DEPARTED_TTL`].
+    /// writes nothing more for them. Kept for `DEPARTED_TTL`.
     pub(super) departed: Mutex<HashMap<String, Instant>>,
 }
 
-impl Context {
-    #[allow(clippy::too_many_arguments)]
+impl Caches {
+    /// The caches of a controller: its mirror cache and workspace store (with its readiness);
+    /// `listings_per_namespace` bounds each namespace's listings at once.
     pub fn new(
-        client: kube::Client,
-        emr: EmrClient,
-        credentials: CredentialResolver,
-        recorder: Recorder,
-        metrics: Arc<Metrics>,
         mirrors: MirrorCache,
         workspaces: Store<EmrWorkspace>,
         workspaces_ready: super::lifecycle::Readiness,
-        settings: Settings,
-        write_limiter: WriteLimiter,
-        stop: CancellationToken,
+        listings_per_namespace: usize,
     ) -> Self {
-        let namespace_slots = state::NamespaceSlots::new(settings.listings_per_namespace);
-        Context {
-            client,
-            emr,
-            credentials,
-            recorder,
-            metrics,
+        Caches {
             mirrors,
-            workspaces_ready,
             workspaces,
-            settings,
-            write_limiter,
-            stop,
+            workspaces_ready,
             states: WorkspaceStates::default(),
-            namespace_slots,
-            errors: Mutex::new(HashMap::new()),
+            namespace_slots: state::NamespaceSlots::new(listings_per_namespace),
+            errors: Mutex::default(),
             departed: Mutex::default(),
         }
     }

@@ -364,7 +364,7 @@ pub fn job_name(submission_id: &str) -> String {
 
 /// The job mirrors of `owner`'s workspace (its label, from the watch cache).
 async fn list_existing(ctx: &Context, owner: &Owner) -> Result<Vec<ExistingJob>, kube::Error> {
-    let api: Api<EmrRayJob> = Api::namespaced(ctx.client.clone(), &owner.namespace);
+    let api: Api<EmrRayJob> = Api::namespaced(ctx.kube.client.clone(), &owner.namespace);
     let selector = format!(
         "{LABEL_MANAGED_BY}={MANAGED_BY},{LABEL_WORKSPACE}={}",
         label_value(&owner.name)
@@ -436,7 +436,7 @@ pub async fn write_jobs(ws: &EmrWorkspace, ctx: &Context, st: &mut WorkspaceStat
     if !conflicts.is_empty() {
         warn!(workspace = %key(ws), conflicts = ?conflicts, "job mirror names held by another workspace");
     }
-    let api: Api<EmrRayJob> = Api::namespaced(ctx.client.clone(), &owner.namespace);
+    let api: Api<EmrRayJob> = Api::namespaced(ctx.kube.client.clone(), &owner.namespace);
     let (mut created, mut deleted, mut failed) = (0usize, 0usize, 0usize);
     let mut first_error: Option<String> = None;
     for w in writes {
@@ -460,7 +460,7 @@ pub async fn write_jobs(ws: &EmrWorkspace, ctx: &Context, st: &mut WorkspaceStat
     debug!(workspace = %key(ws), created, deleted, failed, "job mirrors written");
     if let Some(message) = first_error {
         publish(
-            &ctx.recorder,
+            &ctx.kube.recorder,
             &ws.object_ref(&()),
             EventType::Warning,
             Reason::MirrorWriteFailed,
@@ -478,7 +478,7 @@ async fn write_one(
     owner: &Owner,
     w: &JobWrite,
 ) -> Result<(), kube::Error> {
-    let _permit = ctx.write_limiter.wait().await;
+    let _permit = ctx.kube.write_limiter.wait().await;
     match w {
         JobWrite::Apply {
             name,
@@ -495,7 +495,7 @@ async fn write_one(
             apply::apply_ssa(api, name, body, apply::Subresource::Main).await?;
             ctx.metrics
                 .count_write(KubeResource::EmrRayJobs, WriteOperation::Apply);
-            let _permit2 = ctx.write_limiter.wait().await;
+            let _permit2 = ctx.kube.write_limiter.wait().await;
             apply::apply_ssa(
                 api,
                 name,

@@ -16,7 +16,8 @@ use crate::metrics::WorkspaceLabels;
 /// Forgets a workspace that left this replica's watch (deleted): what is remembered about it
 /// and its metric series. Its mirrors are left as they are.
 pub fn forget(ctx: &Context, ws: &EmrWorkspace) {
-    crate::controller::lock(&ctx.departed).insert(ws.uid().unwrap_or_default(), Instant::now());
+    crate::controller::lock(&ctx.caches.departed)
+        .insert(ws.uid().unwrap_or_default(), Instant::now());
     forget_key(ctx, &key(ws));
 }
 
@@ -24,7 +25,7 @@ pub fn forget(ctx: &Context, ws: &EmrWorkspace) {
 /// metric series, is dropped. Their mirrors are left to the shard that serves them now; a
 /// reconcile still in flight writes nothing more (see [`has_departed`]).
 pub fn namespace_left(ctx: &Context, ns: &str) {
-    for k in ctx.states.keys() {
+    for k in ctx.caches.states.keys() {
         if k.split_once('/').is_some_and(|(n, _)| n == ns) {
             forget_key(ctx, &k);
         }
@@ -47,7 +48,7 @@ pub(super) fn mirror_shard(
 /// Whether a workspace is no longer this replica's: deleted, or its namespace left the shard.
 pub(super) fn has_departed(ctx: &Context, ws: &EmrWorkspace) -> bool {
     let deleted = {
-        let departed = crate::controller::lock(&ctx.departed);
+        let departed = crate::controller::lock(&ctx.caches.departed);
         !departed.is_empty() && departed.contains_key(&ws.uid().unwrap_or_default())
     };
     deleted || mirror_shard(ctx, ws).is_err()
@@ -55,11 +56,11 @@ pub(super) fn has_departed(ctx: &Context, ws: &EmrWorkspace) -> bool {
 
 /// Drops what is remembered about a workspace, and its metric series.
 pub(super) fn forget_key(ctx: &Context, k: &str) {
-    crate::controller::lock(&ctx.errors).remove(k);
-    let Some(st) = ctx.states.remove(k) else {
+    crate::controller::lock(&ctx.caches.errors).remove(k);
+    let Some(st) = ctx.caches.states.remove(k) else {
         return;
     };
-    ctx.mirrors.forget_owner(&st.uid);
+    ctx.caches.mirrors.forget_owner(&st.uid);
     let (namespace, workspace) = k.split_once('/').unwrap_or(("", k));
     let l = WorkspaceLabels {
         namespace: namespace.to_string(),
@@ -105,10 +106,10 @@ const DEPARTED_TTL: Duration = Duration::from_secs(600);
 
 /// Forgets workspaces that no longer exist (deleted workspaces are not reconciled again).
 pub fn prune_deleted(ctx: &Context, workspaces: &Store<EmrWorkspace>) {
-    crate::controller::lock(&ctx.departed).retain(|_, at| at.elapsed() < DEPARTED_TTL);
+    crate::controller::lock(&ctx.caches.departed).retain(|_, at| at.elapsed() < DEPARTED_TTL);
     let live: std::collections::HashSet<String> =
         workspaces.state().iter().map(|ws| key(ws)).collect();
-    for k in ctx.states.keys() {
+    for k in ctx.caches.states.keys() {
         if !live.contains(&k) {
             debug!(workspace = %k, "workspace deleted; forgetting it");
             forget_key(ctx, &k);

@@ -56,7 +56,7 @@ async fn record_listed(
         (Some(message), _) => {
             warn!("{message}");
             publish(
-                &ctx.recorder,
+                &ctx.kube.recorder,
                 &ws.object_ref(&()),
                 EventType::Warning,
                 EventReason::QueueListingFailed,
@@ -66,7 +66,7 @@ async fn record_listed(
         }
         (None, true) => {
             publish(
-                &ctx.recorder,
+                &ctx.kube.recorder,
                 &ws.object_ref(&()),
                 EventType::Normal,
                 EventReason::QueueListingRecovered,
@@ -78,7 +78,7 @@ async fn record_listed(
     }
     if let Some(prev) = st.failure.take() {
         publish(
-            &ctx.recorder,
+            &ctx.kube.recorder,
             &ws.object_ref(&()),
             EventType::Normal,
             EventReason::SyncRecovered,
@@ -129,7 +129,7 @@ async fn record_failure(
     );
     if st.failure.as_ref().map(|f| f.reason) != Some(reason) {
         publish(
-            &ctx.recorder,
+            &ctx.kube.recorder,
             &ws.object_ref(&()),
             EventType::Warning,
             EventReason::SyncFailed,
@@ -176,6 +176,7 @@ pub(super) async fn diagnose(
         };
         let result = match &access {
             Ok((endpoint, creds)) => ctx
+                .remote
                 .emr
                 .get_ray_cluster_within(Some(&ns), endpoint, &ws.spec.workspace_id, &id, creds)
                 .await
@@ -225,9 +226,14 @@ async fn remote_access(
             ),
         ));
     }
-    let credentials =
-        credentials::for_workspace(ws, &endpoint, &ctx.client, &ctx.credentials, &ctx.recorder)
-            .await?;
+    let credentials = credentials::for_workspace(
+        ws,
+        &endpoint,
+        &ctx.kube.client,
+        &ctx.remote.credentials,
+        &ctx.kube.recorder,
+    )
+    .await?;
     Ok((endpoint, credentials))
 }
 
@@ -250,7 +256,8 @@ async fn list_workspace(
     let listing = within(
         ctx,
         "listing",
-        ctx.emr
+        ctx.remote
+            .emr
             .list_ray_clusters_within(Some(&ns), &endpoint, id, &credentials),
     )
     .await?;
@@ -262,7 +269,8 @@ async fn list_workspace(
     let queues = within(
         ctx,
         "listing the queues",
-        ctx.emr
+        ctx.remote
+            .emr
             .list_workspace_queues_within(Some(&ns), &endpoint, id, &credentials),
     )
     .await
@@ -285,7 +293,7 @@ async fn list_workspace(
                 let listed = within(
                     ctx,
                     "job listing",
-                    ctx.emr.list_ray_jobs(
+                    ctx.remote.emr.list_ray_jobs(
                         Some(&ns),
                         &endpoint,
                         id,
@@ -302,7 +310,7 @@ async fn list_workspace(
             }
         }),
     };
-    let page = ctx.emr.config().page_size.max(1) as usize;
+    let page = ctx.remote.emr.config().page_size.max(1) as usize;
     Ok((Listing::new(listing.clusters, page), queues, jobs))
 }
 

@@ -28,7 +28,7 @@ pub async fn sweep(
     ctx: &Context,
     workspaces: &Store<EmrWorkspace>,
 ) -> Vec<ObjectRef<EmrWorkspace>> {
-    let orphans = ctx.mirrors.store().orphans(None);
+    let orphans = ctx.caches.mirrors.store().orphans(None);
     if orphans.is_empty() {
         return Vec::new();
     }
@@ -62,7 +62,7 @@ pub async fn sweep(
                 continue;
             }
         }
-        let api: Api<EmrRayCluster> = Api::namespaced(ctx.client.clone(), &ns);
+        let api: Api<EmrRayCluster> = Api::namespaced(ctx.kube.client.clone(), &ns);
         for m in mirrors {
             if deleted >= MAX_DELETES_PER_SWEEP {
                 return wake;
@@ -95,7 +95,7 @@ pub async fn sweep(
 /// Whether workspace `ns/name` exists at the API server (the operator may list workspaces, not
 /// get them: a consistent list of metadata by name).
 async fn workspace_exists(ctx: &Context, ns: &str, name: &str) -> Result<bool, kube::Error> {
-    let api: Api<EmrWorkspace> = Api::namespaced(ctx.client.clone(), ns);
+    let api: Api<EmrWorkspace> = Api::namespaced(ctx.kube.client.clone(), ns);
     let list = api
         .list_metadata(&ListParams::default().fields(&format!("metadata.name={name}")))
         .await?;

@@ -79,11 +79,11 @@ async fn reconcile_workspace(ws: Arc<EmrWorkspace>, ctx: Arc<Context>) -> Result
         forget_key(&ctx, &k);
         return Ok(Action::await_change());
     }
-    let mut st = ctx.states.get(&k, &ws.uid().unwrap_or_default());
+    let mut st = ctx.caches.states.get(&k, &ws.uid().unwrap_or_default());
     let started = Instant::now();
     // 2.–5. The sync.
     let attempted = sync(&ws, &ctx, &mut st).await;
-    ctx.states.put(&k, st.clone());
+    ctx.caches.states.put(&k, st.clone());
     if has_departed(&ctx, &ws) {
         // Deleted, or its namespace moved to another shard meanwhile: not ours to write or
         // remember any more (the series this sync touched go too).
@@ -99,7 +99,7 @@ async fn reconcile_workspace(ws: Arc<EmrWorkspace>, ctx: Arc<Context>) -> Result
             .get_or_create(&labels(&ws))
             .observe(started.elapsed().as_secs_f64());
     }
-    crate::controller::lock(&ctx.errors).remove(&k);
+    crate::controller::lock(&ctx.caches.errors).remove(&k);
     // 7. Requeue. Instances are fetched only while the listing succeeds: after a failed one,
     // its retry comes first.
     let now = Instant::now();
@@ -133,8 +133,8 @@ async fn reconcile_workspace(ws: Arc<EmrWorkspace>, ctx: Arc<Context>) -> Result
 /// list, waiting at most [`CACHES_READY_TIMEOUT`].
 async fn caches_ready(ctx: &Context) -> bool {
     tokio::time::timeout(CACHES_READY_TIMEOUT, async {
-        ctx.mirrors.store().wait_ready().await;
-        ctx.workspaces_ready.wait().await;
+        ctx.caches.mirrors.store().wait_ready().await;
+        ctx.caches.workspaces_ready.wait().await;
         if let Some(shard) = &ctx.settings.shard {
             shard.wait_ready().await;
         }
@@ -253,7 +253,7 @@ fn listing_slot(
     ctx: &Context,
 ) -> Option<(tokio::sync::OwnedSemaphorePermit, Held)> {
     let ns = ws.namespace().unwrap_or_default();
-    let permit = ctx.namespace_slots.try_acquire(&ns)?;
+    let permit = ctx.caches.namespace_slots.try_acquire(&ns)?;
     let held = ctx
         .metrics
         .namespace_listings
@@ -279,6 +279,7 @@ impl Drop for Held {
 fn duplicate_of(ws: &EmrWorkspace, ctx: &Context) -> Option<String> {
     let ns = ws.namespace();
     let others: Vec<Arc<EmrWorkspace>> = ctx
+        .caches
         .workspaces
         .state()
         .into_iter()
@@ -296,6 +297,7 @@ fn duplicate_of(ws: &EmrWorkspace, ctx: &Context) -> Option<String> {
     let ns = ns.unwrap_or_default();
     let seniority = |w: &EmrWorkspace| decide::Seniority {
         owns_no_mirrors: ctx
+            .caches
             .mirrors
             .current(&ns, &w.uid().unwrap_or_default())
             .is_empty(),
@@ -308,7 +310,7 @@ fn duplicate_of(ws: &EmrWorkspace, ctx: &Context) -> Option<String> {
 /// Retries a failed reconcile with a per-workspace backoff ([`decide::reconcile_retry`]).
 pub fn error_policy(ws: Arc<EmrWorkspace>, err: &Error, ctx: Arc<Context>) -> Action {
     let failures = {
-        let mut errors = crate::controller::lock(&ctx.errors);
+        let mut errors = crate::controller::lock(&ctx.caches.errors);
         let n = errors.entry(key(&ws)).or_default();
         *n = n.saturating_add(1);
         *n

@@ -87,13 +87,13 @@ pub(super) async fn write_mirrors(
         return;
     }
     let writer = Writer {
-        api: Api::namespaced(ctx.client.clone(), &owner.namespace),
+        api: Api::namespaced(ctx.kube.client.clone(), &owner.namespace),
         owner: &owner,
         workspace: workspace.clone(),
-        cache: &ctx.mirrors,
-        recorder: &ctx.recorder,
+        cache: &ctx.caches.mirrors,
+        recorder: &ctx.kube.recorder,
         metrics: &ctx.metrics,
-        limiter: &ctx.write_limiter,
+        limiter: &ctx.kube.write_limiter,
         now: &now,
     };
     let probe = st.write_trouble.is_some();
@@ -127,7 +127,7 @@ struct Existing {
 /// owner by a workspace of this name deleted with `--cascade=orphan`. Taken-over mirrors are
 /// kept, relabelled or deleted by the plan like its own.
 async fn existing_mirrors(ctx: &Context, st: &WorkspaceState, owner: &plan::Owner) -> Existing {
-    let mut mirrors = ctx.mirrors.current(&owner.namespace, &owner.uid);
+    let mut mirrors = ctx.caches.mirrors.current(&owner.namespace, &owner.uid);
     let mut adopting = ctx.settings.shard.is_some() && !st.adopted;
     let mut adopted = false;
     if adopting {
@@ -150,6 +150,7 @@ async fn existing_mirrors(ctx: &Context, st: &WorkspaceState, owner: &plan::Owne
         }
     }
     let orphans = ctx
+        .caches
         .mirrors
         .store()
         .orphans(Some((&owner.namespace, &owner.name)));
@@ -184,6 +185,7 @@ async fn names_held_elsewhere(
         }
         let name = super::mirror::mirror_name(id);
         let holder = ctx
+            .caches
             .mirrors
             .get(&owner.namespace, &name)
             .filter(|m| m.controller_uid.as_ref().is_some_and(|u| *u != owner.uid));
@@ -225,7 +227,7 @@ async fn mirrors_of_other_shards(
         "{LABEL_MANAGED_BY}={MANAGED_BY},{LABEL_WORKSPACE}={},{not_ours}",
         super::mirror::label_value(&owner.name)
     );
-    let api: Api<EmrRayCluster> = Api::namespaced(ctx.client.clone(), &owner.namespace);
+    let api: Api<EmrRayCluster> = Api::namespaced(ctx.kube.client.clone(), &owner.namespace);
     let list = api
         .list(&ListParams::default().labels(&selector).match_any())
         .await?;
@@ -256,7 +258,7 @@ async fn names_held_in_other_shards(
     let Some(listing) = listing else {
         return HashMap::new();
     };
-    let api: Api<EmrRayCluster> = Api::namespaced(ctx.client.clone(), &owner.namespace);
+    let api: Api<EmrRayCluster> = Api::namespaced(ctx.kube.client.clone(), &owner.namespace);
     let mut held = HashMap::new();
     for id in listing.ids().filter(|id| !existing.contains_key(*id)) {
         let name = super::mirror::mirror_name(id);
@@ -329,7 +331,7 @@ async fn report_conflicts(ctx: &Context, ws: &EmrWorkspace, conflicts: &[plan::C
         .collect();
     warn!(conflicts = ?names, "mirror names held by another workspace");
     publish(
-        &ctx.recorder,
+        &ctx.kube.recorder,
         &ws.object_ref(&()),
         EventType::Warning,
         Reason::MirrorNameConflict,
@@ -354,7 +356,7 @@ async fn report_write_trouble(
     match (now, before) {
         (Some(t), prev) if prev != Some(t.refusal) => {
             publish(
-                &ctx.recorder,
+                &ctx.kube.recorder,
                 workspace,
                 EventType::Warning,
                 Reason::MirrorWriteFailed,
@@ -367,7 +369,7 @@ async fn report_write_trouble(
         }
         (None, Some(prev)) => {
             publish(
-                &ctx.recorder,
+                &ctx.kube.recorder,
                 workspace,
                 EventType::Normal,
                 EventReason::MirrorWritesRecovered,
@@ -435,8 +437,8 @@ pub(super) async fn write_status(
     ) {
         return Ok(());
     }
-    let api: Api<EmrWorkspace> = Api::namespaced(ctx.client.clone(), &labels.namespace);
-    let _permit = ctx.write_limiter.wait().await;
+    let api: Api<EmrWorkspace> = Api::namespaced(ctx.kube.client.clone(), &labels.namespace);
+    let _permit = ctx.kube.write_limiter.wait().await;
     let body = serde_json::json!({ "status": s });
     match apply::apply_ssa(&api, &ws.name_any(), body, apply::Subresource::Status).await {
         Ok(_) => {}

@@ -27,6 +27,7 @@ use crate::api::{EmrRayCluster, EmrWorkspace, Interval, LABEL_MANAGED_BY, MANAGE
 use crate::controller::apply::WriteLimiter;
 use crate::controller::cache::MirrorStore;
 use crate::controller::cache::{MirrorCache, MirrorChanges};
+use crate::controller::context::{Caches, Kube, Remote};
 use crate::controller::shard::{Change, ShardNamespaces};
 use crate::controller::{Context, Settings, error_policy, reconcile};
 use crate::emr::endpoint::{EndpointPattern, EndpointPolicy};
@@ -436,29 +437,37 @@ async fn run_controller(
     let (ws_store, ws_writer) = reflector::store();
     let (ws_ready, ws_ready_tx) = crate::controller::Readiness::new();
 
-    let ctx = Arc::new(Context::new(
-        client.clone(),
-        shared.emr.clone(),
-        shared.credentials.clone(),
-        shared.recorder.clone(),
-        shared.metrics.clone(),
-        MirrorCache::new(mirrors.clone(), changes),
-        ws_store.clone(),
-        ws_ready.clone(),
-        Settings {
-            listing_timeout: shared.cfg.listing_timeout,
-            default_interval: shared.cfg.default_sync_interval,
-            write_backoff_cap: shared.cfg.write_backoff_cap,
-            endpoints: EndpointPolicy::with(shared.cfg.allowed_endpoints.clone()),
-            listings_per_namespace: shared.cfg.listings_per_namespace(),
-            status_heartbeat: shared.cfg.status_heartbeat,
-            stuck_cluster_after: shared.cfg.stuck_cluster_after,
-            shard: served.clone(),
-            max_jobs_per_workspace: shared.cfg.max_jobs_per_workspace,
+    let settings = Settings {
+        listing_timeout: shared.cfg.listing_timeout,
+        default_interval: shared.cfg.default_sync_interval,
+        write_backoff_cap: shared.cfg.write_backoff_cap,
+        endpoints: EndpointPolicy::with(shared.cfg.allowed_endpoints.clone()),
+        listings_per_namespace: shared.cfg.listings_per_namespace(),
+        status_heartbeat: shared.cfg.status_heartbeat,
+        stuck_cluster_after: shared.cfg.stuck_cluster_after,
+        shard: served.clone(),
+        max_jobs_per_workspace: shared.cfg.max_jobs_per_workspace,
+    };
+    let ctx = Arc::new(Context {
+        kube: Kube {
+            client: client.clone(),
+            recorder: shared.recorder.clone(),
+            write_limiter: shared.write_limiter.clone(),
         },
-        shared.write_limiter.clone(),
-        token.clone(),
-    ));
+        remote: Remote {
+            emr: shared.emr.clone(),
+            credentials: shared.credentials.clone(),
+        },
+        caches: Caches::new(
+            MirrorCache::new(mirrors.clone(), changes),
+            ws_store.clone(),
+            ws_ready.clone(),
+            settings.listings_per_namespace,
+        ),
+        settings,
+        metrics: shared.metrics.clone(),
+        stop: token.clone(),
+    });
     // Workspaces woken to take over mirrors: left without an owner (see controller::orphans),
     // or of a namespace that joined this shard.
     let (wake, woken) = futures::channel::mpsc::unbounded();
