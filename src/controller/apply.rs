@@ -1,5 +1,6 @@
 //! Carries out a [`Plan`]: server-side applies and deletes, the Events they announce, and the
-//! write metrics. Decides nothing beyond how to react to a refused write:
+//! write metrics. Decides nothing beyond how to react to a refused write (and whether a
+//! mirror the plan meant to create, found to exist, already has the status to write):
 //!
 //! * a refusal that needs a person (forbidden, invalid, too large) stops the rest of the pass —
 //!   one refused write is enough to know; the next pass comes after the workspace's backoff and
@@ -348,32 +349,21 @@ async fn write_action(w: &Writer<'_>, mut a: Action, summarize: bool) -> Result<
             }
             return Ok(Outcome::Deleted);
         }
+        Write::Metadata => {
+            apply_metadata(w, (&a.name, &a.cluster_id), before).await?;
+            return Ok(Outcome::Updated);
+        }
         Write::Apply(status) => {
-            let fields = json!({
-                "metadata": {
-                    "labels": w.owner.labels(&a.cluster_id),
-                    "annotations": { ANNOTATION_CLUSTER_ID: a.cluster_id },
-                    "ownerReferences": [w.owner.reference()],
-                },
-                "spec": w.owner.spec(&a.cluster_id),
-            });
-            let _permit = w.limiter.wait().await;
-            let res = apply_ssa(&w.api, &a.name, fields, Subresource::Main)
-                .await
-                .map_err(refused)?;
-            w.metrics
-                .count_write(KubeResource::EmrRayClusters, WriteOperation::Apply);
-            w.cache.record_write(ns, &a.name, before, Some(&res));
+            let res = apply_metadata(w, (&a.name, &a.cluster_id), before).await?;
             if a.prev.is_none() && res.status.is_some() {
                 // It existed already, unseen by this replica (labelled for another shard, say):
-                // taken over, not created.
+                // taken over, not created; its status is written only if it differs (what the
+                // plan could not know).
+                if res.status.as_ref() == Some(&status) {
+                    return Ok(Outcome::Updated);
+                }
                 a.event = takeover_event(a.event.take(), res.status.as_ref());
                 a.prev = Some(Arc::new(CachedMirror::of(&res)));
-            }
-            // A freshly created object has no status yet; otherwise write only on a difference.
-            let prev_status = a.prev.as_ref().and_then(|p| p.status());
-            if a.prev.is_some() && prev_status.as_ref() == Some(&status) {
-                return Ok(Outcome::Updated);
             }
             status
         }
@@ -408,6 +398,32 @@ async fn write_action(w: &Writer<'_>, mut a: Action, summarize: bool) -> Result<
     } else {
         Outcome::Updated
     })
+}
+
+/// Server-side apply of a mirror's metadata (labels, the cluster-ID annotation, the owner) and
+/// spec; the object the API server returned.
+async fn apply_metadata(
+    w: &Writer<'_>,
+    (name, cluster_id): (&str, &str),
+    before: Option<&CachedMirror>,
+) -> Result<EmrRayCluster, Refused> {
+    let fields = json!({
+        "metadata": {
+            "labels": w.owner.labels(cluster_id),
+            "annotations": { ANNOTATION_CLUSTER_ID: cluster_id },
+            "ownerReferences": [w.owner.reference()],
+        },
+        "spec": w.owner.spec(cluster_id),
+    });
+    let _permit = w.limiter.wait().await;
+    let res = apply_ssa(&w.api, name, fields, Subresource::Main)
+        .await
+        .map_err(|e| Refused::from_error(&e))?;
+    w.metrics
+        .count_write(KubeResource::EmrRayClusters, WriteOperation::Apply);
+    w.cache
+        .record_write(&w.owner.namespace, name, before, Some(&res));
+    Ok(res)
 }
 
 /// The Event of a planned creation whose object turned out to exist: a state change, if any.

@@ -120,8 +120,11 @@ impl Owner {
 /// What to write for one mirror.
 #[derive(Clone, Debug, PartialEq)]
 pub enum Write {
-    /// Server-side apply of metadata and spec (creation or repair), then of the status.
+    /// Server-side apply of metadata and spec (creation or repair), then of the status (a new
+    /// object has none; a repaired one a different one).
     Apply(EmrRayClusterStatus),
+    /// Only the metadata or spec differs: their server-side apply; the status is already right.
+    Metadata,
     /// Only the status differs.
     Status(EmrRayClusterStatus),
     Delete,
@@ -394,7 +397,8 @@ fn write_for(
     };
     let write = match (meta_ok, status_ok) {
         (true, true) => return None,
-        (false, _) => Write::Apply(desired),
+        (false, true) => Write::Metadata,
+        (false, false) => Write::Apply(desired),
         (true, false) => Write::Status(desired),
     };
     Some(Action {

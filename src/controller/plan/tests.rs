@@ -65,7 +65,8 @@ fn outcome(p: &Plan, id: &str) -> &'static str {
         Some(a) => match &a.write {
             Write::Delete => "delete",
             Write::Apply(_) if a.prev.is_none() => "create",
-            Write::Apply(_) => "repair",
+            Write::Apply(_) => "repair-with-status",
+            Write::Metadata => "repair",
             Write::Status(s) if s.gone => "mark-gone",
             Write::Status(s) => {
                 let synced = s
@@ -529,6 +530,7 @@ fn instances_are_shown_kept_on_a_failed_fetch_and_dropped_when_healthy() {
         };
     let status_of = |p: &Plan| match &p.actions[0].write {
         Write::Status(s) | Write::Apply(s) => s.clone(),
+        Write::Metadata => panic!("the status is unchanged"),
         Write::Delete => panic!("deleted"),
     };
     let stalled = |s: &EmrRayClusterStatus| {
