@@ -48,9 +48,10 @@ pub struct Settings {
 /// the Kubernetes side, the EMR side, what the reconciler reads and remembers, and its
 /// settings.
 ///
-/// Locks: every lock-guarded map here is in [`Caches`] (four) or in the mirror cache (its
-/// order is written in [`super::cache`]); none of [`Caches`]' maps is held while another lock
-/// is taken, or across an `.await`.
+/// Locks (eleven, each with one owner): four maps in [`Caches`], six in the mirror cache (whose
+/// order is written in [`super::cache`]) and the shard's namespace set
+/// ([`super::shard::ShardNamespaces`]). [`Caches`]' maps and the shard's set are each taken
+/// alone — never while another lock is held — and none is held across an `.await`.
 pub struct Context {
     pub kube: Kube,
     pub remote: Remote,

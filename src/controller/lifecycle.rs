@@ -23,7 +23,7 @@ pub fn forget(ctx: &Context, ws: &EmrWorkspace) {
 
 /// Namespace `ns` left this replica's shard: what is remembered about its workspaces, and their
 /// metric series, is dropped. Their mirrors are left to the shard that serves them now; a
-/// reconcile still in flight writes nothing more (see [`has_departed`]).
+/// reconcile still in flight writes nothing more (see `has_departed`).
 pub fn namespace_left(ctx: &Context, ns: &str) {
     for k in ctx.caches.states.keys() {
         if k.split_once('/').is_some_and(|(n, _)| n == ns) {

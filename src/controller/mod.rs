@@ -1,15 +1,15 @@
 //! The reconciler: one `EmrWorkspace` in, read-only `EmrRayCluster` (and `EmrRayJob`) mirrors
-//! out. [`reconcile`] reads top to bottom (see its file): guards, spec, listing, diagnosis,
+//! out. [`reconcile()`] reads top to bottom (see its file): guards, spec, listing, diagnosis,
 //! mirrors, status, requeue — each step in the file its name gives:
 //!
 //! * [`reconcile`](mod@reconcile) — the flow and [`error_policy`]; [`decide`] — every decision
 //!   of it, pure and table-tested;
 //! * [`listing`] — the remote listing and the diagnosis of unhealthy clusters;
 //!   [`credentials`] — a workspace's access key;
-//! * [`write`] — the mirror writes and the status write; [`plan`] decides the mirror writes and
+//! * [`write`](mod@write) — the mirror writes and the status write; [`plan`] decides the mirror writes and
 //!   [`status`] the workspace status (pure); [`apply`] performs writes, Events and write
 //!   metrics; [`mirror`] turns a remote cluster into a mirror's status (pure); [`jobs`] the job
-//!   mirrors; [`queues`], [`series`] the queue and cluster metric series;
+//!   mirrors; [`queues`], `series` the queue and cluster metric series;
 //! * [`context`] — the shared [`Context`] and [`Settings`]; [`error`] — [`Error`], [`SyncError`];
 //!   [`lifecycle`] — workspaces that leave this replica;
 //! * [`state`] — what is remembered per workspace between reconciles; [`cache`] — the compact

@@ -4,16 +4,16 @@
 //!
 //! 1. **guards** (here): the caches are listed, this replica serves the namespace, the
 //!    workspace is not being deleted;
-//! 2. **spec** (here, [`admit`]): the sync interval, suspension, duplicates
-//!    ([`decide::senior_to`]);
-//! 3. **listing** ([`super::listing`]): when due ([`decide::listing_due`]) and the namespace
+//! 2. **spec** (here, `admit`): the sync interval, suspension, duplicates
+//!    (`decide::senior_to`);
+//! 3. **listing** ([`super::listing`]): when due (`decide::listing_due`) and the namespace
 //!    has a slot free: the endpoint, the credentials ([`super::credentials`]), then
 //!    `ListRayCluster`, the queues and the jobs;
-//! 4. **diagnosis** ([`super::listing::diagnose`]): `GetRayCluster` for unhealthy clusters;
-//! 5. **mirrors** ([`super::write`]: [`super::plan`] decides, [`super::apply`] writes) and job
+//! 4. **diagnosis** (`listing::diagnose`): `GetRayCluster` for unhealthy clusters;
+//! 5. **mirrors** ([`super::write`](mod@super::write): [`super::plan`] decides, [`super::apply`] writes) and job
 //!    mirrors ([`super::jobs`]);
-//! 6. **status** ([`super::write::write_status`], built by [`super::status`]);
-//! 7. **requeue** ([`decide::requeue_after`]); a failed reconcile, [`error_policy`].
+//! 6. **status** (`write::write_status`, built by [`super::status`]);
+//! 7. **requeue** (`decide::requeue_after`); a failed reconcile, [`error_policy`].
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -307,7 +307,7 @@ fn duplicate_of(ws: &EmrWorkspace, ctx: &Context) -> Option<String> {
     decide::senior_to(&seniority(ws), others.iter().map(|o| seniority(o)))
 }
 
-/// Retries a failed reconcile with a per-workspace backoff ([`decide::reconcile_retry`]).
+/// Retries a failed reconcile with a per-workspace backoff (`decide::reconcile_retry`).
 pub fn error_policy(ws: Arc<EmrWorkspace>, err: &Error, ctx: Arc<Context>) -> Action {
     let failures = {
         let mut errors = crate::controller::lock(&ctx.caches.errors);

@@ -2,7 +2,7 @@
 //!
 //! * [`WorkspaceStates`]: per workspace, the last complete listing, the schedule, the failure
 //!   being reported and the write backoff;
-//! * [`MirrorCache`]: a workspace's mirrors as the watch-fed store has them, rescanned only when
+//! * [`MirrorCache`](super::cache::MirrorCache): a workspace's mirrors as the watch-fed store has them, rescanned only when
 //!   the watch reported a change, and overlaid with our own writes until the store catches up.
 //!
 //! `resourceVersion`s are opaque: they are only ever compared for equality.

@@ -252,7 +252,7 @@ fn reload_once(
 }
 
 /// A TCP listener whose connections are TLS streams. Handshakes run concurrently (at most
-/// [`HANDSHAKES_IN_FLIGHT`], each for at most [`HANDSHAKE_TIMEOUT`]), so a client that stalls
+/// `HANDSHAKES_IN_FLIGHT`, each for at most `HANDSHAKE_TIMEOUT`), so a client that stalls
 /// its handshake delays no one else; a connection whose handshake fails (plain HTTP, say) is
 /// closed without an HTTP answer.
 pub struct TlsListener {

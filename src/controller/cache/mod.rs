@@ -23,8 +23,8 @@
 //! (`MirrorCache::by_owner`, `MirrorChanges::changed`/`scanned`) is taken alone. The
 //! reconciler's own maps (see [`super::context`]) are never held while these are taken.
 
-mod overlay;
-mod store;
+pub mod overlay;
+pub mod store;
 
 use std::hash::{DefaultHasher, Hash, Hasher};
 
