@@ -415,6 +415,50 @@ async fn watch_namespaces(
     }
 }
 
+/// The reconciler's context for one controller: the shared clients, this controller's caches
+/// (its mirror cache, its workspace store and that store's readiness), the settings from the
+/// operator's configuration, and the token that stops its writes.
+fn context(
+    shared: &Shared,
+    mirrors: MirrorCache,
+    (workspaces, workspaces_ready): (reflector::Store<EmrWorkspace>, crate::controller::Readiness),
+    served: Option<Arc<ShardNamespaces>>,
+    token: CancellationToken,
+) -> Context {
+    let cfg = &shared.cfg;
+    let settings = Settings {
+        listing_timeout: cfg.listing_timeout,
+        default_interval: cfg.default_sync_interval,
+        write_backoff_cap: cfg.write_backoff_cap,
+        endpoints: EndpointPolicy::with(cfg.allowed_endpoints.clone()),
+        listings_per_namespace: cfg.listings_per_namespace(),
+        status_heartbeat: cfg.status_heartbeat,
+        stuck_cluster_after: cfg.stuck_cluster_after,
+        shard: served,
+        max_jobs_per_workspace: cfg.max_jobs_per_workspace,
+    };
+    Context {
+        kube: Kube {
+            client: shared.client.clone(),
+            recorder: shared.recorder.clone(),
+            write_limiter: shared.write_limiter.clone(),
+        },
+        remote: Remote {
+            emr: shared.emr.clone(),
+            credentials: shared.credentials.clone(),
+        },
+        caches: Caches::new(
+            mirrors,
+            workspaces,
+            workspaces_ready,
+            settings.listings_per_namespace,
+        ),
+        settings,
+        metrics: shared.metrics.clone(),
+        stop: token,
+    }
+}
+
 async fn run_controller(
     shared: &Shared,
     ns: Option<&str>,
@@ -437,37 +481,13 @@ async fn run_controller(
     let (ws_store, ws_writer) = reflector::store();
     let (ws_ready, ws_ready_tx) = crate::controller::Readiness::new();
 
-    let settings = Settings {
-        listing_timeout: shared.cfg.listing_timeout,
-        default_interval: shared.cfg.default_sync_interval,
-        write_backoff_cap: shared.cfg.write_backoff_cap,
-        endpoints: EndpointPolicy::with(shared.cfg.allowed_endpoints.clone()),
-        listings_per_namespace: shared.cfg.listings_per_namespace(),
-        status_heartbeat: shared.cfg.status_heartbeat,
-        stuck_cluster_after: shared.cfg.stuck_cluster_after,
-        shard: served.clone(),
-        max_jobs_per_workspace: shared.cfg.max_jobs_per_workspace,
-    };
-    let ctx = Arc::new(Context {
-        kube: Kube {
-            client: client.clone(),
-            recorder: shared.recorder.clone(),
-            write_limiter: shared.write_limiter.clone(),
-        },
-        remote: Remote {
-            emr: shared.emr.clone(),
-            credentials: shared.credentials.clone(),
-        },
-        caches: Caches::new(
-            MirrorCache::new(mirrors.clone(), changes),
-            ws_store.clone(),
-            ws_ready.clone(),
-            settings.listings_per_namespace,
-        ),
-        settings,
-        metrics: shared.metrics.clone(),
-        stop: token.clone(),
-    });
+    let ctx = Arc::new(context(
+        shared,
+        MirrorCache::new(mirrors.clone(), changes),
+        (ws_store.clone(), ws_ready.clone()),
+        served.clone(),
+        token.clone(),
+    ));
     // Workspaces woken to take over mirrors: left without an owner (see controller::orphans),
     // or of a namespace that joined this shard.
     let (wake, woken) = futures::channel::mpsc::unbounded();
