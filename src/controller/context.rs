@@ -92,7 +92,7 @@ impl Context {
             recorder,
             metrics,
             mirrors,
-            workspaces_ready: super::lifecycle::Readiness::of(workspaces.clone()),
+            workspaces_ready: super::lifecycle::Readiness::default(),
             workspaces,
             settings,
             write_limiter,

@@ -2,6 +2,7 @@
 //! what is remembered about them and their metric series are dropped; their mirrors are left
 //! as they are. And the wait for a reflector store's first complete list.
 
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use kube::ResourceExt;
@@ -79,32 +80,30 @@ pub(super) fn forget_key(ctx: &Context, k: &str) {
 
 /// A reflector store's first complete list, as a signal any number of tasks can await.
 ///
-/// Not `Store::wait_until_ready` in each task: kube-runtime's readiness is a oneshot receiver
-/// behind a mutex, which keeps the waker of only the last task that polled it, so with several
-/// waiters (reconciles, the orphan sweep) some were never woken. Here one task awaits the store
-/// and publishes the result on a `watch` channel.
+/// Not `Store::wait_until_ready`: kube-runtime's readiness is a oneshot receiver behind a
+/// mutex, which keeps the waker of only the last task that polled it, so with several waiters
+/// some are never woken — and the controller's own runner is always one of them (a task of
+/// ours awaiting the store as well was never woken, and the operator never became ready).
+/// Instead the watch stream that feeds the store says when its first list is complete
+/// ([`Readiness::set`], on its `InitDone`), and that is published on a `watch` channel.
 #[derive(Clone, Debug)]
-pub struct Readiness(tokio::sync::watch::Receiver<bool>);
+pub struct Readiness(Arc<tokio::sync::watch::Sender<bool>>);
+
+impl Default for Readiness {
+    fn default() -> Self {
+        Readiness(Arc::new(tokio::sync::watch::Sender::new(false)))
+    }
+}
 
 impl Readiness {
-    /// Starts the one task that awaits `store`'s first complete list (or its writer's end).
-    pub fn of<K>(store: Store<K>) -> Self
-    where
-        K: kube::Resource + Clone + Send + Sync + 'static,
-        K::DynamicType: Eq + std::hash::Hash + Clone + Send + Sync,
-    {
-        let (tx, rx) = tokio::sync::watch::channel(false);
-        tokio::spawn(async move {
-            // Err: the writer is gone (the controller stopped); nobody waits for long then.
-            let _ = store.wait_until_ready().await;
-            tx.send_replace(true);
-        });
-        Readiness(rx)
+    /// The store has its first complete list (the stream feeding it passed its `InitDone`).
+    pub fn set(&self) {
+        self.0.send_replace(true);
     }
 
     /// Waits until the store has its first complete list.
     pub async fn wait(&self) {
-        let _ = self.0.clone().wait_for(|ready| *ready).await;
+        let _ = self.0.subscribe().wait_for(|ready| *ready).await;
     }
 }
 

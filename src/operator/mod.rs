@@ -484,10 +484,11 @@ async fn run_controller(
     let forget_ctx = ctx.clone();
     let ws_stream = reflector(ws_writer, watcher(workspaces, watcher::Config::default()))
         .default_backoff()
-        .inspect(move |ev| {
-            if let Ok(watcher::Event::Delete(ws)) = ev {
-                crate::controller::forget(&forget_ctx, ws);
-            }
+        .inspect(move |ev| match ev {
+            Ok(watcher::Event::Delete(ws)) => crate::controller::forget(&forget_ctx, ws),
+            // The reflector applied it: the store is ready.
+            Ok(watcher::Event::InitDone) => forget_ctx.workspaces_ready.set(),
+            _ => {}
         })
         .applied_objects();
     let ctrl = Controller::for_stream(ws_stream, ws_store.clone()).reconcile_on(woken);
