@@ -123,6 +123,7 @@ impl EmrClient {
                 page_num,
                 creds,
                 deadline,
+                unchanged_if: None,
             };
             let result = self
                 .fetch::<ListRayJobResponse>(
