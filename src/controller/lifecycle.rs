@@ -122,3 +122,30 @@ pub fn prune_deleted(ctx: &Context, workspaces: &Store<EmrWorkspace>) {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::Readiness;
+
+    /// Every waiter is woken, however many wait (kube's own readiness wakes only the last).
+    #[tokio::test]
+    async fn readiness_wakes_every_waiter() {
+        let ready = Readiness::default();
+        let waiters: Vec<_> = (0..4)
+            .map(|_| {
+                let r = ready.clone();
+                tokio::spawn(async move { r.wait().await })
+            })
+            .collect();
+        tokio::task::yield_now().await;
+        ready.set();
+        for w in waiters {
+            tokio::time::timeout(std::time::Duration::from_secs(5), w)
+                .await
+                .expect("woken")
+                .unwrap();
+        }
+        // Once set, a new waiter returns at once.
+        ready.wait().await;
+    }
+}
