@@ -2,6 +2,7 @@
 //! what is remembered about them and their metric series are dropped; their mirrors are left
 //! as they are. And the wait for a reflector store's first complete list.
 
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use kube::ResourceExt;
@@ -82,22 +83,30 @@ pub(super) fn forget_key(ctx: &Context, k: &str) {
 /// stream itself when it sees its first `InitDone` (after the reflector has stored it).
 ///
 /// Not `Store::wait_until_ready`: kube-runtime's readiness is a oneshot receiver behind a
-/// mutex that keeps the waker of only the last task that polled it, so of several waiters (the
-/// controller, reconciles, the orphan sweep) some are never woken.
+/// mutex, which keeps the waker of only the last task that polled it, so with several waiters
+/// some are never woken — and the controller's own runner is always one of them (a task of
+/// ours awaiting the store as well was never woken, and the operator never became ready).
+/// Instead the watch stream that feeds the store says when its first list is complete
+/// ([`Readiness::set`], on its `InitDone`), and that is published on a `watch` channel.
 #[derive(Clone, Debug)]
-pub struct Readiness(tokio::sync::watch::Receiver<bool>);
+pub struct Readiness(Arc<tokio::sync::watch::Sender<bool>>);
+
+impl Default for Readiness {
+    fn default() -> Self {
+        Readiness(Arc::new(tokio::sync::watch::Sender::new(false)))
+    }
+}
 
 impl Readiness {
-    /// A readiness not set yet, and its setter (`send_replace(true)` on the first `InitDone`).
-    pub fn new() -> (Self, tokio::sync::watch::Sender<bool>) {
-        let (tx, rx) = tokio::sync::watch::channel(false);
-        (Readiness(rx), tx)
+    /// The store has its first complete list (the stream feeding it passed its `InitDone`).
+    pub fn set(&self) {
+        self.0.send_replace(true);
     }
 
     /// Waits until the watch has listed everything once (or its setter is gone: the watch
     /// stopped with the controller).
     pub async fn wait(&self) {
-        let _ = self.0.clone().wait_for(|ready| *ready).await;
+        let _ = self.0.subscribe().wait_for(|ready| *ready).await;
     }
 }
 
@@ -114,5 +123,32 @@ pub fn prune_deleted(ctx: &Context, workspaces: &Store<EmrWorkspace>) {
             debug!(workspace = %k, "workspace deleted; forgetting it");
             forget_key(ctx, &k);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Readiness;
+
+    /// Every waiter is woken, however many wait (kube's own readiness wakes only the last).
+    #[tokio::test]
+    async fn readiness_wakes_every_waiter() {
+        let ready = Readiness::default();
+        let waiters: Vec<_> = (0..4)
+            .map(|_| {
+                let r = ready.clone();
+                tokio::spawn(async move { r.wait().await })
+            })
+            .collect();
+        tokio::task::yield_now().await;
+        ready.set();
+        for w in waiters {
+            tokio::time::timeout(std::time::Duration::from_secs(5), w)
+                .await
+                .expect("woken")
+                .unwrap();
+        }
+        // Once set, a new waiter returns at once.
+        ready.wait().await;
     }
 }

@@ -30,7 +30,9 @@ pub(super) async fn list_remote(
 ) {
     ctx.metrics.sync_attempts.get_or_create(&labels(ws)).inc();
     st.last_attempt = Some(now_rfc3339());
-    match list_workspace(ws, ctx).await {
+    // The digests of the listing kept (an unchanged listing keeps it without decoding a page).
+    let previous = st.listing.as_ref().and(st.page_digests.as_ref());
+    match list_workspace(ws, ctx, previous).await {
         Ok(round) => record_listed(ws, ctx, st, round).await,
         Err(e) => record_failure(ws, ctx, st, &e, interval).await,
     }
@@ -42,7 +44,7 @@ async fn record_listed(
     ws: &EmrWorkspace,
     ctx: &Context,
     st: &mut WorkspaceState,
-    (listing, queue_outcome, jobs): (Listing, QueueRound, JobRound),
+    (listed, queue_outcome, jobs): (Listed, QueueRound, JobRound),
 ) {
     if let Some((retention, result)) = jobs {
         if let Err(e) = &result {
@@ -90,9 +92,14 @@ async fn record_listed(
         .await;
     }
     // An unchanged listing keeps its `Arc`: a settled workspace skips planning.
-    if st.listing.as_deref() != Some(&listing) {
-        st.listing = Some(Arc::new(listing));
+    match listed.listing {
+        Some(listing) if st.listing.as_deref() != Some(&listing) => {
+            st.listing = Some(Arc::new(listing));
+        }
+        // Equal to the one kept, or its pages byte for byte those of the one kept.
+        _ => {}
     }
+    st.page_digests = Some(listed.digests);
     st.last_success = Some(now_rfc3339());
     ctx.metrics
         .last_success
@@ -246,10 +253,18 @@ type QueueRound = Result<Vec<crate::emr::WorkspaceQueue>, SyncError>;
 /// failed.
 type JobRound = Option<(Interval, super::jobs::JobResult)>;
 
+/// A complete cluster listing: `None` when every page was what it was last time (the listing
+/// kept stands), and the pages' digests.
+struct Listed {
+    listing: Option<Listing>,
+    digests: crate::emr::PageDigests,
+}
+
 async fn list_workspace(
     ws: &EmrWorkspace,
     ctx: &Context,
-) -> Result<(Listing, QueueRound, JobRound), SyncError> {
+    previous: Option<&crate::emr::PageDigests>,
+) -> Result<(Listed, QueueRound, JobRound), SyncError> {
     let (endpoint, credentials) = remote_access(ws, ctx).await?;
     let ns = ws.namespace().unwrap_or_default();
     let id = &ws.spec.workspace_id;
@@ -258,12 +273,13 @@ async fn list_workspace(
         "listing",
         ctx.remote
             .emr
-            .list_ray_clusters_within(Some(&ns), &endpoint, id, &credentials),
+            .list_ray_clusters_since(Some(&ns), &endpoint, id, &credentials, previous),
     )
     .await?;
     debug!(
         clusters = listing.clusters.len(),
         requests = listing.requests,
+        unchanged = listing.unchanged,
         "listed"
     );
     let queues = within(
@@ -311,7 +327,11 @@ async fn list_workspace(
         }),
     };
     let page = ctx.remote.emr.config().page_size.max(1) as usize;
-    Ok((Listing::new(listing.clusters, page), queues, jobs))
+    let listed = Listed {
+        listing: (!listing.unchanged).then(|| Listing::new(listing.clusters, page)),
+        digests: listing.digests,
+    };
+    Ok((listed, queues, jobs))
 }
 
 /// One remote call, bounded by the listing timeout (and a margin: the client enforces the

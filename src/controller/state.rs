@@ -202,6 +202,9 @@ pub struct WorkspaceState {
     pub uid: String,
     /// The last complete listing.
     pub listing: Option<Arc<Listing>>,
+    /// The page digests of the last complete listing (pages found unchanged by them are not
+    /// decoded: `listing` stands).
+    pub page_digests: Option<crate::emr::PageDigests>,
     /// RFC 3339 time of the last complete listing.
     pub last_success: Option<String>,
     /// RFC 3339 time of the last listing attempt (kept here, not read back from the cached

@@ -23,7 +23,9 @@ pub mod redact;
 pub mod sign;
 pub mod text;
 
-pub use client::{ClientConfig, EmrClient, JobListing, Listing, RequestOutcome, SignatureVersion};
+pub use client::{
+    ClientConfig, EmrClient, JobListing, Listing, PageDigests, RequestOutcome, SignatureVersion,
+};
 pub use credentials::{
     CredentialResolver, CredentialSource, Credentials, RrsaConfig, SecretString,
 };

@@ -479,7 +479,8 @@ async fn run_controller(
     // Our own reflector for workspaces, so that its readiness can be awaited (its stream is
     // built below, once the context exists).
     let (ws_store, ws_writer) = reflector::store();
-    let (ws_ready, ws_ready_tx) = crate::controller::Readiness::new();
+    let ws_ready = crate::controller::Readiness::default();
+    let ws_ready_set = ws_ready.clone();
 
     let ctx = Arc::new(context(
         shared,
@@ -517,10 +518,8 @@ async fn run_controller(
         .default_backoff()
         .inspect(move |ev| match ev {
             Ok(watcher::Event::Delete(ws)) => crate::controller::forget(&forget_ctx, ws),
-            // The reflector has stored the complete list by now.
-            Ok(watcher::Event::InitDone) => {
-                ws_ready_tx.send_replace(true);
-            }
+            // The reflector applied it: the store is ready.
+            Ok(watcher::Event::InitDone) => ws_ready_set.set(),
             _ => {}
         })
         .applied_objects();

@@ -926,3 +926,51 @@ async fn get_ray_cluster_refusals_and_faults() {
     assert!(e.message.contains("larger than the limit"), "{e}");
     sim.shutdown().await;
 }
+
+/// A listing given the digests of the last one decodes nothing when every page is as it was
+/// (each answer has its own request ID), and everything when one page changed.
+#[tokio::test]
+async fn an_unchanged_listing_is_told_by_its_page_digests() {
+    let sim = sim().await;
+    let ws = "w-digests";
+    let ids = sim.state.generate(ws, 250, "d");
+    let c = client(cfg());
+    let url = sim.base_url();
+    let first = c
+        .list_ray_clusters_since(None, &url, ws, &creds(), None)
+        .await
+        .unwrap();
+    assert!(!first.unchanged);
+    assert_eq!((first.clusters.len(), first.digests.len()), (250, 3));
+    let again = c
+        .list_ray_clusters_since(None, &url, ws, &creds(), Some(&first.digests))
+        .await
+        .unwrap();
+    assert!(again.unchanged, "same pages, other request IDs");
+    assert!(again.clusters.is_empty(), "nothing decoded");
+    assert_eq!((again.requests, again.request_ids.len()), (3, 3));
+    assert_eq!(again.digests, first.digests);
+    // One cluster of the second page changes: every page is decoded, in order.
+    assert!(sim.state.set_state(ws, &ids[150], "Resizing".into()));
+    let changed = c
+        .list_ray_clusters_since(None, &url, ws, &creds(), Some(&first.digests))
+        .await
+        .unwrap();
+    assert!(!changed.unchanged);
+    let got: Vec<&str> = changed
+        .clusters
+        .iter()
+        .map(|c| c.cluster_id.as_str())
+        .collect();
+    assert_eq!(got, ids.iter().map(String::as_str).collect::<Vec<_>>());
+    assert_ne!(changed.digests, first.digests);
+    // A cluster more: the last page differs and is decoded with the others.
+    sim.state.generate(ws, 1, "e");
+    let grown = c
+        .list_ray_clusters_since(None, &url, ws, &creds(), Some(&changed.digests))
+        .await
+        .unwrap();
+    assert!(!grown.unchanged);
+    assert_eq!(grown.clusters.len(), 251);
+    sim.shutdown().await;
+}

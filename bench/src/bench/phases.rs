@@ -133,8 +133,11 @@ fn workspaces_written(
 
 /// The release operator as a child process, watching `namespaces` only, serving plain
 /// `/metrics` on `metrics_addr` and `/readyz` on `health_addr`, and with `shard`, only the
-/// workspaces of the namespaces whose
-/// shard key is `shard`.
+/// workspaces of the namespaces whose shard key is `shard`.
+///
+/// `BENCH_OPERATOR_WRAPPER` (words split on spaces) runs it under another program, e.g.
+/// `heaptrack -o /tmp/ht`: the RSS and CPU figures are then the wrapper's process's, not the
+/// operator's (a profile, not a measurement).
 pub(super) fn spawn_operator(
     args: &Args,
     namespaces: &[String],
@@ -143,7 +146,17 @@ pub(super) fn spawn_operator(
     shard: Option<&str>,
 ) -> anyhow::Result<tokio::process::Child> {
     let selector = shard.map(|k| format!("{LABEL_SHARD}={k}"));
-    tokio::process::Command::new(&args.operator_bin)
+    let wrapper = std::env::var("BENCH_OPERATOR_WRAPPER").unwrap_or_default();
+    let mut words = wrapper.split_whitespace();
+    let mut command = match words.next() {
+        Some(program) => {
+            let mut c = tokio::process::Command::new(program);
+            c.args(words).arg(&args.operator_bin);
+            c
+        }
+        None => tokio::process::Command::new(&args.operator_bin),
+    };
+    command
         .args([
             "run",
             "--namespaces",
@@ -331,13 +344,41 @@ async fn await_mirrored(
 
 /// Stops the operator (graceful).
 pub(super) async fn stop_operator(child: &mut tokio::process::Child) {
+    let wrapped = std::env::var("BENCH_OPERATOR_WRAPPER").is_ok_and(|w| !w.trim().is_empty());
     if let Some(pid) = child.id() {
+        // Under a wrapper the operator is one of its descendants: it is stopped, and the
+        // wrapper (a profiler writing its data) ends after it.
+        let pid = match wrapped {
+            true => operator_descendant(pid).unwrap_or(pid),
+            false => pid,
+        };
         let _ = tokio::process::Command::new("kill")
             .args(["-TERM", &pid.to_string()])
             .status()
             .await;
     }
-    let _ = tokio::time::timeout(Duration::from_secs(20), child.wait()).await;
+    let wait = Duration::from_secs(if wrapped { 300 } else { 20 });
+    let _ = tokio::time::timeout(wait, child.wait()).await;
+}
+
+/// The descendant of `pid` started with the operator's arguments (found by its
+/// `--leader-election=false`), if any.
+fn operator_descendant(pid: u32) -> Option<u32> {
+    let children = std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children")).ok()?;
+    children
+        .split_whitespace()
+        .filter_map(|c| c.parse::<u32>().ok())
+        .find_map(|c| {
+            let cmdline = std::fs::read(format!("/proc/{c}/cmdline")).unwrap_or_default();
+            let ours = cmdline
+                .split(|b| *b == 0)
+                .any(|arg| arg == b"--leader-election=false");
+            if ours {
+                Some(c)
+            } else {
+                operator_descendant(c)
+            }
+        })
 }
 
 /// Field manager of the naive baseline.

@@ -128,6 +128,7 @@ impl EmrClient {
                 page_num,
                 creds,
                 deadline,
+                unchanged_if: None,
             };
             let result = self
                 .fetch::<ListRayJobResponse>(

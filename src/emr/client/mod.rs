@@ -171,6 +171,29 @@ pub struct Listing {
     pub request_ids: Vec<String>,
     /// Bytes of the page bodies read.
     pub bytes: usize,
+    /// Each page's digest: given back to the next listing of the workspace, it tells an
+    /// unchanged listing without decoding it.
+    pub digests: PageDigests,
+    /// Every page was byte for byte (its request ID aside) the page of the digests this
+    /// listing was given: `clusters` is empty (not decoded), the clusters are those of the
+    /// listing the digests came from.
+    pub unchanged: bool,
+}
+
+/// Per page of a complete listing, a digest of its body (its request ID left out) and how many
+/// clusters it held. Only ever compared within one process.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct PageDigests(Vec<(u64, usize)>);
+
+impl PageDigests {
+    /// Pages.
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
 }
 
 /// What one page request is: for [`EmrClient::fetch`].
@@ -184,6 +207,8 @@ struct Call<'a> {
     page_num: u32,
     creds: &'a Credentials,
     deadline: Instant,
+    /// The page's digest last time: a body with that digest is not decoded again.
+    unchanged_if: Option<u64>,
 }
 
 struct Inner {
@@ -241,6 +266,63 @@ fn too_much_in_flight(r: inflight::Refused) -> EmrError {
             mib(r.limit)
         ),
     )
+}
+
+/// Checks one decoded page of clusters (no more than a page, every one with an ID not listed
+/// on an earlier page) and adds them to the listing.
+fn accept(
+    page_size: usize,
+    page_num: u32,
+    request_id: Option<String>,
+    page: Vec<RayCluster>,
+    seen: &mut HashSet<String>,
+    listing: &mut Listing,
+) -> Result<(), EmrError> {
+    let n = page.len();
+    if n > page_size {
+        return Err(EmrError::new(
+            ErrorKind::Malformed,
+            format!(
+                "page {page_num} has {n} clusters although pageSize is {page_size}: the server ignores pageSize"
+            ),
+        )
+        .with_request_id(request_id));
+    }
+    // Decoding accepted only valid cluster IDs (`text::is_cluster_id`: at most 128 characters
+    // of a label-safe set), so quoting one in a message is safe.
+    for c in page {
+        if c.cluster_id.is_empty() {
+            return Err(EmrError::new(
+                ErrorKind::Malformed,
+                format!("page {page_num} has a cluster without clusterId"),
+            )
+            .with_request_id(request_id));
+        }
+        if !seen.insert(c.cluster_id.clone()) {
+            return Err(EmrError::new(
+                ErrorKind::Incomplete,
+                format!(
+                    "page {page_num} repeats cluster {} already listed on an earlier page: the server repeated a page or the list changed while paging",
+                    c.cluster_id
+                ),
+            )
+            .with_request_id(request_id));
+        }
+        listing.clusters.push(c);
+    }
+    Ok(())
+}
+
+/// A page kept undecoded because it was unchanged that does not decode after all (a bug).
+fn undecodable(page_num: u32, request_id: Option<String>, e: &serde_json::Error) -> EmrError {
+    EmrError::new(
+        ErrorKind::Malformed,
+        format!(
+            "page {page_num} does not decode: {}",
+            super::text::decode_error(e)
+        ),
+    )
+    .with_request_id(request_id)
 }
 
 /// Maximum retries of a 200 with a malformed body.
@@ -358,6 +440,22 @@ impl EmrClient {
         workspace_id: &str,
         creds: &Credentials,
     ) -> Result<Listing, EmrError> {
+        self.list_ray_clusters_since(budget, endpoint, workspace_id, creds, None)
+            .await
+    }
+
+    /// [`Self::list_ray_clusters_within`], given the digests of the workspace's last complete
+    /// listing: when every page comes back byte for byte as it was (its request ID aside), no
+    /// page is decoded and the listing says [`Listing::unchanged`]. A page that changed makes
+    /// the listing decode every page, the unchanged ones included.
+    pub async fn list_ray_clusters_since(
+        &self,
+        budget: Option<&str>,
+        endpoint: &url::Url,
+        workspace_id: &str,
+        creds: &Credentials,
+        previous: Option<&PageDigests>,
+    ) -> Result<Listing, EmrError> {
         let (deadline, timeout) =
             self.preflight(endpoint, &[workspace_id], "workspace id is empty")?;
         let mut listing = Listing::default();
@@ -369,6 +467,7 @@ impl EmrClient {
                 workspace_id,
                 creds,
                 deadline,
+                previous,
                 &mut listing,
             ),
         )
@@ -386,6 +485,7 @@ impl EmrClient {
         }
     }
 
+    #[allow(clippy::too_many_arguments)]
     async fn list_inner(
         &self,
         budget: Option<&str>,
@@ -393,13 +493,22 @@ impl EmrClient {
         workspace_id: &str,
         creds: &Credentials,
         deadline: Instant,
+        previous: Option<&PageDigests>,
         listing: &mut Listing,
     ) -> Result<(), EmrError> {
         let cfg = &self.inner.cfg;
         let page_size = cfg.page_size as usize;
         let mut seen: HashSet<String> = HashSet::new();
         let mut hold = self.inner.in_flight.hold(budget);
+        // Every page so far was as last time: such pages wait here undecoded.
+        let mut unchanged = previous.is_some();
+        let mut held: Vec<(u32, Option<String>, Vec<u8>)> = Vec::new();
+        let mut count = 0usize;
         for page_num in 1..=cfg.max_pages {
+            let known = previous
+                .filter(|_| unchanged)
+                .and_then(|p| p.0.get(page_num as usize - 1))
+                .copied();
             let (page, request_id) = self
                 .fetch_page(
                     budget,
@@ -408,6 +517,7 @@ impl EmrClient {
                     page_num,
                     creds,
                     deadline,
+                    known.map(|(digest, _)| digest),
                     listing,
                     &mut hold,
                 )
@@ -416,39 +526,35 @@ impl EmrClient {
             if let Some(id) = request_id.clone() {
                 listing.request_ids.push(id);
             }
-            let n = page.len();
-            if n > page_size {
-                return Err(EmrError::new(
-                    ErrorKind::Malformed,
-                    format!(
-                        "page {page_num} has {n} clusters although pageSize is {page_size}: the server ignores pageSize"
-                    ),
-                )
-                .with_request_id(request_id));
-            }
-            // Decoding accepted only valid cluster IDs (`text::is_cluster_id`: at most 128
-            // characters of a label-safe set), so quoting one in a message is safe.
-            for c in page {
-                if c.cluster_id.is_empty() {
-                    return Err(EmrError::new(
-                        ErrorKind::Malformed,
-                        format!("page {page_num} has a cluster without clusterId"),
-                    )
-                    .with_request_id(request_id));
+            let n = match page.clusters {
+                // The same bytes as last time: the same count, which passed every check.
+                request::PageClusters::Unchanged(body) => {
+                    held.push((page_num, request_id.clone(), body));
+                    known.map_or(0, |(_, n)| n)
                 }
-                if !seen.insert(c.cluster_id.clone()) {
-                    return Err(EmrError::new(
-                        ErrorKind::Incomplete,
-                        format!(
-                            "page {page_num} repeats cluster {} already listed on an earlier page: the server repeated a page or the list changed while paging",
-                            c.cluster_id
-                        ),
-                    )
-                    .with_request_id(request_id));
+                request::PageClusters::Decoded(clusters) => {
+                    unchanged = false;
+                    for (num, rid, body) in held.drain(..) {
+                        let clusters = request::ClusterPage::decode_unchanged(&body)
+                            .map_err(|e| undecodable(num, rid.clone(), &e))?;
+                        accept(page_size, num, rid, clusters, &mut seen, listing)?;
+                    }
+                    let clusters = clusters.unwrap_or_default();
+                    let n = clusters.len();
+                    accept(
+                        page_size,
+                        page_num,
+                        request_id.clone(),
+                        clusters,
+                        &mut seen,
+                        listing,
+                    )?;
+                    n
                 }
-                listing.clusters.push(c);
-            }
-            if listing.clusters.len() > cfg.max_clusters {
+            };
+            listing.digests.0.push((page.digest, n));
+            count += n;
+            if count > cfg.max_clusters {
                 // Stop paging: more would only cost memory and requests.
                 return Err(EmrError::new(
                     ErrorKind::TooManyClusters,
@@ -461,6 +567,15 @@ impl EmrClient {
                 .with_request_id(request_id));
             }
             if n < page_size {
+                listing.unchanged =
+                    unchanged && previous.is_some_and(|p| p.len() == listing.digests.len());
+                if !listing.unchanged {
+                    for (num, rid, body) in held.drain(..) {
+                        let clusters = request::ClusterPage::decode_unchanged(&body)
+                            .map_err(|e| undecodable(num, rid.clone(), &e))?;
+                        accept(page_size, num, rid, clusters, &mut seen, listing)?;
+                    }
+                }
                 return Ok(());
             }
         }
@@ -483,9 +598,10 @@ impl EmrClient {
         page_num: u32,
         creds: &Credentials,
         deadline: Instant,
+        unchanged_if: Option<u64>,
         listing: &mut Listing,
         hold: &mut inflight::Hold,
-    ) -> Result<(Vec<RayCluster>, Option<String>), EmrError> {
+    ) -> Result<(request::ClusterPage, Option<String>), EmrError> {
         let url = Self::page_url(endpoint, workspace_id, page_num, self.inner.cfg.page_size);
         let call = Call {
             budget,
@@ -495,11 +611,10 @@ impl EmrClient {
             page_num,
             creds,
             deadline,
+            unchanged_if,
         };
-        let (page, request_id): (crate::emr::ListRayClusterResponse, _) = self
-            .fetch(&call, &mut listing.bytes, &mut listing.requests, hold)
-            .await?;
-        Ok((page.ray_clusters.unwrap_or_default(), request_id))
+        self.fetch(&call, &mut listing.bytes, &mut listing.requests, hold)
+            .await
     }
 
     /// One page of any listing, with retries, rate limits and the byte budgets; `bytes` and
@@ -547,7 +662,7 @@ impl EmrClient {
             }
             let started = std::time::Instant::now();
             let result = self
-                .send_once::<P>(call.url, call.action, creds, max_body)
+                .send_once::<P>(call.url, call.action, creds, max_body, call.unchanged_if)
                 .await;
             // Only the bodies kept stay held.
             let _ = hold.resize(*bytes + result.as_ref().map_or(0, |(_, _, b)| *b));
@@ -823,9 +938,10 @@ impl EmrClient {
         action: &str,
         creds: &Credentials,
         max_body: usize,
+        unchanged_if: Option<u64>,
     ) -> Result<(P, Option<String>, usize), (EmrError, String)> {
         let resp = self.send_signed(url, creds, action).await?;
-        read_response(resp, max_body).await
+        read_response(resp, max_body, unchanged_if).await
     }
 }
 

@@ -109,6 +109,7 @@ impl EmrClient {
                 page_num,
                 creds,
                 deadline,
+                unchanged_if: None,
             };
             let (page, request_id): (ListWorkspaceQueuesResponse, _) = self
                 .fetch(&call, &mut listing.bytes, &mut listing.requests, &mut hold)
