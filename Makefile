@@ -52,7 +52,8 @@ lint:
 # kube-state-metrics, gopher-lua, kstatus, actionlint) are built by tests/tools/tools.sh, cached
 # in .cache/bin like the control plane. The official Python SDK, the simulator's conformance
 # client (tests/integration/sdk_conformance.rs), is installed into .cache/sdk/ by
-# tests/sdk_conformance/sdk.sh.
+# tests/sdk_conformance/sdk.sh. The fuzz targets are built by lint, never run here (`--all-targets`
+# would run each as a test: libFuzzer without a time limit; `make fuzz` runs them).
 test: lint
 	$(KCP) build
 	$(TOOLS) build
@@ -60,7 +61,7 @@ test: lint
 	image/build.sh
 	$(KCP) up
 	source .cache/kcp/env && EMR_TEST_KUBECONFIG="$$KUBECONFIG" \
-	  $(CARGO) test --workspace --all-targets -- --test-threads=8; \
+	  $(CARGO) test --workspace --exclude emr-ray-operator-fuzz --all-targets -- --test-threads=8; \
 	  status=$$?; $(KCP) down; exit $$status
 	$(KCP) up --node
 	source .cache/kcp-node/env && EMR_TEST_KUBECONFIG="$$KUBECONFIG" \
