@@ -88,18 +88,12 @@ impl EmrClient {
             deadline,
             &mut listing,
         );
-        match tokio::time::timeout_at(deadline, inner).await {
-            Ok(Ok(())) => Ok(listing),
-            Ok(Err(e)) => Err(e),
-            Err(_) => Err(EmrError::new(
-                ErrorKind::Timeout,
-                format!(
-                    "job listing of workspace {workspace_id} did not complete within {timeout:?} \
-                     ({} pages, {} requests so far)",
-                    listing.pages, listing.requests
-                ),
-            )),
-        }
+        let finished = tokio::time::timeout_at(deadline, inner).await;
+        let progress = (listing.pages, listing.requests);
+        super::by_deadline(finished, timeout, progress, || {
+            format!("job listing of workspace {workspace_id}")
+        })
+        .map(|()| listing)
     }
 
     #[allow(clippy::too_many_arguments)]

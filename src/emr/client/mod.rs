@@ -325,6 +325,25 @@ fn undecodable(page_num: u32, request_id: Option<String>, e: &serde_json::Error)
     .with_request_id(request_id)
 }
 
+/// The outcome of a paged listing run until its deadline: its own result, or a time-out that
+/// says what (`what()`: "listing workspace w-1") and how far it got (`(pages, requests)`).
+fn by_deadline(
+    finished: Result<Result<(), EmrError>, tokio::time::error::Elapsed>,
+    timeout: Duration,
+    (pages, requests): (u32, u32),
+    what: impl FnOnce() -> String,
+) -> Result<(), EmrError> {
+    finished.unwrap_or_else(|_| {
+        Err(EmrError::new(
+            ErrorKind::Timeout,
+            format!(
+                "{} did not complete within {timeout:?} ({pages} pages, {requests} requests so far)",
+                what()
+            ),
+        ))
+    })
+}
+
 /// Maximum retries of a 200 with a malformed body.
 const MALFORMED_RETRIES: u32 = 2;
 const BACKOFF_BASE: Duration = Duration::from_millis(200);
@@ -459,30 +478,21 @@ impl EmrClient {
         let (deadline, timeout) =
             self.preflight(endpoint, &[workspace_id], "workspace id is empty")?;
         let mut listing = Listing::default();
-        match tokio::time::timeout_at(
+        let run = self.list_inner(
+            budget,
+            endpoint,
+            workspace_id,
+            creds,
             deadline,
-            self.list_inner(
-                budget,
-                endpoint,
-                workspace_id,
-                creds,
-                deadline,
-                previous,
-                &mut listing,
-            ),
-        )
-        .await
-        {
-            Ok(Ok(())) => Ok(listing),
-            Ok(Err(e)) => Err(e),
-            Err(_) => Err(EmrError::new(
-                ErrorKind::Timeout,
-                format!(
-                    "listing workspace {workspace_id} did not complete within {timeout:?} ({} pages, {} requests so far)",
-                    listing.pages, listing.requests
-                ),
-            )),
-        }
+            previous,
+            &mut listing,
+        );
+        let finished = tokio::time::timeout_at(deadline, run).await;
+        let progress = (listing.pages, listing.requests);
+        by_deadline(finished, timeout, progress, || {
+            format!("listing workspace {workspace_id}")
+        })
+        .map(|()| listing)
     }
 
     #[allow(clippy::too_many_arguments)]

@@ -71,18 +71,12 @@ impl EmrClient {
             deadline,
             &mut listing,
         );
-        match tokio::time::timeout_at(deadline, run).await {
-            Ok(Ok(())) => Ok(listing),
-            Ok(Err(e)) => Err(e),
-            Err(_) => Err(EmrError::new(
-                ErrorKind::Timeout,
-                format!(
-                    "listing the queues of workspace {workspace_id} did not complete within \
-                     {timeout:?} ({} pages, {} requests so far)",
-                    listing.pages, listing.requests
-                ),
-            )),
-        }
+        let finished = tokio::time::timeout_at(deadline, run).await;
+        let progress = (listing.pages, listing.requests);
+        super::by_deadline(finished, timeout, progress, || {
+            format!("listing the queues of workspace {workspace_id}")
+        })
+        .map(|()| listing)
     }
 
     async fn queues_inner(
