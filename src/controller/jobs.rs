@@ -496,26 +496,10 @@ async fn write_one(
             ctx.metrics
                 .count_write(KubeResource::EmrRayJobs, WriteOperation::Apply);
             let _permit2 = ctx.kube.write_limiter.wait().await;
-            apply::apply_ssa(
-                api,
-                name,
-                serde_json::json!({ "status": status }),
-                apply::Subresource::Status,
-            )
-            .await?;
-            ctx.metrics
-                .count_write(KubeResource::EmrRayJobs, WriteOperation::ApplyStatus);
+            apply_status(ctx, api, name, status).await?;
         }
         JobWrite::Status { name, status } => {
-            apply::apply_ssa(
-                api,
-                name,
-                serde_json::json!({ "status": status }),
-                apply::Subresource::Status,
-            )
-            .await?;
-            ctx.metrics
-                .count_write(KubeResource::EmrRayJobs, WriteOperation::ApplyStatus);
+            apply_status(ctx, api, name, status).await?;
         }
         JobWrite::Delete { name } => {
             match api.delete(name, &DeleteParams::default()).await {
@@ -527,6 +511,20 @@ async fn write_one(
                 .count_write(KubeResource::EmrRayJobs, WriteOperation::Delete);
         }
     }
+    Ok(())
+}
+
+/// Server-side apply of a job mirror's status, counted.
+async fn apply_status(
+    ctx: &Context,
+    api: &Api<EmrRayJob>,
+    name: &str,
+    status: &EmrRayJobStatus,
+) -> Result<(), kube::Error> {
+    let body = serde_json::json!({ "status": status });
+    apply::apply_ssa(api, name, body, apply::Subresource::Status).await?;
+    ctx.metrics
+        .count_write(KubeResource::EmrRayJobs, WriteOperation::ApplyStatus);
     Ok(())
 }
 
