@@ -148,6 +148,17 @@ impl Diagnoses {
         due
     }
 
+    /// Puts the fetches due now off until `until` (the namespace had no slot free for them):
+    /// nothing else about them changes.
+    pub fn defer(&mut self, now: Instant, until: Instant) {
+        for e in self.entries.values_mut() {
+            if e.unhealthy && e.fetched_for != Some(e.listed) && e.retry_at.is_none_or(|t| t <= now)
+            {
+                e.retry_at = Some(until);
+            }
+        }
+    }
+
     /// The listed form the entry of `id` is for (what a fetch started now is for).
     pub fn listed(&self, id: &str) -> Option<u64> {
         self.entries.get(id).map(|e| e.listed)
@@ -485,6 +496,37 @@ mod tests {
         let l4 = listing(&[("a", ClusterState::Starting, "boom")]);
         assert!(d.observe(&l4, t0, stuck).is_empty());
         assert_eq!(d.view("a"), View::Drop);
+    }
+
+    /// With no namespace slot free, the due fetches wait for `until`, and only they: a fetch
+    /// backing off for longer keeps its own deadline.
+    #[test]
+    fn fetches_put_off_for_want_of_a_slot_come_back_at_the_given_time() {
+        let stuck = Duration::from_secs(600);
+        let t0 = Instant::now();
+        let mut d = Diagnoses::default();
+        let l = listing(&[
+            ("a", ClusterState::Error, "boom"),
+            ("b", ClusterState::Error, "bang"),
+        ]);
+        assert_eq!(d.observe(&l, t0, stuck).len(), 2);
+        d.record(
+            "b",
+            d.listed("b").unwrap(),
+            Err(Some(Duration::from_secs(30))),
+            t0,
+            stuck,
+        );
+        let until = t0 + Duration::from_secs(1);
+        d.defer(t0, until);
+        assert!(d.due(t0).is_empty(), "nothing due before the slot retry");
+        assert_eq!(d.next_wakeup(stuck, t0), Some(until));
+        assert_eq!(d.due(until), vec!["a".to_string()]);
+        assert_eq!(d.view("a"), View::Keep, "the view is unchanged");
+        assert!(
+            d.due(t0 + Duration::from_secs(29)).len() == 1,
+            "b keeps its backoff"
+        );
     }
 
     #[test]

@@ -157,23 +157,35 @@ async fn record_failure(
 
 /// Fetches the instances of the workspace's unhealthy clusters whose details are due
 /// (`diagnose`: once per listed form of a cluster, failures retried after a backoff), within
-/// the namespace's share of the remote request budget. After a failed listing nothing is
-/// fetched: the listing's retry comes first.
-pub(super) async fn diagnose(
+/// the namespace's share of the remote request budget and holding one of its listing slots
+/// (`slot`: the one the listing held, else one taken here) — a fetch waits on the namespace's
+/// rate share like a listing, so it must not hold a reconcile slot outside the namespace's
+/// share. With no slot free, the fetches are put off by `busy_retry`. After a failed listing
+/// nothing is fetched: the listing's retry comes first.
+pub(super) async fn diagnose<S>(
     ws: &EmrWorkspace,
     ctx: &Context,
     st: &mut WorkspaceState,
     interval: Interval,
+    slot: impl FnOnce() -> Option<S>,
+    busy_retry: Duration,
 ) {
     let Some(listing) = st.listing.clone().filter(|_| st.failure.is_none()) else {
         return;
     };
+    let now = Instant::now();
     let due = st
         .diagnoses
-        .observe(&listing, Instant::now(), ctx.settings.stuck_cluster_after);
+        .observe(&listing, now, ctx.settings.stuck_cluster_after);
     if due.is_empty() {
         return;
     }
+    let Some(_slot) = slot() else {
+        if let Some(until) = now.checked_add(busy_retry) {
+            st.diagnoses.defer(now, until);
+        }
+        return;
+    };
     let cap = interval.as_duration();
     let access = remote_access(ws, ctx).await;
     let ns = ws.namespace().unwrap_or_default();

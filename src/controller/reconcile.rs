@@ -9,7 +9,8 @@
 //! 3. **listing** ([`super::listing`]): when due (`decide::listing_due`) and the namespace
 //!    has a slot free: the endpoint, the credentials ([`super::credentials`]), then
 //!    `ListRayCluster`, the queues and the jobs;
-//! 4. **diagnosis** (`listing::diagnose`): `GetRayCluster` for unhealthy clusters;
+//! 4. **diagnosis** (`listing::diagnose`): `GetRayCluster` for unhealthy clusters, in the
+//!    listing's namespace slot or one taken for it;
 //! 5. **mirrors** ([`super::write`](mod@super::write): [`super::plan`] decides, [`super::apply`] writes) and job
 //!    mirrors ([`super::jobs`]);
 //! 6. **status** (`write::write_status`, built by [`super::status`]);
@@ -170,14 +171,21 @@ async fn sync(ws: &EmrWorkspace, ctx: &Context, st: &mut WorkspaceState) -> bool
     if due {
         st.synced_generation = ws.meta().generation;
         listing::list_remote(ws, ctx, st, interval).await;
-        drop(slot);
         if requested.is_some() {
             st.handled_request = requested;
         }
     }
     // 4. Diagnosis: why unhealthy clusters are unhealthy, once per change, retried on its own
-    // backoff.
-    listing::diagnose(ws, ctx, st, interval).await;
+    // backoff; in the listing's slot, or one of the namespace's taken for it.
+    listing::diagnose(
+        ws,
+        ctx,
+        st,
+        interval,
+        || slot.or_else(|| listing_slot(ws, ctx)),
+        jitter(NAMESPACE_BUSY_RETRY, 0.5),
+    )
+    .await;
     series::update(ws, ctx, st);
     queues::update_series(ws, ctx, st);
     // 5. Mirrors, then job mirrors.
