@@ -12,7 +12,7 @@ use tokio_util::sync::CancellationToken;
 use super::apply::WriteLimiter;
 use super::cache::MirrorCache;
 use super::shard;
-use super::state::{self, WorkspaceStates};
+use super::state::WorkspaceStates;
 use crate::api::{EmrWorkspace, Interval};
 use crate::emr::{CredentialResolver, EmrClient};
 use crate::metrics::{Metrics, WorkspaceLabels};
@@ -86,7 +86,7 @@ pub struct Caches {
     /// Per workspace: the last listing, the schedule, the failure and the write backoff.
     pub(super) states: WorkspaceStates,
     /// Per namespace: the listings it may run at once.
-    pub(super) namespace_slots: state::NamespaceSlots,
+    pub(super) namespace_slots: super::slots::NamespaceSlots,
     /// Consecutive reconcile errors per workspace, for `error_policy`'s backoff.
     pub(super) errors: Mutex<HashMap<String, u32>>,
     /// UIDs of workspaces that left the watch (deleted), and when: a reconcile still in flight
@@ -108,10 +108,19 @@ impl Caches {
             workspaces,
             workspaces_ready,
             states: WorkspaceStates::default(),
-            namespace_slots: state::NamespaceSlots::new(listings_per_namespace),
+            namespace_slots: super::slots::NamespaceSlots::new(listings_per_namespace),
             errors: Mutex::default(),
             departed: Mutex::default(),
         }
+    }
+
+    /// Where a workspace waiting for its namespace's listing slot is woken when one frees
+    /// (the controller's `reconcile_on` stream).
+    pub fn wake_slot_waiters_with(
+        &self,
+        wake: futures::channel::mpsc::UnboundedSender<super::slots::Waiter>,
+    ) {
+        self.namespace_slots.wake_with(wake);
     }
 }
 

@@ -40,6 +40,7 @@ pub mod queues;
 pub mod reconcile;
 mod series;
 pub mod shard;
+pub mod slots;
 pub mod state;
 pub mod status;
 pub mod write;

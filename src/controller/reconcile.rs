@@ -20,12 +20,14 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use kube::runtime::controller::Action;
+use kube::runtime::reflector::ObjectRef;
 use kube::{Resource, ResourceExt};
 use tracing::{Instrument as _, warn};
 
 use super::context::{Context, key, labels};
 use super::error::Error;
 use super::lifecycle::{forget_key, has_departed, mirror_shard};
+use super::slots::Slot;
 use super::state::{Failure, WorkspaceState};
 use super::{decide, jobs, listing, queues, series, write};
 use crate::api::{EmrWorkspace, Interval, Reason};
@@ -36,8 +38,11 @@ use crate::time::now_rfc3339;
 /// How long a reconcile waits for the first complete list of the caches it decides on.
 const CACHES_READY_TIMEOUT: Duration = Duration::from_secs(30);
 
-/// How soon a due workspace whose namespace had no listing slot free tries again.
+/// How soon unhealthy clusters' fetches whose namespace had no slot free are tried again.
 const NAMESPACE_BUSY_RETRY: Duration = Duration::from_secs(1);
+/// How soon a due workspace whose namespace had no listing slot free tries again if it is not
+/// woken before (it is woken when a slot frees: see [`super::slots`]).
+const SLOT_WAIT_FALLBACK: Duration = Duration::from_secs(30);
 
 /// Reconciles one workspace; stops at once (writing nothing more) when leadership is lost.
 /// Everything it logs carries the workspace's namespace and name (its span).
@@ -153,20 +158,22 @@ async fn sync(ws: &EmrWorkspace, ctx: &Context, st: &mut WorkspaceState) -> bool
     };
     // 3. Listing.
     let requested = decide::requested_sync(ws, st);
-    let mut due = decide::listing_due(
-        Instant::now(),
-        st.next_due,
-        st.failure
-            .as_ref()
-            .is_some_and(|f| decide::called_the_remote(f.reason)),
-        st.synced_generation != ws.meta().generation || requested.is_some(),
-    );
-    // The namespace's listing slot, or none now: then this reconcile gives its slot back and
-    // the listing comes again shortly, still due.
-    let slot = due.then(|| listing_slot(ws, ctx)).flatten();
+    let mut due = std::mem::take(&mut st.waiting_for_slot)
+        || decide::listing_due(
+            Instant::now(),
+            st.next_due,
+            st.failure
+                .as_ref()
+                .is_some_and(|f| decide::called_the_remote(f.reason)),
+            st.synced_generation != ws.meta().generation || requested.is_some(),
+        );
+    // The namespace's listing slot, or none now: then this reconcile gives its slot back, the
+    // workspace waits in its namespace's queue and comes again when a slot frees, still due.
+    let slot = due.then(|| listing_slot(ws, ctx, true)).flatten();
     if due && slot.is_none() {
         due = false;
-        st.next_due = Instant::now().checked_add(jitter(NAMESPACE_BUSY_RETRY, 0.5));
+        st.waiting_for_slot = true;
+        st.next_due = Instant::now().checked_add(jitter(SLOT_WAIT_FALLBACK, 0.5));
     }
     if due {
         st.synced_generation = ws.meta().generation;
@@ -182,7 +189,7 @@ async fn sync(ws: &EmrWorkspace, ctx: &Context, st: &mut WorkspaceState) -> bool
         ctx,
         st,
         interval,
-        || slot.or_else(|| listing_slot(ws, ctx)),
+        || slot.or_else(|| listing_slot(ws, ctx, false)),
         jitter(NAMESPACE_BUSY_RETRY, 0.5),
     )
     .await;
@@ -255,13 +262,15 @@ fn admit(ws: &EmrWorkspace, ctx: &Context, st: &mut WorkspaceState) -> Option<In
 }
 
 /// One of the namespace's listing slots, if one is free, counted in `namespace_listings`
-/// while held.
-fn listing_slot(
-    ws: &EmrWorkspace,
-    ctx: &Context,
-) -> Option<(tokio::sync::OwnedSemaphorePermit, Held)> {
+/// while held. With none free and `wait`, the workspace is woken when one frees.
+fn listing_slot(ws: &EmrWorkspace, ctx: &Context, wait: bool) -> Option<(Slot, Held)> {
     let ns = ws.namespace().unwrap_or_default();
-    let permit = ctx.caches.namespace_slots.try_acquire(&ns)?;
+    let slots = &ctx.caches.namespace_slots;
+    let permit = if wait {
+        slots.try_acquire(&ns, &ObjectRef::from_obj(ws))
+    } else {
+        slots.try_take(&ns)
+    }?;
     let held = ctx
         .metrics
         .namespace_listings

@@ -220,6 +220,9 @@ pub struct WorkspaceState {
     pub write_trouble: Option<WriteTrouble>,
     /// The last `requestedAt` annotation value a listing was run for.
     pub handled_request: Option<String>,
+    /// A listing was due and its namespace had no slot free: it is still due when the
+    /// workspace is woken (a slot freed) or its fallback timer fires.
+    pub waiting_for_slot: bool,
     /// The state of each listed cluster, as exported in the `cluster_state` metric.
     pub exported_states: Arc<crate::metrics::ClusterStateMap>,
     /// Sharded replicas: the workspace's mirrors labelled for another shard have been looked
@@ -322,42 +325,6 @@ impl WorkspaceStates {
     }
 }
 
-/// Per namespace, a semaphore bounding its concurrent listings, so that one tenant's slow
-/// workspaces cannot hold every reconcile slot while others wait.
-pub struct NamespaceSlots {
-    per_namespace: usize,
-    slots: Mutex<HashMap<String, Arc<tokio::sync::Semaphore>>>,
-}
-
-impl NamespaceSlots {
-    pub fn new(per_namespace: usize) -> Self {
-        NamespaceSlots {
-            per_namespace: per_namespace.max(1),
-            slots: Mutex::new(HashMap::new()),
-        }
-    }
-
-    /// A listing slot of `ns` if one is free now. A workspace that gets none gives its
-    /// reconcile slot back and comes again shortly, so that one namespace never holds more of
-    /// the operator's reconcile slots than its share (waiting for its own namespace's slot
-    /// while holding one would starve every other namespace).
-    pub fn try_acquire(&self, ns: &str) -> Option<tokio::sync::OwnedSemaphorePermit> {
-        // Under the lock: a semaphore dropped by `retain` between looking it up and taking a
-        // permit would let a second one be made for the same namespace.
-        let mut slots = lock(&self.slots);
-        // Namespaces with no listing in flight hold nothing worth keeping.
-        if slots.len() > 1024 {
-            slots.retain(|_, s| s.available_permits() < self.per_namespace);
-        }
-        slots
-            .entry(ns.to_string())
-            .or_insert_with(|| Arc::new(tokio::sync::Semaphore::new(self.per_namespace)))
-            .clone()
-            .try_acquire_owned()
-            .ok()
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -444,26 +411,6 @@ mod tests {
             WriteTrouble::backoff(1, cap, Some(Duration::from_secs(u64::MAX))),
             cap
         );
-    }
-
-    #[test]
-    fn namespace_slots_bound_one_namespace_only() {
-        let slots = NamespaceSlots::new(2);
-        let a1 = slots.try_acquire("a").expect("a's first slot");
-        let _a2 = slots.try_acquire("a").expect("a's second slot");
-        assert!(
-            slots.try_acquire("a").is_none(),
-            "no third listing of a at once"
-        );
-        let b1 = slots
-            .try_acquire("b")
-            .expect("namespace b is not held up by a");
-        drop(a1);
-        assert!(slots.try_acquire("a").is_some(), "a slot of a came free");
-        let _b2 = slots.try_acquire("b").expect("b's second slot");
-        assert!(slots.try_acquire("b").is_none(), "b's two slots are taken");
-        drop(b1);
-        assert!(slots.try_acquire("b").is_some(), "and free again");
     }
 
     #[test]

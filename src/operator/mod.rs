@@ -489,9 +489,11 @@ async fn run_controller(
         served.clone(),
         token.clone(),
     ));
-    // Workspaces woken to take over mirrors: left without an owner (see controller::orphans),
-    // or of a namespace that joined this shard.
+    // Workspaces woken to take over mirrors left without an owner (see controller::orphans),
+    // of a namespace that joined this shard, or waiting for their namespace's listing slot
+    // when one frees (controller::slots).
     let (wake, woken) = futures::channel::mpsc::unbounded();
+    ctx.caches.wake_slot_waiters_with(wake.clone());
     if let (Some(selector), Some(served)) = (shard, &served) {
         tokio::spawn(watch_namespaces(
             client.clone(),

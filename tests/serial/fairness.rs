@@ -2,8 +2,9 @@
 //! 10 s interval whose Secret is junk (every listing fails at the remote, and A's requests are
 //! held to A's share of the rate), namespace B with one healthy workspace. With the operator's
 //! default flags (8 reconcile slots, 10 requests/s, a namespace's share 0.5), a remote change in
-//! B reaches its mirror within B's interval and a few seconds, and A never holds more than its
-//! share of the reconcile slots (the `namespace_listings_in_flight` gauge, sampled throughout).
+//! B reaches its mirror within B's interval and a few seconds, A never holds more than its
+//! share of the reconcile slots (the `namespace_listings_in_flight` gauge, sampled throughout),
+//! and A's waiting workspaces are woken when a slot frees instead of polling for one.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicI64, Ordering};
@@ -147,16 +148,26 @@ async fn a_thousand_failing_workspaces_do_not_starve_another_namespace() {
         || async { (attempts_a() >= 50.0).then_some(()) },
     )
     .await;
+    let reconciles = || b.operators[0].metric("emr_ray_operator_reconciles_total", &[]);
+    let (r0, t0) = (reconciles(), Instant::now());
     let loaded = latency(&b).await;
     let during = attempts_a();
+    let per_second = (reconciles() - r0) / t0.elapsed().as_secs_f64();
     sampler.abort();
     let peak = peak.load(Ordering::Relaxed);
     println!(
         "fairness: B's change reached its mirror in {:.1} s without A's load, {:.1} s with \
          {A_WORKSPACES} failing workspaces in A ({during} listings of A attempted); slots held \
-         by A at most {peak} of its share {share}",
+         by A at most {peak} of its share {share}; {per_second:.0} reconciles per second \
+         under A's load",
         baseline.as_secs_f64(),
         loaded.as_secs_f64()
+    );
+    // A's workspaces wait for a slot in their namespace's queue, woken when one frees: they do
+    // not come back every second to look (a thousand reconciles a second).
+    assert!(
+        per_second < (A_WORKSPACES / 5) as f64,
+        "{per_second:.0} reconciles per second under A's load"
     );
     // A's load filled its share (else the test shows nothing), and never more: the gauge
     // counts every slot a remote call of A holds (listings and `GetRayCluster` alike).
