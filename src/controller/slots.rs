@@ -179,17 +179,17 @@ mod tests {
         }
         assert_eq!(slots.load("a"), (1, 2), "a waiter is queued once");
         drop(held);
-        assert_eq!(rx.try_next().ok().flatten(), Some(ws("a", "2")));
-        assert!(rx.try_next().is_err(), "one slot, one wake-up");
+        assert_eq!(rx.try_recv().ok(), Some(ws("a", "2")));
+        assert!(rx.try_recv().is_err(), "one slot, one wake-up");
         // The woken one takes the slot; giving it back wakes the next.
         let s2 = slots.try_acquire("a", &ws("a", "2")).unwrap();
         drop(s2);
-        assert_eq!(rx.try_next().ok().flatten(), Some(ws("a", "3")));
+        assert_eq!(rx.try_recv().ok(), Some(ws("a", "3")));
         // A waiter that took a slot without being woken leaves the queue.
         let _s3 = slots.try_acquire("a", &ws("a", "3")).unwrap();
         assert_eq!(slots.load("a"), (1, 0));
         drop(_s3);
         assert_eq!(slots.load("a"), (0, 0), "an idle namespace holds nothing");
-        assert!(rx.try_next().is_err());
+        assert!(rx.try_recv().is_err());
     }
 }
