@@ -62,6 +62,8 @@ reasons! {
     /// The listing could not be completed consistently.
     IncompleteListing => false,
     /// Credentials could not be obtained (environment, RRSA, STS, or an unreadable Secret).
+    /// Whether the remote was called (STS) is not in the reason: see
+    /// `controller::decide::called_the_remote`.
     CredentialsUnavailable => true,
     /// The endpoint or region is not usable.
     InvalidEndpoint => true,
@@ -116,7 +118,7 @@ impl From<ErrorKind> for Reason {
             ErrorKind::NotFound => Reason::WorkspaceNotFound,
             ErrorKind::Malformed => Reason::MalformedResponse,
             ErrorKind::Incomplete => Reason::IncompleteListing,
-            ErrorKind::Credentials => Reason::CredentialsUnavailable,
+            ErrorKind::Credentials | ErrorKind::Sts => Reason::CredentialsUnavailable,
             ErrorKind::Config => Reason::InvalidEndpoint,
             ErrorKind::TooManyClusters => Reason::TooManyClusters,
         }
@@ -354,6 +356,7 @@ mod tests {
             ErrorKind::Malformed,
             ErrorKind::Incomplete,
             ErrorKind::Credentials,
+            ErrorKind::Sts,
             ErrorKind::Config,
             ErrorKind::TooManyClusters,
         ];

@@ -1,6 +1,7 @@
 //! What the reconciler is handed: the operator-wide [`Settings`] and the shared [`Context`].
 
 use std::collections::HashMap;
+use std::sync::atomic::AtomicBool;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -92,6 +93,9 @@ pub struct Caches {
     /// UIDs of workspaces that left the watch (deleted), and when: a reconcile still in flight
     /// writes nothing more for them. Kept for `DEPARTED_TTL`.
     pub(super) departed: Mutex<HashMap<String, Instant>>,
+    /// A workspace left this controller since the last pass over the job mirrors: its job
+    /// mirrors may have been orphaned (see [`super::orphans::JobOrphans`]).
+    pub(super) job_orphans_due: AtomicBool,
 }
 
 impl Caches {
@@ -111,6 +115,7 @@ impl Caches {
             namespace_slots: super::slots::NamespaceSlots::new(listings_per_namespace),
             errors: Mutex::default(),
             departed: Mutex::default(),
+            job_orphans_due: AtomicBool::new(false),
         }
     }
 

@@ -8,8 +8,10 @@ use std::time::{Duration, Instant};
 
 use kube::ResourceExt;
 
+use super::error::SyncError;
 use super::state::WorkspaceState;
 use crate::api::{ANNOTATION_REQUESTED_AT, DurationError, EmrWorkspace, Interval, Reason};
+use crate::emr::ErrorKind;
 
 /// `spec.syncInterval` (at least [`Interval::MIN_SYNC`]), or the operator's default.
 pub fn effective_interval(ws: &EmrWorkspace, default: Interval) -> Result<Interval, DurationError> {
@@ -35,11 +37,16 @@ pub(super) fn listing_due(
     next_due.is_none_or(|d| now >= d) || (early && !backing_off)
 }
 
-/// Whether a failure with this reason came from calling the EMR API (and so has a backoff a
-/// request must respect). Pure.
-pub(super) fn called_the_remote(reason: Reason) -> bool {
+/// Whether a failure came from a remote call (and so has a backoff a request must respect):
+/// the EMR API, or STS for RRSA credentials (`CredentialsUnavailable` either way: before STS
+/// was called — settings, a missing token file, a Secret — it is local, and a fix is picked up
+/// at once; after, each request would call STS again). Pure.
+pub(super) fn called_the_remote(e: &SyncError) -> bool {
+    if e.remote().is_some_and(|r| r.kind == ErrorKind::Sts) {
+        return true;
+    }
     matches!(
-        reason,
+        e.reason(),
         Reason::AuthenticationFailed
             | Reason::PermissionDenied
             | Reason::Throttled
@@ -145,6 +152,7 @@ pub(super) fn reconcile_retry(failures: u32, jitter: f64) -> Duration {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::emr::EmrError;
 
     #[test]
     fn early_listings_wait_for_a_backoff() {
@@ -181,16 +189,34 @@ mod tests {
                 "{what}"
             );
         }
-        for (reason, remote) in [
-            (Reason::Throttled, true),
-            (Reason::AuthenticationFailed, true),
-            (Reason::RemoteUnavailable, true),
-            (Reason::SecretNotFound, false),
-            (Reason::CredentialsNotPermitted, false),
-            (Reason::EndpointNotAllowed, false),
-            (Reason::InvalidSpec, false),
+        let remote = |kind| SyncError::Remote(EmrError::new(kind, "x"));
+        let local = |reason| SyncError::local(reason, "x".into());
+        for (e, called, what) in [
+            (remote(ErrorKind::Throttled), true, "throttled"),
+            (remote(ErrorKind::Auth), true, "authentication failed"),
+            (remote(ErrorKind::Transient), true, "remote unavailable"),
+            (remote(ErrorKind::Sts), true, "STS refused or unreachable"),
+            (
+                remote(ErrorKind::Credentials),
+                false,
+                "RRSA settings or the token file",
+            ),
+            (
+                local(Reason::CredentialsUnavailable),
+                false,
+                "a Secret unreadable",
+            ),
+            (local(Reason::SecretNotFound), false, "no Secret"),
+            (local(Reason::CredentialsNotPermitted), false, "not granted"),
+            (local(Reason::EndpointNotAllowed), false, "endpoint refused"),
+            (local(Reason::InvalidSpec), false, "invalid spec"),
+            (remote(ErrorKind::Config), false, "invalid endpoint"),
         ] {
-            assert_eq!(called_the_remote(reason), remote, "{reason}");
+            assert_eq!(called_the_remote(&e), called, "{what}");
+            // STS or not, the reason consumers see is the same.
+            if what.starts_with("STS") {
+                assert_eq!(e.reason(), Reason::CredentialsUnavailable);
+            }
         }
     }
 

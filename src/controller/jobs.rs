@@ -14,7 +14,10 @@
 //!
 //! The existing job mirrors are read with one LIST by the workspace's label per round, served
 //! from the API server's watch cache (`resourceVersion=0`); there is no job watch, so a job
-//! mirror deleted by hand comes back at the next round rather than at once.
+//! mirror deleted by hand comes back at the next round rather than at once. Job mirrors left
+//! without an owner by a workspace of the same name deleted with `--cascade=orphan` are taken
+//! over here ([`ExistingJob::of`]); those of a workspace that does not come back are deleted
+//! by the sweep ([`super::orphans::JobOrphans`]).
 //!
 //! Disabling jobs (or never enabling them) deletes the workspace's job mirrors: they are an
 //! opt-in view, and a mirror that is no longer kept current would lie. This is looked at once
@@ -224,14 +227,25 @@ pub struct ExistingJob {
 }
 
 impl ExistingJob {
+    /// A mirror without a controlling owner that names this workspace (left by a workspace of
+    /// this name deleted with `--cascade=orphan`, see [`super::orphans`]) counts as this
+    /// workspace's, never as shaped: it is taken over (applied with this owner) or deleted
+    /// like its own.
     pub fn of(m: &EmrRayJob, owner: &Owner) -> Self {
-        let ours = m
+        let controlled = m
             .owner_references()
             .iter()
             .any(|o| o.controller == Some(true) && o.uid == owner.uid);
+        let orphan = !m
+            .owner_references()
+            .iter()
+            .any(|o| o.controller == Some(true))
+            && m.spec.workspace_ref == owner.name;
+        let ours = controlled || orphan;
         let want = job_labels(owner, &m.spec.submission_id);
         let labels = m.labels();
-        let shaped = m.spec == job_spec(owner, &m.spec.submission_id)
+        let shaped = controlled
+            && m.spec == job_spec(owner, &m.spec.submission_id)
             && want.iter().all(|(k, v)| labels.get(k) == Some(v))
             && (owner.shard.is_some() || !labels.contains_key(LABEL_SHARD));
         ExistingJob {
@@ -683,6 +697,73 @@ mod tests {
                 assert!(g.starts_with(w), "{what}: {got:?} vs {want:?}");
             }
         }
+    }
+
+    #[test]
+    fn an_orphan_naming_the_workspace_is_taken_over_and_no_other() {
+        let owner = |uid: &str| Owner {
+            namespace: "ns".into(),
+            name: "ws".into(),
+            uid: uid.into(),
+            workspace_id: "w-1".into(),
+            region_id: "cn-hangzhou".into(),
+            policy: Default::default(),
+            shard: None,
+        };
+        let old = owner("old-uid");
+        let new = owner("new-uid");
+        let mirror = |refs: Vec<k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference>,
+                      workspace: &str| {
+            let mut m = EmrRayJob::new("job-a", job_spec(&old, "raysubmit_a"));
+            m.spec.workspace_ref = workspace.into();
+            m.metadata.labels = Some(job_labels(&old, "raysubmit_a"));
+            m.metadata.owner_references = Some(refs);
+            m
+        };
+        // (mirror, owner asking) -> (ours, shaped)
+        let rows = [
+            (
+                mirror(vec![old.reference()], "ws"),
+                &old,
+                (true, true),
+                "its own",
+            ),
+            (
+                mirror(vec![old.reference()], "ws"),
+                &new,
+                (false, false),
+                "another workspace's (same name, other UID)",
+            ),
+            (
+                mirror(vec![], "ws"),
+                &new,
+                (true, false),
+                "an orphan naming it: taken over (applied)",
+            ),
+            (
+                mirror(vec![], "other"),
+                &new,
+                (false, false),
+                "an orphan naming another workspace",
+            ),
+        ];
+        for (m, o, want, what) in rows {
+            let e = ExistingJob::of(&m, o);
+            assert_eq!((e.ours, e.shaped), want, "{what}");
+        }
+        // Taken over: a listed job is applied (with the owner), an unlisted one deleted.
+        let orphan = ExistingJob::of(&mirror(vec![], "ws"), &new);
+        let (w, _) = plan_jobs(
+            Some(&[job("raysubmit_a", "Running")]),
+            true,
+            std::slice::from_ref(&orphan),
+            now(),
+        );
+        assert_eq!(kinds(&w), ["apply job-a"]);
+        let (w, _) = plan_jobs(Some(&[]), true, std::slice::from_ref(&orphan), now());
+        assert_eq!(kinds(&w), ["delete job-a"]);
+        let (w, _) = plan_jobs(None, false, &[orphan], now());
+        assert_eq!(kinds(&w), ["delete job-a"]);
     }
 
     #[test]

@@ -3,6 +3,7 @@
 //! as they are. And the wait for a reflector store's first complete list.
 
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use kube::ResourceExt;
@@ -16,9 +17,13 @@ use crate::metrics::WorkspaceLabels;
 
 /// Forgets a workspace that left this replica's watch (deleted): what is remembered about it
 /// and its metric series. Its mirrors are left as they are.
+///
+/// Deleted with `--cascade=orphan`, it left its job mirrors without an owner: the next sweep
+/// looks for them (see [`super::orphans`]).
 pub fn forget(ctx: &Context, ws: &EmrWorkspace) {
     crate::controller::lock(&ctx.caches.departed)
         .insert(ws.uid().unwrap_or_default(), Instant::now());
+    ctx.caches.job_orphans_due.store(true, Ordering::SeqCst);
     forget_key(ctx, &key(ws));
 }
 
@@ -121,6 +126,7 @@ pub fn prune_deleted(ctx: &Context, workspaces: &Store<EmrWorkspace>) {
     for k in ctx.caches.states.keys() {
         if !live.contains(&k) {
             debug!(workspace = %k, "workspace deleted; forgetting it");
+            ctx.caches.job_orphans_due.store(true, Ordering::SeqCst);
             forget_key(ctx, &k);
         }
     }

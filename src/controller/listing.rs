@@ -126,14 +126,17 @@ async fn record_failure(
             reason: reason.metric_label().to_string(),
         })
         .inc();
-    let failure = Failure::next(
-        st.failure.as_ref(),
-        reason,
-        e.to_string(),
-        e.remote().and_then(|r| r.code.clone()),
-        e.remote().and_then(|r| r.request_id.clone()),
-        &now_rfc3339(),
-    );
+    let failure = Failure {
+        called_remote: super::decide::called_the_remote(e),
+        ..Failure::next(
+            st.failure.as_ref(),
+            reason,
+            e.to_string(),
+            e.remote().and_then(|r| r.code.clone()),
+            e.remote().and_then(|r| r.request_id.clone()),
+            &now_rfc3339(),
+        )
+    };
     if st.failure.as_ref().map(|f| f.reason) != Some(reason) {
         publish(
             &ctx.kube.recorder,

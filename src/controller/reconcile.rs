@@ -162,9 +162,7 @@ async fn sync(ws: &EmrWorkspace, ctx: &Context, st: &mut WorkspaceState) -> bool
         || decide::listing_due(
             Instant::now(),
             st.next_due,
-            st.failure
-                .as_ref()
-                .is_some_and(|f| decide::called_the_remote(f.reason)),
+            st.failure.as_ref().is_some_and(|f| f.called_remote),
             st.synced_generation != ws.meta().generation || requested.is_some(),
         );
     // The namespace's listing slot, or none now: then this reconcile gives its slot back, the

@@ -115,6 +115,9 @@ pub struct Failure {
     /// RFC 3339: when this reason was first seen.
     pub since: String,
     pub consecutive: i64,
+    /// It came from a remote call (the EMR API or STS): a requested sync waits for its
+    /// backoff (see `decide::called_the_remote`).
+    pub called_remote: bool,
 }
 
 impl Failure {
@@ -139,6 +142,7 @@ impl Failure {
             request_id,
             since,
             consecutive,
+            called_remote: false,
         }
     }
 

@@ -315,14 +315,14 @@ impl CredentialResolver {
             .send()
             .await
             .map_err(|e| {
-                cred_err(format!(
+                sts_err(format!(
                     "RRSA: AssumeRoleWithOIDC request failed: {}",
                     e.without_url()
                 ))
             })?;
         let status = resp.status().as_u16();
         if resp.status().is_redirection() {
-            return Err(cred_err(format!(
+            return Err(sts_err(format!(
                 "RRSA: AssumeRoleWithOIDC answered a redirect (HTTP {status}); redirects are \
                  not followed"
             ))
@@ -331,7 +331,7 @@ impl CredentialResolver {
         let bytes = crate::emr::client::read_body(resp, MAX_STS_RESPONSE_BYTES)
             .await
             .map_err(|(e, _)| {
-                cred_err(format!(
+                sts_err(format!(
                     "RRSA: reading AssumeRoleWithOIDC response: {}",
                     e.message
                 ))
@@ -345,8 +345,14 @@ const STS_TIMEOUT: Duration = Duration::from_secs(10);
 /// Largest STS answer read (a real one is about 1.5 KiB).
 const MAX_STS_RESPONSE_BYTES: usize = 64 * 1024;
 
+/// A failure before STS was called (settings, the token file, the client).
 fn cred_err(m: String) -> EmrError {
     EmrError::new(ErrorKind::Credentials, m)
+}
+
+/// A failure of the STS call itself (sent, or its answer).
+fn sts_err(m: String) -> EmrError {
+    EmrError::new(ErrorKind::Sts, m)
 }
 
 /// Largest OIDC token file read (a projected service-account token is a few KiB).
@@ -426,7 +432,7 @@ fn sts_request(cfg: &RrsaConfig, token: &str) -> (url::Url, String) {
 fn parse_sts_response(status: u16, bytes: &[u8]) -> Result<Cached, EmrError> {
     if !(200..300).contains(&status) {
         let remote = EmrError::from_response(status, bytes, None, None);
-        let mut e = cred_err(format!(
+        let mut e = sts_err(format!(
             "RRSA: AssumeRoleWithOIDC failed: {}",
             remote.message
         ));
@@ -438,7 +444,7 @@ fn parse_sts_response(status: u16, bytes: &[u8]) -> Result<Cached, EmrError> {
     // Only where the body is malformed, never serde's text: it quotes the body, which carries
     // credentials.
     let parsed: StsResponse = serde_json::from_slice(bytes).map_err(|e| {
-        cred_err(format!(
+        sts_err(format!(
             "RRSA: malformed AssumeRoleWithOIDC response ({:?} error at line {} column {})",
             e.classify(),
             e.line(),
@@ -446,12 +452,12 @@ fn parse_sts_response(status: u16, bytes: &[u8]) -> Result<Cached, EmrError> {
         ))
     })?;
     let c = parsed.credentials.ok_or_else(|| {
-        cred_err("RRSA: AssumeRoleWithOIDC response has no Credentials".to_string())
+        sts_err("RRSA: AssumeRoleWithOIDC response has no Credentials".to_string())
             .with_request_id(parsed.request_id.clone())
     })?;
     let expiration: jiff::Timestamp = c.expiration.parse().map_err(|e: jiff::Error| {
         // jiff's error quotes the input too.
-        cred_err(format!(
+        sts_err(format!(
             "RRSA: invalid Expiration {:?}: {}",
             super::text::excerpt(&c.expiration),
             super::text::clean_text(&e.to_string(), super::text::MAX_MESSAGE_CHARS / 2)
@@ -556,6 +562,47 @@ mod tests {
             "{}",
             err.message
         );
+    }
+
+    /// What was tried decides the kind: a failure of the STS call is `Sts` (a remote call: a
+    /// retry waits for the backoff), one before it (settings, the token file) is
+    /// `Credentials`. Both are reported as `CredentialsUnavailable`.
+    #[tokio::test]
+    async fn sts_failures_are_remote_and_token_file_failures_local() {
+        let dir = tempfile::tempdir().unwrap();
+        let resolve = |cfg: RrsaConfig| async move {
+            CredentialResolver::new()
+                .resolve(&CredentialSource::Rrsa(cfg))
+                .await
+                .unwrap_err()
+        };
+        let refusing = serve(
+            "HTTP/1.1 400 Bad Request\r\ncontent-type: application/json\r\ncontent-length: 77\r\n\r\n\
+             {\"Code\":\"AuthenticationFail.OIDCToken.Invalid\",\"Message\":\"The token is bad.\"}",
+            0,
+        )
+        .await
+        .0;
+        let e = resolve(rrsa_to(refusing, dir.path())).await;
+        assert_eq!(e.kind, ErrorKind::Sts, "{}", e.message);
+        assert_eq!(e.http_status, Some(400));
+        assert_eq!(
+            e.code.as_deref(),
+            Some("AuthenticationFail.OIDCToken.Invalid")
+        );
+        // Nothing listens there: the call was still made.
+        let closed = {
+            let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+            l.local_addr().unwrap()
+        };
+        let e = resolve(rrsa_to(closed, dir.path())).await;
+        assert_eq!(e.kind, ErrorKind::Sts, "{}", e.message);
+        let e = resolve(RrsaConfig {
+            token_file: dir.path().join("missing"),
+            ..rrsa_to(refusing, dir.path())
+        })
+        .await;
+        assert_eq!(e.kind, ErrorKind::Credentials, "{}", e.message);
     }
 
     #[test]

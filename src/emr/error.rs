@@ -25,8 +25,13 @@ pub enum ErrorKind {
     Malformed,
     /// The listing could not be completed consistently (page limit hit, repeated page, ...).
     Incomplete,
-    /// Credentials could not be obtained (missing env vars, RRSA / STS failure).
+    /// Credentials could not be obtained before any remote call (missing env vars, RRSA
+    /// settings, an unreadable OIDC token file).
     Credentials,
+    /// The STS exchange for RRSA credentials (`AssumeRoleWithOIDC`) was attempted and failed
+    /// (refused, unreachable, a redirect, a bad answer): a remote call, so a retry waits for
+    /// the backoff. Reported like [`ErrorKind::Credentials`] (`CredentialsUnavailable`).
+    Sts,
     /// Invalid configuration (endpoint, region, client settings).
     Config,
     /// The workspace has more clusters than the operator is configured to mirror.

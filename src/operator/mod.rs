@@ -529,6 +529,11 @@ async fn run_controller(
     let ws_store_ready = ws_store.clone();
     let m2 = mirrors.clone();
     let (prune_ctx, prune_token) = (ctx.clone(), token.clone());
+    let mut job_orphans = crate::controller::orphans::JobOrphans::new(
+        client.clone(),
+        ns,
+        shard.map(|s| s.to_string()).as_deref(),
+    );
     tokio::spawn(async move {
         ws_ready.wait().await;
         m2.wait_ready().await;
@@ -540,7 +545,11 @@ async fn run_controller(
             }
             // Deleted workspaces are not reconciled again: forget them (and their metric series).
             crate::controller::prune_deleted(&prune_ctx, &ws_store_ready);
-            for ws in crate::controller::orphans::sweep(&prune_ctx, &ws_store_ready).await {
+            let mut woken = crate::controller::orphans::sweep(&prune_ctx, &ws_store_ready).await;
+            woken.extend(job_orphans.sweep(&prune_ctx, &ws_store_ready).await);
+            woken.sort_by(|a, b| (&a.namespace, &a.name).cmp(&(&b.namespace, &b.name)));
+            woken.dedup();
+            for ws in woken {
                 let _ = wake.unbounded_send(ws);
             }
         }

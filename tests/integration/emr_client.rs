@@ -149,6 +149,30 @@ async fn rrsa_assume_role_with_oidc_against_simulator() {
         .await
         .unwrap_err();
     assert_eq!(Reason::from(e.kind).as_str(), "CredentialsUnavailable");
+    assert_eq!(
+        e.kind,
+        ErrorKind::Credentials,
+        "no STS call: a local failure"
+    );
+    assert_eq!(sim.state.stats().sts_requests, 1, "STS was not called");
+    // STS refuses (an OIDC provider it does not know): the same reason, but STS was called —
+    // a remote failure, whose backoff a requested sync waits for.
+    sim.state.add_oidc_provider(
+        "acs:ram::1234567890:oidc-provider/another",
+        emr_sim::oidc::OidcProvider {
+            issuer: "https://issuer.example".into(),
+            client_ids: vec!["sts.aliyuncs.com".into()],
+            jwks: jsonwebtoken::jwk::JwkSet { keys: vec![] },
+        },
+    );
+    let e = CredentialResolver::default()
+        .resolve(&src)
+        .await
+        .unwrap_err();
+    assert_eq!(Reason::from(e.kind).as_str(), "CredentialsUnavailable");
+    assert_eq!(e.kind, ErrorKind::Sts, "{}", e.message);
+    assert_eq!(e.code.as_deref(), Some("EntityNotExist.OIDCProvider"));
+    assert_eq!(sim.state.stats().sts_requests, 2);
     sim.shutdown().await;
 }
 

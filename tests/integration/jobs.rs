@@ -427,3 +427,105 @@ async fn retention_out_of_bounds_is_refused_at_admission() {
     }
     env.teardown().await;
 }
+
+/// Deletes workspace `name` with `--cascade=orphan` and waits until it is gone and its job
+/// mirrors have no owner — or, `swept`, until they have no owner or are gone (a running
+/// operator may delete them at once).
+async fn orphan_jobs_workspace(env: &Env, name: &str, jobs: usize, swept: bool) {
+    env.workspaces()
+        .delete(name, &kube::api::DeleteParams::orphan())
+        .await
+        .unwrap();
+    common::wait_until(
+        Duration::from_secs(120),
+        "the workspace to be orphaned",
+        || async {
+            let ws = env.workspaces().get_opt(name).await.unwrap();
+            let l = job_mirrors(env).await;
+            let ownerless = l.iter().all(|m| m.owner_references().is_empty());
+            if ws.is_none() && ownerless && (l.len() == jobs || swept) {
+                return Ok(());
+            }
+            Err(format!(
+                "workspace: {:?}; job mirrors: {:?}",
+                ws.map(|w| w.metadata.deletion_timestamp.is_some()),
+                l.iter()
+                    .map(|m| (m.name_any(), m.owner_references().len()))
+                    .collect::<Vec<_>>()
+            ))
+        },
+    )
+    .await;
+}
+
+/// The two job mirrors, once both are controlled by workspace `uid`.
+async fn owned_by(env: &Env, uid: &str) -> Option<Vec<EmrRayJob>> {
+    let l = job_mirrors(env).await;
+    (l.len() == 2
+        && l.iter().all(|m| {
+            m.owner_references()
+                .iter()
+                .any(|o| o.uid == uid && o.controller == Some(true))
+        }))
+    .then_some(l)
+}
+
+/// `kubectl delete emrworkspace --cascade=orphan` leaves the job mirrors without an owner, as
+/// it does the cluster mirrors: a workspace of that name coming back takes them over (the same
+/// objects), and without one they are deleted instead of staying for ever.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn orphaned_job_mirrors_are_adopted_again_or_deleted() {
+    let mut env = Env::new("e2e-job-orphan").await;
+    env.sim
+        .state
+        .upsert_job(WS, job("raysubmit_orph_a", "Running", 600));
+    env.sim
+        .state
+        .upsert_job(WS, job("raysubmit_orph_b", "Succeeded", 3600));
+    env.wait_garbage_collector_watches_crds().await;
+    // A long interval: nothing here waits for a periodic sync.
+    let spec = json!({"syncInterval": "10m", "jobs": {"enabled": true, "retention": "24h"}});
+    env.create_workspace("prod", spec.clone()).await;
+    env.start();
+    let uid = env.workspaces().get("prod").await.unwrap().uid().unwrap();
+    common::wait_for(ONE_INTERVAL, "2 job mirrors", || owned_by(&env, &uid)).await;
+    let uids = |l: &[EmrRayJob]| {
+        let mut u: Vec<String> = l.iter().filter_map(|m| m.uid()).collect();
+        u.sort();
+        u
+    };
+    let before = uids(&job_mirrors(&env).await);
+
+    // The workspace comes back while the operator is down: at its start the new workspace
+    // takes over the very same job mirrors.
+    env.operators.pop().unwrap().stop().await;
+    orphan_jobs_workspace(&env, "prod", 2, false).await;
+    env.create_workspace("prod", spec).await;
+    let uid = env.workspaces().get("prod").await.unwrap().uid().unwrap();
+    env.start();
+    let adopted = common::wait_for(
+        Duration::from_secs(60),
+        "the job mirrors owned by the new workspace",
+        || owned_by(&env, &uid),
+    )
+    .await;
+    assert_eq!(uids(&adopted), before, "adopted, not created again");
+
+    // Orphaned while the operator runs, and no workspace comes back: deleted within a sweep
+    // (every 10 s) after the workspace went, the namespace left clean.
+    orphan_jobs_workspace(&env, "prod", 2, true).await;
+    common::wait_for(
+        Duration::from_secs(45),
+        "orphaned job mirrors deleted",
+        || async { job_mirrors(&env).await.is_empty().then_some(()) },
+    )
+    .await;
+    assert_eq!(
+        env.operators[0].metric(
+            "emr_ray_operator_kube_writes_total",
+            &[("operation", "delete-orphan"), ("resource", "emrrayjobs")]
+        ),
+        2.0
+    );
+    env.teardown().await;
+}

@@ -87,7 +87,8 @@ RBAC rules for the watched scope: exactly what the operator calls.
 - apiGroups: ["emr.aliyun.io"]
   resources: ["emrrayclusters/status"]
   verbs: ["patch"]
-# Job mirrors (spec.jobs): listed by workspace label each round, never watched.
+# Job mirrors (spec.jobs): listed by workspace label each round, never watched; the orphan sweep
+# lists the managed ones (paged) after a workspace is deleted and every 5 minutes.
 - apiGroups: ["emr.aliyun.io"]
   resources: ["emrrayjobs"]
   verbs: ["list", "create", "patch", "delete"]
