@@ -704,8 +704,10 @@ async fn job_mirrors_through_kstatus_argocd_health_and_kube_state_metrics() {
         ("Succeeded", "Current", "Healthy"),
         ("Failed", "Failed", "Degraded"),
         ("Timeout", "Failed", "Degraded"),
-        ("Running", "InProgress", "Progressing"),
+        ("Submitted", "InProgress", "Progressing"),
         ("Pending", "InProgress", "Progressing"),
+        ("Running", "InProgress", "Progressing"),
+        ("Cancelling", "InProgress", "Progressing"),
         // kstatus reads Ready=False as in progress; Argo CD shows the final, deliberate state.
         ("Cancelled", "InProgress", "Suspended"),
     ];
