@@ -7,8 +7,9 @@
 //! * kstatus (cli-utils) and Argo CD's health Lua (gopher-lua) on objects read back from the
 //!   API server;
 //! * end to end: series scraped from the operator's `/metrics` and from kube-state-metrics
-//!   while a cluster turns `Error` and the workspace's credentials go bad, replayed through
-//!   `promtool test rules` against the shipped rules: the expected alerts fire.
+//!   while a cluster turns `Error`, a Ray job fails, a queue nears its maximum and the
+//!   workspace's credentials go bad, replayed through `promtool test rules` against the shipped
+//!   rules: the expected alerts fire.
 //!
 //! The Go tools come from `tests/tools/tools.sh` (see `consumer_tools`).
 
