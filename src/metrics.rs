@@ -398,9 +398,10 @@ impl Metrics {
         registry.register(
             "job_failures",
             "Ray jobs seen to end Failed or Timeout, per workspace with spec.jobs.enabled: a job \
-             counts once, when a complete job listing first shows it failed (at the first listing \
-             after the operator starts, the jobs failed in their mirrors are known; a workspace \
-             that just enabled jobs counts none of the failures it already had)",
+             counts once, when a complete job listing shows it failed and the previous one did \
+             not (the first listing after the operator starts counts none and knows the jobs \
+             failed in their mirrors, so one that failed meanwhile counts at the next listing; \
+             a workspace that just enabled jobs counts none of the failures it already had)",
             m.job_failures.clone(),
         );
         registry.register(

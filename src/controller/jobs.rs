@@ -58,8 +58,8 @@ pub struct JobsState {
     /// The job mirrors of a disabled workspace have been looked for (and deleted) since the
     /// operator started or the spec changed.
     pub cleaned: bool,
-    /// The `Failed`/`Timeout` jobs of the last complete listing whose mirrors were looked at
-    /// (`None` until the first since the operator started or jobs were enabled): what
+    /// The `Failed`/`Timeout` jobs known after the last complete listing whose mirrors were
+    /// looked at (`None` until the first since the operator started or jobs were enabled): what
     /// [`new_failures`] compares the next listing with.
     pub failed: Option<Arc<HashSet<String>>>,
 }
@@ -120,13 +120,15 @@ fn count(jobs: &[RayJob]) -> (BTreeMap<String, i64>, i64) {
 }
 
 /// The jobs of a complete listing that count as new failures (`emr_ray_operator_job_failures_total`),
-/// and the failed jobs to remember for the next listing. A job counts once, when it is first seen
-/// `Failed` or `Timeout`:
-/// * after a first listing, when it was not failed in the previous one (`known`);
-/// * at the first listing since the operator started or jobs were enabled (`known` is `None`),
-///   when its mirror exists and does not show it failed — or has no mirror while the workspace
-///   has other job mirrors (it was submitted while the operator was away). A workspace without
-///   any job mirror (jobs just enabled) counts none: the failures it already had are not news.
+/// and the failed jobs to compare the next listing with. A job counts once, when a listing
+/// shows it `Failed` or `Timeout` and the previous one (`known`) did not.
+///
+/// The first listing since the operator started or jobs were enabled (`known` is `None`) counts
+/// none: the counter has just been exported at 0, and a first sample that already holds the
+/// failures would be no increase to Prometheus. It remembers as known only the jobs whose mirror
+/// already shows them failed (or, in a workspace without any job mirror — jobs just enabled —
+/// every failed job: the failures it already had are not news), so a job that failed while the
+/// operator was away counts at the next listing.
 ///
 /// Unlike the failed jobs in the window (`workspace_jobs_failed`), this never goes down when an
 /// old failed job leaves the window, so a failure at the same moment is not hidden. Pure.
@@ -140,8 +142,11 @@ pub fn new_failures(
         .filter(|j| j.failed())
         .map(|j| j.submission_id.clone())
         .collect();
-    let count = match known {
-        Some(known) => failed.iter().filter(|id| !known.contains(*id)).count(),
+    match known {
+        Some(known) => (
+            failed.iter().filter(|id| !known.contains(*id)).count() as u64,
+            failed,
+        ),
         None => {
             let mirrors: HashMap<&str, &ExistingJob> = existing
                 .iter()
@@ -149,24 +154,20 @@ pub fn new_failures(
                 .map(|e| (e.submission_id.as_str(), e))
                 .collect();
             if mirrors.is_empty() {
-                0
-            } else {
-                failed
-                    .iter()
-                    .filter(|id| {
-                        mirrors.get(id.as_str()).is_none_or(|m| {
-                            let state = m.status.as_ref().and_then(|s| s.state.as_deref());
-                            !matches!(
-                                state.and_then(JobState::parse),
-                                Some(JobState::Failed | JobState::Timeout)
-                            )
-                        })
-                    })
-                    .count()
+                return (0, failed);
             }
+            let shown_failed = |id: &String| {
+                mirrors.get(id.as_str()).is_some_and(|m| {
+                    let state = m.status.as_ref().and_then(|s| s.state.as_deref());
+                    matches!(
+                        state.and_then(JobState::parse),
+                        Some(JobState::Failed | JobState::Timeout)
+                    )
+                })
+            };
+            (0, failed.into_iter().filter(shown_failed).collect())
         }
-    };
-    (count as u64, failed)
+    }
 }
 
 /// The labels of a job mirror.
@@ -661,19 +662,20 @@ mod tests {
             new_failures(&[old.clone(), run.clone()], None, &[]),
             (0, ids(&["raysubmit_old"]))
         );
-        // First listing after a restart: what the mirrors show is known; a job that failed
-        // meanwhile (in its mirror Running, or without a mirror) is new.
+        // First listing after a restart: nothing counts yet; what the mirrors show failed is
+        // known, and a job that failed meanwhile (Running in its mirror, or without a mirror)
+        // counts at the next listing.
+        let listed = [old.clone(), run_failed.clone(), new.clone()];
+        let (n, known) = new_failures(&listed, None, &mirrors);
+        assert_eq!((n, &known), (0, &ids(&["raysubmit_old"])));
+        assert_eq!(new_failures(&listed, Some(&known), &mirrors).0, 2);
         assert_eq!(
             new_failures(
-                &[old.clone(), run_failed.clone(), new.clone()],
-                None,
+                &listed,
+                Some(&ids(&["raysubmit_old", "raysubmit_run", "raysubmit_new"])),
                 &mirrors
             )
             .0,
-            2
-        );
-        assert_eq!(
-            new_failures(&[old.clone(), run.clone()], None, &mirrors).0,
             0
         );
         // Then against the previous listing: the old failure leaving the window while a new one
