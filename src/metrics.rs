@@ -260,6 +260,8 @@ pub struct Metrics {
     pub workspace_jobs: Family<WorkspaceLabels, Gauge>,
     /// Of those, `Failed` or `Timeout`.
     pub workspace_jobs_failed: Family<WorkspaceLabels, Gauge>,
+    /// Jobs the operator saw turn `Failed` or `Timeout` (see `controller::jobs::new_failures`).
+    pub job_failures: Family<WorkspaceLabels, Counter>,
     pub kube_writes: Family<WriteLabels, Counter>,
     pub kube_write_refusals: Family<RefusalLabels, Counter>,
     pub reconcile_errors: Family<ErrorLabels, Counter>,
@@ -309,6 +311,7 @@ impl Default for Metrics {
             workspace_suspended: Family::default(),
             workspace_jobs: Family::default(),
             workspace_jobs_failed: Family::default(),
+            job_failures: Family::default(),
             kube_writes: Family::default(),
             kube_write_refusals: Family::default(),
             reconcile_errors: Family::default(),
@@ -391,6 +394,15 @@ impl Metrics {
             "Ray jobs Failed or Timeout in the retention window at the last complete job \
              listing, per workspace with spec.jobs.enabled",
             m.workspace_jobs_failed.clone(),
+        );
+        registry.register(
+            "job_failures",
+            "Ray jobs seen to end Failed or Timeout, per workspace with spec.jobs.enabled: a job \
+             counts once, when a complete job listing shows it failed and the previous one did \
+             not (the first listing after the operator starts counts none and knows the jobs \
+             failed in their mirrors, so one that failed meanwhile counts at the next listing; \
+             a workspace that just enabled jobs counts none of the failures it already had)",
+            m.job_failures.clone(),
         );
         registry.register(
             "kube_writes",

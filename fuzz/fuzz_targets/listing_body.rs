@@ -7,7 +7,9 @@
 #[path = "common/mod.rs"]
 mod common;
 
-use common::{check_clean, walk};
+use common::{
+    check_clean, is_condition_reason, is_dns_label, is_label_value, is_rfc3339_utc, walk,
+};
 use emr_ray_operator::api::Reason;
 use emr_ray_operator::controller::mirror::{
     Staleness, label_value, mirror_conditions, mirror_name, remote_status,
@@ -16,49 +18,6 @@ use emr_ray_operator::emr::ListRayClusterResponse;
 use emr_ray_operator::emr::text::{MAX_MESSAGE_CHARS, MAX_TEXT, decode_error};
 use emr_ray_operator::time::Time;
 use libfuzzer_sys::fuzz_target;
-
-fn is_dns_label(s: &str) -> bool {
-    !s.is_empty()
-        && s.len() <= 63
-        && s.bytes()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
-        && !s.starts_with('-')
-        && !s.ends_with('-')
-}
-
-/// `(([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9])?`, at most 63 characters.
-fn is_label_value(s: &str) -> bool {
-    s.len() <= 63
-        && s.bytes()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
-        && s.bytes().next().is_none_or(|b| b.is_ascii_alphanumeric())
-        && s.bytes().last().is_none_or(|b| b.is_ascii_alphanumeric())
-}
-
-/// metav1.Condition's reason: `^[A-Za-z]([A-Za-z0-9_,:]*[A-Za-z0-9_])?$`, at most 1024.
-fn is_condition_reason(s: &str) -> bool {
-    let b = s.as_bytes();
-    !b.is_empty()
-        && b.len() <= 1024
-        && b[0].is_ascii_alphabetic()
-        && b.iter()
-            .all(|c| c.is_ascii_alphanumeric() || matches!(c, b'_' | b',' | b':'))
-        && b.last()
-            .is_some_and(|c| c.is_ascii_alphanumeric() || *c == b'_')
-}
-
-/// `YYYY-MM-DDTHH:MM:SSZ` (what the CRD documents as RFC 3339).
-fn is_rfc3339_utc(s: &str) -> bool {
-    let b = s.as_bytes();
-    b.len() == 20
-        && b.iter().enumerate().all(|(i, c)| match i {
-            4 | 7 => *c == b'-',
-            10 => *c == b'T',
-            13 | 16 => *c == b':',
-            19 => *c == b'Z',
-            _ => c.is_ascii_digit(),
-        })
-}
 
 /// What the status shows of an endpoint: no query, fragment or user info.
 fn check_redacted(shown: &str) {

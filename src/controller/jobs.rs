@@ -61,6 +61,10 @@ pub struct JobsState {
     /// The job mirrors of a disabled workspace have been looked for (and deleted) since the
     /// operator started or the spec changed.
     pub cleaned: bool,
+    /// The `Failed`/`Timeout` jobs known after the last complete listing whose mirrors were
+    /// looked at (`None` until the first since the operator started or jobs were enabled): what
+    /// [`new_failures`] compares the next listing with.
+    pub failed: Option<Arc<HashSet<String>>>,
 }
 
 /// The job listing of one round: complete, or why not.
@@ -116,6 +120,57 @@ fn count(jobs: &[RayJob]) -> (BTreeMap<String, i64>, i64) {
         failed += i64::from(j.failed());
     }
     (by_state, failed)
+}
+
+/// The jobs of a complete listing that count as new failures (`emr_ray_operator_job_failures_total`),
+/// and the failed jobs to compare the next listing with. A job counts once, when a listing
+/// shows it `Failed` or `Timeout` and the previous one (`known`) did not.
+///
+/// The first listing since the operator started or jobs were enabled (`known` is `None`) counts
+/// none: the counter has just been exported at 0, and a first sample that already holds the
+/// failures would be no increase to Prometheus. It remembers as known only the jobs whose mirror
+/// already shows them failed (or, in a workspace without any job mirror — jobs just enabled —
+/// every failed job: the failures it already had are not news), so a job that failed while the
+/// operator was away counts at the next listing.
+///
+/// Unlike the failed jobs in the window (`workspace_jobs_failed`), this never goes down when an
+/// old failed job leaves the window, so a failure at the same moment is not hidden. Pure.
+pub fn new_failures(
+    jobs: &[RayJob],
+    known: Option<&HashSet<String>>,
+    existing: &[ExistingJob],
+) -> (u64, HashSet<String>) {
+    let failed: HashSet<String> = jobs
+        .iter()
+        .filter(|j| j.failed())
+        .map(|j| j.submission_id.clone())
+        .collect();
+    match known {
+        Some(known) => (
+            failed.iter().filter(|id| !known.contains(*id)).count() as u64,
+            failed,
+        ),
+        None => {
+            let mirrors: HashMap<&str, &ExistingJob> = existing
+                .iter()
+                .filter(|e| e.ours)
+                .map(|e| (e.submission_id.as_str(), e))
+                .collect();
+            if mirrors.is_empty() {
+                return (0, failed);
+            }
+            let shown_failed = |id: &String| {
+                mirrors.get(id.as_str()).is_some_and(|m| {
+                    let state = m.status.as_ref().and_then(|s| s.state.as_deref());
+                    matches!(
+                        state.and_then(JobState::parse),
+                        Some(JobState::Failed | JobState::Timeout)
+                    )
+                })
+            };
+            (0, failed.into_iter().filter(shown_failed).collect())
+        }
+    }
 }
 
 /// The labels of a job mirror.
@@ -412,10 +467,12 @@ pub async fn write_jobs(ws: &EmrWorkspace, ctx: &Context, st: &mut WorkspaceStat
             .workspace_jobs_failed
             .get_or_create(&labels)
             .set(s.and_then(|s| s.failed).unwrap_or(0));
+        // Exported from 0, so that the first failure is an increase.
+        let _ = ctx.metrics.job_failures.get_or_create(&labels);
     } else {
-        ctx.metrics.workspace_jobs.remove(&labels);
-        ctx.metrics.workspace_jobs_failed.remove(&labels);
+        forget_metrics(ctx, &labels);
         st.jobs.summary = None;
+        st.jobs.failed = None;
     }
     let needed = if enabled {
         listing.is_some()
@@ -441,6 +498,13 @@ pub async fn write_jobs(ws: &EmrWorkspace, ctx: &Context, st: &mut WorkspaceStat
             return;
         }
     };
+    if let Some(l) = listing.as_ref().filter(|_| enabled) {
+        let (new, failed) = new_failures(&l.jobs, st.jobs.failed.as_deref(), &existing);
+        if new > 0 {
+            ctx.metrics.job_failures.get_or_create(&labels).inc_by(new);
+        }
+        st.jobs.failed = Some(Arc::new(failed));
+    }
     let (writes, conflicts) = plan_jobs(
         listing.as_ref().map(|l| l.jobs.as_slice()),
         enabled,
@@ -546,6 +610,7 @@ async fn apply_status(
 pub fn forget_metrics(ctx: &Context, labels: &WorkspaceLabels) {
     ctx.metrics.workspace_jobs.remove(labels);
     ctx.metrics.workspace_jobs_failed.remove(labels);
+    ctx.metrics.job_failures.remove(labels);
 }
 
 #[cfg(test)]
@@ -594,6 +659,50 @@ mod tests {
                 JobWrite::Delete { name } => format!("delete {name}"),
             })
             .collect()
+    }
+
+    #[test]
+    fn a_failure_counts_once_when_first_seen() {
+        let ids = |v: &[&str]| -> HashSet<String> { v.iter().map(|s| s.to_string()).collect() };
+        let run = job("raysubmit_run", "Running");
+        let old = job("raysubmit_old", "Failed");
+        let mut run_failed = run.clone();
+        run_failed.status = Some("Timeout".into());
+        let new = job("raysubmit_new", "Failed");
+        let mirrors = [mirrored(&run), mirrored(&old)];
+
+        // Jobs just enabled (no mirror): the failures already there are not news.
+        assert_eq!(
+            new_failures(&[old.clone(), run.clone()], None, &[]),
+            (0, ids(&["raysubmit_old"]))
+        );
+        // First listing after a restart: nothing counts yet; what the mirrors show failed is
+        // known, and a job that failed meanwhile (Running in its mirror, or without a mirror)
+        // counts at the next listing.
+        let listed = [old.clone(), run_failed.clone(), new.clone()];
+        let (n, known) = new_failures(&listed, None, &mirrors);
+        assert_eq!((n, &known), (0, &ids(&["raysubmit_old"])));
+        assert_eq!(new_failures(&listed, Some(&known), &mirrors).0, 2);
+        assert_eq!(
+            new_failures(
+                &listed,
+                Some(&ids(&["raysubmit_old", "raysubmit_run", "raysubmit_new"])),
+                &mirrors
+            )
+            .0,
+            0
+        );
+        // Then against the previous listing: the old failure leaving the window while a new one
+        // comes (the failed count in the window stays 1) still counts the new one.
+        let known = ids(&["raysubmit_old"]);
+        assert_eq!(
+            new_failures(&[new.clone(), run.clone()], Some(&known), &mirrors),
+            (1, ids(&["raysubmit_new"]))
+        );
+        assert_eq!(
+            new_failures(&[old.clone(), run], Some(&known), &mirrors),
+            (0, known.clone())
+        );
     }
 
     #[test]

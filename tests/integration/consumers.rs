@@ -7,8 +7,9 @@
 //! * kstatus (cli-utils) and Argo CD's health Lua (gopher-lua) on objects read back from the
 //!   API server;
 //! * end to end: series scraped from the operator's `/metrics` and from kube-state-metrics
-//!   while a cluster turns `Error` and the workspace's credentials go bad, replayed through
-//!   `promtool test rules` against the shipped rules: the expected alerts fire.
+//!   while a cluster turns `Error`, a Ray job fails, a queue nears its maximum and the
+//!   workspace's credentials go bad, replayed through `promtool test rules` against the shipped
+//!   rules: the expected alerts fire.
 //!
 //! The Go tools come from `tests/tools/tools.sh` (see `consumer_tools`).
 
@@ -22,8 +23,10 @@ use std::time::{Duration, Instant};
 
 use crate::support::*;
 use emr_ray_operator::api::{EmrRayCluster, EmrWorkspace};
+use emr_ray_operator::controller::jobs::job_name;
 use emr_ray_operator::controller::mirror::mirror_name;
-use emr_ray_operator::emr::ClusterState;
+use emr_ray_operator::emr::{ClusterState, QueueResources, RayJob, WorkspaceQueue};
+use emr_sim::jobs::SimJob;
 use emr_sim::{Faults, SimConfig, Simulator};
 use k8s_openapi::api::core::v1::ServiceAccount;
 use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding};
@@ -694,9 +697,6 @@ async fn kstatus_and_argocd_health_of_objects_read_back() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn job_mirrors_through_kstatus_argocd_health_and_kube_state_metrics() {
     use emr_ray_operator::api::EmrRayJob;
-    use emr_ray_operator::controller::jobs::job_name;
-    use emr_ray_operator::emr::RayJob;
-    use emr_sim::jobs::SimJob;
 
     let mut env = Env::new("health-jobs").await;
     let now = jiff::Timestamp::now().as_millisecond();
@@ -705,8 +705,10 @@ async fn job_mirrors_through_kstatus_argocd_health_and_kube_state_metrics() {
         ("Succeeded", "Current", "Healthy"),
         ("Failed", "Failed", "Degraded"),
         ("Timeout", "Failed", "Degraded"),
-        ("Running", "InProgress", "Progressing"),
+        ("Submitted", "InProgress", "Progressing"),
         ("Pending", "InProgress", "Progressing"),
+        ("Running", "InProgress", "Progressing"),
+        ("Cancelling", "InProgress", "Progressing"),
         // kstatus reads Ready=False as in progress; Argo CD shows the final, deliberate state.
         ("Cancelled", "InProgress", "Suspended"),
     ];
@@ -854,6 +856,9 @@ const HEALTHY_MINUTES: usize = 5;
 const TIMELINE_MINUTES: usize = 35;
 const EVAL_BROKEN: &str = "30m";
 const EVAL_HEALTHY: &str = "4m";
+/// Five minutes into the break: for alerts that resolve before [`EVAL_BROKEN`] (a failure
+/// counted once).
+const EVAL_EARLY: &str = "10m";
 
 /// Escapes a label value for a promtool series selector.
 fn esc(v: &str) -> String {
@@ -971,29 +976,38 @@ fn alerts_in(rules: &Path) -> Vec<(String, String)> {
         .collect()
 }
 
+type Firing<'a> = BTreeMap<&'a str, Vec<(&'a str, String)>>;
+
 /// Writes and runs a promtool test: no alert on the healthy minutes, exactly `firing` (alert
-/// name -> its labels without severity) at `EVAL_BROKEN`, every other alert silent.
+/// name -> its labels without severity) at `EVAL_BROKEN`, every other alert silent; and each
+/// alert of `early` firing with its labels at `EVAL_EARLY` (the others are not looked at then).
 fn promtool_replay(
     rules: &Path,
     input: Vec<Value>,
-    firing: &BTreeMap<&str, Vec<(&str, String)>>,
+    firing: &Firing,
+    early: &Firing,
     dir: &Path,
 ) -> String {
     let alerts = alerts_in(rules);
     let mut cases = Vec::new();
+    let expect = |labels: Option<&Vec<(&str, String)>>, severity: &String| match labels {
+        Some(labels) => {
+            let mut l: BTreeMap<&str, String> = labels.iter().cloned().collect();
+            l.insert("severity", severity.clone());
+            json!([{"exp_labels": l}])
+        }
+        None => json!([]),
+    };
     for (alert, severity) in &alerts {
         cases.push(json!({"eval_time": EVAL_HEALTHY, "alertname": alert, "exp_alerts": []}));
-        let exp = match firing.get(alert.as_str()) {
-            Some(labels) => {
-                let mut l: BTreeMap<&str, String> = labels.iter().cloned().collect();
-                l.insert("severity", severity.clone());
-                json!([{"exp_labels": l}])
-            }
-            None => json!([]),
-        };
+        let exp = expect(firing.get(alert.as_str()), severity);
         cases.push(json!({"eval_time": EVAL_BROKEN, "alertname": alert, "exp_alerts": exp}));
+        if let Some(labels) = early.get(alert.as_str()) {
+            let exp = expect(Some(labels), severity);
+            cases.push(json!({"eval_time": EVAL_EARLY, "alertname": alert, "exp_alerts": exp}));
+        }
     }
-    for want in firing.keys() {
+    for want in firing.keys().chain(early.keys()) {
         assert!(
             alerts.iter().any(|(a, _)| a == want),
             "{} has no alert {want}",
@@ -1025,7 +1039,7 @@ fn promtool_replay(
     text
 }
 
-fn report(source: &str, rules: &str, promtool: &str, firing: &BTreeMap<&str, Vec<(&str, String)>>) {
+fn report(source: &str, rules: &str, promtool: &str, firing: &Firing, early: &Firing) {
     let verdict = promtool
         .lines()
         .rev()
@@ -1034,20 +1048,72 @@ fn report(source: &str, rules: &str, promtool: &str, firing: &BTreeMap<&str, Vec
         .unwrap_or_default();
     eprintln!("{source} -> {rules}: promtool test rules {verdict}");
     eprintln!("  at {EVAL_HEALTHY} (healthy): no alert");
-    for (alert, labels) in firing {
-        let l: Vec<String> = labels.iter().map(|(k, v)| format!("{k}=\"{v}\"")).collect();
-        eprintln!("  at {EVAL_BROKEN}: {alert}{{{}}} firing", l.join(","));
+    for (at, alerts) in [(EVAL_EARLY, early), (EVAL_BROKEN, firing)] {
+        for (alert, labels) in alerts {
+            let l: Vec<String> = labels.iter().map(|(k, v)| format!("{k}=\"{v}\"")).collect();
+            eprintln!("  at {at}: {alert}{{{}}} firing", l.join(","));
+        }
+    }
+}
+
+/// A Ray job of the alert test, submitted ten minutes before `now_ms`.
+fn alert_job(id: &str, status: &str, now_ms: i64) -> SimJob {
+    SimJob {
+        job: RayJob {
+            submission_id: id.into(),
+            name: Some(format!("etl-{id}")),
+            status: Some(status.into()),
+            resource_queue: Some("root_queue".into()),
+            submit_time: Some(now_ms - 600_000),
+            ..Default::default()
+        },
+        task_biz_id: None,
+    }
+}
+
+/// A queue of the alert test: `max_cpu` cores and 64 GiB, `used_cpu` cores and 8 GiB in use.
+fn alert_queue(name: &str, max_cpu: f64, used_cpu: f64) -> WorkspaceQueue {
+    let wire = |cpu: f64, memory_gi: f64| {
+        QueueResources {
+            cpu: Some(cpu),
+            memory_gi: Some(memory_gi),
+            gpu: Some(0.0),
+        }
+        .to_wire()
+    };
+    WorkspaceQueue {
+        queue_name: Some(name.into()),
+        queue_status: Some("RUNNING".into()),
+        max_resource: Some(wire(max_cpu, 64.0)),
+        used_resource: Some(wire(used_cpu, 8.0)),
+        ..Default::default()
     }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn alerts_fire_end_to_end_from_scraped_series() {
     let mut env = Env::new("alerts").await;
+    // Job mirrors on, with a succeeded job; two queues well below their maximum.
+    let now = jiff::Timestamp::now().as_millisecond();
+    env.sim
+        .state
+        .upsert_job(WS, alert_job("raysubmit_fine", "Succeeded", now));
+    env.sim.state.set_queues(
+        WS,
+        vec![
+            alert_queue("root_queue", 16.0, 2.0),
+            alert_queue("dev_queue", 16.0, 1.0),
+        ],
+    );
     let port = common::free_port();
     let mut cfg = operator_config(&env.ns.name);
     cfg.metrics_addr = Some(([127, 0, 0, 1], port).into());
     env.operators.push(start_operator(&env.client, cfg));
-    env.create_workspace("prod", json!({})).await;
+    env.create_workspace(
+        "prod",
+        json!({"jobs": {"enabled": true, "retention": "24h"}}),
+    )
+    .await;
     env.wait_ready("prod", "True", Some("Synced"), Duration::from_secs(60))
         .await;
     let ksm = KubeStateMetrics::start(&env).await;
@@ -1056,6 +1122,19 @@ async fn alerts_fire_end_to_end_from_scraped_series() {
     let name = mirror_name(EXAMPLE_CLUSTER);
     let wl = [("namespace", ns.as_str()), ("workspace", "prod")];
     let ml = [("namespace", ns.as_str()), ("name", name.as_str())];
+    let root_cpu = |kind| {
+        [
+            wl[0],
+            wl[1],
+            ("queue", "root_queue"),
+            ("resource", "cpu"),
+            ("kind", kind),
+        ]
+    };
+    let ksm_root = [wl[0], wl[1], ("queue", "root_queue")];
+    let failed_id = "raysubmit_broken";
+    let failed_name = job_name(failed_id);
+    let fine_name = job_name("raysubmit_fine");
 
     // Healthy.
     let op_h = scrape_until(&op_url, Duration::from_secs(30), "operator: Ready", |s| {
@@ -1064,6 +1143,9 @@ async fn alerts_fire_end_to_end_from_scraped_series() {
                 "emr_ray_operator_cluster_state",
                 &[ml[0], ml[1], ("state", "Running")],
             ) == Some(1.0)
+            && s.get("emr_ray_operator_job_failures_total", &wl) == Some(0.0)
+            && s.get("emr_ray_operator_workspace_jobs", &wl) == Some(1.0)
+            && s.get("emr_ray_operator_queue_resource", &root_cpu("used")) == Some(2.0)
     })
     .await;
     let ksm_h = scrape_until(&ksm.url, Duration::from_secs(90), "ksm: Ready", |s| {
@@ -1075,19 +1157,49 @@ async fn alerts_fire_end_to_end_from_scraped_series() {
                 "kube_emrraycluster_state",
                 &[ml[0], ml[1], ("state", "Running")],
             ) == Some(1.0)
+            && s.get(
+                "kube_emrrayjob_state",
+                &[wl[0], ("name", fine_name.as_str()), ("state", "Succeeded")],
+            ) == Some(1.0)
+            && s.get("kube_emrworkspace_queue_used_cpu", &ksm_root) == Some(2.0)
     })
     .await;
 
-    // Break: the remote cluster turns Error, then the workspace's credentials go bad.
+    // Break: the remote cluster turns Error, a job fails and a queue nears its maximum CPU;
+    // then the workspace's credentials go bad.
     let started = Instant::now();
     env.sim
         .state
         .set_state(WS, EXAMPLE_CLUSTER, ClusterState::Error);
+    env.sim
+        .state
+        .upsert_job(WS, alert_job(failed_id, "Failed", now));
+    env.sim.state.set_queue_usage(
+        WS,
+        "root_queue",
+        QueueResources {
+            cpu: Some(15.5),
+            memory_gi: Some(8.0),
+            gpu: Some(0.0),
+        }
+        .to_wire(),
+    );
     env.wait_mirror(
         EXAMPLE_CLUSTER,
         Duration::from_secs(40),
         "mirror in Error",
         |m| m.status.as_ref().and_then(|s| s.state.as_deref()) == Some("Error"),
+    )
+    .await;
+    // The failed job and the queue's use reached the operator before the credentials go bad.
+    scrape_until(
+        &op_url,
+        Duration::from_secs(60),
+        "operator: the job failure and the queue's use seen",
+        |s| {
+            s.get("emr_ray_operator_job_failures_total", &wl) == Some(1.0)
+                && s.get("emr_ray_operator_queue_resource", &root_cpu("used")) == Some(15.5)
+        },
     )
     .await;
     env.put_secret("emr-credentials", "LTAI5tUnknownKey", "whatever")
@@ -1106,6 +1218,8 @@ async fn alerts_fire_end_to_end_from_scraped_series() {
                 "emr_ray_operator_cluster_state",
                 &[ml[0], ml[1], ("state", "Error")],
             ) == Some(1.0)
+            && s.get("emr_ray_operator_job_failures_total", &wl) == Some(1.0)
+            && s.get("emr_ray_operator_queue_resource", &root_cpu("used")) == Some(15.5)
     };
     let op_b1 = scrape_until(
         &op_url,
@@ -1133,6 +1247,11 @@ async fn alerts_fire_end_to_end_from_scraped_series() {
                 "kube_emrraycluster_state",
                 &[ml[0], ml[1], ("state", "Error")],
             ) == Some(1.0)
+            && s.get(
+                "kube_emrrayjob_state",
+                &[wl[0], ("name", failed_name.as_str()), ("state", "Failed")],
+            ) == Some(1.0)
+            && s.get("kube_emrworkspace_queue_used_cpu", &ksm_root) == Some(15.5)
     };
     let ksm_b1 = scrape_until(&ksm.url, Duration::from_secs(60), "ksm: failing", |s| {
         broken_ksm(s) && ksm_failures(s) >= 1.0
@@ -1189,13 +1308,21 @@ async fn alerts_fire_end_to_end_from_scraped_series() {
         ),
         ("EmrWorkspaceNotReady", workspace.to_vec()),
         ("EmrWorkspaceSyncStale", workspace.to_vec()),
+        (
+            "EmrQueueNearCapacity",
+            with(&workspace, &[("queue", "root_queue"), ("resource", "cpu")]),
+        ),
     ]);
-    let out = promtool_replay(&rules, input, &firing, dir.path());
+    // The failure counted at the break fires at once and resolves 15 minutes later: silent at
+    // EVAL_BROKEN (not in `firing`), as its promtool tests say.
+    let early = BTreeMap::from([("EmrRayJobFailed", workspace.to_vec())]);
+    let out = promtool_replay(&rules, input, &firing, &early, dir.path());
     report(
         "operator /metrics",
         "deploy/prometheus/rules.yaml",
         &out,
         &firing,
+        &early,
     );
 
     // kube-state-metrics through deploy/prometheus/kube-state-metrics-rules.yaml.
@@ -1212,13 +1339,27 @@ async fn alerts_fire_end_to_end_from_scraped_series() {
             with(&workspace, &[("reason", "AuthenticationFailed")]),
         ),
         ("EmrWorkspaceSyncStale", workspace.to_vec()),
+        (
+            "EmrRayJobFailed",
+            vec![
+                ("namespace", ns.clone()),
+                ("name", failed_name.clone()),
+                ("workspace", "prod".to_string()),
+                ("submission_id", failed_id.to_string()),
+            ],
+        ),
+        (
+            "EmrQueueNearCapacity",
+            with(&workspace, &[("queue", "root_queue")]),
+        ),
     ]);
-    let out = promtool_replay(&rules, input, &firing, dir.path());
+    let out = promtool_replay(&rules, input, &firing, &BTreeMap::new(), dir.path());
     report(
         "kube-state-metrics",
         "deploy/prometheus/kube-state-metrics-rules.yaml",
         &out,
         &firing,
+        &BTreeMap::new(),
     );
 
     ksm.stop().await;

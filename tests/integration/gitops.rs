@@ -292,6 +292,7 @@ fn exported_metric_names() -> BTreeSet<String> {
     m.workspace_ready.get_or_create(&ws).set(1);
     m.workspace_jobs.get_or_create(&ws).set(3);
     m.workspace_jobs_failed.get_or_create(&ws).set(1);
+    m.job_failures.get_or_create(&ws).inc();
     m.workspace_mirrors_unwritten.get_or_create(&ws).set(0);
     m.workspace_suspended.get_or_create(&ws).set(0);
     m.count_write(KubeResource::EmrRayClusters, WriteOperation::Apply);

@@ -14,6 +14,7 @@ mod consumers;
 mod control_plane;
 mod emr_client;
 mod emr_sim;
+mod fuzz_seeds;
 mod gitops;
 mod hostile;
 mod instances;

@@ -13,7 +13,9 @@ use kube::api::{Api, ListParams, Patch, PatchParams};
 use serde_json::json;
 
 use emr_ray_operator::api::{EmrRayCluster, EmrRayJob};
-use emr_ray_operator::emr::{ACTION_LIST_RAY_CLUSTER, ACTION_LIST_RAY_JOB};
+use emr_ray_operator::emr::{
+    ACTION_LIST_RAY_CLUSTER, ACTION_LIST_RAY_JOB, ACTION_LIST_WORKSPACE_QUEUES,
+};
 
 use super::phases::{SYNC_LIMIT, spawn_operator, stop_operator};
 use super::{Args, Proc, delete_namespace, free_port, setup, writes};
@@ -23,8 +25,9 @@ pub(super) struct JobsRun {
     pub(super) workspaces: usize,
     pub(super) jobs: usize,
     pub(super) initial: Duration,
-    /// Per steady interval: (ListRayJob requests, ListRayCluster requests, job mirror writes).
-    pub(super) steady: Vec<(u64, u64, f64)>,
+    /// Per steady interval: (ListRayJob requests, ListRayCluster requests, ListWorkspaceQueues
+    /// requests, job mirror writes).
+    pub(super) steady: Vec<(u64, u64, u64, f64)>,
     /// Jobs changed in the churn interval, and the job mirror writes it took.
     pub(super) churned: usize,
     pub(super) churn_writes: f64,
@@ -118,6 +121,7 @@ pub(super) async fn jobs_run(args: &Args, client: &kube::Client) -> anyhow::Resu
         steady.push((
             by.get(ACTION_LIST_RAY_JOB).copied().unwrap_or(0),
             by.get(ACTION_LIST_RAY_CLUSTER).copied().unwrap_or(0),
+            by.get(ACTION_LIST_WORKSPACE_QUEUES).copied().unwrap_or(0),
             w.own,
         ));
     }
@@ -171,9 +175,9 @@ pub(super) fn report_jobs(r: &JobsRun, interval: u64) {
         "initial job sync (jobs enabled -> every job mirrored): {:.1}s",
         r.initial.as_secs_f64()
     );
-    for (i, (jobs, clusters, w)) in r.steady.iter().enumerate() {
+    for (i, (jobs, clusters, queues, w)) in r.steady.iter().enumerate() {
         println!(
-            "steady interval {}: remote requests ListRayJob {jobs} ({:.1}/workspace), ListRayCluster {clusters}; writes to emrrayjobs {w:.0}",
+            "steady interval {}: remote requests ListRayJob {jobs} ({:.1}/workspace), ListRayCluster {clusters}, ListWorkspaceQueues {queues}; writes to emrrayjobs {w:.0}",
             i + 1,
             *jobs as f64 / r.workspaces.max(1) as f64
         );

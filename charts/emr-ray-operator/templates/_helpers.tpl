@@ -62,14 +62,23 @@ app.kubernetes.io/component: operator
 
 {{/*
 RBAC rules for the watched scope: exactly what the operator calls.
-- EmrWorkspace: list/watch (controller), patch status (server-side apply), update finalizers
-  (only needed where OwnerReferencesPermissionEnforcement checks blockOwnerDeletion).
+- EmrWorkspace: list/watch (controller; the orphan sweep also lists one by name, never get),
+  patch status (server-side apply), update finalizers (only needed where
+  OwnerReferencesPermissionEnforcement checks blockOwnerDeletion).
 - EmrRayCluster: list/watch (label-filtered watch), create+patch (server-side apply creates
-  and updates), delete (mirrors of gone clusters under goneClusterPolicy Delete; those of
-  deleted workspaces go through the garbage collector, by owner reference); patch status.
+  and updates), delete (mirrors of gone clusters under goneClusterPolicy Delete, and orphaned
+  mirrors whose workspace was deleted with --cascade=orphan, with a resourceVersion
+  precondition; those of deleted workspaces go through the garbage collector, by owner
+  reference); patch status.
+- EmrRayJob (spec.jobs): list (by workspace label each round, never watched), create+patch
+  (server-side apply), delete (jobs that left the retention window, and every job mirror of a
+  workspace that turns jobs off); patch status.
 - Secrets: get only, one by name when a sync reads its credentials (never list or watch: no
   Secret's data reaches the operator's caches).
 - Events (events.k8s.io/v1): create, patch (series).
+Namespaces are not in these rules: rbac.yaml's cluster-wide roles grant get on namespaces (the
+labels EmrClusterCredentials' namespace selectors match) and, with shards, list/watch (each
+shard selects its namespaces by label).
 */}}
 {{- define "emr-ray-operator.rules" -}}
 - apiGroups: ["emr.aliyun.io"]
