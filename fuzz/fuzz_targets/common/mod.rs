@@ -2,7 +2,7 @@
 //! `#[path = "common/mod.rs"] mod common;`: each target is its own binary, and uses only some).
 #![allow(dead_code)]
 
-use emr_ray_operator::emr::text::is_invisible;
+use emr_ray_operator::emr::text::{MAX_MESSAGE_CHARS, decode_error, is_invisible};
 use serde_json::Value;
 
 /// `s` holds no control or invisible character.
@@ -11,6 +11,28 @@ pub fn check_clean(s: &str, what: &str) {
         !s.chars().any(|c| c.is_control() || is_invisible(c)),
         "{what}: uncleaned character in {s:?}"
     );
+}
+
+/// A remote body decoded as the client decodes it, or `None` once the decoding error a status
+/// would show was found short and clean; the request ID it carries, if any, is clean.
+pub fn decode<T>(data: &[u8], request_id: impl Fn(&T) -> Option<&str>) -> Option<T>
+where
+    T: for<'de> serde::Deserialize<'de>,
+{
+    match serde_json::from_slice::<T>(data) {
+        Ok(v) => {
+            if let Some(id) = request_id(&v) {
+                check_clean(id, "requestId");
+            }
+            Some(v)
+        }
+        Err(e) => {
+            let m = decode_error(&e);
+            check_clean(&m, "decode error");
+            assert!(m.chars().count() <= MAX_MESSAGE_CHARS + 64, "{m}");
+            None
+        }
+    }
 }
 
 /// Every string in `v` is clean and at most `max` bytes.
