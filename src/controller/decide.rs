@@ -35,6 +35,16 @@ pub(super) fn listing_due(
     next_due.is_none_or(|d| now >= d) || (early && !backing_off)
 }
 
+/// When a listing not due on its schedule, to refresh the clusters a plan needs (a mirror
+/// edited or deleted by hand), may come: `gap` after the last listing started (at once if
+/// that is past, or there was none), so that mirrors edited over and over (another controller
+/// fighting the operator) cost at most one listing per `gap`. Pure.
+pub(super) fn refresh_at(listed_at: Option<Instant>, gap: Duration, now: Instant) -> Instant {
+    listed_at
+        .and_then(|t| t.checked_add(gap))
+        .map_or(now, |t| t.max(now))
+}
+
 /// Whether a failure with this reason came from calling the EMR API (and so has a backoff a
 /// request must respect). Pure.
 pub(super) fn called_the_remote(reason: Reason) -> bool {
@@ -192,6 +202,21 @@ mod tests {
         ] {
             assert_eq!(called_the_remote(reason), remote, "{reason}");
         }
+    }
+
+    #[test]
+    fn refreshing_listings_keep_their_gap() {
+        let now = Instant::now();
+        let gap = Duration::from_secs(5);
+        let s = Duration::from_secs;
+        assert_eq!(refresh_at(None, gap, now), now, "never listed: at once");
+        assert_eq!(refresh_at(Some(now - s(9)), gap, now), now, "long ago");
+        assert_eq!(
+            refresh_at(Some(now - s(2)), gap, now),
+            now + s(3),
+            "listed 2 s ago: 3 s from now"
+        );
+        assert_eq!(refresh_at(Some(now), gap, now), now + gap);
     }
 
     #[test]
