@@ -45,6 +45,17 @@ pub(super) fn refresh_at(listed_at: Option<Instant>, gap: Duration, now: Instant
         .map_or(now, |t| t.max(now))
 }
 
+/// When a listing due now should come instead: at the retry of refused mirror writes
+/// (`retry_at`) if that comes within `gap` — the retry needs a decoded listing, and one listing
+/// serves both. `None`: now. Pure.
+pub(super) fn wait_for_write_retry(
+    now: Instant,
+    retry_at: Option<Instant>,
+    gap: Duration,
+) -> Option<Instant> {
+    retry_at.filter(|&at| at > now && at.saturating_duration_since(now) <= gap)
+}
+
 /// Whether a failure with this reason came from calling the EMR API (and so has a backoff a
 /// request must respect). Pure.
 pub(super) fn called_the_remote(reason: Reason) -> bool {
@@ -217,6 +228,20 @@ mod tests {
             "listed 2 s ago: 3 s from now"
         );
         assert_eq!(refresh_at(Some(now), gap, now), now + gap);
+        // A listing due 2 s before a write retry waits for it; not one due 9 s before, nor
+        // one due after it.
+        let retry = |after: i64| {
+            let at = if after >= 0 {
+                now + s(after as u64)
+            } else {
+                now - s((-after) as u64)
+            };
+            wait_for_write_retry(now, Some(at), gap)
+        };
+        assert_eq!(retry(2), Some(now + s(2)));
+        assert_eq!(retry(9), None);
+        assert_eq!(retry(-1), None);
+        assert_eq!(wait_for_write_retry(now, None, gap), None);
     }
 
     #[test]

@@ -160,7 +160,7 @@ async fn sync(ws: &EmrWorkspace, ctx: &Context, st: &mut WorkspaceState) -> bool
     // 3. Listing.
     let requested = decide::requested_sync(ws, st);
     let now = Instant::now();
-    let scheduled = decide::listing_due(
+    let mut scheduled = decide::listing_due(
         now,
         st.next_due,
         st.failure
@@ -168,6 +168,16 @@ async fn sync(ws: &EmrWorkspace, ctx: &Context, st: &mut WorkspaceState) -> bool
             .is_some_and(|f| decide::called_the_remote(f.reason)),
         st.synced_generation != ws.meta().generation || requested.is_some(),
     );
+    // A retry of refused writes needs a decoded listing: a listing due moments before it waits
+    // for it, so that the two are one listing.
+    let retry = st.write_trouble.as_ref().map(|t| t.retry_at);
+    if scheduled
+        && st.failure.is_none()
+        && let Some(at) = decide::wait_for_write_retry(now, retry, REFRESH_GAP)
+    {
+        scheduled = false;
+        st.next_due = Some(at);
+    }
     // The mirrors need a plan (not as the last settled one left them): the plan needs the
     // clusters as listed now, so the listing decodes every page, whatever their digests; and
     // comes now if it was not due (a mirror edited or deleted by hand), at most every
