@@ -21,7 +21,7 @@ ENV CARGO_INCREMENTAL=0 \
     CARGO_HOME=/usr/local/cargo \
     CARGO_TARGET_DIR=/src/target/image-build \
     RUSTFLAGS="--remap-path-prefix=/src=/src --remap-path-prefix=/usr/local/cargo=/cargo"
-COPY Cargo.toml Cargo.lock ./
+COPY Cargo.toml Cargo.lock build.rs ./
 COPY src ./src
 # The other workspace members (only the operator package is built), and the reference example
 # its unit tests and the simulator embed.

@@ -22,6 +22,8 @@
 //!   with that many jobs in the window each: remote requests and job mirror writes per
 //!   interval, memory per job mirror (see `bench/jobs.rs`). `--only-jobs` runs nothing else.
 //!
+//! `--only-idle` measures the idle RSS alone (3 runs of it take under a minute).
+//!
 //! Every figure with a goal is printed beside it, and whether it was met.
 //!
 //! Needs KUBECONFIG pointing at a control plane (`tests/control-plane/kcp.sh up`).
@@ -104,6 +106,9 @@ struct Args {
     /// Run only the jobs run.
     #[arg(long, default_value_t = false)]
     only_jobs: bool,
+    /// Run only the idle RSS measurement.
+    #[arg(long, default_value_t = false)]
+    only_idle: bool,
 }
 
 impl Args {
@@ -243,6 +248,10 @@ async fn main() -> anyhow::Result<()> {
     crd::install_crds(&client).await?;
 
     let start = Instant::now();
+    if args.only_idle {
+        report::report_idle(&scale::idle_rss(&args, &client).await?);
+        return Ok(());
+    }
     let jobs_run = match args.jobs_per_workspace {
         0 => None,
         _ => Some(jobs::jobs_run(&args, &client).await?),

@@ -202,12 +202,16 @@ fn report_points(points: &[Point]) {
     }
 }
 
-fn report_idle(idle: &Idle) {
+pub(super) fn report_idle(idle: &Idle) {
     goal_row(
         "idle operator RSS (empty namespace, ready + 5 s)",
         format!("{:.1} MiB (peak {:.1})", mib(idle.rss), mib(idle.hwm)),
         &format!("≤ {GOAL_IDLE_MIB} MiB"),
         Some(mib(idle.rss) <= GOAL_IDLE_MIB),
+    );
+    row(
+        "idle operator RSS: anonymous / file-backed (binary, libraries)",
+        format!("{:.1} / {:.1} MiB", mib(idle.anon), mib(idle.file)),
     );
     row(
         "idle operator: start -> /readyz OK",

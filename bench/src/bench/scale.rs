@@ -17,6 +17,10 @@ pub(super) struct Idle {
     /// Current and peak RSS, KiB.
     pub(super) rss: u64,
     pub(super) hwm: u64,
+    /// Of `rss`: anonymous (heap, stacks) and file-backed (the binary's and the shared
+    /// libraries' mapped pages), KiB.
+    pub(super) anon: u64,
+    pub(super) file: u64,
     /// From start to the first OK of `/readyz`.
     pub(super) ready_after: Duration,
 }
@@ -59,6 +63,8 @@ pub(super) async fn idle_rss(args: &Args, client: &kube::Client) -> anyhow::Resu
     let idle = Idle {
         rss: op.status_kb("VmRSS:"),
         hwm: op.status_kb("VmHWM:"),
+        anon: op.status_kb("RssAnon:"),
+        file: op.status_kb("RssFile:"),
         ready_after,
     };
     stop_operator(&mut child).await;
