@@ -10,7 +10,7 @@
 #[path = "common/mod.rs"]
 mod common;
 
-use common::{check_clean, is_condition_reason, is_dns_label, is_label_value, is_rfc3339_utc};
+use common::{check_clean, is_dns_label, is_label_value, is_rfc3339_utc};
 use emr_ray_operator::controller::jobs::{JobWrite, job_labels, job_name, plan_jobs};
 use emr_ray_operator::controller::plan::Owner;
 use emr_ray_operator::emr::job::{JobState, ListRayJobResponse, SubmitWindow};
@@ -121,13 +121,7 @@ fuzz_target!(|data: &[u8]| {
             MAX_URL,
         );
         for cond in &status.conditions {
-            check_clean(&cond.message, "condition message");
-            assert!(
-                is_condition_reason(&cond.reason),
-                "reason {:?}",
-                cond.reason
-            );
-            assert!(matches!(cond.status.as_str(), "True" | "False"));
+            common::check_condition(&cond.message, &cond.reason, cond.status.as_str());
         }
     }
 });

@@ -683,15 +683,7 @@ async fn hand_deleted_or_edited_mirror_is_repaired_with_one_listing_each() {
     let m = env
         .wait_mirror(EXAMPLE_CLUSTER, Duration::from_secs(60), "mirror", |_| true)
         .await;
-    let listings = || {
-        env.sim
-            .state
-            .stats()
-            .by_action
-            .get(emr_ray_operator::emr::ACTION_LIST_RAY_CLUSTER)
-            .copied()
-            .unwrap_or(0)
-    };
+    let listings = || env.cluster_listings();
     // The initial sync's writes settled: no listing follows them.
     tokio::time::sleep(Duration::from_secs(6)).await;
     let before = listings();

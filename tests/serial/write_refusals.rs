@@ -115,17 +115,6 @@ fn deny_cluster(i: usize) -> RayCluster {
     }
 }
 
-/// `ListRayCluster` requests the simulator has answered.
-fn cluster_listings(env: &Env) -> u64 {
-    env.sim
-        .state
-        .stats()
-        .by_action
-        .get(emr_ray_operator::emr::ACTION_LIST_RAY_CLUSTER)
-        .copied()
-        .unwrap_or(0)
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn refused_mirror_writes_are_reported_bounded_and_recovered() {
     let _serial = crate::serial().await;
@@ -142,7 +131,7 @@ async fn refused_mirror_writes_are_reported_bounded_and_recovered() {
     refuse_mirrors(&env, "false").await;
     crate::wait_no_namespace_terminating(&env.client).await;
     let writes0 = crate::apiserver_mirror_writes(&env.client).await;
-    let listings0 = cluster_listings(&env);
+    let listings0 = env.cluster_listings();
     let t0 = Instant::now();
     env.create_workspace("ws", json!({})).await;
     env.start();
@@ -196,7 +185,7 @@ async fn refused_mirror_writes_are_reported_bounded_and_recovered() {
     // The remote side keeps its own schedule: a listing per interval, never more (3 pages of
     // clusters each; the queue page and the one-off GetRayCluster of each Error cluster are
     // not listings).
-    let pages = cluster_listings(&env) - listings0;
+    let pages = env.cluster_listings() - listings0;
     let listings = pages as f64 / 3.0;
     assert!(
         listings <= intervals + 2.0,

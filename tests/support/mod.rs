@@ -122,6 +122,17 @@ pub fn start_operator(client: &kube::Client, cfg: OperatorConfig) -> Operator {
 }
 
 impl Env {
+    /// `ListRayCluster` requests the simulator has answered.
+    pub fn cluster_listings(&self) -> u64 {
+        self.sim
+            .state
+            .stats()
+            .by_action
+            .get(emr_ray_operator::emr::ACTION_LIST_RAY_CLUSTER)
+            .copied()
+            .unwrap_or(0)
+    }
+
     /// Namespace + CRDs + simulator (reference example) + credentials Secret; no operator yet.
     pub async fn new(prefix: &str) -> Env {
         Self::on(common::client().await, prefix).await

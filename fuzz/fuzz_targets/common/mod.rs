@@ -68,6 +68,14 @@ pub fn is_label_value(s: &str) -> bool {
         && s.bytes().last().is_none_or(|b| b.is_ascii_alphanumeric())
 }
 
+/// A condition as the API server admits it: a clean message, a reason of metav1.Condition's
+/// shape, a status of `True` or `False`.
+pub fn check_condition(message: &str, reason: &str, status: &str) {
+    check_clean(message, "condition message");
+    assert!(is_condition_reason(reason), "reason {reason:?}");
+    assert!(matches!(status, "True" | "False"), "status {status:?}");
+}
+
 /// metav1.Condition's reason: `^[A-Za-z]([A-Za-z0-9_,:]*[A-Za-z0-9_])?$`, at most 1024.
 pub fn is_condition_reason(s: &str) -> bool {
     let b = s.as_bytes();
