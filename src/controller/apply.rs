@@ -186,13 +186,10 @@ impl Refused {
 /// What one action came to.
 #[derive(Debug)]
 enum Outcome {
-    /// Deleted already (the cluster ID of the action).
-    Unchanged(String),
-    /// The mirror as our last write of it returned it.
-    Created(Arc<CachedMirror>),
-    Updated(Arc<CachedMirror>),
-    /// The cluster ID of the action.
-    Deleted(String),
+    Unchanged,
+    Created,
+    Updated,
+    Deleted,
     Refused {
         name: String,
         refused: Refused,
@@ -220,10 +217,6 @@ pub struct WriteReport {
     pub skipped: HashSet<String>,
 }
 
-/// By cluster ID, each mirror a write pass wrote as its last write returned it (`None`:
-/// deleted): what the mirrors are after the pass, as far as this pass knows.
-pub type Written = Vec<(String, Option<Arc<CachedMirror>>)>;
-
 /// What [`apply_plan`] writes with.
 pub struct Writer<'a> {
     pub api: Api<EmrRayCluster>,
@@ -237,9 +230,8 @@ pub struct Writer<'a> {
 }
 
 /// Performs the plan's actions. `probe`: the previous pass was refused, so one write goes alone
-/// first and the rest only if it is not refused for good. Returns what the pass came to, and
-/// the mirrors it wrote.
-pub async fn apply_plan(w: &Writer<'_>, plan: Plan, probe: bool) -> (WriteReport, Written) {
+/// first and the rest only if it is not refused for good.
+pub async fn apply_plan(w: &Writer<'_>, plan: Plan, probe: bool) -> WriteReport {
     let stop = AtomicBool::new(false);
     let summarize = plan.summarize_events;
     let mut actions = plan.actions.into_iter();
@@ -258,19 +250,11 @@ pub async fn apply_plan(w: &Writer<'_>, plan: Plan, probe: bool) -> (WriteReport
         mirrors: plan.mirrors,
         ..Default::default()
     };
-    let mut written = Written::new();
     for o in outcomes {
         match o {
-            Outcome::Unchanged(id) => written.push((id, None)),
-            Outcome::Updated(m) => written.push((m.cluster_id.clone(), Some(m))),
-            Outcome::Created(m) => {
-                report.created += 1;
-                written.push((m.cluster_id.clone(), Some(m)));
-            }
-            Outcome::Deleted(id) => {
-                report.deleted += 1;
-                written.push((id, None));
-            }
+            Outcome::Unchanged | Outcome::Updated => {}
+            Outcome::Created => report.created += 1,
+            Outcome::Deleted => report.deleted += 1,
             Outcome::Refused { name, refused } => {
                 report.failed += 1;
                 report.refused.insert(name);
@@ -307,7 +291,7 @@ pub async fn apply_plan(w: &Writer<'_>, plan: Plan, probe: bool) -> (WriteReport
             created = report.created, deleted = report.deleted, "mirrors updated"
         );
     }
-    (report, written)
+    report
 }
 
 async fn run_action(w: &Writer<'_>, a: Action, stop: &AtomicBool, summarize: bool) -> Outcome {
@@ -354,9 +338,7 @@ async fn write_action(w: &Writer<'_>, mut a: Action, summarize: bool) -> Result<
             let _permit = w.limiter.wait().await;
             match w.api.delete(&a.name, &DeleteParams::background()).await {
                 Ok(_) => {}
-                Err(kube::Error::Api(s)) if s.code == 404 => {
-                    return Ok(Outcome::Unchanged(a.cluster_id));
-                }
+                Err(kube::Error::Api(s)) if s.code == 404 => return Ok(Outcome::Unchanged),
                 Err(e) => return Err(refused(e)),
             }
             w.metrics
@@ -365,11 +347,11 @@ async fn write_action(w: &Writer<'_>, mut a: Action, summarize: bool) -> Result<
             if let Some(ev) = &a.event {
                 announce(w, &a.name, &a.cluster_id, None, ev, summarize).await;
             }
-            return Ok(Outcome::Deleted(a.cluster_id));
+            return Ok(Outcome::Deleted);
         }
         Write::Metadata => {
-            let res = apply_metadata(w, (&a.name, &a.cluster_id), before).await?;
-            return Ok(Outcome::Updated(Arc::new(CachedMirror::of(&res))));
+            apply_metadata(w, (&a.name, &a.cluster_id), before).await?;
+            return Ok(Outcome::Updated);
         }
         Write::Apply(status) => {
             let res = apply_metadata(w, (&a.name, &a.cluster_id), before).await?;
@@ -378,7 +360,7 @@ async fn write_action(w: &Writer<'_>, mut a: Action, summarize: bool) -> Result<
                 // taken over, not created; its status is written only if it differs (what the
                 // plan could not know).
                 if res.status.as_ref() == Some(&status) {
-                    return Ok(Outcome::Updated(Arc::new(CachedMirror::of(&res))));
+                    return Ok(Outcome::Updated);
                 }
                 a.event = takeover_event(a.event.take(), res.status.as_ref());
                 a.prev = Some(Arc::new(CachedMirror::of(&res)));
@@ -406,16 +388,15 @@ async fn write_action(w: &Writer<'_>, mut a: Action, summarize: bool) -> Result<
         .count_write(KubeResource::EmrRayClusters, WriteOperation::ApplyStatus);
     // Until the watch delivers this status, a reconcile must not take the store's older object
     // for the current one and write the status again.
-    let record = w.cache.record_write(ns, &a.name, before, Some(&res));
+    w.cache.record_write(ns, &a.name, before, Some(&res));
     if let Some(ev) = &a.event {
         let r = res.object_ref(&());
         announce(w, &a.name, &a.cluster_id, Some(&r), ev, summarize).await;
     }
-    let record = record.unwrap_or_else(|| Arc::new(CachedMirror::of(&res)));
     Ok(if a.prev.is_none() {
-        Outcome::Created(record)
+        Outcome::Created
     } else {
-        Outcome::Updated(record)
+        Outcome::Updated
     })
 }
 
