@@ -123,6 +123,7 @@ pub fn start_operator(client: &kube::Client, cfg: OperatorConfig) -> Operator {
 
 impl Env {
     /// `ListRayCluster` requests the simulator has answered.
+    #[allow(dead_code, reason = "used by the serial tests only")]
     pub fn cluster_listings(&self) -> u64 {
         self.sim
             .state
