@@ -264,11 +264,7 @@ fn admit(ws: &EmrWorkspace, ctx: &Context, st: &mut WorkspaceState) -> Option<In
 fn listing_slot(ws: &EmrWorkspace, ctx: &Context, wait: bool) -> Option<(Slot, Held)> {
     let ns = ws.namespace().unwrap_or_default();
     let slots = &ctx.caches.namespace_slots;
-    let permit = if wait {
-        slots.try_acquire(&ns, &ObjectRef::from_obj(ws))
-    } else {
-        slots.try_take(&ns)
-    }?;
+    let permit = slots.try_acquire(&ns, wait.then(|| ObjectRef::from_obj(ws)).as_ref())?;
     let held = ctx
         .metrics
         .namespace_listings

@@ -59,15 +59,18 @@ impl NamespaceSlots {
         let _ = self.0.wake.set(wake);
     }
 
-    /// A slot of `ns` if one is free now; otherwise `who` joins the namespace's queue (once),
-    /// to be woken when a slot frees. Taking the slot and joining the queue happen under the
-    /// lock that giving a slot back takes, so no wake-up is lost between them.
-    pub fn try_acquire(&self, ns: &str, who: &Waiter) -> Option<Slot> {
+    /// A slot of `ns` if one is free now; otherwise `who`, if given, joins the namespace's
+    /// queue (once), to be woken when a slot frees (a caller with its own retry, such as the
+    /// `GetRayCluster` fetches, gives none). Taking the slot and joining the queue happen under
+    /// the lock that giving a slot back takes, so no wake-up is lost between them.
+    pub fn try_acquire(&self, ns: &str, who: Option<&Waiter>) -> Option<Slot> {
         let mut by_ns = lock(&self.0.by_ns);
         let q = by_ns.entry(ns.to_string()).or_default();
         if q.held < self.0.per_namespace {
             q.held += 1;
-            if q.queued.remove(who) {
+            if let Some(who) = who
+                && q.queued.remove(who)
+            {
                 q.waiting.retain(|w| w != who);
             }
             return Some(Slot {
@@ -75,23 +78,10 @@ impl NamespaceSlots {
                 ns: ns.to_string(),
             });
         }
-        if q.queued.insert(who.clone()) {
+        if let Some(who) = who
+            && q.queued.insert(who.clone())
+        {
             q.waiting.push_back(who.clone());
-        }
-        None
-    }
-
-    /// A slot of `ns` if one is free now, without waiting for one (a caller with its own
-    /// retry: `GetRayCluster` fetches).
-    pub fn try_take(&self, ns: &str) -> Option<Slot> {
-        let mut by_ns = lock(&self.0.by_ns);
-        let q = by_ns.entry(ns.to_string()).or_default();
-        if q.held < self.0.per_namespace {
-            q.held += 1;
-            return Some(Slot {
-                shared: self.0.clone(),
-                ns: ns.to_string(),
-            });
         }
         None
     }
@@ -140,30 +130,30 @@ mod tests {
     fn namespace_slots_bound_one_namespace_only() {
         let slots = NamespaceSlots::new(2);
         let a1 = slots
-            .try_acquire("a", &ws("a", "1"))
+            .try_acquire("a", Some(&ws("a", "1")))
             .expect("a's first slot");
         let _a2 = slots
-            .try_acquire("a", &ws("a", "2"))
+            .try_acquire("a", Some(&ws("a", "2")))
             .expect("a's second slot");
         assert!(
-            slots.try_acquire("a", &ws("a", "3")).is_none(),
+            slots.try_acquire("a", Some(&ws("a", "3"))).is_none(),
             "no third listing of a at once"
         );
         let b1 = slots
-            .try_acquire("b", &ws("b", "1"))
+            .try_acquire("b", Some(&ws("b", "1")))
             .expect("namespace b is not held up by a");
         drop(a1);
         assert!(
-            slots.try_acquire("a", &ws("a", "3")).is_some(),
+            slots.try_acquire("a", Some(&ws("a", "3"))).is_some(),
             "a slot of a came free"
         );
         let _b2 = slots
-            .try_acquire("b", &ws("b", "2"))
+            .try_acquire("b", Some(&ws("b", "2")))
             .expect("b's second slot");
-        assert!(slots.try_acquire("b", &ws("b", "3")).is_none());
+        assert!(slots.try_acquire("b", Some(&ws("b", "3"))).is_none());
         drop(b1);
         assert!(
-            slots.try_acquire("b", &ws("b", "3")).is_some(),
+            slots.try_acquire("b", Some(&ws("b", "3"))).is_some(),
             "free again"
         );
     }
@@ -173,20 +163,20 @@ mod tests {
         let slots = NamespaceSlots::new(1);
         let (tx, mut rx) = futures::channel::mpsc::unbounded();
         slots.wake_with(tx);
-        let held = slots.try_acquire("a", &ws("a", "1")).unwrap();
+        let held = slots.try_acquire("a", Some(&ws("a", "1"))).unwrap();
         for name in ["2", "3", "2"] {
-            assert!(slots.try_acquire("a", &ws("a", name)).is_none());
+            assert!(slots.try_acquire("a", Some(&ws("a", name))).is_none());
         }
         assert_eq!(slots.load("a"), (1, 2), "a waiter is queued once");
         drop(held);
         assert_eq!(rx.try_recv().ok(), Some(ws("a", "2")));
         assert!(rx.try_recv().is_err(), "one slot, one wake-up");
         // The woken one takes the slot; giving it back wakes the next.
-        let s2 = slots.try_acquire("a", &ws("a", "2")).unwrap();
+        let s2 = slots.try_acquire("a", Some(&ws("a", "2"))).unwrap();
         drop(s2);
         assert_eq!(rx.try_recv().ok(), Some(ws("a", "3")));
         // A waiter that took a slot without being woken leaves the queue.
-        let _s3 = slots.try_acquire("a", &ws("a", "3")).unwrap();
+        let _s3 = slots.try_acquire("a", Some(&ws("a", "3"))).unwrap();
         assert_eq!(slots.load("a"), (1, 0));
         drop(_s3);
         assert_eq!(slots.load("a"), (0, 0), "an idle namespace holds nothing");
