@@ -137,6 +137,20 @@ pub fn condition(
     }
 }
 
+/// Gives each of `conditions` the `lastTransitionTime` of the condition of the same type and
+/// status in `found` (what the object turned out to hold, when a write was planned without
+/// it): a condition that did not change status keeps the time it last did.
+pub fn keep_transition_times(conditions: &mut [Condition], found: &[Condition]) {
+    for c in conditions {
+        if let Some(f) = found
+            .iter()
+            .find(|f| f.type_ == c.type_ && f.status == c.status)
+        {
+            c.last_transition_time = f.last_transition_time;
+        }
+    }
+}
+
 /// Builds the conditions of one object against its previous ones.
 pub struct ConditionSet<'a> {
     previous: &'a [Condition],

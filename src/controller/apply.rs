@@ -33,7 +33,7 @@ use super::cache::CachedMirror;
 use super::cache::MirrorCache;
 use super::mirror::truncated;
 use super::plan::{Action, MirrorEvent, Owner, Plan, Write};
-use crate::api::conditions::{ConditionSet, ConditionType};
+use crate::api::conditions::{ConditionSet, ConditionType, keep_transition_times};
 use crate::api::{
     ANNOTATION_CLUSTER_ID, EmrRayCluster, EmrRayClusterStatus, FIELD_MANAGER, Reason, WriteRefusal,
 };
@@ -333,6 +333,14 @@ async fn write_action(w: &Writer<'_>, mut a: Action, summarize: bool) -> Result<
         .clone()
         .filter(|p| w.cache.get(ns, &p.name).is_some());
     let before = before.as_deref();
+    debug!(
+        mirror = %a.name,
+        write = a.write.kind(),
+        planned_at = %w.now,
+        planned_on = a.prev.as_ref().and_then(|p| p.resource_version.as_deref()),
+        in_store = before.is_some(),
+        "writing a mirror"
+    );
     let status = match a.write {
         Write::Delete => {
             let _permit = w.limiter.wait().await;
@@ -353,12 +361,16 @@ async fn write_action(w: &Writer<'_>, mut a: Action, summarize: bool) -> Result<
             apply_metadata(w, (&a.name, &a.cluster_id), before).await?;
             return Ok(Outcome::Updated);
         }
-        Write::Apply(status) => {
+        Write::Apply(mut status) => {
             let res = apply_metadata(w, (&a.name, &a.cluster_id), before).await?;
-            if a.prev.is_none() && res.status.is_some() {
-                // It existed already, unseen by this replica (labelled for another shard, say):
-                // taken over, not created; its status is written only if it differs (what the
-                // plan could not know).
+            if a.prev.is_none()
+                && let Some(found) = &res.status
+            {
+                // It existed already, unseen by this replica (labelled for another shard, or
+                // written by a write whose answer was lost): taken over, not created; its
+                // status is written only if it differs (what the plan could not know), and its
+                // unchanged conditions keep their transition times.
+                keep_transition_times(&mut status.conditions, &found.conditions);
                 if res.status.as_ref() == Some(&status) {
                     return Ok(Outcome::Updated);
                 }

@@ -130,6 +130,18 @@ pub enum Write {
     Delete,
 }
 
+impl Write {
+    /// The kind of write, for logs.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Write::Apply(_) => "apply",
+            Write::Metadata => "metadata",
+            Write::Status(_) => "status",
+            Write::Delete => "delete",
+        }
+    }
+}
+
 /// The Event to publish once a write succeeded.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum MirrorEvent {

@@ -102,7 +102,17 @@ fn record(r: &Report) {
 
 fn assert_ok(label: &str, r: Report) {
     record(&r);
-    assert!(r.ok(), "{label}: {}", r.describe());
+    if !r.ok() {
+        // What the operator did with the first mirrors found wrong (`ws/id: …` or `name: …`).
+        let mut quoted = Vec::new();
+        for p in r.lost.iter().chain(&r.problems).take(2) {
+            let key = p.split(':').next().unwrap_or(p);
+            let key = key.rsplit('/').next().unwrap_or(key).to_lowercase();
+            quoted.push(format!("operator log on {key}:"));
+            quoted.extend(crate::operator_log(&key, 30));
+        }
+        panic!("{label}: {}\n{}", r.describe(), quoted.join("\n"));
+    }
 }
 
 /// The part of a mirror's status that comes from the remote cluster (no conditions, no

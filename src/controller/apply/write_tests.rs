@@ -728,3 +728,47 @@ async fn a_creation_that_finds_its_object_takes_it_over_without_a_status_write()
     assert_ssa(&seen[0], "m-c-1");
     assert_eq!((h.writes("apply"), h.writes("apply-status")), (1, 0));
 }
+
+#[tokio::test]
+async fn a_takeover_keeps_the_transition_times_of_conditions_that_did_not_change() {
+    // The API server has the mirror, Ready since t1 (written by a write whose answer was lost);
+    // the plan, not knowing it, says Ready since t2. Nothing changed: no status write, and the
+    // object keeps t1.
+    let conditions = |t: i64, ready: bool| {
+        let mut set = ConditionSet::new(&[], Some(1), Time::test(t));
+        set.set(ConditionType::Ready, ready, Reason::Synced, "ok".into());
+        set.build()
+    };
+    let ready = |t: i64| EmrRayClusterStatus {
+        conditions: conditions(t, true),
+        ..running("Running")
+    };
+    let mut found = mirror("c-1", "Running");
+    found.status = Some(ready(1));
+    let h = Harness::with(vec![found], vec![], accept_all());
+    let mut action = create("c-1");
+    action.write = Write::Apply(ready(2));
+    let report = h.apply(plan(vec![action]), false).await;
+    assert_eq!((report.created, report.failed), (0, 0), "{report:?}");
+    assert_eq!((h.writes("apply"), h.writes("apply-status")), (1, 0));
+
+    // A condition whose status did change takes the plan's time.
+    let mut found = mirror("c-2", "Running");
+    found.status = Some(EmrRayClusterStatus {
+        conditions: conditions(1, false),
+        ..running("Running")
+    });
+    let h = Harness::with(vec![found], vec![], accept_all());
+    let mut action = create("c-2");
+    action.write = Write::Apply(ready(2));
+    h.apply(plan(vec![action]), false).await;
+    let status = h
+        .take()
+        .into_iter()
+        .find(|s| s.on(Method::PATCH, "m-c-2", "/status"))
+        .expect("a status write");
+    assert_eq!(
+        status.body["status"]["conditions"][0]["lastTransitionTime"],
+        json!(Time::test(2).to_string())
+    );
+}

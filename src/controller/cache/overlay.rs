@@ -137,6 +137,13 @@ impl MirrorCache {
             ),
         };
         stale_versions.dedup();
+        tracing::debug!(
+            mirror = %key,
+            version = obj.and_then(|o| o.metadata.resource_version.as_deref()),
+            stale = ?stale_versions,
+            created,
+            "own mirror write recorded"
+        );
         let uid = obj.and_then(|o| o.metadata.uid.clone());
         let obj = obj.map(|o| Arc::new(CachedMirror::of(o)));
         written.insert(
@@ -197,6 +204,11 @@ impl MirrorCache {
                 }
                 true
             } else {
+                tracing::debug!(
+                    mirror = %k,
+                    store = in_store.as_ref().and_then(|m| m.resource_version.as_deref()),
+                    "own mirror write caught up"
+                );
                 false
             }
         });
