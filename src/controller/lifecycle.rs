@@ -108,6 +108,11 @@ impl Readiness {
         self.0.send_replace(true);
     }
 
+    /// Whether the watch has listed everything once.
+    pub fn is_set(&self) -> bool {
+        *self.0.borrow()
+    }
+
     /// Waits until the watch has listed everything once (or its setter is gone: the watch
     /// stopped with the controller).
     pub async fn wait(&self) {

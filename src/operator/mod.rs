@@ -313,6 +313,10 @@ async fn run_controllers(shared: &Shared, ready: Arc<AtomicBool>, token: Cancell
 /// How often forgotten workspaces are pruned and orphaned mirrors swept.
 const ORPHAN_SWEEP_PERIOD: Duration = Duration::from_secs(10);
 
+/// How long in-flight reconciles get to finish once the controller is told to stop (below the
+/// chart's 30 s `terminationGracePeriodSeconds`, so the lease is still released in time).
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(20);
+
 fn api<K>(client: &kube::Client, ns: Option<&str>) -> Api<K>
 where
     K: kube::Resource<Scope = k8s_openapi::NamespaceResourceScope>,
@@ -534,6 +538,7 @@ async fn run_controller(
         ns,
         shard.map(|s| s.to_string()).as_deref(),
     );
+    let ws_listed = ws_ready.clone();
     tokio::spawn(async move {
         ws_ready.wait().await;
         m2.wait_ready().await;
@@ -559,15 +564,31 @@ async fn run_controller(
         shard = %shard.map(ToString::to_string).unwrap_or_else(|| "<all>".into()),
         "starting controller"
     );
-    ctrl.with_config(controller::Config::default().concurrency(shared.cfg.concurrency))
+    let run = ctrl
+        .with_config(controller::Config::default().concurrency(shared.cfg.concurrency))
         .owns_stream(mirror_stream)
-        .graceful_shutdown_on(token.cancelled_owned())
+        .graceful_shutdown_on(token.clone().cancelled_owned())
         .run(reconcile, error_policy, ctx)
         .for_each(|res| async move {
             if let Err(e) = res {
                 tracing::debug!(error = %e, "reconcile error");
             }
-        })
-        .await;
+        });
+    // A graceful shutdown waits for the reconciles in flight, but not for ever: kube-runtime's
+    // runner waits for its store's first list before it ends, so with an API server that never
+    // answered (the store never listed, nothing ever ran) it would never end.
+    let stop_waiting = async {
+        token.cancelled().await;
+        if ws_listed.is_set() {
+            tokio::time::sleep(SHUTDOWN_GRACE).await;
+            "reconciles still running after the grace period were dropped"
+        } else {
+            "the workspaces were never listed: no reconcile ran"
+        }
+    };
+    tokio::select! {
+        () = run => {}
+        why = stop_waiting => warn!(namespace = ns.unwrap_or("<all>"), "controller stopped without waiting: {why}"),
+    }
     info!(namespace = ns.unwrap_or("<all>"), "controller stopped");
 }

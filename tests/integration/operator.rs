@@ -1227,3 +1227,71 @@ async fn requested_syncs_wait_for_the_backoff() {
     .await;
     env.teardown().await;
 }
+
+/// SIGTERM stops the operator promptly even when its API server never answered: the
+/// controller's store never listed, no reconcile ran, so there is nothing to wait for (before,
+/// kube-runtime's runner waited for that first list for ever and the process never exited).
+#[test]
+fn sigterm_stops_an_operator_whose_api_server_never_answered() {
+    use std::process::{Command, Stdio};
+    let dir = tempfile::tempdir().unwrap();
+    // A port nobody listens on: every request is refused.
+    let port = common::free_port();
+    let kubeconfig = dir.path().join("kubeconfig");
+    std::fs::write(
+        &kubeconfig,
+        format!(
+            "apiVersion: v1\nkind: Config\n\
+             clusters: [{{name: c, cluster: {{server: \"https://127.0.0.1:{port}\", insecure-skip-tls-verify: true}}}}]\n\
+             users: [{{name: u, user: {{token: t}}}}]\n\
+             contexts: [{{name: x, context: {{cluster: c, user: u}}}}]\n\
+             current-context: x\n"
+        ),
+    )
+    .unwrap();
+    let log = dir.path().join("operator.log");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_emr-ray-operator"))
+        .args(["run", "--leader-election=false"])
+        .args([
+            "--metrics-addr",
+            "127.0.0.1:0",
+            "--health-addr",
+            "127.0.0.1:0",
+        ])
+        .env("KUBECONFIG", &kubeconfig)
+        .env("RUST_LOG", "info")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .expect("spawn the operator");
+    let log_text = || std::fs::read_to_string(&log).unwrap_or_default();
+    std::thread::sleep(Duration::from_secs(3));
+    assert!(
+        child.try_wait().unwrap().is_none(),
+        "the operator exited before SIGTERM:\n{}",
+        log_text()
+    );
+    let killed = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(killed.success());
+    let sent = std::time::Instant::now();
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        if sent.elapsed() > Duration::from_secs(15) {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!(
+                "the operator did not exit within 15 s of SIGTERM:\n{}",
+                log_text()
+            );
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert!(status.success(), "exit {status}:\n{}", log_text());
+    assert!(log_text().contains("operator stopped"), "{}", log_text());
+}
