@@ -114,8 +114,9 @@ struct RunArgs {
     write_backoff_max: Interval,
     /// Endpoints credentials may be sent to besides the official
     /// `https://emr-serverless-spark[-vpc].<region>.aliyuncs.com` (comma-separated patterns
-    /// `scheme://host[:port]`, `*` for any one host label or any port, `{region}` for one
-    /// region-shaped label; `http` only where named).
+    /// `scheme://host[:port]`, `*` for any one host label (not under `aliyuncs.com` and Alibaba
+    /// Cloud's other shared domains) or any port, `{region}` for one region-shaped label; `http`
+    /// only where named).
     #[arg(long, env = "ALLOWED_ENDPOINTS", value_delimiter = ',')]
     allowed_endpoints: Vec<String>,
     /// Most Ray clusters mirrored per workspace; a workspace with more stalls (TooManyClusters)

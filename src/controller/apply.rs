@@ -161,7 +161,7 @@ impl Refused {
         match e {
             kube::Error::Api(s) => Refused {
                 refusal: WriteRefusal::classify(s.code, &s.reason, &s.message),
-                message: crate::emr::error::clean_text(&s.message, 512),
+                message: crate::emr::error::clean_text(&without_identity(&s.message), 512),
                 retry_after: s
                     .details
                     .as_ref()
@@ -181,6 +181,33 @@ impl Refused {
             },
         }
     }
+}
+
+/// Who the operator is, in the API server's refusal: RBAC's `User "…"` and any ServiceAccount
+/// name a policy's or webhook's text quotes. A refusal reaches the tenant's workspace status,
+/// and the operator's identity belongs to the cluster admins (they have it in the
+/// operator's Deployment): the tenant learns what was refused, not who the operator is.
+fn without_identity(message: &str) -> String {
+    const OPERATOR: &str = "<the operator>";
+    let mut out = String::with_capacity(message.len());
+    let mut rest = message;
+    loop {
+        let user = rest.find("User \"").map(|i| (i, i + "User \"".len()));
+        let sa = rest.find("system:serviceaccount:").map(|i| (i, i));
+        // The first of the two (a `User "` starts before the name it quotes).
+        let Some((_, from)) = [user, sa].into_iter().flatten().min() else {
+            break;
+        };
+        out.push_str(&rest[..from]);
+        out.push_str(OPERATOR);
+        let tail = &rest[from..];
+        let end = tail
+            .find(|c: char| c.is_whitespace() || matches!(c, '"' | '\'' | ',' | ')' | ']'))
+            .unwrap_or(tail.len());
+        rest = &tail[end..];
+    }
+    out.push_str(rest);
+    out
 }
 
 /// What one action came to.
@@ -632,6 +659,33 @@ mod tests {
         assert_eq!(r.retry_after, Some(Duration::from_secs(7)));
         let r = Refused::from_error(&status(429, "TooManyRequests", u32::MAX));
         assert_eq!(r.retry_after, Some(MAX_RETRY_AFTER));
+    }
+
+    /// Issue 18 item 10: a refusal reaches the tenant's status without the operator's identity.
+    #[test]
+    fn refusals_do_not_name_the_operator() {
+        for (raw, shown) in [
+            (
+                r#"emrrayclusters.emr.aliyun.io "ray-a" is forbidden: User "system:serviceaccount:emr-system:emr-ray-operator" cannot patch resource "emrrayclusters" in API group "emr.aliyun.io" in the namespace "t""#,
+                r#"emrrayclusters.emr.aliyun.io "ray-a" is forbidden: User "<the operator>" cannot patch resource "emrrayclusters" in API group "emr.aliyun.io" in the namespace "t""#,
+            ),
+            (
+                r#"admission webhook "x" denied the request: system:serviceaccount:emr-system:op may not, (system:serviceaccount:a:b)"#,
+                r#"admission webhook "x" denied the request: <the operator> may not, (<the operator>)"#,
+            ),
+            (
+                r#"User "admin" cannot create"#,
+                r#"User "<the operator>" cannot create"#,
+            ),
+            (r#"User "unterminated"#, r#"User "<the operator>"#),
+            (
+                "exceeded quota: q, requested: count/x=1",
+                "exceeded quota: q, requested: count/x=1",
+            ),
+            ("", ""),
+        ] {
+            assert_eq!(without_identity(raw), shown, "{raw}");
+        }
     }
 
     #[test]

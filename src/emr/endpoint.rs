@@ -73,9 +73,9 @@ pub fn resolve(region: &str, vpc: bool, explicit: Option<&str>) -> Result<url::U
 
 /// One allowed endpoint: `scheme://host[:port]`. In the host, `{region}` stands for exactly one
 /// region-shaped label ([`valid_region`]: `https://emr-serverless-spark.{region}.aliyuncs.com`)
-/// and `*` for any one DNS label — so `*` beside a shared domain such as `aliyuncs.com` would
-/// also admit other services' hosts: use `{region}` there. Port `*` is any port; no port is the
-/// scheme's default. `http` is allowed only where a pattern names it.
+/// and `*` for any one DNS label — refused under Alibaba Cloud's shared domains such as
+/// `aliyuncs.com`, where it would also admit other services' hosts (use `{region}` there). Port
+/// `*` is any port; no port is the scheme's default. `http` is allowed only where a pattern names it.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct EndpointPattern {
     scheme: String,
@@ -119,6 +119,18 @@ impl std::str::FromStr for EndpointPattern {
         };
         if labels.is_empty() || !labels.iter().all(label_ok) {
             return Err(bad("invalid host"));
+        }
+        // Under Alibaba Cloud's shared domains a label names the service or the region (and a
+        // bucket's virtual host looks like a region): `*` there would admit other services.
+        if labels.iter().any(|l| l == "*")
+            && let Some(domain) = SHARED_DOMAINS
+                .iter()
+                .find(|d| host.to_ascii_lowercase().ends_with(&format!(".{d}")))
+        {
+            return Err(bad(&format!(
+                "`*` is not allowed in a host under {domain}, where it would also match other \
+                 services' hosts: use {{region}} for the region label"
+            )));
         }
         Ok(EndpointPattern {
             scheme,
@@ -172,6 +184,14 @@ impl EndpointPattern {
 /// is told to allow.
 #[derive(Clone, Debug)]
 pub struct EndpointPolicy(Vec<EndpointPattern>);
+
+/// Alibaba Cloud's shared service domains, under which a pattern may not use `*`.
+const SHARED_DOMAINS: [&str; 4] = [
+    "aliyuncs.com",
+    "aliyun.com",
+    "alibabacloud.com",
+    "aliyun-inc.com",
+];
 
 /// The host label of a pattern that matches one region-shaped label.
 const REGION_LABEL: &str = "{region}";
@@ -311,6 +331,39 @@ mod tests {
             "https://a:99999",
         ] {
             assert!(bad.parse::<EndpointPattern>().is_err(), "{bad}");
+        }
+    }
+
+    /// Issue 18 item 3: under Alibaba Cloud's shared domains `*` could stand for a label that
+    /// changes the service (`oss-cn-hangzhou`: a bucket's virtual host), so it is refused there;
+    /// `{region}` admits only region-shaped labels. Elsewhere `*` is the admin's to use.
+    #[test]
+    fn a_wildcard_under_a_shared_cloud_domain_is_refused() {
+        for bad in [
+            "https://emr-serverless-spark.*.aliyuncs.com",
+            "https://*.cn-hangzhou.aliyuncs.com",
+            "https://*.aliyuncs.com:*",
+            "https://emr-serverless-spark.*.ALIYUNCS.COM",
+            "https://x.*.alibabacloud.com",
+            "https://x.*.aliyun.com",
+        ] {
+            let e = bad.parse::<EndpointPattern>().unwrap_err();
+            assert!(e.contains("use {region}"), "{bad}: {e}");
+        }
+        let region: EndpointPattern = "https://emr-serverless-spark.{region}.aliyuncs.com"
+            .parse()
+            .unwrap();
+        let u = |s: &str| url::Url::parse(s).unwrap();
+        assert!(region.matches(&u("https://emr-serverless-spark.cn-hangzhou.aliyuncs.com/")));
+        assert!(!region.matches(&u(
+            "https://emr-serverless-spark.oss-cn-hangzhou.aliyuncs.com/"
+        )));
+        // The admin's own domains, and a host that only contains the shared domain's name.
+        for ok in [
+            "https://*.emr.corp.example",
+            "https://*.aliyuncs.com.corp.example",
+        ] {
+            assert!(ok.parse::<EndpointPattern>().is_ok(), "{ok}");
         }
     }
 
