@@ -3,8 +3,10 @@
 //! operator first mirrors the clusters with jobs off; then `spec.jobs` is enabled on every
 //! workspace and the run measures: the time until every job is mirrored, the remote requests
 //! (per action) and the writes to job mirrors per interval in the steady state, the writes of
-//! one interval where 1% of the jobs change, and the memory per job mirror (the operator's
-//! RSS and peak RSS with jobs on, minus the same with jobs off, over the job count).
+//! one interval where 1% of the jobs change, the `GetRayCluster` calls of one interval where one
+//! cluster per workspace goes into `Error` and of the interval after it, and the memory per job
+//! mirror (the operator's RSS and peak RSS with jobs on, minus the same with jobs off, over the
+//! job count). Writes are counted by the API server, with the operator's own count beside them.
 
 use std::time::{Duration, Instant};
 
@@ -14,23 +16,71 @@ use serde_json::json;
 
 use emr_ray_operator::api::{EmrRayCluster, EmrRayJob};
 use emr_ray_operator::emr::{
-    ACTION_LIST_RAY_CLUSTER, ACTION_LIST_RAY_JOB, ACTION_LIST_WORKSPACE_QUEUES,
+    ACTION_GET_RAY_CLUSTER, ACTION_LIST_RAY_CLUSTER, ACTION_LIST_RAY_JOB,
+    ACTION_LIST_WORKSPACE_QUEUES, ClusterState,
 };
 
+use super::measure::Writes;
 use super::phases::{SYNC_LIMIT, spawn_operator, stop_operator};
 use super::{Args, Proc, delete_namespace, free_port, setup, writes};
+
+/// One interval: the remote requests per action, and the writes to each kind.
+pub(super) struct Interval {
+    pub(super) list_jobs: u64,
+    pub(super) list_clusters: u64,
+    pub(super) list_queues: u64,
+    pub(super) get_cluster: u64,
+    pub(super) job_writes: Writes,
+    pub(super) cluster_writes: Writes,
+    pub(super) workspace_writes: Writes,
+}
+
+/// The writes to job mirrors, cluster mirrors and workspaces so far.
+async fn all_writes(client: &kube::Client, op: &Proc) -> anyhow::Result<[Writes; 3]> {
+    Ok([
+        writes(client, op, "emrrayjobs").await?,
+        writes(client, op, "emrrayclusters").await?,
+        writes(client, op, "emrworkspaces").await?,
+    ])
+}
+
+/// Measures one interval of `sleep` from now.
+async fn interval_of(
+    client: &kube::Client,
+    op: &Proc,
+    sim: &emr_sim::SimHandle,
+    sleep: Duration,
+) -> anyhow::Result<Interval> {
+    sim.state.reset_stats();
+    let [j0, c0, w0] = all_writes(client, op).await?;
+    tokio::time::sleep(sleep).await;
+    let [j, c, w] = all_writes(client, op).await?;
+    let by = sim.state.stats().by_action;
+    let n = |action: &str| by.get(action).copied().unwrap_or(0);
+    Ok(Interval {
+        list_jobs: n(ACTION_LIST_RAY_JOB),
+        list_clusters: n(ACTION_LIST_RAY_CLUSTER),
+        list_queues: n(ACTION_LIST_WORKSPACE_QUEUES),
+        get_cluster: n(ACTION_GET_RAY_CLUSTER),
+        job_writes: j - j0,
+        cluster_writes: c - c0,
+        workspace_writes: w - w0,
+    })
+}
 
 /// What the jobs run measured.
 pub(super) struct JobsRun {
     pub(super) workspaces: usize,
     pub(super) jobs: usize,
     pub(super) initial: Duration,
-    /// Per steady interval: (ListRayJob requests, ListRayCluster requests, ListWorkspaceQueues
-    /// requests, job mirror writes).
-    pub(super) steady: Vec<(u64, u64, u64, f64)>,
+    /// The steady intervals.
+    pub(super) steady: Vec<Interval>,
     /// Jobs changed in the churn interval, and the job mirror writes it took.
     pub(super) churned: usize,
     pub(super) churn_writes: f64,
+    /// The interval where one cluster per workspace went into `Error`, and the one after it.
+    pub(super) errored: Interval,
+    pub(super) after_error: Interval,
     /// Operator RSS and peak RSS (KiB) with jobs off, then on.
     pub(super) rss_off: (u64, u64),
     pub(super) rss_on: (u64, u64),
@@ -113,17 +163,7 @@ pub(super) async fn jobs_run(args: &Args, client: &kube::Client) -> anyhow::Resu
     // Steady state: nothing changes.
     let mut steady = Vec::new();
     for _ in 0..args.steady_intervals.max(1) {
-        setup.sim.state.reset_stats();
-        let w0 = writes(client, &op, "emrrayjobs").await?;
-        tokio::time::sleep(interval).await;
-        let w = writes(client, &op, "emrrayjobs").await? - w0;
-        let by = setup.sim.state.stats().by_action;
-        steady.push((
-            by.get(ACTION_LIST_RAY_JOB).copied().unwrap_or(0),
-            by.get(ACTION_LIST_RAY_CLUSTER).copied().unwrap_or(0),
-            by.get(ACTION_LIST_WORKSPACE_QUEUES).copied().unwrap_or(0),
-            w.own,
-        ));
+        steady.push(interval_of(client, &op, &setup.sim, interval).await?);
     }
     let rss_on = (op.status_kb("VmRSS:"), op.status_kb("VmHWM:"));
 
@@ -146,7 +186,20 @@ pub(super) async fn jobs_run(args: &Args, client: &kube::Client) -> anyhow::Resu
         setup.sim.state.set_jobs(id, all);
     }
     tokio::time::sleep(interval + Duration::from_secs(5)).await;
-    let churn_writes = (writes(client, &op, "emrrayjobs").await? - w0).own;
+    let churn_writes = (writes(client, &op, "emrrayjobs").await? - w0).api;
+
+    // One cluster per workspace goes into Error: one GetRayCluster each to say why, then none
+    // while nothing changes.
+    for id in &setup.ws_ids {
+        if let Some(c) = setup.sim.state.clusters(id).first() {
+            setup
+                .sim
+                .state
+                .set_state(id, &c.cluster_id, ClusterState::Error);
+        }
+    }
+    let errored = interval_of(client, &op, &setup.sim, interval + Duration::from_secs(5)).await?;
+    let after_error = interval_of(client, &op, &setup.sim, interval).await?;
 
     stop_operator(&mut child).await;
     delete_namespace(client, &setup.ns).await?;
@@ -158,6 +211,8 @@ pub(super) async fn jobs_run(args: &Args, client: &kube::Client) -> anyhow::Resu
         steady,
         churned,
         churn_writes,
+        errored,
+        after_error,
         rss_off,
         rss_on,
     })
@@ -175,16 +230,41 @@ pub(super) fn report_jobs(r: &JobsRun, interval: u64) {
         "initial job sync (jobs enabled -> every job mirrored): {:.1}s",
         r.initial.as_secs_f64()
     );
-    for (i, (jobs, clusters, queues, w)) in r.steady.iter().enumerate() {
+    let per_ws = |n: u64| n as f64 / r.workspaces.max(1) as f64;
+    let line = |what: &str, i: &Interval| {
         println!(
-            "steady interval {}: remote requests ListRayJob {jobs} ({:.1}/workspace), ListRayCluster {clusters}, ListWorkspaceQueues {queues}; writes to emrrayjobs {w:.0}",
-            i + 1,
-            *jobs as f64 / r.workspaces.max(1) as f64
+            "{what}: remote requests ListRayJob {} ({:.1}/workspace), ListRayCluster {} ({:.1}/workspace), ListWorkspaceQueues {}, GetRayCluster {}; API writes to emrrayjobs {:.0} (operator {:.0}), emrrayclusters {:.0} ({:.0}), emrworkspaces {:.0} ({:.0})",
+            i.list_jobs,
+            per_ws(i.list_jobs),
+            i.list_clusters,
+            per_ws(i.list_clusters),
+            i.list_queues,
+            i.get_cluster,
+            i.job_writes.api,
+            i.job_writes.own,
+            i.cluster_writes.api,
+            i.cluster_writes.own,
+            i.workspace_writes.api,
+            i.workspace_writes.own,
         );
+    };
+    for (n, i) in r.steady.iter().enumerate() {
+        line(&format!("steady interval {}", n + 1), i);
     }
     println!(
-        "churn interval: {} jobs changed, {:.0} writes to emrrayjobs (status only: one per change)",
+        "churn interval: {} jobs changed, {:.0} API writes to emrrayjobs (status only: one per change)",
         r.churned, r.churn_writes
+    );
+    line(
+        &format!(
+            "one cluster per workspace into Error ({} clusters; goal: GetRayCluster {} = one per changed unhealthy cluster)",
+            r.workspaces, r.workspaces
+        ),
+        &r.errored,
+    );
+    line(
+        "the interval after (goal: GetRayCluster 0, no write)",
+        &r.after_error,
     );
     let per = |on: u64, off: u64| (on.saturating_sub(off) as f64 * 1024.0) / r.jobs.max(1) as f64;
     println!(
