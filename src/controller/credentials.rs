@@ -349,8 +349,16 @@ mod tests {
                 "https://emr-serverless-spark.cn-hangzhou.aliyuncs.com",
                 false,
             ),
-            (&["https://*.cn-hangzhou.aliyuncs.com"], vpc, true),
-            (&["https://*.cn-shanghai.aliyuncs.com"], vpc, false),
+            (
+                &["https://emr-serverless-spark-vpc.{region}.aliyuncs.com"],
+                vpc,
+                true,
+            ),
+            (
+                &["https://emr-serverless-spark.{region}.aliyuncs.com"],
+                vpc,
+                false,
+            ),
         ];
         for (allowed, endpoint, ok) in cases {
             let got = endpoint_permitted("team", &pats(allowed), &url(endpoint));
