@@ -83,7 +83,7 @@ bench: control-plane
 # for FUZZ_SECONDS, on a scratch copy of the checked-in seeds (fuzz/corpus/<target>/) so the
 # seeds stay small. Crashes land in fuzz/artifacts/<target>/. Not part of `make test`.
 FUZZ_SECONDS ?= 30
-FUZZ_TARGETS ?= listing_body cluster_detail job_listing queue_listing error_body remote_text retry_after endpoint duration quantities sign_input
+FUZZ_TARGETS ?= listing_body cluster_detail job_listing queue_listing error_body remote_text retry_after endpoint duration quantities sign_input sts_response
 FUZZ_CARGO ?= cargo +nightly
 FUZZ_FLAGS := -s none --codegen-units 16
 fuzz:

@@ -428,6 +428,13 @@ fn sts_request(cfg: &RrsaConfig, token: &str) -> (url::Url, String) {
     (url, body)
 }
 
+/// What an STS answer comes to, for the `sts_response` fuzz target: the AccessKey ID and the
+/// expiration, or the error (whose text must never quote the secrets a body carries).
+#[doc(hidden)]
+pub fn parse_sts_answer(status: u16, bytes: &[u8]) -> Result<(String, jiff::Timestamp), EmrError> {
+    parse_sts_response(status, bytes).map(|c| (c.creds.access_key_id, c.expiration))
+}
+
 /// An STS answer: a remote error, or the temporary credentials and their expiration.
 fn parse_sts_response(status: u16, bytes: &[u8]) -> Result<Cached, EmrError> {
     if !(200..300).contains(&status) {
