@@ -4,7 +4,10 @@
 //!
 //! * a refusal that needs a person (forbidden, invalid, too large) stops the rest of the pass —
 //!   one refused write is enough to know; the next pass comes after the workspace's backoff and
-//!   starts with a single probe write;
+//!   starts with a single probe write. Once a write of the pass was accepted, refusals concern
+//!   single objects (an admission policy on some of them): the pass goes on past up to
+//!   [`REFUSALS_AFTER_PROGRESS`] of them, so the others are written now, not one pass per
+//!   refused mirror later;
 //! * every write waits for the operator-wide write budget ([`WriteLimiter`]);
 //! * a mirror whose status the API server refuses as invalid or too large keeps its last data and
 //!   says so in its own `Synced` condition, when that small write is accepted.
@@ -15,7 +18,7 @@
 use std::collections::HashSet;
 use std::num::NonZeroU32;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use futures::StreamExt;
@@ -256,10 +259,40 @@ pub struct Writer<'a> {
     pub now: &'a Time,
 }
 
+/// Refusals that need a person a pass goes on past once one of its writes was accepted.
+pub const REFUSALS_AFTER_PROGRESS: usize = 8;
+
+/// Whether a pass goes on: stopped by a refusal that needs a person, unless a write of the pass
+/// was accepted (then after [`REFUSALS_AFTER_PROGRESS`] of them).
+#[derive(Default)]
+struct Gate {
+    stop: AtomicBool,
+    accepted: AtomicBool,
+    refused: AtomicUsize,
+}
+
+impl Gate {
+    fn accepted(&self) {
+        self.accepted.store(true, Ordering::SeqCst);
+    }
+
+    /// A refusal that needs a person.
+    fn refused_for_good(&self) {
+        let n = self.refused.fetch_add(1, Ordering::SeqCst) + 1;
+        if !self.accepted.load(Ordering::SeqCst) || n >= REFUSALS_AFTER_PROGRESS {
+            self.stop.store(true, Ordering::SeqCst);
+        }
+    }
+
+    fn stopped(&self) -> bool {
+        self.stop.load(Ordering::SeqCst)
+    }
+}
+
 /// Performs the plan's actions. `probe`: the previous pass was refused, so one write goes alone
 /// first and the rest only if it is not refused for good.
 pub async fn apply_plan(w: &Writer<'_>, plan: Plan, probe: bool) -> WriteReport {
-    let stop = AtomicBool::new(false);
+    let stop = Gate::default();
     let summarize = plan.summarize_events;
     let mut actions = plan.actions.into_iter();
     let mut outcomes = Vec::new();
@@ -321,18 +354,23 @@ pub async fn apply_plan(w: &Writer<'_>, plan: Plan, probe: bool) -> WriteReport 
     report
 }
 
-async fn run_action(w: &Writer<'_>, a: Action, stop: &AtomicBool, summarize: bool) -> Outcome {
-    if stop.load(Ordering::SeqCst) {
+async fn run_action(w: &Writer<'_>, a: Action, stop: &Gate, summarize: bool) -> Outcome {
+    if stop.stopped() {
         return Outcome::Skipped { name: a.name };
     }
     let name = a.name.clone();
     match write_action(w, a, summarize).await {
-        Ok(o) => o,
+        Ok(o) => {
+            if matches!(o, Outcome::Created | Outcome::Updated | Outcome::Deleted) {
+                stop.accepted();
+            }
+            o
+        }
         Err(refused) => {
             w.metrics
                 .count_refusal(KubeResource::EmrRayClusters, refused.refusal);
             if refused.refusal.is_permanent() {
-                stop.store(true, Ordering::SeqCst);
+                stop.refused_for_good();
             }
             warn!(
                 mirror = %name, refusal = %refused.refusal, message = %refused.message,

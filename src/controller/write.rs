@@ -293,6 +293,14 @@ pub(super) fn next_write_trouble(
     cap: Duration,
     jitter: f64,
 ) -> Option<WriteTrouble> {
+    // The backoff grows with consecutive refused passes that made no progress. A pass that
+    // wrote more mirrors than the last one (a policy was narrowed, a quota raised) starts over:
+    // what is left is tried again soon, not after the backoff the refusals before it earned.
+    // (A steady partial refusal writes nothing new, so it still backs off.)
+    let written = |mirrors: usize, failed: usize| mirrors.saturating_sub(failed);
+    let progressed = prev
+        .as_ref()
+        .is_some_and(|p| written(report.mirrors, report.failed) > written(p.mirrors, p.failed));
     let first = report.first?;
     // Planned last next time: the mirrors refused now, and those refused before that were not
     // tried now. Mirrors only skipped go first: they may well be accepted.
@@ -300,7 +308,10 @@ pub(super) fn next_write_trouble(
     if let Some(p) = &prev {
         refused.extend(p.refused.intersection(&report.skipped).cloned());
     }
-    let consecutive = prev.as_ref().map_or(1, |p| p.consecutive.saturating_add(1));
+    let consecutive = match &prev {
+        Some(p) if !progressed => p.consecutive.saturating_add(1),
+        _ => 1,
+    };
     let since = match &prev {
         Some(p) if p.refusal == first.refusal => p.since.clone(),
         _ => now.to_string(),
@@ -511,5 +522,28 @@ mod tests {
             next_write_trouble(Some(t2), report(None), ("t5", at), cap, 0.0),
             None
         );
+    }
+
+    /// A pass that wrote more mirrors than the last (the refusal narrowed) starts the backoff
+    /// over; passes that write nothing new keep growing it.
+    #[test]
+    fn write_trouble_starts_over_after_progress() {
+        let cap = Duration::from_secs(300);
+        let at = Instant::now();
+        let refused = |failed: usize| WriteReport {
+            failed,
+            ..report(Some(WriteRefusal::Forbidden))
+        };
+        let mut t = next_write_trouble(None, refused(10), ("t0", at), cap, 0.0).unwrap();
+        for _ in 0..5 {
+            t = next_write_trouble(Some(t), refused(10), ("t", at), cap, 0.0).unwrap();
+        }
+        assert_eq!(t.consecutive, 6);
+        let t = next_write_trouble(Some(t), refused(4), ("t", at), cap, 0.0).unwrap();
+        assert_eq!(t.consecutive, 1, "6 of 10 written now: progress");
+        assert_eq!(t.retry_at, at + Duration::from_secs(5));
+        assert_eq!(t.since, "t0", "the same refusal keeps its `since`");
+        let t = next_write_trouble(Some(t), refused(4), ("t", at), cap, 0.0).unwrap();
+        assert_eq!(t.consecutive, 2, "nothing new written: backing off again");
     }
 }

@@ -482,6 +482,50 @@ async fn a_write_refused_by_admission_is_a_refusal_with_the_servers_message() {
     assert!(h.cache.current(NS, OWNER_UID).is_empty());
 }
 
+/// Once a write of the pass was accepted, a refusal concerns its own object (an admission
+/// policy on some mirrors): the pass goes on, so the others are written now rather than one
+/// pass (and one backoff) per refused mirror later.
+#[tokio::test]
+async fn refusals_after_an_accepted_write_concern_single_mirrors() {
+    let denied =
+        |r: &Seen| !r.is_event() && (r.path.ends_with("/m-c-3") || r.path.ends_with("/m-c-7"));
+    let h = Harness::new(
+        vec![],
+        refuse_when(denied, status(403, "Forbidden", "denied by policy", None)),
+    );
+    let actions = (1..=10).map(|i| create(&format!("c-{i}"))).collect();
+    let report = h.apply(plan(actions), true).await;
+    assert_eq!((report.created, report.failed), (8, 2), "{report:#?}");
+    assert_eq!(
+        report.refused,
+        HashSet::from(["m-c-3".to_string(), "m-c-7".to_string()])
+    );
+    assert!(report.skipped.is_empty(), "{report:#?}");
+    assert_eq!(h.refusals(WriteRefusal::Forbidden), 2);
+}
+
+/// ...but not without end: after an accepted write, a pass still stops once
+/// `REFUSALS_AFTER_PROGRESS` writes were refused for good (a few more may be in flight).
+#[tokio::test]
+async fn a_pass_with_progress_still_stops_after_enough_refusals() {
+    let h = Harness::new(
+        vec![],
+        refuse_when(
+            |r| !r.is_event() && !r.path.ends_with("/m-c-1") && !r.path.ends_with("/m-c-1/status"),
+            status(403, "Forbidden", "denied by policy", None),
+        ),
+    );
+    let actions = (1..=60).map(|i| create(&format!("c-{i}"))).collect();
+    let report = h.apply(plan(actions), true).await;
+    assert_eq!(report.created, 1, "the probe");
+    let refused = report.refused.len();
+    assert!(
+        (REFUSALS_AFTER_PROGRESS..REFUSALS_AFTER_PROGRESS + WRITE_CONCURRENCY).contains(&refused),
+        "{refused} refused"
+    );
+    assert_eq!(report.skipped.len(), 59 - refused);
+}
+
 #[tokio::test]
 async fn a_status_refused_as_invalid_keeps_the_last_data_and_says_so() {
     let m = mirror("c-1", "Starting");
