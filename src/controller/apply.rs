@@ -292,15 +292,15 @@ impl Gate {
 /// Performs the plan's actions. `probe`: the previous pass was refused, so one write goes alone
 /// first and the rest only if it is not refused for good.
 pub async fn apply_plan(w: &Writer<'_>, plan: Plan, probe: bool) -> WriteReport {
-    let stop = Gate::default();
+    let gate = Gate::default();
     let summarize = plan.summarize_events;
     let mut actions = plan.actions.into_iter();
     let mut outcomes = Vec::new();
     if probe && let Some(first) = actions.next() {
-        outcomes.push(run_action(w, first, &stop, summarize).await);
+        outcomes.push(run_action(w, first, &gate, summarize).await);
     }
     let rest: Vec<Outcome> = futures::stream::iter(actions)
-        .map(|a| run_action(w, a, &stop, summarize))
+        .map(|a| run_action(w, a, &gate, summarize))
         .buffer_unordered(WRITE_CONCURRENCY)
         .collect()
         .await;
@@ -354,15 +354,15 @@ pub async fn apply_plan(w: &Writer<'_>, plan: Plan, probe: bool) -> WriteReport 
     report
 }
 
-async fn run_action(w: &Writer<'_>, a: Action, stop: &Gate, summarize: bool) -> Outcome {
-    if stop.stopped() {
+async fn run_action(w: &Writer<'_>, a: Action, gate: &Gate, summarize: bool) -> Outcome {
+    if gate.stopped() {
         return Outcome::Skipped { name: a.name };
     }
     let name = a.name.clone();
     match write_action(w, a, summarize).await {
         Ok(o) => {
             if matches!(o, Outcome::Created | Outcome::Updated | Outcome::Deleted) {
-                stop.accepted();
+                gate.accepted();
             }
             o
         }
@@ -370,7 +370,7 @@ async fn run_action(w: &Writer<'_>, a: Action, stop: &Gate, summarize: bool) -> 
             w.metrics
                 .count_refusal(KubeResource::EmrRayClusters, refused.refusal);
             if refused.refusal.is_permanent() {
-                stop.refused_for_good();
+                gate.refused_for_good();
             }
             warn!(
                 mirror = %name, refusal = %refused.refusal, message = %refused.message,

@@ -122,10 +122,11 @@ impl std::str::FromStr for EndpointPattern {
         }
         // Under Alibaba Cloud's shared domains a label names the service or the region (and a
         // bucket's virtual host looks like a region): `*` there would admit other services.
+        let lowercase = labels.join(".");
         if labels.iter().any(|l| l == "*")
             && let Some(domain) = SHARED_DOMAINS
                 .iter()
-                .find(|d| host.to_ascii_lowercase().ends_with(&format!(".{d}")))
+                .find(|d| lowercase.ends_with(&format!(".{d}")))
         {
             return Err(bad(&format!(
                 "`*` is not allowed in a host under {domain}, where it would also match other \
