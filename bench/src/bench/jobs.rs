@@ -44,15 +44,18 @@ async fn all_writes(client: &kube::Client, op: &Proc) -> anyhow::Result<[Writes;
     ])
 }
 
-/// Measures one interval of `sleep` from now.
+/// Measures one interval of `sleep` from now; `change` (to the remote side) is made after the
+/// counts it starts from were taken, so every write it causes is counted.
 async fn interval_of(
     client: &kube::Client,
     op: &Proc,
     sim: &emr_sim::SimHandle,
     sleep: Duration,
+    change: impl FnOnce(),
 ) -> anyhow::Result<Interval> {
     sim.state.reset_stats();
     let [j0, c0, w0] = all_writes(client, op).await?;
+    change();
     tokio::time::sleep(sleep).await;
     let [j, c, w] = all_writes(client, op).await?;
     let by = sim.state.stats().by_action;
@@ -163,43 +166,58 @@ pub(super) async fn jobs_run(args: &Args, client: &kube::Client) -> anyhow::Resu
     // Steady state: nothing changes.
     let mut steady = Vec::new();
     for _ in 0..args.steady_intervals.max(1) {
-        steady.push(interval_of(client, &op, &setup.sim, interval).await?);
+        steady.push(interval_of(client, &op, &setup.sim, interval, || {}).await?);
     }
     let rss_on = (op.status_kb("VmRSS:"), op.status_kb("VmHWM:"));
 
     // Churn: 1% of the jobs change status.
-    let w0 = writes(client, &op, "emrrayjobs").await?;
     let mut churned = 0;
-    for id in &setup.ws_ids {
-        let mut all = setup.sim.state.jobs(id);
-        for j in all.iter_mut().take(per_ws.div_ceil(100)) {
-            j.job.status = Some(
-                if j.job.status.as_deref() == Some("Failed") {
-                    "Succeeded"
-                } else {
-                    "Failed"
+    let churn = interval_of(
+        client,
+        &op,
+        &setup.sim,
+        interval + Duration::from_secs(5),
+        || {
+            for id in &setup.ws_ids {
+                let mut all = setup.sim.state.jobs(id);
+                for j in all.iter_mut().take(per_ws.div_ceil(100)) {
+                    j.job.status = Some(
+                        if j.job.status.as_deref() == Some("Failed") {
+                            "Succeeded"
+                        } else {
+                            "Failed"
+                        }
+                        .into(),
+                    );
+                    churned += 1;
                 }
-                .into(),
-            );
-            churned += 1;
-        }
-        setup.sim.state.set_jobs(id, all);
-    }
-    tokio::time::sleep(interval + Duration::from_secs(5)).await;
-    let churn_writes = (writes(client, &op, "emrrayjobs").await? - w0).api;
+                setup.sim.state.set_jobs(id, all);
+            }
+        },
+    )
+    .await?;
+    let churn_writes = churn.job_writes.api;
 
     // One cluster per workspace goes into Error: one GetRayCluster each to say why, then none
     // while nothing changes.
-    for id in &setup.ws_ids {
-        if let Some(c) = setup.sim.state.clusters(id).first() {
-            setup
-                .sim
-                .state
-                .set_state(id, &c.cluster_id, ClusterState::Error);
-        }
-    }
-    let errored = interval_of(client, &op, &setup.sim, interval + Duration::from_secs(5)).await?;
-    let after_error = interval_of(client, &op, &setup.sim, interval).await?;
+    let errored = interval_of(
+        client,
+        &op,
+        &setup.sim,
+        interval + Duration::from_secs(5),
+        || {
+            for id in &setup.ws_ids {
+                if let Some(c) = setup.sim.state.clusters(id).first() {
+                    setup
+                        .sim
+                        .state
+                        .set_state(id, &c.cluster_id, ClusterState::Error);
+                }
+            }
+        },
+    )
+    .await?;
+    let after_error = interval_of(client, &op, &setup.sim, interval, || {}).await?;
 
     stop_operator(&mut child).await;
     delete_namespace(client, &setup.ns).await?;
