@@ -216,10 +216,13 @@ fn without_identity(message: &str) -> String {
 /// What one action came to.
 #[derive(Debug)]
 enum Outcome {
-    Unchanged,
-    Created,
-    Updated,
-    Deleted,
+    /// Deleted already (the cluster ID of the action).
+    Unchanged(String),
+    /// The mirror as our last write of it returned it.
+    Created(Arc<CachedMirror>),
+    Updated(Arc<CachedMirror>),
+    /// The cluster ID of the action.
+    Deleted(String),
     Refused {
         name: String,
         refused: Refused,
@@ -246,6 +249,10 @@ pub struct WriteReport {
     /// Mirrors not attempted after a refusal.
     pub skipped: HashSet<String>,
 }
+
+/// By cluster ID, each mirror a write pass wrote as its last write returned it (`None`:
+/// deleted): what the mirrors are after the pass, as far as this pass knows.
+pub type Written = Vec<(String, Option<Arc<CachedMirror>>)>;
 
 /// What [`apply_plan`] writes with.
 pub struct Writer<'a> {
@@ -290,8 +297,9 @@ impl Gate {
 }
 
 /// Performs the plan's actions. `probe`: the previous pass was refused, so one write goes alone
-/// first and the rest only if it is not refused for good.
-pub async fn apply_plan(w: &Writer<'_>, plan: Plan, probe: bool) -> WriteReport {
+/// first and the rest only if it is not refused for good. Returns what the pass came to, and
+/// the mirrors it wrote.
+pub async fn apply_plan(w: &Writer<'_>, plan: Plan, probe: bool) -> (WriteReport, Written) {
     let gate = Gate::default();
     let summarize = plan.summarize_events;
     let mut actions = plan.actions.into_iter();
@@ -310,11 +318,19 @@ pub async fn apply_plan(w: &Writer<'_>, plan: Plan, probe: bool) -> WriteReport 
         mirrors: plan.mirrors,
         ..Default::default()
     };
+    let mut written = Written::new();
     for o in outcomes {
         match o {
-            Outcome::Unchanged | Outcome::Updated => {}
-            Outcome::Created => report.created += 1,
-            Outcome::Deleted => report.deleted += 1,
+            Outcome::Unchanged(id) => written.push((id, None)),
+            Outcome::Updated(m) => written.push((m.cluster_id.clone(), Some(m))),
+            Outcome::Created(m) => {
+                report.created += 1;
+                written.push((m.cluster_id.clone(), Some(m)));
+            }
+            Outcome::Deleted(id) => {
+                report.deleted += 1;
+                written.push((id, None));
+            }
             Outcome::Refused { name, refused } => {
                 report.failed += 1;
                 report.refused.insert(name);
@@ -351,7 +367,7 @@ pub async fn apply_plan(w: &Writer<'_>, plan: Plan, probe: bool) -> WriteReport 
             created = report.created, deleted = report.deleted, "mirrors updated"
         );
     }
-    report
+    (report, written)
 }
 
 async fn run_action(w: &Writer<'_>, a: Action, gate: &Gate, summarize: bool) -> Outcome {
@@ -411,7 +427,9 @@ async fn write_action(w: &Writer<'_>, mut a: Action, summarize: bool) -> Result<
             let _permit = w.limiter.wait().await;
             match w.api.delete(&a.name, &DeleteParams::background()).await {
                 Ok(_) => {}
-                Err(kube::Error::Api(s)) if s.code == 404 => return Ok(Outcome::Unchanged),
+                Err(kube::Error::Api(s)) if s.code == 404 => {
+                    return Ok(Outcome::Unchanged(a.cluster_id));
+                }
                 Err(e) => return Err(refused(e)),
             }
             w.metrics
@@ -420,11 +438,11 @@ async fn write_action(w: &Writer<'_>, mut a: Action, summarize: bool) -> Result<
             if let Some(ev) = &a.event {
                 announce(w, &a.name, &a.cluster_id, None, ev, summarize).await;
             }
-            return Ok(Outcome::Deleted);
+            return Ok(Outcome::Deleted(a.cluster_id));
         }
         Write::Metadata => {
-            apply_metadata(w, (&a.name, &a.cluster_id), before).await?;
-            return Ok(Outcome::Updated);
+            let res = apply_metadata(w, (&a.name, &a.cluster_id), before).await?;
+            return Ok(Outcome::Updated(Arc::new(CachedMirror::of(&res))));
         }
         Write::Apply(mut status) => {
             let res = apply_metadata(w, (&a.name, &a.cluster_id), before).await?;
@@ -437,7 +455,7 @@ async fn write_action(w: &Writer<'_>, mut a: Action, summarize: bool) -> Result<
                 // unchanged conditions keep their transition times.
                 keep_transition_times(&mut status.conditions, &found.conditions);
                 if res.status.as_ref() == Some(&status) {
-                    return Ok(Outcome::Updated);
+                    return Ok(Outcome::Updated(Arc::new(CachedMirror::of(&res))));
                 }
                 a.event = takeover_event(a.event.take(), res.status.as_ref());
                 a.prev = Some(Arc::new(CachedMirror::of(&res)));
@@ -465,15 +483,16 @@ async fn write_action(w: &Writer<'_>, mut a: Action, summarize: bool) -> Result<
         .count_write(KubeResource::EmrRayClusters, WriteOperation::ApplyStatus);
     // Until the watch delivers this status, a reconcile must not take the store's older object
     // for the current one and write the status again.
-    w.cache.record_write(ns, &a.name, before, Some(&res));
+    let record = w.cache.record_write(ns, &a.name, before, Some(&res));
     if let Some(ev) = &a.event {
         let r = res.object_ref(&());
         announce(w, &a.name, &a.cluster_id, Some(&r), ev, summarize).await;
     }
+    let record = record.unwrap_or_else(|| Arc::new(CachedMirror::of(&res)));
     Ok(if a.prev.is_none() {
-        Outcome::Created
+        Outcome::Created(record)
     } else {
-        Outcome::Updated
+        Outcome::Updated(record)
     })
 }
 

@@ -37,6 +37,27 @@ pub(super) fn listing_due(
     next_due.is_none_or(|d| now >= d) || (early && !backing_off)
 }
 
+/// When a listing not due on its schedule, to refresh the clusters a plan needs (a mirror
+/// edited or deleted by hand), may come: `gap` after the last listing started (at once if
+/// that is past, or there was none), so that mirrors edited over and over (another controller
+/// fighting the operator) cost at most one listing per `gap`. Pure.
+pub(super) fn refresh_at(listed_at: Option<Instant>, gap: Duration, now: Instant) -> Instant {
+    listed_at
+        .and_then(|t| t.checked_add(gap))
+        .map_or(now, |t| t.max(now))
+}
+
+/// When a listing due now should come instead: at the retry of refused mirror writes
+/// (`retry_at`) if that comes within `gap` — the retry needs a decoded listing, and one listing
+/// serves both. `None`: now. Pure.
+pub(super) fn wait_for_write_retry(
+    now: Instant,
+    retry_at: Option<Instant>,
+    gap: Duration,
+) -> Option<Instant> {
+    retry_at.filter(|&at| at > now && at.saturating_duration_since(now) <= gap)
+}
+
 /// Whether a failure came from a remote call (and so has a backoff a request must respect):
 /// the EMR API, or STS for RRSA credentials (`CredentialsUnavailable` either way: before STS
 /// was called — settings, a missing token file, a Secret — it is local, and a fix is picked up
@@ -218,6 +239,35 @@ mod tests {
                 assert_eq!(e.reason(), Reason::CredentialsUnavailable);
             }
         }
+    }
+
+    #[test]
+    fn refreshing_listings_keep_their_gap() {
+        let now = Instant::now();
+        let gap = Duration::from_secs(5);
+        let s = Duration::from_secs;
+        assert_eq!(refresh_at(None, gap, now), now, "never listed: at once");
+        assert_eq!(refresh_at(Some(now - s(9)), gap, now), now, "long ago");
+        assert_eq!(
+            refresh_at(Some(now - s(2)), gap, now),
+            now + s(3),
+            "listed 2 s ago: 3 s from now"
+        );
+        assert_eq!(refresh_at(Some(now), gap, now), now + gap);
+        // A listing due 2 s before a write retry waits for it; not one due 9 s before, nor
+        // one due after it.
+        let retry = |after: i64| {
+            let at = if after >= 0 {
+                now + s(after as u64)
+            } else {
+                now - s((-after) as u64)
+            };
+            wait_for_write_retry(now, Some(at), gap)
+        };
+        assert_eq!(retry(2), Some(now + s(2)));
+        assert_eq!(retry(9), None);
+        assert_eq!(retry(-1), None);
+        assert_eq!(wait_for_write_retry(now, None, gap), None);
     }
 
     #[test]

@@ -13,7 +13,7 @@ use super::apply::publish;
 use super::context::{Context, labels};
 use super::credentials;
 use super::error::SyncError;
-use super::state::{Failure, Listing, WorkspaceState};
+use super::state::{Decoded, Failure, Listing, WorkspaceState};
 use crate::api::{EmrWorkspace, EndpointNetwork, EventReason, Interval, Reason};
 use crate::backoff::jitter;
 use crate::emr::EmrError;
@@ -22,19 +22,30 @@ use crate::time::now_rfc3339;
 
 /// One remote listing: updates the listing or the failure; after a failure, schedules the
 /// retry (after a success, `sync` schedules the next listing once the writes are done).
+/// `decode`: every page is decoded, whatever its digest (a plan needs the clusters). Returns
+/// the clusters when the listing was decoded (for this reconcile's plan only).
 pub(super) async fn list_remote(
     ws: &EmrWorkspace,
     ctx: &Context,
     st: &mut WorkspaceState,
     interval: Interval,
-) {
+    decode: bool,
+) -> Option<Decoded> {
     ctx.metrics.sync_attempts.get_or_create(&labels(ws)).inc();
     st.last_attempt = Some(now_rfc3339());
+    st.listed_at = Some(Instant::now());
     // The digests of the listing kept (an unchanged listing keeps it without decoding a page).
-    let previous = st.listing.as_ref().and(st.page_digests.as_ref());
+    let previous = st
+        .listing
+        .as_ref()
+        .and(st.page_digests.as_ref())
+        .filter(|_| !decode);
     match list_workspace(ws, ctx, previous).await {
         Ok(round) => record_listed(ws, ctx, st, round).await,
-        Err(e) => record_failure(ws, ctx, st, &e, interval).await,
+        Err(e) => {
+            record_failure(ws, ctx, st, &e, interval).await;
+            None
+        }
     }
 }
 
@@ -45,7 +56,7 @@ async fn record_listed(
     ctx: &Context,
     st: &mut WorkspaceState,
     (listed, queue_outcome, jobs): (Listed, QueueRound, JobRound),
-) {
+) -> Option<Decoded> {
     if let Some((retention, result)) = jobs {
         if let Err(e) = &result {
             let reason = e.reason();
@@ -92,19 +103,20 @@ async fn record_listed(
         .await;
     }
     // An unchanged listing keeps its `Arc`: a settled workspace skips planning.
-    match listed.listing {
-        Some(listing) if st.listing.as_deref() != Some(&listing) => {
+    let decoded = listed.listing.map(|(listing, decoded)| {
+        // (Equal to the one kept: it stands.)
+        if st.listing.as_deref() != Some(&listing) {
             st.listing = Some(Arc::new(listing));
         }
-        // Equal to the one kept, or its pages byte for byte those of the one kept.
-        _ => {}
-    }
+        decoded
+    });
     st.page_digests = Some(listed.digests);
     st.last_success = Some(now_rfc3339());
     ctx.metrics
         .last_success
         .get_or_create(&labels(ws))
         .set(jiff::Timestamp::now().as_millisecond() as f64 / 1000.0);
+    decoded
 }
 
 /// A failed listing: the failure (the mirrors keep what they show), an Event when its reason
@@ -268,10 +280,10 @@ type QueueRound = Result<Vec<crate::emr::WorkspaceQueue>, SyncError>;
 /// failed.
 type JobRound = Option<(Interval, super::jobs::JobResult)>;
 
-/// A complete cluster listing: `None` when every page was what it was last time (the listing
-/// kept stands), and the pages' digests.
+/// A complete cluster listing and its clusters: `None` when every page was what it was last time
+/// (the listing kept stands, nothing was decoded), and the pages' digests.
 struct Listed {
-    listing: Option<Listing>,
+    listing: Option<(Listing, Decoded)>,
     digests: crate::emr::PageDigests,
 }
 
@@ -343,7 +355,7 @@ async fn list_workspace(
     };
     let page = ctx.remote.emr.config().page_size.max(1) as usize;
     let listed = Listed {
-        listing: (!listing.unchanged).then(|| Listing::new(listing.clusters, page)),
+        listing: (!listing.unchanged).then(|| Listing::decoded(listing.clusters, page)),
         digests: listing.digests,
     };
     Ok((listed, queues, jobs))

@@ -17,10 +17,12 @@
 //!   what is held long and read rarely, as deflated JSON; [`shard`] — the namespaces a sharded
 //!   replica serves; [`orphans`] — mirrors left without an owner.
 //!
-//! Each workspace is listed remotely every `syncInterval` (with jitter). The last complete
-//! listing is kept in memory, so a mirror deleted or edited on the Kubernetes side is repaired
-//! without a remote call. Writes the API server refuses are backed off per workspace and
-//! reported in status; they never cause extra remote calls.
+//! Each workspace is listed remotely every `syncInterval` (with jitter). Of the last complete
+//! listing only the clusters' identities, states and digests are kept, so a mirror deleted or
+//! edited on the Kubernetes side is repaired from a listing made for it at once (at most every
+//! 5 s a workspace; it counts as the interval's listing). Writes the API server refuses are
+//! backed off per workspace and reported in status; each retry lists the workspace the same way,
+//! so that the listings stay about one per interval once the backoff reaches it.
 
 pub mod apply;
 pub mod cache;

@@ -1,6 +1,5 @@
-//! Values the operator keeps in memory for long but reads rarely (a listing's clusters, the
-//! cached mirrors' status) as deflated JSON: ≈55% of the JSON's size (≈1 KiB of JSON per
-//! cluster becomes ≈0.55 KiB), decoded in microseconds while a sync plans.
+//! Values the operator keeps in memory for long but reads rarely (the cached mirrors' status)
+//! as deflated JSON: ≈55% of the JSON's size, decoded in microseconds while a sync plans.
 
 use serde::Serialize;
 use serde::de::DeserializeOwned;

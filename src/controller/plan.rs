@@ -7,7 +7,8 @@
 //! * a mirror missing from the listing is deleted (`goneClusterPolicy: Delete`) or kept with
 //!   `gone: true` (`Keep`) **only** when the latest listing attempt succeeded;
 //! * after a failed attempt, nothing is deleted or blanked: mirrors keep their data and say
-//!   `Synced=False` with the failure's reason;
+//!   `Synced=False` with the failure's reason (a listed cluster's mirror deleted meanwhile is
+//!   created again from what the listing kept of it, its ID and state);
 //! * a listing that ended exactly on a page boundary never removes anything
 //!   (`RemovalUnconfirmed`);
 //! * a name held by another workspace's mirror is left alone (`MirrorNameConflict`);
@@ -23,11 +24,12 @@ use kube::{Resource, ResourceExt};
 use super::cache::{CachedMirror, shape_digest};
 use super::diagnose::{Diagnoses, View};
 use super::mirror::{self, Staleness};
-use super::state::Listing;
+use super::state::{Decoded, Listing};
 use crate::api::{
     EmrRayClusterSpec, EmrRayClusterStatus, EmrWorkspace, GoneClusterPolicy, LABEL_CLUSTER_ID,
     LABEL_MANAGED_BY, LABEL_SHARD, LABEL_WORKSPACE, LABEL_WORKSPACE_ID, MANAGED_BY,
 };
+use crate::emr::RayCluster;
 use crate::time::Time;
 
 /// Per-mirror Events are replaced by one summary above this many creations and deletions.
@@ -191,6 +193,9 @@ pub struct Input<'a> {
     pub owner: &'a Owner,
     /// The last complete listing (`None`: none yet).
     pub listing: Option<&'a Listing>,
+    /// Its clusters, when it was decoded in this reconcile (`None`: its listing failed, the
+    /// mirrors of listed clusters keep what they show).
+    pub clusters: Option<&'a Decoded>,
     /// The latest listing attempt succeeded (so removals may be trusted).
     pub listing_is_current: bool,
     /// Why the data may be out of date (the latest attempt failed).
@@ -214,11 +219,56 @@ pub fn plan(input: &Input<'_>) -> Plan {
     // first (in ID order) keeps it, the others are reported, never written over it.
     let mut names: HashMap<String, String> = HashMap::new();
     if let Some(listing) = input.listing {
-        for (id, cluster) in listing.clusters() {
+        for (id, state) in listing.states() {
             out.mirrors += 1;
             let prev = input.existing.get(id).cloned();
+            let name = prev
+                .as_ref()
+                .map(|p| p.name.clone())
+                .unwrap_or_else(|| mirror::mirror_name(id));
+            if let Some(first) = names.get(&name) {
+                out.mirrors -= 1;
+                out.conflicts.push(Conflict {
+                    name,
+                    owner: format!("this workspace's cluster {first}, not {id}"),
+                });
+                continue;
+            }
+            names.insert(name.clone(), id.clone());
+            if prev.is_none()
+                && let Some(owner) = input.held_elsewhere.get(&name).cloned()
+            {
+                out.mirrors -= 1;
+                out.conflicts.push(Conflict { name, owner });
+                continue;
+            }
+            let cluster = input.clusters.and_then(|c| c.get(id));
+            if cluster.is_none()
+                && let Some(m) = &prev
+            {
+                // Not decoded in this reconcile (its listing failed): the mirror keeps what it
+                // shows, only its conditions change.
+                let keep = keep(
+                    input.owner,
+                    m,
+                    id,
+                    Remote::MaybeListed,
+                    input.stale,
+                    input.now,
+                );
+                out.actions.extend(keep);
+                continue;
+            }
             let prev_status = prev.as_ref().and_then(|p| p.status());
-            let mut desired = mirror::remote_status(&cluster);
+            let mut desired = match cluster {
+                Some(c) => mirror::remote_status(c),
+                // Deleted meanwhile: created again from what the listing kept.
+                None => mirror::remote_status(&RayCluster {
+                    cluster_id: id.clone(),
+                    state: state.cloned(),
+                    ..Default::default()
+                }),
+            };
             desired.instances = match input.diagnoses.view(id) {
                 View::Fetched(i) => i.to_vec(),
                 // A failed fetch (or none yet in this process) never blanks what a mirror shows.
@@ -241,26 +291,6 @@ pub fn plan(input: &Input<'_>) -> Plan {
                 input.stale,
                 *input.now,
             );
-            let name = prev
-                .as_ref()
-                .map(|p| p.name.clone())
-                .unwrap_or_else(|| mirror::mirror_name(id));
-            if let Some(first) = names.get(&name) {
-                out.mirrors -= 1;
-                out.conflicts.push(Conflict {
-                    name,
-                    owner: format!("this workspace's cluster {first}, not {id}"),
-                });
-                continue;
-            }
-            names.insert(name.clone(), id.clone());
-            if prev.is_none()
-                && let Some(owner) = input.held_elsewhere.get(&name).cloned()
-            {
-                out.mirrors -= 1;
-                out.conflicts.push(Conflict { name, owner });
-                continue;
-            }
             out.actions
                 .extend(write_for(input.owner, name, id, prev, prev_status, desired));
         }

@@ -8,7 +8,10 @@
 //!    (`decide::senior_to`);
 //! 3. **listing** ([`super::listing`]): when due (`decide::listing_due`) and the namespace
 //!    has a slot free: the endpoint, the credentials ([`super::credentials`]), then
-//!    `ListRayCluster`, the queues and the jobs;
+//!    `ListRayCluster`, the queues and the jobs. The operator keeps only the identities of
+//!    the listed clusters, so when the mirrors need a plan (`write::is_settled` says they are
+//!    not as the last plan left them: edited or deleted by hand, say) the listing decodes
+//!    every page and, if it was not due, comes now (`decide::refresh_at`);
 //! 4. **diagnosis** (`listing::diagnose`): `GetRayCluster` for unhealthy clusters, in the
 //!    listing's namespace slot or one taken for it;
 //! 5. **mirrors** ([`super::write`](mod@super::write): [`super::plan`] decides, [`super::apply`] writes) and job
@@ -43,6 +46,10 @@ const NAMESPACE_BUSY_RETRY: Duration = Duration::from_secs(1);
 /// How soon a due workspace whose namespace had no listing slot free tries again if it is not
 /// woken before (it is woken when a slot frees: see [`super::slots`]).
 const SLOT_WAIT_FALLBACK: Duration = Duration::from_secs(30);
+
+/// The shortest time between the start of a listing and a listing that is not due but made
+/// because a plan needs the clusters (`decide::refresh_at`).
+const REFRESH_GAP: Duration = Duration::from_secs(5);
 
 /// Reconciles one workspace; stops at once (writing nothing more) when leadership is lost.
 /// Everything it logs carries the workspace's namespace and name (its span).
@@ -158,13 +165,37 @@ async fn sync(ws: &EmrWorkspace, ctx: &Context, st: &mut WorkspaceState) -> bool
     };
     // 3. Listing.
     let requested = decide::requested_sync(ws, st);
-    let mut due = std::mem::take(&mut st.waiting_for_slot)
+    let now = Instant::now();
+    let mut scheduled = std::mem::take(&mut st.waiting_for_slot)
         || decide::listing_due(
-            Instant::now(),
+            now,
             st.next_due,
             st.failure.as_ref().is_some_and(|f| f.called_remote),
             st.synced_generation != ws.meta().generation || requested.is_some(),
         );
+    // A retry of refused writes needs a decoded listing: a listing due moments before it waits
+    // for it, so that the two are one listing.
+    let retry = st.write_trouble.as_ref().map(|t| t.retry_at);
+    if scheduled
+        && st.failure.is_none()
+        && let Some(at) = decide::wait_for_write_retry(now, retry, REFRESH_GAP)
+    {
+        scheduled = false;
+        st.next_due = Some(at);
+    }
+    // The mirrors need a plan (not as the last settled one left them): the plan needs the
+    // clusters as listed now, so the listing decodes every page, whatever their digests; and
+    // comes now if it was not due (a mirror edited or deleted by hand), at most every
+    // `REFRESH_GAP` — unless the last listing failed: then the mirrors keep what they show
+    // and the retry keeps its backoff.
+    let may_write = st.may_write(now) && !has_departed(ctx, ws);
+    let unsettled = may_write && !write::is_settled(ws, ctx, st, scheduled);
+    let refresh = unsettled
+        && !scheduled
+        && st.failure.is_none()
+        && st.listing.is_some()
+        && decide::refresh_at(st.listed_at, REFRESH_GAP, now) <= now;
+    let mut due = scheduled || refresh;
     // The namespace's listing slot, or none now: then this reconcile gives its slot back, the
     // workspace waits in its namespace's queue and comes again when a slot frees, still due.
     let slot = due.then(|| listing_slot(ws, ctx, true)).flatten();
@@ -173,9 +204,10 @@ async fn sync(ws: &EmrWorkspace, ctx: &Context, st: &mut WorkspaceState) -> bool
         st.waiting_for_slot = true;
         st.next_due = Instant::now().checked_add(jitter(SLOT_WAIT_FALLBACK, 0.5));
     }
+    let mut clusters = None;
     if due {
         st.synced_generation = ws.meta().generation;
-        listing::list_remote(ws, ctx, st, interval).await;
+        clusters = listing::list_remote(ws, ctx, st, interval, unsettled).await;
         if requested.is_some() {
             st.handled_request = requested;
         }
@@ -194,12 +226,16 @@ async fn sync(ws: &EmrWorkspace, ctx: &Context, st: &mut WorkspaceState) -> bool
     series::update(ws, ctx, st);
     queues::update_series(ws, ctx, st);
     // 5. Mirrors, then job mirrors.
+    let mut needs_listing = false;
     if st.may_write(Instant::now()) && !has_departed(ctx, ws) {
         // Refused writes are retried at least once an interval, so that a fixed cause is
         // repaired within one interval.
         let cap = ctx.settings.write_backoff_cap.min(interval.as_duration());
-        write::write_mirrors(ws, ctx, st, cap, draw(0.1)).await;
+        needs_listing =
+            write::write_mirrors(ws, ctx, st, (cap, draw(0.1)), clusters.as_ref()).await;
     }
+    // The listing's clusters serve this reconcile's plan only.
+    drop(clusters);
     if !has_departed(ctx, ws) {
         jobs::write_jobs(ws, ctx, st).await;
     }
@@ -208,6 +244,12 @@ async fn sync(ws: &EmrWorkspace, ctx: &Context, st: &mut WorkspaceState) -> bool
         // when the API server is slow to take the writes (an initial sync), a workspace is not
         // listed again before its mirrors are written.
         st.next_due = Instant::now().checked_add(jitter(interval.as_duration(), 0.1));
+    }
+    if needs_listing {
+        // A plan waits for the clusters as listed: the listing comes as soon as it may.
+        let now = Instant::now();
+        let at = decide::refresh_at(st.listed_at, REFRESH_GAP, now);
+        st.next_due = Some(st.next_due.map_or(at, |d| d.min(at)));
     }
     due
 }

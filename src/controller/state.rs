@@ -1,7 +1,7 @@
 //! What the operator remembers between reconciles, as types with their invariants:
 //!
-//! * [`WorkspaceStates`]: per workspace, the last complete listing, the schedule, the failure
-//!   being reported and the write backoff;
+//! * [`WorkspaceStates`]: per workspace, the last complete listing (the clusters' identities,
+//!   states and digests), the schedule, the failure being reported and the write backoff;
 //! * [`MirrorCache`](super::cache::MirrorCache): a workspace's mirrors as the watch-fed store has them, rescanned only when
 //!   the watch reported a change, and overlaid with our own writes until the store catches up.
 //!
@@ -14,14 +14,15 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use super::lock;
-use super::packed::Packed;
 use crate::api::{Reason, SyncFailure, WriteFailure, WriteRefusal};
 use crate::emr::{ClusterState, RayCluster};
 
-/// A complete, successful listing of one workspace.
+/// A complete, successful listing of one workspace, as kept between reconciles: per cluster its
+/// ID, its state and a digest of the cluster as listed (≈0.1 KiB), never the cluster itself.
 ///
-/// Each cluster is kept [`Packed`] (≈0.55 KiB, against ≈1.8 KiB decoded) with its state beside
-/// it, and decoded only while a sync plans its mirrors.
+/// The clusters of a listing decoded in a reconcile ([`Decoded`]) are handed to that
+/// reconcile's plan and dropped with it. A plan needed later (a mirror edited or deleted by
+/// hand, an owner change) lists the workspace again (see `reconcile::sync`).
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct Listing {
     /// Clusters by ID.
@@ -35,26 +36,54 @@ pub struct Listing {
 #[derive(Clone, Debug, PartialEq)]
 struct Listed {
     state: Option<ClusterState>,
-    packed: Option<Packed>,
+    /// [`cluster_digest`] of the cluster as listed.
+    digest: u64,
+}
+
+/// The clusters of a listing decoded in this reconcile, by ID (in ID order): what a plan reads
+/// of the remote side. Never kept past the reconcile.
+pub type Decoded = BTreeMap<String, RayCluster>;
+
+/// A digest of a cluster as listed: equal digests, the listing gave the same cluster (its JSON,
+/// field for field). Only ever compared within one process.
+fn cluster_digest(c: &RayCluster) -> u64 {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::hash::DefaultHasher::new();
+    // Serializing a decoded model cannot fail; were it to, the ID and state still count.
+    serde_json::to_vec(c).unwrap_or_default().hash(&mut h);
+    c.cluster_id.hash(&mut h);
+    c.state.as_ref().map(ClusterState::as_str).hash(&mut h);
+    h.finish()
 }
 
 impl Listing {
+    /// The listing of `clusters` (the clusters themselves are dropped: see [`Self::decoded`]).
     pub fn new(clusters: Vec<RayCluster>, page_size: usize) -> Self {
+        Self::decoded(clusters, page_size).0
+    }
+
+    /// The listing of `clusters`, and the clusters by ID for this reconcile's plan.
+    pub fn decoded(clusters: Vec<RayCluster>, page_size: usize) -> (Self, Decoded) {
         let on_page_boundary =
             !clusters.is_empty() && clusters.len().is_multiple_of(page_size.max(1));
-        Listing {
-            clusters: clusters
-                .into_iter()
-                .map(|c| {
-                    // Serializing a decoded model cannot fail; were it to, the cluster would
-                    // read back with its ID and state only.
-                    let packed = Packed::pack(&c);
-                    let state = c.state;
-                    (c.cluster_id, Listed { state, packed })
+        let decoded: Decoded = clusters
+            .into_iter()
+            .map(|c| (c.cluster_id.clone(), c))
+            .collect();
+        let listing = Listing {
+            clusters: decoded
+                .iter()
+                .map(|(id, c)| {
+                    let listed = Listed {
+                        state: c.state.clone(),
+                        digest: cluster_digest(c),
+                    };
+                    (id.clone(), listed)
                 })
                 .collect(),
             on_page_boundary,
-        }
+        };
+        (listing, decoded)
     }
 
     pub fn len(&self) -> usize {
@@ -81,27 +110,7 @@ impl Listing {
 
     /// A digest of cluster `id` as listed (equal digests: the listing gave the same cluster).
     pub fn digest(&self, id: &str) -> Option<u64> {
-        let c = self.clusters.get(id)?;
-        let mut h = std::hash::DefaultHasher::new();
-        std::hash::Hash::hash(&c.packed.as_ref().map(Packed::bytes), &mut h);
-        std::hash::Hash::hash(&c.state.as_ref().map(ClusterState::as_str), &mut h);
-        Some(std::hash::Hasher::finish(&h))
-    }
-
-    /// Each cluster, decoded, in ID order.
-    pub fn clusters(&self) -> impl Iterator<Item = (&String, RayCluster)> {
-        self.clusters.iter().map(|(id, c)| {
-            let decoded = c
-                .packed
-                .as_ref()
-                .and_then(Packed::unpack)
-                .unwrap_or_else(|| RayCluster {
-                    cluster_id: id.clone(),
-                    state: c.state.clone(),
-                    ..Default::default()
-                });
-            (id, decoded)
-        })
+        self.clusters.get(id).map(|c| c.digest)
     }
 }
 
@@ -232,8 +241,12 @@ pub struct WorkspaceState {
     /// Sharded replicas: the workspace's mirrors labelled for another shard have been looked
     /// up (once after its namespace joined this replica's shard) and taken into the plan.
     pub adopted: bool,
-    /// The inputs of the last plan that found nothing to write and nothing to report.
+    /// What the last plan left the mirrors as, when it had nothing more to do (every write
+    /// succeeded, nothing refused).
     pub settled: Option<Settled>,
+    /// When the last remote listing started (a listing to refresh the data a plan needs comes
+    /// at most every `REFRESH_GAP` after it: see `reconcile::sync`).
+    pub listed_at: Option<Instant>,
     /// Why its unhealthy clusters are unhealthy: what `GetRayCluster` gave, and when to ask.
     pub diagnoses: super::diagnose::Diagnoses,
     /// The queues of the last complete queue listing (`None` before the first).
@@ -246,21 +259,33 @@ pub struct WorkspaceState {
     pub jobs: super::jobs::JobsState,
 }
 
-/// What a plan that needed no write was made from: the same listing (the same `Arc`: a listing
-/// equal to the one before keeps it), the same owner and the same mirrors (a digest of their
-/// names and versions). A sync with the same inputs would plan nothing again, so it skips the
-/// plan (no status of any mirror is decoded or rebuilt).
+/// What the mirrors were left as by the last plan that had nothing more to do: the same listing
+/// (the same `Arc`: a listing equal to the one before keeps it), the same owner and the same
+/// mirrors (a digest of their names and versions — after a write pass, the versions our writes
+/// gave them, so that the watch showing our own writes changes nothing). A sync with the same
+/// inputs would plan nothing again, so it skips the plan (and needs no decoded listing).
 #[derive(Clone, Debug)]
 pub struct Settled {
     pub listing: Arc<Listing>,
     pub inputs: u64,
+    /// Mirror names were held by another workspace's mirror (not among the inputs): planned
+    /// again at every scheduled listing, when the other workspace may have let them go.
+    pub conflicts: bool,
 }
 
 impl Settled {
     /// Whether a plan from `listing` and inputs digest `inputs` would find nothing to do.
-    pub fn covers(this: Option<&Settled>, listing: Option<&Arc<Listing>>, inputs: u64) -> bool {
+    /// `listing_now`: the workspace is listed on its schedule in this reconcile.
+    pub fn covers(
+        this: Option<&Settled>,
+        listing: Option<&Arc<Listing>>,
+        inputs: u64,
+        listing_now: bool,
+    ) -> bool {
         match (this, listing) {
-            (Some(s), Some(l)) => Arc::ptr_eq(&s.listing, l) && s.inputs == inputs,
+            (Some(s), Some(l)) => {
+                Arc::ptr_eq(&s.listing, l) && s.inputs == inputs && !(s.conflicts && listing_now)
+            }
             _ => false,
         }
     }
@@ -339,16 +364,30 @@ mod tests {
         let settled = Settled {
             listing: l.clone(),
             inputs: 7,
+            conflicts: false,
         };
-        assert!(Settled::covers(Some(&settled), Some(&l), 7));
+        assert!(Settled::covers(Some(&settled), Some(&l), 7, false));
+        assert!(Settled::covers(Some(&settled), Some(&l), 7, true));
         assert!(
-            !Settled::covers(Some(&settled), Some(&l), 8),
+            !Settled::covers(Some(&settled), Some(&l), 8, false),
             "mirrors changed"
         );
         let equal_but_new = Arc::new(Listing::new(vec![], 100));
-        assert!(!Settled::covers(Some(&settled), Some(&equal_but_new), 7));
-        assert!(!Settled::covers(Some(&settled), None, 7));
-        assert!(!Settled::covers(None, Some(&l), 7));
+        assert!(!Settled::covers(
+            Some(&settled),
+            Some(&equal_but_new),
+            7,
+            false
+        ));
+        assert!(!Settled::covers(Some(&settled), None, 7, false));
+        assert!(!Settled::covers(None, Some(&l), 7, false));
+        // With names held elsewhere: settled between listings, planned again at each.
+        let conflicts = Settled {
+            conflicts: true,
+            ..settled
+        };
+        assert!(Settled::covers(Some(&conflicts), Some(&l), 7, false));
+        assert!(!Settled::covers(Some(&conflicts), Some(&l), 7, true));
     }
 
     #[test]
@@ -364,7 +403,7 @@ mod tests {
     }
 
     #[test]
-    fn a_listing_gives_back_the_clusters_it_was_made_of() {
+    fn a_listing_keeps_identities_and_hands_back_the_clusters_once() {
         let a = RayCluster {
             cluster_id: "a".into(),
             name: Some("n".into()),
@@ -376,9 +415,26 @@ mod tests {
             cluster_id: "b".into(),
             ..Default::default()
         };
-        let l = Listing::new(vec![b.clone(), a.clone()], 100);
-        let back: Vec<_> = l.clusters().map(|(_, c)| c).collect();
-        assert_eq!(back, vec![a.clone(), b], "in ID order, field for field");
+        let (l, decoded) = Listing::decoded(vec![b.clone(), a.clone()], 100);
+        let back: Vec<_> = decoded.into_values().collect();
+        assert_eq!(
+            back,
+            vec![a.clone(), b.clone()],
+            "in ID order, field for field"
+        );
+        // The digest tells any change of a cluster as listed, and nothing else.
+        let again = Listing::new(vec![a.clone(), b.clone()], 100);
+        assert_eq!(again, l, "the same clusters, the same listing");
+        assert_eq!(again.digest("a"), l.digest("a"));
+        let renamed = RayCluster {
+            name: Some("m".into()),
+            ..a.clone()
+        };
+        let changed = Listing::new(vec![renamed, b.clone()], 100);
+        assert_ne!(changed.digest("a"), l.digest("a"));
+        assert_eq!(changed.digest("b"), l.digest("b"));
+        assert_ne!(changed, l);
+        assert_eq!(l.digest("c"), None);
         let states: Vec<_> = l
             .states()
             .map(|(id, s)| (id.as_str(), s.cloned()))

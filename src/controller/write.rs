@@ -18,7 +18,7 @@ use super::context::{Context, labels};
 use super::error::Error;
 use super::lifecycle::mirror_shard;
 use super::mirror::Staleness;
-use super::state::{Listing, Settled, WorkspaceState, WriteTrouble};
+use super::state::{Decoded, Listing, Settled, WorkspaceState, WriteTrouble};
 use super::{decide, plan, status};
 use crate::api::EventReason;
 use crate::api::{
@@ -26,24 +26,55 @@ use crate::api::{
     MANAGED_BY, Reason, WriteRefusal,
 };
 
-/// Plans and performs the mirror writes, and records what the API server refused.
+/// Whether the workspace's mirrors are as the last settled plan left them, so that no plan is
+/// needed (and no decoded listing): nothing failing or refused, nothing to take over, the same
+/// listing and the same mirrors. `listing_now`: the workspace is listed on its schedule in this
+/// reconcile. Reads only the caches.
+pub(super) fn is_settled(
+    ws: &EmrWorkspace,
+    ctx: &Context,
+    st: &WorkspaceState,
+    listing_now: bool,
+) -> bool {
+    let Ok(shard) = mirror_shard(ctx, ws) else {
+        // Its namespace just left this shard: nothing to plan here.
+        return true;
+    };
+    if st.settled.is_none() || st.failure.is_some() || st.write_trouble.is_some() {
+        return false;
+    }
+    let owner = plan::Owner::of(ws, shard);
+    let cached = cached_mirrors(ctx, st, &owner);
+    let inputs = plan_inputs(&owner, &cached.mirrors).wrapping_add(st.diagnoses.generation());
+    !cached.adopting
+        && Settled::covers(
+            st.settled.as_ref(),
+            st.listing.as_ref(),
+            inputs,
+            listing_now,
+        )
+}
+
+/// Plans and performs the mirror writes, and records what the API server refused. `clusters`:
+/// the listing's clusters when it was decoded in this reconcile. Returns whether a plan is
+/// needed that needs them and they are not here: then a listing must come first (`sync`
+/// schedules it), and nothing was planned.
 pub(super) async fn write_mirrors(
     ws: &EmrWorkspace,
     ctx: &Context,
     st: &mut WorkspaceState,
-    backoff_cap: Duration,
-    jitter: f64,
-) {
+    (backoff_cap, jitter): (Duration, f64),
+    clusters: Option<&Decoded>,
+) -> bool {
     let Ok(shard) = mirror_shard(ctx, ws) else {
         // Its namespace just left this shard: the new one writes the mirrors.
-        return;
+        return false;
     };
     let owner = plan::Owner::of(ws, shard);
     let Existing {
-        mirrors: existing,
+        mirrors: mut existing,
         adopting,
-        adopted,
-    } = existing_mirrors(ctx, st, &owner).await;
+    } = cached_mirrors(ctx, st, &owner);
     let stale = st
         .failure
         .as_ref()
@@ -51,10 +82,24 @@ pub(super) async fn write_mirrors(
     // What the plan reads of the diagnoses changes their generation.
     let inputs = plan_inputs(&owner, &existing).wrapping_add(st.diagnoses.generation());
     let clean = !adopting && stale.is_none() && st.write_trouble.is_none();
-    if clean && Settled::covers(st.settled.as_ref(), st.listing.as_ref(), inputs) {
-        return;
+    let listing_now = clusters.is_some();
+    if clean
+        && Settled::covers(
+            st.settled.as_ref(),
+            st.listing.as_ref(),
+            inputs,
+            listing_now,
+        )
+    {
+        return false;
     }
     st.settled = None;
+    if clusters.is_none() && st.failure.is_none() && st.listing.is_some() {
+        // The listing succeeded but was not decoded in this reconcile: the desired statuses
+        // need it decoded (a mirror edited or deleted by hand, say).
+        return true;
+    }
+    let adopted = adopt_other_shards(ctx, st, &owner, &mut existing).await;
     let held_elsewhere = names_held_elsewhere(ctx, &owner, st.listing.as_deref(), &existing).await;
     let refused = st
         .write_trouble
@@ -65,6 +110,7 @@ pub(super) async fn write_mirrors(
     let plan = plan::plan(&plan::Input {
         owner: &owner,
         listing: st.listing.as_deref(),
+        clusters,
         listing_is_current: st.listing_is_current(),
         stale: stale.as_ref(),
         existing: &existing,
@@ -75,16 +121,18 @@ pub(super) async fn write_mirrors(
     });
     let workspace = ws.object_ref(&());
     report_conflicts(ctx, ws, &plan.conflicts).await;
+    let conflicts = !plan.conflicts.is_empty();
     if plan.actions.is_empty() {
         st.write_trouble = None;
         st.adopted |= adopted;
-        if clean && plan.conflicts.is_empty() {
-            st.settled = st
-                .listing
-                .clone()
-                .map(|listing| Settled { listing, inputs });
+        if clean {
+            st.settled = st.listing.clone().map(|listing| Settled {
+                listing,
+                inputs,
+                conflicts,
+            });
         }
-        return;
+        return false;
     }
     let writer = Writer {
         api: Api::namespaced(ctx.kube.client.clone(), &owner.namespace),
@@ -97,7 +145,7 @@ pub(super) async fn write_mirrors(
         now: &now,
     };
     let probe = st.write_trouble.is_some();
-    let report = apply::apply_plan(&writer, plan, probe).await;
+    let (report, written) = apply::apply_plan(&writer, plan, probe).await;
     let before = st.write_trouble.as_ref().map(|t| t.refusal);
     st.write_trouble = next_write_trouble(
         st.write_trouble.take(),
@@ -108,7 +156,25 @@ pub(super) async fn write_mirrors(
     );
     // Until every write went through, the mirrors of other shards are looked up again.
     st.adopted |= adopted && st.write_trouble.is_none();
+    if !adopting && stale.is_none() && st.write_trouble.is_none() {
+        // Every write went through: the mirrors are what the plan wanted, with the versions our
+        // writes gave them. The watch showing those writes changes nothing; anything else
+        // (someone's edit meanwhile included) does.
+        for (id, m) in written {
+            match m {
+                Some(m) => existing.insert(id, m),
+                None => existing.remove(&id),
+            };
+        }
+        let inputs = plan_inputs(&owner, &existing).wrapping_add(st.diagnoses.generation());
+        st.settled = st.listing.clone().map(|listing| Settled {
+            listing,
+            inputs,
+            conflicts,
+        });
+    }
     report_write_trouble(ctx, &workspace, before, st.write_trouble.as_ref()).await;
+    false
 }
 
 /// The mirrors a plan starts from, and whether it takes over mirrors it did not write.
@@ -117,38 +183,15 @@ struct Existing {
     mirrors: HashMap<String, Arc<CachedMirror>>,
     /// Mirrors of another shard or left without an owner are taken into the plan.
     adopting: bool,
-    /// The other shards' mirrors were looked up (once is enough, when every write succeeds).
-    adopted: bool,
 }
 
-/// The workspace's mirrors as the cache has them, with those it takes over: in a shard, once,
-/// those still labelled for another shard (its namespace just moved here: they are invisible
-/// to this shard's watch; they are relabelled, not created again); and those left without an
-/// owner by a workspace of this name deleted with `--cascade=orphan`. Taken-over mirrors are
-/// kept, relabelled or deleted by the plan like its own.
-async fn existing_mirrors(ctx: &Context, st: &WorkspaceState, owner: &plan::Owner) -> Existing {
+/// The workspace's mirrors as the cache has them, with those left without an owner by a
+/// workspace of this name deleted with `--cascade=orphan` (taken over: kept, relabelled or
+/// deleted by the plan like its own). In a shard, until the mirrors still labelled for another
+/// shard were looked up once ([`adopt_other_shards`]), it is adopting too.
+fn cached_mirrors(ctx: &Context, st: &WorkspaceState, owner: &plan::Owner) -> Existing {
     let mut mirrors = ctx.caches.mirrors.current(&owner.namespace, &owner.uid);
     let mut adopting = ctx.settings.shard.is_some() && !st.adopted;
-    let mut adopted = false;
-    if adopting {
-        match mirrors_of_other_shards(ctx, owner).await {
-            Ok(found) => {
-                adopted = true;
-                if !found.is_empty() {
-                    debug!(
-                        mirrors = found.len(),
-                        "taking over mirrors labelled for another shard"
-                    );
-                }
-                for m in found {
-                    mirrors.entry(m.cluster_id.clone()).or_insert(m);
-                }
-            }
-            Err(e) => {
-                warn!(error = %e, "listing the workspace's mirrors of other shards failed; retrying on the next pass")
-            }
-        }
-    }
     let orphans = ctx
         .caches
         .mirrors
@@ -158,10 +201,38 @@ async fn existing_mirrors(ctx: &Context, st: &WorkspaceState, owner: &plan::Owne
     for m in orphans {
         mirrors.entry(m.cluster_id.clone()).or_insert(m);
     }
-    Existing {
-        mirrors,
-        adopting,
-        adopted,
+    Existing { mirrors, adopting }
+}
+
+/// In a shard, once: takes into `mirrors` those still labelled for another shard (its namespace
+/// just moved here: they are invisible to this shard's watch; they are relabelled, not created
+/// again). Returns whether they were looked up.
+async fn adopt_other_shards(
+    ctx: &Context,
+    st: &WorkspaceState,
+    owner: &plan::Owner,
+    mirrors: &mut HashMap<String, Arc<CachedMirror>>,
+) -> bool {
+    if ctx.settings.shard.is_none() || st.adopted {
+        return false;
+    }
+    match mirrors_of_other_shards(ctx, owner).await {
+        Ok(found) => {
+            if !found.is_empty() {
+                debug!(
+                    mirrors = found.len(),
+                    "taking over mirrors labelled for another shard"
+                );
+            }
+            for m in found {
+                mirrors.entry(m.cluster_id.clone()).or_insert(m);
+            }
+            true
+        }
+        Err(e) => {
+            warn!(error = %e, "listing the workspace's mirrors of other shards failed; retrying on the next pass");
+            false
+        }
     }
 }
 

@@ -670,8 +670,12 @@ async fn orphaned_mirrors_are_adopted_again_or_deleted() {
     env.teardown().await;
 }
 
+/// A mirror deleted or edited by hand is repaired long before the next scheduled listing (10 min
+/// here): the operator keeps only the identities of the listed clusters, so a repair lists the
+/// workspace once (the example workspace: one page) and writes the mirror from it; the repair's
+/// own writes cause no further listing.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn hand_deleted_or_edited_mirror_is_repaired_without_a_remote_call() {
+async fn hand_deleted_or_edited_mirror_is_repaired_with_one_listing_each() {
     let mut env = Env::new("e2e-repair").await;
     env.create_workspace("ws", json!({"syncInterval": "10m"}))
         .await;
@@ -679,7 +683,10 @@ async fn hand_deleted_or_edited_mirror_is_repaired_without_a_remote_call() {
     let m = env
         .wait_mirror(EXAMPLE_CLUSTER, Duration::from_secs(60), "mirror", |_| true)
         .await;
-    let requests = env.sim.state.stats().requests;
+    let listings = || env.cluster_listings();
+    // The initial sync's writes settled: no listing follows them.
+    tokio::time::sleep(Duration::from_secs(6)).await;
+    let before = listings();
     env.mirrors()
         .delete(&m.name_any(), &DeleteParams::default())
         .await
@@ -693,6 +700,19 @@ async fn hand_deleted_or_edited_mirror_is_repaired_without_a_remote_call() {
         )
         .await;
     assert_eq!(data_of(&again)["state"], "Running");
+    assert_eq!(
+        data_of(&again)["displayName"],
+        data_of(&m)["displayName"],
+        "recreated with the cluster's data, not just its state"
+    );
+    // Longer than the operator's gap between refreshing listings: any loop would show.
+    tokio::time::sleep(Duration::from_secs(6)).await;
+    let after_delete = listings();
+    assert!(
+        after_delete - before <= 1,
+        "{} listings for one repair",
+        after_delete - before
+    );
     // A hand edit of the status (as an admin) is reverted.
     env.mirrors()
         .patch_status(
@@ -712,10 +732,12 @@ async fn hand_deleted_or_edited_mirror_is_repaired_without_a_remote_call() {
         |n| n.status.as_ref().unwrap().state.as_deref() == Some("Running"),
     )
     .await;
-    assert_eq!(
-        env.sim.state.stats().requests,
-        requests,
-        "no extra remote call"
+    tokio::time::sleep(Duration::from_secs(6)).await;
+    let after_edit = listings();
+    assert!(
+        after_edit - after_delete <= 1,
+        "{} listings for one repair",
+        after_edit - after_delete
     );
     env.teardown().await;
 }

@@ -290,6 +290,11 @@ impl Harness {
     }
 
     async fn apply(&self, plan: Plan, probe: bool) -> WriteReport {
+        self.apply_written(plan, probe).await.0
+    }
+
+    /// [`Self::apply`], with the mirrors the pass wrote.
+    async fn apply_written(&self, plan: Plan, probe: bool) -> (WriteReport, Written) {
         let w = Writer {
             api: Api::namespaced(self.client.clone(), NS),
             owner: &self.owner,
@@ -377,7 +382,7 @@ fn refuse_when(matches: impl Fn(&Seen) -> bool + Send + Sync + 'static, answer: 
 #[tokio::test]
 async fn a_new_mirror_is_applied_then_its_status_and_announced() {
     let h = Harness::new(vec![], accept_all());
-    let report = h.apply(plan(vec![create("c-1")]), false).await;
+    let (report, written) = h.apply_written(plan(vec![create("c-1")]), false).await;
     assert_eq!(
         report,
         WriteReport {
@@ -385,6 +390,20 @@ async fn a_new_mirror_is_applied_then_its_status_and_announced() {
             created: 1,
             ..Default::default()
         }
+    );
+    // The mirror as the status write returned it (the version a settled plan expects).
+    let [(id, Some(m))] = written.as_slice() else {
+        panic!("{written:?}")
+    };
+    assert_eq!((id.as_str(), m.name.as_str()), ("c-1", "m-c-1"));
+    assert!(
+        m.resource_version.is_some() && m.status().is_some(),
+        "{m:?}"
+    );
+    assert_eq!(
+        h.cache.current(NS, OWNER_UID)["c-1"].resource_version,
+        m.resource_version,
+        "what the overlay shows until the watch does"
     );
 
     let seen = h.take();
@@ -676,10 +695,16 @@ async fn deletes_go_in_the_background_and_a_mirror_already_gone_is_no_refusal() 
         vec![gone.clone(), here.clone()],
         accept_all(),
     );
-    let report = h
-        .apply(plan(vec![delete(&gone), delete(&here)]), false)
+    let (report, mut written) = h
+        .apply_written(plan(vec![delete(&gone), delete(&here)]), false)
         .await;
     assert_eq!((report.deleted, report.failed), (1, 0), "{report:?}");
+    written.sort_by(|a, b| a.0.cmp(&b.0));
+    assert_eq!(
+        written,
+        vec![("c-1".to_string(), None), ("c-2".to_string(), None)],
+        "both are gone"
+    );
     assert_eq!(report.first, None);
     let seen = h.take();
     let deletes: Vec<_> = seen.iter().filter(|r| r.method == Method::DELETE).collect();

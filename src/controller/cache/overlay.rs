@@ -107,14 +107,14 @@ impl MirrorCache {
     }
 
     /// Records the result of one of our writes (`obj: None` for a delete). `before` is the
-    /// object the write was planned against.
+    /// object the write was planned against. Returns the record of `obj`.
     pub fn record_write(
         &self,
         ns: &str,
         name: &str,
         before: Option<&CachedMirror>,
         obj: Option<&EmrRayCluster>,
-    ) {
+    ) -> Option<Arc<CachedMirror>> {
         let key = format!("{ns}/{name}");
         let now = Instant::now();
         let mut written = lock(&self.written);
@@ -149,13 +149,14 @@ impl MirrorCache {
         written.insert(
             key,
             Written {
-                obj,
+                obj: obj.clone(),
                 uid,
                 stale_versions,
                 created,
                 at: now,
             },
         );
+        obj
     }
 
     /// The mirrors controlled by workspace `owner_uid` in `ns`, keyed by cluster ID.

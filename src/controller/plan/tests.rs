@@ -104,11 +104,17 @@ struct Case {
 
 fn run(case: &Case) -> Plan {
     let o = owner(case.policy);
-    let listing = case.listed.clone().map(|l| {
-        let mut listing = Listing::new(l, 100);
+    let decoded = case.listed.clone().map(|l| {
+        let (mut listing, clusters) = Listing::decoded(l, 100);
         listing.on_page_boundary = case.on_boundary;
-        listing
+        (listing, clusters)
     });
+    let listing = decoded.as_ref().map(|(l, _)| l);
+    // A failed attempt decoded nothing: the plan has the last listing's identities only.
+    let clusters = decoded
+        .as_ref()
+        .filter(|_| case.failed.is_none())
+        .map(|(_, c)| c);
     let existing: HashMap<String, Arc<CachedMirror>> = case
         .existing
         .iter()
@@ -124,7 +130,8 @@ fn run(case: &Case) -> Plan {
         .collect();
     plan(&Input {
         owner: &o,
-        listing: listing.as_ref(),
+        listing,
+        clusters,
         listing_is_current: case.failed.is_none() && listing.is_some(),
         stale: stale.as_ref(),
         existing: &existing,
@@ -366,11 +373,12 @@ fn many_creations_are_summarised_and_refused_mirrors_go_last() {
         .map(|i| cluster(&format!("ray-{i:02}"), ClusterState::Running))
         .collect();
     let o = owner(GoneClusterPolicy::Delete);
-    let listing = Listing::new(listed, 100);
+    let (listing, clusters) = Listing::decoded(listed, 100);
     let refused = HashSet::from(["ray-00".to_string()]);
     let p = plan(&Input {
         owner: &o,
         listing: Some(&listing),
+        clusters: Some(&clusters),
         listing_is_current: true,
         stale: None,
         existing: &HashMap::new(),
@@ -392,10 +400,11 @@ fn metadata_drift_is_repaired() {
     let mut m = mirror_object(&o, &a);
     m.metadata.labels.as_mut().unwrap().remove(LABEL_WORKSPACE);
     let existing = HashMap::from([("ray-a".to_string(), Arc::new(CachedMirror::of(&m)))]);
-    let listing = Listing::new(vec![a], 100);
+    let (listing, clusters) = Listing::decoded(vec![a], 100);
     let p = plan(&Input {
         owner: &o,
         listing: Some(&listing),
+        clusters: Some(&clusters),
         listing_is_current: true,
         stale: None,
         existing: &existing,
@@ -418,10 +427,11 @@ fn remote_ids_that_map_to_one_name_never_share_a_mirror() {
         mirror::mirror_name("Ray_1")
     );
     let o = owner(GoneClusterPolicy::Delete);
-    let listing = Listing::new(vec![a, b], 100);
+    let (listing, clusters) = Listing::decoded(vec![a, b], 100);
     let p = plan(&Input {
         owner: &o,
         listing: Some(&listing),
+        clusters: Some(&clusters),
         listing_is_current: true,
         stale: None,
         existing: &HashMap::new(),
@@ -461,10 +471,12 @@ fn the_shard_label_of_mirrors_is_the_namespaces_never_the_workspaces() {
 fn a_workspace_moved_to_another_shard_relabels_its_mirrors() {
     let a = cluster("ray-a", ClusterState::Running);
     let b = cluster("ray-b", ClusterState::Running);
+    let (listing, clusters) = Listing::decoded(vec![a.clone(), b.clone()], 100);
     let run_with = |o: &Owner, existing: &HashMap<String, Arc<CachedMirror>>| {
         plan(&Input {
             owner: o,
-            listing: Some(&Listing::new(vec![a.clone(), b.clone()], 100)),
+            listing: Some(&listing),
+            clusters: Some(&clusters),
             listing_is_current: true,
             stale: None,
             existing,
@@ -515,10 +527,11 @@ fn instances_are_shown_kept_on_a_failed_fetch_and_dropped_when_healthy() {
     }];
     let run_with =
         |c: &RayCluster, existing: &HashMap<String, Arc<CachedMirror>>, d: &Diagnoses| {
-            let listing = Listing::new(vec![c.clone()], 100);
+            let (listing, clusters) = Listing::decoded(vec![c.clone()], 100);
             plan(&Input {
                 owner: &o,
                 listing: Some(&listing),
+                clusters: Some(&clusters),
                 listing_is_current: true,
                 stale: None,
                 existing,
@@ -585,4 +598,57 @@ fn instances_are_shown_kept_on_a_failed_fetch_and_dropped_when_healthy() {
     let s = status_of(&run_with(&healthy, &existing, &restarted));
     assert!(s.instances.is_empty());
     assert_eq!(stalled(&s), None);
+}
+
+#[test]
+fn a_failed_listing_plans_from_the_identities_it_kept() {
+    use ClusterState::*;
+    // The last complete listing had a (its mirror shows more than its state) and b (its mirror
+    // deleted by hand since); this attempt failed, so nothing was decoded.
+    let a = RayCluster {
+        message: Some("all good".into()),
+        ..cluster("ray-a", Running)
+    };
+    let p = run(&Case {
+        what: "failed, one mirror deleted by hand",
+        policy: GoneClusterPolicy::Delete,
+        listed: Some(vec![a.clone(), cluster("ray-b", Starting)]),
+        on_boundary: false,
+        failed: Some(Reason::RemoteUnavailable),
+        existing: vec![a],
+        foreign: &[],
+        expect: &[],
+        mirrors: 2,
+    });
+    assert_eq!(p.mirrors, 2);
+    let status = |id: &str| match &p.actions.iter().find(|x| x.cluster_id == id).unwrap().write {
+        Write::Status(s) | Write::Apply(s) => s.clone(),
+        other => panic!("{id}: {other:?}"),
+    };
+    let synced = |s: &EmrRayClusterStatus| {
+        let c = s
+            .conditions
+            .iter()
+            .find(|c| c.type_ == ConditionType::Synced)
+            .unwrap();
+        (c.status, c.reason.clone())
+    };
+    // a keeps everything it shows; only its conditions say the data is stale.
+    assert_eq!(outcome(&p, "ray-a"), "mark-stale");
+    let sa = status("ray-a");
+    assert_eq!(sa.message.as_deref(), Some("all good"));
+    assert_eq!(sa.display_name.as_deref(), Some("name-ray-a"));
+    assert_eq!(
+        synced(&sa),
+        (ConditionStatus::False, "RemoteUnavailable".to_string())
+    );
+    // b is created again from what the listing kept: its ID and state, marked stale.
+    assert_eq!(outcome(&p, "ray-b"), "create");
+    let sb = status("ray-b");
+    assert_eq!(sb.state.as_deref(), Some("Starting"));
+    assert_eq!(sb.display_name, None);
+    assert_eq!(
+        synced(&sb),
+        (ConditionStatus::False, "RemoteUnavailable".to_string())
+    );
 }
