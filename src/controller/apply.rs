@@ -377,7 +377,7 @@ async fn run_action(w: &Writer<'_>, a: Action, gate: &Gate, summarize: bool) -> 
     let name = a.name.clone();
     match write_action(w, a, summarize).await {
         Ok(o) => {
-            if matches!(o, Outcome::Created | Outcome::Updated | Outcome::Deleted) {
+            if matches!(o, Outcome::Created(_) | Outcome::Updated(_) | Outcome::Deleted(_)) {
                 gate.accepted();
             }
             o
