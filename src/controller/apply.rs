@@ -25,7 +25,7 @@ use futures::StreamExt;
 use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
 use k8s_openapi::api::core::v1::ObjectReference;
 use kube::Resource;
-use kube::api::{Api, DeleteParams, Patch, PatchParams};
+use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams};
 use kube::runtime::events::{Event, EventType, Recorder};
 use serde::Serialize;
 use serde_json::json;
@@ -377,7 +377,10 @@ async fn run_action(w: &Writer<'_>, a: Action, gate: &Gate, summarize: bool) -> 
     let name = a.name.clone();
     match write_action(w, a, summarize).await {
         Ok(o) => {
-            if matches!(o, Outcome::Created(_) | Outcome::Updated(_) | Outcome::Deleted(_)) {
+            if matches!(
+                o,
+                Outcome::Created(_) | Outcome::Updated(_) | Outcome::Deleted(_)
+            ) {
                 gate.accepted();
             }
             o
@@ -546,7 +549,22 @@ async fn mark_unwritable(w: &Writer<'_>, prev: &CachedMirror, r: &Refused) {
     if !matches!(r.refusal, WriteRefusal::Invalid | WriteRefusal::TooLarge) {
         return;
     }
-    let mut status: EmrRayClusterStatus = prev.status().unwrap_or_default();
+    // The cache keeps a digest of the status: the status itself is read (a LIST by name: the
+    // operator may list mirrors, not get them). Unread, the mirror is left as it is.
+    let by_name = ListParams::default()
+        .fields(&format!("metadata.name={}", prev.name))
+        .match_any();
+    let found = match w.api.list(&by_name).await {
+        Ok(list) => list.items.into_iter().next(),
+        Err(e) => {
+            debug!(error = %e, "reading a mirror to mark it unwritable failed");
+            return;
+        }
+    };
+    let Some(found) = found else {
+        return;
+    };
+    let mut status: EmrRayClusterStatus = found.status.unwrap_or_default();
     let already = status.conditions.iter().any(|c| {
         c.type_ == ConditionType::Synced && c.reason == Reason::MirrorWriteFailed.as_str()
     });

@@ -13,9 +13,9 @@
 //! * [`context`] — the shared [`Context`] and [`Settings`]; [`error`] — [`Error`], [`SyncError`];
 //!   [`lifecycle`] — workspaces that leave this replica;
 //! * [`state`] — what is remembered per workspace between reconciles; [`cache`] — the compact
-//!   record of each mirror the watch reports and the overlay of our own writes; [`packed`] —
-//!   what is held long and read rarely, as deflated JSON; [`shard`] — the namespaces a sharded
-//!   replica serves; [`orphans`] — mirrors left without an owner.
+//!   record of each mirror the watch reports (a digest of its status, not the status) and the
+//!   overlay of our own writes; [`shard`] — the namespaces a sharded replica serves;
+//!   [`orphans`] — mirrors left without an owner.
 //!
 //! Each workspace is listed remotely every `syncInterval` (with jitter). Of the last complete
 //! listing only the clusters' identities, states and digests are kept, so a mirror deleted or
@@ -36,7 +36,6 @@ pub mod lifecycle;
 pub mod listing;
 pub mod mirror;
 pub mod orphans;
-pub mod packed;
 pub mod plan;
 pub mod queues;
 pub mod reconcile;

@@ -13,7 +13,9 @@
 //!   (`RemovalUnconfirmed`);
 //! * a name held by another workspace's mirror is left alone (`MirrorNameConflict`);
 //! * an unhealthy cluster's mirror shows its fetched instances; a failed fetch keeps what it
-//!   shows; a healthy cluster's mirror shows none (`diagnose`).
+//!   shows; a healthy cluster's mirror shows none (`diagnose`);
+//! * a mirror whose data must be kept as it is while the cache holds only a digest of its status
+//!   is left alone and named in [`Plan::missing`]: the caller reads the statuses and plans again.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
@@ -21,7 +23,7 @@ use std::sync::Arc;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
 use kube::{Resource, ResourceExt};
 
-use super::cache::{CachedMirror, shape_digest};
+use super::cache::{CachedMirror, SeenStatus, shape_digest, status_digest};
 use super::diagnose::{Diagnoses, View};
 use super::mirror::{self, Staleness};
 use super::state::{Decoded, Listing};
@@ -186,6 +188,9 @@ pub struct Plan {
     pub mirrors: usize,
     /// Creations and deletions are summarised in one Event instead of one each.
     pub summarize_events: bool,
+    /// Cluster IDs of mirrors whose status the plan needed whole and [`Input::statuses`] did not
+    /// hold (their data must be kept as it is): nothing is planned for them.
+    pub missing: Vec<String>,
 }
 
 /// Everything [`plan`] decides from.
@@ -209,7 +214,56 @@ pub struct Input<'a> {
     pub refused: &'a HashSet<String>,
     /// The instances of unhealthy clusters (`GetRayCluster`).
     pub diagnoses: &'a Diagnoses,
+    /// The mirrors' whole statuses by cluster ID, read from the API server for a plan that named
+    /// mirrors in [`Plan::missing`] (`None`: not read; the cache's [`SeenStatus`] serves).
+    pub statuses: Option<&'a HashMap<String, EmrRayClusterStatus>>,
     pub now: &'a Time,
+}
+
+/// A mirror's status as the plan knows it: whole (read for this plan) or as the cache keeps it.
+#[derive(Clone, Copy)]
+enum Shown<'a> {
+    Whole(&'a EmrRayClusterStatus),
+    Seen(&'a SeenStatus),
+}
+
+impl<'a> Shown<'a> {
+    /// What `m` shows: its whole status when `input` holds it.
+    fn of(input: &Input<'a>, id: &str, m: &'a CachedMirror) -> Option<Self> {
+        match input.statuses.and_then(|s| s.get(id)) {
+            Some(s) => Some(Shown::Whole(s)),
+            None => m.status.as_ref().map(Shown::Seen),
+        }
+    }
+
+    fn state(&self) -> Option<&'a str> {
+        match self {
+            Shown::Whole(s) => s.state.as_deref(),
+            Shown::Seen(s) => s.state.as_deref(),
+        }
+    }
+
+    fn gone(&self) -> bool {
+        match self {
+            Shown::Whole(s) => s.gone,
+            Shown::Seen(s) => s.gone,
+        }
+    }
+
+    fn conditions(&self) -> Vec<crate::api::Condition> {
+        match self {
+            Shown::Whole(s) => s.conditions.clone(),
+            Shown::Seen(s) => s.conditions(),
+        }
+    }
+
+    /// Whether it already is `desired`.
+    fn is(&self, desired: &EmrRayClusterStatus) -> bool {
+        match self {
+            Shown::Whole(s) => *s == desired,
+            Shown::Seen(s) => s.digest == status_digest(desired),
+        }
+    }
 }
 
 /// Decides the writes of one sync. Pure.
@@ -248,18 +302,11 @@ pub fn plan(input: &Input<'_>) -> Plan {
             {
                 // Not decoded in this reconcile (its listing failed): the mirror keeps what it
                 // shows, only its conditions change.
-                let keep = keep(
-                    input.owner,
-                    m,
-                    id,
-                    Remote::MaybeListed,
-                    input.stale,
-                    input.now,
-                );
+                let keep = keep(input, m, id, Remote::MaybeListed, input.stale, &mut out);
                 out.actions.extend(keep);
                 continue;
             }
-            let prev_status = prev.as_ref().and_then(|p| p.status());
+            let shown = input.existing.get(id).and_then(|p| Shown::of(input, id, p));
             let mut desired = match cluster {
                 Some(c) => mirror::remote_status(c),
                 // Deleted meanwhile: created again from what the listing kept.
@@ -272,27 +319,29 @@ pub fn plan(input: &Input<'_>) -> Plan {
             desired.instances = match input.diagnoses.view(id) {
                 View::Fetched(i) => i.to_vec(),
                 // A failed fetch (or none yet in this process) never blanks what a mirror shows.
-                View::Keep => prev_status
-                    .as_ref()
-                    .map(|s| s.instances.clone())
-                    .unwrap_or_default(),
+                View::Keep => match shown {
+                    Some(Shown::Whole(s)) => s.instances.clone(),
+                    Some(Shown::Seen(s)) if s.has_instances => {
+                        // The instances it shows are needed whole.
+                        out.missing.push(id.clone());
+                        continue;
+                    }
+                    _ => Vec::new(),
+                },
                 View::Drop => Vec::new(),
             };
             let generation = prev.as_ref().and_then(|p| p.generation).or(Some(1));
-            let prev_conds = prev_status
-                .as_ref()
-                .map(|s| s.conditions.as_slice())
-                .unwrap_or_default();
+            let prev_conds = shown.map(|s| s.conditions()).unwrap_or_default();
             desired.observed_generation = generation;
             desired.conditions = mirror::mirror_conditions(
                 &desired,
-                prev_conds,
+                &prev_conds,
                 generation,
                 input.stale,
                 *input.now,
             );
             out.actions
-                .extend(write_for(input.owner, name, id, prev, prev_status, desired));
+                .extend(write_for(input.owner, name, id, prev, shown, desired));
         }
     }
     plan_unlisted(input, &mut out);
@@ -355,86 +404,82 @@ fn plan_unlisted(input: &Input<'_>, out: &mut Plan) {
             }
             Unlisted::Gone => {
                 out.mirrors += 1;
-                out.actions
-                    .extend(keep(input.owner, m, id, Remote::Gone, None, input.now));
+                let keep = keep(input, m, id, Remote::Gone, None, out);
+                out.actions.extend(keep);
             }
             Unlisted::Unconfirmed => {
                 out.mirrors += 1;
-                out.actions.extend(keep(
-                    input.owner,
-                    m,
-                    id,
-                    Remote::MaybeListed,
-                    Some(&unconfirmed),
-                    input.now,
-                ));
+                let keep = keep(input, m, id, Remote::MaybeListed, Some(&unconfirmed), out);
+                out.actions.extend(keep);
             }
             // Keep the last known data, only say it is stale.
             Unlisted::NoListing => {
                 out.mirrors += 1;
-                out.actions.extend(keep(
-                    input.owner,
-                    m,
-                    id,
-                    Remote::MaybeListed,
-                    input.stale,
-                    input.now,
-                ));
+                let keep = keep(input, m, id, Remote::MaybeListed, input.stale, out);
+                out.actions.extend(keep);
             }
         }
     }
 }
 
-/// Keeps a mirror's last known data, with conditions saying whether it is gone or stale.
+/// Keeps a mirror's last known data, with conditions saying whether it is gone or stale. The
+/// data is needed whole: a mirror with a status `input` does not hold is named in
+/// `out.missing` instead.
 fn keep(
-    owner: &Owner,
+    input: &Input<'_>,
     m: &Arc<CachedMirror>,
     id: &str,
     remote: Remote,
     stale: Option<&Staleness>,
-    now: &Time,
+    out: &mut Plan,
 ) -> Option<Action> {
-    let prev_status = m.status();
-    let mut desired = prev_status.clone().unwrap_or_default();
+    let shown = Shown::of(input, id, m);
+    let mut desired = match shown {
+        Some(Shown::Whole(s)) => s.clone(),
+        Some(Shown::Seen(_)) => {
+            out.missing.push(id.to_string());
+            return None;
+        }
+        None => EmrRayClusterStatus::default(),
+    };
     desired.gone = desired.gone || remote == Remote::Gone;
     let prev_conds = std::mem::take(&mut desired.conditions);
     desired.conditions =
-        mirror::mirror_conditions(&desired, &prev_conds, m.generation, stale, *now);
+        mirror::mirror_conditions(&desired, &prev_conds, m.generation, stale, *input.now);
     write_for(
-        owner,
+        input.owner,
         m.name.clone(),
         id,
         Some(m.clone()),
-        prev_status,
+        shown,
         desired,
     )
 }
 
-/// The write (if any) that turns `prev` (whose status is `prev_status`) into a mirror with
-/// `desired` status.
+/// The write (if any) that turns `prev` (whose status is `shown`) into a mirror with `desired`
+/// status.
 fn write_for(
     owner: &Owner,
     name: String,
     id: &str,
     prev: Option<Arc<CachedMirror>>,
-    prev_status: Option<EmrRayClusterStatus>,
+    shown: Option<Shown<'_>>,
     desired: EmrRayClusterStatus,
 ) -> Option<Action> {
-    let prev_status = prev_status.as_ref();
     let meta_ok = prev.as_ref().is_some_and(|p| owner.metadata_matches(p, id));
-    let status_ok = prev_status == Some(&desired);
-    let event = match prev_status {
+    let status_ok = shown.is_some_and(|s| s.is(&desired));
+    let event = match shown {
         None if prev.is_none() => Some(MirrorEvent::Created {
             state: desired.state.clone(),
         }),
-        Some(p) if p.state != desired.state => Some(MirrorEvent::StateChanged {
-            from: p.state.clone(),
+        Some(p) if p.state() != desired.state.as_deref() => Some(MirrorEvent::StateChanged {
+            from: p.state().map(str::to_string),
             to: desired.state.clone(),
             // The failing instance when the instances name one (`head: OOMKilled, exit 137`).
             message: super::diagnose::failing_summary(&desired.instances)
                 .or_else(|| desired.message.clone()),
         }),
-        Some(p) if !p.gone && desired.gone => Some(MirrorEvent::Gone),
+        Some(p) if !p.gone() && desired.gone => Some(MirrorEvent::Gone),
         _ => None,
     };
     let write = match (meta_ok, status_ok) {

@@ -22,8 +22,8 @@ use super::state::{Decoded, Listing, Settled, WorkspaceState, WriteTrouble};
 use super::{decide, plan, status};
 use crate::api::EventReason;
 use crate::api::{
-    EmrRayCluster, EmrWorkspace, EndpointNetwork, LABEL_MANAGED_BY, LABEL_SHARD, LABEL_WORKSPACE,
-    MANAGED_BY, Reason, WriteRefusal,
+    EmrRayCluster, EmrRayClusterStatus, EmrWorkspace, EndpointNetwork, LABEL_MANAGED_BY,
+    LABEL_SHARD, LABEL_WORKSPACE, MANAGED_BY, Reason, WriteRefusal,
 };
 
 /// Whether the workspace's mirrors are as the last settled plan left them, so that no plan is
@@ -107,18 +107,37 @@ pub(super) async fn write_mirrors(
         .map(|t| t.refused.clone())
         .unwrap_or_default();
     let now = crate::time::Time::now();
-    let plan = plan::plan(&plan::Input {
-        owner: &owner,
-        listing: st.listing.as_deref(),
-        clusters,
-        listing_is_current: st.listing_is_current(),
-        stale: stale.as_ref(),
-        existing: &existing,
-        held_elsewhere: &held_elsewhere,
-        refused: &refused,
-        diagnoses: &st.diagnoses,
-        now: &now,
-    });
+    let plan_with = |statuses| {
+        plan::plan(&plan::Input {
+            owner: &owner,
+            listing: st.listing.as_deref(),
+            clusters,
+            listing_is_current: st.listing_is_current(),
+            stale: stale.as_ref(),
+            existing: &existing,
+            held_elsewhere: &held_elsewhere,
+            refused: &refused,
+            diagnoses: &st.diagnoses,
+            statuses,
+            now: &now,
+        })
+    };
+    let mut plan = plan_with(None);
+    if !plan.missing.is_empty() {
+        // Mirrors whose data must be kept as it is: the cache holds only a digest of their
+        // status, so it is read, and the plan made again. Should the read fail, they keep what
+        // they show until the next reconcile plans them again.
+        match read_statuses(ctx, &owner).await {
+            Ok(statuses) => plan = plan_with(Some(&statuses)),
+            Err(e) => warn!(
+                mirrors = plan.missing.len(), error = %e,
+                "reading the mirrors' statuses failed; they keep what they show for now"
+            ),
+        }
+    }
+    // Mirrors left unplanned: the plan is not settled.
+    let complete = plan.missing.is_empty();
+    let clean = clean && complete;
     let workspace = ws.object_ref(&());
     report_conflicts(ctx, ws, &plan.conflicts).await;
     let conflicts = !plan.conflicts.is_empty();
@@ -156,7 +175,7 @@ pub(super) async fn write_mirrors(
     );
     // Until every write went through, the mirrors of other shards are looked up again.
     st.adopted |= adopted && st.write_trouble.is_none();
-    if !adopting && stale.is_none() && st.write_trouble.is_none() {
+    if !adopting && stale.is_none() && complete && st.write_trouble.is_none() {
         // Every write went through: the mirrors are what the plan wanted, with the versions our
         // writes gave them. The watch showing those writes changes nothing; anything else
         // (someone's edit meanwhile included) does.
@@ -315,6 +334,45 @@ async fn mirrors_of_other_shards(
         })
         .map(|m| Arc::new(CachedMirror::of(&m)))
         .collect())
+}
+
+/// Mirrors read from the API server per page of [`read_statuses`].
+const STATUS_PAGE: u32 = 100;
+
+/// The whole statuses of the workspace's mirrors (its own and those left without an owner by a
+/// workspace of this name), by cluster ID: for a plan that must keep mirrors' data as it is
+/// (`plan::Plan::missing`). Paged, so that a page at a time is decoded.
+async fn read_statuses(
+    ctx: &Context,
+    owner: &plan::Owner,
+) -> Result<HashMap<String, EmrRayClusterStatus>, kube::Error> {
+    let selector = format!(
+        "{LABEL_MANAGED_BY}={MANAGED_BY},{LABEL_WORKSPACE}={}",
+        super::mirror::label_value(&owner.name)
+    );
+    let api: Api<EmrRayCluster> = Api::namespaced(ctx.kube.client.clone(), &owner.namespace);
+    let mut params = ListParams::default().labels(&selector).limit(STATUS_PAGE);
+    let mut statuses = HashMap::new();
+    loop {
+        let page = api.list(&params).await?;
+        for m in page.items {
+            let controller = m
+                .owner_references()
+                .iter()
+                .find(|o| o.controller == Some(true));
+            let ours = match controller {
+                Some(o) => o.uid == owner.uid,
+                None => m.spec.workspace_ref == owner.name,
+            };
+            if ours && let Some(status) = m.status {
+                statuses.insert(m.spec.cluster_id, status);
+            }
+        }
+        match page.metadata.continue_.filter(|c| !c.is_empty()) {
+            Some(token) => params = params.continue_token(&token),
+            None => return Ok(statuses),
+        }
+    }
 }
 
 /// Of the mirrors this sync would create, those whose name another workspace's mirror holds

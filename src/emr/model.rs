@@ -537,7 +537,7 @@ mod tests {
         };
         assert!(state.len() <= text::MAX_STATE && state.ends_with(text::TRUNCATED));
         assert_eq!(ClusterState::label(c.state.as_ref()), "Other");
-        // Decoded again (a packed listing), nothing changes.
+        // Decoded again (serialized and read back), nothing changes.
         let again: RayCluster = serde_json::from_value(serde_json::to_value(c).unwrap()).unwrap();
         assert_eq!(&again, c);
     }

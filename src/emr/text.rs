@@ -12,8 +12,8 @@
 //!   decoding, quoted only as a short cleaned [`excerpt`] — a malformed listing, which never
 //!   deletes or blanks a mirror.
 //!
-//! Every cleaner is idempotent: text cleaned once comes back unchanged when cleaned again (the
-//! listing's clusters are packed and decoded again, see `controller::packed`).
+//! Every cleaner is idempotent: text cleaned once comes back unchanged when cleaned again (a
+//! mirror's status read back from the API server is the status the operator wrote).
 
 use serde::{Deserialize, Deserializer};
 

@@ -20,6 +20,7 @@ use super::*;
 use crate::api::{EmrRayClusterSpec, GoneClusterPolicy, WriteRefusal};
 use crate::controller::cache::MirrorChanges;
 use crate::controller::cache::MirrorStore;
+use crate::controller::cache::SeenStatus;
 use crate::controller::write::next_write_trouble;
 use crate::metrics::{KubeResource, RefusalLabels, WriteLabels, WriteOperation};
 
@@ -71,7 +72,8 @@ fn status(code: u16, reason: &str, message: &str, retry_after: Option<u32>) -> V
 }
 
 /// Plays the API server for `client`'s requests: server-side applies merge into its objects,
-/// deletes remove them, Events are accepted; `refuse` picks the requests it refuses.
+/// deletes remove them, lists (by name) show them, Events are accepted; `refuse` picks the
+/// requests it refuses.
 fn api_server(objects: Vec<EmrRayCluster>, refuse: Refuse) -> (Client, Arc<Mutex<Vec<Seen>>>) {
     let (service, mut handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
     let seen = Arc::new(Mutex::new(Vec::new()));
@@ -155,6 +157,25 @@ fn accept(store: &mut HashMap<String, Value>, req: &Seen, version: u64) -> (u16,
             Some(obj) => (200, obj),
             None => not_found(),
         },
+        // A LIST by name (`fieldSelector=metadata.name=<name>`), as the operator reads a mirror.
+        Method::GET if name.is_empty() => {
+            let wanted = req
+                .query
+                .get("fieldSelector")
+                .and_then(|f| f.strip_prefix("metadata.name="));
+            let items: Vec<Value> = store
+                .iter()
+                .filter(|(n, _)| wanted.is_none_or(|w| w == n.as_str()))
+                .map(|(_, o)| o.clone())
+                .collect();
+            let list = json!({
+                "apiVersion": "emr.aliyun.io/v1alpha1",
+                "kind": "EmrRayClusterList",
+                "metadata": { "resourceVersion": version.to_string() },
+                "items": items,
+            });
+            (200, list)
+        }
         _ => (
             405,
             status(405, "MethodNotAllowed", "not played here", None),
@@ -396,10 +417,7 @@ async fn a_new_mirror_is_applied_then_its_status_and_announced() {
         panic!("{written:?}")
     };
     assert_eq!((id.as_str(), m.name.as_str()), ("c-1", "m-c-1"));
-    assert!(
-        m.resource_version.is_some() && m.status().is_some(),
-        "{m:?}"
-    );
+    assert!(m.resource_version.is_some() && m.status.is_some(), "{m:?}");
     assert_eq!(
         h.cache.current(NS, OWNER_UID)["c-1"].resource_version,
         m.resource_version,
@@ -440,7 +458,10 @@ async fn a_new_mirror_is_applied_then_its_status_and_announced() {
     assert_eq!((h.writes("apply"), h.writes("apply-status")), (1, 1));
     // The operator's own view has the creation before the watch reports it.
     let current = h.cache.current(NS, OWNER_UID);
-    assert_eq!(current["c-1"].status(), Some(running("Running")));
+    assert_eq!(
+        current["c-1"].status,
+        Some(SeenStatus::of(&running("Running")))
+    );
 }
 
 #[tokio::test]
@@ -570,8 +591,15 @@ async fn a_status_refused_as_invalid_keeps_the_last_data_and_says_so() {
         seen.iter().all(|r| !r.is_event()),
         "no Event for a refused write"
     );
-    assert_eq!(seen.len(), 2, "{seen:#?}");
-    let mark = &seen[1];
+    assert_eq!(seen.len(), 3, "{seen:#?}");
+    // The cache keeps a digest of the status: the mirror is read (by name) to keep its data.
+    let read = &seen[1];
+    assert_eq!(
+        (read.method.clone(), read.path.as_str()),
+        (Method::GET, MIRRORS)
+    );
+    assert_eq!(read.query["fieldSelector"], "metadata.name=m-c-1");
+    let mark = &seen[2];
     assert!(mark.on(Method::PATCH, "m-c-1", "/status"));
     assert_ssa(mark, "m-c-1");
     // The last data, and a Synced condition with the API server's words.

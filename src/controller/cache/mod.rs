@@ -5,9 +5,12 @@
 //!
 //! A decoded `EmrRayCluster` costs ≈4.5 KiB of heap (metadata maps, owner references, three
 //! dozen optional strings of status); planning needs its name, version, generation, owner, a
-//! digest of the metadata and spec the operator sets, and the status — which is kept
-//! [`Packed`] (≈0.7 KiB) and decoded only while a sync plans its mirrors.
-//! The watch still decodes whole objects, one list page or event at a time.
+//! digest of the metadata and spec the operator sets, and of the status only what
+//! [`SeenStatus`] keeps (≈0.2 KiB): a digest of it, its state, and its conditions' transition
+//! times. A plan that must keep a mirror's data as it is (the listing failed, the cluster is gone
+//! or its instances could not be fetched) reads the workspace's mirrors from the API server
+//! (`write::read_statuses`). The watch still decodes whole objects, one list page or event at a
+//! time.
 //!
 //! # Locks
 //!
@@ -26,15 +29,17 @@
 pub mod overlay;
 pub mod store;
 
-use std::hash::{DefaultHasher, Hash, Hasher};
+use std::hash::{BuildHasher, DefaultHasher, Hash, Hasher, RandomState};
+use std::sync::LazyLock;
 
 use kube::ResourceExt;
 
-use super::packed::Packed;
 use crate::api::{
-    ANNOTATION_CLUSTER_ID, EmrRayCluster, EmrRayClusterSpec, EmrRayClusterStatus, LABEL_CLUSTER_ID,
-    LABEL_MANAGED_BY, LABEL_SHARD, LABEL_WORKSPACE, LABEL_WORKSPACE_ID,
+    ANNOTATION_CLUSTER_ID, Condition, ConditionStatus, ConditionType, EmrRayCluster,
+    EmrRayClusterSpec, EmrRayClusterStatus, LABEL_CLUSTER_ID, LABEL_MANAGED_BY, LABEL_SHARD,
+    LABEL_WORKSPACE, LABEL_WORKSPACE_ID,
 };
+use crate::time::Time;
 pub use overlay::{MirrorCache, MirrorChanges, MirrorsByName};
 pub use store::{DELETES_KEPT, MirrorStore};
 
@@ -82,7 +87,81 @@ pub struct CachedMirror {
     pub controller_uid: Option<String>,
     /// [`shape_digest`] of the object.
     pub shape: u64,
-    status: Option<Packed>,
+    /// What planning reads of the status (`None`: the object has none).
+    pub status: Option<SeenStatus>,
+}
+
+/// Keys of [`status_digest`]: random per process, so that no remote input can be made to
+/// collide with another on purpose.
+static STATUS_KEYS: LazyLock<RandomState> = LazyLock::new(RandomState::new);
+
+/// A digest of a mirror's status: equal digests, equal statuses (the JSON of one is the JSON of
+/// the other). Only ever compared within one process.
+pub fn status_digest(s: &EmrRayClusterStatus) -> u64 {
+    /// Feeds the JSON to the hasher as it is written (nothing is buffered).
+    struct Feed<H>(H);
+    impl<H: Hasher> std::io::Write for Feed<H> {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.0.write(buf);
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+    let mut feed = Feed(STATUS_KEYS.build_hasher());
+    // The operator's own type always serializes; were it not to, the digest matches nothing
+    // written and the status is written again.
+    if serde_json::to_writer(&mut feed, s).is_err() {
+        0xdead.hash(&mut feed.0);
+    }
+    feed.0.finish()
+}
+
+/// What the cache keeps of a mirror's status: enough to plan a sync whose listing was decoded.
+#[derive(Clone, Debug, PartialEq)]
+pub struct SeenStatus {
+    /// [`status_digest`] of the whole status: whether a desired status is already shown.
+    pub digest: u64,
+    /// `state` and `gone`: the Events of a change.
+    pub state: Option<String>,
+    pub gone: bool,
+    /// Whether it shows instances (a failed fetch keeps them: the plan then needs them).
+    pub has_instances: bool,
+    /// Each condition's type, status and transition time: what a new status's conditions keep.
+    conditions: Box<[(ConditionType, ConditionStatus, Time)]>,
+}
+
+impl SeenStatus {
+    pub fn of(s: &EmrRayClusterStatus) -> Self {
+        SeenStatus {
+            digest: status_digest(s),
+            state: s.state.clone(),
+            gone: s.gone,
+            has_instances: !s.instances.is_empty(),
+            conditions: s
+                .conditions
+                .iter()
+                .map(|c| (c.type_.clone(), c.status, c.last_transition_time))
+                .collect(),
+        }
+    }
+
+    /// The conditions as far as they are kept (type, status and transition time; no reason or
+    /// message): what `conditions::condition` reads of previous conditions.
+    pub fn conditions(&self) -> Vec<Condition> {
+        self.conditions
+            .iter()
+            .map(|(type_, status, at)| Condition {
+                type_: type_.clone(),
+                status: *status,
+                reason: String::new(),
+                message: String::new(),
+                last_transition_time: *at,
+                observed_generation: None,
+            })
+            .collect()
+    }
 }
 
 impl CachedMirror {
@@ -107,14 +186,8 @@ impl CachedMirror {
                     .get(ANNOTATION_CLUSTER_ID)
                     .map(String::as_str),
             ),
-            status: m.status.as_ref().and_then(Packed::pack),
+            status: m.status.as_ref().map(SeenStatus::of),
         }
-    }
-
-    /// The status, decoded (it was encoded from the same type, so decoding cannot fail short of
-    /// a bug; such a status reads as absent and is rewritten).
-    pub fn status(&self) -> Option<EmrRayClusterStatus> {
-        self.status.as_ref().and_then(Packed::unpack)
     }
 
     /// Whether workspace `uid` controls this mirror.
@@ -166,7 +239,17 @@ mod tests {
             ("id-a", "ws")
         );
         assert!(c.controlled_by("u1") && !c.controlled_by("u2"));
-        assert_eq!(c.status(), m.status, "the status round-trips");
+        let seen = c.status.as_ref().unwrap();
+        let status = m.status.as_ref().unwrap();
+        assert_eq!(seen.digest, status_digest(status));
+        assert_eq!(seen.state.as_deref(), Some("Running"));
+        let mut other = status.clone();
+        other.display_name = Some("another cluster".into());
+        assert_ne!(
+            status_digest(&other),
+            seen.digest,
+            "any field changes the digest"
+        );
 
         // Any change to the spec, to one of the operator's labels (or a shard label appearing)
         // or to the annotation changes the shape; other labels do not.

@@ -97,7 +97,7 @@ impl MirrorStore {
     /// Applies one watch event. Returns the controller UID of the record it replaced or
     /// removed, if any: a mirror whose owner changed concerns its former owner too.
     pub fn apply(&self, ev: &watcher::Event<EmrRayCluster>) -> Option<String> {
-        // The record (a status serialized and deflated) is built before the lock is taken.
+        // The record (a status serialized into its digest) is built before the lock is taken.
         let record = match ev {
             watcher::Event::Apply(m) | watcher::Event::InitApply(m) => {
                 let c = CachedMirror::of(m);

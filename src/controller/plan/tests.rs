@@ -51,6 +51,32 @@ fn mirror_object(o: &Owner, c: &RayCluster) -> EmrRayCluster {
     m
 }
 
+/// Plans as `write::write_mirrors` does: from the cache's records, then, when that plan names
+/// mirrors it needs whole ([`Plan::missing`]), again with the statuses of `objects` (what the
+/// API server holds).
+fn plan_as_written(input: Input<'_>, objects: &[EmrRayCluster]) -> Plan {
+    let first = plan(&input);
+    if first.missing.is_empty() {
+        return first;
+    }
+    assert!(
+        first
+            .actions
+            .iter()
+            .all(|a| !first.missing.contains(&a.cluster_id))
+    );
+    let statuses: HashMap<String, EmrRayClusterStatus> = objects
+        .iter()
+        .filter_map(|m| Some((m.spec.cluster_id.clone(), m.status.clone()?)))
+        .collect();
+    let again = plan(&Input {
+        statuses: Some(&statuses),
+        ..input
+    });
+    assert!(again.missing.is_empty(), "{:?}", again.missing);
+    again
+}
+
 /// What happened to each cluster ID, as a compact word.
 fn outcome(p: &Plan, id: &str) -> &'static str {
     match p.actions.iter().find(|a| a.cluster_id == id) {
@@ -115,10 +141,10 @@ fn run(case: &Case) -> Plan {
         .as_ref()
         .filter(|_| case.failed.is_none())
         .map(|(_, c)| c);
-    let existing: HashMap<String, Arc<CachedMirror>> = case
-        .existing
+    let objects: Vec<EmrRayCluster> = case.existing.iter().map(|c| mirror_object(&o, c)).collect();
+    let existing: HashMap<String, Arc<CachedMirror>> = objects
         .iter()
-        .map(|c| (c.cluster_id.clone(), mirrored(&o, c)))
+        .map(|m| (m.spec.cluster_id.clone(), Arc::new(CachedMirror::of(m))))
         .collect();
     let stale = case
         .failed
@@ -128,18 +154,22 @@ fn run(case: &Case) -> Plan {
         .iter()
         .map(|name| (name.to_string(), "other".to_string()))
         .collect();
-    plan(&Input {
-        owner: &o,
-        listing,
-        clusters,
-        listing_is_current: case.failed.is_none() && listing.is_some(),
-        stale: stale.as_ref(),
-        existing: &existing,
-        held_elsewhere: &held,
-        refused: &HashSet::new(),
-        diagnoses: &Default::default(),
-        now: NOW,
-    })
+    plan_as_written(
+        Input {
+            owner: &o,
+            listing,
+            clusters,
+            listing_is_current: case.failed.is_none() && listing.is_some(),
+            stale: stale.as_ref(),
+            existing: &existing,
+            held_elsewhere: &held,
+            refused: &HashSet::new(),
+            diagnoses: &Default::default(),
+            statuses: None,
+            now: NOW,
+        },
+        &objects,
+    )
 }
 
 #[test]
@@ -385,6 +415,7 @@ fn many_creations_are_summarised_and_refused_mirrors_go_last() {
         held_elsewhere: &HashMap::new(),
         refused: &refused,
         diagnoses: &Default::default(),
+        statuses: None,
         now: NOW,
     });
     assert!(p.summarize_events);
@@ -411,6 +442,7 @@ fn metadata_drift_is_repaired() {
         held_elsewhere: &HashMap::new(),
         refused: &HashSet::new(),
         diagnoses: &Default::default(),
+        statuses: None,
         now: NOW,
     });
     assert_eq!(outcome(&p, "ray-a"), "repair");
@@ -438,6 +470,7 @@ fn remote_ids_that_map_to_one_name_never_share_a_mirror() {
         held_elsewhere: &HashMap::new(),
         refused: &HashSet::new(),
         diagnoses: &Default::default(),
+        statuses: None,
         now: NOW,
     });
     assert_eq!(p.actions.len(), 1, "one object, one writer");
@@ -483,6 +516,7 @@ fn a_workspace_moved_to_another_shard_relabels_its_mirrors() {
             held_elsewhere: &HashMap::new(),
             refused: &HashSet::new(),
             diagnoses: &Default::default(),
+            statuses: None,
             now: NOW,
         })
     };
@@ -525,22 +559,29 @@ fn instances_are_shown_kept_on_a_failed_fetch_and_dropped_when_healthy() {
         container_exit_code: Some(137),
         ..Default::default()
     }];
-    let run_with =
-        |c: &RayCluster, existing: &HashMap<String, Arc<CachedMirror>>, d: &Diagnoses| {
-            let (listing, clusters) = Listing::decoded(vec![c.clone()], 100);
-            plan(&Input {
+    let run_with = |c: &RayCluster, objects: &[EmrRayCluster], d: &Diagnoses| {
+        let (listing, clusters) = Listing::decoded(vec![c.clone()], 100);
+        let existing: HashMap<String, Arc<CachedMirror>> = objects
+            .iter()
+            .map(|m| (m.spec.cluster_id.clone(), Arc::new(CachedMirror::of(m))))
+            .collect();
+        plan_as_written(
+            Input {
                 owner: &o,
                 listing: Some(&listing),
                 clusters: Some(&clusters),
                 listing_is_current: true,
                 stale: None,
-                existing,
+                existing: &existing,
                 held_elsewhere: &HashMap::new(),
                 refused: &HashSet::new(),
                 diagnoses: d,
+                statuses: None,
                 now: NOW,
-            })
-        };
+            },
+            objects,
+        )
+    };
     let status_of = |p: &Plan| match &p.actions[0].write {
         Write::Status(s) | Write::Apply(s) => s.clone(),
         Write::Metadata => panic!("the status is unchanged"),
@@ -561,8 +602,7 @@ fn instances_are_shown_kept_on_a_failed_fetch_and_dropped_when_healthy() {
     let now = Instant::now();
     let listing = Listing::new(vec![failed.clone()], 100);
     assert_eq!(d.observe(&listing, now, stuck), vec!["ray-a".to_string()]);
-    let running_mirror = mirrored(&o, &cluster("ray-a", ClusterState::Running));
-    let existing = HashMap::from([("ray-a".to_string(), running_mirror)]);
+    let existing = [mirror_object(&o, &cluster("ray-a", ClusterState::Running))];
     // Nothing fetched yet: the remote message, no instances.
     let s = status_of(&run_with(&failed, &existing, &d));
     assert!(s.instances.is_empty());
@@ -580,7 +620,7 @@ fn instances_are_shown_kept_on_a_failed_fetch_and_dropped_when_healthy() {
     // Another process (a restart) whose fetch failed: the mirror keeps what it shows.
     let mut shown = mirror_object(&o, &failed);
     shown.status = Some(s.clone());
-    let existing = HashMap::from([("ray-a".to_string(), Arc::new(CachedMirror::of(&shown)))]);
+    let existing = [shown];
     let mut restarted = Diagnoses::default();
     restarted.observe(&listing, now, stuck);
     restarted.record(
@@ -651,4 +691,44 @@ fn a_failed_listing_plans_from_the_identities_it_kept() {
         synced(&sb),
         (ConditionStatus::False, "RemoteUnavailable".to_string())
     );
+}
+
+#[test]
+fn a_plan_that_must_keep_data_names_the_mirrors_it_needs_whole() {
+    use ClusterState::*;
+    let o = owner(GoneClusterPolicy::Keep);
+    let (a, b) = (cluster("ray-a", Running), cluster("ray-b", Running));
+    let objects = [mirror_object(&o, &a), mirror_object(&o, &b)];
+    let existing: HashMap<String, Arc<CachedMirror>> = objects
+        .iter()
+        .map(|m| (m.spec.cluster_id.clone(), Arc::new(CachedMirror::of(m))))
+        .collect();
+    // A complete listing without b: a is planned from the cache's digest (nothing to write),
+    // b is kept (marked gone), which needs its status whole.
+    let (listing, clusters) = Listing::decoded(vec![a.clone()], 100);
+    let input = Input {
+        owner: &o,
+        listing: Some(&listing),
+        clusters: Some(&clusters),
+        listing_is_current: true,
+        stale: None,
+        existing: &existing,
+        held_elsewhere: &HashMap::new(),
+        refused: &HashSet::new(),
+        diagnoses: &Default::default(),
+        statuses: None,
+        now: NOW,
+    };
+    let first = plan(&input);
+    assert!(first.actions.is_empty(), "{:?}", first.actions);
+    assert_eq!(first.missing, vec!["ray-b".to_string()]);
+    assert_eq!(first.mirrors, 2);
+    let p = plan_as_written(input, &objects);
+    assert_eq!(outcome(&p, "ray-a"), "unchanged");
+    assert_eq!(outcome(&p, "ray-b"), "mark-gone");
+    let Write::Status(s) = &p.actions[0].write else {
+        panic!("{:?}", p.actions)
+    };
+    // Everything b showed is kept.
+    assert_eq!(s.display_name.as_deref(), Some("name-ray-b"));
 }
