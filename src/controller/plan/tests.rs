@@ -51,6 +51,14 @@ fn mirror_object(o: &Owner, c: &RayCluster) -> EmrRayCluster {
     m
 }
 
+/// The cache's records of `objects`, by cluster ID.
+fn cached(objects: &[EmrRayCluster]) -> HashMap<String, Arc<CachedMirror>> {
+    objects
+        .iter()
+        .map(|m| (m.spec.cluster_id.clone(), Arc::new(CachedMirror::of(m))))
+        .collect()
+}
+
 /// Plans as `write::write_mirrors` does: from the cache's records, then, when that plan names
 /// mirrors it needs whole ([`Plan::missing`]), again with the statuses of `objects` (what the
 /// API server holds).
@@ -142,10 +150,7 @@ fn run(case: &Case) -> Plan {
         .filter(|_| case.failed.is_none())
         .map(|(_, c)| c);
     let objects: Vec<EmrRayCluster> = case.existing.iter().map(|c| mirror_object(&o, c)).collect();
-    let existing: HashMap<String, Arc<CachedMirror>> = objects
-        .iter()
-        .map(|m| (m.spec.cluster_id.clone(), Arc::new(CachedMirror::of(m))))
-        .collect();
+    let existing = cached(&objects);
     let stale = case
         .failed
         .map(|r| Staleness::from_failure(r, None, Some("2025-12-31T23:59:00Z")));
@@ -561,10 +566,7 @@ fn instances_are_shown_kept_on_a_failed_fetch_and_dropped_when_healthy() {
     }];
     let run_with = |c: &RayCluster, objects: &[EmrRayCluster], d: &Diagnoses| {
         let (listing, clusters) = Listing::decoded(vec![c.clone()], 100);
-        let existing: HashMap<String, Arc<CachedMirror>> = objects
-            .iter()
-            .map(|m| (m.spec.cluster_id.clone(), Arc::new(CachedMirror::of(m))))
-            .collect();
+        let existing = cached(objects);
         plan_as_written(
             Input {
                 owner: &o,
@@ -699,10 +701,7 @@ fn a_plan_that_must_keep_data_names_the_mirrors_it_needs_whole() {
     let o = owner(GoneClusterPolicy::Keep);
     let (a, b) = (cluster("ray-a", Running), cluster("ray-b", Running));
     let objects = [mirror_object(&o, &a), mirror_object(&o, &b)];
-    let existing: HashMap<String, Arc<CachedMirror>> = objects
-        .iter()
-        .map(|m| (m.spec.cluster_id.clone(), Arc::new(CachedMirror::of(m))))
-        .collect();
+    let existing = cached(&objects);
     // A complete listing without b: a is planned from the cache's digest (nothing to write),
     // b is kept (marked gone), which needs its status whole.
     let (listing, clusters) = Listing::decoded(vec![a.clone()], 100);
