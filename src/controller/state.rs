@@ -260,13 +260,15 @@ pub struct WorkspaceState {
 }
 
 /// What the mirrors were left as by the last plan that had nothing more to do: the same listing
-/// (the same `Arc`: a listing equal to the one before keeps it), the same owner and the same
-/// mirrors (a digest of their names and versions — after a write pass, the versions our writes
-/// gave them, so that the watch showing our own writes changes nothing). A sync with the same
-/// inputs would plan nothing again, so it skips the plan (and needs no decoded listing).
+/// (the same `Arc`: a listing equal to the one before keeps it; or none yet, again), the same
+/// owner, the same mirrors (a digest of their names and versions — after a write pass, the
+/// versions our writes gave them, so that the watch showing our own writes changes nothing) and
+/// the same staleness (a failing workspace's mirrors marked once stay as they are). A sync with
+/// the same inputs would plan nothing again, so it skips the plan (and needs no decoded listing,
+/// nor the mirrors' statuses read).
 #[derive(Clone, Debug)]
 pub struct Settled {
-    pub listing: Arc<Listing>,
+    pub listing: Option<Arc<Listing>>,
     pub inputs: u64,
     /// Mirror names were held by another workspace's mirror (not among the inputs): planned
     /// again at every scheduled listing, when the other workspace may have let them go.
@@ -282,12 +284,15 @@ impl Settled {
         inputs: u64,
         listing_now: bool,
     ) -> bool {
-        match (this, listing) {
-            (Some(s), Some(l)) => {
-                Arc::ptr_eq(&s.listing, l) && s.inputs == inputs && !(s.conflicts && listing_now)
-            }
+        let Some(s) = this else {
+            return false;
+        };
+        let same_listing = match (&s.listing, listing) {
+            (Some(a), Some(b)) => Arc::ptr_eq(a, b),
+            (None, None) => true,
             _ => false,
-        }
+        };
+        same_listing && s.inputs == inputs && !(s.conflicts && listing_now)
     }
 }
 
@@ -362,7 +367,7 @@ mod tests {
     fn a_settled_plan_covers_the_same_listing_object_and_inputs_only() {
         let l = Arc::new(Listing::new(vec![], 100));
         let settled = Settled {
-            listing: l.clone(),
+            listing: Some(l.clone()),
             inputs: 7,
             conflicts: false,
         };
@@ -381,6 +386,13 @@ mod tests {
         ));
         assert!(!Settled::covers(Some(&settled), None, 7, false));
         assert!(!Settled::covers(None, Some(&l), 7, false));
+        // Settled before any listing: until the first one.
+        let unlisted = Settled {
+            listing: None,
+            ..settled.clone()
+        };
+        assert!(Settled::covers(Some(&unlisted), None, 7, false));
+        assert!(!Settled::covers(Some(&unlisted), Some(&l), 7, false));
         // With names held elsewhere: settled between listings, planned again at each.
         let conflicts = Settled {
             conflicts: true,

@@ -45,7 +45,7 @@ pub(super) fn is_settled(
     }
     let owner = plan::Owner::of(ws, shard);
     let cached = cached_mirrors(ctx, st, &owner);
-    let inputs = plan_inputs(&owner, &cached.mirrors).wrapping_add(st.diagnoses.generation());
+    let inputs = settle_inputs(&owner, &cached.mirrors, st, None);
     !cached.adopting
         && Settled::covers(
             st.settled.as_ref(),
@@ -75,13 +75,9 @@ pub(super) async fn write_mirrors(
         mirrors: mut existing,
         adopting,
     } = cached_mirrors(ctx, st, &owner);
-    let stale = st
-        .failure
-        .as_ref()
-        .map(|f| Staleness::from_failure(f.reason, f.code.as_deref(), st.last_success.as_deref()));
-    // What the plan reads of the diagnoses changes their generation.
-    let inputs = plan_inputs(&owner, &existing).wrapping_add(st.diagnoses.generation());
-    let clean = !adopting && stale.is_none() && st.write_trouble.is_none();
+    let stale = staleness(st);
+    let inputs = settle_inputs(&owner, &existing, st, stale.as_ref());
+    let clean = !adopting && st.write_trouble.is_none();
     let listing_now = clusters.is_some();
     if clean
         && Settled::covers(
@@ -145,8 +141,8 @@ pub(super) async fn write_mirrors(
         st.write_trouble = None;
         st.adopted |= adopted;
         if clean {
-            st.settled = st.listing.clone().map(|listing| Settled {
-                listing,
+            st.settled = Some(Settled {
+                listing: st.listing.clone(),
                 inputs,
                 conflicts,
             });
@@ -175,7 +171,7 @@ pub(super) async fn write_mirrors(
     );
     // Until every write went through, the mirrors of other shards are looked up again.
     st.adopted |= adopted && st.write_trouble.is_none();
-    if !adopting && stale.is_none() && complete && st.write_trouble.is_none() {
+    if !adopting && complete && st.write_trouble.is_none() {
         // Every write went through: the mirrors are what the plan wanted, with the versions our
         // writes gave them. The watch showing those writes changes nothing; anything else
         // (someone's edit meanwhile included) does.
@@ -185,9 +181,9 @@ pub(super) async fn write_mirrors(
                 None => existing.remove(&id),
             };
         }
-        let inputs = plan_inputs(&owner, &existing).wrapping_add(st.diagnoses.generation());
-        st.settled = st.listing.clone().map(|listing| Settled {
-            listing,
+        let inputs = settle_inputs(&owner, &existing, st, stale.as_ref());
+        st.settled = Some(Settled {
+            listing: st.listing.clone(),
             inputs,
             conflicts,
         });
@@ -288,6 +284,28 @@ async fn names_held_elsewhere(
 
 /// A digest of a plan's inputs besides the listing: the owner and each mirror's name, cluster
 /// and version (in any order).
+/// Why the mirrors' data may be out of date: the latest attempt failed.
+fn staleness(st: &WorkspaceState) -> Option<Staleness> {
+    st.failure
+        .as_ref()
+        .map(|f| Staleness::from_failure(f.reason, f.code.as_deref(), st.last_success.as_deref()))
+}
+
+/// What a settled plan was made from besides the listing ([`Settled::inputs`]): the owner, the
+/// mirrors, what the plan reads of the diagnoses (their generation) and the staleness.
+fn settle_inputs(
+    owner: &plan::Owner,
+    existing: &HashMap<String, Arc<CachedMirror>>,
+    st: &WorkspaceState,
+    stale: Option<&Staleness>,
+) -> u64 {
+    let mut h = DefaultHasher::new();
+    stale.map(|s| (s.reason.as_str(), &s.message)).hash(&mut h);
+    plan_inputs(owner, existing)
+        .wrapping_add(st.diagnoses.generation())
+        .wrapping_add(h.finish())
+}
+
 fn plan_inputs(owner: &plan::Owner, existing: &HashMap<String, Arc<CachedMirror>>) -> u64 {
     let digest = |v: &dyn Fn(&mut DefaultHasher)| {
         let mut h = DefaultHasher::new();
@@ -614,6 +632,39 @@ mod tests {
             }),
             ..Default::default()
         }
+    }
+
+    #[test]
+    fn a_settled_plan_covers_the_same_staleness_only() {
+        let owner = plan::Owner {
+            namespace: "ns".into(),
+            name: "ws".into(),
+            uid: "u".into(),
+            workspace_id: "w-1".into(),
+            region_id: "cn-hangzhou".into(),
+            policy: Default::default(),
+            shard: None,
+        };
+        let (st, mirrors) = (WorkspaceState::default(), HashMap::new());
+        let inputs = |stale: Option<&Staleness>| settle_inputs(&owner, &mirrors, &st, stale);
+        let failing = |r: Reason, since: &str| Staleness::from_failure(r, None, Some(since));
+        let a = failing(Reason::RemoteUnavailable, "2026-01-01T00:00:00Z");
+        // Retries of the same failure: the mirrors marked once need no plan (nor a read of
+        // their statuses) again.
+        assert_eq!(inputs(Some(&a)), inputs(Some(&a.clone())));
+        // Another failure, another last success, or none: planned again.
+        assert_ne!(inputs(Some(&a)), inputs(None));
+        assert_ne!(
+            inputs(Some(&a)),
+            inputs(Some(&failing(Reason::Throttled, "2026-01-01T00:00:00Z")))
+        );
+        assert_ne!(
+            inputs(Some(&a)),
+            inputs(Some(&failing(
+                Reason::RemoteUnavailable,
+                "2026-01-02T00:00:00Z"
+            )))
+        );
     }
 
     #[test]
