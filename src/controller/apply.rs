@@ -550,10 +550,9 @@ async fn mark_unwritable(w: &Writer<'_>, prev: &CachedMirror, r: &Refused) {
         return;
     }
     // The cache keeps a digest of the status: the status itself is read (a LIST by name: the
-    // operator may list mirrors, not get them). Unread, the mirror is left as it is.
-    let by_name = ListParams::default()
-        .fields(&format!("metadata.name={}", prev.name))
-        .match_any();
+    // operator may list mirrors, not get them; a consistent read, not the watch cache's).
+    // Unread, the mirror is left as it is.
+    let by_name = ListParams::default().fields(&format!("metadata.name={}", prev.name));
     let found = match w.api.list(&by_name).await {
         Ok(list) => list.items.into_iter().next(),
         Err(e) => {

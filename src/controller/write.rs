@@ -123,7 +123,12 @@ pub(super) async fn write_mirrors(
         // Mirrors whose data must be kept as it is: the cache holds only a digest of their
         // status, so it is read, and the plan made again. Should the read fail, they keep what
         // they show until the next reconcile plans them again.
-        match read_statuses(ctx, &owner).await {
+        let wanted: HashMap<String, String> = plan
+            .missing
+            .iter()
+            .filter_map(|id| existing.get(id).map(|m| (id.clone(), m.name.clone())))
+            .collect();
+        match read_statuses(ctx, &owner, &wanted).await {
             Ok(statuses) => plan = plan_with(Some(&statuses)),
             Err(e) => warn!(
                 mirrors = plan.missing.len(), error = %e,
@@ -357,13 +362,26 @@ async fn mirrors_of_other_shards(
 /// Mirrors read from the API server per page of [`read_statuses`].
 const STATUS_PAGE: u32 = 100;
 
-/// The whole statuses of the workspace's mirrors (its own and those left without an owner by a
-/// workspace of this name), by cluster ID: for a plan that must keep mirrors' data as it is
-/// (`plan::Plan::missing`). Paged, so that a page at a time is decoded.
+/// Mirrors of a plan read by name at most, when the workspace's label did not find them.
+const STATUSES_BY_NAME: usize = 20;
+
+/// The whole statuses of `wanted` mirrors (cluster ID → mirror name) of the workspace (its own
+/// and those left without an owner), by cluster ID: for a plan that must keep mirrors' data as
+/// it is (`plan::Plan::missing`). One paged LIST by the workspace label (a page at a time
+/// decoded, only the wanted statuses kept); a wanted mirror it did not find (its label edited,
+/// say) is read by name, up to [`STATUSES_BY_NAME`] of them.
 async fn read_statuses(
     ctx: &Context,
     owner: &plan::Owner,
+    wanted: &HashMap<String, String>,
 ) -> Result<HashMap<String, EmrRayClusterStatus>, kube::Error> {
+    let ours = |m: &EmrRayCluster| {
+        let controller = m
+            .owner_references()
+            .iter()
+            .find(|o| o.controller == Some(true));
+        controller.is_none_or(|o| o.uid == owner.uid) && wanted.contains_key(&m.spec.cluster_id)
+    };
     let selector = format!(
         "{LABEL_MANAGED_BY}={MANAGED_BY},{LABEL_WORKSPACE}={}",
         super::mirror::label_value(&owner.name)
@@ -374,23 +392,34 @@ async fn read_statuses(
     loop {
         let page = api.list(&params).await?;
         for m in page.items {
-            let controller = m
-                .owner_references()
-                .iter()
-                .find(|o| o.controller == Some(true));
-            let ours = match controller {
-                Some(o) => o.uid == owner.uid,
-                None => m.spec.workspace_ref == owner.name,
-            };
-            if ours && let Some(status) = m.status {
+            if ours(&m)
+                && let Some(status) = m.status
+            {
                 statuses.insert(m.spec.cluster_id, status);
             }
         }
         match page.metadata.continue_.filter(|c| !c.is_empty()) {
             Some(token) => params = params.continue_token(&token),
-            None => return Ok(statuses),
+            None => break,
         }
     }
+    let unfound: Vec<&String> = wanted
+        .iter()
+        .filter(|(id, _)| !statuses.contains_key(*id))
+        .map(|(_, name)| name)
+        .take(STATUSES_BY_NAME)
+        .collect();
+    for name in unfound {
+        let by_name = ListParams::default().fields(&format!("metadata.name={name}"));
+        for m in api.list(&by_name).await?.items {
+            if ours(&m)
+                && let Some(status) = m.status
+            {
+                statuses.insert(m.spec.cluster_id, status);
+            }
+        }
+    }
+    Ok(statuses)
 }
 
 /// Of the mirrors this sync would create, those whose name another workspace's mirror holds
